@@ -1,0 +1,69 @@
+// Row-wise softmax in place: y[r, :] = exp(y[r, :] - max) / sum(exp(y[r, :] - max)).
+// One 64-thread workgroup per row (workgroup_id.x is the row); subtracting the row's
+// maximum keeps exp from overflowing for any input magnitude.
+
+const WG: u32 = 64u;
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<uniform> p: Params;
+
+var<workgroup> scratch: array<f32, 64>;
+
+@compute @workgroup_size(64, 1, 1)
+fn main(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(local_invocation_id) local: vec3<u32>,
+) {
+    let row = group.x;
+    let tid = local.x;
+    let base = row * p.cols;
+    let live = row < p.rows;
+
+    // Row maximum.
+    var m = -3.4028234663852886e38;
+    if live {
+        for (var c = tid; c < p.cols; c += WG) {
+            m = max(m, y[base + c]);
+        }
+    }
+    scratch[tid] = m;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if tid < stride {
+            scratch[tid] = max(scratch[tid], scratch[tid + stride]);
+        }
+        workgroupBarrier();
+    }
+    let row_max = scratch[0];
+    workgroupBarrier();
+
+    // Sum of exponentials.
+    var s = 0.0;
+    if live {
+        for (var c = tid; c < p.cols; c += WG) {
+            s += exp(y[base + c] - row_max);
+        }
+    }
+    scratch[tid] = s;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if tid < stride {
+            scratch[tid] += scratch[tid + stride];
+        }
+        workgroupBarrier();
+    }
+    let total = scratch[0];
+
+    if live {
+        for (var c = tid; c < p.cols; c += WG) {
+            y[base + c] = exp(y[base + c] - row_max) / total;
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Aggregation rules of the aggregate node.
+//!
+//! Every rule is a weighted sum divided by the total weight, which lets members that
+//! share a device be combined on that device first (one partial sum per device, see
+//! `shaders/aggregate.wgsl`) and the partial sums be added on the host:
+//!
+//! - [`Aggregate::Mean`]: `Σ_i y_i / K`;
+//! - [`Aggregate::WeightedMean`]: `Σ_i w_i · y_i / Σ_i w_i`;
+//! - [`Aggregate::Vote`]: member `i` adds `w_i` (1 when unweighted) to the class of its
+//!   largest output, and the result is each class's share `Σ votes / Σ_i w_i`.
+
+use crate::error::{Error, Result};
+use crate::tensor::argmax;
+
+/// How the aggregate node combines the members' outputs.
+#[derive(Clone, Debug, PartialEq, Default)]
+#[non_exhaustive]
+pub enum Aggregate {
+    /// The element-wise mean of the member outputs.
+    #[default]
+    Mean,
+    /// The element-wise mean weighted by one non-negative weight per member (in member
+    /// order), normalised by the sum of the weights.
+    WeightedMean(Vec<f32>),
+    /// Hard vote: each member votes for the class (column) of its largest output, with
+    /// weight 1 or its entry of `weights`. The output row holds each class's share of
+    /// the total weight, so it sums to 1.
+    ///
+    /// A member's vote goes to the lowest class index among equal maxima; NaN never
+    /// wins, and a row of only NaN (or `-inf`) votes for class 0. To turn shares into a
+    /// class, [`Tensor::argmax_rows`](crate::Tensor::argmax_rows) applies the same rule.
+    Vote {
+        /// Optional per-member weights, in member order.
+        weights: Option<Vec<f32>>,
+    },
+}
+
+/// What a member's output contributes to the weighted sum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// The output values themselves.
+    Values = 0,
+    /// A one-hot vector at the row's argmax.
+    Vote = 1,
+}
+
+impl Aggregate {
+    /// A short name: `mean`, `weighted_mean` or `vote`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Aggregate::Mean => "mean",
+            Aggregate::WeightedMean(_) => "weighted_mean",
+            Aggregate::Vote { .. } => "vote",
+        }
+    }
+
+    pub(crate) fn mode(&self) -> Mode {
+        match self {
+            Aggregate::Mean | Aggregate::WeightedMean(_) => Mode::Values,
+            Aggregate::Vote { .. } => Mode::Vote,
+        }
+    }
+
+    /// The weight of every member, checked against the member count: one weight per
+    /// member, each finite and `>= 0`, at least one positive.
+    pub(crate) fn member_weights(&self, members: usize) -> Result<Vec<f32>> {
+        let given = match self {
+            Aggregate::Mean | Aggregate::Vote { weights: None } => return Ok(vec![1.0; members]),
+            Aggregate::WeightedMean(w) | Aggregate::Vote { weights: Some(w) } => w,
+        };
+        if given.len() != members {
+            return Err(Error::AggregateWeightCount {
+                expected: members,
+                got: given.len(),
+            });
+        }
+        if let Some((index, &value)) = given
+            .iter()
+            .enumerate()
+            .find(|(_, w)| !w.is_finite() || **w < 0.0)
+        {
+            return Err(Error::AggregateWeight { index, value });
+        }
+        if given.iter().all(|&w| w == 0.0) {
+            return Err(Error::AggregateWeightsAllZero);
+        }
+        Ok(given.clone())
+    }
+}
+
+/// Adds `weight ×` one member's `[rows, cols]` output (or its one-hot votes) to `acc`.
+pub(crate) fn accumulate(acc: &mut [f32], output: &[f32], cols: usize, weight: f32, mode: Mode) {
+    match mode {
+        Mode::Values => {
+            for (a, &y) in acc.iter_mut().zip(output) {
+                *a += weight * y;
+            }
+        }
+        Mode::Vote => {
+            for (acc_row, row) in acc.chunks_mut(cols).zip(output.chunks(cols)) {
+                acc_row[argmax(row)] += weight;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_are_checked() {
+        let agg = Aggregate::WeightedMean(vec![1.0, 2.0]);
+        assert!(matches!(
+            agg.member_weights(3),
+            Err(Error::AggregateWeightCount {
+                expected: 3,
+                got: 2
+            })
+        ));
+        let agg = Aggregate::Vote {
+            weights: Some(vec![1.0, -0.5]),
+        };
+        assert!(matches!(
+            agg.member_weights(2),
+            Err(Error::AggregateWeight { index: 1, .. })
+        ));
+        let agg = Aggregate::WeightedMean(vec![0.0, 0.0]);
+        assert!(matches!(
+            agg.member_weights(2),
+            Err(Error::AggregateWeightsAllZero)
+        ));
+        assert_eq!(Aggregate::Mean.member_weights(2).unwrap(), vec![1.0, 1.0]);
+    }
+
+    #[test]
+    fn vote_accumulates_weight_at_argmax() {
+        let mut acc = vec![0.0; 4];
+        accumulate(&mut acc, &[0.1, 0.9, 0.7, 0.7], 2, 2.0, Mode::Vote);
+        assert_eq!(acc, vec![0.0, 2.0, 2.0, 0.0]);
+    }
+}

@@ -1,0 +1,148 @@
+//! The host executor for [`Placement::Cpu`](crate::Placement::Cpu): the same member
+//! networks through `matrixmultiply`'s multi-threaded SGEMM.
+
+use std::time::Instant;
+
+use crate::aggregate::{accumulate, Mode};
+use crate::model::{Activation, Dense, Model};
+use crate::session::{DeviceOutput, MemberSpec};
+
+struct CpuMember {
+    index: usize,
+    weight: f32,
+    model: Model,
+}
+
+/// Runs the members placed on the host CPU.
+pub(crate) struct CpuExecutor {
+    members: Vec<CpuMember>,
+    mode: Mode,
+    output_width: usize,
+}
+
+impl CpuExecutor {
+    pub(crate) fn new(members: &[MemberSpec<'_>], mode: Mode, output_width: usize) -> Self {
+        Self {
+            members: members
+                .iter()
+                .map(|s| CpuMember {
+                    index: s.index,
+                    weight: s.weight,
+                    model: s.model.clone(),
+                })
+                .collect(),
+            mode,
+            output_width,
+        }
+    }
+
+    /// Runs every member on `input` (`[rows, in]`, already validated).
+    pub(crate) fn run(&self, input: &[f32], rows: usize, want_members: bool) -> DeviceOutput {
+        let started = Instant::now();
+        let mut partial = vec![0.0f32; rows * self.output_width];
+        let mut members = Vec::new();
+        for m in &self.members {
+            let y = forward(&m.model, input, rows);
+            accumulate(&mut partial, &y, self.output_width, m.weight, self.mode);
+            if want_members {
+                members.push((m.index, y));
+            }
+        }
+        DeviceOutput {
+            partial,
+            members,
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+/// A model's forward pass on `rows` rows of `x`.
+pub(crate) fn forward(model: &Model, x: &[f32], rows: usize) -> Vec<f32> {
+    let mut current: Option<Vec<f32>> = None;
+    for layer in model.layers() {
+        let input = current.as_deref().unwrap_or(x);
+        current = Some(dense(layer, input, rows));
+    }
+    current.unwrap_or_default()
+}
+
+/// `act(x · Wᵀ + b)` for one layer.
+fn dense(layer: &Dense, x: &[f32], rows: usize) -> Vec<f32> {
+    let (k, n) = (layer.in_features(), layer.out_features());
+    let mut y: Vec<f32> = layer
+        .bias()
+        .iter()
+        .copied()
+        .cycle()
+        .take(rows * n)
+        .collect();
+    let w = layer.weight().as_slice();
+    debug_assert!(x.len() >= rows * k && w.len() == n * k);
+    // SAFETY: x is [rows, k] row-major (row stride k), W is [n, k] row-major, read as
+    // Wᵀ [k, n] with row stride 1 and column stride k, y is [rows, n] row-major; the
+    // lengths are checked when the model and the input are built.
+    unsafe {
+        matrixmultiply::sgemm(
+            rows,
+            k,
+            n,
+            1.0,
+            x.as_ptr(),
+            k as isize,
+            1,
+            w.as_ptr(),
+            1,
+            k as isize,
+            1.0,
+            y.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+    activate(layer.activation(), &mut y, n);
+    y
+}
+
+/// Applies an activation in place to `[rows, cols]` values, with the formulas of
+/// `shaders/dense.wgsl` and `shaders/softmax.wgsl`.
+fn activate(act: Activation, y: &mut [f32], cols: usize) {
+    match act {
+        Activation::Identity => {}
+        Activation::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Activation::Tanh => y.iter_mut().for_each(|v| *v = v.tanh()),
+        Activation::Sigmoid => y.iter_mut().for_each(|v| *v = sigmoid(*v)),
+        Activation::Gelu => y
+            .iter_mut()
+            .for_each(|v| *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2))),
+        Activation::Softmax => y.chunks_mut(cols).for_each(softmax),
+    }
+}
+
+fn sigmoid(v: f32) -> f32 {
+    if v >= 0.0 {
+        1.0 / (1.0 + (-v).exp())
+    } else {
+        let e = v.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// erf by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7), as in dense.wgsl.
+fn erf(v: f32) -> f32 {
+    let a = v.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
+    (1.0 - poly * (-a * a).exp()).copysign(v)
+}
+
+fn softmax(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::MIN, f32::max);
+    let mut sum = 0.0;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    row.iter_mut().for_each(|v| *v /= sum);
+}

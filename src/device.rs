@@ -1,0 +1,294 @@
+//! Adapter discovery, [`Placement`], and the pool that turns placements into wgpu
+//! `Device`/`Queue` pairs. This is the only module that creates devices.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+
+/// The backends searched for adapters: every native one.
+const BACKENDS: wgpu::Backends = wgpu::Backends::VULKAN
+    .union(wgpu::Backends::METAL)
+    .union(wgpu::Backends::DX12)
+    .union(wgpu::Backends::GL);
+
+/// What wgpu reports about one adapter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdapterInfo {
+    /// Position in the list returned by [`adapters`]; what [`Placement::Adapter`] takes.
+    pub index: usize,
+    /// The adapter's name, e.g. `NVIDIA H100 80GB HBM3` or `llvmpipe (LLVM 15.0.6, 256 bits)`.
+    pub name: String,
+    /// The graphics API it is reached through.
+    pub backend: wgpu::Backend,
+    /// Discrete, integrated, virtual, software (`Cpu`) or other.
+    pub device_type: wgpu::DeviceType,
+    /// The driver's name and version, when the backend reports them.
+    pub driver: String,
+    /// Whether the adapter can run compute shaders at all.
+    pub compute: bool,
+}
+
+impl fmt::Display for AdapterInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {:?} {} ({:?}{})",
+            self.index,
+            self.backend,
+            self.name,
+            self.device_type,
+            if self.compute { "" } else { ", no compute" }
+        )
+    }
+}
+
+/// Lists every adapter wgpu can see on Vulkan, Metal, DX12 and GL.
+///
+/// Listing never fails: an adapter that is present but broken is still listed (its
+/// device creation fails later, see [`probe_adapters`]); a machine with no adapter
+/// gives an empty list.
+pub fn adapters() -> Vec<AdapterInfo> {
+    DevicePool::new().infos
+}
+
+/// The result of trying to create a device on one adapter.
+#[derive(Clone, Debug)]
+pub struct AdapterProbe {
+    /// The adapter.
+    pub info: AdapterInfo,
+    /// `Ok` when a device could be created and can run compute shaders, otherwise the
+    /// reason it cannot be used.
+    pub usable: std::result::Result<(), String>,
+}
+
+/// Lists every adapter and tries to create a device on each, the way
+/// [`Placement::Auto`] does.
+pub fn probe_adapters() -> Vec<AdapterProbe> {
+    let mut pool = DevicePool::new();
+    (0..pool.infos.len())
+        .map(|i| AdapterProbe {
+            info: pool.infos[i].clone(),
+            usable: pool.open(i, 0).map(|_| ()).map_err(|e| e.to_string()),
+        })
+        .collect()
+}
+
+/// Where a member runs.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub enum Placement {
+    /// Spread over the usable adapters round-robin (in member order), falling back to
+    /// [`Placement::Cpu`] when there is none.
+    ///
+    /// An adapter is usable when it runs compute shaders and a device can be created on
+    /// it; adapters that fail (such as a headless GL adapter whose `request_device`
+    /// reports `Device(Lost)`) are skipped. Hardware adapters (discrete, integrated,
+    /// virtual) are preferred: software rasterisers such as lavapipe are used only when
+    /// no hardware adapter is usable.
+    #[default]
+    Auto,
+    /// The host CPU, through a multi-threaded SGEMM (`matrixmultiply`).
+    Cpu,
+    /// Adapter `i` of [`adapters`], on its first device/queue (the same as
+    /// `Queue { adapter: i, slot: 0 }`).
+    Adapter(usize),
+    /// A separate device and queue on adapter `adapter`. wgpu has one queue per
+    /// device, so each `slot` is its own `request_device` on that adapter; members with
+    /// the same `(adapter, slot)` share one device, one worker and one submission.
+    Queue {
+        /// Index of the adapter in [`adapters`].
+        adapter: usize,
+        /// Which device of that adapter (any number; `0` is the one `Adapter(i)` uses).
+        slot: usize,
+    },
+    /// A device and queue the caller created. Members given equal devices share them.
+    Device(ExternalDevice),
+}
+
+/// A wgpu device and queue created by the caller, with a label for reports.
+#[derive(Clone, Debug)]
+pub struct ExternalDevice {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) label: String,
+}
+
+impl ExternalDevice {
+    /// Wraps a device and its queue; `label` names it in reports and errors.
+    ///
+    /// The session installs its own uncaptured-error and device-lost handlers on the
+    /// device, replacing any that were set.
+    pub fn new(device: wgpu::Device, queue: wgpu::Queue, label: impl Into<String>) -> Self {
+        Self {
+            device,
+            queue,
+            label: label.into(),
+        }
+    }
+}
+
+/// The device a member actually runs on, as reported by a session.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ExecutionDevice {
+    /// The host CPU.
+    Cpu,
+    /// A device the session created on an adapter.
+    Adapter {
+        /// Index of the adapter in [`adapters`].
+        index: usize,
+        /// Which device of that adapter.
+        slot: usize,
+        /// The adapter's backend.
+        backend: wgpu::Backend,
+        /// The adapter's name.
+        name: String,
+    },
+    /// A device handed in with [`Placement::Device`].
+    External {
+        /// The label given to [`ExternalDevice::new`].
+        label: String,
+    },
+}
+
+impl fmt::Display for ExecutionDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExecutionDevice::Cpu => f.write_str("cpu"),
+            ExecutionDevice::Adapter {
+                index,
+                slot,
+                backend,
+                name,
+            } => write!(f, "adapter:{index}/queue:{slot} ({backend:?} {name})"),
+            ExecutionDevice::External { label } => write!(f, "external ({label})"),
+        }
+    }
+}
+
+/// Enumerated adapters plus the devices opened on them while a session is built.
+pub(crate) struct DevicePool {
+    adapters: Vec<wgpu::Adapter>,
+    pub(crate) infos: Vec<AdapterInfo>,
+    opened: HashMap<(usize, usize), GpuContext>,
+    usable: Option<Vec<usize>>,
+}
+
+impl DevicePool {
+    pub(crate) fn new() -> Self {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: BACKENDS,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let adapters = pollster::block_on(instance.enumerate_adapters(BACKENDS));
+        let infos = adapters
+            .iter()
+            .enumerate()
+            .map(|(index, a)| {
+                let info = a.get_info();
+                let compute = a
+                    .get_downlevel_capabilities()
+                    .flags
+                    .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS);
+                AdapterInfo {
+                    index,
+                    name: info.name,
+                    backend: info.backend,
+                    device_type: info.device_type,
+                    driver: [info.driver, info.driver_info]
+                        .into_iter()
+                        .filter(|s| !s.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    compute,
+                }
+            })
+            .collect();
+        Self {
+            adapters,
+            infos,
+            opened: HashMap::new(),
+            usable: None,
+        }
+    }
+
+    fn descriptions(&self) -> Vec<String> {
+        self.infos.iter().map(ToString::to_string).collect()
+    }
+
+    /// The device for `(adapter, slot)`, created on first use.
+    pub(crate) fn open(&mut self, index: usize, slot: usize) -> Result<GpuContext> {
+        if let Some(ctx) = self.opened.get(&(index, slot)) {
+            return Ok(ctx.clone());
+        }
+        let (Some(adapter), Some(info)) = (self.adapters.get(index), self.infos.get(index)) else {
+            return Err(Error::AdapterOutOfRange {
+                index,
+                available: self.descriptions(),
+            });
+        };
+        if !info.compute {
+            return Err(Error::NoCompute {
+                index,
+                name: info.name.clone(),
+            });
+        }
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("wgpu-ensemble"),
+            required_features: wgpu::Features::empty(),
+            required_limits: adapter.limits(),
+            ..Default::default()
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
+            Error::DeviceCreation {
+                index,
+                name: info.name.clone(),
+                message: e.to_string(),
+                available: self.descriptions(),
+            }
+        })?;
+        let ctx = GpuContext::new(
+            device,
+            queue,
+            ExecutionDevice::Adapter {
+                index,
+                slot,
+                backend: info.backend,
+                name: info.name.clone(),
+            },
+        );
+        self.opened.insert((index, slot), ctx.clone());
+        Ok(ctx)
+    }
+
+    /// Indices of the adapters `Placement::Auto` spreads over, probed once.
+    pub(crate) fn usable(&mut self) -> Vec<usize> {
+        if let Some(u) = &self.usable {
+            return u.clone();
+        }
+        let working: Vec<usize> = (0..self.infos.len())
+            .filter(|&i| self.open(i, 0).is_ok())
+            .collect();
+        let hardware: Vec<usize> = working
+            .iter()
+            .copied()
+            .filter(|&i| {
+                matches!(
+                    self.infos[i].device_type,
+                    wgpu::DeviceType::DiscreteGpu
+                        | wgpu::DeviceType::IntegratedGpu
+                        | wgpu::DeviceType::VirtualGpu
+                )
+            })
+            .collect();
+        let chosen = if hardware.is_empty() {
+            working
+        } else {
+            hardware
+        };
+        self.usable = Some(chosen.clone());
+        chosen
+    }
+}

@@ -1,0 +1,211 @@
+//! The crate's error type: one enum, structured fields, every message says what was
+//! expected and what was given.
+
+use std::time::Duration;
+
+/// Errors returned by every fallible operation of the crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A tensor's data length does not match the product of its shape.
+    #[error("tensor data has {got} values but shape {shape:?} needs {expected}")]
+    TensorData {
+        /// The shape that was given.
+        shape: Vec<usize>,
+        /// Number of values the shape needs.
+        expected: usize,
+        /// Number of values that were given.
+        got: usize,
+    },
+    /// A tensor has the wrong number of dimensions for the operation.
+    #[error("{what}: expected a tensor of rank {expected}, got shape {shape:?}")]
+    Rank {
+        /// What the tensor was for.
+        what: &'static str,
+        /// The rank the operation needs.
+        expected: usize,
+        /// The shape that was given.
+        shape: Vec<usize>,
+    },
+    /// The input's feature width differs from the graph's input width.
+    #[error("input has {got} features per row, the graph expects {expected}")]
+    FeatureWidth {
+        /// The graph's input width.
+        expected: usize,
+        /// The width of the input that was given.
+        got: usize,
+    },
+    /// The input has no rows.
+    #[error("input batch is empty: expected at least one row, got 0")]
+    EmptyBatch,
+    /// A model was built with no layers.
+    #[error("a model needs at least one dense layer, got none")]
+    EmptyModel,
+    /// A dense layer's weight or bias shape is invalid or does not chain with the
+    /// previous layer.
+    #[error("layer {layer}: {what}: expected {expected:?}, got {got:?}")]
+    LayerShape {
+        /// Index of the layer in its model (0-based).
+        layer: usize,
+        /// Which tensor of the layer is wrong (`weight` or `bias`) and why.
+        what: &'static str,
+        /// The shape that would have been valid.
+        expected: Vec<usize>,
+        /// The shape that was given.
+        got: Vec<usize>,
+    },
+    /// A member's input width differs from the graph's input width.
+    #[error("member '{member}' takes {got} input features, the graph's input has {expected}")]
+    MemberInputWidth {
+        /// The member's name.
+        member: String,
+        /// The graph's input width.
+        expected: usize,
+        /// The member's input width.
+        got: usize,
+    },
+    /// Members disagree on their output width.
+    #[error("member '{member}' produces {got} outputs, member '{first}' produces {expected}; all members must agree")]
+    MemberOutputWidth {
+        /// The member whose width differs.
+        member: String,
+        /// The first member, whose width sets the graph's output width.
+        first: String,
+        /// The first member's output width.
+        expected: usize,
+        /// This member's output width.
+        got: usize,
+    },
+    /// Two members have the same name.
+    #[error("member name '{name}' is used twice; member names must be unique")]
+    DuplicateMember {
+        /// The repeated name.
+        name: String,
+    },
+    /// A graph was built with no members.
+    #[error("a graph needs at least one member, got none")]
+    NoMembers,
+    /// The graph's input width is zero.
+    #[error("the graph's input width must be at least 1, got 0")]
+    ZeroInputWidth,
+    /// The number of aggregate weights differs from the number of members.
+    #[error("aggregate has {got} weights but the graph has {expected} members")]
+    AggregateWeightCount {
+        /// Number of members.
+        expected: usize,
+        /// Number of weights given.
+        got: usize,
+    },
+    /// An aggregate weight is negative or not finite.
+    #[error("aggregate weight {index} is {value}: expected a finite value >= 0")]
+    AggregateWeight {
+        /// Index of the weight (the member's index).
+        index: usize,
+        /// The value that was given.
+        value: f32,
+    },
+    /// Every aggregate weight is zero.
+    #[error("aggregate weights are all zero: at least one must be positive")]
+    AggregateWeightsAllZero,
+    /// A placement names an adapter that does not exist.
+    #[error("adapter {index} does not exist; adapters found: {}", list_or_none(.available))]
+    AdapterOutOfRange {
+        /// The index that was asked for.
+        index: usize,
+        /// Every adapter that exists, one description each.
+        available: Vec<String>,
+    },
+    /// A device could not be created on an adapter.
+    #[error("could not create a device on adapter {index} ({name}): {message}; adapters found: {}", list_or_none(.available))]
+    DeviceCreation {
+        /// The adapter's index.
+        index: usize,
+        /// The adapter's name.
+        name: String,
+        /// What wgpu reported.
+        message: String,
+        /// Every adapter that exists, one description each.
+        available: Vec<String>,
+    },
+    /// An adapter cannot run compute shaders (for example a GL adapter without
+    /// compute support).
+    #[error("adapter {index} ({name}) cannot run compute shaders")]
+    NoCompute {
+        /// The adapter's index.
+        index: usize,
+        /// The adapter's name.
+        name: String,
+    },
+    /// A shader module or pipeline failed to compile or validate.
+    #[error("shader {kernel}: {message}")]
+    Shader {
+        /// The `.wgsl` file of the kernel.
+        kernel: &'static str,
+        /// What wgpu reported.
+        message: String,
+    },
+    /// A buffer this session needs is larger than the device allows.
+    #[error("{what} needs {bytes} bytes on {device}, which allows at most {limit} per buffer")]
+    BufferTooLarge {
+        /// Which buffer.
+        what: String,
+        /// Device description.
+        device: String,
+        /// Bytes needed.
+        bytes: u64,
+        /// The largest buffer the device (or the session options) allow.
+        limit: u64,
+    },
+    /// A device reported an error while running (validation, out of memory, a failed
+    /// buffer map).
+    #[error("device {device}: {message}")]
+    Gpu {
+        /// Device description.
+        device: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A device was lost while the session was using it.
+    #[error("device {device} was lost: {message}")]
+    DeviceLost {
+        /// Device description.
+        device: String,
+        /// The reason the driver gave.
+        message: String,
+    },
+    /// A wait on a device took longer than the session's operation timeout.
+    #[error("device {device} did not finish within the operation timeout of {timeout:?}")]
+    OperationTimeout {
+        /// Device description.
+        device: String,
+        /// The session's operation timeout.
+        timeout: Duration,
+    },
+    /// A run did not finish within its `RunOptions::timeout`.
+    #[error("run exceeded its deadline of {timeout:?}; members that had not answered: {}", .missing.join(", "))]
+    DeadlineExceeded {
+        /// The run's timeout.
+        timeout: Duration,
+        /// Names of the members whose output had not arrived.
+        missing: Vec<String>,
+    },
+    /// A device worker stopped (it panicked or its thread ended) before answering.
+    #[error("the worker of device {device} stopped before answering: {message}")]
+    WorkerFailed {
+        /// Device description.
+        device: String,
+        /// What is known about why.
+        message: String,
+    },
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        items.join("; ")
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,489 @@
+//! The forward pass of every member placed on one device, encoded into one command
+//! buffer per run (per chunk, for batches larger than one buffer allows).
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use wgpu::util::DeviceExt;
+
+use super::kernels::{Kernels, AGGREGATE, AGGREGATE_WG, DENSE, DENSE_TILE, SOFTMAX};
+use super::GpuContext;
+use crate::aggregate::Mode;
+use crate::error::{Error, Result};
+use crate::model::Activation;
+use crate::session::{DeviceOutput, MemberSpec};
+
+/// `Params` of dense.wgsl; its first two fields double as softmax.wgsl's.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct DenseParams {
+    rows: u32,
+    out_features: u32,
+    in_features: u32,
+    _pad: u32,
+}
+
+/// `Params` of aggregate.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AggregateParams {
+    rows: u32,
+    cols: u32,
+    weight: f32,
+    first: u32,
+}
+
+struct GpuLayer {
+    in_features: usize,
+    out_features: usize,
+    softmax: bool,
+    pipeline: wgpu::ComputePipeline,
+    weight: wgpu::Buffer,
+    bias: wgpu::Buffer,
+    params: wgpu::Buffer,
+}
+
+struct GpuMember {
+    index: usize,
+    weight: f32,
+    layers: Vec<GpuLayer>,
+    aggregate_params: wgpu::Buffer,
+}
+
+/// Buffers and bind groups that depend on the number of rows, grown on demand.
+struct RowBuffers {
+    capacity: usize,
+    input: wgpu::Buffer,
+    acc: wgpu::Buffer,
+    staging_acc: wgpu::Buffer,
+    members: Vec<MemberRows>,
+}
+
+struct MemberRows {
+    outputs: Vec<wgpu::Buffer>,
+    dense_groups: Vec<wgpu::BindGroup>,
+    softmax_groups: Vec<Option<wgpu::BindGroup>>,
+    aggregate_group: wgpu::BindGroup,
+    staging: wgpu::Buffer,
+}
+
+/// Runs the members placed on one wgpu device.
+pub(crate) struct GpuExecutor {
+    ctx: GpuContext,
+    kernels: Kernels,
+    softmax: wgpu::ComputePipeline,
+    aggregate: wgpu::ComputePipeline,
+    members: Vec<GpuMember>,
+    input_width: usize,
+    output_width: usize,
+    /// Most rows one submission handles (buffer size and dispatch limits).
+    chunk_rows: usize,
+    operation_timeout: Duration,
+    /// Rows the uniform buffers were last written for.
+    uniform_rows: usize,
+    rows: Option<RowBuffers>,
+}
+
+fn bytes_of(values: usize) -> u64 {
+    (values * std::mem::size_of::<f32>()) as u64
+}
+
+/// Copies mapped bytes into `dst` without assuming the mapping's alignment.
+fn copy_f32(dst: &mut [f32], bytes: &[u8]) {
+    match bytemuck::try_cast_slice::<u8, f32>(bytes) {
+        Ok(src) => dst.copy_from_slice(src),
+        Err(_) => {
+            for (d, c) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
+                *d = f32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+    }
+}
+
+impl GpuExecutor {
+    /// Uploads the weights of `members`, creates their pipelines, and checks that the
+    /// device can hold them. `max_buffer_bytes` caps every buffer below the device's
+    /// own limit (chunks get smaller).
+    pub(crate) fn new(
+        ctx: GpuContext,
+        members: &[MemberSpec<'_>],
+        mode: Mode,
+        input_width: usize,
+        output_width: usize,
+        max_buffer_bytes: Option<u64>,
+        operation_timeout: Duration,
+    ) -> Result<Self> {
+        let device = &ctx.device;
+        let limits = device.limits();
+        let max_bytes = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            .min(max_buffer_bytes.unwrap_or(u64::MAX));
+        let too_large = |what: String, bytes: u64| Error::BufferTooLarge {
+            what,
+            device: ctx.label.to_string(),
+            bytes,
+            limit: max_bytes,
+        };
+        let mut kernels = Kernels::new(device);
+        let softmax = kernels.pipeline(device, SOFTMAX, 0)?;
+        let aggregate = kernels.pipeline(device, AGGREGATE, mode as u32)?;
+        let mut widest = input_width;
+        let mut gpu_members = Vec::with_capacity(members.len());
+        for spec in members {
+            let mut layers = Vec::new();
+            for (l, layer) in spec.model.layers().iter().enumerate() {
+                let (out_f, in_f) = (layer.out_features(), layer.in_features());
+                widest = widest.max(out_f);
+                let weight_bytes = bytes_of(out_f * in_f);
+                if weight_bytes > max_bytes {
+                    return Err(too_large(
+                        format!("member '{}' layer {l} weight [{out_f}, {in_f}]", spec.name),
+                        weight_bytes,
+                    ));
+                }
+                let init = |label: &str, data: &[f32], usage| {
+                    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some(label),
+                        contents: bytemuck::cast_slice(data),
+                        usage,
+                    })
+                };
+                layers.push(GpuLayer {
+                    in_features: in_f,
+                    out_features: out_f,
+                    softmax: layer.activation() == Activation::Softmax,
+                    pipeline: kernels.pipeline(device, DENSE, layer.activation().shader_code())?,
+                    weight: init(
+                        "weight",
+                        layer.weight().as_slice(),
+                        wgpu::BufferUsages::STORAGE,
+                    ),
+                    bias: init("bias", layer.bias(), wgpu::BufferUsages::STORAGE),
+                    params: device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("dense params"),
+                        size: std::mem::size_of::<DenseParams>() as u64,
+                        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    }),
+                });
+            }
+            gpu_members.push(GpuMember {
+                index: spec.index,
+                weight: spec.weight,
+                layers,
+                aggregate_params: device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("aggregate params"),
+                    size: std::mem::size_of::<AggregateParams>() as u64,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                }),
+            });
+        }
+        let by_bytes = usize::try_from(max_bytes / bytes_of(widest)).unwrap_or(usize::MAX);
+        // Softmax dispatches one workgroup per row; the dense and aggregate kernels
+        // need fewer groups per row than that.
+        let chunk_rows = by_bytes.min(limits.max_compute_workgroups_per_dimension as usize);
+        if chunk_rows == 0 {
+            return Err(too_large(
+                format!("one row of {widest} values"),
+                bytes_of(widest),
+            ));
+        }
+        if let Some(e) = ctx.take_error() {
+            return Err(e);
+        }
+        Ok(Self {
+            ctx,
+            kernels,
+            softmax,
+            aggregate,
+            members: gpu_members,
+            input_width,
+            output_width,
+            chunk_rows,
+            operation_timeout,
+            uniform_rows: 0,
+            rows: None,
+        })
+    }
+
+    /// Drops the row buffers; the next run makes new ones. Used after a failed or
+    /// timed-out submission, whose buffers may still be in use or mapped.
+    pub(crate) fn reset(&mut self) {
+        self.rows = None;
+    }
+
+    /// Runs every member on `input` (`[rows, input_width]`, already validated).
+    pub(crate) fn run(&mut self, input: &[f32], want_members: bool) -> Result<DeviceOutput> {
+        let started = Instant::now();
+        let rows = input.len() / self.input_width;
+        let out = self.output_width;
+        let mut partial = vec![0.0f32; rows * out];
+        let mut member_outputs: Vec<(usize, Vec<f32>)> = if want_members {
+            self.members
+                .iter()
+                .map(|m| (m.index, vec![0.0f32; rows * out]))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut start = 0;
+        while start < rows {
+            let n = self.chunk_rows.min(rows - start);
+            let x = &input[start * self.input_width..(start + n) * self.input_width];
+            let result = self.run_chunk(
+                x,
+                n,
+                &mut partial[start * out..(start + n) * out],
+                &mut member_outputs,
+                start * out,
+            );
+            if let Err(e) = result {
+                self.reset();
+                return Err(e);
+            }
+            start += n;
+        }
+        Ok(DeviceOutput {
+            partial,
+            members: member_outputs,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    fn ensure_capacity(&mut self, rows: usize) {
+        if self.rows.as_ref().is_some_and(|r| r.capacity >= rows) {
+            return;
+        }
+        let capacity = rows.next_power_of_two().min(self.chunk_rows).max(rows);
+        let device = &self.ctx.device;
+        let buffer = |label: &str, values: usize, usage: wgpu::BufferUsages| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes_of(values),
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        let staging = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+        let input = buffer(
+            "input",
+            capacity * self.input_width,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        );
+        let acc = buffer("aggregate", capacity * self.output_width, storage);
+        let staging_acc = buffer("aggregate staging", capacity * self.output_width, staging);
+        let bind = |layout: &wgpu::BindGroupLayout, buffers: &[&wgpu::Buffer]| {
+            let entries: Vec<wgpu::BindGroupEntry> = buffers
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: i as u32,
+                    resource: b.as_entire_binding(),
+                })
+                .collect();
+            device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout,
+                entries: &entries,
+            })
+        };
+        let members = self
+            .members
+            .iter()
+            .map(|m| {
+                let outputs: Vec<wgpu::Buffer> = m
+                    .layers
+                    .iter()
+                    .map(|l| buffer("activations", capacity * l.out_features, storage))
+                    .collect();
+                let dense_groups = m
+                    .layers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| {
+                        let x = if i == 0 { &input } else { &outputs[i - 1] };
+                        bind(
+                            &self.kernels.dense_layout,
+                            &[x, &l.weight, &l.bias, &outputs[i], &l.params],
+                        )
+                    })
+                    .collect();
+                let softmax_groups = m
+                    .layers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| {
+                        l.softmax
+                            .then(|| bind(&self.kernels.softmax_layout, &[&outputs[i], &l.params]))
+                    })
+                    .collect();
+                let last = &outputs[outputs.len() - 1];
+                let aggregate_group = bind(
+                    &self.kernels.aggregate_layout,
+                    &[last, &acc, &m.aggregate_params],
+                );
+                MemberRows {
+                    staging: buffer("member staging", capacity * self.output_width, staging),
+                    outputs,
+                    dense_groups,
+                    softmax_groups,
+                    aggregate_group,
+                }
+            })
+            .collect();
+        self.rows = Some(RowBuffers {
+            capacity,
+            input,
+            acc,
+            staging_acc,
+            members,
+        });
+    }
+
+    fn write_uniforms(&mut self, rows: usize) {
+        if self.uniform_rows == rows {
+            return;
+        }
+        let queue = &self.ctx.queue;
+        for (position, m) in self.members.iter().enumerate() {
+            for l in &m.layers {
+                let p = DenseParams {
+                    rows: rows as u32,
+                    out_features: l.out_features as u32,
+                    in_features: l.in_features as u32,
+                    _pad: 0,
+                };
+                queue.write_buffer(&l.params, 0, bytemuck::bytes_of(&p));
+            }
+            let p = AggregateParams {
+                rows: rows as u32,
+                cols: self.output_width as u32,
+                weight: m.weight,
+                first: u32::from(position == 0),
+            };
+            queue.write_buffer(&m.aggregate_params, 0, bytemuck::bytes_of(&p));
+        }
+        self.uniform_rows = rows;
+    }
+
+    fn run_chunk(
+        &mut self,
+        x: &[f32],
+        rows: usize,
+        partial: &mut [f32],
+        member_outputs: &mut [(usize, Vec<f32>)],
+        offset: usize,
+    ) -> Result<()> {
+        self.ensure_capacity(rows);
+        self.write_uniforms(rows);
+        let Some(rb) = self.rows.as_ref() else {
+            return Err(self.gpu_error("row buffers missing after allocation"));
+        };
+        let (device, queue) = (&self.ctx.device, &self.ctx.queue);
+        queue.write_buffer(&rb.input, 0, bytemuck::cast_slice(x));
+        let mut encoder =
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("members"),
+                timestamp_writes: None,
+            });
+            let row_tiles = (rows as u32).div_ceil(DENSE_TILE);
+            for (m, mr) in self.members.iter().zip(&rb.members) {
+                for (i, l) in m.layers.iter().enumerate() {
+                    pass.set_pipeline(&l.pipeline);
+                    pass.set_bind_group(0, &mr.dense_groups[i], &[]);
+                    pass.dispatch_workgroups(
+                        (l.out_features as u32).div_ceil(DENSE_TILE),
+                        row_tiles,
+                        1,
+                    );
+                    if let Some(group) = &mr.softmax_groups[i] {
+                        pass.set_pipeline(&self.softmax);
+                        pass.set_bind_group(0, group, &[]);
+                        pass.dispatch_workgroups(rows as u32, 1, 1);
+                    }
+                }
+                pass.set_pipeline(&self.aggregate);
+                pass.set_bind_group(0, &mr.aggregate_group, &[]);
+                pass.dispatch_workgroups((rows as u32).div_ceil(AGGREGATE_WG), 1, 1);
+            }
+        }
+        let bytes = bytes_of(rows * self.output_width);
+        encoder.copy_buffer_to_buffer(&rb.acc, 0, &rb.staging_acc, 0, bytes);
+        let want_members = !member_outputs.is_empty();
+        if want_members {
+            for mr in &rb.members {
+                if let Some(last) = mr.outputs.last() {
+                    encoder.copy_buffer_to_buffer(last, 0, &mr.staging, 0, bytes);
+                }
+            }
+        }
+        let submission = queue.submit([encoder.finish()]);
+
+        let mut staging: Vec<&wgpu::Buffer> = vec![&rb.staging_acc];
+        if want_members {
+            staging.extend(rb.members.iter().map(|m| &m.staging));
+        }
+        let (tx, rx) = mpsc::channel();
+        for buf in &staging {
+            let tx = tx.clone();
+            buf.slice(..bytes).map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+        }
+        drop(tx);
+        match device.poll(wgpu::PollType::Wait {
+            submission_index: Some(submission),
+            timeout: Some(self.operation_timeout),
+        }) {
+            Ok(_) => {}
+            Err(wgpu::PollError::Timeout) => {
+                return Err(Error::OperationTimeout {
+                    device: self.ctx.label.to_string(),
+                    timeout: self.operation_timeout,
+                })
+            }
+            Err(e) => return Err(self.gpu_error(&e.to_string())),
+        }
+        if let Some(e) = self.ctx.take_error() {
+            return Err(e);
+        }
+        for _ in 0..staging.len() {
+            match rx.try_recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(self.gpu_error(&format!("mapping a result: {e}"))),
+                Err(_) => {
+                    return Err(self.gpu_error("a result buffer was not mapped after the wait"))
+                }
+            }
+        }
+        let read = |buf: &wgpu::Buffer, dst: &mut [f32]| -> Result<()> {
+            {
+                let view = buf
+                    .slice(..bytes)
+                    .get_mapped_range()
+                    .map_err(|e| self.gpu_error(&format!("reading a result: {e}")))?;
+                copy_f32(dst, &view);
+            }
+            buf.unmap();
+            Ok(())
+        };
+        read(&rb.staging_acc, partial)?;
+        let len = rows * self.output_width;
+        for (mr, (_, dst)) in rb.members.iter().zip(member_outputs.iter_mut()) {
+            read(&mr.staging, &mut dst[offset..offset + len])?;
+        }
+        Ok(())
+    }
+
+    fn gpu_error(&self, message: &str) -> Error {
+        Error::Gpu {
+            device: self.ctx.label.to_string(),
+            message: message.to_string(),
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Everything that touches wgpu: the per-device context, the pipeline cache, buffers,
+//! and encoding the forward pass of one device's members.
+
+mod executor;
+mod kernels;
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+pub(crate) use executor::GpuExecutor;
+
+use crate::device::ExecutionDevice;
+use crate::error::Error;
+
+/// A device, its queue, and what its error handlers caught.
+///
+/// The handlers replace wgpu's default one, which panics: validation and
+/// out-of-memory errors outside an error scope are stored here and returned as
+/// [`Error::Gpu`] by the run that caused them, and a lost device as
+/// [`Error::DeviceLost`].
+#[derive(Clone, Debug)]
+pub(crate) struct GpuContext {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) label: ExecutionDevice,
+    errors: Arc<Mutex<Vec<String>>>,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+impl GpuContext {
+    pub(crate) fn new(device: wgpu::Device, queue: wgpu::Queue, label: ExecutionDevice) -> Self {
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let lost: Arc<Mutex<Option<String>>> = Arc::default();
+        let sink = Arc::clone(&errors);
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            sink.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(e.to_string());
+        }));
+        let lost_sink = Arc::clone(&lost);
+        device.set_device_lost_callback(move |reason, message| {
+            *lost_sink.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(format!("{reason:?}: {message}"));
+        });
+        Self {
+            device,
+            queue,
+            label,
+            errors,
+            lost,
+        }
+    }
+
+    /// The first problem the handlers caught since the last call, if any.
+    pub(crate) fn take_error(&self) -> Option<Error> {
+        if let Some(message) = self
+            .lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Some(Error::DeviceLost {
+                device: self.label.to_string(),
+                message,
+            });
+        }
+        let mut errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
+        if errors.is_empty() {
+            return None;
+        }
+        let message = errors.join("; ");
+        errors.clear();
+        Some(Error::Gpu {
+            device: self.label.to_string(),
+            message,
+        })
+    }
+}

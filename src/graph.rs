@@ -1,0 +1,146 @@
+//! The graph: one input node, the member networks with their placements, and one
+//! aggregate node that waits for every member.
+
+use std::collections::HashSet;
+
+use crate::aggregate::Aggregate;
+use crate::device::Placement;
+use crate::error::{Error, Result};
+use crate::model::Model;
+
+/// One member of the ensemble: a named model pinned to a device.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub(crate) name: String,
+    pub(crate) model: Model,
+    pub(crate) placement: Placement,
+}
+
+impl Member {
+    /// The member's name (unique within its graph).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The member's network.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Where the member was asked to run.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+}
+
+/// A validated ensemble graph, ready to be compiled into a [`Session`](crate::Session).
+///
+/// Built with [`Graph::builder`]; every check (widths, names, aggregate weights) has
+/// passed by the time a `Graph` exists.
+#[derive(Clone, Debug)]
+pub struct Graph {
+    pub(crate) input_width: usize,
+    pub(crate) output_width: usize,
+    pub(crate) members: Vec<Member>,
+    pub(crate) aggregate: Aggregate,
+    pub(crate) weights: Vec<f32>,
+}
+
+impl Graph {
+    /// Starts a graph whose input node takes rows of `input_width` features.
+    pub fn builder(input_width: usize) -> GraphBuilder {
+        GraphBuilder {
+            input_width,
+            members: Vec::new(),
+            aggregate: Aggregate::Mean,
+        }
+    }
+
+    /// Features per input row.
+    pub fn input_width(&self) -> usize {
+        self.input_width
+    }
+
+    /// Values per output row (every member's output width).
+    pub fn output_width(&self) -> usize {
+        self.output_width
+    }
+
+    /// The members, in the order they were added.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The aggregate node's rule.
+    pub fn aggregate(&self) -> &Aggregate {
+        &self.aggregate
+    }
+}
+
+/// Builds a [`Graph`]; [`GraphBuilder::build`] checks everything at once.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct GraphBuilder {
+    input_width: usize,
+    members: Vec<Member>,
+    aggregate: Aggregate,
+}
+
+impl GraphBuilder {
+    /// Adds a member network pinned to `placement`.
+    pub fn member(mut self, name: impl Into<String>, model: Model, placement: Placement) -> Self {
+        self.members.push(Member {
+            name: name.into(),
+            model,
+            placement,
+        });
+        self
+    }
+
+    /// Sets the aggregate node's rule (the default is [`Aggregate::Mean`]).
+    pub fn aggregate(mut self, aggregate: Aggregate) -> Self {
+        self.aggregate = aggregate;
+        self
+    }
+
+    /// Checks the graph: at least one member, unique names, every member takes the
+    /// input width, all members agree on the output width, aggregate weights valid.
+    pub fn build(self) -> Result<Graph> {
+        if self.input_width == 0 {
+            return Err(Error::ZeroInputWidth);
+        }
+        let first = self.members.first().ok_or(Error::NoMembers)?;
+        let output_width = first.model.out_features();
+        let mut names = HashSet::new();
+        for m in &self.members {
+            if !names.insert(m.name.as_str()) {
+                return Err(Error::DuplicateMember {
+                    name: m.name.clone(),
+                });
+            }
+            if m.model.in_features() != self.input_width {
+                return Err(Error::MemberInputWidth {
+                    member: m.name.clone(),
+                    expected: self.input_width,
+                    got: m.model.in_features(),
+                });
+            }
+            if m.model.out_features() != output_width {
+                return Err(Error::MemberOutputWidth {
+                    member: m.name.clone(),
+                    first: first.name.clone(),
+                    expected: output_width,
+                    got: m.model.out_features(),
+                });
+            }
+        }
+        let weights = self.aggregate.member_weights(self.members.len())?;
+        Ok(Graph {
+            input_width: self.input_width,
+            output_width,
+            members: self.members,
+            aggregate: self.aggregate,
+            weights,
+        })
+    }
+}

@@ -1,0 +1,63 @@
+//! # wgpu-ensemble
+//!
+//! Runs an ensemble of neural networks as **one graph in one process**: every member
+//! network is pinned to its own device (a wgpu adapter, a separate device/queue on a
+//! shared adapter, or the host CPU), WGSL compute shaders run the dense layers, and an
+//! aggregate node waits for every member's output before combining them.
+//!
+//! ```
+//! use wgpu_ensemble::{Activation, Aggregate, Graph, Model, Placement, RunOptions, Session, Tensor};
+//!
+//! # fn main() -> wgpu_ensemble::Result<()> {
+//! // Two members with different architectures; weights in PyTorch's [out, in] layout.
+//! let a = Model::random(&[4, 16, 3], &[Activation::Relu, Activation::Softmax], 1)?;
+//! let b = Model::random(&[4, 8, 8, 3], &[Activation::Tanh, Activation::Gelu, Activation::Softmax], 2)?;
+//!
+//! let graph = Graph::builder(4)
+//!     .member("a", a, Placement::Cpu)
+//!     .member("b", b, Placement::Cpu)
+//!     .aggregate(Aggregate::WeightedMean(vec![0.75, 0.25]))
+//!     .build()?;
+//! let session = Session::new(graph)?;
+//!
+//! let x = Tensor::matrix(2, 4, vec![0.1, 0.2, 0.3, 0.4, -1.0, 0.0, 1.0, 2.0])?;
+//! let out = session.run(&x, &RunOptions::default().member_outputs(true))?;
+//!
+//! assert_eq!(out.aggregate.shape(), &[2, 3]);
+//! // Each row of a mean of softmax outputs sums to 1.
+//! let row_sum: f32 = out.aggregate.row(0).unwrap_or_default().iter().sum();
+//! assert!((row_sum - 1.0).abs() < 1e-5);
+//! for m in &out.members {
+//!     println!("{} ran on {} in {:?}", m.name, m.device, m.elapsed);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! See the README for placements on GPUs, deadlines and the architecture.
+
+#![warn(missing_docs)]
+
+mod aggregate;
+mod cpu;
+mod device;
+mod error;
+mod gpu;
+mod graph;
+mod model;
+mod session;
+mod tensor;
+
+pub use aggregate::Aggregate;
+pub use device::{
+    adapters, probe_adapters, AdapterInfo, AdapterProbe, ExecutionDevice, ExternalDevice, Placement,
+};
+pub use error::{Error, Result};
+pub use graph::{Graph, GraphBuilder, Member};
+pub use model::{Activation, Dense, Model, UnknownActivation};
+pub use session::{MemberReport, RunOptions, RunOutput, Session, SessionOptions};
+pub use tensor::Tensor;
+
+/// The wgpu version this crate is built on, re-exported so that callers creating
+/// their own devices for [`Placement::Device`] use the same types.
+pub use wgpu;
