@@ -381,13 +381,17 @@ impl Session {
             };
             let (w, result) = match message {
                 Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) => {
+                // A worker that picks up a job after its deadline drops it unanswered,
+                // which can disconnect the channel before the timeout is seen.
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected)
+                    if deadline.is_some_and(|d| Instant::now() >= d) =>
+                {
                     return Err(Error::DeadlineExceeded {
                         timeout: options.timeout.unwrap_or_default(),
                         missing: self.missing(&answered),
                     })
                 }
-                Err(RecvTimeoutError::Disconnected) => {
+                Err(_) => {
                     let w = answered.iter().position(|a| !a).unwrap_or(0);
                     return Err(self.worker_failed(w));
                 }

@@ -1,0 +1,155 @@
+//! Whole ensembles of 3 to 5 members with different architectures, for every
+//! aggregate, on the CPU, on every usable adapter, and spread by `Placement::Auto`.
+
+mod common;
+
+use common::{assert_close, input, reference_forward, reference_mean, reference_vote};
+use wgpu_ensemble::{Activation::*, Aggregate, Graph, Model, Placement, RunOptions, Session};
+
+const IN: usize = 12;
+const OUT: usize = 6;
+
+fn members(count: usize) -> Vec<(String, Model)> {
+    let archs: [(&[usize], &[wgpu_ensemble::Activation]); 5] = [
+        (&[IN, 20, OUT], &[Relu, Softmax]),
+        (&[IN, 9, 17, OUT], &[Tanh, Gelu, Softmax]),
+        (&[IN, OUT], &[Softmax]),
+        (&[IN, 33, OUT], &[Sigmoid, Identity]),
+        (&[IN, 5, 5, 5, OUT], &[Gelu, Relu, Tanh, Softmax]),
+    ];
+    archs
+        .iter()
+        .take(count)
+        .enumerate()
+        .map(|(i, (w, a))| {
+            (
+                format!("m{i}"),
+                Model::random(w, a, 1000 + i as u64).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn aggregates(k: usize) -> Vec<(Aggregate, Vec<f64>, bool)> {
+    let w: Vec<f32> = (0..k).map(|i| 0.5 + i as f32 * 0.75).collect();
+    let w64: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
+    vec![
+        (Aggregate::Mean, vec![1.0; k], false),
+        (Aggregate::WeightedMean(w.clone()), w64.clone(), false),
+        (Aggregate::Vote { weights: None }, vec![1.0; k], true),
+        (Aggregate::Vote { weights: Some(w) }, w64, true),
+    ]
+}
+
+/// Every aggregate over 3, 4 and 5 members placed by `place(member index)`.
+fn check(place: &dyn Fn(usize) -> Placement, label: &str) {
+    for k in 3..=5 {
+        let ms = members(k);
+        for (agg, weights, vote) in aggregates(k) {
+            let name = agg.name();
+            let mut g = Graph::builder(IN).aggregate(agg);
+            for (i, (n, m)) in ms.iter().enumerate() {
+                g = g.member(n.clone(), m.clone(), place(i));
+            }
+            let session = Session::new(g.build().unwrap()).unwrap();
+            for batch in [1, 19, 257] {
+                let x = input(batch, IN, (k * 1000 + batch) as u64);
+                let run = session
+                    .run(&x, &RunOptions::default().member_outputs(true))
+                    .unwrap();
+                let refs: Vec<Vec<f64>> =
+                    ms.iter().map(|(_, m)| reference_forward(m, &x)).collect();
+                for (report, want) in run.members.iter().zip(&refs) {
+                    assert_close(
+                        &format!(
+                            "{label}: {k} members {name} batch {batch}: member {}",
+                            report.name
+                        ),
+                        report.output.as_ref().unwrap().as_slice(),
+                        want,
+                    );
+                }
+                let want = if vote {
+                    reference_vote(&refs, &weights, OUT)
+                } else {
+                    reference_mean(&refs, &weights)
+                };
+                assert_eq!(run.aggregate.shape(), &[batch, OUT]);
+                assert_close(
+                    &format!("{label}: {k} members {name} batch {batch}: aggregate"),
+                    run.aggregate.as_slice(),
+                    &want,
+                );
+                // Without member outputs the device-side aggregate alone comes back.
+                let lean = session.run(&x, &RunOptions::default()).unwrap();
+                assert!(lean.members.iter().all(|m| m.output.is_none()));
+                assert_close(
+                    &format!("{label}: {k} members {name} batch {batch}: aggregate alone"),
+                    lean.aggregate.as_slice(),
+                    &want,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn ensembles_on_cpu() {
+    check(&|_| Placement::Cpu, "cpu");
+}
+
+#[test]
+fn ensembles_on_each_adapter() {
+    for (label, place) in common::gpu_placements("ensembles_on_each_adapter") {
+        check(&|_| place.clone(), &label);
+    }
+}
+
+#[test]
+fn ensembles_spread_by_auto_and_mixed_with_cpu() {
+    // Auto spreads over the usable adapters (or the CPU when there is none); every
+    // third member is pinned to the CPU so host and device partial sums mix.
+    common::usable_adapters("ensembles_spread_by_auto");
+    check(
+        &|i| {
+            if i % 3 == 2 {
+                Placement::Cpu
+            } else {
+                Placement::Auto
+            }
+        },
+        "auto+cpu",
+    );
+}
+
+#[test]
+fn vote_shares_sum_to_one_and_ties_go_to_the_lowest_class() {
+    // Two members that always output the same constant vector with a tie between
+    // classes 1 and 3: every vote goes to class 1.
+    let tie = || {
+        let w = wgpu_ensemble::Tensor::matrix(4, 2, vec![0.0; 8]).unwrap();
+        Model::from_parts(vec![(w, vec![0.0, 2.0, 1.0, 2.0], Identity)]).unwrap()
+    };
+    let mut places = vec![Placement::Cpu];
+    places.extend(common::gpu_placements("vote ties").into_iter().map(|p| p.1));
+    for place in places {
+        let graph = Graph::builder(2)
+            .member("a", tie(), place.clone())
+            .member("b", tie(), place.clone())
+            .aggregate(Aggregate::Vote { weights: None })
+            .build()
+            .unwrap();
+        let session = Session::new(graph).unwrap();
+        let run = session
+            .run(&input(3, 2, 1), &RunOptions::default())
+            .unwrap();
+        for r in 0..3 {
+            assert_eq!(
+                run.aggregate.row(r).unwrap(),
+                &[0.0, 1.0, 0.0, 0.0],
+                "{place:?}"
+            );
+        }
+        assert_eq!(run.aggregate.argmax_rows().unwrap(), vec![1, 1, 1]);
+    }
+}

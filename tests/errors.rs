@@ -1,0 +1,300 @@
+//! Every kind of bad input gives a typed error that says what was expected and what
+//! was given, never a panic, and leaves what was already built working.
+
+mod common;
+
+use common::{assert_close, input, reference_forward};
+use wgpu_ensemble::{
+    adapters, Activation::*, Aggregate, Error, Graph, Model, Placement, RunOptions, Session, Tensor,
+};
+
+fn model(widths: &[usize]) -> Model {
+    let acts = vec![Relu; widths.len() - 1];
+    Model::random(widths, &acts, 1).unwrap()
+}
+
+fn cpu_session() -> (Session, Model) {
+    let m = model(&[4, 6, 3]);
+    let g = Graph::builder(4)
+        .member("m", m.clone(), Placement::Cpu)
+        .build()
+        .unwrap();
+    (Session::new(g).unwrap(), m)
+}
+
+#[test]
+fn wrong_feature_width() {
+    let (session, m) = cpu_session();
+    let err = session
+        .run(&input(2, 5, 1), &RunOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::FeatureWidth {
+                expected: 4,
+                got: 5
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("5") && err.to_string().contains("4"),
+        "{err}"
+    );
+    // The session still works after the bad input.
+    let x = input(3, 4, 2);
+    let run = session.run(&x, &RunOptions::default()).unwrap();
+    assert_close(
+        "after bad input",
+        run.aggregate.as_slice(),
+        &reference_forward(&m, &x),
+    );
+}
+
+#[test]
+fn empty_batch() {
+    let (session, _) = cpu_session();
+    let x = Tensor::matrix(0, 4, vec![]).unwrap();
+    let err = session.run(&x, &RunOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::EmptyBatch), "{err:?}");
+}
+
+#[test]
+fn input_of_the_wrong_rank() {
+    let (session, _) = cpu_session();
+    let x = Tensor::new(vec![8], vec![0.0; 8]).unwrap();
+    let err = session.run(&x, &RunOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Rank { expected: 2, shape, .. } if shape == &[8]),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn tensor_data_that_does_not_fill_its_shape() {
+    let err = Tensor::matrix(3, 4, vec![0.0; 11]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::TensorData {
+                expected: 12,
+                got: 11,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn bias_that_does_not_match_the_weight() {
+    let w = Tensor::matrix(3, 2, vec![0.0; 6]).unwrap();
+    let err = Model::from_parts(vec![(w, vec![0.0; 4], Relu)]).unwrap_err();
+    match err {
+        Error::LayerShape {
+            layer,
+            expected,
+            got,
+            ..
+        } => {
+            assert_eq!((layer, expected, got), (0, vec![3], vec![4]));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn layers_that_do_not_chain() {
+    let w0 = Tensor::matrix(5, 2, vec![0.0; 10]).unwrap();
+    let w1 = Tensor::matrix(3, 4, vec![0.0; 12]).unwrap();
+    let err = Model::from_parts(vec![(w0, vec![0.0; 5], Relu), (w1, vec![0.0; 3], Identity)])
+        .unwrap_err();
+    match err {
+        Error::LayerShape {
+            layer,
+            expected,
+            got,
+            ..
+        } => {
+            assert_eq!((layer, expected, got), (1, vec![3, 5], vec![3, 4]));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn weight_that_is_not_a_matrix() {
+    let w = Tensor::new(vec![6], vec![0.0; 6]).unwrap();
+    let err = Model::from_parts(vec![(w, vec![0.0; 6], Relu)]).unwrap_err();
+    assert!(
+        matches!(&err, Error::LayerShape { layer: 0, got, .. } if got == &[6]),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn model_without_layers() {
+    assert!(matches!(Model::new(vec![]), Err(Error::EmptyModel)));
+    assert!(matches!(
+        Model::random(&[3], &[], 0),
+        Err(Error::EmptyModel)
+    ));
+}
+
+#[test]
+fn members_whose_output_widths_differ() {
+    let err = Graph::builder(4)
+        .member("three", model(&[4, 3]), Placement::Cpu)
+        .member("five", model(&[4, 5]), Placement::Cpu)
+        .build()
+        .unwrap_err();
+    match err {
+        Error::MemberOutputWidth {
+            member,
+            first,
+            expected,
+            got,
+        } => {
+            assert_eq!(
+                (member.as_str(), first.as_str(), expected, got),
+                ("five", "three", 3, 5)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn member_whose_input_width_differs_from_the_graph() {
+    let err = Graph::builder(4)
+        .member("wide", model(&[6, 3]), Placement::Cpu)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::MemberInputWidth { member, expected: 4, got: 6 } if member == "wide"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn graph_without_members_or_with_duplicates() {
+    assert!(matches!(Graph::builder(4).build(), Err(Error::NoMembers)));
+    assert!(matches!(
+        Graph::builder(0)
+            .member("m", model(&[4, 3]), Placement::Cpu)
+            .build(),
+        Err(Error::ZeroInputWidth)
+    ));
+    let err = Graph::builder(4)
+        .member("m", model(&[4, 3]), Placement::Cpu)
+        .member("m", model(&[4, 3]), Placement::Cpu)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::DuplicateMember { name } if name == "m"),
+        "{err:?}"
+    );
+}
+
+fn two_members(aggregate: Aggregate) -> Result<Graph, Error> {
+    Graph::builder(4)
+        .member("a", model(&[4, 3]), Placement::Cpu)
+        .member("b", model(&[4, 3]), Placement::Cpu)
+        .aggregate(aggregate)
+        .build()
+}
+
+#[test]
+fn aggregate_weights_whose_count_differs_from_the_members() {
+    let err = two_members(Aggregate::WeightedMean(vec![1.0, 2.0, 3.0])).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::AggregateWeightCount {
+                expected: 2,
+                got: 3
+            }
+        ),
+        "{err:?}"
+    );
+    let err = two_members(Aggregate::Vote {
+        weights: Some(vec![1.0]),
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::AggregateWeightCount {
+                expected: 2,
+                got: 1
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn negative_or_non_finite_aggregate_weights() {
+    let err = two_members(Aggregate::WeightedMean(vec![1.0, -0.5])).unwrap_err();
+    assert!(
+        matches!(err, Error::AggregateWeight { index: 1, value } if value == -0.5),
+        "{err:?}"
+    );
+    let err = two_members(Aggregate::Vote {
+        weights: Some(vec![f32::NAN, 1.0]),
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::AggregateWeight { index: 0, .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn all_zero_aggregate_weights() {
+    let err = two_members(Aggregate::WeightedMean(vec![0.0, 0.0])).unwrap_err();
+    assert!(matches!(err, Error::AggregateWeightsAllZero), "{err:?}");
+}
+
+#[test]
+fn adapter_index_out_of_range_lists_the_adapters() {
+    let listed = adapters();
+    let index = listed.len() + 3;
+    for place in [
+        Placement::Adapter(index),
+        Placement::Queue {
+            adapter: index,
+            slot: 1,
+        },
+    ] {
+        let g = Graph::builder(4)
+            .member("m", model(&[4, 3]), place)
+            .build()
+            .unwrap();
+        match Session::new(g) {
+            Err(Error::AdapterOutOfRange {
+                index: i,
+                available,
+            }) => {
+                assert_eq!(i, index);
+                assert_eq!(available.len(), listed.len());
+                for (desc, info) in available.iter().zip(&listed) {
+                    assert!(
+                        desc.contains(&info.name),
+                        "{desc} should name {}",
+                        info.name
+                    );
+                }
+                let message = Error::AdapterOutOfRange {
+                    index: i,
+                    available,
+                }
+                .to_string();
+                assert!(message.contains(&index.to_string()), "{message}");
+            }
+            Err(other) => panic!("expected AdapterOutOfRange, got {other:?}"),
+            Ok(_) => panic!("adapter {index} does not exist but the session was built"),
+        }
+    }
+}

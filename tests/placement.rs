@@ -1,0 +1,183 @@
+//! One graph whose members sit on two different adapters, on two queues of one
+//! adapter, on a device the caller created, and on the CPU.
+
+mod common;
+
+use common::{assert_close, input, reference_forward, reference_mean};
+use wgpu_ensemble::{
+    wgpu, Activation::*, ExecutionDevice, ExternalDevice, Graph, Model, Placement, RunOptions,
+    Session,
+};
+
+/// A device the test creates itself on the adapter with this name and backend.
+fn external_device(name: &str, backend: wgpu::Backend) -> ExternalDevice {
+    let backends = wgpu::Backends::from(backend);
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapter = pollster::block_on(instance.enumerate_adapters(backends))
+        .into_iter()
+        .find(|a| a.get_info().name == name)
+        .expect("the adapter the crate listed");
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+    ExternalDevice::new(device, queue, "caller's device")
+}
+
+#[test]
+fn members_on_two_adapters_two_queues_an_external_device_and_the_cpu() {
+    let usable = common::usable_adapters("placement");
+    if usable.len() < 2 {
+        let why = format!(
+            "placement test needs two usable adapters, found {}",
+            usable.len()
+        );
+        assert!(
+            !common::gpu_required(),
+            "{why}, and WGPU_ENSEMBLE_REQUIRE_GPU=1"
+        );
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    // Prefer two adapters on different backends (lavapipe Vulkan and GL llvmpipe on a
+    // CPU machine with Mesa).
+    let a = &usable[0];
+    let b = usable
+        .iter()
+        .find(|x| x.backend != a.backend)
+        .unwrap_or(&usable[1]);
+    let models: Vec<Model> = [
+        (vec![10, 16, 4], vec![Relu, Softmax]),
+        (vec![10, 7, 4], vec![Tanh, Softmax]),
+        (vec![10, 4], vec![Softmax]),
+        (vec![10, 12, 12, 4], vec![Gelu, Sigmoid, Softmax]),
+        (vec![10, 5, 4], vec![Relu, Softmax]),
+        (vec![10, 9, 4], vec![Sigmoid, Softmax]),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (w, acts))| Model::random(w, acts, 50 + i as u64).unwrap())
+    .collect();
+    let placements = [
+        ("first-adapter", Placement::Adapter(a.index)),
+        ("second-adapter", Placement::Adapter(b.index)),
+        (
+            "first-adapter-queue-1",
+            Placement::Queue {
+                adapter: a.index,
+                slot: 1,
+            },
+        ),
+        ("cpu", Placement::Cpu),
+        (
+            "external",
+            Placement::Device(external_device(&a.name, a.backend)),
+        ),
+        // Shares the first adapter's device (slot 0) with "first-adapter".
+        (
+            "first-adapter-again",
+            Placement::Queue {
+                adapter: a.index,
+                slot: 0,
+            },
+        ),
+    ];
+    let expected = [(a, 0), (b, 0), (a, 1)];
+    let mut g = Graph::builder(10);
+    for ((name, place), model) in placements.iter().zip(&models) {
+        g = g.member(*name, model.clone(), place.clone());
+    }
+    let session = Session::new(g.build().unwrap()).unwrap();
+    assert_eq!(
+        session.devices().count(),
+        5,
+        "five distinct devices, one worker each"
+    );
+
+    let x = input(37, 10, 8);
+    let run = session
+        .run(&x, &RunOptions::default().member_outputs(true))
+        .unwrap();
+    for (i, (info, slot)) in expected.iter().enumerate() {
+        match &run.members[i].device {
+            ExecutionDevice::Adapter {
+                index,
+                slot: s,
+                backend,
+                ..
+            } => {
+                assert_eq!(
+                    (*index, *s, *backend),
+                    (info.index, *slot, info.backend),
+                    "member {i}"
+                );
+            }
+            other => panic!("member {i} ran on {other}"),
+        }
+    }
+    assert_eq!(run.members[3].device, ExecutionDevice::Cpu);
+    assert!(
+        matches!(&run.members[4].device, ExecutionDevice::External { label } if label == "caller's device")
+    );
+    assert_eq!(run.members[5].device, run.members[0].device);
+    let listed: Vec<_> = session.members().map(|(_, d)| d.clone()).collect();
+    assert_eq!(
+        listed,
+        run.members
+            .iter()
+            .map(|m| m.device.clone())
+            .collect::<Vec<_>>()
+    );
+
+    let refs: Vec<Vec<f64>> = models.iter().map(|m| reference_forward(m, &x)).collect();
+    for (m, want) in run.members.iter().zip(&refs) {
+        assert_close(
+            &format!("{} on {}", m.name, m.device),
+            m.output.as_ref().unwrap().as_slice(),
+            want,
+        );
+    }
+    assert_close(
+        "aggregate",
+        run.aggregate.as_slice(),
+        &reference_mean(&refs, &[1.0; 6]),
+    );
+}
+
+#[test]
+fn auto_spreads_round_robin_over_usable_adapters() {
+    let usable = common::usable_adapters("auto placement");
+    let hardware: Vec<_> = usable
+        .iter()
+        .filter(|a| {
+            matches!(
+                a.device_type,
+                wgpu::DeviceType::DiscreteGpu
+                    | wgpu::DeviceType::IntegratedGpu
+                    | wgpu::DeviceType::VirtualGpu
+            )
+        })
+        .collect();
+    let pool: Vec<usize> = if hardware.is_empty() {
+        usable.iter().map(|a| a.index).collect()
+    } else {
+        hardware.iter().map(|a| a.index).collect()
+    };
+    let model = Model::random(&[3, 2], &[Softmax], 1).unwrap();
+    let mut g = Graph::builder(3);
+    for i in 0..5 {
+        g = g.member(format!("m{i}"), model.clone(), Placement::Auto);
+    }
+    let session = Session::new(g.build().unwrap()).unwrap();
+    for (i, (_, device)) in session.members().enumerate() {
+        match device {
+            ExecutionDevice::Adapter { index, slot, .. } => {
+                assert_eq!(*index, pool[i % pool.len()], "member {i}");
+                assert_eq!(*slot, 0);
+            }
+            ExecutionDevice::Cpu => assert!(pool.is_empty(), "member {i} fell back to the CPU"),
+            other => panic!("member {i} on {other}"),
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! naga parses and validates every `shaders/*.wgsl`, with every value its override
+//! constants take; needs no GPU.
+
+use std::path::Path;
+
+fn validate(path: &Path) -> Vec<String> {
+    let source = std::fs::read_to_string(path).unwrap();
+    let module = naga::front::wgsl::parse_str(&source)
+        .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.emit_to_string(&source)));
+    let mut validator = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::default(),
+    );
+    let info = validator
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.emit_to_string(&source)));
+    let overrides: Vec<String> = module
+        .overrides
+        .iter()
+        .filter_map(|(_, o)| o.name.clone())
+        .collect();
+    // The values the crate sets: ACT 0..=4 (dense.wgsl), MODE 0..=1 (aggregate.wgsl).
+    for name in &overrides {
+        let values: &[f64] = match name.as_str() {
+            "ACT" => &[0.0, 1.0, 2.0, 3.0, 4.0],
+            "MODE" => &[0.0, 1.0],
+            other => panic!("{}: unexpected override {other}", path.display()),
+        };
+        for &v in values {
+            let mut constants = naga::back::PipelineConstants::default();
+            constants.insert(name.clone(), v);
+            naga::back::pipeline_constants::process_overrides(
+                &module,
+                &info,
+                Some((naga::ShaderStage::Compute, "main")),
+                &constants,
+            )
+            .unwrap_or_else(|e| panic!("{} with {name} = {v}: {e}", path.display()));
+        }
+    }
+    overrides
+}
+
+#[test]
+fn every_shader_parses_and_validates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wgsl"))
+        .collect();
+    files.sort();
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["aggregate.wgsl", "dense.wgsl", "softmax.wgsl"]);
+    for f in &files {
+        validate(f);
+    }
+}
+
+#[test]
+fn a_broken_shader_is_rejected() {
+    let bad = "@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }";
+    let module = naga::front::wgsl::parse_str(bad);
+    let invalid = match module {
+        Err(_) => true,
+        Ok(m) => naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::default(),
+        )
+        .validate(&m)
+        .is_err(),
+    };
+    assert!(invalid, "naga accepted a type error");
+}
