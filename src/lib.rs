@@ -61,3 +61,8 @@ pub use tensor::Tensor;
 /// The wgpu version this crate is built on, re-exported so that callers creating
 /// their own devices for [`Placement::Device`] use the same types.
 pub use wgpu;
+
+/// Compiles the README's examples as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -5,6 +5,14 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 
+/// Which bind group layout a kernel uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Layout {
+    Dense,
+    Softmax,
+    Aggregate,
+}
+
 /// One kernel: its file under `shaders/` and its source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Kernel {
@@ -12,6 +20,7 @@ pub(crate) struct Kernel {
     source: &'static str,
     /// The `override` constant the cache key's value sets, if any.
     constant: Option<&'static str>,
+    layout: Layout,
 }
 
 /// `shaders/dense.wgsl`: dense layer with fused bias and activation (`ACT`).
@@ -19,6 +28,7 @@ pub(crate) const DENSE: Kernel = Kernel {
     file: "dense.wgsl",
     source: include_str!("../../shaders/dense.wgsl"),
     constant: Some("ACT"),
+    layout: Layout::Dense,
 };
 
 /// `shaders/softmax.wgsl`: row-wise softmax in place.
@@ -26,6 +36,7 @@ pub(crate) const SOFTMAX: Kernel = Kernel {
     file: "softmax.wgsl",
     source: include_str!("../../shaders/softmax.wgsl"),
     constant: None,
+    layout: Layout::Softmax,
 };
 
 /// `shaders/aggregate.wgsl`: one member's weighted contribution (`MODE`).
@@ -33,6 +44,7 @@ pub(crate) const AGGREGATE: Kernel = Kernel {
     file: "aggregate.wgsl",
     source: include_str!("../../shaders/aggregate.wgsl"),
     constant: Some("MODE"),
+    layout: Layout::Aggregate,
 };
 
 /// Rows per dense workgroup tile (`TILE` in dense.wgsl).
@@ -103,10 +115,10 @@ impl Kernels {
     }
 
     fn layout_of(&self, kernel: Kernel) -> &wgpu::BindGroupLayout {
-        match kernel.file {
-            "dense.wgsl" => &self.dense_layout,
-            "softmax.wgsl" => &self.softmax_layout,
-            _ => &self.aggregate_layout,
+        match kernel.layout {
+            Layout::Dense => &self.dense_layout,
+            Layout::Softmax => &self.softmax_layout,
+            Layout::Aggregate => &self.aggregate_layout,
         }
     }
 
