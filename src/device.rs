@@ -107,6 +107,33 @@ pub enum Placement {
     Device(ExternalDevice),
 }
 
+impl std::str::FromStr for Placement {
+    type Err = Error;
+
+    /// Parses `auto`, `cpu`, `adapter:N` or `adapter:N/queue:K` (the manifest's and
+    /// the command line's `device`).
+    fn from_str(spec: &str) -> Result<Self> {
+        let bad = || Error::DeviceSpec {
+            spec: spec.to_string(),
+        };
+        let number = |s: &str| s.trim().parse::<usize>().map_err(|_| bad());
+        let lower = spec.trim().to_ascii_lowercase();
+        match lower.as_str() {
+            "auto" => return Ok(Placement::Auto),
+            "cpu" => return Ok(Placement::Cpu),
+            _ => {}
+        }
+        let rest = lower.strip_prefix("adapter:").ok_or_else(bad)?;
+        match rest.split_once('/') {
+            None => Ok(Placement::Adapter(number(rest)?)),
+            Some((adapter, queue)) => Ok(Placement::Queue {
+                adapter: number(adapter)?,
+                slot: number(queue.strip_prefix("queue:").ok_or_else(bad)?)?,
+            }),
+        }
+    }
+}
+
 /// A wgpu device and queue created by the caller, with a label for reports.
 #[derive(Clone, Debug)]
 pub struct ExternalDevice {
@@ -290,5 +317,37 @@ impl DevicePool {
         };
         self.usable = Some(chosen.clone());
         chosen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_specs_parse() {
+        assert!(matches!("auto".parse(), Ok(Placement::Auto)));
+        assert!(matches!(" CPU ".parse(), Ok(Placement::Cpu)));
+        assert!(matches!("adapter:3".parse(), Ok(Placement::Adapter(3))));
+        assert!(matches!(
+            "adapter:1/queue:2".parse(),
+            Ok(Placement::Queue {
+                adapter: 1,
+                slot: 2
+            })
+        ));
+        for bad in [
+            "gpu",
+            "adapter:",
+            "adapter:x",
+            "adapter:1/2",
+            "adapter:1/queue:",
+            "",
+        ] {
+            assert!(
+                matches!(bad.parse::<Placement>(), Err(Error::DeviceSpec { .. })),
+                "{bad}"
+            );
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The crate's error type: one enum, structured fields, every message says what was
 //! expected and what was given.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Errors returned by every fallible operation of the crate.
@@ -189,6 +190,103 @@ pub enum Error {
         /// Names of the members whose output had not arrived.
         missing: Vec<String>,
     },
+    /// A file could not be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system reported.
+        message: String,
+    },
+    /// A `.safetensors` file is truncated or not a safetensors file.
+    #[error("{path}: not a valid safetensors file: {message}")]
+    CorruptFile {
+        /// The file.
+        path: PathBuf,
+        /// What the parser reported.
+        message: String,
+    },
+    /// A tensor a dense layer needs is not in the file.
+    #[error("{path}: tensor '{tensor}' is missing{}", hint_suffix(.hint))]
+    MissingTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// What the file has instead, when that helps.
+        hint: String,
+    },
+    /// A tensor of the file is not part of a dense layer.
+    #[error("{path}: tensor '{tensor}' is not a dense layer's weight or bias; list the layers to use in the manifest's `layers` to ignore it")]
+    UnexpectedTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+    },
+    /// A tensor has the wrong shape, or does not chain with the previous layer.
+    #[error("{path}: tensor '{tensor}' has shape {got:?}, expected {expected}")]
+    TensorShape {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// The shape that would be valid, in words.
+        expected: String,
+        /// The shape in the file.
+        got: Vec<usize>,
+    },
+    /// A tensor's dtype cannot be converted to f32.
+    #[error("{path}: tensor '{tensor}' has dtype {dtype}; supported: F32, F16, BF16, F64")]
+    UnsupportedDtype {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// The dtype in the file.
+        dtype: String,
+    },
+    /// An activation name is not one this crate knows.
+    #[error("{path}: unknown activation '{name}': expected one of identity, relu, tanh, sigmoid, gelu, softmax")]
+    UnknownActivation {
+        /// The file that names it (a model or a manifest).
+        path: PathBuf,
+        /// The name that was given.
+        name: String,
+    },
+    /// The number of activations differs from the number of layers, or there are none.
+    #[error("{path}: {got} activations for {expected} layers{}", if *.got == 0 { " (give them in the manifest's `activations` or the file's metadata key `activations`)" } else { "" })]
+    ActivationCount {
+        /// The model file.
+        path: PathBuf,
+        /// Number of layers.
+        expected: usize,
+        /// Number of activations given.
+        got: usize,
+    },
+    /// A manifest could not be parsed or has an invalid value.
+    #[error("{path}: {message}")]
+    Manifest {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// A device specification (`auto`, `cpu`, `adapter:N`, `adapter:N/queue:K`) could
+    /// not be parsed.
+    #[error("invalid device '{spec}': expected auto, cpu, adapter:N or adapter:N/queue:K")]
+    DeviceSpec {
+        /// The text that was given.
+        spec: String,
+    },
+    /// A `.npy` file is unreadable or not the array that was expected.
+    #[error("{path}: {message}")]
+    Npy {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong: the dtype, layout or shape found and what was expected.
+        message: String,
+    },
     /// A device worker stopped (it panicked or its thread ended) before answering.
     #[error("the worker of device {device} stopped before answering: {message}")]
     WorkerFailed {
@@ -197,6 +295,14 @@ pub enum Error {
         /// What is known about why.
         message: String,
     },
+}
+
+fn hint_suffix(hint: &str) -> String {
+    if hint.is_empty() {
+        String::new()
+    } else {
+        format!(" ({hint})")
+    }
 }
 
 fn list_or_none(items: &[String]) -> String {

@@ -44,6 +44,7 @@ mod device;
 mod error;
 mod gpu;
 mod graph;
+pub mod io;
 mod model;
 mod session;
 mod tensor;

@@ -161,3 +161,18 @@ pub fn all_placements(test: &str) -> Vec<(String, Placement)> {
     v.extend(gpu_placements(test));
     v
 }
+
+/// The folder of the golden fixtures made by `tests/fixtures/make_golden.py`.
+pub fn golden(file: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/golden")
+        .join(file)
+}
+
+/// A float64 `.npy` fixture: its shape and values.
+pub fn read_f64(path: &std::path::Path) -> (Vec<usize>, Vec<f64>) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(file)).unwrap();
+    let shape = npy.shape().iter().map(|&d| d as usize).collect();
+    (shape, npy.into_vec::<f64>().unwrap())
+}

@@ -1,0 +1,149 @@
+//! The `wgpu-ensemble` command-line tool: list devices, run an ensemble manifest on a
+//! `.npy` input.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use wgpu_ensemble::io::{read_matrix, Manifest};
+use wgpu_ensemble::{probe_adapters, Placement, RunOptions, Session, Tensor};
+
+#[derive(Parser)]
+#[command(
+    name = "wgpu-ensemble",
+    version,
+    about = "Run neural-network ensembles on every GPU and the CPU through wgpu"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every adapter: index, backend, type, name, and whether a device can be created on it.
+    Devices,
+    /// Run an ensemble manifest on a .npy input and write the aggregate as .npy.
+    Predict {
+        /// The ensemble manifest (TOML).
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Input rows: .npy [batch, features], float32 or float64, C order.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the aggregate: .npy float32 [batch, outputs].
+        #[arg(long)]
+        output: PathBuf,
+        /// Also write every member's output: .npy float32 [members, batch, outputs].
+        #[arg(long)]
+        members_output: Option<PathBuf>,
+        /// Fail when the members have not all answered within this many milliseconds.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Run every member here instead of its manifest device: auto, cpu, adapter:N, adapter:N/queue:K.
+        #[arg(long)]
+        device: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Devices => {
+            devices();
+            Ok(())
+        }
+        Command::Predict {
+            manifest,
+            input,
+            output,
+            members_output,
+            timeout_ms,
+            device,
+        } => predict(
+            &manifest,
+            &input,
+            &output,
+            members_output.as_deref(),
+            timeout_ms,
+            device.as_deref(),
+        ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wgpu-ensemble: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn devices() {
+    let probes = probe_adapters();
+    if probes.is_empty() {
+        println!("no adapters found; members placed on `auto` run on the CPU");
+    }
+    for p in probes {
+        let usable = match &p.usable {
+            Ok(()) => "usable".to_string(),
+            Err(why) => format!("unusable: {why}"),
+        };
+        println!(
+            "{}\t{:?}\t{:?}\t{}\t{}",
+            p.info.index, p.info.backend, p.info.device_type, p.info.name, usable
+        );
+    }
+    println!("cpu\t-\tCpu\thost CPU\tusable");
+}
+
+fn predict(
+    manifest: &std::path::Path,
+    input: &std::path::Path,
+    output: &std::path::Path,
+    members_output: Option<&std::path::Path>,
+    timeout_ms: Option<u64>,
+    device: Option<&str>,
+) -> wgpu_ensemble::Result<()> {
+    let started = Instant::now();
+    let device: Option<Placement> = device.map(str::parse).transpose()?;
+    let manifest = Manifest::load(manifest)?;
+    let x = read_matrix(input)?;
+    let session = Session::new(manifest.graph(device.as_ref())?)?;
+    let mut options = RunOptions::default().member_outputs(members_output.is_some());
+    if let Some(ms) = timeout_ms {
+        options = options.timeout(Duration::from_millis(ms));
+    }
+    let run = session.run(&x, &options)?;
+
+    // Every output is complete in memory before any file is written; each file is
+    // written under a temporary name and renamed.
+    let mut files = vec![(output.to_path_buf(), run.aggregate.clone())];
+    if let Some(path) = members_output {
+        let (rows, cols) = run.aggregate.dims2("aggregate")?;
+        let mut all = Vec::with_capacity(run.members.len() * rows * cols);
+        for m in &run.members {
+            if let Some(out) = &m.output {
+                all.extend_from_slice(out.as_slice());
+            }
+        }
+        files.push((
+            path.to_path_buf(),
+            Tensor::new(vec![run.members.len(), rows, cols], all)?,
+        ));
+    }
+    wgpu_ensemble::io::write_tensors(&files)?;
+
+    let mut devices: Vec<String> = session.devices().map(ToString::to_string).collect();
+    devices.dedup();
+    eprintln!(
+        "wgpu-ensemble: {} members on {} device(s) [{}], batch {}, run {:.3} ms, total {:.3} ms",
+        run.members.len(),
+        devices.len(),
+        devices.join("; "),
+        x.shape()[0],
+        run.elapsed.as_secs_f64() * 1e3,
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! The ensemble manifest: a TOML file naming every member's weights, activations,
+//! layer order and device, and the aggregate. Paths are relative to the manifest.
+//!
+//! ```toml
+//! [aggregate]
+//! kind = "weighted_mean"          # "mean" | "weighted_mean" | "vote"
+//! weights = [0.6, 0.4]            # for weighted_mean and (optionally) vote
+//!
+//! [[member]]
+//! name = "relu-64"
+//! file = "relu-64.safetensors"
+//! activations = ["relu", "softmax"]   # optional when the file's metadata has them
+//! layers = ["0", "2"]                 # optional explicit order
+//! device = "auto"                     # "auto" | "cpu" | "adapter:N" | "adapter:N/queue:K"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::io_error;
+use super::weights::{load_model, parse_activations, LoadOptions};
+use crate::aggregate::Aggregate;
+use crate::device::Placement;
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::model::Activation;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFormat {
+    aggregate: Option<AggregateFormat>,
+    #[serde(default)]
+    member: Vec<MemberFormat>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AggregateFormat {
+    kind: String,
+    weights: Option<Vec<f32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberFormat {
+    name: String,
+    file: PathBuf,
+    activations: Option<Vec<String>>,
+    layers: Option<Vec<String>>,
+    device: Option<String>,
+}
+
+/// One `[[member]]` of a manifest, with its file path resolved.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ManifestMember {
+    /// The member's name.
+    pub name: String,
+    /// Its safetensors file (relative paths resolved against the manifest's folder).
+    pub file: PathBuf,
+    /// How to read its layers.
+    pub options: LoadOptions,
+    /// Where it runs (`auto` when the manifest does not say).
+    pub placement: Placement,
+}
+
+/// A parsed and checked ensemble manifest.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Manifest {
+    /// The manifest file.
+    pub path: PathBuf,
+    /// The aggregate node's rule (`mean` when the manifest has no `[aggregate]`).
+    pub aggregate: Aggregate,
+    /// The members, in file order.
+    pub members: Vec<ManifestMember>,
+}
+
+impl Manifest {
+    /// Reads and checks a manifest: unknown keys, aggregate kinds, activation names and
+    /// device specifications are errors naming the manifest. Weight files are read by
+    /// [`Manifest::graph`].
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| io_error(path, e))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses manifest text; `path` names it in errors and anchors relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let bad = |message: String| Error::Manifest {
+            path: path.to_path_buf(),
+            message,
+        };
+        let format: FileFormat = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        if format.member.is_empty() {
+            return Err(bad(
+                "no [[member]]: a manifest needs at least one".to_string()
+            ));
+        }
+        let aggregate = match format.aggregate {
+            None => Aggregate::Mean,
+            Some(AggregateFormat { kind, weights }) => match (kind.as_str(), weights) {
+                ("mean", None) => Aggregate::Mean,
+                ("mean", Some(_)) => {
+                    return Err(bad(
+                        "aggregate kind \"mean\" takes no weights; use \"weighted_mean\"".into(),
+                    ))
+                }
+                ("weighted_mean", Some(w)) => Aggregate::WeightedMean(w),
+                ("weighted_mean", None) => {
+                    return Err(bad("aggregate kind \"weighted_mean\" needs `weights`".into()))
+                }
+                ("vote", weights) => Aggregate::Vote { weights },
+                (other, _) => {
+                    return Err(bad(format!(
+                        "unknown aggregate kind \"{other}\": expected \"mean\", \"weighted_mean\" or \"vote\""
+                    )))
+                }
+            },
+        };
+        let base = path.parent().unwrap_or(Path::new(""));
+        let members = format
+            .member
+            .into_iter()
+            .map(|m| {
+                let activations: Option<Vec<Activation>> = m
+                    .activations
+                    .as_ref()
+                    .map(|a| parse_activations(path, a.iter().map(String::as_str)))
+                    .transpose()?;
+                let placement = match &m.device {
+                    None => Placement::Auto,
+                    Some(spec) => spec
+                        .parse()
+                        .map_err(|e: Error| bad(format!("member \"{}\": {e}", m.name)))?,
+                };
+                Ok(ManifestMember {
+                    file: base.join(&m.file),
+                    options: LoadOptions {
+                        activations,
+                        layers: m.layers,
+                    },
+                    name: m.name,
+                    placement,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            aggregate,
+            members,
+        })
+    }
+
+    /// Loads every member's weights and builds the graph. `device` replaces every
+    /// member's placement when given (the command line's `--device`). The input width
+    /// is the first member's.
+    pub fn graph(&self, device: Option<&Placement>) -> Result<Graph> {
+        let mut builder = None;
+        for m in &self.members {
+            let model = load_model(&m.file, &m.options)?;
+            let b = builder.unwrap_or_else(|| Graph::builder(model.in_features()));
+            let placement = device.cloned().unwrap_or_else(|| m.placement.clone());
+            builder = Some(b.member(m.name.clone(), model, placement));
+        }
+        builder
+            .ok_or(Error::NoMembers)?
+            .aggregate(self.aggregate.clone())
+            .build()
+    }
+}

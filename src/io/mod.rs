@@ -1,0 +1,78 @@
+//! Files in and out: member weights in safetensors (PyTorch's layout), the ensemble
+//! manifest (TOML), and `.npy` arrays.
+
+mod manifest;
+mod npy;
+mod weights;
+
+use std::path::Path;
+
+pub use manifest::{Manifest, ManifestMember};
+pub use npy::{read_matrix, write_tensor};
+pub use weights::ACTIVATIONS_KEY;
+pub use weights::{load_model, save_model, LoadOptions};
+
+use crate::error::{Error, Result};
+
+pub(crate) fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`, so
+/// that `path` never holds a partial file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temporary_path(path);
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io_error(path, e)
+        })
+}
+
+/// Writes several tensors as `.npy` files so that either all of them are written or
+/// none is: every file is first written under a temporary name, and only when all
+/// succeeded are they renamed into place.
+pub fn write_tensors(files: &[(std::path::PathBuf, crate::Tensor)]) -> Result<()> {
+    let mut written: Vec<(std::path::PathBuf, &Path)> = Vec::new();
+    let cleanup = |written: &[(std::path::PathBuf, &Path)]| {
+        for (tmp, _) in written {
+            let _ = std::fs::remove_file(tmp);
+        }
+    };
+    for (path, tensor) in files {
+        let tmp = temporary_path(path);
+        let bytes = match npy::npy_bytes(path, tensor) {
+            Ok(b) => b,
+            Err(e) => {
+                cleanup(&written);
+                return Err(e);
+            }
+        };
+        if let Err(e) = std::fs::write(&tmp, bytes) {
+            let _ = std::fs::remove_file(&tmp);
+            cleanup(&written);
+            return Err(io_error(path, e));
+        }
+        written.push((tmp, path));
+    }
+    for (i, (tmp, path)) in written.iter().enumerate() {
+        if let Err(e) = std::fs::rename(tmp, path) {
+            cleanup(&written[i..]);
+            return Err(io_error(path, e));
+        }
+    }
+    Ok(())
+}
+
+/// A hidden name beside `path` for a file that is being written.
+pub(crate) fn temporary_path(path: &Path) -> std::path::PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.partial", std::process::id()))
+}

@@ -1,0 +1,220 @@
+//! The `wgpu-ensemble` command line: predictions equal the golden fixtures, and every
+//! bad input exits non-zero with a message and writes no output file.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{assert_close, golden, read_f64};
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wgpu-ensemble"))
+        .args(args)
+        .output()
+        .expect("the wgpu-ensemble binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn predict(manifest: &Path, input: &Path, output: &Path, members: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "predict",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--members-output",
+        members.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    cli(&args)
+}
+
+#[test]
+fn predict_matches_the_golden_outputs_on_every_device() {
+    let mut devices = vec!["cpu".to_string()];
+    devices.extend(
+        common::usable_adapters("cli predict")
+            .iter()
+            .map(|a| format!("adapter:{}", a.index)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (members_shape, members_want) = read_f64(&golden("expected_members.npy"));
+    for device in &devices {
+        for (manifest, expected) in [
+            ("vote.toml", "expected_vote.npy"),
+            ("weighted_mean.toml", "expected_weighted_mean.npy"),
+        ] {
+            let output = dir.path().join("y.npy");
+            let members = dir.path().join("members.npy");
+            let out = predict(
+                &golden(manifest),
+                &golden("x_f64.npy"),
+                &output,
+                &members,
+                &["--device", device, "--timeout-ms", "60000"],
+            );
+            assert!(
+                out.status.success(),
+                "{device} {manifest}: {}",
+                stderr(&out)
+            );
+            let summary = stderr(&out);
+            assert!(
+                summary.contains("5 members") && summary.contains("batch 33"),
+                "{summary}"
+            );
+
+            let y = wgpu_ensemble::io::read_matrix(&output).unwrap();
+            assert_eq!(y.shape(), &[33, 5]);
+            assert_close(
+                &format!("{device} {manifest}"),
+                y.as_slice(),
+                &read_f64(&golden(expected)).1,
+            );
+            let (shape, values) = read_members(&members);
+            assert_eq!(shape, members_shape);
+            assert_close(
+                &format!("{device} {manifest} members"),
+                &values,
+                &members_want,
+            );
+        }
+    }
+}
+
+/// The `[members, batch, outputs]` f32 file.
+fn read_members(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let file = std::fs::File::open(path).unwrap();
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(file)).unwrap();
+    let shape = npy.shape().iter().map(|&d| d as usize).collect();
+    (shape, npy.into_vec::<f32>().unwrap())
+}
+
+#[test]
+fn bad_inputs_exit_non_zero_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_manifest = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad_manifest,
+        "[[member]]\nname = \"a\"\nfile = \"a.safetensors\"\nlayer = [\"0\"]\n",
+    )
+    .unwrap();
+    let corrupt_dir = dir.path().join("corrupt");
+    std::fs::create_dir(&corrupt_dir).unwrap();
+    let corrupt_manifest = corrupt_dir.join("m.toml");
+    std::fs::write(
+        &corrupt_manifest,
+        "[[member]]\nname = \"a\"\nfile = \"a.safetensors\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        corrupt_dir.join("a.safetensors"),
+        b"\x08\0\0\0\0\0\0\0{broken}",
+    )
+    .unwrap();
+    let vote = golden("vote.toml");
+    let cases: Vec<(&str, &Path, std::path::PathBuf, &[&str], &str)> = vec![
+        ("int32 input", &vote, golden("bad_int32.npy"), &[], "dtype"),
+        (
+            "3-d input",
+            &vote,
+            golden("bad_3d.npy"),
+            &[],
+            "2 dimensions",
+        ),
+        (
+            "1-d input",
+            &vote,
+            golden("bad_1d.npy"),
+            &[],
+            "2 dimensions",
+        ),
+        (
+            "Fortran order",
+            &vote,
+            golden("bad_fortran.npy"),
+            &[],
+            "Fortran",
+        ),
+        (
+            "wrong width",
+            &vote,
+            golden("bad_width.npy"),
+            &[],
+            "13 features",
+        ),
+        (
+            "missing input",
+            &vote,
+            dir.path().join("absent.npy"),
+            &[],
+            "absent.npy",
+        ),
+        (
+            "unknown manifest key",
+            &bad_manifest,
+            golden("x.npy"),
+            &[],
+            "layer",
+        ),
+        (
+            "corrupt weights",
+            &corrupt_manifest,
+            golden("x.npy"),
+            &[],
+            "a.safetensors",
+        ),
+        (
+            "bad device",
+            &vote,
+            golden("x.npy"),
+            &["--device", "tpu"],
+            "tpu",
+        ),
+        (
+            "adapter out of range",
+            &vote,
+            golden("x.npy"),
+            &["--device", "adapter:99"],
+            "adapter 99",
+        ),
+    ];
+    for (what, manifest, input, extra, needle) in cases {
+        let output = dir.path().join("y.npy");
+        let members = dir.path().join("members.npy");
+        let out = predict(manifest, &input, &output, &members, extra);
+        let message = stderr(&out);
+        assert!(!out.status.success(), "{what}: exited 0");
+        assert!(
+            message.contains("error") && message.contains(needle),
+            "{what}: {message}"
+        );
+        assert!(
+            !output.exists() && !members.exists(),
+            "{what}: wrote an output file"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+            .collect();
+        assert!(leftovers.is_empty(), "{what}: left {leftovers:?}");
+    }
+}
+
+#[test]
+fn devices_lists_adapters_and_the_cpu() {
+    let out = cli(&["devices"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.starts_with("cpu")), "{text}");
+    for a in wgpu_ensemble::adapters() {
+        assert!(text.contains(&a.name), "{} missing from:\n{text}", a.name);
+    }
+}

@@ -1,0 +1,382 @@
+//! Bad model files and bad manifests: each gives an error naming the file and the
+//! tensor or key, never a panic.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use common::golden;
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use wgpu_ensemble::io::{load_model, LoadOptions, Manifest};
+use wgpu_ensemble::{Activation, Error};
+
+/// Writes a safetensors file of f32 tensors (or any dtype given as raw bytes).
+fn write(
+    dir: &Path,
+    name: &str,
+    tensors: &[(&str, Dtype, Vec<usize>)],
+    activations: Option<&str>,
+) -> PathBuf {
+    let buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, dtype, shape)| {
+            let bytes = shape.iter().product::<usize>() * dtype.bitsize() / 8;
+            (n.to_string(), *dtype, shape.clone(), vec![0u8; bytes])
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = buffers
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let metadata = activations.map(|a| HashMap::from([("activations".to_string(), a.to_string())]));
+    let path = dir.join(name);
+    std::fs::write(&path, safetensors::serialize(views, metadata).unwrap()).unwrap();
+    path
+}
+
+fn load(path: &Path) -> Result<wgpu_ensemble::Model, Error> {
+    load_model(path, &LoadOptions::default())
+}
+
+#[test]
+fn every_float_dtype_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::F64] {
+        let path = write(
+            dir.path(),
+            "m.safetensors",
+            &[("0.weight", dtype, vec![3, 2]), ("0.bias", dtype, vec![3])],
+            Some("relu"),
+        );
+        let m = load(&path).unwrap_or_else(|e| panic!("{dtype:?}: {e}"));
+        assert_eq!((m.in_features(), m.out_features()), (2, 3));
+    }
+}
+
+#[test]
+fn natural_order_of_layer_prefixes() {
+    let dir = tempfile::tempdir().unwrap();
+    // 0: 2->3, 2: 3->4, 10: 4->5; lexicographic order (0, 10, 2) would not chain.
+    let path = write(
+        dir.path(),
+        "m.safetensors",
+        &[
+            ("10.weight", Dtype::F32, vec![5, 4]),
+            ("10.bias", Dtype::F32, vec![5]),
+            ("0.weight", Dtype::F32, vec![3, 2]),
+            ("0.bias", Dtype::F32, vec![3]),
+            ("2.weight", Dtype::F32, vec![4, 3]),
+            ("2.bias", Dtype::F32, vec![4]),
+        ],
+        Some("relu,tanh,softmax"),
+    );
+    let m = load(&path).unwrap();
+    let widths: Vec<usize> = m.layers().iter().map(|l| l.out_features()).collect();
+    assert_eq!(widths, [3, 4, 5]);
+    assert_eq!(m.layers()[2].activation(), Activation::Softmax);
+}
+
+#[test]
+fn missing_bias() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "m.safetensors",
+        &[("fc1.weight", Dtype::F32, vec![3, 2])],
+        Some("relu"),
+    );
+    let err = load(&path).unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingTensor { tensor, path: p, .. } if tensor == "fc1.bias" && p == &path),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("m.safetensors") && err.to_string().contains("fc1.bias"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_layer_named_in_the_manifest_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "m.safetensors",
+        &[
+            ("0.weight", Dtype::F32, vec![3, 2]),
+            ("0.bias", Dtype::F32, vec![3]),
+        ],
+        None,
+    );
+    let options = LoadOptions::default()
+        .activations(vec![Activation::Relu, Activation::Relu])
+        .layers(vec!["0".into(), "1".into()]);
+    let err = load_model(&path, &options).unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingTensor { tensor, .. } if tensor == "1.weight"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn shapes_that_do_not_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "m.safetensors",
+        &[
+            ("0.weight", Dtype::F32, vec![3, 2]),
+            ("0.bias", Dtype::F32, vec![3]),
+            ("1.weight", Dtype::F32, vec![4, 5]),
+            ("1.bias", Dtype::F32, vec![4]),
+        ],
+        Some("relu,relu"),
+    );
+    let err = load(&path).unwrap_err();
+    match &err {
+        Error::TensorShape {
+            tensor,
+            got,
+            expected,
+            ..
+        } => {
+            assert_eq!(tensor, "1.weight");
+            assert_eq!(got, &[4, 5]);
+            assert!(expected.contains("[4, 3]"), "{expected}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn bias_of_the_wrong_length_and_weight_of_the_wrong_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "m.safetensors",
+        &[
+            ("0.weight", Dtype::F32, vec![3, 2]),
+            ("0.bias", Dtype::F32, vec![2]),
+        ],
+        Some("relu"),
+    );
+    let err = load(&path).unwrap_err();
+    assert!(
+        matches!(&err, Error::TensorShape { tensor, got, .. } if tensor == "0.bias" && got == &[2]),
+        "{err:?}"
+    );
+    let path = write(
+        dir.path(),
+        "m.safetensors",
+        &[
+            ("0.weight", Dtype::F32, vec![6]),
+            ("0.bias", Dtype::F32, vec![6]),
+        ],
+        Some("relu"),
+    );
+    let err = load(&path).unwrap_err();
+    assert!(
+        matches!(&err, Error::TensorShape { tensor, .. } if tensor == "0.weight"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn unknown_activation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "m.safetensors",
+        &[
+            ("0.weight", Dtype::F32, vec![3, 2]),
+            ("0.bias", Dtype::F32, vec![3]),
+        ],
+        Some("swish"),
+    );
+    let err = load(&path).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnknownActivation { name, .. } if name == "swish"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn activations_missing_or_miscounted() {
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = [
+        ("0.weight", Dtype::F32, vec![3, 2]),
+        ("0.bias", Dtype::F32, vec![3]),
+    ];
+    let err = load(&write(dir.path(), "a.safetensors", &tensors, None)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ActivationCount {
+                expected: 1,
+                got: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = load(&write(
+        dir.path(),
+        "b.safetensors",
+        &tensors,
+        Some("relu,relu"),
+    ))
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ActivationCount {
+                expected: 1,
+                got: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn unsupported_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "m.safetensors",
+        &[
+            ("0.weight", Dtype::I32, vec![3, 2]),
+            ("0.bias", Dtype::F32, vec![3]),
+        ],
+        Some("relu"),
+    );
+    let err = load(&path).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnsupportedDtype { tensor, dtype, .. } if tensor == "0.weight" && dtype == "I32"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn tensor_that_is_not_a_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "m.safetensors",
+        &[
+            ("0.weight", Dtype::F32, vec![3, 2]),
+            ("0.bias", Dtype::F32, vec![3]),
+            ("bn.running_mean", Dtype::F32, vec![3]),
+        ],
+        Some("relu"),
+    );
+    let err = load(&path).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnexpectedTensor { tensor, .. } if tensor == "bn.running_mean"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn truncated_corrupt_and_missing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(golden("seq-relu.safetensors")).unwrap();
+    for (name, bytes) in [
+        ("truncated.safetensors", good[..good.len() / 2].to_vec()),
+        ("header-only.safetensors", good[..20].to_vec()),
+        (
+            "garbage.safetensors",
+            b"this is not a safetensors file at all".to_vec(),
+        ),
+        ("empty.safetensors", Vec::new()),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(
+            matches!(&err, Error::CorruptFile { path: p, .. } if p == &path),
+            "{name}: {err:?}"
+        );
+    }
+    let err = load(&dir.path().join("absent.safetensors")).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+}
+
+fn manifest_error(text: &str) -> String {
+    match Manifest::parse(Path::new("ensemble.toml"), text) {
+        Err(Error::Manifest { path, message }) => {
+            assert_eq!(path, Path::new("ensemble.toml"));
+            message
+        }
+        Err(other) => panic!("expected a manifest error, got {other:?}"),
+        Ok(_) => panic!("manifest accepted:\n{text}"),
+    }
+}
+
+const MEMBER: &str = "[[member]]\nname = \"a\"\nfile = \"a.safetensors\"\n";
+
+#[test]
+fn manifest_keys_that_are_unknown() {
+    let message = manifest_error(&format!("{MEMBER}colour = \"blue\"\n"));
+    assert!(message.contains("colour"), "{message}");
+    let message = manifest_error(&format!(
+        "[aggregate]\nkind = \"mean\"\nwieghts = [1.0]\n{MEMBER}"
+    ));
+    assert!(message.contains("wieghts"), "{message}");
+    let message = manifest_error(&format!("[extra]\n{MEMBER}"));
+    assert!(message.contains("extra"), "{message}");
+}
+
+#[test]
+fn manifest_values_that_are_invalid() {
+    let message = manifest_error(&format!("[aggregate]\nkind = \"median\"\n{MEMBER}"));
+    assert!(message.contains("median"), "{message}");
+    let message = manifest_error(&format!("[aggregate]\nkind = \"weighted_mean\"\n{MEMBER}"));
+    assert!(message.contains("weights"), "{message}");
+    let message = manifest_error(&format!("{MEMBER}device = \"gpu:0\"\n"));
+    assert!(message.contains("gpu:0"), "{message}");
+    let message = manifest_error("");
+    assert!(message.contains("member"), "{message}");
+    let message = manifest_error("[[member]]\nname = \"a\"\n");
+    assert!(message.contains("file"), "{message}");
+    match Manifest::parse(
+        Path::new("e.toml"),
+        &format!("{MEMBER}activations = [\"relu\", \"mish\"]\n"),
+    ) {
+        Err(Error::UnknownActivation { name, .. }) => assert_eq!(name, "mish"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn manifest_member_files_are_relative_to_the_manifest() {
+    let m = Manifest::parse(Path::new("/models/ens/e.toml"), MEMBER).unwrap();
+    assert_eq!(m.members[0].file, Path::new("/models/ens/a.safetensors"));
+    // A missing member file is an error naming it when the graph is built.
+    match m.graph(None) {
+        Err(Error::Io { path, .. }) => assert_eq!(path, Path::new("/models/ens/a.safetensors")),
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("graph built from a missing file"),
+    }
+}
+
+#[test]
+fn manifest_aggregate_weights_are_checked_against_the_members() {
+    let text = std::fs::read_to_string(golden("weighted_mean.toml"))
+        .unwrap()
+        .replace(
+            "weights = [0.3, 0.2, 0.2, 0.2, 0.1]",
+            "weights = [0.5, 0.5]",
+        );
+    let m = Manifest::parse(&golden("edited.toml"), &text).unwrap();
+    assert!(matches!(
+        m.graph(None),
+        Err(Error::AggregateWeightCount {
+            expected: 5,
+            got: 2
+        })
+    ));
+}
