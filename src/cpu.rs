@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::aggregate::{accumulate, Mode};
 use crate::model::{Activation, Dense, Model};
-use crate::session::{DeviceOutput, MemberSpec};
+use crate::session::{DeviceOutput, MemberSpec, Precision};
 
 struct CpuMember {
     index: usize,
@@ -18,21 +18,36 @@ pub(crate) struct CpuExecutor {
     members: Vec<CpuMember>,
     mode: Mode,
     output_width: usize,
+    /// Round layer inputs to f16 (weights are rounded once, at build).
+    f16: bool,
 }
 
 impl CpuExecutor {
-    pub(crate) fn new(members: &[MemberSpec<'_>], mode: Mode, output_width: usize) -> Self {
+    /// With [`Precision::F16`] the weights are rounded to f16 here and every layer's
+    /// input as it is read, the rounding of the GPU kernels.
+    pub(crate) fn new(
+        members: &[MemberSpec<'_>],
+        mode: Mode,
+        output_width: usize,
+        precision: Precision,
+    ) -> Self {
+        let f16 = precision == Precision::F16;
         Self {
             members: members
                 .iter()
                 .map(|s| CpuMember {
                     index: s.index,
                     weight: s.weight,
-                    model: s.model.clone(),
+                    model: if f16 {
+                        s.model.map_weights(round_f16)
+                    } else {
+                        s.model.clone()
+                    },
                 })
                 .collect(),
             mode,
             output_width,
+            f16,
         }
     }
 
@@ -42,7 +57,7 @@ impl CpuExecutor {
         let mut partial = vec![0.0f32; rows * self.output_width];
         let mut members = Vec::new();
         for m in &self.members {
-            let y = forward(&m.model, input, rows);
+            let y = forward(&m.model, input, rows, self.f16);
             accumulate(&mut partial, &y, self.output_width, m.weight, self.mode);
             if want_members {
                 members.push((m.index, y));
@@ -56,14 +71,25 @@ impl CpuExecutor {
     }
 }
 
-/// A model's forward pass on `rows` rows of `x`.
-pub(crate) fn forward(model: &Model, x: &[f32], rows: usize) -> Vec<f32> {
+/// A model's forward pass on `rows` rows of `x`; `f16` rounds each layer's input to
+/// f16 first.
+pub(crate) fn forward(model: &Model, x: &[f32], rows: usize, f16: bool) -> Vec<f32> {
     let mut current: Option<Vec<f32>> = None;
     for layer in model.layers() {
         let input = current.as_deref().unwrap_or(x);
-        current = Some(dense(layer, input, rows));
+        current = Some(if f16 {
+            let rounded: Vec<f32> = input.iter().map(|&v| round_f16(v)).collect();
+            dense(layer, &rounded, rows)
+        } else {
+            dense(layer, input, rows)
+        });
     }
     current.unwrap_or_default()
+}
+
+/// The f32 value nearest to `v` that f16 can hold.
+fn round_f16(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
 }
 
 /// `act(x · Wᵀ + b)` for one layer.

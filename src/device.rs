@@ -14,7 +14,7 @@ const BACKENDS: wgpu::Backends = wgpu::Backends::VULKAN
     .union(wgpu::Backends::GL);
 
 /// What wgpu reports about one adapter.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AdapterInfo {
     /// Position in the list returned by [`adapters`]; what [`Placement::Adapter`] takes.
     pub index: usize,
@@ -28,6 +28,9 @@ pub struct AdapterInfo {
     pub driver: String,
     /// Whether the adapter can run compute shaders at all.
     pub compute: bool,
+    /// The features the adapter offers (for example `SHADER_F16`, which
+    /// [`Precision::F16`](crate::Precision::F16) needs).
+    pub features: wgpu::Features,
 }
 
 impl fmt::Display for AdapterInfo {
@@ -230,6 +233,7 @@ impl DevicePool {
                         .collect::<Vec<_>>()
                         .join(" "),
                     compute,
+                    features: a.features(),
                 }
             })
             .collect();
@@ -264,7 +268,8 @@ impl DevicePool {
         }
         let desc = wgpu::DeviceDescriptor {
             label: Some("wgpu-ensemble"),
-            required_features: wgpu::Features::empty(),
+            // Optional features the kernels can use, where the adapter has them.
+            required_features: adapter.features() & wgpu::Features::SHADER_F16,
             required_limits: adapter.limits(),
             ..Default::default()
         };

@@ -287,6 +287,31 @@ pub enum Error {
         /// What is wrong: the dtype, layout or shape found and what was expected.
         message: String,
     },
+    /// A precision name is not one this crate knows.
+    #[error("unknown precision '{name}': expected f32 or f16")]
+    UnknownPrecision {
+        /// The name that was given.
+        name: String,
+    },
+    /// A device cannot run the session's precision.
+    #[error("device {device} cannot run precision {precision}: it lacks {missing}")]
+    PrecisionUnsupported {
+        /// Device description.
+        device: String,
+        /// The precision asked for.
+        precision: &'static str,
+        /// The adapter feature it lacks.
+        missing: &'static str,
+    },
+    /// A fixed tile configuration exceeds a device's limits (workgroup size, shared
+    /// memory, at most 8 × 8 accumulators per thread).
+    #[error("tile configuration {tile} does not fit the limits of device {device}")]
+    TileUnsupported {
+        /// Device description.
+        device: String,
+        /// The configuration.
+        tile: String,
+    },
     /// A device worker stopped (it panicked or its thread ended) before answering.
     #[error("the worker of device {device} stopped before answering: {message}")]
     WorkerFailed {

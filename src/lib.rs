@@ -54,9 +54,10 @@ pub use device::{
     adapters, probe_adapters, AdapterInfo, AdapterProbe, ExecutionDevice, ExternalDevice, Placement,
 };
 pub use error::{Error, Result};
+pub use gpu::tune::TileConfig;
 pub use graph::{Graph, GraphBuilder, Member};
 pub use model::{Activation, Dense, Model, UnknownActivation};
-pub use session::{MemberReport, RunOptions, RunOutput, Session, SessionOptions};
+pub use session::{MemberReport, Precision, RunOptions, RunOutput, Session, SessionOptions};
 pub use tensor::Tensor;
 
 /// The wgpu version this crate is built on, re-exported so that callers creating

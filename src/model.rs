@@ -239,6 +239,23 @@ impl Model {
         Self::from_parts(parts)
     }
 
+    /// The same model with `f` applied to every weight (not the biases).
+    pub(crate) fn map_weights(&self, f: impl Fn(f32) -> f32) -> Model {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                let values: Vec<f32> = l.weight.as_slice().iter().map(|&v| f(v)).collect();
+                Dense {
+                    weight: Tensor::from_parts(l.weight.shape().to_vec(), values),
+                    bias: l.bias.clone(),
+                    activation: l.activation,
+                }
+            })
+            .collect();
+        Model { layers }
+    }
+
     /// The layers, first to last.
     pub fn layers(&self) -> &[Dense] {
         &self.layers

@@ -2,6 +2,7 @@
 //! the caller's thread is the aggregate node.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -10,10 +11,57 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::cpu::CpuExecutor;
 use crate::device::{DevicePool, ExecutionDevice, Placement};
 use crate::error::{Error, Result};
+use crate::gpu::tune::{TileConfig, Tuner};
 use crate::gpu::{GpuContext, GpuExecutor};
 use crate::graph::Graph;
 use crate::model::Model;
 use crate::tensor::Tensor;
+
+/// The arithmetic of the GPU dense kernels. Mixed precision is an option, never the
+/// default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Precision {
+    /// f32 weights, activations and accumulation. Tolerance against the f64
+    /// reference: absolute 1e-5 or relative 1e-4.
+    #[default]
+    F32,
+    /// f16 weights (half the memory and bandwidth), layer inputs rounded to f16 as they
+    /// are read, every product (exact in f32) accumulated in f32; biases, activations
+    /// between layers and outputs stay f32. Needs the adapter feature `SHADER_F16`
+    /// (a session on an adapter without it fails to build with
+    /// [`Error::PrecisionUnsupported`]). Tolerance: absolute 1e-4 or relative 1e-3
+    /// against an f64 reference whose weights and layer inputs are rounded to f16 the
+    /// same way (a hidden value within f32 rounding of an f16 rounding boundary may
+    /// round the other way); against the exact f64 reference expect about 1e-3 to
+    /// 1e-2. Values beyond ±65504 overflow. On the CPU the same rounding is applied,
+    /// so every placement gives the same results.
+    F16,
+}
+
+impl Precision {
+    /// `f32` or `f16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" => Ok(Precision::F32),
+            "f16" => Ok(Precision::F16),
+            _ => Err(Error::UnknownPrecision {
+                name: s.to_string(),
+            }),
+        }
+    }
+}
 
 /// Session-wide settings, fixed when the session is built.
 #[derive(Clone, Debug)]
@@ -27,6 +75,21 @@ pub struct SessionOptions {
     /// Batches whose activations do not fit are split into chunks that do. `None`
     /// (the default) uses the device's limit.
     pub max_buffer_bytes: Option<u64>,
+    /// The arithmetic of the GPU kernels (default [`Precision::F32`]).
+    pub precision: Precision,
+    /// Time a few tile configurations of the dense kernel for every layer shape at
+    /// session build and keep the fastest (cached per adapter and shape class for the
+    /// life of the process). Off by default: a fixed 64 × 64 tile is used.
+    pub autotune: bool,
+    /// The batch size the autotune times (default 256); the chosen tiles serve every
+    /// batch above 16 rows (16 rows or fewer use the small-batch kernel).
+    pub autotune_batch: usize,
+    /// A TOML file that keeps autotune results between processes: read before tuning,
+    /// rewritten when a new shape class was timed.
+    pub autotune_cache: Option<PathBuf>,
+    /// A fixed tile configuration for the register-tiled dense kernel, instead of the
+    /// default or the autotune's choice. Checked against each device's limits.
+    pub tile: Option<TileConfig>,
 }
 
 impl Default for SessionOptions {
@@ -34,6 +97,11 @@ impl Default for SessionOptions {
         Self {
             operation_timeout: Duration::from_secs(60),
             max_buffer_bytes: None,
+            precision: Precision::F32,
+            autotune: false,
+            autotune_batch: 256,
+            autotune_cache: None,
+            tile: None,
         }
     }
 }
@@ -48,6 +116,31 @@ impl SessionOptions {
     /// Sets [`SessionOptions::max_buffer_bytes`].
     pub fn max_buffer_bytes(mut self, bytes: u64) -> Self {
         self.max_buffer_bytes = Some(bytes);
+        self
+    }
+
+    /// Sets [`SessionOptions::precision`].
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// Turns the autotune on, timing at `batch` rows (see [`SessionOptions::autotune`]).
+    pub fn autotune(mut self, batch: usize) -> Self {
+        self.autotune = true;
+        self.autotune_batch = batch.max(1);
+        self
+    }
+
+    /// Sets [`SessionOptions::tile`].
+    pub fn tile(mut self, tile: TileConfig) -> Self {
+        self.tile = Some(tile);
+        self
+    }
+
+    /// Sets [`SessionOptions::autotune_cache`].
+    pub fn autotune_cache(mut self, path: impl Into<PathBuf>) -> Self {
+        self.autotune_cache = Some(path.into());
         self
     }
 }
@@ -235,6 +328,12 @@ impl Session {
         }
 
         let mode = graph.aggregate.mode();
+        let tuner = Tuner {
+            enabled: options.autotune,
+            rows: options.autotune_batch,
+            cache_file: options.autotune_cache.as_ref(),
+            fixed: options.tile,
+        };
         let mut executors = Vec::with_capacity(groups.len());
         for (_, ctx, members) in groups {
             let specs: Vec<MemberSpec<'_>> = members
@@ -249,7 +348,12 @@ impl Session {
             let (device, executor) = match ctx {
                 None => (
                     ExecutionDevice::Cpu,
-                    Executor::Cpu(CpuExecutor::new(&specs, mode, graph.output_width)),
+                    Executor::Cpu(CpuExecutor::new(
+                        &specs,
+                        mode,
+                        graph.output_width,
+                        options.precision,
+                    )),
                 ),
                 Some(ctx) => (
                     ctx.label.clone(),
@@ -261,6 +365,8 @@ impl Session {
                         graph.output_width,
                         options.max_buffer_bytes,
                         options.operation_timeout,
+                        options.precision,
+                        &tuner,
                     )?)),
                 ),
             };

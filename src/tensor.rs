@@ -33,6 +33,15 @@ impl Tensor {
         })
     }
 
+    /// A tensor whose data length is known to match its shape.
+    pub(crate) fn from_parts(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Self {
+            shape,
+            data: data.into(),
+        }
+    }
+
     /// A `[rows, cols]` matrix from row-major data.
     pub fn matrix(rows: usize, cols: usize, data: impl Into<Vec<f32>>) -> Result<Self> {
         Self::new(vec![rows, cols], data)

@@ -126,16 +126,18 @@ fn ensembles_spread_by_auto_and_mixed_with_cpu() {
 fn vote_shares_sum_to_one_and_ties_go_to_the_lowest_class() {
     // Two members that always output the same constant vector with a tie between
     // classes 1 and 3: every vote goes to class 1.
-    let tie = || {
+    // Identity outputs go through aggregate.wgsl, softmax outputs through the fused
+    // softmax_aggregate.wgsl: both must break the tie the same way.
+    let tie = |act| {
         let w = wgpu_ensemble::Tensor::matrix(4, 2, vec![0.0; 8]).unwrap();
-        Model::from_parts(vec![(w, vec![0.0, 2.0, 1.0, 2.0], Identity)]).unwrap()
+        Model::from_parts(vec![(w, vec![0.0, 2.0, 1.0, 2.0], act)]).unwrap()
     };
     let mut places = vec![Placement::Cpu];
     places.extend(common::gpu_placements("vote ties").into_iter().map(|p| p.1));
     for place in places {
         let graph = Graph::builder(2)
-            .member("a", tie(), place.clone())
-            .member("b", tie(), place.clone())
+            .member("a", tie(Identity), place.clone())
+            .member("b", tie(Softmax), place.clone())
             .aggregate(Aggregate::Vote { weights: None })
             .build()
             .unwrap();

@@ -7,9 +7,10 @@ fn validate(path: &Path) -> Vec<String> {
     let source = std::fs::read_to_string(path).unwrap();
     let module = naga::front::wgsl::parse_str(&source)
         .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.emit_to_string(&source)));
+    // f16 kernels need the SHADER_FLOAT16 capability (wgpu's SHADER_F16).
     let mut validator = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::default(),
+        naga::valid::Capabilities::default() | naga::valid::Capabilities::SHADER_FLOAT16,
     );
     let info = validator
         .validate(&module)
@@ -19,11 +20,15 @@ fn validate(path: &Path) -> Vec<String> {
         .iter()
         .filter_map(|(_, o)| o.name.clone())
         .collect();
-    // The values the crate sets: ACT 0..=4 (dense.wgsl), MODE 0..=1 (aggregate.wgsl).
+    // The values the crate sets: ACT 0..=4 (dense kernels), MODE 0..=1 (aggregates),
+    // and the tile shapes of the autotune candidates.
     for name in &overrides {
         let values: &[f64] = match name.as_str() {
             "ACT" => &[0.0, 1.0, 2.0, 3.0, 4.0],
             "MODE" => &[0.0, 1.0],
+            "WG_X" | "WG_Y" => &[8.0, 16.0],
+            "TM" | "TN" => &[2.0, 4.0, 8.0],
+            "BK" => &[8.0, 16.0],
             other => panic!("{}: unexpected override {other}", path.display()),
         };
         for &v in values {
@@ -54,7 +59,18 @@ fn every_shader_parses_and_validates() {
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, ["aggregate.wgsl", "dense.wgsl", "softmax.wgsl"]);
+    assert_eq!(
+        names,
+        [
+            "aggregate.wgsl",
+            "dense.wgsl",
+            "dense_f16.wgsl",
+            "dense_small.wgsl",
+            "dense_small_f16.wgsl",
+            "softmax.wgsl",
+            "softmax_aggregate.wgsl",
+        ]
+    );
     for f in &files {
         validate(f);
     }

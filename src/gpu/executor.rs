@@ -6,12 +6,16 @@ use std::time::{Duration, Instant};
 
 use wgpu::util::DeviceExt;
 
-use super::kernels::{Kernels, AGGREGATE, AGGREGATE_WG, DENSE, DENSE_TILE, SOFTMAX};
+use super::kernels::{
+    Kernels, AGGREGATE, AGGREGATE_WG, DENSE, DENSE_F16, DENSE_SMALL, DENSE_SMALL_F16,
+    SMALL_GROUPS_X, SMALL_ROWS, SOFTMAX, SOFTMAX_AGGREGATE,
+};
+use super::tune::{TileConfig, Tuner};
 use super::GpuContext;
 use crate::aggregate::Mode;
 use crate::error::{Error, Result};
 use crate::model::Activation;
-use crate::session::{DeviceOutput, MemberSpec};
+use crate::session::{DeviceOutput, MemberSpec, Precision};
 
 /// `Params` of dense.wgsl; its first two fields double as softmax.wgsl's.
 #[repr(C)]
@@ -36,8 +40,14 @@ struct AggregateParams {
 struct GpuLayer {
     in_features: usize,
     out_features: usize,
+    /// Followed by a softmax dispatch (a hidden layer ending in softmax; the last
+    /// layer's softmax is fused into the aggregate dispatch instead).
     softmax: bool,
-    pipeline: wgpu::ComputePipeline,
+    /// Register-tiled pipeline for more than `SMALL_ROWS` rows, and its tile.
+    tiled: wgpu::ComputePipeline,
+    tile: TileConfig,
+    /// Pipeline for at most `SMALL_ROWS` rows.
+    small: wgpu::ComputePipeline,
     weight: wgpu::Buffer,
     bias: wgpu::Buffer,
     params: wgpu::Buffer,
@@ -47,6 +57,8 @@ struct GpuMember {
     index: usize,
     weight: f32,
     layers: Vec<GpuLayer>,
+    /// The last layer ends in softmax: its softmax is fused with the aggregate.
+    fused_softmax: bool,
     aggregate_params: wgpu::Buffer,
 }
 
@@ -73,6 +85,7 @@ pub(crate) struct GpuExecutor {
     kernels: Kernels,
     softmax: wgpu::ComputePipeline,
     aggregate: wgpu::ComputePipeline,
+    softmax_aggregate: wgpu::ComputePipeline,
     members: Vec<GpuMember>,
     input_width: usize,
     output_width: usize,
@@ -86,6 +99,22 @@ pub(crate) struct GpuExecutor {
 
 fn bytes_of(values: usize) -> u64 {
     (values * std::mem::size_of::<f32>()) as u64
+}
+
+/// f32 values as little-endian bytes (what WGSL's `array<f32>` reads).
+fn le_bytes_f32(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// f32 values rounded to f16, as little-endian bytes padded to a multiple of 4 (a
+/// storage binding's size must be).
+fn le_bytes_f16(values: &[f32]) -> Vec<u8> {
+    let mut bytes: Vec<u8> = values
+        .iter()
+        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+        .collect();
+    bytes.resize(bytes.len().next_multiple_of(4), 0);
+    bytes
 }
 
 /// Copies mapped bytes into `dst` without assuming the mapping's alignment.
@@ -104,6 +133,7 @@ impl GpuExecutor {
     /// Uploads the weights of `members`, creates their pipelines, and checks that the
     /// device can hold them. `max_buffer_bytes` caps every buffer below the device's
     /// own limit (chunks get smaller).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         ctx: GpuContext,
         members: &[MemberSpec<'_>],
@@ -112,8 +142,17 @@ impl GpuExecutor {
         output_width: usize,
         max_buffer_bytes: Option<u64>,
         operation_timeout: Duration,
+        precision: Precision,
+        tuner: &Tuner<'_>,
     ) -> Result<Self> {
         let device = &ctx.device;
+        if precision == Precision::F16 && !device.features().contains(wgpu::Features::SHADER_F16) {
+            return Err(Error::PrecisionUnsupported {
+                device: ctx.label.to_string(),
+                precision: precision.name(),
+                missing: "SHADER_F16",
+            });
+        }
         let limits = device.limits();
         let max_bytes = limits
             .max_storage_buffer_binding_size
@@ -125,41 +164,52 @@ impl GpuExecutor {
             bytes,
             limit: max_bytes,
         };
+        let (tiled_kernel, small_kernel) = match precision {
+            Precision::F32 => (DENSE, DENSE_SMALL),
+            Precision::F16 => (DENSE_F16, DENSE_SMALL_F16),
+        };
         let mut kernels = Kernels::new(device);
-        let softmax = kernels.pipeline(device, SOFTMAX, 0)?;
-        let aggregate = kernels.pipeline(device, AGGREGATE, mode as u32)?;
+        let softmax = kernels.pipeline(device, SOFTMAX, &[])?;
+        let aggregate = kernels.pipeline(device, AGGREGATE, &[("MODE", mode as u32)])?;
+        let softmax_aggregate =
+            kernels.pipeline(device, SOFTMAX_AGGREGATE, &[("MODE", mode as u32)])?;
         let mut widest = input_width;
         let mut gpu_members = Vec::with_capacity(members.len());
         for spec in members {
-            let mut layers = Vec::new();
+            let count = spec.model.layers().len();
+            let fused_softmax = spec.model.layers()[count - 1].activation() == Activation::Softmax;
+            let mut layers = Vec::with_capacity(count);
             for (l, layer) in spec.model.layers().iter().enumerate() {
                 let (out_f, in_f) = (layer.out_features(), layer.in_features());
                 widest = widest.max(out_f);
-                let weight_bytes = bytes_of(out_f * in_f);
-                if weight_bytes > max_bytes {
+                let weight_bytes = match precision {
+                    Precision::F32 => le_bytes_f32(layer.weight().as_slice()),
+                    Precision::F16 => le_bytes_f16(layer.weight().as_slice()),
+                };
+                if weight_bytes.len() as u64 > max_bytes {
                     return Err(too_large(
                         format!("member '{}' layer {l} weight [{out_f}, {in_f}]", spec.name),
-                        weight_bytes,
+                        weight_bytes.len() as u64,
                     ));
                 }
-                let init = |label: &str, data: &[f32], usage| {
+                let init = |label: &str, contents: &[u8]| {
                     device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                         label: Some(label),
-                        contents: bytemuck::cast_slice(data),
-                        usage,
+                        contents,
+                        usage: wgpu::BufferUsages::STORAGE,
                     })
                 };
+                let act = layer.activation().shader_code();
+                let tile = tuner.choose(&ctx, &mut kernels, precision, out_f, in_f)?;
                 layers.push(GpuLayer {
                     in_features: in_f,
                     out_features: out_f,
-                    softmax: layer.activation() == Activation::Softmax,
-                    pipeline: kernels.pipeline(device, DENSE, layer.activation().shader_code())?,
-                    weight: init(
-                        "weight",
-                        layer.weight().as_slice(),
-                        wgpu::BufferUsages::STORAGE,
-                    ),
-                    bias: init("bias", layer.bias(), wgpu::BufferUsages::STORAGE),
+                    softmax: layer.activation() == Activation::Softmax && l + 1 < count,
+                    tiled: kernels.pipeline(device, tiled_kernel, &tile.constants(act))?,
+                    tile,
+                    small: kernels.pipeline(device, small_kernel, &[("ACT", act)])?,
+                    weight: init("weight", &weight_bytes),
+                    bias: init("bias", bytemuck::cast_slice(layer.bias())),
                     params: device.create_buffer(&wgpu::BufferDescriptor {
                         label: Some("dense params"),
                         size: std::mem::size_of::<DenseParams>() as u64,
@@ -172,6 +222,7 @@ impl GpuExecutor {
                 index: spec.index,
                 weight: spec.weight,
                 layers,
+                fused_softmax,
                 aggregate_params: device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("aggregate params"),
                     size: std::mem::size_of::<AggregateParams>() as u64,
@@ -198,6 +249,7 @@ impl GpuExecutor {
             kernels,
             softmax,
             aggregate,
+            softmax_aggregate,
             members: gpu_members,
             input_width,
             output_width,
@@ -321,10 +373,12 @@ impl GpuExecutor {
                     })
                     .collect();
                 let last = &outputs[outputs.len() - 1];
-                let aggregate_group = bind(
-                    &self.kernels.aggregate_layout,
-                    &[last, &acc, &m.aggregate_params],
-                );
+                let layout = if m.fused_softmax {
+                    &self.kernels.softmax_aggregate_layout
+                } else {
+                    &self.kernels.aggregate_layout
+                };
+                let aggregate_group = bind(layout, &[last, &acc, &m.aggregate_params]);
                 MemberRows {
                     staging: buffer("member staging", capacity * self.output_width, staging),
                     outputs,
@@ -391,25 +445,40 @@ impl GpuExecutor {
                 label: Some("members"),
                 timestamp_writes: None,
             });
-            let row_tiles = (rows as u32).div_ceil(DENSE_TILE);
+            let n_rows = rows as u32;
             for (m, mr) in self.members.iter().zip(&rb.members) {
                 for (i, l) in m.layers.iter().enumerate() {
-                    pass.set_pipeline(&l.pipeline);
                     pass.set_bind_group(0, &mr.dense_groups[i], &[]);
-                    pass.dispatch_workgroups(
-                        (l.out_features as u32).div_ceil(DENSE_TILE),
-                        row_tiles,
-                        1,
-                    );
+                    let outputs = l.out_features as u32;
+                    if rows <= SMALL_ROWS {
+                        pass.set_pipeline(&l.small);
+                        pass.dispatch_workgroups(
+                            outputs.min(SMALL_GROUPS_X),
+                            outputs.div_ceil(SMALL_GROUPS_X),
+                            1,
+                        );
+                    } else {
+                        pass.set_pipeline(&l.tiled);
+                        pass.dispatch_workgroups(
+                            outputs.div_ceil(l.tile.tile_cols()),
+                            n_rows.div_ceil(l.tile.tile_rows()),
+                            1,
+                        );
+                    }
                     if let Some(group) = &mr.softmax_groups[i] {
                         pass.set_pipeline(&self.softmax);
                         pass.set_bind_group(0, group, &[]);
-                        pass.dispatch_workgroups(rows as u32, 1, 1);
+                        pass.dispatch_workgroups(n_rows, 1, 1);
                     }
                 }
-                pass.set_pipeline(&self.aggregate);
                 pass.set_bind_group(0, &mr.aggregate_group, &[]);
-                pass.dispatch_workgroups((rows as u32).div_ceil(AGGREGATE_WG), 1, 1);
+                if m.fused_softmax {
+                    pass.set_pipeline(&self.softmax_aggregate);
+                    pass.dispatch_workgroups(n_rows, 1, 1);
+                } else {
+                    pass.set_pipeline(&self.aggregate);
+                    pass.dispatch_workgroups(n_rows.div_ceil(AGGREGATE_WG), 1, 1);
+                }
             }
         }
         let bytes = bytes_of(rows * self.output_width);

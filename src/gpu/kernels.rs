@@ -1,5 +1,5 @@
 //! The WGSL kernels of `shaders/`, their bind group layouts, and a cache of compute
-//! pipelines per (kernel, override constant).
+//! pipelines per (kernel, override constants).
 
 use std::collections::HashMap;
 
@@ -8,9 +8,14 @@ use crate::error::{Error, Result};
 /// Which bind group layout a kernel uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Layout {
+    /// x, w, b (read), y (read-write), params.
     Dense,
+    /// y (read-write), params.
     Softmax,
+    /// y (read), acc (read-write), params.
     Aggregate,
+    /// y, acc (read-write), params.
+    SoftmaxAggregate,
 }
 
 /// One kernel: its file under `shaders/` and its source.
@@ -18,46 +23,80 @@ enum Layout {
 pub(crate) struct Kernel {
     pub(crate) file: &'static str,
     source: &'static str,
-    /// The `override` constant the cache key's value sets, if any.
-    constant: Option<&'static str>,
     layout: Layout,
 }
 
-/// `shaders/dense.wgsl`: dense layer with fused bias and activation (`ACT`).
-pub(crate) const DENSE: Kernel = Kernel {
-    file: "dense.wgsl",
-    source: include_str!("../../shaders/dense.wgsl"),
-    constant: Some("ACT"),
-    layout: Layout::Dense,
-};
+macro_rules! kernel {
+    ($name:ident, $file:literal, $layout:ident, $doc:literal) => {
+        #[doc = $doc]
+        pub(crate) const $name: Kernel = Kernel {
+            file: $file,
+            source: include_str!(concat!("../../shaders/", $file)),
+            layout: Layout::$layout,
+        };
+    };
+}
 
-/// `shaders/softmax.wgsl`: row-wise softmax in place.
-pub(crate) const SOFTMAX: Kernel = Kernel {
-    file: "softmax.wgsl",
-    source: include_str!("../../shaders/softmax.wgsl"),
-    constant: None,
-    layout: Layout::Softmax,
-};
+kernel!(
+    DENSE,
+    "dense.wgsl",
+    Dense,
+    "Register-tiled dense layer (`ACT`, tile overrides)."
+);
+kernel!(
+    DENSE_SMALL,
+    "dense_small.wgsl",
+    Dense,
+    "Dense layer for at most 16 rows (`ACT`)."
+);
+kernel!(
+    DENSE_F16,
+    "dense_f16.wgsl",
+    Dense,
+    "`DENSE` with f16 weights and operands."
+);
+kernel!(
+    DENSE_SMALL_F16,
+    "dense_small_f16.wgsl",
+    Dense,
+    "`DENSE_SMALL` with f16 weights."
+);
+kernel!(
+    SOFTMAX,
+    "softmax.wgsl",
+    Softmax,
+    "Row-wise softmax in place."
+);
+kernel!(
+    AGGREGATE,
+    "aggregate.wgsl",
+    Aggregate,
+    "One member's weighted contribution (`MODE`)."
+);
+kernel!(
+    SOFTMAX_AGGREGATE,
+    "softmax_aggregate.wgsl",
+    SoftmaxAggregate,
+    "A last-layer softmax fused with the member's contribution (`MODE`)."
+);
 
-/// `shaders/aggregate.wgsl`: one member's weighted contribution (`MODE`).
-pub(crate) const AGGREGATE: Kernel = Kernel {
-    file: "aggregate.wgsl",
-    source: include_str!("../../shaders/aggregate.wgsl"),
-    constant: Some("MODE"),
-    layout: Layout::Aggregate,
-};
-
-/// Rows per dense workgroup tile (`TILE` in dense.wgsl).
-pub(crate) const DENSE_TILE: u32 = 16;
+/// Rows up to which the small-batch dense kernel is used.
+pub(crate) const SMALL_ROWS: usize = 16;
 /// Threads per aggregate workgroup.
 pub(crate) const AGGREGATE_WG: u32 = 64;
+/// Workgroups per dispatch dimension the small-batch kernel assumes (`65535u`).
+pub(crate) const SMALL_GROUPS_X: u32 = 65535;
+
+/// A pipeline's identity: its kernel and its override constants.
+type PipelineKey = (Kernel, Vec<(&'static str, u64)>);
 
 /// Bind group layouts and the pipelines created so far on one device.
 pub(crate) struct Kernels {
     pub(crate) dense_layout: wgpu::BindGroupLayout,
     pub(crate) softmax_layout: wgpu::BindGroupLayout,
     pub(crate) aggregate_layout: wgpu::BindGroupLayout,
-    pipelines: HashMap<(Kernel, u32), wgpu::ComputePipeline>,
+    pub(crate) softmax_aggregate_layout: wgpu::BindGroupLayout,
+    pipelines: HashMap<PipelineKey, wgpu::ComputePipeline>,
 }
 
 fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
@@ -96,7 +135,7 @@ impl Kernels {
         };
         Self {
             dense_layout: layout(
-                "dense.wgsl",
+                "dense",
                 &[
                     storage(0, true),
                     storage(1, true),
@@ -105,10 +144,14 @@ impl Kernels {
                     uniform(4),
                 ],
             ),
-            softmax_layout: layout("softmax.wgsl", &[storage(0, false), uniform(1)]),
+            softmax_layout: layout("softmax", &[storage(0, false), uniform(1)]),
             aggregate_layout: layout(
-                "aggregate.wgsl",
+                "aggregate",
                 &[storage(0, true), storage(1, false), uniform(2)],
+            ),
+            softmax_aggregate_layout: layout(
+                "softmax_aggregate",
+                &[storage(0, false), storage(1, false), uniform(2)],
             ),
             pipelines: HashMap::new(),
         }
@@ -119,18 +162,23 @@ impl Kernels {
             Layout::Dense => &self.dense_layout,
             Layout::Softmax => &self.softmax_layout,
             Layout::Aggregate => &self.aggregate_layout,
+            Layout::SoftmaxAggregate => &self.softmax_aggregate_layout,
         }
     }
 
-    /// The pipeline of `kernel` with its override constant set to `value`, created on
-    /// first use inside a validation error scope.
+    /// The pipeline of `kernel` with its override constants set, created on first use
+    /// inside a validation error scope.
     pub(crate) fn pipeline(
         &mut self,
         device: &wgpu::Device,
         kernel: Kernel,
-        value: u32,
+        constants: &[(&'static str, u32)],
     ) -> Result<wgpu::ComputePipeline> {
-        if let Some(p) = self.pipelines.get(&(kernel, value)) {
+        let key: PipelineKey = (
+            kernel,
+            constants.iter().map(|&(n, v)| (n, u64::from(v))).collect(),
+        );
+        if let Some(p) = self.pipelines.get(&key) {
             return Ok(p.clone());
         }
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -143,10 +191,9 @@ impl Kernels {
             bind_group_layouts: &[Some(self.layout_of(kernel))],
             immediate_size: 0,
         });
-        let constants: Vec<(&str, f64)> = kernel
-            .constant
-            .map(|name| (name, f64::from(value)))
-            .into_iter()
+        let values: Vec<(&str, f64)> = constants
+            .iter()
+            .map(|&(name, v)| (name, f64::from(v)))
             .collect();
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(kernel.file),
@@ -154,7 +201,7 @@ impl Kernels {
             module: &module,
             entry_point: Some("main"),
             compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &constants,
+                constants: &values,
                 zero_initialize_workgroup_memory: false,
             },
             cache: None,
@@ -165,7 +212,7 @@ impl Kernels {
                 message: err.to_string(),
             });
         }
-        self.pipelines.insert((kernel, value), pipeline.clone());
+        self.pipelines.insert(key, pipeline.clone());
         Ok(pipeline)
     }
 }

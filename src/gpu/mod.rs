@@ -3,6 +3,7 @@
 
 mod executor;
 mod kernels;
+pub mod tune;
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -47,6 +48,14 @@ impl GpuContext {
             label,
             errors,
             lost,
+        }
+    }
+
+    /// Names the adapter (or external device) for the autotune cache.
+    pub(crate) fn adapter_key(&self) -> String {
+        match &self.label {
+            ExecutionDevice::Adapter { backend, name, .. } => format!("{backend:?} {name}"),
+            other => other.to_string(),
         }
     }
 

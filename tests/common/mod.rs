@@ -176,3 +176,42 @@ pub fn read_f64(path: &std::path::Path) -> (Vec<usize>, Vec<f64>) {
     let shape = npy.shape().iter().map(|&d| d as usize).collect();
     (shape, npy.into_vec::<f64>().unwrap())
 }
+
+/// f32 rounded to the nearest f16.
+pub fn round_f16(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
+}
+
+/// The reference of `Precision::F16`: weights and every layer's input rounded to f16,
+/// everything else in f64.
+pub fn reference_forward_f16(model: &Model, x: &Tensor) -> Vec<f64> {
+    let rounded = |t: &Tensor| {
+        Tensor::new(
+            t.shape().to_vec(),
+            t.as_slice()
+                .iter()
+                .map(|&v| round_f16(v))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap()
+    };
+    let mut cur = rounded(x);
+    let layers = model.layers();
+    let mut out = Vec::new();
+    for (i, layer) in layers.iter().enumerate() {
+        let single = Model::from_parts(vec![(
+            rounded(layer.weight()),
+            layer.bias().to_vec(),
+            layer.activation(),
+        )])
+        .unwrap();
+        out = reference_forward(&single, &cur);
+        if i + 1 < layers.len() {
+            // The next layer reads this output (held in f32) rounded to f16.
+            let rows = x.shape()[0];
+            let values: Vec<f32> = out.iter().map(|&v| round_f16(v as f32)).collect();
+            cur = Tensor::matrix(rows, layer.out_features(), values).unwrap();
+        }
+    }
+    out
+}

@@ -1,0 +1,159 @@
+enable f16;
+
+// dense.wgsl for Precision::F16: the weights are stored as f16, the x slices are
+// rounded to f16 as they are staged, and every product of two f16 values (exact in
+// f32) is accumulated in f32. Bias, activations and y stay f32. Needs SHADER_F16.
+//
+// Dense layer with fused bias and element-wise activation, register-tiled:
+//     y[r, o] = act(sum_k x[r, k] * w[o, k] + b[o])
+// x is [rows, in] row-major, w is [out, in] (PyTorch's nn.Linear layout), b is [out],
+// y is [rows, out].
+//
+// A workgroup of WG_X x WG_Y threads computes a BM x BN tile of y (BM = WG_Y * TM rows,
+// BN = WG_X * TN outputs); each thread keeps TM x TN accumulators in registers, at rows
+// ty + i * WG_Y and outputs tx + j * WG_X so that neighbouring threads store
+// neighbouring outputs. The K dimension is walked in slices of BK: every thread helps
+// stage a BK-deep slice of x and of w through workgroup memory (k-major, so the inner
+// loop reads TM and TN consecutive values), then accumulates. Every load and store is
+// bounds checked, so any shape works. The tile shape is set per pipeline through the
+// override constants (see src/gpu/tune.rs).
+
+// Activation: 0 identity, 1 relu, 2 tanh, 3 sigmoid, 4 gelu (exact, erf form).
+override ACT: u32 = 0u;
+override WG_X: u32 = 16u;
+override WG_Y: u32 = 16u;
+// Accumulators per thread, at most 8 x 8.
+override TM: u32 = 4u;
+override TN: u32 = 4u;
+override BK: u32 = 16u;
+
+const MAX_T: u32 = 8u;
+
+// The first two fields match softmax.wgsl's (rows, cols), so a layer that ends in a
+// softmax shares one uniform buffer between the two kernels.
+struct Params {
+    rows: u32,
+    out_features: u32,
+    in_features: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> w: array<f16>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<uniform> p: Params;
+
+// k-major slices: x_tile[k * BM + m], w_tile[k * BN + n].
+var<workgroup> x_tile: array<f16, BK * WG_Y * TM>;
+var<workgroup> w_tile: array<f16, BK * WG_X * TN>;
+
+// erf by Abramowitz & Stegun 7.1.26, absolute error below 1.5e-7.
+fn erf_approx(v: f32) -> f32 {
+    let s = sign(v);
+    let a = abs(v);
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    return s * (1.0 - poly * exp(-a * a));
+}
+
+fn activate(v: f32) -> f32 {
+    switch ACT {
+        case 1u: {
+            return max(v, 0.0);
+        }
+        case 2u: {
+            // tanh saturates to +-1 in f32 beyond |v| = 10; clamping keeps
+            // exp-based implementations from overflowing to NaN.
+            return tanh(clamp(v, -10.0, 10.0));
+        }
+        case 3u: {
+            // Split by sign so exp never overflows.
+            if v >= 0.0 {
+                return 1.0 / (1.0 + exp(-v));
+            }
+            let e = exp(v);
+            return e / (1.0 + e);
+        }
+        case 4u: {
+            return 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752));
+        }
+        default: {
+            return v;
+        }
+    }
+}
+
+@compute @workgroup_size(WG_X, WG_Y, 1)
+fn main(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(local_invocation_id) local: vec3<u32>,
+    @builtin(local_invocation_index) thread: u32,
+) {
+    let bm = WG_Y * TM;
+    let bn = WG_X * TN;
+    let threads = WG_X * WG_Y;
+    let row0 = group.y * bm;
+    let col0 = group.x * bn;
+    let k_len = p.in_features;
+
+    var acc: array<f32, 64>;
+    for (var i = 0u; i < TM * TN; i++) {
+        acc[i] = 0.0;
+    }
+    var xr: array<f16, MAX_T>;
+    var wr: array<f16, MAX_T>;
+
+    for (var k0 = 0u; k0 < k_len; k0 += BK) {
+        // Stage x[row0 .. row0 + bm, k0 .. k0 + BK]; consecutive threads read
+        // consecutive k of one row.
+        for (var e = thread; e < bm * BK; e += threads) {
+            let m = e / BK;
+            let k = e % BK;
+            let row = row0 + m;
+            var v = 0.0h;
+            if row < p.rows && k0 + k < k_len {
+                v = f16(x[row * k_len + k0 + k]);
+            }
+            x_tile[k * bm + m] = v;
+        }
+        for (var e = thread; e < bn * BK; e += threads) {
+            let n = e / BK;
+            let k = e % BK;
+            let col = col0 + n;
+            var v = 0.0h;
+            if col < p.out_features && k0 + k < k_len {
+                v = w[col * k_len + k0 + k];
+            }
+            w_tile[k * bn + n] = v;
+        }
+        workgroupBarrier();
+        for (var k = 0u; k < BK; k++) {
+            for (var i = 0u; i < TM; i++) {
+                xr[i] = x_tile[k * bm + local.y + i * WG_Y];
+            }
+            for (var j = 0u; j < TN; j++) {
+                wr[j] = w_tile[k * bn + local.x + j * WG_X];
+            }
+            for (var i = 0u; i < TM; i++) {
+                for (var j = 0u; j < TN; j++) {
+                    acc[i * TN + j] = fma(f32(xr[i]), f32(wr[j]), acc[i * TN + j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    for (var i = 0u; i < TM; i++) {
+        let row = row0 + local.y + i * WG_Y;
+        if row >= p.rows {
+            break;
+        }
+        for (var j = 0u; j < TN; j++) {
+            let col = col0 + local.x + j * WG_X;
+            if col < p.out_features {
+                y[row * p.out_features + col] = activate(acc[i * TN + j] + b[col]);
+            }
+        }
+    }
+}

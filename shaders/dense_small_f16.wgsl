@@ -1,0 +1,106 @@
+enable f16;
+
+// dense_small.wgsl for Precision::F16: f16 weights (half the bytes to read), x rounded
+// to f16, products accumulated in f32; bias, activations and y stay f32. Needs
+// SHADER_F16.
+//
+// Dense layer for small batches (at most 16 rows), where the layer is bound by reading
+// the weights: each weight is read exactly once.
+//     y[r, o] = act(sum_k x[r, k] * w[o, k] + b[o])
+// One 64-thread workgroup per output o (workgroup_id.x + workgroup_id.y * 65535): the
+// threads stride over k reading w[o, :] coalesced, keep one partial sum per row, then
+// reduce the 64 partial sums of every row through workgroup memory. Same bindings and
+// Params as dense.wgsl.
+
+// Activation: 0 identity, 1 relu, 2 tanh, 3 sigmoid, 4 gelu (exact, erf form).
+override ACT: u32 = 0u;
+
+const WG: u32 = 64u;
+const MAX_ROWS: u32 = 16u;
+
+struct Params {
+    rows: u32,
+    out_features: u32,
+    in_features: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> w: array<f16>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<uniform> p: Params;
+
+var<workgroup> partial: array<f32, 1024>; // MAX_ROWS * WG
+
+fn erf_approx(v: f32) -> f32 {
+    let s = sign(v);
+    let a = abs(v);
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    return s * (1.0 - poly * exp(-a * a));
+}
+
+fn activate(v: f32) -> f32 {
+    switch ACT {
+        case 1u: {
+            return max(v, 0.0);
+        }
+        case 2u: {
+            return tanh(clamp(v, -10.0, 10.0));
+        }
+        case 3u: {
+            if v >= 0.0 {
+                return 1.0 / (1.0 + exp(-v));
+            }
+            let e = exp(v);
+            return e / (1.0 + e);
+        }
+        case 4u: {
+            return 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752));
+        }
+        default: {
+            return v;
+        }
+    }
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn main(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(local_invocation_id) local: vec3<u32>,
+) {
+    let o = group.x + group.y * 65535u;
+    let tid = local.x;
+    let k_len = p.in_features;
+    let rows = min(p.rows, MAX_ROWS);
+    let live = o < p.out_features;
+
+    var acc: array<f32, 16>;
+    for (var r = 0u; r < MAX_ROWS; r++) {
+        acc[r] = 0.0;
+    }
+    if live {
+        for (var k = tid; k < k_len; k += WG) {
+            let wv = f32(w[o * k_len + k]);
+            for (var r = 0u; r < rows; r++) {
+                acc[r] = fma(f32(f16(x[r * k_len + k])), wv, acc[r]);
+            }
+        }
+    }
+    for (var r = 0u; r < MAX_ROWS; r++) {
+        partial[r * WG + tid] = acc[r];
+    }
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if tid < stride {
+            for (var r = 0u; r < rows; r++) {
+                partial[r * WG + tid] += partial[r * WG + tid + stride];
+            }
+        }
+        workgroupBarrier();
+    }
+    if live && tid < rows {
+        y[tid * p.out_features + o] = activate(partial[tid * WG] + b[o]);
+    }
+}

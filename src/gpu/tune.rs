@@ -1,0 +1,353 @@
+//! Tile configurations of `shaders/dense.wgsl` and the small autotune that picks one
+//! per adapter and shape class by timing a few candidates, cached in memory and
+//! optionally in a TOML file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use wgpu::util::DeviceExt;
+
+use super::kernels::{Kernels, DENSE, DENSE_F16};
+use super::GpuContext;
+use crate::error::{Error, Result};
+use crate::session::Precision;
+
+/// The override constants of one register-tiled dense pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TileConfig {
+    /// Threads per workgroup along the outputs.
+    pub wg_x: u32,
+    /// Threads per workgroup along the rows.
+    pub wg_y: u32,
+    /// Rows per thread.
+    pub tm: u32,
+    /// Outputs per thread.
+    pub tn: u32,
+    /// Depth of each staged slice of the inner dimension.
+    pub bk: u32,
+}
+
+impl TileConfig {
+    /// The configuration used when autotuning is off: 64 x 64 tiles, 4 x 4 per thread.
+    pub const DEFAULT: TileConfig = TileConfig {
+        wg_x: 16,
+        wg_y: 16,
+        tm: 4,
+        tn: 4,
+        bk: 16,
+    };
+
+    /// The candidates the autotune times.
+    pub const CANDIDATES: [TileConfig; 6] = [
+        TileConfig::DEFAULT,
+        TileConfig {
+            wg_x: 16,
+            wg_y: 16,
+            tm: 8,
+            tn: 8,
+            bk: 8,
+        },
+        TileConfig {
+            wg_x: 16,
+            wg_y: 16,
+            tm: 8,
+            tn: 4,
+            bk: 16,
+        },
+        TileConfig {
+            wg_x: 16,
+            wg_y: 16,
+            tm: 4,
+            tn: 8,
+            bk: 16,
+        },
+        TileConfig {
+            wg_x: 8,
+            wg_y: 8,
+            tm: 4,
+            tn: 4,
+            bk: 16,
+        },
+        TileConfig {
+            wg_x: 16,
+            wg_y: 16,
+            tm: 2,
+            tn: 2,
+            bk: 16,
+        },
+    ];
+
+    /// Rows of y one workgroup computes.
+    pub fn tile_rows(&self) -> u32 {
+        self.wg_y * self.tm
+    }
+
+    /// Outputs of y one workgroup computes.
+    pub fn tile_cols(&self) -> u32 {
+        self.wg_x * self.tn
+    }
+
+    pub(crate) fn constants(&self, act: u32) -> [(&'static str, u32); 6] {
+        [
+            ("ACT", act),
+            ("WG_X", self.wg_x),
+            ("WG_Y", self.wg_y),
+            ("TM", self.tm),
+            ("TN", self.tn),
+            ("BK", self.bk),
+        ]
+    }
+
+    /// Whether the device's limits allow this configuration.
+    pub(crate) fn fits(&self, limits: &wgpu::Limits, precision: Precision) -> bool {
+        let element = match precision {
+            Precision::F32 => 4,
+            Precision::F16 => 2,
+        };
+        let shared = element * self.bk * (self.tile_rows() + self.tile_cols());
+        self.tm * self.tn <= 64
+            && self.tm <= 8
+            && self.tn <= 8
+            && self.wg_x <= limits.max_compute_workgroup_size_x
+            && self.wg_y <= limits.max_compute_workgroup_size_y
+            && self.wg_x * self.wg_y <= limits.max_compute_invocations_per_workgroup
+            && shared <= limits.max_compute_workgroup_storage_size
+    }
+}
+
+/// Power-of-two buckets of (rows, outputs, inputs), between 16 and 8192.
+fn bucket(v: usize) -> u32 {
+    v.clamp(16, 8192).next_power_of_two() as u32
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+struct Key {
+    adapter: String,
+    precision: String,
+    rows: u32,
+    outputs: u32,
+    inputs: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    #[serde(flatten)]
+    key: Key,
+    config: TileConfig,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct CacheFile {
+    #[serde(default)]
+    entry: Vec<Entry>,
+}
+
+fn cache() -> &'static Mutex<HashMap<Key, TileConfig>> {
+    static CACHE: OnceLock<Mutex<HashMap<Key, TileConfig>>> = OnceLock::new();
+    CACHE.get_or_init(Mutex::default)
+}
+
+/// Merges a cache file into the in-memory cache; a missing file is an empty cache.
+fn load_file(path: &Path) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(crate::io::io_error(path, e)),
+    };
+    let file: CacheFile = toml::from_str(&text).map_err(|e| Error::Manifest {
+        path: path.to_path_buf(),
+        message: format!("autotune cache: {e}"),
+    })?;
+    let mut map = cache().lock().unwrap_or_else(PoisonError::into_inner);
+    for e in file.entry {
+        map.entry(e.key).or_insert(e.config);
+    }
+    Ok(())
+}
+
+fn save_file(path: &Path) -> Result<()> {
+    let map = cache().lock().unwrap_or_else(PoisonError::into_inner);
+    let mut entry: Vec<Entry> = map
+        .iter()
+        .map(|(k, c)| Entry {
+            key: k.clone(),
+            config: *c,
+        })
+        .collect();
+    entry.sort_by(|a, b| {
+        (
+            &a.key.adapter,
+            &a.key.precision,
+            a.key.rows,
+            a.key.outputs,
+            a.key.inputs,
+        )
+            .cmp(&(
+                &b.key.adapter,
+                &b.key.precision,
+                b.key.rows,
+                b.key.outputs,
+                b.key.inputs,
+            ))
+    });
+    let text = toml::to_string(&CacheFile { entry }).map_err(|e| crate::io::io_error(path, e))?;
+    crate::io::write_atomically(path, text.as_bytes())
+}
+
+/// How a session picks tile configurations.
+pub(crate) struct Tuner<'a> {
+    pub(crate) enabled: bool,
+    pub(crate) rows: usize,
+    pub(crate) cache_file: Option<&'a PathBuf>,
+    pub(crate) fixed: Option<TileConfig>,
+}
+
+impl Tuner<'_> {
+    /// The tile configuration for a `[outputs, inputs]` layer on this device.
+    pub(crate) fn choose(
+        &self,
+        ctx: &GpuContext,
+        kernels: &mut Kernels,
+        precision: Precision,
+        outputs: usize,
+        inputs: usize,
+    ) -> Result<TileConfig> {
+        let limits = ctx.device.limits();
+        if let Some(tile) = self.fixed {
+            if !tile.fits(&limits, precision) {
+                return Err(Error::TileUnsupported {
+                    device: ctx.label.to_string(),
+                    tile: format!("{tile:?}"),
+                });
+            }
+            return Ok(tile);
+        }
+        if !self.enabled {
+            return Ok(TileConfig::DEFAULT);
+        }
+        if let Some(path) = self.cache_file {
+            load_file(path)?;
+        }
+        let key = Key {
+            adapter: ctx.adapter_key(),
+            precision: precision.name().to_string(),
+            rows: bucket(self.rows),
+            outputs: bucket(outputs),
+            inputs: bucket(inputs),
+        };
+        if let Some(c) = cache()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(*c);
+        }
+        let mut best = (Duration::MAX, TileConfig::DEFAULT);
+        for candidate in TileConfig::CANDIDATES {
+            if !candidate.fits(&limits, precision) {
+                continue;
+            }
+            let t = time_candidate(ctx, kernels, precision, candidate, &key)?;
+            if t < best.0 {
+                best = (t, candidate);
+            }
+        }
+        cache()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, best.1);
+        if let Some(path) = self.cache_file {
+            save_file(path)?;
+        }
+        Ok(best.1)
+    }
+}
+
+/// The best of three timed submissions of four dispatches each, on synthetic data of
+/// the shape class.
+fn time_candidate(
+    ctx: &GpuContext,
+    kernels: &mut Kernels,
+    precision: Precision,
+    config: TileConfig,
+    key: &Key,
+) -> Result<Duration> {
+    let device = &ctx.device;
+    let (m, n, k) = (key.rows as usize, key.outputs as usize, key.inputs as usize);
+    let kernel = match precision {
+        Precision::F32 => DENSE,
+        Precision::F16 => DENSE_F16,
+    };
+    let pipeline = kernels.pipeline(device, kernel, &config.constants(0))?;
+    let weight_bytes = match precision {
+        Precision::F32 => n * k * 4,
+        Precision::F16 => (n * k * 2).next_multiple_of(4),
+    };
+    let buffer = |size: usize, usage| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("autotune"),
+            size: size as u64,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let x = buffer(m * k * 4, wgpu::BufferUsages::STORAGE);
+    let w = buffer(weight_bytes, wgpu::BufferUsages::STORAGE);
+    let b = buffer(n * 4, wgpu::BufferUsages::STORAGE);
+    let y = buffer(m * n * 4, wgpu::BufferUsages::STORAGE);
+    let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("autotune params"),
+        contents: bytemuck::cast_slice(&[m as u32, n as u32, k as u32, 0]),
+        usage: wgpu::BufferUsages::UNIFORM,
+    });
+    let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("autotune"),
+        layout: &kernels.dense_layout,
+        entries: &[&x, &w, &b, &y, &params]
+            .iter()
+            .enumerate()
+            .map(|(i, buf)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: buf.as_entire_binding(),
+            })
+            .collect::<Vec<_>>(),
+    });
+    let groups = (
+        (n as u32).div_ceil(config.tile_cols()),
+        (m as u32).div_ceil(config.tile_rows()),
+    );
+    let mut best = Duration::MAX;
+    for round in 0..4 {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &group, &[]);
+            for _ in 0..4 {
+                pass.dispatch_workgroups(groups.0, groups.1, 1);
+            }
+        }
+        let started = Instant::now();
+        let index = ctx.queue.submit([encoder.finish()]);
+        device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: Some(Duration::from_secs(60)),
+            })
+            .map_err(|e| Error::Gpu {
+                device: ctx.label.to_string(),
+                message: format!("autotune: {e}"),
+            })?;
+        // The first round compiles and warms up.
+        if round > 0 {
+            best = best.min(started.elapsed());
+        }
+    }
+    if let Some(e) = ctx.take_error() {
+        return Err(e);
+    }
+    Ok(best)
+}
