@@ -312,6 +312,12 @@ pub enum Error {
         /// The configuration.
         tile: String,
     },
+    /// A benchmark workload name is not one this crate knows.
+    #[error("unknown workload '{name}': expected gemm, E1 or E2")]
+    UnknownWorkload {
+        /// The name that was given.
+        name: String,
+    },
     /// A device worker stopped (it panicked or its thread ended) before answering.
     #[error("the worker of device {device} stopped before answering: {message}")]
     WorkerFailed {

@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 mod aggregate;
+pub mod bench;
 mod cpu;
 mod device;
 mod error;

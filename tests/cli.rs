@@ -218,3 +218,43 @@ fn devices_lists_adapters_and_the_cpu() {
         assert!(text.contains(&a.name), "{} missing from:\n{text}", a.name);
     }
 }
+
+#[test]
+fn bench_prints_one_json_object() {
+    let out = cli(&[
+        "bench",
+        "--workload",
+        "gemm",
+        "--batch",
+        "24",
+        "--device",
+        "cpu",
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value =
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(v["workload"], "gemm");
+    assert_eq!(v["batch"], 24);
+    assert_eq!(v["precision"], "f32");
+    assert_eq!(v["adapter"][0], "cpu");
+    assert_eq!(v["runs"], 3);
+    for field in ["p50_ms", "p99_ms", "throughput_rows_per_s", "gflops"] {
+        assert!(
+            v[field].as_f64().is_some_and(|x| x > 0.0),
+            "{field}: {text}"
+        );
+    }
+    assert!(v["p99_ms"].as_f64() >= v["p50_ms"].as_f64(), "{text}");
+    let bad = cli(&["bench", "--workload", "E9", "--batch", "1", "--json"]);
+    assert!(
+        !bad.status.success() && stderr(&bad).contains("E9"),
+        "{}",
+        stderr(&bad)
+    );
+}

@@ -68,6 +68,17 @@ fn every_tile_candidate_matches_reference() {
             match session(&place, SessionOptions::default().tile(tile)) {
                 Ok(s) => check(&s, F32, &format!("{info} {tile:?}")),
                 Err(Error::TileUnsupported { .. }) => {
+                    eprintln!("{info}: {tile:?} exceeds its limits, not checked");
+                    continue;
+                }
+                Err(e) => panic!("{info} {tile:?}: {e}"),
+            }
+            // The same kernels without wgpu's runtime bounds checks.
+            // SAFETY: this test is what vouches for the kernels' own bounds checks.
+            let trusted = unsafe { SessionOptions::default().tile(tile).trusted_kernels() };
+            match session(&place, trusted) {
+                Ok(s) => check(&s, F32, &format!("{info} {tile:?} trusted")),
+                Err(Error::TileUnsupported { .. }) => {
                     eprintln!("{info}: {tile:?} exceeds its limits, not checked")
                 }
                 Err(e) => panic!("{info} {tile:?}: {e}"),
@@ -94,6 +105,17 @@ fn f16_matches_its_reference_on_every_adapter_that_has_it() {
         let result = session(&place, SessionOptions::default().precision(Precision::F16));
         if info.features.contains(wgpu::Features::SHADER_F16) {
             check(&result.unwrap(), F16, &format!("{info} f16"));
+            // SAFETY: this test is what vouches for the kernels' own bounds checks.
+            let trusted = unsafe {
+                SessionOptions::default()
+                    .precision(Precision::F16)
+                    .trusted_kernels()
+            };
+            check(
+                &session(&place, trusted).unwrap(),
+                F16,
+                &format!("{info} f16 trusted"),
+            );
             checked += 1;
         } else {
             match result {

@@ -6,8 +6,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use wgpu_ensemble::bench::{run_bench, Workload};
 use wgpu_ensemble::io::{read_matrix, Manifest};
-use wgpu_ensemble::{probe_adapters, Placement, RunOptions, Session, Tensor};
+use wgpu_ensemble::{
+    probe_adapters, Placement, Precision, RunOptions, Session, SessionOptions, Tensor,
+};
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +48,39 @@ enum Command {
         #[arg(long)]
         device: Option<String>,
     },
+    /// Time a standard workload: gemm (an N x N layer at batch N), E1 (4 x 784-512-512-10) or E2 (8 x 1024-4096-4096-1024).
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// gemm, E1 or E2.
+    #[arg(long)]
+    workload: String,
+    /// Rows per run (for gemm, also the layer's size).
+    #[arg(long)]
+    batch: usize,
+    /// f32 (default) or f16.
+    #[arg(long, default_value = "f32")]
+    precision: String,
+    /// Where every member runs: auto (default), cpu, adapter:N, adapter:N/queue:K.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Timed runs after the warm-up.
+    #[arg(long, default_value_t = 30)]
+    runs: usize,
+    /// Untimed runs first (pipelines compile on the first).
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Time the dense kernel's tile candidates at session build and use the fastest.
+    #[arg(long)]
+    autotune: bool,
+    /// Compile the kernels without wgpu's runtime bounds checks (SessionOptions::trusted_kernels).
+    #[arg(long)]
+    trusted_kernels: bool,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -69,6 +105,7 @@ fn main() -> ExitCode {
             timeout_ms,
             device.as_deref(),
         ),
+        Command::Bench(args) => bench(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,6 +132,47 @@ fn devices() {
         );
     }
     println!("cpu\t-\tCpu\thost CPU\tusable");
+}
+
+fn bench(args: &BenchArgs) -> wgpu_ensemble::Result<()> {
+    let workload: Workload = args.workload.parse()?;
+    let placement: Placement = args.device.parse()?;
+    let mut options = SessionOptions::default().precision(args.precision.parse::<Precision>()?);
+    if args.autotune {
+        options = options.autotune(args.batch);
+    }
+    if args.trusted_kernels {
+        // SAFETY: asked for on the command line; see SessionOptions::trusted_kernels.
+        options = unsafe { options.trusted_kernels() };
+    }
+    let report = run_bench(
+        workload,
+        args.batch,
+        &placement,
+        options,
+        args.warmup,
+        args.runs,
+    )?;
+    if args.json {
+        let text = serde_json::to_string(&report).map_err(|e| wgpu_ensemble::Error::Io {
+            path: "stdout".into(),
+            message: e.to_string(),
+        })?;
+        println!("{text}");
+    } else {
+        println!(
+            "{} batch {} {} on [{}]: p50 {:.3} ms, p99 {:.3} ms, {:.1} rows/s, {:.2} GFLOP/s",
+            report.workload,
+            report.batch,
+            report.precision,
+            report.adapter.join("; "),
+            report.p50_ms,
+            report.p99_ms,
+            report.throughput_rows_per_s,
+            report.gflops
+        );
+    }
+    Ok(())
 }
 
 fn predict(

@@ -15,7 +15,7 @@ use super::GpuContext;
 use crate::aggregate::Mode;
 use crate::error::{Error, Result};
 use crate::model::Activation;
-use crate::session::{DeviceOutput, MemberSpec, Precision};
+use crate::session::{DeviceOutput, MemberSpec, Precision, SessionOptions};
 
 /// `Params` of dense.wgsl; its first two fields double as softmax.wgsl's.
 #[repr(C)]
@@ -133,18 +133,16 @@ impl GpuExecutor {
     /// Uploads the weights of `members`, creates their pipelines, and checks that the
     /// device can hold them. `max_buffer_bytes` caps every buffer below the device's
     /// own limit (chunks get smaller).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         ctx: GpuContext,
         members: &[MemberSpec<'_>],
         mode: Mode,
         input_width: usize,
         output_width: usize,
-        max_buffer_bytes: Option<u64>,
-        operation_timeout: Duration,
-        precision: Precision,
+        options: &SessionOptions,
         tuner: &Tuner<'_>,
     ) -> Result<Self> {
+        let precision = options.precision;
         let device = &ctx.device;
         if precision == Precision::F16 && !device.features().contains(wgpu::Features::SHADER_F16) {
             return Err(Error::PrecisionUnsupported {
@@ -157,7 +155,7 @@ impl GpuExecutor {
         let max_bytes = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size)
-            .min(max_buffer_bytes.unwrap_or(u64::MAX));
+            .min(options.max_buffer_bytes.unwrap_or(u64::MAX));
         let too_large = |what: String, bytes: u64| Error::BufferTooLarge {
             what,
             device: ctx.label.to_string(),
@@ -168,7 +166,7 @@ impl GpuExecutor {
             Precision::F32 => (DENSE, DENSE_SMALL),
             Precision::F16 => (DENSE_F16, DENSE_SMALL_F16),
         };
-        let mut kernels = Kernels::new(device);
+        let mut kernels = Kernels::new(device, options.trusted_kernels);
         let softmax = kernels.pipeline(device, SOFTMAX, &[])?;
         let aggregate = kernels.pipeline(device, AGGREGATE, &[("MODE", mode as u32)])?;
         let softmax_aggregate =
@@ -254,7 +252,7 @@ impl GpuExecutor {
             input_width,
             output_width,
             chunk_rows,
-            operation_timeout,
+            operation_timeout: options.operation_timeout,
             uniform_rows: 0,
             rows: None,
         })

@@ -92,6 +92,9 @@ type PipelineKey = (Kernel, Vec<(&'static str, u64)>);
 
 /// Bind group layouts and the pipelines created so far on one device.
 pub(crate) struct Kernels {
+    /// Create modules without wgpu's runtime bounds checks (see
+    /// `SessionOptions::trusted_kernels`).
+    trusted: bool,
     pub(crate) dense_layout: wgpu::BindGroupLayout,
     pub(crate) softmax_layout: wgpu::BindGroupLayout,
     pub(crate) aggregate_layout: wgpu::BindGroupLayout,
@@ -126,7 +129,7 @@ fn uniform(binding: u32) -> wgpu::BindGroupLayoutEntry {
 }
 
 impl Kernels {
-    pub(crate) fn new(device: &wgpu::Device) -> Self {
+    pub(crate) fn new(device: &wgpu::Device, trusted: bool) -> Self {
         let layout = |label, entries: &[wgpu::BindGroupLayoutEntry]| {
             device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                 label: Some(label),
@@ -134,6 +137,7 @@ impl Kernels {
             })
         };
         Self {
+            trusted,
             dense_layout: layout(
                 "dense",
                 &[
@@ -182,10 +186,24 @@ impl Kernels {
             return Ok(p.clone());
         }
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let descriptor = wgpu::ShaderModuleDescriptor {
             label: Some(kernel.file),
             source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
-        });
+        };
+        let module = if self.trusted {
+            // SAFETY: the caller of `SessionOptions::trusted_kernels` accepted that the
+            // kernels' own bounds checks (every global load and store is guarded by
+            // the shape in its uniform; workgroup indices are below the tile sizes by
+            // construction, tested for every tile candidate) replace wgpu's.
+            unsafe {
+                device.create_shader_module_trusted(
+                    descriptor,
+                    wgpu::ShaderRuntimeChecks::unchecked(),
+                )
+            }
+        } else {
+            device.create_shader_module(descriptor)
+        };
         let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(kernel.file),
             bind_group_layouts: &[Some(self.layout_of(kernel))],

@@ -1,0 +1,159 @@
+//! The standard workloads of the benchmarks and the `wgpu-ensemble bench` command:
+//! one square dense layer (`gemm`) and the ensembles E1 and E2.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::aggregate::Aggregate;
+use crate::device::Placement;
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::model::{Activation, Model};
+use crate::session::{RunOptions, Session, SessionOptions};
+use crate::tensor::Tensor;
+
+/// A standard workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Workload {
+    /// One `n × n` dense layer (identity) at batch `n`: `2n³` FLOP per run.
+    Gemm,
+    /// 4 × MLP 784-512-512-10 (relu, relu, softmax), mean.
+    E1,
+    /// 8 × MLP 1024-4096-4096-1024 (relu, relu, softmax), mean.
+    E2,
+}
+
+impl FromStr for Workload {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "gemm" => Ok(Workload::Gemm),
+            "e1" => Ok(Workload::E1),
+            "e2" => Ok(Workload::E2),
+            _ => Err(Error::UnknownWorkload {
+                name: s.to_string(),
+            }),
+        }
+    }
+}
+
+impl Workload {
+    /// `gemm`, `E1` or `E2`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Gemm => "gemm",
+            Workload::E1 => "E1",
+            Workload::E2 => "E2",
+        }
+    }
+
+    /// The members' widths, their number, and the input width (for `gemm`, `batch` is
+    /// the layer's size).
+    fn shape(self, batch: usize) -> (Vec<usize>, usize) {
+        match self {
+            Workload::Gemm => (vec![batch, batch], 1),
+            Workload::E1 => (vec![784, 512, 512, 10], 4),
+            Workload::E2 => (vec![1024, 4096, 4096, 1024], 8),
+        }
+    }
+
+    /// The graph of this workload with seeded weights, every member on `placement`.
+    pub fn graph(self, batch: usize, placement: &Placement) -> Result<Graph> {
+        let (widths, members) = self.shape(batch);
+        let activations: Vec<Activation> = match self {
+            Workload::Gemm => vec![Activation::Identity],
+            _ => vec![Activation::Relu, Activation::Relu, Activation::Softmax],
+        };
+        let mut g = Graph::builder(widths[0]).aggregate(Aggregate::Mean);
+        for i in 0..members {
+            let model = Model::random(&widths, &activations, i as u64)?;
+            g = g.member(format!("m{i}"), model, placement.clone());
+        }
+        g.build()
+    }
+
+    /// Floating-point operations of one run at `batch` rows.
+    pub fn flops(self, batch: usize) -> u64 {
+        let (widths, members) = self.shape(batch);
+        let per_row: u64 = widths.windows(2).map(|w| 2 * (w[0] * w[1]) as u64).sum();
+        per_row * members as u64 * batch as u64
+    }
+}
+
+/// What `wgpu-ensemble bench --json` prints.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct BenchReport {
+    /// `gemm`, `E1` or `E2`.
+    pub workload: String,
+    /// Rows per run (for `gemm`, also the layer's size).
+    pub batch: usize,
+    /// `f32` or `f16`.
+    pub precision: String,
+    /// Whether the kernels ran without wgpu's runtime bounds checks.
+    pub trusted_kernels: bool,
+    /// The devices the members ran on.
+    pub adapter: Vec<String>,
+    /// Runs timed (after the warm-up runs).
+    pub runs: usize,
+    /// Median latency of one `Session::run`, in milliseconds.
+    pub p50_ms: f64,
+    /// 99th-percentile latency, in milliseconds.
+    pub p99_ms: f64,
+    /// Rows per second at the median latency.
+    pub throughput_rows_per_s: f64,
+    /// FLOP per second at the median latency, in units of 10⁹.
+    pub gflops: f64,
+}
+
+/// Builds the workload's session, runs it `warmup` times, then times `runs` runs.
+pub fn run_bench(
+    workload: Workload,
+    batch: usize,
+    placement: &Placement,
+    options: SessionOptions,
+    warmup: usize,
+    runs: usize,
+) -> Result<BenchReport> {
+    if batch == 0 {
+        return Err(Error::EmptyBatch);
+    }
+    let precision = options.precision;
+    let trusted_kernels = options.trusted_kernels;
+    let graph = workload.graph(batch, placement)?;
+    let width = graph.input_width();
+    let session = Session::with_options(graph, options)?;
+    let values: Vec<f32> = (0..batch * width)
+        .map(|i| ((i * 7919) % 2000) as f32 / 1000.0 - 1.0)
+        .collect();
+    let x = Tensor::matrix(batch, width, values)?;
+    let run_options = RunOptions::default();
+    for _ in 0..warmup {
+        session.run(&x, &run_options)?;
+    }
+    let mut times: Vec<Duration> = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let started = Instant::now();
+        session.run(&x, &run_options)?;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    let p50 = pick(0.5).as_secs_f64();
+    Ok(BenchReport {
+        workload: workload.name().to_string(),
+        batch,
+        precision: precision.name().to_string(),
+        trusted_kernels,
+        adapter: session.devices().map(ToString::to_string).collect(),
+        runs: times.len(),
+        p50_ms: p50 * 1e3,
+        p99_ms: pick(0.99).as_secs_f64() * 1e3,
+        throughput_rows_per_s: batch as f64 / p50,
+        gflops: workload.flops(batch) as f64 / p50 / 1e9,
+    })
+}
