@@ -1,5 +1,6 @@
 // One member's contribution to the aggregate node's weighted sum, on the device:
-//     acc[r, :] = (first ? 0 : acc[r, :]) + weight * contribution(y[r, :])
+//     acc[r, :] += weight * contribution(y[r, :])
+// (the executor clears acc at the start of every command buffer)
 // MODE 0 (mean, weighted mean): the contribution is the row itself.
 // MODE 1 (vote): the contribution is one-hot at the row's argmax; the scan starts at
 // f32::MIN and moves only on a strictly greater value, so ties go to the lowest
@@ -12,7 +13,7 @@ struct Params {
     rows: u32,
     cols: u32,
     weight: f32,
-    first: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read> y: array<f32>;
@@ -26,11 +27,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let base = row * p.cols;
-    if p.first != 0u {
-        for (var c = 0u; c < p.cols; c++) {
-            acc[base + c] = 0.0;
-        }
-    }
     if MODE == 1u {
         var best = 0u;
         var best_value = -3.4028234663852886e38;

@@ -1,7 +1,8 @@
 // The softmax of a member's last layer fused with the member's contribution to the
 // aggregate node, in one pass over the logits:
 //     y[r, :] = softmax(y[r, :])                      (in place, max-shifted)
-//     acc[r, :] = (first ? 0 : acc[r, :]) + weight * contribution(y[r, :])
+//     acc[r, :] += weight * contribution(y[r, :])
+// (the executor clears acc at the start of every command buffer)
 // MODE 0 (mean, weighted mean): the contribution is the softmax row.
 // MODE 1 (vote): one-hot at the row's argmax of the softmax values; ties go to the
 // lowest class and NaN never wins (the rule of aggregate.wgsl and the host).
@@ -16,7 +17,7 @@ struct Params {
     rows: u32,
     cols: u32,
     weight: f32,
-    first: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> y: array<f32>;
@@ -79,15 +80,8 @@ fn main(
             let v = exp(y[base + c] - row_max) / total;
             y[base + c] = v;
             if MODE == 0u {
-                var a = 0.0;
-                if p.first == 0u {
-                    a = acc[base + c];
-                }
-                acc[base + c] = a + p.weight * v;
+                acc[base + c] += p.weight * v;
             } else {
-                if p.first != 0u {
-                    acc[base + c] = 0.0;
-                }
                 if v > best_value {
                     best = c;
                     best_value = v;
@@ -96,8 +90,6 @@ fn main(
         }
     }
     if MODE == 1u {
-        // The zeroed row must be visible to thread 0 before it adds the vote.
-        storageBarrier();
         // Lowest index among the largest values: the thread-local scans visit columns
         // in increasing order, so combining by (larger value, then lower index) keeps
         // the first maximum of the row.

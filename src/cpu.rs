@@ -1,16 +1,18 @@
 //! The host executor for [`Placement::Cpu`](crate::Placement::Cpu): the same member
 //! networks through `matrixmultiply`'s multi-threaded SGEMM.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::aggregate::{accumulate, Mode};
 use crate::model::{Activation, Dense, Model};
-use crate::session::{DeviceOutput, MemberSpec, Precision};
+use crate::session::Precision;
+use crate::worker::{DeviceOutput, MemberSpec};
 
 struct CpuMember {
     index: usize,
     weight: f32,
-    model: Model,
+    model: Arc<Model>,
 }
 
 /// Runs the members placed on the host CPU.
@@ -26,7 +28,7 @@ impl CpuExecutor {
     /// With [`Precision::F16`] the weights are rounded to f16 here and every layer's
     /// input as it is read, the rounding of the GPU kernels.
     pub(crate) fn new(
-        members: &[MemberSpec<'_>],
+        members: &[MemberSpec],
         mode: Mode,
         output_width: usize,
         precision: Precision,
@@ -39,9 +41,9 @@ impl CpuExecutor {
                     index: s.index,
                     weight: s.weight,
                     model: if f16 {
-                        s.model.map_weights(round_f16)
+                        Arc::new(s.model.map_weights(round_f16))
                     } else {
-                        s.model.clone()
+                        Arc::clone(&s.model)
                     },
                 })
                 .collect(),
@@ -51,14 +53,23 @@ impl CpuExecutor {
         }
     }
 
-    /// Runs every member on `input` (`[rows, in]`, already validated).
-    pub(crate) fn run(&self, input: &[f32], rows: usize, want_members: bool) -> DeviceOutput {
+    /// Runs every member on `input` (`[rows, in]`, already validated), except the
+    /// graph members listed in `skip`.
+    pub(crate) fn run(
+        &self,
+        input: &[f32],
+        rows: usize,
+        want_members: bool,
+        skip: &[usize],
+    ) -> DeviceOutput {
         let started = Instant::now();
         let mut partial = vec![0.0f32; rows * self.output_width];
         let mut members = Vec::new();
-        for m in &self.members {
+        let mut present = Vec::new();
+        for m in self.members.iter().filter(|m| !skip.contains(&m.index)) {
             let y = forward(&m.model, input, rows, self.f16);
             accumulate(&mut partial, &y, self.output_width, m.weight, self.mode);
+            present.push(m.index);
             if want_members {
                 members.push((m.index, y));
             }
@@ -66,6 +77,8 @@ impl CpuExecutor {
         DeviceOutput {
             partial,
             members,
+            present,
+            failed: Vec::new(),
             elapsed: started.elapsed(),
         }
     }

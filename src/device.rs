@@ -198,6 +198,24 @@ impl fmt::Display for ExecutionDevice {
     }
 }
 
+/// Creates a device and its queue on `adapter`, with the adapter's full limits and the
+/// optional features the kernels use. Also how a lost device is recreated.
+pub(crate) fn open_device(
+    adapter: &wgpu::Adapter,
+    label: ExecutionDevice,
+) -> std::result::Result<GpuContext, String> {
+    let desc = wgpu::DeviceDescriptor {
+        label: Some("wgpu-ensemble"),
+        // Optional features the kernels can use, where the adapter has them.
+        required_features: adapter.features() & wgpu::Features::SHADER_F16,
+        required_limits: adapter.limits(),
+        ..Default::default()
+    };
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&desc)).map_err(|e| e.to_string())?;
+    Ok(GpuContext::new(device, queue, label, Some(adapter.clone())))
+}
+
 /// Enumerated adapters plus the devices opened on them while a session is built.
 pub(crate) struct DevicePool {
     adapters: Vec<wgpu::Adapter>,
@@ -266,31 +284,18 @@ impl DevicePool {
                 name: info.name.clone(),
             });
         }
-        let desc = wgpu::DeviceDescriptor {
-            label: Some("wgpu-ensemble"),
-            // Optional features the kernels can use, where the adapter has them.
-            required_features: adapter.features() & wgpu::Features::SHADER_F16,
-            required_limits: adapter.limits(),
-            ..Default::default()
+        let label = ExecutionDevice::Adapter {
+            index,
+            slot,
+            backend: info.backend,
+            name: info.name.clone(),
         };
-        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
-            Error::DeviceCreation {
-                index,
-                name: info.name.clone(),
-                message: e.to_string(),
-                available: self.descriptions(),
-            }
+        let ctx = open_device(adapter, label).map_err(|message| Error::DeviceCreation {
+            index,
+            name: info.name.clone(),
+            message,
+            available: self.descriptions(),
         })?;
-        let ctx = GpuContext::new(
-            device,
-            queue,
-            ExecutionDevice::Adapter {
-                index,
-                slot,
-                backend: info.backend,
-                name: info.name.clone(),
-            },
-        );
         self.opened.insert((index, slot), ctx.clone());
         Ok(ctx)
     }

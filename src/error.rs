@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Errors returned by every fallible operation of the crate.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A tensor's data length does not match the product of its shape.
@@ -317,6 +317,43 @@ pub enum Error {
     UnknownWorkload {
         /// The name that was given.
         name: String,
+    },
+    /// Fewer members finished than the run's quorum asked for.
+    #[error("quorum not met: {finished} of {members} members finished, {required} required; missing: {}", .missing.join("; "))]
+    QuorumNotMet {
+        /// The quorum asked for.
+        required: usize,
+        /// Members that finished.
+        finished: usize,
+        /// Members in the graph.
+        members: usize,
+        /// Each missing member with why it is missing (`name: late` or
+        /// `name: <error>`).
+        missing: Vec<String>,
+    },
+    /// A quorum of zero, or of more members than the graph has.
+    #[error("quorum {quorum} is invalid for {members} members: expected 1 to {members}")]
+    InvalidQuorum {
+        /// The quorum asked for.
+        quorum: usize,
+        /// Members in the graph.
+        members: usize,
+    },
+    /// A member was made to fail by a [`FaultPlan`](crate::FaultPlan).
+    #[error("member '{member}' failed by fault injection on run {run}")]
+    InjectedFault {
+        /// The member.
+        member: String,
+        /// The run.
+        run: u64,
+    },
+    /// A lost device could not be recreated; its members stay unavailable.
+    #[error("device {device} is permanently unavailable: {message}")]
+    DeviceUnavailable {
+        /// Device description.
+        device: String,
+        /// Why it could not be recreated.
+        message: String,
     },
     /// A device worker stopped (it panicked or its thread ended) before answering.
     #[error("the worker of device {device} stopped before answering: {message}")]

@@ -2,6 +2,7 @@
 //! aggregate node that waits for every member.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use crate::aggregate::Aggregate;
 use crate::device::Placement;
@@ -12,7 +13,7 @@ use crate::model::Model;
 #[derive(Clone, Debug)]
 pub struct Member {
     pub(crate) name: String,
-    pub(crate) model: Model,
+    pub(crate) model: Arc<Model>,
     pub(crate) placement: Placement,
 }
 
@@ -91,7 +92,7 @@ impl GraphBuilder {
     pub fn member(mut self, name: impl Into<String>, model: Model, placement: Placement) -> Self {
         self.members.push(Member {
             name: name.into(),
-            model,
+            model: Arc::new(model),
             placement,
         });
         self

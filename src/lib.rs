@@ -43,22 +43,28 @@ pub mod bench;
 mod cpu;
 mod device;
 mod error;
+mod fault;
 mod gpu;
 mod graph;
 pub mod io;
 mod model;
 mod session;
 mod tensor;
+mod worker;
 
 pub use aggregate::Aggregate;
 pub use device::{
     adapters, probe_adapters, AdapterInfo, AdapterProbe, ExecutionDevice, ExternalDevice, Placement,
 };
 pub use error::{Error, Result};
+pub use fault::{Fault, FaultPlan};
 pub use gpu::tune::TileConfig;
 pub use graph::{Graph, GraphBuilder, Member};
 pub use model::{Activation, Dense, Model, UnknownActivation};
-pub use session::{MemberReport, Precision, RunOptions, RunOutput, Session, SessionOptions};
+pub use session::{
+    MemberReport, MemberStatus, Precision, QuorumPolicy, RunOptions, RunOutput, Session,
+    SessionOptions,
+};
 pub use tensor::Tensor;
 
 /// The wgpu version this crate is built on, re-exported so that callers creating

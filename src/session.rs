@@ -1,21 +1,21 @@
 //! A compiled graph: one worker thread per device, fed through crossbeam channels;
 //! the caller's thread is the aggregate node.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::cpu::CpuExecutor;
-use crate::device::{DevicePool, ExecutionDevice, Placement};
+use crate::device::ExecutionDevice;
 use crate::error::{Error, Result};
-use crate::gpu::tune::{TileConfig, Tuner};
-use crate::gpu::{GpuContext, GpuExecutor};
+use crate::fault::FaultPlan;
+use crate::gpu::tune::TileConfig;
 use crate::graph::Graph;
-use crate::model::Model;
 use crate::tensor::Tensor;
+use crate::worker::{compile, Combiner, DeviceOutput, Executor, WorkerContext};
 
 /// The arithmetic of the GPU dense kernels. Mixed precision is an option, never the
 /// default.
@@ -93,6 +93,8 @@ pub struct SessionOptions {
     /// Whether kernels are compiled without wgpu's runtime bounds checks; set only
     /// through the unsafe [`SessionOptions::trusted_kernels`].
     pub(crate) trusted_kernels: bool,
+    /// Faults to inject, for testing (empty by default); see [`FaultPlan`].
+    pub faults: FaultPlan,
 }
 
 impl Default for SessionOptions {
@@ -106,6 +108,7 @@ impl Default for SessionOptions {
             autotune_cache: None,
             tile: None,
             trusted_kernels: false,
+            faults: FaultPlan::default(),
         }
     }
 }
@@ -159,6 +162,12 @@ impl SessionOptions {
         self
     }
 
+    /// Sets [`SessionOptions::faults`].
+    pub fn faults(mut self, plan: FaultPlan) -> Self {
+        self.faults = plan;
+        self
+    }
+
     /// Sets [`SessionOptions::autotune_cache`].
     pub fn autotune_cache(mut self, path: impl Into<PathBuf>) -> Self {
         self.autotune_cache = Some(path.into());
@@ -166,17 +175,33 @@ impl SessionOptions {
     }
 }
 
+/// How many members must answer for a run to succeed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QuorumPolicy {
+    /// Every member (the default): a member that fails fails the run with its error, a
+    /// member late at the deadline gives [`Error::DeadlineExceeded`].
+    #[default]
+    RequireAll,
+    /// At least this many members: the aggregate is taken over the members that
+    /// finished before the deadline (weighted aggregates renormalise their weights over
+    /// them), and each member's [`MemberStatus`] says what happened to it. Fewer gives
+    /// [`Error::QuorumNotMet`] naming the missing members and why.
+    Quorum(usize),
+}
+
 /// Options of one [`Session::run`].
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct RunOptions {
-    /// Like TensorFlow's `RunOptions.timeout_in_ms`: a run whose members have not all
-    /// answered in this time returns [`Error::DeadlineExceeded`] naming them. `None`
-    /// (the default) waits for every member; each device wait is still bounded by
-    /// [`SessionOptions::operation_timeout`].
+    /// Like TensorFlow's `RunOptions.timeout_in_ms`: members that have not answered in
+    /// this time are late. `None` (the default) waits for every member; each device
+    /// wait is still bounded by [`SessionOptions::operation_timeout`].
     pub timeout: Option<Duration>,
     /// Also return every member's own output.
     pub member_outputs: bool,
+    /// How many members must finish (default [`QuorumPolicy::RequireAll`]).
+    pub quorum: QuorumPolicy,
 }
 
 impl RunOptions {
@@ -191,18 +216,54 @@ impl RunOptions {
         self.member_outputs = yes;
         self
     }
+
+    /// Sets [`RunOptions::quorum`].
+    pub fn quorum(mut self, quorum: QuorumPolicy) -> Self {
+        self.quorum = quorum;
+        self
+    }
 }
 
 /// What a run returns.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct RunOutput {
-    /// The aggregate node's output, `[rows, output_width]`.
+    /// The aggregate node's output, `[rows, output_width]`, over the members that
+    /// finished.
     pub aggregate: Tensor,
     /// One report per member, in member order.
     pub members: Vec<MemberReport>,
     /// Wall time of the whole run, as the caller saw it.
     pub elapsed: Duration,
+}
+
+impl RunOutput {
+    /// Whether every member finished (the aggregate is over all of them).
+    pub fn is_complete(&self) -> bool {
+        self.members
+            .iter()
+            .all(|m| matches!(m.status, MemberStatus::Finished))
+    }
+
+    /// The members that did not finish.
+    pub fn missing(&self) -> impl Iterator<Item = &MemberReport> {
+        self.members
+            .iter()
+            .filter(|m| !matches!(m.status, MemberStatus::Finished))
+    }
+}
+
+/// What happened to a member in a run.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum MemberStatus {
+    /// It answered in time; its output is in the aggregate.
+    Finished,
+    /// It had not answered at the deadline.
+    Late,
+    /// It failed: its device was lost or is unavailable, its kernel or its worker
+    /// failed, or a [`FaultPlan`](crate::FaultPlan) made it fail.
+    Failed(Error),
 }
 
 /// One member's part in a run.
@@ -211,54 +272,22 @@ pub struct RunOutput {
 pub struct MemberReport {
     /// The member's name.
     pub name: String,
-    /// Where it ran.
+    /// Where it runs.
     pub device: ExecutionDevice,
+    /// Finished, late or failed.
+    pub status: MemberStatus,
     /// Wall time of its device's work in this run (upload, every member on that
-    /// device in one submission, readback); members sharing a device share it.
+    /// device in one submission, readback); members sharing a device share it. Zero
+    /// when it did not finish.
     pub elapsed: Duration,
-    /// Its `[rows, output_width]` output, when [`RunOptions::member_outputs`] was set.
+    /// Its `[rows, output_width]` output, when [`RunOptions::member_outputs`] was set
+    /// and it finished.
     pub output: Option<Tensor>,
-}
-
-/// What a device worker is given to build its executor.
-pub(crate) struct MemberSpec<'a> {
-    pub(crate) index: usize,
-    pub(crate) name: &'a str,
-    pub(crate) model: &'a Model,
-    pub(crate) weight: f32,
-}
-
-/// What a device worker sends back: its members' weighted sum (or vote counts), and
-/// their own outputs when asked.
-pub(crate) struct DeviceOutput {
-    pub(crate) partial: Vec<f32>,
-    pub(crate) members: Vec<(usize, Vec<f32>)>,
-    pub(crate) elapsed: Duration,
-}
-
-enum Executor {
-    Cpu(CpuExecutor),
-    Gpu(Box<GpuExecutor>),
-}
-
-impl Executor {
-    fn run(&mut self, input: &Tensor, input_width: usize, want: bool) -> Result<DeviceOutput> {
-        let rows = input.len() / input_width;
-        match self {
-            Executor::Cpu(e) => Ok(e.run(input.as_slice(), rows, want)),
-            Executor::Gpu(e) => e.run(input.as_slice(), want),
-        }
-    }
-
-    fn reset(&mut self) {
-        if let Executor::Gpu(e) = self {
-            e.reset();
-        }
-    }
 }
 
 struct Job {
     worker: usize,
+    run: u64,
     input: Tensor,
     want_members: bool,
     deadline: Option<Instant>,
@@ -281,17 +310,10 @@ pub struct Session {
     input_width: usize,
     output_width: usize,
     names: Vec<String>,
+    weights: Vec<f32>,
     member_devices: Vec<ExecutionDevice>,
-    member_worker: Vec<usize>,
-    total_weight: f32,
     workers: Vec<Worker>,
-}
-
-#[derive(PartialEq)]
-enum Key {
-    Cpu,
-    Adapter(usize, usize),
-    External(wgpu::Device),
+    runs: AtomicU64,
 }
 
 impl Session {
@@ -303,116 +325,33 @@ impl Session {
     /// Compiles `graph`: resolves every placement, creates the devices, uploads the
     /// weights, creates the pipelines, and starts one worker per device.
     pub fn with_options(graph: Graph, options: SessionOptions) -> Result<Self> {
-        let mut pool: Option<DevicePool> = None;
-        let mut auto_next = 0;
-        // Devices in order of first use, with their members.
-        let mut groups: Vec<(Key, Option<GpuContext>, Vec<usize>)> = Vec::new();
-        for (index, member) in graph.members.iter().enumerate() {
-            let (key, external) = match &member.placement {
-                Placement::Cpu => (Key::Cpu, None),
-                Placement::Adapter(a) => (Key::Adapter(*a, 0), None),
-                Placement::Queue { adapter, slot } => (Key::Adapter(*adapter, *slot), None),
-                Placement::Auto => {
-                    let usable = pool.get_or_insert_with(DevicePool::new).usable();
-                    if usable.is_empty() {
-                        (Key::Cpu, None)
-                    } else {
-                        auto_next += 1;
-                        (
-                            Key::Adapter(usable[(auto_next - 1) % usable.len()], 0),
-                            None,
-                        )
-                    }
-                }
-                Placement::Device(ext) => (
-                    Key::External(ext.device.clone()),
-                    Some(GpuContext::new(
-                        ext.device.clone(),
-                        ext.queue.clone(),
-                        ExecutionDevice::External {
-                            label: ext.label.clone(),
-                        },
-                    )),
-                ),
-            };
-            if let Some(group) = groups.iter_mut().find(|g| g.0 == key) {
-                group.2.push(index);
-                continue;
-            }
-            let ctx = match key {
-                Key::Adapter(a, slot) => {
-                    Some(pool.get_or_insert_with(DevicePool::new).open(a, slot)?)
-                }
-                _ => external,
-            };
-            groups.push((key, ctx, vec![index]));
-        }
-
-        let mode = graph.aggregate.mode();
-        let tuner = Tuner {
-            enabled: options.autotune,
-            rows: options.autotune_batch,
-            cache_file: options.autotune_cache.as_ref(),
-            fixed: options.tile,
-        };
-        let mut executors = Vec::with_capacity(groups.len());
-        for (_, ctx, members) in groups {
-            let specs: Vec<MemberSpec<'_>> = members
-                .iter()
-                .map(|&i| MemberSpec {
-                    index: i,
-                    name: &graph.members[i].name,
-                    model: &graph.members[i].model,
-                    weight: graph.weights[i],
-                })
-                .collect();
-            let (device, executor) = match ctx {
-                None => (
-                    ExecutionDevice::Cpu,
-                    Executor::Cpu(CpuExecutor::new(
-                        &specs,
-                        mode,
-                        graph.output_width,
-                        options.precision,
-                    )),
-                ),
-                Some(ctx) => (
-                    ctx.label.clone(),
-                    Executor::Gpu(Box::new(GpuExecutor::new(
-                        ctx,
-                        &specs,
-                        mode,
-                        graph.input_width,
-                        graph.output_width,
-                        &options,
-                        &tuner,
-                    )?)),
-                ),
-            };
-            executors.push((device, members, executor));
-        }
-
+        let compiled = compile(&graph, &options, false)?;
+        let names: Vec<String> = graph.members.iter().map(|m| m.name.clone()).collect();
+        let plan = Arc::new(options.faults.clone());
         let mut member_devices = vec![ExecutionDevice::Cpu; graph.members.len()];
-        let mut member_worker = vec![0; graph.members.len()];
-        let mut workers = Vec::with_capacity(executors.len());
-        for (w, (device, members, executor)) in executors.into_iter().enumerate() {
-            for &m in &members {
-                member_devices[m] = device.clone();
-                member_worker[m] = w;
+        let mut workers = Vec::with_capacity(compiled.len());
+        for c in compiled {
+            for &m in &c.members {
+                member_devices[m] = c.device.clone();
             }
             let (tx, rx) = crossbeam_channel::unbounded();
-            let input_width = graph.input_width;
-            let label = device.to_string();
+            let context = WorkerContext {
+                members: c.members.clone(),
+                names: names.clone(),
+                plan: Arc::clone(&plan),
+                device: c.device.to_string(),
+            };
+            let mut executor = c.executor;
             let thread = std::thread::Builder::new()
-                .name(format!("wgpu-ensemble {device}"))
-                .spawn(move || work(executor, rx, input_width, label))
+                .name(format!("wgpu-ensemble {}", c.device))
+                .spawn(move || work(&mut executor, rx, &context))
                 .map_err(|e| Error::WorkerFailed {
-                    device: device.to_string(),
+                    device: c.device.to_string(),
                     message: format!("could not start its thread: {e}"),
                 })?;
             workers.push(Worker {
-                device,
-                members,
+                device: c.device,
+                members: c.members,
                 jobs: Some(tx),
                 thread: Some(thread),
             });
@@ -420,11 +359,11 @@ impl Session {
         Ok(Self {
             input_width: graph.input_width,
             output_width: graph.output_width,
-            names: graph.members.iter().map(|m| m.name.clone()).collect(),
+            names,
+            weights: graph.weights.clone(),
             member_devices,
-            member_worker,
-            total_weight: graph.weights.iter().sum(),
             workers,
+            runs: AtomicU64::new(0),
         })
     }
 
@@ -452,109 +391,78 @@ impl Session {
     }
 
     /// Runs every member on `input` (`[rows, input_width]`) concurrently, waits for all
-    /// of them (or the deadline), and combines their outputs.
+    /// of them (or the deadline), and combines their outputs under the run's
+    /// [`QuorumPolicy`].
     ///
     /// Members on one device go into one submission. A batch larger than a device's
     /// buffers allow is split into chunks on that device.
     pub fn run(&self, input: &Tensor, options: &RunOptions) -> Result<RunOutput> {
         let started = Instant::now();
-        let (rows, cols) = input.dims2("input")?;
-        if cols != self.input_width {
-            return Err(Error::FeatureWidth {
-                expected: self.input_width,
-                got: cols,
-            });
-        }
-        if rows == 0 {
-            return Err(Error::EmptyBatch);
-        }
+        let rows = check_input(input, self.input_width)?;
+        check_quorum(options.quorum, self.names.len())?;
+        let run = self.runs.fetch_add(1, Ordering::Relaxed);
         let deadline = options.timeout.map(|t| started + t);
         let (reply, replies) = crossbeam_channel::unbounded();
+        let mut combiner = Combiner::new(
+            &self.names,
+            &self.member_devices,
+            &self.weights,
+            rows,
+            self.output_width,
+        );
+        let mut pending = vec![false; self.workers.len()];
         for (w, worker) in self.workers.iter().enumerate() {
             let job = Job {
                 worker: w,
+                run,
                 input: input.clone(),
                 want_members: options.member_outputs,
                 deadline,
                 reply: reply.clone(),
             };
-            let sent = worker.jobs.as_ref().map(|jobs| jobs.send(job).is_ok());
-            if sent != Some(true) {
-                return Err(self.worker_failed(w));
+            let sent = worker
+                .jobs
+                .as_ref()
+                .is_some_and(|jobs| jobs.send(job).is_ok());
+            if sent {
+                pending[w] = true;
+            } else {
+                combiner.fail(&worker.members, self.worker_failed(w));
             }
         }
         drop(reply);
-        self.gather(rows, &replies, deadline, options, started)
-    }
-
-    fn gather(
-        &self,
-        rows: usize,
-        replies: &Receiver<(usize, Result<DeviceOutput>)>,
-        deadline: Option<Instant>,
-        options: &RunOptions,
-        started: Instant,
-    ) -> Result<RunOutput> {
-        let mut acc = vec![0.0f32; rows * self.output_width];
-        let mut answered = vec![false; self.workers.len()];
-        let mut elapsed = vec![Duration::ZERO; self.workers.len()];
-        let mut outputs: Vec<Option<Tensor>> = vec![None; self.names.len()];
-        for _ in 0..self.workers.len() {
+        while pending.iter().any(|&p| p) {
             let message = match deadline {
                 Some(d) => replies.recv_deadline(d),
                 None => replies.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
-            let (w, result) = match message {
-                Ok(m) => m,
+            match message {
+                Ok((w, result)) => {
+                    pending[w] = false;
+                    let failure = combiner.add(&self.workers[w].members, result);
+                    if let (Some(e), QuorumPolicy::RequireAll) = (failure, options.quorum) {
+                        return Err(e);
+                    }
+                }
                 // A worker that picks up a job after its deadline drops it unanswered,
                 // which can disconnect the channel before the timeout is seen.
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected)
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected)
                     if deadline.is_some_and(|d| Instant::now() >= d) =>
                 {
-                    return Err(Error::DeadlineExceeded {
-                        timeout: options.timeout.unwrap_or_default(),
-                        missing: self.missing(&answered),
-                    })
+                    break
                 }
-                Err(_) => {
-                    let w = answered.iter().position(|a| !a).unwrap_or(0);
-                    return Err(self.worker_failed(w));
+                Err(RecvTimeoutError::Disconnected) => {
+                    for (w, p) in pending.iter_mut().enumerate() {
+                        if *p {
+                            *p = false;
+                            combiner.fail(&self.workers[w].members, self.worker_failed(w));
+                        }
+                    }
                 }
-            };
-            let out = result?;
-            for (a, p) in acc.iter_mut().zip(&out.partial) {
-                *a += p;
             }
-            for (m, y) in out.members {
-                outputs[m] = Some(Tensor::matrix(rows, self.output_width, y)?);
-            }
-            answered[w] = true;
-            elapsed[w] = out.elapsed;
         }
-        let scale = 1.0 / self.total_weight;
-        acc.iter_mut().for_each(|a| *a *= scale);
-        let members = outputs
-            .into_iter()
-            .enumerate()
-            .map(|(m, output)| MemberReport {
-                name: self.names[m].clone(),
-                device: self.member_devices[m].clone(),
-                elapsed: elapsed[self.member_worker[m]],
-                output,
-            })
-            .collect();
-        Ok(RunOutput {
-            aggregate: Tensor::matrix(rows, self.output_width, acc)?,
-            members,
-            elapsed: started.elapsed(),
-        })
-    }
-
-    fn missing(&self, answered: &[bool]) -> Vec<String> {
-        (0..self.names.len())
-            .filter(|&m| !answered[self.member_worker[m]])
-            .map(|m| self.names[m].clone())
-            .collect()
+        combiner.finish(options.quorum, options.timeout, started.elapsed())
     }
 
     fn worker_failed(&self, w: usize) -> Error {
@@ -574,6 +482,31 @@ impl Session {
     }
 }
 
+/// The rows of a valid input: rank 2, the graph's width, at least one row.
+pub(crate) fn check_input(input: &Tensor, width: usize) -> Result<usize> {
+    let (rows, cols) = input.dims2("input")?;
+    if cols != width {
+        return Err(Error::FeatureWidth {
+            expected: width,
+            got: cols,
+        });
+    }
+    if rows == 0 {
+        return Err(Error::EmptyBatch);
+    }
+    Ok(rows)
+}
+
+/// A quorum between 1 and the member count.
+pub(crate) fn check_quorum(quorum: QuorumPolicy, members: usize) -> Result<()> {
+    match quorum {
+        QuorumPolicy::Quorum(k) if k == 0 || k > members => {
+            Err(Error::InvalidQuorum { quorum: k, members })
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
         for w in &mut self.workers {
@@ -588,27 +521,14 @@ impl Drop for Session {
 }
 
 /// A device worker: runs jobs in arrival order until the session closes its channel.
-fn work(mut executor: Executor, jobs: Receiver<Job>, input_width: usize, device: String) {
+fn work(executor: &mut Executor, jobs: Receiver<Job>, cx: &WorkerContext) {
     while let Ok(job) = jobs.recv() {
-        // The caller has already returned `DeadlineExceeded`: nobody wants this result.
+        // The caller has already given up on this run: nobody wants this result, and
+        // skipping it keeps a straggler from delaying later runs.
         if job.deadline.is_some_and(|d| Instant::now() >= d) {
             continue;
         }
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            executor.run(&job.input, input_width, job.want_members)
-        }))
-        .unwrap_or_else(|panic| {
-            executor.reset();
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
-            Err(Error::WorkerFailed {
-                device: device.clone(),
-                message: format!("it panicked: {message}"),
-            })
-        });
+        let result = executor.execute(&job.input, job.want_members, job.run, cx);
         // A send fails only when the run already gave up; the result is dropped.
         let _ = job.reply.send((job.worker, result));
     }

@@ -15,7 +15,8 @@ use super::GpuContext;
 use crate::aggregate::Mode;
 use crate::error::{Error, Result};
 use crate::model::Activation;
-use crate::session::{DeviceOutput, MemberSpec, Precision, SessionOptions};
+use crate::session::{Precision, SessionOptions};
+use crate::worker::{DeviceOutput, MemberSpec};
 
 /// `Params` of dense.wgsl; its first two fields double as softmax.wgsl's.
 #[repr(C)]
@@ -34,7 +35,7 @@ struct AggregateParams {
     rows: u32,
     cols: u32,
     weight: f32,
-    first: u32,
+    _pad: u32,
 }
 
 struct GpuLayer {
@@ -79,8 +80,8 @@ struct MemberRows {
     staging: wgpu::Buffer,
 }
 
-/// Runs the members placed on one wgpu device.
-pub(crate) struct GpuExecutor {
+/// The pipelines, weights and buffers of the members on one live device.
+struct DeviceState {
     ctx: GpuContext,
     kernels: Kernels,
     softmax: wgpu::ComputePipeline,
@@ -129,18 +130,18 @@ fn copy_f32(dst: &mut [f32], bytes: &[u8]) {
     }
 }
 
-impl GpuExecutor {
+impl DeviceState {
     /// Uploads the weights of `members`, creates their pipelines, and checks that the
     /// device can hold them. `max_buffer_bytes` caps every buffer below the device's
     /// own limit (chunks get smaller).
-    pub(crate) fn new(
+    fn new(
         ctx: GpuContext,
-        members: &[MemberSpec<'_>],
+        members: &[MemberSpec],
         mode: Mode,
         input_width: usize,
         output_width: usize,
         options: &SessionOptions,
-        tuner: &Tuner<'_>,
+        tuner: &Tuner,
     ) -> Result<Self> {
         let precision = options.precision;
         let device = &ctx.device;
@@ -264,16 +265,24 @@ impl GpuExecutor {
         self.rows = None;
     }
 
-    /// Runs every member on `input` (`[rows, input_width]`, already validated).
-    pub(crate) fn run(&mut self, input: &[f32], want_members: bool) -> Result<DeviceOutput> {
+    /// Runs every member on `input` (`[rows, input_width]`, already validated) except
+    /// the graph members listed in `skip`.
+    fn run(&mut self, input: &[f32], want_members: bool, skip: &[usize]) -> Result<DeviceOutput> {
         let started = Instant::now();
         let rows = input.len() / self.input_width;
         let out = self.output_width;
+        let include: Vec<bool> = self
+            .members
+            .iter()
+            .map(|m| !skip.contains(&m.index))
+            .collect();
         let mut partial = vec![0.0f32; rows * out];
         let mut member_outputs: Vec<(usize, Vec<f32>)> = if want_members {
             self.members
                 .iter()
-                .map(|m| (m.index, vec![0.0f32; rows * out]))
+                .zip(&include)
+                .filter(|(_, &inc)| inc)
+                .map(|(m, _)| (m.index, vec![0.0f32; rows * out]))
                 .collect()
         } else {
             Vec::new()
@@ -285,6 +294,7 @@ impl GpuExecutor {
             let result = self.run_chunk(
                 x,
                 n,
+                &include,
                 &mut partial[start * out..(start + n) * out],
                 &mut member_outputs,
                 start * out,
@@ -298,6 +308,14 @@ impl GpuExecutor {
         Ok(DeviceOutput {
             partial,
             members: member_outputs,
+            present: self
+                .members
+                .iter()
+                .zip(&include)
+                .filter(|(_, &inc)| inc)
+                .map(|(m, _)| m.index)
+                .collect(),
+            failed: Vec::new(),
             elapsed: started.elapsed(),
         })
     }
@@ -323,7 +341,11 @@ impl GpuExecutor {
             capacity * self.input_width,
             wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
         );
-        let acc = buffer("aggregate", capacity * self.output_width, storage);
+        let acc = buffer(
+            "aggregate",
+            capacity * self.output_width,
+            storage | wgpu::BufferUsages::COPY_DST,
+        );
         let staging_acc = buffer("aggregate staging", capacity * self.output_width, staging);
         let bind = |layout: &wgpu::BindGroupLayout, buffers: &[&wgpu::Buffer]| {
             let entries: Vec<wgpu::BindGroupEntry> = buffers
@@ -400,7 +422,7 @@ impl GpuExecutor {
             return;
         }
         let queue = &self.ctx.queue;
-        for (position, m) in self.members.iter().enumerate() {
+        for m in &self.members {
             for l in &m.layers {
                 let p = DenseParams {
                     rows: rows as u32,
@@ -414,7 +436,7 @@ impl GpuExecutor {
                 rows: rows as u32,
                 cols: self.output_width as u32,
                 weight: m.weight,
-                first: u32::from(position == 0),
+                _pad: 0,
             };
             queue.write_buffer(&m.aggregate_params, 0, bytemuck::bytes_of(&p));
         }
@@ -425,6 +447,7 @@ impl GpuExecutor {
         &mut self,
         x: &[f32],
         rows: usize,
+        include: &[bool],
         partial: &mut [f32],
         member_outputs: &mut [(usize, Vec<f32>)],
         offset: usize,
@@ -436,15 +459,19 @@ impl GpuExecutor {
         };
         let (device, queue) = (&self.ctx.device, &self.ctx.queue);
         queue.write_buffer(&rb.input, 0, bytemuck::cast_slice(x));
+        let bytes = bytes_of(rows * self.output_width);
         let mut encoder =
             device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        // Every member adds its contribution to the partial sum.
+        encoder.clear_buffer(&rb.acc, 0, Some(bytes));
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("members"),
                 timestamp_writes: None,
             });
             let n_rows = rows as u32;
-            for (m, mr) in self.members.iter().zip(&rb.members) {
+            let included = self.members.iter().zip(&rb.members).zip(include);
+            for ((m, mr), _) in included.filter(|(_, &inc)| inc) {
                 for (i, l) in m.layers.iter().enumerate() {
                     pass.set_bind_group(0, &mr.dense_groups[i], &[]);
                     let outputs = l.out_features as u32;
@@ -479,22 +506,24 @@ impl GpuExecutor {
                 }
             }
         }
-        let bytes = bytes_of(rows * self.output_width);
         encoder.copy_buffer_to_buffer(&rb.acc, 0, &rb.staging_acc, 0, bytes);
         let want_members = !member_outputs.is_empty();
-        if want_members {
-            for mr in &rb.members {
-                if let Some(last) = mr.outputs.last() {
-                    encoder.copy_buffer_to_buffer(last, 0, &mr.staging, 0, bytes);
-                }
+        let wanted: Vec<&MemberRows> = rb
+            .members
+            .iter()
+            .zip(include)
+            .filter(|(_, &inc)| inc && want_members)
+            .map(|(mr, _)| mr)
+            .collect();
+        for mr in &wanted {
+            if let Some(last) = mr.outputs.last() {
+                encoder.copy_buffer_to_buffer(last, 0, &mr.staging, 0, bytes);
             }
         }
         let submission = queue.submit([encoder.finish()]);
 
         let mut staging: Vec<&wgpu::Buffer> = vec![&rb.staging_acc];
-        if want_members {
-            staging.extend(rb.members.iter().map(|m| &m.staging));
-        }
+        staging.extend(wanted.iter().map(|m| &m.staging));
         let (tx, rx) = mpsc::channel();
         for buf in &staging {
             let tx = tx.clone();
@@ -541,7 +570,7 @@ impl GpuExecutor {
         };
         read(&rb.staging_acc, partial)?;
         let len = rows * self.output_width;
-        for (mr, (_, dst)) in rb.members.iter().zip(member_outputs.iter_mut()) {
+        for (mr, (_, dst)) in wanted.iter().zip(member_outputs.iter_mut()) {
             read(&mr.staging, &mut dst[offset..offset + len])?;
         }
         Ok(())
@@ -551,6 +580,150 @@ impl GpuExecutor {
         Error::Gpu {
             device: self.ctx.label.to_string(),
             message: message.to_string(),
+        }
+    }
+}
+
+/// Runs the members placed on one wgpu device, recreating the device on its adapter
+/// when it is lost.
+pub(crate) struct GpuExecutor {
+    state: Option<DeviceState>,
+    label: crate::device::ExecutionDevice,
+    adapter: Option<wgpu::Adapter>,
+    specs: Vec<MemberSpec>,
+    mode: Mode,
+    input_width: usize,
+    output_width: usize,
+    options: SessionOptions,
+    tuner: Tuner,
+    /// Why the device cannot be used any more, once recreating it failed.
+    unavailable: Option<String>,
+    /// Fault injection: refuse to recreate the device.
+    refuse_recreate: bool,
+}
+
+impl GpuExecutor {
+    /// Uploads the weights of `members`, creates their pipelines, and checks that the
+    /// device can hold them.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        ctx: GpuContext,
+        members: &[MemberSpec],
+        mode: Mode,
+        input_width: usize,
+        output_width: usize,
+        options: &SessionOptions,
+        tuner: &Tuner,
+    ) -> Result<Self> {
+        let label = ctx.label.clone();
+        let adapter = ctx.adapter.clone();
+        let state = DeviceState::new(
+            ctx,
+            members,
+            mode,
+            input_width,
+            output_width,
+            options,
+            tuner,
+        )?;
+        Ok(Self {
+            state: Some(state),
+            label,
+            adapter,
+            specs: members.to_vec(),
+            mode,
+            input_width,
+            output_width,
+            options: options.clone(),
+            tuner: tuner.clone(),
+            unavailable: None,
+            refuse_recreate: false,
+        })
+    }
+
+    /// Drops the row buffers; the next run makes new ones.
+    pub(crate) fn reset(&mut self) {
+        if let Some(state) = &mut self.state {
+            state.reset();
+        }
+    }
+
+    /// Destroys the device (fault injection); with `permanently`, recreating it fails.
+    pub(crate) fn lose_device(&mut self, permanently: bool) {
+        if let Some(state) = &self.state {
+            state.ctx.lose();
+        }
+        self.refuse_recreate |= permanently;
+    }
+
+    /// Runs every member except those in `skip`, first recreating the device if it
+    /// was lost.
+    pub(crate) fn run(
+        &mut self,
+        input: &[f32],
+        want_members: bool,
+        skip: &[usize],
+    ) -> Result<DeviceOutput> {
+        self.ensure_device()?;
+        match &mut self.state {
+            Some(state) => state.run(input, want_members, skip),
+            None => Err(self.unavailable_error()),
+        }
+    }
+
+    /// The error of a lost device, if the device was lost (checked before a job runs,
+    /// so the job that finds it lost reports it and the next one recreates it).
+    pub(crate) fn lost_error(&self) -> Option<Error> {
+        self.state
+            .as_ref()
+            .filter(|s| s.ctx.is_lost())
+            .and_then(|s| s.ctx.take_error())
+    }
+
+    fn unavailable_error(&self) -> Error {
+        Error::DeviceUnavailable {
+            device: self.label.to_string(),
+            message: self
+                .unavailable
+                .clone()
+                .unwrap_or_else(|| "the device was lost".to_string()),
+        }
+    }
+
+    fn ensure_device(&mut self) -> Result<()> {
+        if self.unavailable.is_some() {
+            return Err(self.unavailable_error());
+        }
+        if self.state.as_ref().is_some_and(|s| !s.ctx.is_lost()) {
+            return Ok(());
+        }
+        self.state = None;
+        let recreated = match (&self.adapter, self.refuse_recreate) {
+            (_, true) => Err("recreating it was refused by fault injection".to_string()),
+            (None, _) => Err("a device handed in by the caller cannot be recreated".to_string()),
+            (Some(adapter), false) => crate::device::open_device(adapter, self.label.clone()),
+        };
+        let state = recreated.and_then(|ctx| {
+            DeviceState::new(
+                ctx,
+                &self.specs,
+                self.mode,
+                self.input_width,
+                self.output_width,
+                &self.options,
+                &self.tuner,
+            )
+            .map_err(|e| e.to_string())
+        });
+        match state {
+            Ok(state) => {
+                self.state = Some(state);
+                Ok(())
+            }
+            Err(message) => {
+                self.unavailable = Some(message);
+                Err(self.unavailable_error())
+            }
         }
     }
 }

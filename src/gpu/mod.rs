@@ -23,12 +23,20 @@ pub(crate) struct GpuContext {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
     pub(crate) label: ExecutionDevice,
+    /// The adapter the device was created on, to recreate it after a loss (`None`
+    /// for a device the caller handed in).
+    pub(crate) adapter: Option<wgpu::Adapter>,
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
 }
 
 impl GpuContext {
-    pub(crate) fn new(device: wgpu::Device, queue: wgpu::Queue, label: ExecutionDevice) -> Self {
+    pub(crate) fn new(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        label: ExecutionDevice,
+        adapter: Option<wgpu::Adapter>,
+    ) -> Self {
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         let lost: Arc<Mutex<Option<String>>> = Arc::default();
         let sink = Arc::clone(&errors);
@@ -46,9 +54,25 @@ impl GpuContext {
             device,
             queue,
             label,
+            adapter,
             errors,
             lost,
         }
+    }
+
+    /// Whether the device has been lost.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Destroys the device, as a driver reset would (fault injection).
+    pub(crate) fn lose(&self) {
+        self.device.destroy();
+        *self.lost.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some("destroyed by fault injection".to_string());
     }
 
     /// Names the adapter (or external device) for the autotune cache.

@@ -198,14 +198,15 @@ fn save_file(path: &Path) -> Result<()> {
 }
 
 /// How a session picks tile configurations.
-pub(crate) struct Tuner<'a> {
+#[derive(Clone, Debug)]
+pub(crate) struct Tuner {
     pub(crate) enabled: bool,
     pub(crate) rows: usize,
-    pub(crate) cache_file: Option<&'a PathBuf>,
+    pub(crate) cache_file: Option<PathBuf>,
     pub(crate) fixed: Option<TileConfig>,
 }
 
-impl Tuner<'_> {
+impl Tuner {
     /// The tile configuration for a `[outputs, inputs]` layer on this device.
     pub(crate) fn choose(
         &self,
@@ -228,7 +229,7 @@ impl Tuner<'_> {
         if !self.enabled {
             return Ok(TileConfig::DEFAULT);
         }
-        if let Some(path) = self.cache_file {
+        if let Some(path) = &self.cache_file {
             load_file(path)?;
         }
         let key = Key {
@@ -259,7 +260,7 @@ impl Tuner<'_> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key, best.1);
-        if let Some(path) = self.cache_file {
+        if let Some(path) = &self.cache_file {
             save_file(path)?;
         }
         Ok(best.1)

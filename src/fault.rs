@@ -1,0 +1,92 @@
+//! Fault injection, for testing how an ensemble behaves when a member is late, fails,
+//! panics or loses its device.
+//!
+//! A [`FaultPlan`] given to [`SessionOptions::faults`](crate::SessionOptions::faults)
+//! (or [`PipelineOptions::faults`](crate::PipelineOptions::faults)) names, per
+//! member, the runs on which a fault strikes. Runs are numbered from 0 in the order
+//! [`Session::run`](crate::Session::run) was called (inputs in the order they were
+//! sent, for a [`Pipeline`](crate::Pipeline)). A plan costs nothing when empty, which
+//! is the default.
+//!
+//! ```
+//! use std::time::Duration;
+//! use wgpu_ensemble::{Fault, FaultPlan};
+//!
+//! let plan = FaultPlan::new()
+//!     .on_run("slow-member", 3, Fault::Sleep(Duration::from_millis(200)))
+//!     .from_run("flaky-member", 500, Fault::Fail);
+//! ```
+
+use std::ops::Range;
+use std::time::Duration;
+
+/// What happens to a member on a planned run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// The member's worker sleeps this long before running the job. Members share
+    /// their device's worker, so every member on that device is delayed.
+    Sleep(Duration),
+    /// The member is left out of the run and reported failed with
+    /// [`Error::InjectedFault`](crate::Error::InjectedFault); other members on its
+    /// device still run.
+    Fail,
+    /// The member's worker panics while running the job: every member on that device
+    /// is reported failed for that run with
+    /// [`Error::WorkerFailed`](crate::Error::WorkerFailed); the worker lives on.
+    Panic,
+    /// The member's device is destroyed before the job, which then fails with
+    /// [`Error::DeviceLost`](crate::Error::DeviceLost); the next run recreates the
+    /// device on its adapter. On the CPU this acts as [`Fault::Fail`].
+    LoseDevice,
+    /// As [`Fault::LoseDevice`], and recreating the device fails, so the device's
+    /// members are reported permanently unavailable
+    /// ([`Error::DeviceUnavailable`](crate::Error::DeviceUnavailable)) from then on.
+    LoseDevicePermanently,
+}
+
+/// Faults planned per member and run; see the [module docs](self).
+#[derive(Clone, Debug, Default)]
+pub struct FaultPlan {
+    entries: Vec<(String, Range<u64>, Fault)>,
+}
+
+impl FaultPlan {
+    /// An empty plan.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `fault` strikes `member` on run `run` only.
+    pub fn on_run(self, member: impl Into<String>, run: u64, fault: Fault) -> Self {
+        self.on_runs(member, run..run.saturating_add(1), fault)
+    }
+
+    /// `fault` strikes `member` on every run from `run` on.
+    pub fn from_run(self, member: impl Into<String>, run: u64, fault: Fault) -> Self {
+        self.on_runs(member, run..u64::MAX, fault)
+    }
+
+    /// `fault` strikes `member` on every run in `runs`.
+    pub fn on_runs(mut self, member: impl Into<String>, runs: Range<u64>, fault: Fault) -> Self {
+        self.entries.push((member.into(), runs, fault));
+        self
+    }
+
+    /// Whether the plan has no fault.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The faults that strike `member` on `run`.
+    pub(crate) fn faults<'a>(
+        &'a self,
+        member: &'a str,
+        run: u64,
+    ) -> impl Iterator<Item = &'a Fault> + 'a {
+        self.entries
+            .iter()
+            .filter(move |(m, runs, _)| m == member && runs.contains(&run))
+            .map(|(_, _, f)| f)
+    }
+}
