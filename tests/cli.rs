@@ -258,3 +258,70 @@ fn bench_prints_one_json_object() {
         stderr(&bad)
     );
 }
+
+#[test]
+fn predict_with_a_quorum_writes_the_members_present() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("y.npy");
+    let members = dir.path().join("members.npy");
+    // Member 1 of the five fails; the quorum of 4 is met.
+    let out = predict(
+        &golden("mean.toml"),
+        &golden("x.npy"),
+        &output,
+        &members,
+        &[
+            "--device",
+            "cpu",
+            "--quorum",
+            "4",
+            "--fault",
+            "deep-tanh-gelu=fail",
+        ],
+    );
+    let message = stderr(&out);
+    assert!(out.status.success(), "{message}");
+    assert!(
+        message.contains("deep-tanh-gelu") && message.contains("fault injection"),
+        "{message}"
+    );
+    assert!(message.contains("4 finished"), "{message}");
+    let y = wgpu_ensemble::io::read_matrix(&output).unwrap();
+    let (_, all) = read_f64(&golden("expected_members.npy"));
+    let per = 33 * 5;
+    let want: Vec<f64> = (0..per)
+        .map(|j| [0, 2, 3, 4].iter().map(|&m| all[m * per + j]).sum::<f64>() / 4.0)
+        .collect();
+    assert_close("mean of the four members present", y.as_slice(), &want);
+    let (_, member_values) = read_members(&members);
+    assert!(member_values[per..2 * per].iter().all(|v| v.is_nan()));
+
+    // Two failures miss a quorum of 4: non-zero, a message, no output.
+    std::fs::remove_file(&output).unwrap();
+    std::fs::remove_file(&members).unwrap();
+    let out = predict(
+        &golden("mean.toml"),
+        &golden("x.npy"),
+        &output,
+        &members,
+        &[
+            "--device",
+            "cpu",
+            "--quorum",
+            "4",
+            "--fault",
+            "seq-relu=fail",
+            "--fault",
+            "fc-f64=fail",
+        ],
+    );
+    let message = stderr(&out);
+    assert!(!out.status.success(), "{message}");
+    assert!(
+        message.contains("quorum not met")
+            && message.contains("seq-relu")
+            && message.contains("fc-f64"),
+        "{message}"
+    );
+    assert!(!output.exists() && !members.exists());
+}

@@ -1,7 +1,7 @@
 //! The `wgpu-ensemble` command-line tool: list devices, run an ensemble manifest on a
 //! `.npy` input.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use wgpu_ensemble::bench::{run_bench, Workload};
 use wgpu_ensemble::io::{read_matrix, Manifest};
 use wgpu_ensemble::{
-    probe_adapters, Placement, Precision, RunOptions, Session, SessionOptions, Tensor,
+    probe_adapters, Fault, FaultPlan, MemberStatus, Placement, Precision, QuorumPolicy, RunOptions,
+    Session, SessionOptions, Tensor,
 };
 
 #[derive(Parser)]
@@ -47,6 +48,12 @@ enum Command {
         /// Run every member here instead of its manifest device: auto, cpu, adapter:N, adapter:N/queue:K.
         #[arg(long)]
         device: Option<String>,
+        /// Aggregate over the members that finished (before --timeout-ms) when at least K did; the missing ones are listed on stderr.
+        #[arg(long, value_name = "K")]
+        quorum: Option<usize>,
+        /// For testing: inject a fault into a member, MEMBER=fail|panic|lose-device|sleep:MS (repeatable).
+        #[arg(long, value_name = "MEMBER=KIND")]
+        fault: Vec<String>,
     },
     /// Time a standard workload: gemm (an N x N layer at batch N), E1 (4 x 784-512-512-10) or E2 (8 x 1024-4096-4096-1024).
     Bench(BenchArgs),
@@ -97,14 +104,18 @@ fn main() -> ExitCode {
             members_output,
             timeout_ms,
             device,
-        } => predict(
-            &manifest,
-            &input,
-            &output,
-            members_output.as_deref(),
+            quorum,
+            fault,
+        } => predict(&PredictArgs {
+            faults: &fault,
+            manifest: &manifest,
+            input: &input,
+            output: &output,
+            members_output: members_output.as_deref(),
             timeout_ms,
-            device.as_deref(),
-        ),
+            device: device.as_deref(),
+            quorum,
+        }),
         Command::Bench(args) => bench(&args),
     };
     match result {
@@ -175,34 +186,78 @@ fn bench(args: &BenchArgs) -> wgpu_ensemble::Result<()> {
     Ok(())
 }
 
-fn predict(
-    manifest: &std::path::Path,
-    input: &std::path::Path,
-    output: &std::path::Path,
-    members_output: Option<&std::path::Path>,
+struct PredictArgs<'a> {
+    manifest: &'a Path,
+    input: &'a Path,
+    output: &'a Path,
+    members_output: Option<&'a Path>,
     timeout_ms: Option<u64>,
-    device: Option<&str>,
-) -> wgpu_ensemble::Result<()> {
+    device: Option<&'a str>,
+    quorum: Option<usize>,
+    faults: &'a [String],
+}
+
+/// Parses `MEMBER=fail|panic|lose-device|sleep:MS` into a plan for the first run.
+fn fault_plan(specs: &[String]) -> wgpu_ensemble::Result<FaultPlan> {
+    let mut plan = FaultPlan::new();
+    for spec in specs {
+        let bad = || wgpu_ensemble::Error::Io {
+            path: "--fault".into(),
+            message: format!("'{spec}': expected MEMBER=fail|panic|lose-device|sleep:MS"),
+        };
+        let (member, kind) = spec.split_once('=').ok_or_else(bad)?;
+        let fault = match kind {
+            "fail" => Fault::Fail,
+            "panic" => Fault::Panic,
+            "lose-device" => Fault::LoseDevice,
+            other => {
+                let ms = other.strip_prefix("sleep:").ok_or_else(bad)?;
+                Fault::Sleep(Duration::from_millis(ms.parse().map_err(|_| bad())?))
+            }
+        };
+        plan = plan.on_run(member, 0, fault);
+    }
+    Ok(plan)
+}
+
+fn predict(args: &PredictArgs<'_>) -> wgpu_ensemble::Result<()> {
     let started = Instant::now();
-    let device: Option<Placement> = device.map(str::parse).transpose()?;
-    let manifest = Manifest::load(manifest)?;
-    let x = read_matrix(input)?;
-    let session = Session::new(manifest.graph(device.as_ref())?)?;
-    let mut options = RunOptions::default().member_outputs(members_output.is_some());
-    if let Some(ms) = timeout_ms {
+    let device: Option<Placement> = args.device.map(str::parse).transpose()?;
+    let manifest = Manifest::load(args.manifest)?;
+    let x = read_matrix(args.input)?;
+    let session_options = SessionOptions::default().faults(fault_plan(args.faults)?);
+    let session = Session::with_options(manifest.graph(device.as_ref())?, session_options)?;
+    let mut options = RunOptions::default().member_outputs(args.members_output.is_some());
+    if let Some(ms) = args.timeout_ms {
         options = options.timeout(Duration::from_millis(ms));
     }
+    if let Some(k) = args.quorum {
+        options = options.quorum(QuorumPolicy::Quorum(k));
+    }
     let run = session.run(&x, &options)?;
+    for m in run.missing() {
+        let why = match &m.status {
+            MemberStatus::Late => "late".to_string(),
+            MemberStatus::Failed(e) => format!("failed: {e}"),
+            other => format!("{other:?}"),
+        };
+        eprintln!(
+            "wgpu-ensemble: member '{}' is missing from the aggregate: {why}",
+            m.name
+        );
+    }
 
     // Every output is complete in memory before any file is written; each file is
     // written under a temporary name and renamed.
-    let mut files = vec![(output.to_path_buf(), run.aggregate.clone())];
-    if let Some(path) = members_output {
+    let mut files = vec![(args.output.to_path_buf(), run.aggregate.clone())];
+    if let Some(path) = args.members_output {
+        // A member missing from a quorum run has NaN rows.
         let (rows, cols) = run.aggregate.dims2("aggregate")?;
         let mut all = Vec::with_capacity(run.members.len() * rows * cols);
         for m in &run.members {
-            if let Some(out) = &m.output {
-                all.extend_from_slice(out.as_slice());
+            match &m.output {
+                Some(out) => all.extend_from_slice(out.as_slice()),
+                None => all.extend(std::iter::repeat_n(f32::NAN, rows * cols)),
             }
         }
         files.push((
@@ -215,8 +270,9 @@ fn predict(
     let mut devices: Vec<String> = session.devices().map(ToString::to_string).collect();
     devices.dedup();
     eprintln!(
-        "wgpu-ensemble: {} members on {} device(s) [{}], batch {}, run {:.3} ms, total {:.3} ms",
+        "wgpu-ensemble: {} members ({} finished) on {} device(s) [{}], batch {}, run {:.3} ms, total {:.3} ms",
         run.members.len(),
+        run.members.len() - run.missing().count(),
         devices.len(),
         devices.join("; "),
         x.shape()[0],

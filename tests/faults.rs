@@ -1,0 +1,274 @@
+//! Ensembles that survive a late or broken member: quorum aggregation, per-member
+//! statuses, fault isolation and device recreation, driven by fault injection.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_close, input, reference_forward};
+use wgpu_ensemble::{
+    Activation::*, Aggregate, Error, Fault, FaultPlan, Graph, MemberStatus, Model, Placement,
+    QuorumPolicy, RunOptions, RunOutput, Session, SessionOptions, Tensor,
+};
+
+const WEIGHTS: [f32; 3] = [0.5, 0.3, 0.2];
+
+fn models() -> Vec<Model> {
+    vec![
+        Model::random(&[6, 12, 4], &[Relu, Softmax], 71).unwrap(),
+        Model::random(&[6, 9, 4], &[Tanh, Softmax], 72).unwrap(),
+        Model::random(&[6, 4], &[Softmax], 73).unwrap(),
+    ]
+}
+
+/// Three members, each on a device of its own: the CPU and two queues of the first
+/// usable adapter. `None` (after printing why) when there is no adapter.
+fn placements(test: &str) -> Option<[Placement; 3]> {
+    let adapter = common::usable_adapters(test).first()?.index;
+    Some([
+        Placement::Cpu,
+        Placement::Queue { adapter, slot: 1 },
+        Placement::Queue { adapter, slot: 2 },
+    ])
+}
+
+fn session(test: &str, plan: FaultPlan) -> Option<Session> {
+    let places = placements(test)?;
+    let mut g = Graph::builder(6).aggregate(Aggregate::WeightedMean(WEIGHTS.to_vec()));
+    for (i, (m, p)) in models().into_iter().zip(places).enumerate() {
+        g = g.member(format!("m{i}"), m, p);
+    }
+    Some(Session::with_options(g.build().unwrap(), SessionOptions::default().faults(plan)).unwrap())
+}
+
+/// The weighted mean over the members in `present`, weights renormalised over them.
+fn reference(x: &Tensor, present: &[usize]) -> Vec<f64> {
+    let models = models();
+    let total: f64 = present.iter().map(|&i| f64::from(WEIGHTS[i])).sum();
+    let outs: Vec<Vec<f64>> = present
+        .iter()
+        .map(|&i| reference_forward(&models[i], x))
+        .collect();
+    (0..outs[0].len())
+        .map(|j| {
+            present
+                .iter()
+                .zip(&outs)
+                .map(|(&i, y)| f64::from(WEIGHTS[i]) * y[j])
+                .sum::<f64>()
+                / total
+        })
+        .collect()
+}
+
+fn statuses(out: &RunOutput) -> Vec<&'static str> {
+    out.members
+        .iter()
+        .map(|m| match m.status {
+            MemberStatus::Finished => "finished",
+            MemberStatus::Late => "late",
+            MemberStatus::Failed(_) => "failed",
+            _ => "other",
+        })
+        .collect()
+}
+
+/// A run with no fault gives the full weighted mean.
+fn check_normal_run(s: &Session, seed: u64, label: &str) {
+    let x = input(9, 6, seed);
+    let out = s.run(&x, &RunOptions::default()).unwrap();
+    assert!(out.is_complete(), "{label}: {:?}", statuses(&out));
+    assert_close(label, out.aggregate.as_slice(), &reference(&x, &[0, 1, 2]));
+}
+
+#[test]
+fn quorum_with_one_slow_member() {
+    let plan = FaultPlan::new().on_run("m1", 0, Fault::Sleep(Duration::from_millis(600)));
+    let Some(s) = session("quorum slow", plan) else {
+        return;
+    };
+    let x = input(9, 6, 1);
+    let options = RunOptions::default()
+        .timeout(Duration::from_millis(250))
+        .quorum(QuorumPolicy::Quorum(2));
+    let out = s.run(&x, &options).unwrap();
+    assert_eq!(statuses(&out), ["finished", "late", "finished"]);
+    assert!(!out.is_complete());
+    assert_eq!(
+        out.missing().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+        ["m1"]
+    );
+    assert_close(
+        "quorum over m0, m2",
+        out.aggregate.as_slice(),
+        &reference(&x, &[0, 2]),
+    );
+    check_normal_run(&s, 2, "after a late member");
+}
+
+#[test]
+fn quorum_with_one_failing_member() {
+    let plan = FaultPlan::new().on_runs("m2", 0..2, Fault::Fail);
+    let Some(s) = session("quorum failing", plan) else {
+        return;
+    };
+    let x = input(9, 6, 3);
+    let out = s
+        .run(&x, &RunOptions::default().quorum(QuorumPolicy::Quorum(2)))
+        .unwrap();
+    assert_eq!(statuses(&out), ["finished", "finished", "failed"]);
+    match &out.members[2].status {
+        MemberStatus::Failed(Error::InjectedFault { member, run }) => {
+            assert_eq!((member.as_str(), *run), ("m2", 0))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_close(
+        "quorum over m0, m1",
+        out.aggregate.as_slice(),
+        &reference(&x, &[0, 1]),
+    );
+    // Under RequireAll the same failure fails the run with its error.
+    match s.run(&x, &RunOptions::default()) {
+        Err(Error::InjectedFault { member, run: 1 }) => assert_eq!(member, "m2"),
+        other => panic!("expected the injected fault, got {other:?}"),
+    }
+    check_normal_run(&s, 4, "after a failing member");
+}
+
+#[test]
+fn deadline_with_every_member_slow() {
+    let slow = Fault::Sleep(Duration::from_millis(400));
+    let plan = FaultPlan::new()
+        .on_runs("m0", 0..2, slow.clone())
+        .on_runs("m1", 0..2, slow.clone())
+        .on_runs("m2", 0..2, slow);
+    let Some(s) = session("all slow", plan) else {
+        return;
+    };
+    let x = input(4, 6, 5);
+    let quick = RunOptions::default().timeout(Duration::from_millis(50));
+    match s.run(&x, &quick.clone().quorum(QuorumPolicy::Quorum(1))) {
+        Err(Error::QuorumNotMet {
+            required: 1,
+            finished: 0,
+            members: 3,
+            missing,
+        }) => assert_eq!(missing, ["m0: late", "m1: late", "m2: late"]),
+        other => panic!("expected QuorumNotMet, got {other:?}"),
+    }
+    match s.run(&x, &quick) {
+        Err(Error::DeadlineExceeded { missing, .. }) => assert_eq!(missing, ["m0", "m1", "m2"]),
+        other => panic!("expected DeadlineExceeded, got {other:?}"),
+    }
+    check_normal_run(&s, 6, "after every member was late");
+}
+
+#[test]
+fn a_lost_device_comes_back() {
+    let plan = FaultPlan::new().on_run("m1", 0, Fault::LoseDevice);
+    let Some(s) = session("lost device", plan) else {
+        return;
+    };
+    let x = input(5, 6, 7);
+    let out = s
+        .run(&x, &RunOptions::default().quorum(QuorumPolicy::Quorum(2)))
+        .unwrap();
+    assert_eq!(statuses(&out), ["finished", "failed", "finished"]);
+    assert!(
+        matches!(
+            &out.members[1].status,
+            MemberStatus::Failed(Error::DeviceLost { .. })
+        ),
+        "{:?}",
+        out.members[1].status
+    );
+    assert_close(
+        "without the lost device",
+        out.aggregate.as_slice(),
+        &reference(&x, &[0, 2]),
+    );
+    // The next run recreates the device on its adapter.
+    check_normal_run(&s, 8, "after the device came back");
+    check_normal_run(&s, 9, "again after the device came back");
+}
+
+#[test]
+fn a_device_that_cannot_come_back_is_reported_unavailable() {
+    let plan = FaultPlan::new().on_run("m2", 0, Fault::LoseDevicePermanently);
+    let Some(s) = session("device unavailable", plan) else {
+        return;
+    };
+    let quorum = RunOptions::default().quorum(QuorumPolicy::Quorum(2));
+    let out = s.run(&input(3, 6, 10), &quorum).unwrap();
+    assert!(matches!(
+        &out.members[2].status,
+        MemberStatus::Failed(Error::DeviceLost { .. })
+    ));
+    for seed in [11, 12] {
+        let x = input(3, 6, seed);
+        let out = s.run(&x, &quorum).unwrap();
+        assert_eq!(statuses(&out), ["finished", "finished", "failed"]);
+        assert!(
+            matches!(
+                &out.members[2].status,
+                MemberStatus::Failed(Error::DeviceUnavailable { .. })
+            ),
+            "{:?}",
+            out.members[2].status
+        );
+        assert_close(
+            "without the unavailable device",
+            out.aggregate.as_slice(),
+            &reference(&x, &[0, 1]),
+        );
+    }
+    assert!(matches!(
+        s.run(&input(3, 6, 13), &RunOptions::default()),
+        Err(Error::DeviceUnavailable { .. })
+    ));
+}
+
+#[test]
+fn a_panicking_worker() {
+    let plan = FaultPlan::new().on_run("m0", 0, Fault::Panic);
+    let Some(s) = session("panic", plan) else {
+        return;
+    };
+    let x = input(6, 6, 14);
+    let out = s
+        .run(&x, &RunOptions::default().quorum(QuorumPolicy::Quorum(2)))
+        .unwrap();
+    assert_eq!(statuses(&out), ["failed", "finished", "finished"]);
+    match &out.members[0].status {
+        MemberStatus::Failed(Error::WorkerFailed { message, .. }) => {
+            assert!(message.contains("panicked"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_close(
+        "without the panicked worker",
+        out.aggregate.as_slice(),
+        &reference(&x, &[1, 2]),
+    );
+    check_normal_run(&s, 15, "after a panic");
+}
+
+#[test]
+fn quorum_must_be_between_one_and_the_member_count() {
+    let g = Graph::builder(6)
+        .member("a", models()[0].clone(), Placement::Cpu)
+        .member("b", models()[1].clone(), Placement::Cpu)
+        .build()
+        .unwrap();
+    let s = Session::new(g).unwrap();
+    for k in [0, 3] {
+        match s.run(
+            &input(2, 6, 1),
+            &RunOptions::default().quorum(QuorumPolicy::Quorum(k)),
+        ) {
+            Err(Error::InvalidQuorum { quorum, members: 2 }) => assert_eq!(quorum, k),
+            other => panic!("quorum {k}: {other:?}"),
+        }
+    }
+}
