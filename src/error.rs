@@ -355,6 +355,9 @@ pub enum Error {
         /// Why it could not be recreated.
         message: String,
     },
+    /// An input was sent to a pipeline after it was closed.
+    #[error("the pipeline is closed: it takes no more inputs")]
+    PipelineClosed,
     /// A device worker stopped (it panicked or its thread ended) before answering.
     #[error("the worker of device {device} stopped before answering: {message}")]
     WorkerFailed {

@@ -2,7 +2,7 @@
 //! panics or loses its device.
 //!
 //! A [`FaultPlan`] given to [`SessionOptions::faults`](crate::SessionOptions::faults)
-//! (or [`PipelineOptions::faults`](crate::PipelineOptions::faults)) names, per
+//! (also through [`PipelineOptions::session`](crate::PipelineOptions::session)) names, per
 //! member, the runs on which a fault strikes. Runs are numbered from 0 in the order
 //! [`Session::run`](crate::Session::run) was called (inputs in the order they were
 //! sent, for a [`Pipeline`](crate::Pipeline)). A plan costs nothing when empty, which

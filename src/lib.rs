@@ -48,6 +48,7 @@ mod gpu;
 mod graph;
 pub mod io;
 mod model;
+mod pipeline;
 mod session;
 mod tensor;
 mod worker;
@@ -61,6 +62,7 @@ pub use fault::{Fault, FaultPlan};
 pub use gpu::tune::TileConfig;
 pub use graph::{Graph, GraphBuilder, Member};
 pub use model::{Activation, Dense, Model, UnknownActivation};
+pub use pipeline::{Pipeline, PipelineOptions, PipelineOutput};
 pub use session::{
     MemberReport, MemberStatus, Precision, QuorumPolicy, RunOptions, RunOutput, Session,
     SessionOptions,

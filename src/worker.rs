@@ -343,67 +343,46 @@ impl<'a> Combiner<'a> {
         timeout: Option<Duration>,
         elapsed: Duration,
     ) -> Result<RunOutput> {
+        let (aggregate, members) = self.finish_parts(quorum, timeout);
+        Ok(RunOutput {
+            aggregate: aggregate?,
+            members,
+            elapsed,
+        })
+    }
+
+    /// The aggregate (or why there is none) and every member's report.
+    pub(crate) fn finish_parts(
+        self,
+        quorum: QuorumPolicy,
+        timeout: Option<Duration>,
+    ) -> (Result<Tensor>, Vec<MemberReport>) {
         let status: Vec<MemberStatus> = self
             .status
             .into_iter()
             .map(|s| s.unwrap_or(MemberStatus::Late))
             .collect();
+        let members = self.names.len();
         let finished = status
             .iter()
             .filter(|s| matches!(s, MemberStatus::Finished))
             .count();
-        let missing: Vec<String> = status
-            .iter()
-            .zip(self.names)
-            .filter_map(|(s, name)| match s {
-                MemberStatus::Finished => None,
-                MemberStatus::Late => Some(format!("{name}: late")),
-                MemberStatus::Failed(e) => Some(format!("{name}: {e}")),
-            })
-            .collect();
-        let members = self.names.len();
-        match quorum {
-            QuorumPolicy::RequireAll => {
-                if let Some(MemberStatus::Failed(e)) =
-                    status.iter().find(|s| matches!(s, MemberStatus::Failed(_)))
-                {
-                    return Err(e.clone());
-                }
-                if finished < members {
-                    return Err(Error::DeadlineExceeded {
-                        timeout: timeout.unwrap_or_default(),
-                        missing: status
-                            .iter()
-                            .zip(self.names)
-                            .filter(|(s, _)| matches!(s, MemberStatus::Late))
-                            .map(|(_, n)| n.clone())
-                            .collect(),
-                    });
-                }
+        let verdict = verdict(&status, self.names, quorum, timeout, finished);
+        let aggregate = verdict.and_then(|()| {
+            if self.present_weight <= 0.0 {
+                return Err(Error::QuorumNotMet {
+                    required: finished,
+                    finished,
+                    members,
+                    missing: vec![
+                        "the aggregate weights of the members that finished sum to 0".to_string(),
+                    ],
+                });
             }
-            QuorumPolicy::Quorum(k) => {
-                if finished < k {
-                    return Err(Error::QuorumNotMet {
-                        required: k,
-                        finished,
-                        members,
-                        missing,
-                    });
-                }
-            }
-        }
-        if self.present_weight <= 0.0 {
-            return Err(Error::QuorumNotMet {
-                required: finished,
-                finished,
-                members,
-                missing: vec![
-                    "the aggregate weights of the members that finished sum to 0".to_string(),
-                ],
-            });
-        }
-        let scale = 1.0 / self.present_weight;
-        let aggregate: Vec<f32> = self.acc.iter().map(|a| a * scale).collect();
+            let scale = 1.0 / self.present_weight;
+            let values: Vec<f32> = self.acc.iter().map(|a| a * scale).collect();
+            Tensor::matrix(self.rows, self.cols, values)
+        });
         let reports = status
             .into_iter()
             .enumerate()
@@ -415,10 +394,52 @@ impl<'a> Combiner<'a> {
                 status,
             })
             .collect();
-        Ok(RunOutput {
-            aggregate: Tensor::matrix(self.rows, self.cols, aggregate)?,
-            members: reports,
-            elapsed,
-        })
+        (aggregate, reports)
+    }
+}
+
+/// Whether a run with these member statuses satisfies `quorum`.
+fn verdict(
+    status: &[MemberStatus],
+    names: &[String],
+    quorum: QuorumPolicy,
+    timeout: Option<Duration>,
+    finished: usize,
+) -> Result<()> {
+    match quorum {
+        QuorumPolicy::RequireAll => {
+            if let Some(MemberStatus::Failed(e)) =
+                status.iter().find(|s| matches!(s, MemberStatus::Failed(_)))
+            {
+                return Err(e.clone());
+            }
+            if finished < status.len() {
+                return Err(Error::DeadlineExceeded {
+                    timeout: timeout.unwrap_or_default(),
+                    missing: status
+                        .iter()
+                        .zip(names)
+                        .filter(|(s, _)| matches!(s, MemberStatus::Late))
+                        .map(|(_, n)| n.clone())
+                        .collect(),
+                });
+            }
+            Ok(())
+        }
+        QuorumPolicy::Quorum(k) if finished < k => Err(Error::QuorumNotMet {
+            required: k,
+            finished,
+            members: status.len(),
+            missing: status
+                .iter()
+                .zip(names)
+                .filter_map(|(s, name)| match s {
+                    MemberStatus::Finished => None,
+                    MemberStatus::Late => Some(format!("{name}: late")),
+                    MemberStatus::Failed(e) => Some(format!("{name}: {e}")),
+                })
+                .collect(),
+        }),
+        QuorumPolicy::Quorum(_) => Ok(()),
     }
 }

@@ -1,0 +1,375 @@
+//! Between-graph mode: a streaming pipeline with one worker per member, bounded
+//! queues, and an aggregator with a dequeue timeout.
+//!
+//! ```text
+//! send(x) ──┬──> [input queue m0] ─> worker m0 ─> [prediction queue m0] ──┐
+//!           ├──> [input queue m1] ─> worker m1 ─> [prediction queue m1] ──┼─> aggregator ─> [results] ─> recv()
+//!           └──> [input queue m2] ─> worker m2 ─> [prediction queue m2] ──┘
+//! ```
+//!
+//! Every input gets an id (0, 1, 2, ... in the order sent) and exactly one result,
+//! in input order. The aggregator waits for each member's prediction until the
+//! input's deadline (send time + [`PipelineOptions::timeout`]), then applies the same
+//! [`QuorumPolicy`] and reports the same [`MemberStatus`](crate::MemberStatus) per
+//! member as [`Session::run`](crate::Session::run). A worker that dequeues an input
+//! whose deadline has passed skips it, so a straggler falls behind by at most the one
+//! input it is running. All queues are bounded by [`PipelineOptions::capacity`]:
+//! `send` blocks when a member's input queue is full, so receive results from another
+//! thread (or interleave `send` and `recv`) when streaming more than `capacity` inputs.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+
+use crate::device::ExecutionDevice;
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::session::{check_input, check_quorum, MemberReport, QuorumPolicy, SessionOptions};
+use crate::tensor::Tensor;
+use crate::worker::{compile, Combiner, DeviceOutput, WorkerContext};
+
+/// Settings of a [`Pipeline`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PipelineOptions {
+    /// Length of every queue: each member's input and prediction queues, the
+    /// aggregator's, and the results'. Default 16.
+    pub capacity: usize,
+    /// How long after `send` the aggregator waits for an input's predictions (the
+    /// dequeue timeout). `None` (the default) waits for every member.
+    pub timeout: Option<Duration>,
+    /// How many members must answer for an input (default
+    /// [`QuorumPolicy::RequireAll`]).
+    pub quorum: QuorumPolicy,
+    /// Also return every member's own output.
+    pub member_outputs: bool,
+    /// Device and kernel settings, and the [`FaultPlan`](crate::FaultPlan) (whose run
+    /// numbers are input ids here).
+    pub session: SessionOptions,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            capacity: 16,
+            timeout: None,
+            quorum: QuorumPolicy::RequireAll,
+            member_outputs: false,
+            session: SessionOptions::default(),
+        }
+    }
+}
+
+impl PipelineOptions {
+    /// Sets [`PipelineOptions::capacity`] (at least 1).
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
+        self
+    }
+
+    /// Sets [`PipelineOptions::timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets [`PipelineOptions::quorum`].
+    pub fn quorum(mut self, quorum: QuorumPolicy) -> Self {
+        self.quorum = quorum;
+        self
+    }
+
+    /// Sets [`PipelineOptions::member_outputs`].
+    pub fn member_outputs(mut self, yes: bool) -> Self {
+        self.member_outputs = yes;
+        self
+    }
+
+    /// Sets [`PipelineOptions::session`].
+    pub fn session(mut self, options: SessionOptions) -> Self {
+        self.session = options;
+        self
+    }
+}
+
+/// One input's result.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PipelineOutput {
+    /// The id `send` returned for the input.
+    pub id: u64,
+    /// The aggregate over the members that answered, or why there is none
+    /// ([`Error::QuorumNotMet`], [`Error::DeadlineExceeded`], or a member's error under
+    /// [`QuorumPolicy::RequireAll`]).
+    pub aggregate: Result<Tensor>,
+    /// Every member's status (and output, when asked for), in member order.
+    pub members: Vec<MemberReport>,
+    /// Time from `send` to the result.
+    pub elapsed: Duration,
+}
+
+struct Item {
+    id: u64,
+    input: Tensor,
+    deadline: Option<Instant>,
+}
+
+struct Ticket {
+    id: u64,
+    rows: usize,
+    sent: Instant,
+    deadline: Option<Instant>,
+}
+
+/// A prediction: `None` when the worker skipped the input (its deadline had passed).
+type Prediction = (u64, Option<Result<DeviceOutput>>);
+
+/// The between-graph pipeline; see the [module docs](self).
+///
+/// `Pipeline` is `Send + Sync`; `send` from several threads is serialised so that ids
+/// and queue order agree.
+pub struct Pipeline {
+    input_width: usize,
+    members: usize,
+    inputs: Mutex<Option<(Vec<Sender<Item>>, Sender<Ticket>)>>,
+    next_id: AtomicU64,
+    results: Receiver<PipelineOutput>,
+    threads: Vec<JoinHandle<()>>,
+    timeout: Option<Duration>,
+}
+
+impl Pipeline {
+    /// Compiles every member of `graph` into its own worker (members placed on one
+    /// device share the device, not the worker) and starts the aggregator.
+    pub fn new(graph: Graph, options: PipelineOptions) -> Result<Self> {
+        check_quorum(options.quorum, graph.members.len())?;
+        let capacity = options.capacity.max(1);
+        let compiled = compile(&graph, &options.session, true)?;
+        let names: Vec<String> = graph.members.iter().map(|m| m.name.clone()).collect();
+        let plan = Arc::new(options.session.faults.clone());
+        let mut devices = vec![ExecutionDevice::Cpu; names.len()];
+        let mut inputs = Vec::new();
+        let mut predictions = Vec::new();
+        let mut threads = Vec::new();
+        for c in compiled {
+            let m = c.members[0];
+            devices[m] = c.device.clone();
+            let (item_tx, item_rx) = bounded::<Item>(capacity);
+            let (pred_tx, pred_rx) = bounded::<Prediction>(capacity);
+            let cx = WorkerContext {
+                members: c.members,
+                names: names.clone(),
+                plan: Arc::clone(&plan),
+                device: c.device.to_string(),
+            };
+            let mut executor = c.executor;
+            let want = options.member_outputs;
+            let thread = std::thread::Builder::new()
+                .name(format!("wgpu-ensemble member {}", names[m]))
+                .spawn(move || {
+                    while let Ok(item) = item_rx.recv() {
+                        let result = if item.deadline.is_some_and(|d| Instant::now() >= d) {
+                            None
+                        } else {
+                            Some(executor.execute(&item.input, want, item.id, &cx))
+                        };
+                        if pred_tx.send((item.id, result)).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| thread_error(&c.device, e))?;
+            threads.push(thread);
+            inputs.push(item_tx);
+            predictions.push(pred_rx);
+        }
+        let (ticket_tx, ticket_rx) = bounded::<Ticket>(capacity);
+        let (result_tx, result_rx) = bounded::<PipelineOutput>(capacity);
+        let aggregator = Aggregator {
+            names,
+            devices,
+            weights: graph.weights.clone(),
+            cols: graph.output_width,
+            quorum: options.quorum,
+            timeout: options.timeout,
+            predictions,
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name("wgpu-ensemble aggregator".to_string())
+                .spawn(move || aggregator.run(&ticket_rx, &result_tx))
+                .map_err(|e| thread_error(&ExecutionDevice::Cpu, e))?,
+        );
+        Ok(Self {
+            input_width: graph.input_width,
+            members: graph.members.len(),
+            inputs: Mutex::new(Some((inputs, ticket_tx))),
+            next_id: AtomicU64::new(0),
+            results: result_rx,
+            threads,
+            timeout: options.timeout,
+        })
+    }
+
+    /// Number of members.
+    pub fn member_count(&self) -> usize {
+        self.members
+    }
+
+    /// Queues `input` (`[rows, input_width]`) for every member and returns its id.
+    /// Blocks while a queue is full (back-pressure). Fails on a bad input, or after
+    /// [`Pipeline::close`].
+    pub fn send(&self, input: &Tensor) -> Result<u64> {
+        let rows = check_input(input, self.input_width)?;
+        let guard = self.inputs.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some((inputs, tickets)) = guard.as_ref() else {
+            return Err(Error::PipelineClosed);
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let sent = Instant::now();
+        let deadline = self.timeout.map(|t| sent + t);
+        tickets
+            .send(Ticket {
+                id,
+                rows,
+                sent,
+                deadline,
+            })
+            .map_err(|_| Error::PipelineClosed)?;
+        for queue in inputs {
+            // A worker that is gone shows up as a failed member in the result.
+            let _ = queue.send(Item {
+                id,
+                input: input.clone(),
+                deadline,
+            });
+        }
+        Ok(id)
+    }
+
+    /// The next result, in input order; `None` once the pipeline is closed and every
+    /// result has been received.
+    pub fn recv(&self) -> Option<PipelineOutput> {
+        self.results.recv().ok()
+    }
+
+    /// The next result if one arrives within `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<PipelineOutput> {
+        self.results.recv_timeout(timeout).ok()
+    }
+
+    /// Stops accepting inputs. Everything already sent is still processed: keep
+    /// calling [`Pipeline::recv`] until it returns `None`.
+    pub fn close(&self) {
+        self.inputs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
+    /// Closes the pipeline and returns every result still in flight, in input order.
+    pub fn finish(self) -> Vec<PipelineOutput> {
+        self.close();
+        std::iter::from_fn(|| self.recv()).collect()
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.close();
+        // Unblock an aggregator waiting to deliver results nobody will read.
+        while self.results.try_recv().is_ok() {}
+        for t in self.threads.drain(..) {
+            while !t.is_finished() {
+                while self.results.try_recv().is_ok() {}
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = t.join();
+        }
+    }
+}
+
+fn thread_error(device: &ExecutionDevice, e: std::io::Error) -> Error {
+    Error::WorkerFailed {
+        device: device.to_string(),
+        message: format!("could not start its thread: {e}"),
+    }
+}
+
+/// Takes one prediction per member for each input, in input order.
+struct Aggregator {
+    names: Vec<String>,
+    devices: Vec<ExecutionDevice>,
+    weights: Vec<f32>,
+    cols: usize,
+    quorum: QuorumPolicy,
+    timeout: Option<Duration>,
+    predictions: Vec<Receiver<Prediction>>,
+}
+
+impl Aggregator {
+    fn run(&self, tickets: &Receiver<Ticket>, results: &Sender<PipelineOutput>) {
+        // The id each member's prediction queue will deliver next.
+        let mut cursor = vec![0u64; self.predictions.len()];
+        let mut gone = vec![false; self.predictions.len()];
+        while let Ok(ticket) = tickets.recv() {
+            let mut combiner = Combiner::new(
+                &self.names,
+                &self.devices,
+                &self.weights,
+                ticket.rows,
+                self.cols,
+            );
+            for (m, queue) in self.predictions.iter().enumerate() {
+                if gone[m] {
+                    combiner.fail(&[m], self.worker_gone(m));
+                    continue;
+                }
+                // Drop predictions of earlier inputs that arrived after their deadline.
+                while cursor[m] <= ticket.id {
+                    let message = match ticket.deadline {
+                        Some(d) => queue.recv_deadline(d),
+                        None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                    };
+                    match message {
+                        Ok((id, prediction)) => {
+                            cursor[m] = id + 1;
+                            if id == ticket.id {
+                                if let Some(result) = prediction {
+                                    combiner.add(&[m], result);
+                                }
+                            }
+                        }
+                        // Late: its status stays unanswered.
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            gone[m] = true;
+                            combiner.fail(&[m], self.worker_gone(m));
+                            break;
+                        }
+                    }
+                }
+            }
+            let (aggregate, members) = combiner.finish_parts(self.quorum, self.timeout);
+            let output = PipelineOutput {
+                id: ticket.id,
+                aggregate,
+                members,
+                elapsed: ticket.sent.elapsed(),
+            };
+            if results.send(output).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn worker_gone(&self, m: usize) -> Error {
+        Error::WorkerFailed {
+            device: self.devices[m].to_string(),
+            message: format!("the worker of member '{}' has stopped", self.names[m]),
+        }
+    }
+}
