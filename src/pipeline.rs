@@ -127,6 +127,13 @@ struct Ticket {
 /// A prediction: `None` when the worker skipped the input (its deadline had passed).
 type Prediction = (u64, Option<Result<DeviceOutput>>);
 
+/// The open ends of the queues `send` writes to: every member's input queue and the
+/// aggregator's.
+struct Inlets {
+    members: Vec<Sender<Item>>,
+    tickets: Sender<Ticket>,
+}
+
 /// The between-graph pipeline; see the [module docs](self).
 ///
 /// `Pipeline` is `Send + Sync`; `send` from several threads is serialised so that ids
@@ -134,7 +141,7 @@ type Prediction = (u64, Option<Result<DeviceOutput>>);
 pub struct Pipeline {
     input_width: usize,
     members: usize,
-    inputs: Mutex<Option<(Vec<Sender<Item>>, Sender<Ticket>)>>,
+    inputs: Mutex<Option<Inlets>>,
     next_id: AtomicU64,
     results: Receiver<PipelineOutput>,
     threads: Vec<JoinHandle<()>>,
@@ -206,7 +213,10 @@ impl Pipeline {
         Ok(Self {
             input_width: graph.input_width,
             members: graph.members.len(),
-            inputs: Mutex::new(Some((inputs, ticket_tx))),
+            inputs: Mutex::new(Some(Inlets {
+                members: inputs,
+                tickets: ticket_tx,
+            })),
             next_id: AtomicU64::new(0),
             results: result_rx,
             threads,
@@ -225,7 +235,11 @@ impl Pipeline {
     pub fn send(&self, input: &Tensor) -> Result<u64> {
         let rows = check_input(input, self.input_width)?;
         let guard = self.inputs.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some((inputs, tickets)) = guard.as_ref() else {
+        let Some(Inlets {
+            members: inputs,
+            tickets,
+        }) = guard.as_ref()
+        else {
             return Err(Error::PipelineClosed);
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
