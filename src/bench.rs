@@ -9,9 +9,11 @@ use serde::Serialize;
 use crate::aggregate::Aggregate;
 use crate::device::Placement;
 use crate::error::{Error, Result};
+use crate::fault::{Fault, FaultPlan};
 use crate::graph::Graph;
 use crate::model::{Activation, Model};
-use crate::session::{RunOptions, Session, SessionOptions};
+use crate::pipeline::{Pipeline, PipelineOptions};
+use crate::session::{QuorumPolicy, RunOptions, Session, SessionOptions};
 use crate::tensor::Tensor;
 
 /// A standard workload.
@@ -90,6 +92,10 @@ impl Workload {
 pub struct BenchReport {
     /// `gemm`, `E1` or `E2`.
     pub workload: String,
+    /// `session` (`Session::run` in a loop), `pipeline` (a stream through
+    /// [`Pipeline`]) or `late-member` (one input at a time through a [`Pipeline`]
+    /// under a quorum, with one member always late).
+    pub mode: String,
     /// Rows per run (for `gemm`, also the layer's size).
     pub batch: usize,
     /// `f32` or `f16`.
@@ -108,52 +114,165 @@ pub struct BenchReport {
     pub throughput_rows_per_s: f64,
     /// FLOP per second at the median latency, in units of 10⁹.
     pub gflops: f64,
+    /// For `late-member`: the median latency of the same inputs with no member late;
+    /// `p50_ms - baseline_p50_ms` is the latency a late member adds.
+    pub baseline_p50_ms: Option<f64>,
 }
 
-/// Builds the workload's session, runs it `warmup` times, then times `runs` runs.
+/// How the workload is driven.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BenchMode {
+    /// `Session::run` in a loop; latency per run.
+    Session,
+    /// `runs` inputs streamed through a [`Pipeline`] (sent from one thread, received
+    /// on another); latency from `send` to the result, throughput over the stream.
+    Pipeline,
+    /// One input at a time through a [`Pipeline`] with this timeout and a quorum of
+    /// all members but one: `runs` inputs with every member on time (the baseline),
+    /// then `runs` inputs while member 0 sleeps five timeouts on each. Every member
+    /// has its own worker there, so the late one delays no other member.
+    LateMember(Duration),
+}
+
+impl BenchMode {
+    fn name(self) -> &'static str {
+        match self {
+            BenchMode::Session => "session",
+            BenchMode::Pipeline => "pipeline",
+            BenchMode::LateMember(_) => "late-member",
+        }
+    }
+}
+
+fn input(batch: usize, width: usize) -> Result<Tensor> {
+    let values: Vec<f32> = (0..batch * width)
+        .map(|i| ((i * 7919) % 2000) as f32 / 1000.0 - 1.0)
+        .collect();
+    Tensor::matrix(batch, width, values)
+}
+
+/// Builds the workload, runs it `warmup` times, then times `runs` runs (inputs, for
+/// the pipeline).
 pub fn run_bench(
     workload: Workload,
     batch: usize,
     placement: &Placement,
     options: SessionOptions,
+    mode: BenchMode,
     warmup: usize,
     runs: usize,
 ) -> Result<BenchReport> {
     if batch == 0 {
         return Err(Error::EmptyBatch);
     }
+    let runs = runs.max(1);
     let precision = options.precision;
     let trusted_kernels = options.trusted_kernels;
     let graph = workload.graph(batch, placement)?;
-    let width = graph.input_width();
-    let session = Session::with_options(graph, options)?;
-    let values: Vec<f32> = (0..batch * width)
-        .map(|i| ((i * 7919) % 2000) as f32 / 1000.0 - 1.0)
-        .collect();
-    let x = Tensor::matrix(batch, width, values)?;
-    let run_options = RunOptions::default();
-    for _ in 0..warmup {
-        session.run(&x, &run_options)?;
-    }
+    let members = graph.members().len();
+    let x = input(batch, graph.input_width())?;
+    let started_all;
     let mut times: Vec<Duration> = Vec::with_capacity(runs);
-    for _ in 0..runs.max(1) {
-        let started = Instant::now();
-        session.run(&x, &run_options)?;
-        times.push(started.elapsed());
+    let mut baseline = None;
+    let adapter: Vec<String>;
+    match mode {
+        BenchMode::Pipeline => {
+            let pipeline = Pipeline::new(graph, PipelineOptions::default().session(options))?;
+            for _ in 0..warmup {
+                pipeline.send(&x)?;
+                pipeline.recv();
+            }
+            adapter = pipeline.devices().map(ToString::to_string).collect();
+            started_all = Instant::now();
+            std::thread::scope(|scope| -> Result<()> {
+                let sender = scope.spawn(|| -> Result<()> {
+                    for _ in 0..runs {
+                        pipeline.send(&x)?;
+                    }
+                    Ok(())
+                });
+                for _ in 0..runs {
+                    match pipeline.recv() {
+                        Some(out) => {
+                            out.aggregate?;
+                            times.push(out.elapsed);
+                        }
+                        None => break,
+                    }
+                }
+                sender.join().unwrap_or(Ok(()))
+            })?;
+        }
+        BenchMode::LateMember(timeout) => {
+            let late_from = (warmup + runs) as u64;
+            let plan = FaultPlan::new().from_run("m0", late_from, Fault::Sleep(timeout * 5));
+            let pipeline = Pipeline::new(
+                graph,
+                PipelineOptions::default()
+                    .timeout(timeout)
+                    .quorum(QuorumPolicy::Quorum(members.saturating_sub(1).max(1)))
+                    .session(options.faults(plan)),
+            )?;
+            adapter = pipeline.devices().map(ToString::to_string).collect();
+            let one = |times: &mut Vec<Duration>| -> Result<()> {
+                pipeline.send(&x)?;
+                if let Some(out) = pipeline.recv() {
+                    out.aggregate?;
+                    times.push(out.elapsed);
+                }
+                Ok(())
+            };
+            let mut warm = Vec::new();
+            for _ in 0..warmup {
+                one(&mut warm)?;
+            }
+            let mut normal = Vec::with_capacity(runs);
+            for _ in 0..runs {
+                one(&mut normal)?;
+            }
+            normal.sort();
+            baseline = normal.get(normal.len() / 2).map(|d| d.as_secs_f64() * 1e3);
+            started_all = Instant::now();
+            for _ in 0..runs {
+                one(&mut times)?;
+            }
+        }
+        BenchMode::Session => {
+            let session = Session::with_options(graph, options)?;
+            for _ in 0..warmup {
+                session.run(&x, &RunOptions::default())?;
+            }
+            adapter = session.devices().map(ToString::to_string).collect();
+            started_all = Instant::now();
+            for _ in 0..runs {
+                let started = Instant::now();
+                session.run(&x, &RunOptions::default())?;
+                times.push(started.elapsed());
+            }
+        }
     }
+    let total = started_all.elapsed().as_secs_f64();
     times.sort();
-    let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    let pick = |q: f64| times[((times.len().max(1) - 1) as f64 * q).round() as usize];
     let p50 = pick(0.5).as_secs_f64();
+    // A stream's throughput is what went through per second; a loop's is per run.
+    let per_second = match mode {
+        BenchMode::Pipeline => runs as f64 / total,
+        _ => 1.0 / p50,
+    };
     Ok(BenchReport {
         workload: workload.name().to_string(),
+        mode: mode.name().to_string(),
         batch,
         precision: precision.name().to_string(),
         trusted_kernels,
-        adapter: session.devices().map(ToString::to_string).collect(),
+        adapter,
         runs: times.len(),
         p50_ms: p50 * 1e3,
         p99_ms: pick(0.99).as_secs_f64() * 1e3,
-        throughput_rows_per_s: batch as f64 / p50,
-        gflops: workload.flops(batch) as f64 / p50 / 1e9,
+        throughput_rows_per_s: batch as f64 * per_second,
+        gflops: workload.flops(batch) as f64 * per_second / 1e9,
+        baseline_p50_ms: baseline,
     })
 }

@@ -140,7 +140,7 @@ struct Inlets {
 /// and queue order agree.
 pub struct Pipeline {
     input_width: usize,
-    members: usize,
+    devices: Vec<ExecutionDevice>,
     inputs: Mutex<Option<Inlets>>,
     next_id: AtomicU64,
     results: Receiver<PipelineOutput>,
@@ -197,7 +197,7 @@ impl Pipeline {
         let (result_tx, result_rx) = bounded::<PipelineOutput>(capacity);
         let aggregator = Aggregator {
             names,
-            devices,
+            devices: devices.clone(),
             weights: graph.weights.clone(),
             cols: graph.output_width,
             quorum: options.quorum,
@@ -212,7 +212,7 @@ impl Pipeline {
         );
         Ok(Self {
             input_width: graph.input_width,
-            members: graph.members.len(),
+            devices,
             inputs: Mutex::new(Some(Inlets {
                 members: inputs,
                 tickets: ticket_tx,
@@ -226,7 +226,12 @@ impl Pipeline {
 
     /// Number of members.
     pub fn member_count(&self) -> usize {
-        self.members
+        self.devices.len()
+    }
+
+    /// The device of every member, in member order.
+    pub fn devices(&self) -> impl Iterator<Item = &ExecutionDevice> {
+        self.devices.iter()
     }
 
     /// Queues `input` (`[rows, input_width]`) for every member and returns its id.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use wgpu_ensemble::bench::{run_bench, Workload};
+use wgpu_ensemble::bench::{run_bench, BenchMode, Workload};
 use wgpu_ensemble::io::{read_matrix, Manifest};
 use wgpu_ensemble::{
     probe_adapters, Fault, FaultPlan, MemberStatus, Placement, Precision, QuorumPolicy, RunOptions,
@@ -79,6 +79,12 @@ struct BenchArgs {
     /// Untimed runs first (pipelines compile on the first).
     #[arg(long, default_value_t = 3)]
     warmup: usize,
+    /// session (Session::run in a loop), pipeline (a stream through the between-graph Pipeline) or late-member (a quorum run while member 0 is always late).
+    #[arg(long, default_value = "session")]
+    mode: String,
+    /// The run timeout of --mode late-member, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    late_timeout_ms: u64,
     /// Time the dense kernel's tile candidates at session build and use the fastest.
     #[arg(long)]
     autotune: bool,
@@ -156,11 +162,23 @@ fn bench(args: &BenchArgs) -> wgpu_ensemble::Result<()> {
         // SAFETY: asked for on the command line; see SessionOptions::trusted_kernels.
         options = unsafe { options.trusted_kernels() };
     }
+    let mode = match args.mode.as_str() {
+        "session" => BenchMode::Session,
+        "pipeline" => BenchMode::Pipeline,
+        "late-member" => BenchMode::LateMember(Duration::from_millis(args.late_timeout_ms)),
+        other => {
+            return Err(wgpu_ensemble::Error::Io {
+                path: "--mode".into(),
+                message: format!("'{other}': expected session, pipeline or late-member"),
+            })
+        }
+    };
     let report = run_bench(
         workload,
         args.batch,
         &placement,
         options,
+        mode,
         args.warmup,
         args.runs,
     )?;
@@ -172,8 +190,9 @@ fn bench(args: &BenchArgs) -> wgpu_ensemble::Result<()> {
         println!("{text}");
     } else {
         println!(
-            "{} batch {} {} on [{}]: p50 {:.3} ms, p99 {:.3} ms, {:.1} rows/s, {:.2} GFLOP/s",
+            "{} {} batch {} {} on [{}]: p50 {:.3} ms, p99 {:.3} ms, {:.1} rows/s, {:.2} GFLOP/s",
             report.workload,
+            report.mode,
             report.batch,
             report.precision,
             report.adapter.join("; "),
