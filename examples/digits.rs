@@ -46,8 +46,8 @@ fn accuracy(scores: &Tensor, labels: &[usize]) -> wgpu_ensemble::Result<f64> {
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let mut manifest = Manifest::load(&data("digits.toml"))?;
-    let x = read_matrix(&data("x_test.npy"))?;
+    let mut manifest = Manifest::load(data("digits.toml"))?;
+    let x = read_matrix(data("x_test.npy"))?;
     let y = labels(&data("y_test.npy"))?;
 
     manifest.aggregate = Aggregate::Mean;

@@ -81,10 +81,16 @@ impl Aggregate {
         {
             return Err(Error::AggregateWeight { index, value });
         }
-        if given.iter().all(|&w| w == 0.0) {
+        // Normalised in f64, so that tiny or huge weights neither vanish nor overflow
+        // in the f32 sums of the aggregate node.
+        let total: f64 = given.iter().map(|&w| f64::from(w)).sum();
+        if total <= 0.0 {
             return Err(Error::AggregateWeightsAllZero);
         }
-        Ok(given.clone())
+        Ok(given
+            .iter()
+            .map(|&w| (f64::from(w) / total) as f32)
+            .collect())
     }
 }
 
@@ -131,6 +137,15 @@ mod tests {
             Err(Error::AggregateWeightsAllZero)
         ));
         assert_eq!(Aggregate::Mean.member_weights(2).unwrap(), vec![1.0, 1.0]);
+        // Extreme but valid weights are normalised without overflow or underflow.
+        let w = Aggregate::WeightedMean(vec![3e38, 3e38])
+            .member_weights(2)
+            .unwrap();
+        assert_eq!(w, vec![0.5, 0.5]);
+        let w = Aggregate::WeightedMean(vec![1e-40, 0.0])
+            .member_weights(2)
+            .unwrap();
+        assert_eq!(w, vec![1.0, 0.0]);
     }
 
     #[test]

@@ -166,7 +166,9 @@ pub fn run_bench(
     if batch == 0 {
         return Err(Error::EmptyBatch);
     }
-    let runs = runs.max(1);
+    if runs == 0 {
+        return Err(Error::InvalidRuns);
+    }
     let precision = options.precision;
     let trusted_kernels = options.trusted_kernels;
     let graph = workload.graph(batch, placement)?;

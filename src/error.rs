@@ -157,6 +157,19 @@ pub enum Error {
         /// The largest buffer the device (or the session options) allow.
         limit: u64,
     },
+    /// A layer needs more workgroups along one dispatch dimension than the device
+    /// allows.
+    #[error("{what} needs {groups} workgroups along one dimension on {device}, which allows at most {limit}")]
+    DispatchTooLarge {
+        /// Which layer.
+        what: String,
+        /// Device description.
+        device: String,
+        /// Workgroups needed.
+        groups: u64,
+        /// The device's limit.
+        limit: u32,
+    },
     /// A device reported an error while running (validation, out of memory, a failed
     /// buffer map).
     #[error("device {device}: {message}")]
@@ -358,6 +371,9 @@ pub enum Error {
     /// An input was sent to a pipeline after it was closed.
     #[error("the pipeline is closed: it takes no more inputs")]
     PipelineClosed,
+    /// A benchmark was asked for zero timed runs.
+    #[error("a benchmark needs at least one timed run, got 0")]
+    InvalidRuns,
     /// A device worker stopped (it panicked or its thread ended) before answering.
     #[error("the worker of device {device} stopped before answering: {message}")]
     WorkerFailed {

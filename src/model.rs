@@ -228,6 +228,14 @@ impl Model {
             .zip(activations)
             .map(|(w, &act)| {
                 let (inp, out) = (w[0], w[1]);
+                if inp == 0 || out == 0 || inp.checked_mul(out).is_none() {
+                    return Err(Error::LayerShape {
+                        layer: 0,
+                        what: "widths must be at least 1 and their products must fit in memory",
+                        expected: vec![],
+                        got: vec![out, inp],
+                    });
+                }
                 let bound = 1.0 / (inp.max(1) as f32).sqrt();
                 let weight: Vec<f32> = (0..inp * out)
                     .map(|_| rng.random_range(-bound..=bound))

@@ -249,7 +249,7 @@ impl Pipeline {
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let sent = Instant::now();
-        let deadline = self.timeout.map(|t| sent + t);
+        let deadline = self.timeout.and_then(|t| sent.checked_add(t));
         tickets
             .send(Ticket {
                 id,

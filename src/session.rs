@@ -401,7 +401,8 @@ impl Session {
         let rows = check_input(input, self.input_width)?;
         check_quorum(options.quorum, self.names.len())?;
         let run = self.runs.fetch_add(1, Ordering::Relaxed);
-        let deadline = options.timeout.map(|t| started + t);
+        // A timeout too long to represent is no deadline.
+        let deadline = options.timeout.and_then(|t| started.checked_add(t));
         let (reply, replies) = crossbeam_channel::unbounded();
         let mut combiner = Combiner::new(
             &self.names,

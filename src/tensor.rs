@@ -19,7 +19,14 @@ impl Tensor {
     pub fn new(shape: impl Into<Vec<usize>>, data: impl Into<Vec<f32>>) -> Result<Self> {
         let shape = shape.into();
         let data = data.into();
-        let expected = shape.iter().product::<usize>();
+        let expected = shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| Error::TensorData {
+                shape: shape.clone(),
+                expected: usize::MAX,
+                got: data.len(),
+            })?;
         if data.len() != expected {
             return Err(Error::TensorData {
                 shape,

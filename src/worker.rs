@@ -70,6 +70,7 @@ pub(crate) fn compile(
     let mut pool: Option<DevicePool> = None;
     let mut auto_next = 0;
     let mut groups: Vec<(Key, Option<GpuContext>, Vec<usize>)> = Vec::new();
+    let mut contexts: Vec<GpuContext> = Vec::new();
     for (index, member) in graph.members.iter().enumerate() {
         let (key, ctx) = match &member.placement {
             Placement::Cpu => (Key::Cpu, None),
@@ -94,17 +95,27 @@ pub(crate) fn compile(
                     (Key::Adapter(a, 0), Some(p.open(a, 0)?))
                 }
             }
-            Placement::Device(ext) => (
-                Key::External(ext.device.clone()),
-                Some(GpuContext::new(
-                    ext.device.clone(),
-                    ext.queue.clone(),
-                    ExecutionDevice::External {
-                        label: ext.label.clone(),
-                    },
-                    None,
-                )),
-            ),
+            Placement::Device(ext) => {
+                // One context per device: creating it installs the device's error
+                // handlers, which must report to the context that is kept.
+                let existing = contexts
+                    .iter()
+                    .find(|c: &&GpuContext| c.device == ext.device)
+                    .cloned();
+                let ctx = existing.unwrap_or_else(|| {
+                    let ctx = GpuContext::new(
+                        ext.device.clone(),
+                        ext.queue.clone(),
+                        ExecutionDevice::External {
+                            label: ext.label.clone(),
+                        },
+                        None,
+                    );
+                    contexts.push(ctx.clone());
+                    ctx
+                });
+                (Key::External(ext.device.clone()), Some(ctx))
+            }
         };
         let key = if per_member { Key::Member(index) } else { key };
         match groups.iter_mut().find(|g| g.0 == key) {

@@ -185,8 +185,13 @@ fn bad_inputs_exit_non_zero_and_write_nothing() {
             "adapter 99",
         ),
     ];
+    std::fs::create_dir(dir.path().join("y-dir.npy")).unwrap();
     for (what, manifest, input, extra, needle) in cases {
-        let output = dir.path().join("y.npy");
+        let output = if what == "output is a directory" {
+            dir.path().join("y-dir.npy")
+        } else {
+            dir.path().join("y.npy")
+        };
         let members = dir.path().join("members.npy");
         let out = predict(manifest, &input, &output, &members, extra);
         let message = stderr(&out);
@@ -324,4 +329,20 @@ fn predict_with_a_quorum_writes_the_members_present() {
         "{message}"
     );
     assert!(!output.exists() && !members.exists());
+}
+
+#[test]
+fn the_same_path_for_both_outputs_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let both = dir.path().join("o.npy");
+    let out = predict(
+        &golden("mean.toml"),
+        &golden("x.npy"),
+        &both,
+        &both,
+        &["--device", "cpu"],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("two outputs"), "{}", stderr(&out));
+    assert!(!both.exists());
 }

@@ -18,8 +18,8 @@ fn data(file: &str) -> PathBuf {
 
 #[test]
 fn members_reproduce_scikit_learn_probabilities() {
-    let manifest = Manifest::load(&data("digits.toml")).unwrap();
-    let x = read_matrix(&data("x_test.npy")).unwrap();
+    let manifest = Manifest::load(data("digits.toml")).unwrap();
+    let x = read_matrix(data("x_test.npy")).unwrap();
     let file = std::fs::File::open(data("sklearn_proba.npy")).unwrap();
     let npy = npyz::NpyFile::new(std::io::BufReader::new(file)).unwrap();
     assert_eq!(npy.shape(), &[5, 360, 10]);

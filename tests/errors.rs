@@ -298,3 +298,25 @@ fn adapter_index_out_of_range_lists_the_adapters() {
         }
     }
 }
+
+#[test]
+fn shapes_whose_size_overflows_are_errors() {
+    let err = Tensor::new(vec![usize::MAX / 2, 4], Vec::<f32>::new()).unwrap_err();
+    assert!(matches!(err, Error::TensorData { got: 0, .. }), "{err:?}");
+    assert!(Model::random(&[usize::MAX / 2, 4], &[Relu], 0).is_err());
+    assert!(Model::random(&[0, 4], &[Relu], 0).is_err());
+}
+
+#[test]
+fn a_timeout_too_long_to_represent_is_no_deadline() {
+    let (session, m) = cpu_session();
+    let x = input(2, 4, 3);
+    let run = session
+        .run(&x, &RunOptions::default().timeout(std::time::Duration::MAX))
+        .unwrap();
+    assert_close(
+        "no deadline",
+        run.aggregate.as_slice(),
+        &reference_forward(&m, &x),
+    );
+}

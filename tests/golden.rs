@@ -14,12 +14,12 @@ const MANIFESTS: [(&str, &str); 3] = [
 ];
 
 fn check_manifest(manifest: &str, expected: &str, device: Option<&Placement>, label: &str) {
-    let manifest = Manifest::load(&golden(manifest)).unwrap();
+    let manifest = Manifest::load(golden(manifest)).unwrap();
     let session = Session::new(manifest.graph(device).unwrap()).unwrap();
     let (member_shape, members) = read_f64(&golden("expected_members.npy"));
     let (_, want) = read_f64(&golden(expected));
     for input in ["x.npy", "x_f64.npy"] {
-        let x = read_matrix(&golden(input)).unwrap();
+        let x = read_matrix(golden(input)).unwrap();
         let run = session
             .run(&x, &RunOptions::default().member_outputs(true))
             .unwrap();
@@ -62,7 +62,7 @@ fn golden_ensembles_with_the_manifest_devices() {
 #[test]
 fn saved_members_load_back_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = Manifest::load(&golden("mean.toml")).unwrap();
+    let manifest = Manifest::load(golden("mean.toml")).unwrap();
     for m in &manifest.members {
         let model = load_model(&m.file, &m.options).unwrap();
         let path = dir.path().join(format!("{}.safetensors", m.name));

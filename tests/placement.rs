@@ -83,11 +83,15 @@ fn members_on_two_adapters_two_queues_an_external_device_and_the_cpu() {
             },
         ),
     ];
+    let external = placements[4].1.clone();
     let expected = [(a, 0), (b, 0), (a, 1)];
     let mut g = Graph::builder(10);
     for ((name, place), model) in placements.iter().zip(&models) {
         g = g.member(*name, model.clone(), place.clone());
     }
+    // A second member on the caller's device shares its worker and error handlers.
+    let extra = Model::random(&[10, 4], &[Softmax], 99).unwrap();
+    g = g.member("external-again", extra.clone(), external);
     let session = Session::new(g.build().unwrap()).unwrap();
     assert_eq!(
         session.devices().count(),
@@ -121,6 +125,7 @@ fn members_on_two_adapters_two_queues_an_external_device_and_the_cpu() {
         matches!(&run.members[4].device, ExecutionDevice::External { label } if label == "caller's device")
     );
     assert_eq!(run.members[5].device, run.members[0].device);
+    assert_eq!(run.members[6].device, run.members[4].device);
     let listed: Vec<_> = session.members().map(|(_, d)| d.clone()).collect();
     assert_eq!(
         listed,
@@ -130,7 +135,8 @@ fn members_on_two_adapters_two_queues_an_external_device_and_the_cpu() {
             .collect::<Vec<_>>()
     );
 
-    let refs: Vec<Vec<f64>> = models.iter().map(|m| reference_forward(m, &x)).collect();
+    let mut refs: Vec<Vec<f64>> = models.iter().map(|m| reference_forward(m, &x)).collect();
+    refs.push(reference_forward(&extra, &x));
     for (m, want) in run.members.iter().zip(&refs) {
         assert_close(
             &format!("{} on {}", m.name, m.device),
@@ -141,7 +147,7 @@ fn members_on_two_adapters_two_queues_an_external_device_and_the_cpu() {
     assert_close(
         "aggregate",
         run.aggregate.as_slice(),
-        &reference_mean(&refs, &[1.0; 6]),
+        &reference_mean(&refs, &[1.0; 7]),
     );
 }
 

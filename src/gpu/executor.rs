@@ -200,6 +200,15 @@ impl DeviceState {
                 };
                 let act = layer.activation().shader_code();
                 let tile = tuner.choose(&ctx, &mut kernels, precision, out_f, in_f)?;
+                let groups = (out_f as u64).div_ceil(u64::from(tile.tile_cols()));
+                if groups > u64::from(limits.max_compute_workgroups_per_dimension) {
+                    return Err(Error::DispatchTooLarge {
+                        what: format!("member '{}' layer {l} with {out_f} outputs", spec.name),
+                        device: ctx.label.to_string(),
+                        groups,
+                        limit: limits.max_compute_workgroups_per_dimension,
+                    });
+                }
                 layers.push(GpuLayer {
                     in_features: in_f,
                     out_features: out_f,
@@ -543,7 +552,14 @@ impl DeviceState {
                     timeout: self.operation_timeout,
                 })
             }
-            Err(e) => return Err(self.gpu_error(&e.to_string())),
+            // A failed submission (lost device, validation error) makes the wait fail
+            // too; the handlers hold the real cause.
+            Err(e) => {
+                return Err(self
+                    .ctx
+                    .take_error()
+                    .unwrap_or_else(|| self.gpu_error(&e.to_string())))
+            }
         }
         if let Some(e) = self.ctx.take_error() {
             return Err(e);

@@ -251,9 +251,11 @@ impl Tuner {
             if !candidate.fits(&limits, precision) {
                 continue;
             }
-            let t = time_candidate(ctx, kernels, precision, candidate, &key)?;
-            if t < best.0 {
-                best = (t, candidate);
+            // A candidate the device cannot time is not chosen; the default remains.
+            if let Ok(t) = time_candidate(ctx, kernels, precision, candidate, &key) {
+                if t < best.0 {
+                    best = (t, candidate);
+                }
             }
         }
         cache()
@@ -277,7 +279,24 @@ fn time_candidate(
     key: &Key,
 ) -> Result<Duration> {
     let device = &ctx.device;
-    let (m, n, k) = (key.rows as usize, key.outputs as usize, key.inputs as usize);
+    let (mut m, mut n, mut k) = (key.rows as usize, key.outputs as usize, key.inputs as usize);
+    // Keep every synthetic buffer within the device's binding limit.
+    let limits = device.limits();
+    let max_values = (limits
+        .max_storage_buffer_binding_size
+        .min(limits.max_buffer_size)
+        / 4) as usize;
+    while m * k > max_values || n * k > max_values || m * n > max_values {
+        if m >= n && m > 16 {
+            m /= 2;
+        } else if n > 16 {
+            n /= 2;
+        } else if k > 16 {
+            k /= 2;
+        } else {
+            break;
+        }
+    }
     let kernel = match precision {
         Precision::F32 => DENSE,
         Precision::F16 => DENSE_F16,
@@ -338,9 +357,11 @@ fn time_candidate(
                 submission_index: Some(index),
                 timeout: Some(Duration::from_secs(60)),
             })
-            .map_err(|e| Error::Gpu {
-                device: ctx.label.to_string(),
-                message: format!("autotune: {e}"),
+            .map_err(|e| {
+                ctx.take_error().unwrap_or_else(|| Error::Gpu {
+                    device: ctx.label.to_string(),
+                    message: format!("autotune: {e}"),
+                })
             })?;
         // The first round compiles and warms up.
         if round > 0 {

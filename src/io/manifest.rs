@@ -81,7 +81,8 @@ impl Manifest {
     /// Reads and checks a manifest: unknown keys, aggregate kinds, activation names and
     /// device specifications are errors naming the manifest. Weight files are read by
     /// [`Manifest::graph`].
-    pub fn load(path: &Path) -> Result<Self> {
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| io_error(path, e))?;
         Self::parse(path, &text)
     }

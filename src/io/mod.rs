@@ -37,6 +37,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 /// none is: every file is first written under a temporary name, and only when all
 /// succeeded are they renamed into place.
 pub fn write_tensors(files: &[(std::path::PathBuf, crate::Tensor)]) -> Result<()> {
+    for (i, (path, _)) in files.iter().enumerate() {
+        if files[..i].iter().any(|(other, _)| other == path) {
+            return Err(io_error(path, "the same file is given for two outputs"));
+        }
+    }
     let mut written: Vec<(std::path::PathBuf, &Path)> = Vec::new();
     let cleanup = |written: &[(std::path::PathBuf, &Path)]| {
         for (tmp, _) in written {
@@ -45,6 +50,11 @@ pub fn write_tensors(files: &[(std::path::PathBuf, crate::Tensor)]) -> Result<()
     };
     for (path, tensor) in files {
         let tmp = temporary_path(path);
+        // Refuse before writing anything when a target is a directory.
+        if path.is_dir() {
+            cleanup(&written);
+            return Err(io_error(path, "is a directory"));
+        }
         let bytes = match npy::npy_bytes(path, tensor) {
             Ok(b) => b,
             Err(e) => {

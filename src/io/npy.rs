@@ -21,7 +21,8 @@ fn npy_error(path: &Path, message: impl Into<String>) -> Error {
 ///
 /// Any other dtype, Fortran order, or a number of dimensions other than 2 is an
 /// [`Error::Npy`] that says what was found and what is expected.
-pub fn read_matrix(path: &Path) -> Result<Tensor> {
+pub fn read_matrix(path: impl AsRef<Path>) -> Result<Tensor> {
+    let path = path.as_ref();
     let file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
     let npy = NpyFile::new(BufReader::new(file))
         .map_err(|e| npy_error(path, format!("not a valid .npy file: {e}")))?;
@@ -72,7 +73,8 @@ pub fn read_matrix(path: &Path) -> Result<Tensor> {
 ///
 /// The file is written to a temporary name and renamed, so `path` never holds a
 /// partial file.
-pub fn write_tensor(path: &Path, tensor: &Tensor) -> Result<()> {
+pub fn write_tensor(path: impl AsRef<Path>, tensor: &Tensor) -> Result<()> {
+    let path = path.as_ref();
     super::write_tensors(&[(path.to_path_buf(), tensor.clone())])
 }
 

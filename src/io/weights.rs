@@ -46,7 +46,8 @@ impl LoadOptions {
 ///
 /// Tensors of dtype F32, F16, BF16 and F64 are converted to f32. Every error names the
 /// file and, where there is one, the tensor.
-pub fn load_model(path: &Path, options: &LoadOptions) -> Result<Model> {
+pub fn load_model(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model> {
+    let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
     let corrupt = |e: safetensors::SafeTensorError| Error::CorruptFile {
         path: path.to_path_buf(),
@@ -134,7 +135,8 @@ pub fn load_model(path: &Path, options: &LoadOptions) -> Result<Model> {
 ///
 /// The file is written to a temporary name and renamed, so `path` never holds a
 /// partial file.
-pub fn save_model(model: &Model, path: &Path) -> Result<()> {
+pub fn save_model(model: &Model, path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
     let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (i, layer) in model.layers().iter().enumerate() {
         buffers.push((
