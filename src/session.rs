@@ -147,7 +147,7 @@ impl SessionOptions {
 
     /// Compiles the kernels without wgpu's runtime bounds checks (clamping every
     /// buffer and workgroup-array index), which makes the dense kernels markedly
-    /// faster (1.6× on lavapipe).
+    /// faster (1.4–2.5× on lavapipe, see the README).
     ///
     /// # Safety
     ///
