@@ -1,21 +1,4 @@
-//! Fault injection, for testing how an ensemble behaves when a member is late, fails,
-//! panics or loses its device.
-//!
-//! A [`FaultPlan`] given to [`SessionOptions::faults`](crate::SessionOptions::faults)
-//! (also through [`PipelineOptions::session`](crate::PipelineOptions::session)) names, per
-//! member, the runs on which a fault strikes. Runs are numbered from 0 in the order
-//! [`Session::run`](crate::Session::run) was called (inputs in the order they were
-//! sent, for a [`Pipeline`](crate::Pipeline)). A plan costs nothing when empty, which
-//! is the default.
-//!
-//! ```
-//! use std::time::Duration;
-//! use wgpu_ensemble::{Fault, FaultPlan};
-//!
-//! let plan = FaultPlan::new()
-//!     .on_run("slow-member", 3, Fault::Sleep(Duration::from_millis(200)))
-//!     .from_run("flaky-member", 500, Fault::Fail);
-//! ```
+//! Fault injection: [`FaultPlan`] and [`Fault`].
 
 use std::ops::Range;
 use std::time::Duration;
@@ -45,7 +28,24 @@ pub enum Fault {
     LoseDevicePermanently,
 }
 
-/// Faults planned per member and run; see the [module docs](self).
+/// Fault injection, for testing how an ensemble behaves when a member is late, fails,
+/// panics or loses its device.
+///
+/// A [`FaultPlan`] given to [`SessionOptions::faults`](crate::SessionOptions::faults)
+/// (also through [`PipelineOptions::session`](crate::PipelineOptions::session)) names, per
+/// member, the runs on which a fault strikes. Runs are numbered from 0 in the order
+/// [`Session::run`](crate::Session::run) was called (inputs in the order they were
+/// sent, for a [`Pipeline`](crate::Pipeline)). A plan costs nothing when empty, which
+/// is the default.
+///
+/// ```
+/// use std::time::Duration;
+/// use wgpu_ensemble::{Fault, FaultPlan};
+///
+/// let plan = FaultPlan::new()
+///     .on_run("slow-member", 3, Fault::Sleep(Duration::from_millis(200)))
+///     .from_run("flaky-member", 500, Fault::Fail);
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct FaultPlan {
     entries: Vec<(String, Range<u64>, Fault)>,

@@ -1,21 +1,4 @@
-//! Between-graph mode: a streaming pipeline with one worker per member, bounded
-//! queues, and an aggregator with a dequeue timeout.
-//!
-//! ```text
-//! send(x) ──┬──> [input queue m0] ─> worker m0 ─> [prediction queue m0] ──┐
-//!           ├──> [input queue m1] ─> worker m1 ─> [prediction queue m1] ──┼─> aggregator ─> [results] ─> recv()
-//!           └──> [input queue m2] ─> worker m2 ─> [prediction queue m2] ──┘
-//! ```
-//!
-//! Every input gets an id (0, 1, 2, ... in the order sent) and exactly one result,
-//! in input order. The aggregator waits for each member's prediction until the
-//! input's deadline (send time + [`PipelineOptions::timeout`]), then applies the same
-//! [`QuorumPolicy`] and reports the same [`MemberStatus`](crate::MemberStatus) per
-//! member as [`Session::run`](crate::Session::run). A worker that dequeues an input
-//! whose deadline has passed skips it, so a straggler falls behind by at most the one
-//! input it is running. All queues are bounded by [`PipelineOptions::capacity`]:
-//! `send` blocks when a member's input queue is full, so receive results from another
-//! thread (or interleave `send` and `recv`) when streaming more than `capacity` inputs.
+//! Between-graph mode: [`Pipeline`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -134,7 +117,24 @@ struct Inlets {
     tickets: Sender<Ticket>,
 }
 
-/// The between-graph pipeline; see the [module docs](self).
+/// Between-graph mode: a streaming pipeline with one worker per member, bounded
+/// queues, and an aggregator with a dequeue timeout.
+///
+/// ```text
+/// send(x) ──┬──> [input queue m0] ─> worker m0 ─> [prediction queue m0] ──┐
+///           ├──> [input queue m1] ─> worker m1 ─> [prediction queue m1] ──┼─> aggregator ─> [results] ─> recv()
+///           └──> [input queue m2] ─> worker m2 ─> [prediction queue m2] ──┘
+/// ```
+///
+/// Every input gets an id (0, 1, 2, ... in the order sent) and exactly one result,
+/// in input order. The aggregator waits for each member's prediction until the
+/// input's deadline (send time + [`PipelineOptions::timeout`]), then applies the same
+/// [`QuorumPolicy`] and reports the same [`MemberStatus`](crate::MemberStatus) per
+/// member as [`Session::run`](crate::Session::run). A worker that dequeues an input
+/// whose deadline has passed skips it, so a straggler falls behind by at most the one
+/// input it is running. All queues are bounded by [`PipelineOptions::capacity`]:
+/// `send` blocks when a member's input queue is full, so receive results from another
+/// thread (or interleave `send` and `recv`) when streaming more than `capacity` inputs.
 ///
 /// `Pipeline` is `Send + Sync`; `send` from several threads is serialised so that ids
 /// and queue order agree.

@@ -91,3 +91,41 @@ fn a_broken_shader_is_rejected() {
     };
     assert!(invalid, "naga accepted a type error");
 }
+
+/// The text of `fn name(...) { ... }` in `source`, up to the closing brace at column 0.
+fn function(source: &str, name: &str) -> String {
+    let start = source
+        .find(&format!("fn {name}("))
+        .unwrap_or_else(|| panic!("no fn {name}"));
+    let end = source[start..]
+        .find("\n}\n")
+        .map(|e| start + e + 3)
+        .unwrap_or(source.len());
+    source[start..end].to_string()
+}
+
+#[test]
+fn dense_kernels_share_one_activation() {
+    // WGSL has no includes: the four dense kernels each carry the activation code.
+    // They must stay identical, so that every path computes the same function.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let reference = read("dense.wgsl");
+    for file in ["dense_small.wgsl", "dense_f16.wgsl", "dense_small_f16.wgsl"] {
+        let other = read(file);
+        for name in ["erf_approx", "activate"] {
+            let strip = |s: String| {
+                s.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.starts_with("//"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            assert_eq!(
+                strip(function(&other, name)),
+                strip(function(&reference, name)),
+                "{file}: fn {name} differs from dense.wgsl"
+            );
+        }
+    }
+}

@@ -103,18 +103,26 @@ impl TileConfig {
 
     /// Whether the device's limits allow this configuration.
     pub(crate) fn fits(&self, limits: &wgpu::Limits, precision: Precision) -> bool {
-        let element = match precision {
+        let element: u32 = match precision {
             Precision::F32 => 4,
             Precision::F16 => 2,
         };
-        let shared = element * self.bk * (self.tile_rows() + self.tile_cols());
-        self.tm * self.tn <= 64
+        let positive = [self.wg_x, self.wg_y, self.tm, self.tn, self.bk]
+            .iter()
+            .all(|&v| v > 0);
+        let within = positive
             && self.tm <= 8
             && self.tn <= 8
             && self.wg_x <= limits.max_compute_workgroup_size_x
-            && self.wg_y <= limits.max_compute_workgroup_size_y
-            && self.wg_x * self.wg_y <= limits.max_compute_invocations_per_workgroup
-            && shared <= limits.max_compute_workgroup_storage_size
+            && self.wg_y <= limits.max_compute_workgroup_size_y;
+        // Only now are the products small enough not to overflow; shared memory in u64.
+        within
+            && u64::from(self.wg_x) * u64::from(self.wg_y)
+                <= u64::from(limits.max_compute_invocations_per_workgroup)
+            && u64::from(element)
+                * u64::from(self.bk)
+                * (u64::from(self.tile_rows()) + u64::from(self.tile_cols()))
+                <= u64::from(limits.max_compute_workgroup_storage_size)
     }
 }
 
