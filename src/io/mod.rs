@@ -33,13 +33,18 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         })
 }
 
-/// Writes several tensors as `.npy` files so that either all of them are written or
-/// none is: every file is first written under a temporary name, and only when all
-/// succeeded are they renamed into place.
+/// Writes several tensors as `.npy` files, all or none: every file is first written
+/// under a temporary name beside its target, and only when all of them are complete
+/// are they renamed into place (a rename can then fail only if the folder changed
+/// meanwhile). Two outputs with the same path, or a path that is a folder, are refused
+/// before anything is written.
 pub fn write_tensors(files: &[(std::path::PathBuf, crate::Tensor)]) -> Result<()> {
     for (i, (path, _)) in files.iter().enumerate() {
         if files[..i].iter().any(|(other, _)| other == path) {
             return Err(io_error(path, "the same file is given for two outputs"));
+        }
+        if path.is_dir() {
+            return Err(io_error(path, "is a directory"));
         }
     }
     let mut written: Vec<(std::path::PathBuf, &Path)> = Vec::new();
@@ -50,11 +55,6 @@ pub fn write_tensors(files: &[(std::path::PathBuf, crate::Tensor)]) -> Result<()
     };
     for (path, tensor) in files {
         let tmp = temporary_path(path);
-        // Refuse before writing anything when a target is a directory.
-        if path.is_dir() {
-            cleanup(&written);
-            return Err(io_error(path, "is a directory"));
-        }
         let bytes = match npy::npy_bytes(path, tensor) {
             Ok(b) => b,
             Err(e) => {
