@@ -92,7 +92,8 @@ pub enum Placement {
     /// no hardware adapter is usable.
     #[default]
     Auto,
-    /// The host CPU, through a multi-threaded SGEMM (`matrixmultiply`).
+    /// The host CPU, through multi-threaded GEMM crates (`matrixmultiply`; `gemm` for
+    /// batches of at most 16 rows).
     Cpu,
     /// Adapter `i` of [`adapters`], on its first device/queue (the same as
     /// `Queue { adapter: i, slot: 0 }`).
