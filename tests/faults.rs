@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_close, input, reference_forward};
+use common::{assert_close, input};
 use wgpu_ensemble::{
     Activation::*, Aggregate, Error, Fault, FaultPlan, Graph, MemberStatus, Model, Placement,
     QuorumPolicy, RunOptions, RunOutput, Session, SessionOptions, Tensor,
@@ -41,24 +41,8 @@ fn session(test: &str, plan: FaultPlan) -> Option<Session> {
     Some(Session::with_options(g.build().unwrap(), SessionOptions::default().faults(plan)).unwrap())
 }
 
-/// The weighted mean over the members in `present`, weights renormalised over them.
 fn reference(x: &Tensor, present: &[usize]) -> Vec<f64> {
-    let models = models();
-    let total: f64 = present.iter().map(|&i| f64::from(WEIGHTS[i])).sum();
-    let outs: Vec<Vec<f64>> = present
-        .iter()
-        .map(|&i| reference_forward(&models[i], x))
-        .collect();
-    (0..outs[0].len())
-        .map(|j| {
-            present
-                .iter()
-                .zip(&outs)
-                .map(|(&i, y)| f64::from(WEIGHTS[i]) * y[j])
-                .sum::<f64>()
-                / total
-        })
-        .collect()
+    common::reference_present(&models(), &WEIGHTS, x, present)
 }
 
 fn statuses(out: &RunOutput) -> Vec<&'static str> {

@@ -36,22 +36,7 @@ fn cpu() -> [Placement; 3] {
 }
 
 fn reference(x: &Tensor, present: &[usize]) -> Vec<f64> {
-    let models = models();
-    let total: f64 = present.iter().map(|&i| f64::from(WEIGHTS[i])).sum();
-    let outs: Vec<Vec<f64>> = present
-        .iter()
-        .map(|&i| reference_forward(&models[i], x))
-        .collect();
-    (0..outs[0].len())
-        .map(|j| {
-            present
-                .iter()
-                .zip(&outs)
-                .map(|(&i, y)| f64::from(WEIGHTS[i]) * y[j])
-                .sum::<f64>()
-                / total
-        })
-        .collect()
+    common::reference_present(&models(), &WEIGHTS, x, present)
 }
 
 #[test]

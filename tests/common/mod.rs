@@ -215,3 +215,19 @@ pub fn reference_forward_f16(model: &Model, x: &Tensor) -> Vec<f64> {
     }
     out
 }
+
+/// The weighted mean of the members in `present` (indices into `models` and
+/// `weights`), with the weights renormalised over them: what a quorum run aggregates.
+pub fn reference_present(
+    models: &[Model],
+    weights: &[f32],
+    x: &Tensor,
+    present: &[usize],
+) -> Vec<f64> {
+    let outputs: Vec<Vec<f64>> = present
+        .iter()
+        .map(|&i| reference_forward(&models[i], x))
+        .collect();
+    let w: Vec<f64> = present.iter().map(|&i| f64::from(weights[i])).collect();
+    reference_mean(&outputs, &w)
+}
