@@ -18,6 +18,12 @@ pub enum Error {
         /// Number of values that were given.
         got: usize,
     },
+    /// A shape whose number of values does not fit in memory's address range.
+    #[error("shape {shape:?} has more values than this machine can address")]
+    ShapeTooLarge {
+        /// The shape that was given.
+        shape: Vec<usize>,
+    },
     /// A tensor has the wrong number of dimensions for the operation.
     #[error("{what}: expected a tensor of rank {expected}, got shape {shape:?}")]
     Rank {

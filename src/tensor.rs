@@ -22,10 +22,8 @@ impl Tensor {
         let expected = shape
             .iter()
             .try_fold(1usize, |n, &d| n.checked_mul(d))
-            .ok_or_else(|| Error::TensorData {
+            .ok_or_else(|| Error::ShapeTooLarge {
                 shape: shape.clone(),
-                expected: usize::MAX,
-                got: data.len(),
             })?;
         if data.len() != expected {
             return Err(Error::TensorData {

@@ -125,12 +125,7 @@ pub(crate) fn compile(
     }
 
     let mode = graph.aggregate.mode();
-    let tuner = Tuner {
-        enabled: options.autotune,
-        rows: options.autotune_batch,
-        cache_file: options.autotune_cache.clone(),
-        fixed: options.tile,
-    };
+    let tuner = Tuner::new(options)?;
     let mut compiled = Vec::with_capacity(groups.len());
     for (_, ctx, members) in groups {
         let specs: Vec<MemberSpec> = members
@@ -331,9 +326,7 @@ impl<'a> Combiner<'a> {
                 first
             }
             Err(e) => {
-                for &m in members {
-                    self.status[m] = Some(MemberStatus::Failed(e.clone()));
-                }
+                self.fail(members, e.clone());
                 Some(e)
             }
         }

@@ -102,11 +102,6 @@ fn bytes_of(values: usize) -> u64 {
     (values * std::mem::size_of::<f32>()) as u64
 }
 
-/// f32 values as little-endian bytes (what WGSL's `array<f32>` reads).
-fn le_bytes_f32(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
 /// f32 values rounded to f16, as little-endian bytes padded to a multiple of 4 (a
 /// storage binding's size must be).
 fn le_bytes_f16(values: &[f32]) -> Vec<u8> {
@@ -181,9 +176,10 @@ impl DeviceState {
             for (l, layer) in spec.model.layers().iter().enumerate() {
                 let (out_f, in_f) = (layer.out_features(), layer.in_features());
                 widest = widest.max(out_f);
-                let weight_bytes = match precision {
-                    Precision::F32 => le_bytes_f32(layer.weight().as_slice()),
-                    Precision::F16 => le_bytes_f16(layer.weight().as_slice()),
+                // f32 weights are uploaded as they are (no host copy), like the biases.
+                let weight_bytes: std::borrow::Cow<'_, [u8]> = match precision {
+                    Precision::F32 => bytemuck::cast_slice(layer.weight().as_slice()).into(),
+                    Precision::F16 => le_bytes_f16(layer.weight().as_slice()).into(),
                 };
                 if weight_bytes.len() as u64 > max_bytes {
                     return Err(too_large(

@@ -215,6 +215,21 @@ pub(crate) struct Tuner {
 }
 
 impl Tuner {
+    /// The session's tuning settings; reads the cache file (once) when there is one.
+    pub(crate) fn new(options: &crate::session::SessionOptions) -> Result<Self> {
+        if options.autotune {
+            if let Some(path) = &options.autotune_cache {
+                load_file(path)?;
+            }
+        }
+        Ok(Self {
+            enabled: options.autotune,
+            rows: options.autotune_batch,
+            cache_file: options.autotune_cache.clone(),
+            fixed: options.tile,
+        })
+    }
+
     /// The tile configuration for a `[outputs, inputs]` layer on this device.
     pub(crate) fn choose(
         &self,
@@ -236,9 +251,6 @@ impl Tuner {
         }
         if !self.enabled {
             return Ok(TileConfig::DEFAULT);
-        }
-        if let Some(path) = &self.cache_file {
-            load_file(path)?;
         }
         let key = Key {
             adapter: ctx.adapter_key(),
