@@ -24,14 +24,14 @@ DEVICE=${DEVICE:-auto}
 "$B" devices > "$OUT/devices.txt" 2>&1
 run() { timeout 120 "$B" bench --device "$DEVICE" --json "$@" >> "$OUT/wgpu.jsonl" 2>> "$OUT/errors.txt"; }
 for n in 256 1024 4096; do
-  for p in f32 f16; do
+  for p in f32 f16 f16-coop; do
     run --workload gemm --batch "$n" --precision "$p" --runs 10
     run --workload gemm --batch "$n" --precision "$p" --runs 10 --autotune --trusted-kernels
   done
 done
 for w in E1 E2; do
   for b in 1 64 1024; do
-    for p in f32 f16; do
+    for p in f32 f16 f16-coop; do
       run --workload "$w" --batch "$b" --precision "$p" --runs 30 --trusted-kernels --autotune
     done
   done

@@ -26,15 +26,15 @@ pub(crate) struct CpuExecutor {
 }
 
 impl CpuExecutor {
-    /// With [`Precision::F16`] the weights are rounded to f16 here and every layer's
-    /// input as it is read, the rounding of the GPU kernels.
+    /// With [`Precision::F16`] or `F16CoopMatrix` the weights are rounded to f16 here
+    /// and every layer's input as it is read, the rounding of the GPU kernels.
     pub(crate) fn new(
         members: &[MemberSpec],
         mode: Mode,
         output_width: usize,
         precision: Precision,
     ) -> Self {
-        let f16 = precision == Precision::F16;
+        let f16 = precision.is_f16();
         Self {
             members: members
                 .iter()

@@ -6,6 +6,7 @@ use std::fmt;
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
+use crate::session::Precision;
 
 /// The backends searched for adapters: every native one.
 const BACKENDS: wgpu::Backends = wgpu::Backends::VULKAN
@@ -31,6 +32,12 @@ pub struct AdapterInfo {
     /// The features the adapter offers (for example `SHADER_F16`, which
     /// [`Precision::F16`](crate::Precision::F16) needs).
     pub features: wgpu::Features,
+    /// The cooperative-matrix configurations the adapter lists (empty where it has
+    /// none); [`Precision::F16CoopMatrix`](crate::Precision::F16CoopMatrix) needs a
+    /// 16×16×16 one with f16 operands and an f32 accumulator.
+    pub cooperative_matrix: Vec<wgpu::CooperativeMatrixProperties>,
+    /// The smallest and largest subgroup sizes the adapter may use (0 where unknown).
+    pub subgroup_sizes: (u32, u32),
 }
 
 impl fmt::Display for AdapterInfo {
@@ -53,7 +60,7 @@ impl fmt::Display for AdapterInfo {
 /// device creation fails later, see [`probe_adapters`]); a machine with no adapter
 /// gives an empty list.
 pub fn adapters() -> Vec<AdapterInfo> {
-    DevicePool::new().infos
+    DevicePool::new(Precision::F32).infos
 }
 
 /// The result of trying to create a device on one adapter.
@@ -69,7 +76,7 @@ pub struct AdapterProbe {
 /// Lists every adapter and tries to create a device on each, the way
 /// [`Placement::Auto`] does.
 pub fn probe_adapters() -> Vec<AdapterProbe> {
-    let mut pool = DevicePool::new();
+    let mut pool = DevicePool::new(Precision::F32);
     (0..pool.infos.len())
         .map(|i| AdapterProbe {
             info: pool.infos[i].clone(),
@@ -204,12 +211,31 @@ impl fmt::Display for ExecutionDevice {
 pub(crate) fn open_device(
     adapter: &wgpu::Adapter,
     label: ExecutionDevice,
+    precision: Precision,
 ) -> std::result::Result<GpuContext, String> {
+    // Optional features the kernels can use, where the adapter has them; the
+    // experimental cooperative-matrix feature only for the precision that uses it.
+    let mut wanted = wgpu::Features::SHADER_F16;
+    if precision == Precision::F16CoopMatrix {
+        wanted |= wgpu::Features::SUBGROUP | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+    }
+    let required_features = adapter.features() & wanted;
+    let experimental_features =
+        if required_features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+            // SAFETY: wgpu asks callers of experimental features to accept that its
+            // implementation of them may still have bugs. Only dense_coop.wgsl uses
+            // the feature, with every cooperative load and store inside workgroup
+            // arrays sized for it (checked by naga in tests/shaders.rs), and only a
+            // session that asked for Precision::F16CoopMatrix enables it.
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
     let desc = wgpu::DeviceDescriptor {
         label: Some("wgpu-ensemble"),
-        // Optional features the kernels can use, where the adapter has them.
-        required_features: adapter.features() & wgpu::Features::SHADER_F16,
+        required_features,
         required_limits: adapter.limits(),
+        experimental_features,
         ..Default::default()
     };
     let (device, queue) =
@@ -219,6 +245,8 @@ pub(crate) fn open_device(
 
 /// Enumerated adapters plus the devices opened on them while a session is built.
 pub(crate) struct DevicePool {
+    /// The precision the devices are opened for (it decides optional features).
+    precision: Precision,
     adapters: Vec<wgpu::Adapter>,
     pub(crate) infos: Vec<AdapterInfo>,
     opened: HashMap<(usize, usize), GpuContext>,
@@ -226,7 +254,7 @@ pub(crate) struct DevicePool {
 }
 
 impl DevicePool {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(precision: Precision) -> Self {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
             backends: BACKENDS,
             ..wgpu::InstanceDescriptor::new_without_display_handle()
@@ -253,10 +281,16 @@ impl DevicePool {
                         .join(" "),
                     compute,
                     features: a.features(),
+                    cooperative_matrix: a.cooperative_matrix_properties(),
+                    subgroup_sizes: {
+                        let info = a.get_info();
+                        (info.subgroup_min_size, info.subgroup_max_size)
+                    },
                 }
             })
             .collect();
         Self {
+            precision,
             adapters,
             infos,
             opened: HashMap::new(),
@@ -291,11 +325,13 @@ impl DevicePool {
             backend: info.backend,
             name: info.name.clone(),
         };
-        let ctx = open_device(adapter, label).map_err(|message| Error::DeviceCreation {
-            index,
-            name: info.name.clone(),
-            message,
-            available: self.descriptions(),
+        let ctx = open_device(adapter, label, self.precision).map_err(|message| {
+            Error::DeviceCreation {
+                index,
+                name: info.name.clone(),
+                message,
+                available: self.descriptions(),
+            }
         })?;
         self.opened.insert((index, slot), ctx.clone());
         Ok(ctx)

@@ -307,7 +307,7 @@ pub enum Error {
         message: String,
     },
     /// A precision name is not one this crate knows.
-    #[error("unknown precision '{name}': expected f32 or f16")]
+    #[error("unknown precision '{name}': expected f32, f16 or f16-coop")]
     UnknownPrecision {
         /// The name that was given.
         name: String,

@@ -75,17 +75,19 @@ pub(crate) fn compile(
         let (key, ctx) = match &member.placement {
             Placement::Cpu => (Key::Cpu, None),
             Placement::Adapter(a) => {
-                let ctx = pool.get_or_insert_with(DevicePool::new).open(*a, 0)?;
+                let ctx = pool
+                    .get_or_insert_with(|| DevicePool::new(options.precision))
+                    .open(*a, 0)?;
                 (Key::Adapter(*a, 0), Some(ctx))
             }
             Placement::Queue { adapter, slot } => {
                 let ctx = pool
-                    .get_or_insert_with(DevicePool::new)
+                    .get_or_insert_with(|| DevicePool::new(options.precision))
                     .open(*adapter, *slot)?;
                 (Key::Adapter(*adapter, *slot), Some(ctx))
             }
             Placement::Auto => {
-                let p = pool.get_or_insert_with(DevicePool::new);
+                let p = pool.get_or_insert_with(|| DevicePool::new(options.precision));
                 let usable = p.usable();
                 if usable.is_empty() {
                     (Key::Cpu, None)

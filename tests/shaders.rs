@@ -10,7 +10,10 @@ fn validate(path: &Path) -> Vec<String> {
     // f16 kernels need the SHADER_FLOAT16 capability (wgpu's SHADER_F16).
     let mut validator = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::default() | naga::valid::Capabilities::SHADER_FLOAT16,
+        naga::valid::Capabilities::default()
+            | naga::valid::Capabilities::SHADER_FLOAT16
+            | naga::valid::Capabilities::SUBGROUP
+            | naga::valid::Capabilities::COOPERATIVE_MATRIX,
     );
     let info = validator
         .validate(&module)
@@ -28,7 +31,9 @@ fn validate(path: &Path) -> Vec<String> {
             "MODE" => &[0.0, 1.0],
             "WG_X" | "WG_Y" => &[8.0, 16.0],
             "TM" | "TN" => &[2.0, 4.0, 8.0],
-            "BK" => &[8.0, 16.0],
+            "BK" => &[8.0, 16.0, 32.0],
+            "WG" => &[32.0, 128.0],
+            "BX" | "BY" => &[1.0, 2.0],
             other => panic!("{}: unexpected override {other}", path.display()),
         };
         for &v in values {
@@ -64,6 +69,7 @@ fn every_shader_parses_and_validates() {
         [
             "aggregate.wgsl",
             "dense.wgsl",
+            "dense_coop.wgsl",
             "dense_f16.wgsl",
             "dense_small.wgsl",
             "dense_small_f16.wgsl",
@@ -111,7 +117,12 @@ fn dense_kernels_share_one_activation() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     let reference = read("dense.wgsl");
-    for file in ["dense_small.wgsl", "dense_f16.wgsl", "dense_small_f16.wgsl"] {
+    for file in [
+        "dense_small.wgsl",
+        "dense_f16.wgsl",
+        "dense_small_f16.wgsl",
+        "dense_coop.wgsl",
+    ] {
         let other = read(file);
         for name in ["erf_approx", "activate"] {
             let strip = |s: String| {

@@ -67,7 +67,7 @@ struct BenchArgs {
     /// Rows per run (for gemm, also the layer's size).
     #[arg(long)]
     batch: usize,
-    /// f32 (default) or f16.
+    /// f32 (default), f16, or f16-coop (cooperative matrices).
     #[arg(long, default_value = "f32")]
     precision: String,
     /// Where every member runs: auto (default), cpu, adapter:N, adapter:N/queue:K.
@@ -143,9 +143,33 @@ fn devices() {
             Ok(()) => "usable".to_string(),
             Err(why) => format!("unusable: {why}"),
         };
+        let mut extras = Vec::new();
+        if p.info
+            .features
+            .contains(wgpu_ensemble::wgpu::Features::SHADER_F16)
+        {
+            extras.push("f16".to_string());
+        }
+        for c in &p.info.cooperative_matrix {
+            extras.push(format!(
+                "coop {}x{}x{} {:?}->{:?}",
+                c.m_size, c.n_size, c.k_size, c.ab_type, c.cr_type
+            ));
+        }
+        if p.info.subgroup_sizes.1 > 0 {
+            extras.push(format!(
+                "subgroup {}..{}",
+                p.info.subgroup_sizes.0, p.info.subgroup_sizes.1
+            ));
+        }
         println!(
-            "{}\t{:?}\t{:?}\t{}\t{}",
-            p.info.index, p.info.backend, p.info.device_type, p.info.name, usable
+            "{}\t{:?}\t{:?}\t{}\t{}\t{}",
+            p.info.index,
+            p.info.backend,
+            p.info.device_type,
+            p.info.name,
+            usable,
+            extras.join(", ")
         );
     }
     println!("cpu\t-\tCpu\thost CPU\tusable");

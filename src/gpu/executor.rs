@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use wgpu::util::DeviceExt;
 
 use super::kernels::{
-    Kernels, AGGREGATE, AGGREGATE_WG, DENSE, DENSE_F16, DENSE_SMALL, DENSE_SMALL_F16,
+    dense_coop, Kernels, AGGREGATE, AGGREGATE_WG, DENSE, DENSE_F16, DENSE_SMALL, DENSE_SMALL_F16,
     SMALL_GROUPS_X, SMALL_ROWS, SOFTMAX, SOFTMAX_AGGREGATE,
 };
-use super::tune::{TileConfig, Tuner};
+use super::tune::{CoopTile, Tuner};
 use super::GpuContext;
 use crate::aggregate::Mode;
 use crate::error::{Error, Result};
@@ -44,9 +44,11 @@ struct GpuLayer {
     /// Followed by a softmax dispatch (a hidden layer ending in softmax; the last
     /// layer's softmax is fused into the aggregate dispatch instead).
     softmax: bool,
-    /// Register-tiled pipeline for more than `SMALL_ROWS` rows, and its tile.
+    /// Tiled pipeline (register-tiled or cooperative-matrix) for more than
+    /// `SMALL_ROWS` rows, and the outputs and rows of y one of its workgroups computes.
     tiled: wgpu::ComputePipeline,
-    tile: TileConfig,
+    tile_cols: u32,
+    tile_rows: u32,
     /// Pipeline for at most `SMALL_ROWS` rows.
     small: wgpu::ComputePipeline,
     weight: wgpu::Buffer,
@@ -147,6 +149,10 @@ impl DeviceState {
                 missing: "SHADER_F16",
             });
         }
+        let coop = match precision {
+            Precision::F16CoopMatrix => Some(CoopTile::for_device(&ctx)?),
+            _ => None,
+        };
         let limits = device.limits();
         let max_bytes = limits
             .max_storage_buffer_binding_size
@@ -158,9 +164,10 @@ impl DeviceState {
             bytes,
             limit: max_bytes,
         };
-        let (tiled_kernel, small_kernel) = match precision {
-            Precision::F32 => (DENSE, DENSE_SMALL),
-            Precision::F16 => (DENSE_F16, DENSE_SMALL_F16),
+        let (tiled_kernel, small_kernel) = match (precision, coop) {
+            (Precision::F32, _) => (DENSE, DENSE_SMALL),
+            (_, Some(c)) => (dense_coop(c.size), DENSE_SMALL_F16),
+            _ => (DENSE_F16, DENSE_SMALL_F16),
         };
         let mut kernels = Kernels::new(device, options.trusted_kernels);
         let softmax = kernels.pipeline(device, SOFTMAX, &[])?;
@@ -179,7 +186,9 @@ impl DeviceState {
                 // f32 weights are uploaded as they are (no host copy), like the biases.
                 let weight_bytes: std::borrow::Cow<'_, [u8]> = match precision {
                     Precision::F32 => bytemuck::cast_slice(layer.weight().as_slice()).into(),
-                    Precision::F16 => le_bytes_f16(layer.weight().as_slice()).into(),
+                    Precision::F16 | Precision::F16CoopMatrix => {
+                        le_bytes_f16(layer.weight().as_slice()).into()
+                    }
                 };
                 if weight_bytes.len() as u64 > max_bytes {
                     return Err(too_large(
@@ -195,8 +204,14 @@ impl DeviceState {
                     })
                 };
                 let act = layer.activation().shader_code();
-                let tile = tuner.choose(&ctx, &mut kernels, precision, out_f, in_f)?;
-                let groups = (out_f as u64).div_ceil(u64::from(tile.tile_cols()));
+                let (constants, tile_cols, tile_rows) = match coop {
+                    Some(c) => (c.constants(act).to_vec(), c.tile_cols(), c.tile_rows()),
+                    None => {
+                        let t = tuner.choose(&ctx, &mut kernels, precision, out_f, in_f)?;
+                        (t.constants(act).to_vec(), t.tile_cols(), t.tile_rows())
+                    }
+                };
+                let groups = (out_f as u64).div_ceil(u64::from(tile_cols));
                 if groups > u64::from(limits.max_compute_workgroups_per_dimension) {
                     return Err(Error::DispatchTooLarge {
                         what: format!("member '{}' layer {l} with {out_f} outputs", spec.name),
@@ -209,8 +224,9 @@ impl DeviceState {
                     in_features: in_f,
                     out_features: out_f,
                     softmax: layer.activation() == Activation::Softmax && l + 1 < count,
-                    tiled: kernels.pipeline(device, tiled_kernel, &tile.constants(act))?,
-                    tile,
+                    tiled: kernels.pipeline(device, tiled_kernel, &constants)?,
+                    tile_cols,
+                    tile_rows,
                     small: kernels.pipeline(device, small_kernel, &[("ACT", act)])?,
                     weight: init("weight", &weight_bytes),
                     bias: init("bias", bytemuck::cast_slice(layer.bias())),
@@ -490,8 +506,8 @@ impl DeviceState {
                     } else {
                         pass.set_pipeline(&l.tiled);
                         pass.dispatch_workgroups(
-                            outputs.div_ceil(l.tile.tile_cols()),
-                            n_rows.div_ceil(l.tile.tile_rows()),
+                            outputs.div_ceil(l.tile_cols),
+                            n_rows.div_ceil(l.tile_rows),
                             1,
                         );
                     }
@@ -713,7 +729,9 @@ impl GpuExecutor {
         let recreated = match (&self.adapter, self.refuse_recreate) {
             (_, true) => Err("recreating it was refused by fault injection".to_string()),
             (None, _) => Err("a device handed in by the caller cannot be recreated".to_string()),
-            (Some(adapter), false) => crate::device::open_device(adapter, self.label.clone()),
+            (Some(adapter), false) => {
+                crate::device::open_device(adapter, self.label.clone(), self.options.precision)
+            }
         };
         let state = recreated.and_then(|ctx| {
             DeviceState::new(

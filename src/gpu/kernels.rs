@@ -62,6 +62,33 @@ kernel!(
     "`DENSE_SMALL` with f16 weights."
 );
 kernel!(
+    DENSE_COOP,
+    "dense_coop.wgsl",
+    Dense,
+    "`DENSE_F16` on 16×16×16 cooperative matrices (`ACT`, `WG`, `BX`, `BY`, `BK`)."
+);
+
+/// `shaders/dense_coop.wgsl` for cooperative matrices of `size`² (16 or 8): the file
+/// is written for 16; the two lines marked `[coop size]` change for 8.
+pub(crate) fn dense_coop(size: u32) -> Kernel {
+    if size == 16 {
+        return DENSE_COOP;
+    }
+    static EIGHT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let source = EIGHT.get_or_init(|| {
+        DENSE_COOP
+            .source
+            .replace("coop_mat16x16", "coop_mat8x8")
+            .replace("const CT: u32 = 16u;", "const CT: u32 = 8u;")
+    });
+    Kernel {
+        file: "dense_coop.wgsl (8x8x8)",
+        source,
+        layout: Layout::Dense,
+    }
+}
+
+kernel!(
     SOFTMAX,
     "softmax.wgsl",
     Softmax,
@@ -232,5 +259,33 @@ impl Kernels {
         }
         self.pipelines.insert(key, pipeline.clone());
         Ok(pipeline)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 8×8×8 variant is derived by text replacement: both replacements must
+    /// still apply, and naga must accept the result.
+    #[test]
+    fn coop_kernel_has_a_valid_8x8_variant() {
+        let eight = dense_coop(8);
+        assert!(eight.source.contains("const CT: u32 = 8u;"));
+        assert!(!eight.source.contains("16x16"), "a coop_mat16x16 was left");
+        assert!(!eight.source.contains("16u"), "a 16u was left");
+        assert!(eight.source.contains("alias MatA = coop_mat8x8<f16, A>;"));
+        let module = naga::front::wgsl::parse_str(eight.source)
+            .unwrap_or_else(|e| panic!("{}", e.emit_to_string(eight.source)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::default()
+                | naga::valid::Capabilities::SHADER_FLOAT16
+                | naga::valid::Capabilities::SUBGROUP
+                | naga::valid::Capabilities::COOPERATIVE_MATRIX,
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{}", e.emit_to_string(eight.source)));
+        assert_eq!(dense_coop(16), DENSE_COOP);
     }
 }

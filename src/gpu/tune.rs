@@ -105,7 +105,7 @@ impl TileConfig {
     pub(crate) fn fits(&self, limits: &wgpu::Limits, precision: Precision) -> bool {
         let element: u32 = match precision {
             Precision::F32 => 4,
-            Precision::F16 => 2,
+            Precision::F16 | Precision::F16CoopMatrix => 2,
         };
         let positive = [self.wg_x, self.wg_y, self.tm, self.tn, self.bk]
             .iter()
@@ -123,6 +123,115 @@ impl TileConfig {
                 * u64::from(self.bk)
                 * (u64::from(self.tile_rows()) + u64::from(self.tile_cols()))
                 <= u64::from(limits.max_compute_workgroup_storage_size)
+    }
+}
+
+/// The workgroup shape of `shaders/dense_coop.wgsl` on one device: 2 × 2 blocks of
+/// 2 × 2 cooperative matrices of `size`², one block per subgroup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CoopTile {
+    /// The side of the cooperative matrices (16 or 8).
+    pub(crate) size: u32,
+    /// Threads per workgroup: one subgroup of the adapter's largest size per block.
+    pub(crate) wg: u32,
+}
+
+impl CoopTile {
+    const BX: u32 = 2;
+    const BY: u32 = 2;
+
+    /// Checks that the device can run the cooperative-matrix kernel and picks its
+    /// shape: the largest matrix size the adapter lists with f16 operands and an f32
+    /// accumulator.
+    pub(crate) fn for_device(ctx: &GpuContext) -> Result<Self> {
+        let device = &ctx.device;
+        let unsupported = |missing: &'static str| Error::PrecisionUnsupported {
+            device: ctx.label.to_string(),
+            precision: Precision::F16CoopMatrix.name(),
+            missing,
+        };
+        for (feature, name) in [
+            (wgpu::Features::SHADER_F16, "SHADER_F16"),
+            (wgpu::Features::SUBGROUP, "SUBGROUP"),
+            (
+                wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
+                "EXPERIMENTAL_COOPERATIVE_MATRIX",
+            ),
+        ] {
+            if !device.features().contains(feature) {
+                return Err(unsupported(name));
+            }
+        }
+        let Some(adapter) = &ctx.adapter else {
+            return Err(unsupported(
+                "a known adapter (the cooperative-matrix configurations of a device handed \
+                 in by the caller cannot be queried)",
+            ));
+        };
+        let size = [16, 8]
+            .into_iter()
+            .find(|&size| {
+                adapter.cooperative_matrix_properties().iter().any(|c| {
+                    c.m_size == size
+                        && c.n_size == size
+                        && c.k_size == size
+                        && c.ab_type == wgpu::CooperativeScalarType::F16
+                        && c.cr_type == wgpu::CooperativeScalarType::F32
+                })
+            })
+            .ok_or_else(|| {
+                unsupported(
+                    "a 16x16x16 or 8x8x8 cooperative matrix with f16 operands and f32 accumulator",
+                )
+            })?;
+        let subgroup = device.adapter_info().subgroup_max_size.max(1);
+        let tile = Self {
+            size,
+            wg: Self::BX * Self::BY * subgroup,
+        };
+        let limits = device.limits();
+        if tile.wg > limits.max_compute_invocations_per_workgroup
+            || tile.wg > limits.max_compute_workgroup_size_x
+            || tile.shared_bytes() > u64::from(limits.max_compute_workgroup_storage_size)
+        {
+            return Err(Error::TileUnsupported {
+                device: ctx.label.to_string(),
+                tile: format!("{tile:?} (dense_coop.wgsl)"),
+            });
+        }
+        Ok(tile)
+    }
+
+    /// Depth of each staged slice of the inner dimension.
+    fn bk(&self) -> u32 {
+        2 * self.size
+    }
+
+    /// Workgroup memory of one workgroup, in bytes.
+    fn shared_bytes(&self) -> u64 {
+        let staged = 2 * u64::from(self.bk()) * u64::from(self.tile_rows() + self.tile_cols());
+        let out = 4 * u64::from(Self::BX * Self::BY + 1) * u64::from(self.size * self.size);
+        staged + out
+    }
+
+    /// Rows of y one workgroup computes.
+    pub(crate) fn tile_rows(&self) -> u32 {
+        Self::BY * 2 * self.size
+    }
+
+    /// Outputs of y one workgroup computes.
+    pub(crate) fn tile_cols(&self) -> u32 {
+        Self::BX * 2 * self.size
+    }
+
+    pub(crate) fn constants(&self, act: u32) -> [(&'static str, u32); 5] {
+        [
+            ("ACT", act),
+            ("WG", self.wg),
+            ("BX", Self::BX),
+            ("BY", Self::BY),
+            ("BK", self.bk()),
+        ]
     }
 }
 
@@ -319,12 +428,12 @@ fn time_candidate(
     }
     let kernel = match precision {
         Precision::F32 => DENSE,
-        Precision::F16 => DENSE_F16,
+        Precision::F16 | Precision::F16CoopMatrix => DENSE_F16,
     };
     let pipeline = kernels.pipeline(device, kernel, &config.constants(0))?;
     let weight_bytes = match precision {
         Precision::F32 => n * k * 4,
-        Precision::F16 => (n * k * 2).next_multiple_of(4),
+        Precision::F16 | Precision::F16CoopMatrix => (n * k * 2).next_multiple_of(4),
     };
     let buffer = |size: usize, usage| {
         device.create_buffer(&wgpu::BufferDescriptor {

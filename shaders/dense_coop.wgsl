@@ -1,0 +1,196 @@
+enable f16;
+enable wgpu_cooperative_matrix;
+
+// dense.wgsl for Precision::F16CoopMatrix: the products run on the adapter's
+// cooperative-matrix units (tensor cores), with the arithmetic of dense_f16.wgsl:
+// weights stored as f16, x rounded to f16 as it is staged, f32 accumulation. Bias,
+// activations and y stay f32. Needs SHADER_F16, SUBGROUP and
+// EXPERIMENTAL_COOPERATIVE_MATRIX with a CT x CT x CT configuration, f16 operands and
+// an f32 accumulator.
+//
+// This file is written for 16 x 16 x 16 matrices; the crate derives the 8 x 8 x 8
+// variant by replacing `coop_mat16x16` with `coop_mat8x8` and the value of CT with 8 (the
+// two lines marked below), and tests/shaders.rs validates both.
+//
+// Dense layer with fused bias and element-wise activation:
+//     y[r, o] = act(sum_k x[r, k] * w[o, k] + b[o])
+// x is [rows, in] row-major, w is [out, in] (PyTorch's nn.Linear layout), b is [out],
+// y is [rows, out].
+//
+// A workgroup computes a BM x BN tile of y (BM = BY * 2 * CT rows, BN = BX * 2 * CT
+// outputs) as BY x BX blocks of 2 x 2 matrices of CT x CT; each subgroup owns one
+// block and keeps its four accumulators in cooperative matrices. The K dimension is
+// walked in slices of BK: every thread helps stage a slice of x (rounded to f16) and
+// of w through workgroup memory, zero-padded past the edges, so any shape works and
+// no cooperative load or store touches a storage buffer. A block's accumulators go
+// through workgroup memory to the bounds-checked, bias-and-activation store.
+//
+// WG must be at least BX * BY times the adapter's largest subgroup size, so that
+// every block has a subgroup whatever size the driver picks; the crate sets it to
+// exactly that.
+
+// Activation: 0 identity, 1 relu, 2 tanh, 3 sigmoid, 4 gelu (exact, erf form).
+override ACT: u32 = 0u;
+// Threads per workgroup (the crate uses 4 subgroups' worth).
+override WG: u32 = 128u;
+// Blocks per workgroup along the outputs (BX) and the rows (BY).
+override BX: u32 = 2u;
+override BY: u32 = 2u;
+// Depth of each staged slice of the inner dimension, a multiple of CT.
+override BK: u32 = 32u;
+
+// The cooperative matrix side. [coop size]
+const CT: u32 = 16u;
+// [coop size]
+alias MatA = coop_mat16x16<f16, A>;
+alias MatB = coop_mat16x16<f16, B>;
+alias MatC = coop_mat16x16<f32, C>;
+
+// The first two fields match softmax.wgsl's (rows, cols), so a layer that ends in a
+// softmax shares one uniform buffer between the two kernels.
+struct Params {
+    rows: u32,
+    out_features: u32,
+    in_features: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> w: array<f16>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<uniform> p: Params;
+
+// Row-major slices: x_tile[m * BK + k] (matrix A, loaded row-major) and
+// w_tile[n * BK + k] (matrix B = w's slice transposed, loaded column-major).
+var<workgroup> x_tile: array<f16, BY * 2 * CT * BK>;
+var<workgroup> w_tile: array<f16, BX * 2 * CT * BK>;
+// One CT x CT accumulator per block on its way out, plus a spare slot.
+var<workgroup> c_tile: array<f32, (BX * BY + 1u) * CT * CT>;
+
+// erf by Abramowitz & Stegun 7.1.26, absolute error below 1.5e-7.
+fn erf_approx(v: f32) -> f32 {
+    let s = sign(v);
+    let a = abs(v);
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    return s * (1.0 - poly * exp(-a * a));
+}
+
+fn activate(v: f32) -> f32 {
+    switch ACT {
+        case 1u: {
+            return max(v, 0.0);
+        }
+        case 2u: {
+            // tanh saturates to +-1 in f32 beyond |v| = 10; clamping keeps
+            // exp-based implementations from overflowing to NaN.
+            return tanh(clamp(v, -10.0, 10.0));
+        }
+        case 3u: {
+            // Split by sign so exp never overflows.
+            if v >= 0.0 {
+                return 1.0 / (1.0 + exp(-v));
+            }
+            let e = exp(v);
+            return e / (1.0 + e);
+        }
+        case 4u: {
+            return 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752));
+        }
+        default: {
+            return v;
+        }
+    }
+}
+
+// Writes one CT x CT accumulator of a block: the subgroup stores it to its slot of
+// c_tile, then, if it owns the block, its invocations apply bias and activation to
+// the elements inside y. Called by the whole workgroup (cooperative stores need
+// uniform control flow, and it holds barriers).
+fn emit(acc: MatC, owner: bool, slot: u32, row0: u32, col0: u32, lane: u32, lanes: u32) {
+    coopStoreT(acc, &c_tile[slot * CT * CT], CT);
+    workgroupBarrier();
+    if owner {
+        for (var e = lane; e < CT * CT; e += lanes) {
+            let row = row0 + e / CT;
+            let col = col0 + e % CT;
+            if row < p.rows && col < p.out_features {
+                y[row * p.out_features + col] = activate(c_tile[slot * CT * CT + e] + b[col]);
+            }
+        }
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(WG, 1, 1)
+fn main(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(local_invocation_index) thread: u32,
+    @builtin(subgroup_id) subgroup: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(subgroup_size) lanes: u32,
+) {
+    let bm = BY * 2u * CT;
+    let bn = BX * 2u * CT;
+    let blocks = BX * BY;
+    let row0 = group.y * bm;
+    let col0 = group.x * bn;
+    let k_len = p.in_features;
+
+    // Subgroups past the blocks (a subgroup smaller than the adapter's largest) redo
+    // the last block and store to the spare slot of c_tile, never to y.
+    let owner = subgroup < blocks;
+    let block = min(subgroup, blocks - 1u);
+    let slot = min(subgroup, blocks);
+    // The block's first row and output inside the workgroup tile.
+    let m0 = (block / BX) * 2u * CT;
+    let n0 = (block % BX) * 2u * CT;
+
+    var c00: MatC;
+    var c01: MatC;
+    var c10: MatC;
+    var c11: MatC;
+
+    for (var k0 = 0u; k0 < k_len; k0 += BK) {
+        // Stage x[row0 .. row0 + bm, k0 .. k0 + BK] and w[col0 .. col0 + bn, same k];
+        // consecutive threads read consecutive k of one row.
+        for (var e = thread; e < bm * BK; e += WG) {
+            let row = row0 + e / BK;
+            let k = k0 + e % BK;
+            var v = 0.0h;
+            if row < p.rows && k < k_len {
+                v = f16(x[row * k_len + k]);
+            }
+            x_tile[e] = v;
+        }
+        for (var e = thread; e < bn * BK; e += WG) {
+            let col = col0 + e / BK;
+            let k = k0 + e % BK;
+            var v = 0.0h;
+            if col < p.out_features && k < k_len {
+                v = w[col * k_len + k];
+            }
+            w_tile[e] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk += CT) {
+            let a0 = coopLoadT<MatA>(&x_tile[m0 * BK + kk], BK);
+            let a1 = coopLoadT<MatA>(&x_tile[(m0 + CT) * BK + kk], BK);
+            let b0 = coopLoad<MatB>(&w_tile[n0 * BK + kk], BK);
+            let b1 = coopLoad<MatB>(&w_tile[(n0 + CT) * BK + kk], BK);
+            c00 = coopMultiplyAdd(a0, b0, c00);
+            c01 = coopMultiplyAdd(a0, b1, c01);
+            c10 = coopMultiplyAdd(a1, b0, c10);
+            c11 = coopMultiplyAdd(a1, b1, c11);
+        }
+        workgroupBarrier();
+    }
+
+    let r = row0 + m0;
+    let c = col0 + n0;
+    emit(c00, owner, slot, r, c, lane, lanes);
+    emit(c01, owner, slot, r, c + CT, lane, lanes);
+    emit(c10, owner, slot, r + CT, c, lane, lanes);
+    emit(c11, owner, slot, r + CT, c + CT, lane, lanes);
+}
