@@ -1,13 +1,16 @@
 //! Dense-layer throughput (`gemm`: one `n × n` layer at batch `n`, 2n³ FLOP per run) at
-//! 256³, 1024³ and 4096³ on the CPU and on the device `Placement::Auto` picks first.
-//! Criterion's throughput is in FLOP ("elements") per second.
+//! 256³, 1024³ and 4096³ on the CPU and on the device `Placement::Auto` picks first,
+//! there in f32, f16 and f16-coop (where the adapter has them; the others are skipped
+//! with a message). Criterion's throughput is in FLOP ("elements") per second.
 //!
 //! Sizes shrink to 64³ and 128³ when `CI` is set. On a software adapter (lavapipe,
 //! about 1–2 GFLOP/s) 4096³ would take minutes per sample and is skipped.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use wgpu_ensemble::bench::Workload;
-use wgpu_ensemble::{adapters, wgpu, Placement, RunOptions, Session, Tensor};
+use wgpu_ensemble::{
+    adapters, wgpu, Placement, Precision, RunOptions, Session, SessionOptions, Tensor,
+};
 
 fn software_only() -> bool {
     let a = adapters();
@@ -31,9 +34,22 @@ fn dense(c: &mut Criterion) {
     group.sample_size(10);
     for n in sizes {
         let x = Tensor::matrix(n, n, vec![0.5; n * n]).expect("input");
-        for (label, place) in [("cpu", Placement::Cpu), ("auto", Placement::Auto)] {
+        let runs = [
+            ("cpu", Placement::Cpu, Precision::F32),
+            ("auto", Placement::Auto, Precision::F32),
+            ("auto-f16", Placement::Auto, Precision::F16),
+            ("auto-f16-coop", Placement::Auto, Precision::F16CoopMatrix),
+        ];
+        for (label, place, precision) in runs {
             let graph = Workload::Gemm.graph(n, &place).expect("graph");
-            let session = Session::new(graph).expect("session");
+            let options = SessionOptions::default().precision(precision);
+            let session = match Session::with_options(graph, options) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("dense {label} {n}: skipped: {e}");
+                    continue;
+                }
+            };
             let device = session
                 .devices()
                 .next()

@@ -150,6 +150,19 @@ fn has_coop(info: &wgpu_ensemble::AdapterInfo) -> bool {
         })
 }
 
+/// Says why nothing was checked, and fails then where `WGPU_ENSEMBLE_REQUIRE_COOP=1`
+/// (set where the machine is known to have cooperative matrices: CI's newer lavapipe,
+/// a GPU), so that the kernel cannot go unchecked there.
+fn require_coop(checked: usize) {
+    if checked == 0 {
+        eprintln!("skipped: no adapter lists a cooperative matrix with f16 operands and an f32 accumulator");
+        assert!(
+            std::env::var("WGPU_ENSEMBLE_REQUIRE_COOP").map_or(true, |v| v != "1"),
+            "WGPU_ENSEMBLE_REQUIRE_COOP=1 but no adapter has cooperative matrices"
+        );
+    }
+}
+
 #[test]
 fn f16_coop_matrix_matches_the_f16_reference_where_the_adapter_has_it() {
     let mut checked = 0;
@@ -176,17 +189,48 @@ fn f16_coop_matrix_matches_the_f16_reference_where_the_adapter_has_it() {
             }
         }
     }
-    if checked == 0 {
-        eprintln!("skipped: no adapter lists a cooperative matrix with f16 operands and an f32 accumulator");
+    require_coop(checked);
+}
+
+#[test]
+fn f16_coop_matrix_handles_edge_shapes() {
+    // Widths below, at and past one matrix side (8 or 16) and one staged slice, rows
+    // past one workgroup tile, every activation.
+    let models = [
+        Model::random(&[1, 1], &[Identity], 11).unwrap(),
+        Model::random(&[7, 13, 1], &[Relu, Sigmoid], 12).unwrap(),
+        Model::random(&[65, 33, 16, 40], &[Tanh, Gelu, Softmax], 13).unwrap(),
+    ];
+    let mut checked = 0;
+    for info in usable_adapters("f16-coop edge shapes") {
+        if !has_coop(&info) {
+            continue;
+        }
+        for model in &models {
+            let width = model.in_features();
+            let graph = Graph::builder(width)
+                .member("m", model.clone(), Placement::Adapter(info.index))
+                .build()
+                .unwrap();
+            let options = SessionOptions::default().precision(Precision::F16CoopMatrix);
+            let s = Session::with_options(graph, options).unwrap();
+            for batch in [17, 33, 257] {
+                let x = input(batch, width, batch as u64 + 7);
+                let run = s
+                    .run(&x, &RunOptions::default().member_outputs(true))
+                    .unwrap();
+                assert_close_tol(
+                    &format!("{info} f16-coop {width}-wide batch {batch}"),
+                    run.members[0].output.as_ref().unwrap().as_slice(),
+                    &reference_forward_f16(model, &x),
+                    F16.1,
+                    F16.2,
+                );
+            }
+        }
+        checked += 1;
     }
-    // Set where the machine is known to have one (a recent lavapipe, a GPU), so that
-    // the kernel cannot go unchecked there.
-    if std::env::var("WGPU_ENSEMBLE_REQUIRE_COOP").is_ok_and(|v| v == "1") {
-        assert!(
-            checked > 0,
-            "WGPU_ENSEMBLE_REQUIRE_COOP=1 but no adapter has cooperative matrices"
-        );
-    }
+    require_coop(checked);
 }
 
 #[test]
