@@ -17,27 +17,33 @@ enable wgpu_cooperative_matrix;
 // x is [rows, in] row-major, w is [out, in] (PyTorch's nn.Linear layout), b is [out],
 // y is [rows, out].
 //
-// A workgroup computes a BM x BN tile of y (BM = BY * 2 * CT rows, BN = BX * 2 * CT
-// outputs) as BY x BX blocks of 2 x 2 matrices of CT x CT; each subgroup owns one
-// block and keeps its four accumulators in cooperative matrices. The K dimension is
-// walked in slices of BK: every thread helps stage a slice of x (rounded to f16) and
-// of w through workgroup memory, zero-padded past the edges, so any shape works and
-// no cooperative load or store touches a storage buffer. A block's accumulators go
-// through workgroup memory to the bounds-checked, bias-and-activation store.
+// A workgroup computes a BM x BN tile of y (BM = BY * TMC * CT rows, BN = BX * TNC * CT
+// outputs) as BY x BX blocks of TMC x TNC matrices of CT x CT; each subgroup owns one
+// block and keeps its accumulators in cooperative matrices. The K dimension is walked
+// in slices of BK: every thread helps stage a slice of x (rounded to f16) and of w
+// through workgroup memory, zero-padded past the edges, so any shape works and no
+// cooperative load or store touches a storage buffer. Each accumulator goes through
+// workgroup memory to the bounds-checked, bias-and-activation store.
 //
 // WG must be at least BX * BY times the adapter's largest subgroup size, so that
 // every block has a subgroup whatever size the driver picks; the crate sets it to
-// exactly that.
+// exactly that. The tile shape is set per pipeline through the override constants
+// (see CoopTile in src/gpu/tune.rs).
 
 // Activation: 0 identity, 1 relu, 2 tanh, 3 sigmoid, 4 gelu (exact, erf form).
 override ACT: u32 = 0u;
-// Threads per workgroup (the crate uses 4 subgroups' worth).
+// Threads per workgroup.
 override WG: u32 = 128u;
 // Blocks per workgroup along the outputs (BX) and the rows (BY).
 override BX: u32 = 2u;
 override BY: u32 = 2u;
+// Matrices per block along the rows (TMC) and the outputs (TNC), at most 4 each.
+override TMC: u32 = 2u;
+override TNC: u32 = 2u;
 // Depth of each staged slice of the inner dimension, a multiple of CT.
 override BK: u32 = 32u;
+
+const MAX_T: u32 = 4u;
 
 // The cooperative matrix side. [coop size]
 const CT: u32 = 16u;
@@ -63,8 +69,8 @@ struct Params {
 
 // Row-major slices: x_tile[m * BK + k] (matrix A, loaded row-major) and
 // w_tile[n * BK + k] (matrix B = w's slice transposed, loaded column-major).
-var<workgroup> x_tile: array<f16, BY * 2 * CT * BK>;
-var<workgroup> w_tile: array<f16, BX * 2 * CT * BK>;
+var<workgroup> x_tile: array<f16, BY * TMC * CT * BK>;
+var<workgroup> w_tile: array<f16, BX * TNC * CT * BK>;
 // One CT x CT accumulator per block on its way out, plus a spare slot.
 var<workgroup> c_tile: array<f32, (BX * BY + 1u) * CT * CT>;
 
@@ -131,8 +137,8 @@ fn main(
     @builtin(subgroup_invocation_id) lane: u32,
     @builtin(subgroup_size) lanes: u32,
 ) {
-    let bm = BY * 2u * CT;
-    let bn = BX * 2u * CT;
+    let bm = BY * TMC * CT;
+    let bn = BX * TNC * CT;
     let blocks = BX * BY;
     let row0 = group.y * bm;
     let col0 = group.x * bn;
@@ -144,13 +150,12 @@ fn main(
     let block = min(subgroup, blocks - 1u);
     let slot = min(subgroup, blocks);
     // The block's first row and output inside the workgroup tile.
-    let m0 = (block / BX) * 2u * CT;
-    let n0 = (block % BX) * 2u * CT;
+    let m0 = (block / BX) * TMC * CT;
+    let n0 = (block % BX) * TNC * CT;
 
-    var c00: MatC;
-    var c01: MatC;
-    var c10: MatC;
-    var c11: MatC;
+    var acc: array<MatC, 16>;
+    var a: array<MatA, MAX_T>;
+    var bt: array<MatB, MAX_T>;
 
     for (var k0 = 0u; k0 < k_len; k0 += BK) {
         // Stage x[row0 .. row0 + bm, k0 .. k0 + BK] and w[col0 .. col0 + bn, same k];
@@ -175,22 +180,24 @@ fn main(
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk += CT) {
-            let a0 = coopLoadT<MatA>(&x_tile[m0 * BK + kk], BK);
-            let a1 = coopLoadT<MatA>(&x_tile[(m0 + CT) * BK + kk], BK);
-            let b0 = coopLoad<MatB>(&w_tile[n0 * BK + kk], BK);
-            let b1 = coopLoad<MatB>(&w_tile[(n0 + CT) * BK + kk], BK);
-            c00 = coopMultiplyAdd(a0, b0, c00);
-            c01 = coopMultiplyAdd(a0, b1, c01);
-            c10 = coopMultiplyAdd(a1, b0, c10);
-            c11 = coopMultiplyAdd(a1, b1, c11);
+            for (var i = 0u; i < TMC; i++) {
+                a[i] = coopLoadT<MatA>(&x_tile[(m0 + i * CT) * BK + kk], BK);
+            }
+            for (var j = 0u; j < TNC; j++) {
+                bt[j] = coopLoad<MatB>(&w_tile[(n0 + j * CT) * BK + kk], BK);
+            }
+            for (var i = 0u; i < TMC; i++) {
+                for (var j = 0u; j < TNC; j++) {
+                    acc[i * MAX_T + j] = coopMultiplyAdd(a[i], bt[j], acc[i * MAX_T + j]);
+                }
+            }
         }
         workgroupBarrier();
     }
 
-    let r = row0 + m0;
-    let c = col0 + n0;
-    emit(c00, owner, slot, r, c, lane, lanes);
-    emit(c01, owner, slot, r, c + CT, lane, lanes);
-    emit(c10, owner, slot, r + CT, c, lane, lanes);
-    emit(c11, owner, slot, r + CT, c + CT, lane, lanes);
+    for (var i = 0u; i < TMC; i++) {
+        for (var j = 0u; j < TNC; j++) {
+            emit(acc[i * MAX_T + j], owner, slot, row0 + m0 + i * CT, col0 + n0 + j * CT, lane, lanes);
+        }
+    }
 }

@@ -59,7 +59,7 @@ pub use device::{
 };
 pub use error::{Error, Result};
 pub use fault::{Fault, FaultPlan};
-pub use gpu::tune::TileConfig;
+pub use gpu::tune::{CoopShape, TileConfig};
 pub use graph::{Graph, GraphBuilder, Member};
 pub use model::{Activation, Dense, Model, UnknownActivation};
 pub use pipeline::{Pipeline, PipelineOptions, PipelineOutput};

@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::device::ExecutionDevice;
 use crate::error::{Error, Result};
 use crate::fault::FaultPlan;
-use crate::gpu::tune::TileConfig;
+use crate::gpu::tune::{CoopShape, TileConfig};
 use crate::graph::Graph;
 use crate::tensor::Tensor;
 use crate::worker::{compile, Combiner, DeviceOutput, Executor, WorkerContext};
@@ -96,8 +96,9 @@ pub struct SessionOptions {
     pub max_buffer_bytes: Option<u64>,
     /// The arithmetic of the GPU kernels (default [`Precision::F32`]).
     pub precision: Precision,
-    /// Time a few tile configurations of the dense kernel for every layer shape at
-    /// session build and keep the fastest (cached per adapter and shape class for the
+    /// Time a few tile configurations of the dense kernel (or, with
+    /// [`Precision::F16CoopMatrix`], workgroup shapes of the cooperative-matrix
+    /// kernel) for every layer shape at session build and keep the fastest (cached per adapter and shape class for the
     /// life of the process). Off by default: a fixed 64 × 64 tile is used.
     pub autotune: bool,
     /// The batch size the autotune times (default 256); the chosen tiles serve every
@@ -109,6 +110,10 @@ pub struct SessionOptions {
     /// A fixed tile configuration for the register-tiled dense kernel, instead of the
     /// default or the autotune's choice. Checked against each device's limits.
     pub tile: Option<TileConfig>,
+    /// A fixed workgroup shape for the cooperative-matrix kernel
+    /// ([`Precision::F16CoopMatrix`]), instead of [`CoopShape::DEFAULT`] or the
+    /// autotune's choice. Checked against each device's limits.
+    pub coop_shape: Option<CoopShape>,
     /// Whether kernels are compiled without wgpu's runtime bounds checks; set only
     /// through the unsafe [`SessionOptions::trusted_kernels`].
     pub(crate) trusted_kernels: bool,
@@ -126,6 +131,7 @@ impl Default for SessionOptions {
             autotune_batch: 256,
             autotune_cache: None,
             tile: None,
+            coop_shape: None,
             trusted_kernels: false,
             faults: FaultPlan::default(),
         }
@@ -161,6 +167,12 @@ impl SessionOptions {
     /// Sets [`SessionOptions::tile`].
     pub fn tile(mut self, tile: TileConfig) -> Self {
         self.tile = Some(tile);
+        self
+    }
+
+    /// Sets [`SessionOptions::coop_shape`].
+    pub fn coop_shape(mut self, shape: CoopShape) -> Self {
+        self.coop_shape = Some(shape);
         self
     }
 

@@ -19,7 +19,7 @@ const F32: (Reference, f64, f64) = (reference_forward, ABS, REL);
 /// reference.
 const F16: (Reference, f64, f64) = (reference_forward_f16, 3e-4, 3e-3);
 use wgpu_ensemble::{
-    wgpu, Activation::*, Error, Graph, Model, Placement, Precision, RunOptions, Session,
+    wgpu, Activation::*, CoopShape, Error, Graph, Model, Placement, Precision, RunOptions, Session,
     SessionOptions, TileConfig,
 };
 
@@ -175,6 +175,29 @@ fn f16_coop_matrix_matches_the_f16_reference_where_the_adapter_has_it() {
         if has_coop(&info) {
             // Batches over 16 rows run on the cooperative-matrix kernel.
             check(&result.unwrap(), F16, &format!("{info} f16-coop"));
+            // SAFETY: this test is what vouches for the kernels' own bounds checks.
+            let trusted = unsafe {
+                SessionOptions::default()
+                    .precision(Precision::F16CoopMatrix)
+                    .trusted_kernels()
+            };
+            check(
+                &session(&place, trusted).unwrap(),
+                F16,
+                &format!("{info} f16-coop trusted"),
+            );
+            for shape in CoopShape::CANDIDATES {
+                let options = SessionOptions::default()
+                    .precision(Precision::F16CoopMatrix)
+                    .coop_shape(shape);
+                match session(&place, options) {
+                    Ok(s) => check(&s, F16, &format!("{info} f16-coop {shape:?}")),
+                    Err(Error::TileUnsupported { .. }) => {
+                        eprintln!("{info}: {shape:?} exceeds its limits, not checked")
+                    }
+                    Err(e) => panic!("{info} {shape:?}: {e}"),
+                }
+            }
             checked += 1;
         } else {
             match result {
@@ -286,4 +309,32 @@ fn autotune_picks_a_tile_and_keeps_it_in_its_cache_file() {
         drop(session(&place, options).unwrap());
         assert_eq!(std::fs::read_to_string(&cache).unwrap(), text);
     }
+}
+
+#[test]
+fn coop_autotune_picks_a_shape_and_keeps_it_in_its_cache_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("tiles.toml");
+    let mut checked = 0;
+    for info in usable_adapters("f16-coop autotune") {
+        if !has_coop(&info) {
+            continue;
+        }
+        let place = Placement::Adapter(info.index);
+        let options = SessionOptions::default()
+            .precision(Precision::F16CoopMatrix)
+            .autotune(64)
+            .autotune_cache(&cache);
+        let s = session(&place, options.clone()).unwrap();
+        check(&s, F16, &format!("{info} f16-coop autotuned"));
+        let text = std::fs::read_to_string(&cache).unwrap();
+        assert!(
+            text.contains("[[coop]]") && text.contains("f16-coop") && text.contains(&info.name),
+            "{text}"
+        );
+        drop(session(&place, options).unwrap());
+        assert_eq!(std::fs::read_to_string(&cache).unwrap(), text);
+        checked += 1;
+    }
+    require_coop(checked);
 }

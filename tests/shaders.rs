@@ -31,9 +31,10 @@ fn validate(path: &Path) -> Vec<String> {
             "MODE" => &[0.0, 1.0],
             "WG_X" | "WG_Y" => &[8.0, 16.0],
             "TM" | "TN" => &[2.0, 4.0, 8.0],
-            "BK" => &[8.0, 16.0, 32.0],
-            "WG" => &[32.0, 128.0],
-            "BX" | "BY" => &[1.0, 2.0],
+            "BK" => &[8.0, 16.0, 32.0, 64.0],
+            "WG" => &[32.0, 128.0, 512.0],
+            "BX" | "BY" => &[1.0, 2.0, 4.0],
+            "TMC" | "TNC" => &[1.0, 2.0, 4.0],
             other => panic!("{}: unexpected override {other}", path.display()),
         };
         for &v in values {

@@ -205,7 +205,10 @@ impl DeviceState {
                 };
                 let act = layer.activation().shader_code();
                 let (constants, tile_cols, tile_rows) = match coop {
-                    Some(c) => (c.constants(act).to_vec(), c.tile_cols(), c.tile_rows()),
+                    Some(base) => {
+                        let c = tuner.choose_coop(&ctx, &mut kernels, base, out_f, in_f)?;
+                        (c.constants(act).to_vec(), c.tile_cols(), c.tile_rows())
+                    }
                     None => {
                         let t = tuner.choose(&ctx, &mut kernels, precision, out_f, in_f)?;
                         (t.constants(act).to_vec(), t.tile_cols(), t.tile_rows())

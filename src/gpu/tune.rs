@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use wgpu::util::DeviceExt;
 
-use super::kernels::{Kernels, DENSE, DENSE_F16};
+use super::kernels::{dense_coop, Kernel, Kernels, DENSE, DENSE_F16};
 use super::GpuContext;
 use crate::error::{Error, Result};
 use crate::session::Precision;
@@ -126,23 +126,97 @@ impl TileConfig {
     }
 }
 
-/// The workgroup shape of `shaders/dense_coop.wgsl` on one device: 2 × 2 blocks of
-/// 2 × 2 cooperative matrices of `size`², one block per subgroup.
+/// The shape of one workgroup of the cooperative-matrix kernel
+/// ([`Precision::F16CoopMatrix`]), counted in cooperative matrices of the adapter's
+/// side (16 or 8): `by × bx` blocks of `tmc × tnc` matrices, one block per subgroup,
+/// staging `bk` matrices' depth of the inner dimension at a time. A workgroup computes
+/// `by·tmc·side` rows by `bx·tnc·side` outputs with `bx·by` subgroups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CoopShape {
+    /// Blocks (subgroups) per workgroup along the outputs.
+    pub bx: u32,
+    /// Blocks (subgroups) per workgroup along the rows.
+    pub by: u32,
+    /// Matrices per block along the rows, at most 4.
+    pub tmc: u32,
+    /// Matrices per block along the outputs, at most 4.
+    pub tnc: u32,
+    /// Depth of each staged slice of the inner dimension, in matrices.
+    pub bk: u32,
+}
+
+impl CoopShape {
+    /// The shape used when autotuning is off: 2 × 2 blocks of 2 × 2 matrices (64 × 64
+    /// tiles with 16 × 16 matrices).
+    pub const DEFAULT: CoopShape = CoopShape {
+        bx: 2,
+        by: 2,
+        tmc: 2,
+        tnc: 2,
+        bk: 2,
+    };
+
+    /// The shapes the autotune times.
+    pub const CANDIDATES: [CoopShape; 6] = [
+        CoopShape::DEFAULT,
+        // 128 × 128 tiles (16 × 16 matrices): 4 subgroups of 4 × 4 matrices, ...
+        CoopShape {
+            bx: 2,
+            by: 2,
+            tmc: 4,
+            tnc: 4,
+            bk: 2,
+        },
+        // ... the same with twice the depth per slice, ...
+        CoopShape {
+            bx: 2,
+            by: 2,
+            tmc: 4,
+            tnc: 4,
+            bk: 4,
+        },
+        // ... 8 subgroups of 2 × 4, ...
+        CoopShape {
+            bx: 2,
+            by: 4,
+            tmc: 2,
+            tnc: 4,
+            bk: 2,
+        },
+        // ... 16 subgroups of 2 × 2.
+        CoopShape {
+            bx: 4,
+            by: 4,
+            tmc: 2,
+            tnc: 2,
+            bk: 2,
+        },
+        // 64 × 128 tiles.
+        CoopShape {
+            bx: 2,
+            by: 2,
+            tmc: 2,
+            tnc: 4,
+            bk: 2,
+        },
+    ];
+}
+
+/// `dense_coop.wgsl` on one device: the matrix side, the adapter's largest subgroup
+/// size, and the workgroup shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct CoopTile {
     /// The side of the cooperative matrices (16 or 8).
     pub(crate) size: u32,
-    /// Threads per workgroup: one subgroup of the adapter's largest size per block.
-    pub(crate) wg: u32,
+    /// The adapter's largest subgroup size: a workgroup has one of that size per block.
+    pub(crate) subgroup: u32,
+    pub(crate) shape: CoopShape,
 }
 
 impl CoopTile {
-    const BX: u32 = 2;
-    const BY: u32 = 2;
-
-    /// Checks that the device can run the cooperative-matrix kernel and picks its
-    /// shape: the largest matrix size the adapter lists with f16 operands and an f32
-    /// accumulator.
+    /// Checks that the device can run the cooperative-matrix kernel and picks the
+    /// largest matrix size the adapter lists with f16 operands and an f32 accumulator,
+    /// with the default shape.
     pub(crate) fn for_device(ctx: &GpuContext) -> Result<Self> {
         let device = &ctx.device;
         let unsupported = |missing: &'static str| Error::PrecisionUnsupported {
@@ -181,19 +255,16 @@ impl CoopTile {
             })
             .ok_or_else(|| {
                 unsupported(
-                    "a 16x16x16 or 8x8x8 cooperative matrix with f16 operands and f32 accumulator",
+                    "a 16x16x16 or 8x8x8 cooperative matrix with f16 operands and f32 \
+                     accumulator",
                 )
             })?;
-        let subgroup = device.adapter_info().subgroup_max_size.max(1);
         let tile = Self {
             size,
-            wg: Self::BX * Self::BY * subgroup,
+            subgroup: device.adapter_info().subgroup_max_size.max(1),
+            shape: CoopShape::DEFAULT,
         };
-        let limits = device.limits();
-        if tile.wg > limits.max_compute_invocations_per_workgroup
-            || tile.wg > limits.max_compute_workgroup_size_x
-            || tile.shared_bytes() > u64::from(limits.max_compute_workgroup_storage_size)
-        {
+        if !tile.fits(&device.limits()) {
             return Err(Error::TileUnsupported {
                 device: ctx.label.to_string(),
                 tile: format!("{tile:?} (dense_coop.wgsl)"),
@@ -202,35 +273,55 @@ impl CoopTile {
         Ok(tile)
     }
 
-    /// Depth of each staged slice of the inner dimension.
-    fn bk(&self) -> u32 {
-        2 * self.size
+    /// This tile with another shape.
+    pub(crate) fn with_shape(self, shape: CoopShape) -> Self {
+        Self { shape, ..self }
     }
 
-    /// Workgroup memory of one workgroup, in bytes.
-    fn shared_bytes(&self) -> u64 {
-        let staged = 2 * u64::from(self.bk()) * u64::from(self.tile_rows() + self.tile_cols());
-        let out = 4 * u64::from(Self::BX * Self::BY + 1) * u64::from(self.size * self.size);
-        staged + out
+    /// Threads per workgroup.
+    fn wg(&self) -> u64 {
+        u64::from(self.shape.bx) * u64::from(self.shape.by) * u64::from(self.subgroup)
+    }
+
+    /// Whether the device's limits allow this tile (and the kernel's own: at most 4 × 4
+    /// matrices per block).
+    pub(crate) fn fits(&self, limits: &wgpu::Limits) -> bool {
+        let s = self.shape;
+        if [s.bx, s.by, s.tmc, s.tnc, s.bk].contains(&0) || s.tmc > 4 || s.tnc > 4 {
+            return false;
+        }
+        let side = u64::from(self.size);
+        let depth = u64::from(s.bk) * side;
+        let rows = u64::from(s.by) * u64::from(s.tmc) * side;
+        let cols = u64::from(s.bx) * u64::from(s.tnc) * side;
+        let shared =
+            2 * depth * (rows + cols) + 4 * (u64::from(s.bx) * u64::from(s.by) + 1) * side * side;
+        self.wg() <= u64::from(limits.max_compute_invocations_per_workgroup)
+            && self.wg() <= u64::from(limits.max_compute_workgroup_size_x)
+            && shared <= u64::from(limits.max_compute_workgroup_storage_size)
     }
 
     /// Rows of y one workgroup computes.
     pub(crate) fn tile_rows(&self) -> u32 {
-        Self::BY * 2 * self.size
+        self.shape.by * self.shape.tmc * self.size
     }
 
     /// Outputs of y one workgroup computes.
     pub(crate) fn tile_cols(&self) -> u32 {
-        Self::BX * 2 * self.size
+        self.shape.bx * self.shape.tnc * self.size
     }
 
-    pub(crate) fn constants(&self, act: u32) -> [(&'static str, u32); 5] {
+    /// The override constants (call only on a tile that [`fits`](Self::fits)).
+    pub(crate) fn constants(&self, act: u32) -> [(&'static str, u32); 7] {
+        let s = self.shape;
         [
             ("ACT", act),
-            ("WG", self.wg),
-            ("BX", Self::BX),
-            ("BY", Self::BY),
-            ("BK", self.bk()),
+            ("WG", u32::try_from(self.wg()).unwrap_or(u32::MAX)),
+            ("BX", s.bx),
+            ("BY", s.by),
+            ("TMC", s.tmc),
+            ("TNC", s.tnc),
+            ("BK", s.bk * self.size),
         ]
     }
 }
@@ -256,15 +347,34 @@ struct Entry {
     config: TileConfig,
 }
 
+#[derive(Serialize, Deserialize)]
+struct CoopEntry {
+    #[serde(flatten)]
+    key: Key,
+    shape: CoopShape,
+}
+
 #[derive(Default, Serialize, Deserialize)]
 struct CacheFile {
     #[serde(default)]
     entry: Vec<Entry>,
+    /// Shapes of the cooperative-matrix kernel.
+    #[serde(default)]
+    coop: Vec<CoopEntry>,
 }
 
 fn cache() -> &'static Mutex<HashMap<Key, TileConfig>> {
     static CACHE: OnceLock<Mutex<HashMap<Key, TileConfig>>> = OnceLock::new();
     CACHE.get_or_init(Mutex::default)
+}
+
+fn coop_cache() -> &'static Mutex<HashMap<Key, CoopShape>> {
+    static CACHE: OnceLock<Mutex<HashMap<Key, CoopShape>>> = OnceLock::new();
+    CACHE.get_or_init(Mutex::default)
+}
+
+fn key_order(k: &Key) -> (&str, &str, u32, u32, u32) {
+    (&k.adapter, &k.precision, k.rows, k.outputs, k.inputs)
 }
 
 /// Merges a cache file into the in-memory cache; a missing file is an empty cache.
@@ -282,35 +392,36 @@ fn load_file(path: &Path) -> Result<()> {
     for e in file.entry {
         map.entry(e.key).or_insert(e.config);
     }
+    let mut coop = coop_cache().lock().unwrap_or_else(PoisonError::into_inner);
+    for e in file.coop {
+        coop.entry(e.key).or_insert(e.shape);
+    }
     Ok(())
 }
 
 fn save_file(path: &Path) -> Result<()> {
-    let map = cache().lock().unwrap_or_else(PoisonError::into_inner);
-    let mut entry: Vec<Entry> = map
+    let mut entry: Vec<Entry> = cache()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
         .iter()
         .map(|(k, c)| Entry {
             key: k.clone(),
             config: *c,
         })
         .collect();
-    entry.sort_by(|a, b| {
-        (
-            &a.key.adapter,
-            &a.key.precision,
-            a.key.rows,
-            a.key.outputs,
-            a.key.inputs,
-        )
-            .cmp(&(
-                &b.key.adapter,
-                &b.key.precision,
-                b.key.rows,
-                b.key.outputs,
-                b.key.inputs,
-            ))
-    });
-    let text = toml::to_string(&CacheFile { entry }).map_err(|e| crate::io::io_error(path, e))?;
+    entry.sort_by(|a, b| key_order(&a.key).cmp(&key_order(&b.key)));
+    let mut coop: Vec<CoopEntry> = coop_cache()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .map(|(k, c)| CoopEntry {
+            key: k.clone(),
+            shape: *c,
+        })
+        .collect();
+    coop.sort_by(|a, b| key_order(&a.key).cmp(&key_order(&b.key)));
+    let text =
+        toml::to_string(&CacheFile { entry, coop }).map_err(|e| crate::io::io_error(path, e))?;
     crate::io::write_atomically(path, text.as_bytes())
 }
 
@@ -321,6 +432,7 @@ pub(crate) struct Tuner {
     pub(crate) rows: usize,
     pub(crate) cache_file: Option<PathBuf>,
     pub(crate) fixed: Option<TileConfig>,
+    pub(crate) fixed_coop: Option<CoopShape>,
 }
 
 impl Tuner {
@@ -336,6 +448,7 @@ impl Tuner {
             rows: options.autotune_batch,
             cache_file: options.autotune_cache.clone(),
             fixed: options.tile,
+            fixed_coop: options.coop_shape,
         })
     }
 
@@ -361,13 +474,7 @@ impl Tuner {
         if !self.enabled {
             return Ok(TileConfig::DEFAULT);
         }
-        let key = Key {
-            adapter: ctx.adapter_key(),
-            precision: precision.name().to_string(),
-            rows: bucket(self.rows),
-            outputs: bucket(outputs),
-            inputs: bucket(inputs),
-        };
+        let key = self.key(ctx, precision, outputs, inputs);
         if let Some(c) = cache()
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -375,13 +482,26 @@ impl Tuner {
         {
             return Ok(*c);
         }
+        let kernel = match precision {
+            Precision::F32 => DENSE,
+            Precision::F16 | Precision::F16CoopMatrix => DENSE_F16,
+        };
         let mut best = (Duration::MAX, TileConfig::DEFAULT);
         for candidate in TileConfig::CANDIDATES {
             if !candidate.fits(&limits, precision) {
                 continue;
             }
+            let dims = (candidate.tile_cols(), candidate.tile_rows());
             // A candidate the device cannot time is not chosen; the default remains.
-            if let Ok(t) = time_candidate(ctx, kernels, precision, candidate, &key) {
+            if let Ok(t) = time_kernel(
+                ctx,
+                kernels,
+                precision,
+                kernel,
+                &candidate.constants(0),
+                dims,
+                &key,
+            ) {
                 if t < best.0 {
                     best = (t, candidate);
                 }
@@ -396,15 +516,96 @@ impl Tuner {
         }
         Ok(best.1)
     }
+
+    /// The cooperative-matrix tile for a `[outputs, inputs]` layer on this device:
+    /// `base` (from [`CoopTile::for_device`]) with the default shape, or the fastest
+    /// candidate shape when autotuning.
+    pub(crate) fn choose_coop(
+        &self,
+        ctx: &GpuContext,
+        kernels: &mut Kernels,
+        base: CoopTile,
+        outputs: usize,
+        inputs: usize,
+    ) -> Result<CoopTile> {
+        if let Some(shape) = self.fixed_coop {
+            let tile = base.with_shape(shape);
+            if !tile.fits(&ctx.device.limits()) {
+                return Err(Error::TileUnsupported {
+                    device: ctx.label.to_string(),
+                    tile: format!("{shape:?} with {0}x{0} matrices", base.size),
+                });
+            }
+            return Ok(tile);
+        }
+        if !self.enabled {
+            return Ok(base);
+        }
+        let key = self.key(ctx, Precision::F16CoopMatrix, outputs, inputs);
+        if let Some(shape) = coop_cache()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(base.with_shape(*shape));
+        }
+        let limits = ctx.device.limits();
+        let kernel = dense_coop(base.size);
+        let mut best = (Duration::MAX, base.shape);
+        for shape in CoopShape::CANDIDATES {
+            let candidate = base.with_shape(shape);
+            if !candidate.fits(&limits) {
+                continue;
+            }
+            let dims = (candidate.tile_cols(), candidate.tile_rows());
+            let constants = candidate.constants(0);
+            let timed = time_kernel(
+                ctx,
+                kernels,
+                Precision::F16CoopMatrix,
+                kernel,
+                &constants,
+                dims,
+                &key,
+            );
+            if let Ok(t) = timed {
+                if t < best.0 {
+                    best = (t, shape);
+                }
+            }
+        }
+        coop_cache()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, best.1);
+        if let Some(path) = &self.cache_file {
+            save_file(path)?;
+        }
+        Ok(base.with_shape(best.1))
+    }
+
+    fn key(&self, ctx: &GpuContext, precision: Precision, outputs: usize, inputs: usize) -> Key {
+        Key {
+            adapter: ctx.adapter_key(),
+            precision: precision.name().to_string(),
+            rows: bucket(self.rows),
+            outputs: bucket(outputs),
+            inputs: bucket(inputs),
+        }
+    }
 }
 
 /// The best of three timed submissions of four dispatches each, on synthetic data of
 /// the shape class.
-fn time_candidate(
+/// `(tile_cols, tile_rows)` are the outputs and rows one workgroup of the pipeline
+/// computes.
+fn time_kernel(
     ctx: &GpuContext,
     kernels: &mut Kernels,
     precision: Precision,
-    config: TileConfig,
+    kernel: Kernel,
+    constants: &[(&'static str, u32)],
+    (tile_cols, tile_rows): (u32, u32),
     key: &Key,
 ) -> Result<Duration> {
     let device = &ctx.device;
@@ -426,11 +627,7 @@ fn time_candidate(
             break;
         }
     }
-    let kernel = match precision {
-        Precision::F32 => DENSE,
-        Precision::F16 | Precision::F16CoopMatrix => DENSE_F16,
-    };
-    let pipeline = kernels.pipeline(device, kernel, &config.constants(0))?;
+    let pipeline = kernels.pipeline(device, kernel, constants)?;
     let weight_bytes = match precision {
         Precision::F32 => n * k * 4,
         Precision::F16 | Precision::F16CoopMatrix => (n * k * 2).next_multiple_of(4),
@@ -465,8 +662,8 @@ fn time_candidate(
             .collect::<Vec<_>>(),
     });
     let groups = (
-        (n as u32).div_ceil(config.tile_cols()),
-        (m as u32).div_ceil(config.tile_rows()),
+        (n as u32).div_ceil(tile_cols),
+        (m as u32).div_ceil(tile_rows),
     );
     let mut best = Duration::MAX;
     for round in 0..4 {
