@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the speed issue in one call, for a machine with a GPU and
+# Every GPU measurement of the speed work in one call, for a machine with a GPU and
 # PyTorch (the project's lent H100 machine: see shared/gpu/README.md).
 #
-# Prepare on the build machine (same x86-64 processor):
-#   cargo build --release
-#   mkdir -p .devbin && cp target/release/wgpu-ensemble benches/torch_baseline.py .devbin/
-#   (and, where the GPU machine lacks a Vulkan loader, Debian's loader packages in .gl/)
-# Run there, from the repository root, carrying .devbin (and .gl):
+# Prepare on the build machine: bash scripts/gpu_prepare.sh (fills .gl/ and .devbin/).
+# Run there, from the repository root, carrying .gl and .devbin:
 #   OUT=/some/folder bash scripts/gpu_bench.sh
-# Writes $OUT/devices.txt, $OUT/wgpu.jsonl (one JSON object per line, from
-# `wgpu-ensemble bench --json`) and $OUT/torch.jsonl (benches/torch_baseline.py).
+# Most important first, so that a cut-short run still has it: the cooperative-matrix
+# tests on the hardware, PyTorch on the same GPU, gemm 4096³, E1 batch 1, E2 batch
+# 1024, then the rest. Writes under $OUT: devices.txt, precision.txt (the test run),
+# wgpu.jsonl (one JSON object per line, from `wgpu-ensemble bench --json`),
+# torch.jsonl (benches/torch_baseline.py), torch_anchor.json, errors.txt.
+#
+# Smaller runs (a smoke test on lavapipe): GEMM_SIZES="64" BATCHES="1" WORKLOADS="E1"
+# RUNS=2 DEVICE=adapter:0 SKIP_TORCH=1.
 set -u
 OUT=${OUT:-/tmp/wgpu-ensemble-bench}
 mkdir -p "$OUT"
@@ -19,26 +22,58 @@ if compgen -G ".gl/*.deb" >/dev/null; then
 fi
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
 B=${WGPU_ENSEMBLE_BIN:-.devbin/wgpu-ensemble}
-DEVICE=${DEVICE:-auto}
+GEMM_SIZES=${GEMM_SIZES:-4096 1024 256}
+BATCHES=${BATCHES:-1 1024 64}
+WORKLOADS=${WORKLOADS:-E1 E2}
+RUNS=${RUNS:-20}
 
 "$B" devices > "$OUT/devices.txt" 2>&1
-run() { timeout 120 "$B" bench --device "$DEVICE" --json "$@" >> "$OUT/wgpu.jsonl" 2>> "$OUT/errors.txt"; }
-for n in 256 1024 4096; do
-  for p in f32 f16 f16-coop; do
-    run --workload gemm --batch "$n" --precision "$p" --runs 10
-    run --workload gemm --batch "$n" --precision "$p" --runs 10 --autotune --trusted-kernels
-  done
+cat "$OUT/devices.txt"
+# The first usable Vulkan adapter (the GL adapter of a headless NVIDIA machine is
+# listed but cannot open a device).
+DEVICE=${DEVICE:-$(awk -F'\t' '$2 == "Vulkan" && $5 == "usable" { print "adapter:" $1; exit }' "$OUT/devices.txt")}
+DEVICE=${DEVICE:-auto}
+echo "device: $DEVICE"
+
+if [ -x .devbin/precision ]; then
+  WGPU_ENSEMBLE_REQUIRE_GPU=1 WGPU_ENSEMBLE_REQUIRE_COOP=1 timeout 300 .devbin/precision \
+    --test-threads 1 > "$OUT/precision.txt" 2>&1
+  echo "precision tests: exit $?"; tail -3 "$OUT/precision.txt"
+fi
+
+run() {
+  timeout 120 "$B" bench --device "$DEVICE" --json "$@" >> "$OUT/wgpu.jsonl" 2>> "$OUT/errors.txt" ||
+    echo "failed ($?): $*" >> "$OUT/errors.txt"
+}
+torch() {
+  if [ -z "${SKIP_TORCH:-}" ] && [ -f .devbin/torch_anchor.py ]; then
+    timeout 240 python3 .devbin/torch_anchor.py "$OUT/torch_anchor.json" > /dev/null 2>> "$OUT/errors.txt"
+  fi
+  if [ -z "${SKIP_TORCH:-}" ] && [ -f .devbin/torch_baseline.py ]; then
+    timeout 240 python3 .devbin/torch_baseline.py > "$OUT/torch.jsonl" 2>> "$OUT/errors.txt"
+  fi
+}
+
+first_gemm=${GEMM_SIZES%% *}
+for p in f32 f16 f16-coop; do
+  run --workload gemm --batch "$first_gemm" --precision "$p" --runs "$RUNS" --autotune --trusted-kernels
 done
-for w in E1 E2; do
-  for b in 1 64 1024; do
+torch
+for w in $WORKLOADS; do
+  for b in $BATCHES; do
     for p in f32 f16 f16-coop; do
-      run --workload "$w" --batch "$b" --precision "$p" --runs 30 --trusted-kernels --autotune
+      run --workload "$w" --batch "$b" --precision "$p" --runs "$RUNS" --trusted-kernels --autotune
     done
   done
 done
+for n in $GEMM_SIZES; do
+  for p in f32 f16 f16-coop; do
+    run --workload gemm --batch "$n" --precision "$p" --runs "$RUNS"
+    if [ "$n" != "$first_gemm" ]; then
+      run --workload gemm --batch "$n" --precision "$p" --runs "$RUNS" --autotune --trusted-kernels
+    fi
+  done
+done
 run --workload E1 --batch 64 --mode pipeline --runs 100 --trusted-kernels
-run --workload E1 --batch 64 --mode late-member --late-timeout-ms 5 --runs 30 --trusted-kernels
-if [ -f .devbin/torch_baseline.py ]; then
-  timeout 300 python3 .devbin/torch_baseline.py > "$OUT/torch.jsonl" 2>> "$OUT/errors.txt"
-fi
+run --workload E1 --batch 64 --mode late-member --late-timeout-ms 5 --runs "$RUNS" --trusted-kernels
 cat "$OUT/wgpu.jsonl" "$OUT/torch.jsonl" 2>/dev/null
