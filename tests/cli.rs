@@ -88,6 +88,38 @@ fn predict_matches_the_golden_outputs_on_every_device() {
     }
 }
 
+#[test]
+fn predict_in_f16_stays_near_the_golden_outputs() {
+    // f16 weights and layer inputs: about 1e-3 from the exact outputs (see
+    // `Precision::F16`); the CPU applies the same rounding as the GPU kernels.
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("y.npy");
+    let members = dir.path().join("members.npy");
+    let out = predict(
+        &golden("weighted_mean.toml"),
+        &golden("x_f64.npy"),
+        &output,
+        &members,
+        &["--device", "cpu", "--precision", "f16"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let y = wgpu_ensemble::io::read_matrix(&output).unwrap();
+    common::assert_close_tol(
+        "cpu f16 weighted mean",
+        y.as_slice(),
+        &read_f64(&golden("expected_weighted_mean.npy")).1,
+        1e-2,
+        1e-2,
+    );
+    // The rounding is real: the f16 outputs differ from the exact ones.
+    let exact = read_f64(&golden("expected_weighted_mean.npy")).1;
+    assert!(y
+        .as_slice()
+        .iter()
+        .zip(&exact)
+        .any(|(&g, &w)| (f64::from(g) - w).abs() > 1e-6));
+}
+
 /// The `[members, batch, outputs]` f32 file.
 fn read_members(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let file = std::fs::File::open(path).unwrap();
@@ -183,6 +215,13 @@ fn bad_inputs_exit_non_zero_and_write_nothing() {
             golden("x.npy"),
             &["--device", "adapter:99"],
             "adapter 99",
+        ),
+        (
+            "unknown precision",
+            &vote,
+            golden("x.npy"),
+            &["--precision", "f8"],
+            "f8",
         ),
     ];
     std::fs::create_dir(dir.path().join("y-dir.npy")).unwrap();

@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List every adapter: index, backend, type, name, and whether a device can be created on it.
+    /// List every adapter: index, backend, type, name, whether a device can be created on it, and what it offers (f16, cooperative matrices, subgroup sizes).
     Devices,
     /// Run an ensemble manifest on a .npy input and write the aggregate as .npy.
     Predict {
@@ -51,6 +51,9 @@ enum Command {
         /// Aggregate over the members that finished (before --timeout-ms) when at least K did; the missing ones are listed on stderr.
         #[arg(long, value_name = "K")]
         quorum: Option<usize>,
+        /// Arithmetic of the GPU kernels: f32 (default), f16, or f16-coop (cooperative matrices).
+        #[arg(long, default_value = "f32")]
+        precision: String,
         /// For testing: inject a fault into a member, MEMBER=fail|panic|lose-device|sleep:MS (repeatable).
         #[arg(long, value_name = "MEMBER=KIND")]
         fault: Vec<String>,
@@ -111,8 +114,10 @@ fn main() -> ExitCode {
             timeout_ms,
             device,
             quorum,
+            precision,
             fault,
         } => predict(&PredictArgs {
+            precision: &precision,
             faults: &fault,
             manifest: &manifest,
             input: &input,
@@ -237,6 +242,7 @@ struct PredictArgs<'a> {
     timeout_ms: Option<u64>,
     device: Option<&'a str>,
     quorum: Option<usize>,
+    precision: &'a str,
     faults: &'a [String],
 }
 
@@ -268,7 +274,9 @@ fn predict(args: &PredictArgs<'_>) -> wgpu_ensemble::Result<()> {
     let device: Option<Placement> = args.device.map(str::parse).transpose()?;
     let manifest = Manifest::load(args.manifest)?;
     let x = read_matrix(args.input)?;
-    let session_options = SessionOptions::default().faults(fault_plan(args.faults)?);
+    let session_options = SessionOptions::default()
+        .precision(args.precision.parse::<Precision>()?)
+        .faults(fault_plan(args.faults)?);
     let session = Session::with_options(manifest.graph(device.as_ref())?, session_options)?;
     let mut options = RunOptions::default().member_outputs(args.members_output.is_some());
     if let Some(ms) = args.timeout_ms {
