@@ -507,13 +507,7 @@ impl Tuner {
                 }
             }
         }
-        cache()
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, best.1);
-        if let Some(path) = &self.cache_file {
-            save_file(path)?;
-        }
+        self.remember(cache(), key, best.1)?;
         Ok(best.1)
     }
 
@@ -574,14 +568,20 @@ impl Tuner {
                 }
             }
         }
-        coop_cache()
+        self.remember(coop_cache(), key, best.1)?;
+        Ok(base.with_shape(best.1))
+    }
+
+    /// Keeps a timed choice in the process's cache and in the cache file, if any.
+    fn remember<T>(&self, cache: &Mutex<HashMap<Key, T>>, key: Key, choice: T) -> Result<()> {
+        cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, best.1);
-        if let Some(path) = &self.cache_file {
-            save_file(path)?;
+            .insert(key, choice);
+        match &self.cache_file {
+            Some(path) => save_file(path),
+            None => Ok(()),
         }
-        Ok(base.with_shape(best.1))
     }
 
     fn key(&self, ctx: &GpuContext, precision: Precision, outputs: usize, inputs: usize) -> Key {
