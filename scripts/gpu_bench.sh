@@ -6,8 +6,8 @@
 # Run there, from the repository root, carrying .gl and .devbin:
 #   OUT=/some/folder bash scripts/gpu_bench.sh
 # Most important first, so that a cut-short run still has it: the cooperative-matrix
-# tests on the hardware, PyTorch on the same GPU, gemm 4096³, E1 batch 1, E2 batch
-# 1024, then the rest. Writes under $OUT: devices.txt, precision.txt (the test run),
+# tests on the hardware, gemm 4096³, PyTorch on the same GPU, E1 batch 1, E2 batch
+# 1024, a sweep over every tile candidate and coop shape at 4096³, then the rest. Writes under $OUT: devices.txt, precision.txt (the test run),
 # wgpu.jsonl (one JSON object per line, from `wgpu-ensemble bench --json`),
 # torch.jsonl (benches/torch_baseline.py), torch_anchor.json, errors.txt.
 #
@@ -65,6 +65,10 @@ for w in $WORKLOADS; do
       run --workload "$w" --batch "$b" --precision "$p" --runs "$RUNS" --trusted-kernels --autotune
     done
   done
+done
+# Every tile candidate (coop shape with f16-coop) at the largest size, one line each.
+for p in f32 f16 f16-coop; do
+  run --workload gemm --batch "$first_gemm" --precision "$p" --runs "$RUNS" --trusted-kernels --sweep
 done
 for n in $GEMM_SIZES; do
   for p in f32 f16 f16-coop; do

@@ -98,8 +98,11 @@ pub struct BenchReport {
     pub mode: String,
     /// Rows per run (for `gemm`, also the layer's size).
     pub batch: usize,
-    /// `f32` or `f16`.
+    /// `f32`, `f16` or `f16-coop`.
     pub precision: String,
+    /// How the tiled kernels' shapes were chosen: `default`, `autotune`, or the fixed
+    /// `TileConfig` / `CoopShape` the options named.
+    pub tile: String,
     /// Whether the kernels ran without wgpu's runtime bounds checks.
     pub trusted_kernels: bool,
     /// The devices the members ran on.
@@ -171,6 +174,13 @@ pub fn run_bench(
     }
     let precision = options.precision;
     let trusted_kernels = options.trusted_kernels;
+    let tile = match (options.tile, options.coop_shape) {
+        (Some(t), None) => format!("{t:?}"),
+        (None, Some(c)) => format!("{c:?}"),
+        (Some(t), Some(c)) => format!("{t:?}, {c:?}"),
+        (None, None) if options.autotune => "autotune".to_string(),
+        (None, None) => "default".to_string(),
+    };
     let graph = workload.graph(batch, placement)?;
     let members = graph.members().len();
     let x = input(batch, graph.input_width())?;
@@ -268,6 +278,7 @@ pub fn run_bench(
         mode: mode.name().to_string(),
         batch,
         precision: precision.name().to_string(),
+        tile,
         trusted_kernels,
         adapter,
         runs: times.len(),

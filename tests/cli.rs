@@ -295,12 +295,103 @@ fn bench_prints_one_json_object() {
         );
     }
     assert!(v["p99_ms"].as_f64() >= v["p50_ms"].as_f64(), "{text}");
+    assert_eq!(v["tile"], "default");
     let bad = cli(&["bench", "--workload", "E9", "--batch", "1", "--json"]);
     assert!(
         !bad.status.success() && stderr(&bad).contains("E9"),
         "{}",
         stderr(&bad)
     );
+    for tile in ["16,16,4", "16,16,4,4,x", "16,16,4,4,-1"] {
+        let bad = cli(&[
+            "bench",
+            "--workload",
+            "gemm",
+            "--batch",
+            "24",
+            "--tile",
+            tile,
+        ]);
+        assert!(!bad.status.success(), "--tile {tile} accepted");
+        assert!(stderr(&bad).contains("error"), "{}", stderr(&bad));
+    }
+}
+
+#[test]
+fn bench_sweeps_the_tile_candidates() {
+    // On the first usable adapter (the CPU ignores tiles, but still reports them).
+    let device = common::usable_adapters("bench sweep")
+        .first()
+        .map_or("cpu".to_string(), |a| format!("adapter:{}", a.index));
+    let out = cli(&[
+        "bench",
+        "--workload",
+        "gemm",
+        "--batch",
+        "24",
+        "--device",
+        &device,
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--sweep",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tiles: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            v["tile"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let want: Vec<String> = wgpu_ensemble::TileConfig::CANDIDATES
+        .iter()
+        .map(|t| format!("{t:?}"))
+        .collect();
+    assert_eq!(tiles, want, "{text}");
+    let fixed = cli(&[
+        "bench",
+        "--workload",
+        "gemm",
+        "--batch",
+        "24",
+        "--device",
+        &device,
+        "--runs",
+        "1",
+        "--tile",
+        "8,8,2,2,8",
+        "--json",
+    ]);
+    assert!(fixed.status.success(), "{}", stderr(&fixed));
+    assert!(
+        String::from_utf8_lossy(&fixed.stdout).contains("wg_x: 8, wg_y: 8, tm: 2, tn: 2, bk: 8"),
+        "{}",
+        String::from_utf8_lossy(&fixed.stdout)
+    );
+    if device != "cpu" {
+        // More than 8 accumulators per thread: refused by the device's executor.
+        let bad = cli(&[
+            "bench",
+            "--workload",
+            "gemm",
+            "--batch",
+            "24",
+            "--device",
+            &device,
+            "--tile",
+            "16,16,9,4,16",
+        ]);
+        assert!(
+            !bad.status.success() && stderr(&bad).contains("does not fit"),
+            "{}",
+            stderr(&bad)
+        );
+    }
 }
 
 #[test]

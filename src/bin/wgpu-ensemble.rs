@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use wgpu_ensemble::bench::{run_bench, BenchMode, Workload};
+use wgpu_ensemble::bench::{run_bench, BenchMode, BenchReport, Workload};
 use wgpu_ensemble::io::{read_matrix, Manifest};
 use wgpu_ensemble::{
-    probe_adapters, Fault, FaultPlan, MemberStatus, Placement, Precision, QuorumPolicy, RunOptions,
-    Session, SessionOptions, Tensor,
+    probe_adapters, CoopShape, Fault, FaultPlan, MemberStatus, Placement, Precision, QuorumPolicy,
+    RunOptions, Session, SessionOptions, Tensor, TileConfig,
 };
 
 #[derive(Parser)]
@@ -91,6 +91,15 @@ struct BenchArgs {
     /// Time the dense kernel's tile candidates at session build and use the fastest.
     #[arg(long)]
     autotune: bool,
+    /// A fixed tile for f32 and f16: WG_X,WG_Y,TM,TN,BK (see TileConfig).
+    #[arg(long, value_name = "WG_X,WG_Y,TM,TN,BK")]
+    tile: Option<String>,
+    /// A fixed shape for f16-coop: BX,BY,TMC,TNC,BK (see CoopShape).
+    #[arg(long, value_name = "BX,BY,TMC,TNC,BK")]
+    coop_shape: Option<String>,
+    /// Run once per candidate tile (per candidate shape with f16-coop), one report each.
+    #[arg(long, conflicts_with_all = ["tile", "coop_shape", "autotune"])]
+    sweep: bool,
     /// Compile the kernels without wgpu's runtime bounds checks (SessionOptions::trusted_kernels).
     #[arg(long)]
     trusted_kernels: bool,
@@ -180,12 +189,46 @@ fn devices() {
     println!("cpu\t-\tCpu\thost CPU\tusable");
 }
 
+/// Five comma-separated numbers, for `--tile` and `--coop-shape`.
+fn five(flag: &str, text: &str) -> wgpu_ensemble::Result<[u32; 5]> {
+    let bad = || wgpu_ensemble::Error::Io {
+        path: flag.into(),
+        message: format!("'{text}': expected five comma-separated positive integers"),
+    };
+    let values: Vec<u32> = text
+        .split(',')
+        .map(|v| v.trim().parse::<u32>().map_err(|_| bad()))
+        .collect::<wgpu_ensemble::Result<_>>()?;
+    <[u32; 5]>::try_from(values).map_err(|_| bad())
+}
+
 fn bench(args: &BenchArgs) -> wgpu_ensemble::Result<()> {
     let workload: Workload = args.workload.parse()?;
     let placement: Placement = args.device.parse()?;
-    let mut options = SessionOptions::default().precision(args.precision.parse::<Precision>()?);
+    let precision = args.precision.parse::<Precision>()?;
+    let mut options = SessionOptions::default().precision(precision);
     if args.autotune {
         options = options.autotune(args.batch);
+    }
+    if let Some(text) = &args.tile {
+        let [wg_x, wg_y, tm, tn, bk] = five("--tile", text)?;
+        options = options.tile(TileConfig {
+            wg_x,
+            wg_y,
+            tm,
+            tn,
+            bk,
+        });
+    }
+    if let Some(text) = &args.coop_shape {
+        let [bx, by, tmc, tnc, bk] = five("--coop-shape", text)?;
+        options = options.coop_shape(CoopShape {
+            bx,
+            by,
+            tmc,
+            tnc,
+            bk,
+        });
     }
     if args.trusted_kernels {
         // SAFETY: asked for on the command line; see SessionOptions::trusted_kernels.
@@ -202,28 +245,53 @@ fn bench(args: &BenchArgs) -> wgpu_ensemble::Result<()> {
             })
         }
     };
-    let report = run_bench(
-        workload,
-        args.batch,
-        &placement,
-        options,
-        mode,
-        args.warmup,
-        args.runs,
-    )?;
-    if args.json {
-        let text = serde_json::to_string(&report).map_err(|e| wgpu_ensemble::Error::Io {
+    let variants: Vec<SessionOptions> = match (args.sweep, precision) {
+        (false, _) => vec![options],
+        (true, Precision::F16CoopMatrix) => CoopShape::CANDIDATES
+            .iter()
+            .map(|&c| options.clone().coop_shape(c))
+            .collect(),
+        (true, _) => TileConfig::CANDIDATES
+            .iter()
+            .map(|&t| options.clone().tile(t))
+            .collect(),
+    };
+    let sweep = variants.len() > 1;
+    for options in variants {
+        let result = run_bench(
+            workload,
+            args.batch,
+            &placement,
+            options,
+            mode,
+            args.warmup,
+            args.runs,
+        );
+        match result {
+            Ok(report) => print_report(&report, args.json)?,
+            // A sweep goes on past a candidate the device cannot run.
+            Err(e) if sweep => eprintln!("wgpu-ensemble: {e}"),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn print_report(report: &BenchReport, json: bool) -> wgpu_ensemble::Result<()> {
+    if json {
+        let text = serde_json::to_string(report).map_err(|e| wgpu_ensemble::Error::Io {
             path: "stdout".into(),
             message: e.to_string(),
         })?;
         println!("{text}");
     } else {
         println!(
-            "{} {} batch {} {} on [{}]: p50 {:.3} ms, p99 {:.3} ms, {:.1} rows/s, {:.2} GFLOP/s",
+            "{} {} batch {} {} ({}) on [{}]: p50 {:.3} ms, p99 {:.3} ms, {:.1} rows/s, {:.2} GFLOP/s",
             report.workload,
             report.mode,
             report.batch,
             report.precision,
+            report.tile,
             report.adapter.join("; "),
             report.p50_ms,
             report.p99_ms,
