@@ -41,7 +41,7 @@ impl TileConfig {
     };
 
     /// The candidates the autotune times.
-    pub const CANDIDATES: [TileConfig; 6] = [
+    pub const CANDIDATES: [TileConfig; 7] = [
         TileConfig::DEFAULT,
         TileConfig {
             wg_x: 16,
@@ -76,6 +76,14 @@ impl TileConfig {
             wg_y: 16,
             tm: 2,
             tn: 2,
+            bk: 16,
+        },
+        // 128 × 128 with a deeper slice: half the barriers of the bk 8 one.
+        TileConfig {
+            wg_x: 16,
+            wg_y: 16,
+            tm: 8,
+            tn: 8,
             bk: 16,
         },
     ];
