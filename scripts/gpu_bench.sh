@@ -6,8 +6,9 @@
 # Run there, from the repository root, carrying .gl and .devbin:
 #   OUT=/some/folder bash scripts/gpu_bench.sh
 # Most important first, so that a cut-short run still has it: the cooperative-matrix
-# tests on the hardware, gemm 4096³, PyTorch on the same GPU, E1 batch 1, E2 batch
-# 1024, a sweep over every tile candidate and coop shape at 4096³, then the rest. Writes under $OUT: devices.txt, precision.txt (the test run),
+# tests on the hardware, gemm 4096³, PyTorch on the same GPU, E1 and E2 at batch 1,
+# 1024 and 64, a sweep over every tile candidate and coop shape at 4096³, then the
+# rest. Writes under $OUT: devices.txt, precision.txt (the test run),
 # wgpu.jsonl (one JSON object per line, from `wgpu-ensemble bench --json`),
 # torch.jsonl (benches/torch_baseline.py), torch_anchor.json, errors.txt.
 #

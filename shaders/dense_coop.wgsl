@@ -10,7 +10,8 @@ enable wgpu_cooperative_matrix;
 //
 // This file is written for 16 x 16 x 16 matrices; the crate derives the 8 x 8 x 8
 // variant by replacing `coop_mat16x16` with `coop_mat8x8` and the value of CT with 8 (the
-// two lines marked below), and tests/shaders.rs validates both.
+// lines after the two `[coop size]` markers below); tests/shaders.rs validates this
+// file and a unit test in src/gpu/kernels.rs the variant.
 //
 // Dense layer with fused bias and element-wise activation:
 //     y[r, o] = act(sum_k x[r, k] * w[o, k] + b[o])

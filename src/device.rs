@@ -16,6 +16,7 @@ const BACKENDS: wgpu::Backends = wgpu::Backends::VULKAN
 
 /// What wgpu reports about one adapter.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct AdapterInfo {
     /// Position in the list returned by [`adapters`]; what [`Placement::Adapter`] takes.
     pub index: usize,
@@ -34,9 +35,11 @@ pub struct AdapterInfo {
     pub features: wgpu::Features,
     /// The cooperative-matrix configurations the adapter lists (empty where it has
     /// none); [`Precision::F16CoopMatrix`](crate::Precision::F16CoopMatrix) needs a
-    /// 16×16×16 one with f16 operands and an f32 accumulator.
+    /// 16×16×16 or 8×8×8 one with f16 operands and an f32 accumulator.
     pub cooperative_matrix: Vec<wgpu::CooperativeMatrixProperties>,
-    /// The smallest and largest subgroup sizes the adapter may use (0 where unknown).
+    /// The smallest and largest subgroup sizes wgpu reports for the adapter;
+    /// meaningful only where its features include `SUBGROUP` (elsewhere wgpu reports
+    /// a placeholder range).
     pub subgroup_sizes: (u32, u32),
 }
 
@@ -94,9 +97,11 @@ pub enum Placement {
     ///
     /// An adapter is usable when it runs compute shaders and a device can be created on
     /// it; adapters that fail (such as a headless GL adapter whose `request_device`
-    /// reports `Device(Lost)`) are skipped. Hardware adapters (discrete, integrated,
-    /// virtual) are preferred: software rasterisers such as lavapipe are used only when
-    /// no hardware adapter is usable.
+    /// reports `Device(Lost)`) are skipped, and so are adapters that cannot run the
+    /// session's [`Precision`](crate::Precision) (no `SHADER_F16` for `F16`, no
+    /// cooperative matrices for `F16CoopMatrix`; the CPU runs every precision).
+    /// Hardware adapters (discrete, integrated, virtual) are preferred: software
+    /// rasterisers such as lavapipe are used only when no hardware adapter is usable.
     #[default]
     Auto,
     /// The host CPU, through multi-threaded GEMM crates (`matrixmultiply`; `gemm` for
@@ -224,9 +229,15 @@ pub(crate) fn open_device(
         if required_features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
             // SAFETY: wgpu asks callers of experimental features to accept that its
             // implementation of them may still have bugs. Only dense_coop.wgsl uses
-            // the feature, with every cooperative load and store inside workgroup
-            // arrays sized for it (checked by naga in tests/shaders.rs), and only a
-            // session that asked for Precision::F16CoopMatrix enables it.
+            // the feature, and only a session that asked for
+            // Precision::F16CoopMatrix enables it. Neither naga nor wgpu's runtime
+            // checks bound a cooperative load or store's whole CT x CT footprint
+            // (only its first element); the kernel keeps them in bounds by
+            // construction: every one is inside a workgroup array sized from the same
+            // overrides (the last element a block touches is below BM * BK, BN * BK
+            // and (BX * BY + 1) * CT * CT), and CoopTile::fits refuses shapes beyond
+            // the kernel's 4 x 4 matrices per block. tests/precision.rs runs every
+            // candidate shape with and without runtime checks.
             unsafe { wgpu::ExperimentalFeatures::enabled() }
         } else {
             wgpu::ExperimentalFeatures::disabled()
@@ -342,8 +353,14 @@ impl DevicePool {
         if let Some(u) = &self.usable {
             return u.clone();
         }
+        // Adapters that open and can run the session's precision (the CPU runs every
+        // precision, so a session whose precision no adapter has runs there).
+        let precision = self.precision;
         let working: Vec<usize> = (0..self.infos.len())
-            .filter(|&i| self.open(i, 0).is_ok())
+            .filter(|&i| {
+                self.open(i, 0)
+                    .is_ok_and(|ctx| crate::gpu::supports(&ctx, precision))
+            })
             .collect();
         let hardware: Vec<usize> = working
             .iter()

@@ -318,11 +318,53 @@ fn bench_prints_one_json_object() {
 }
 
 #[test]
+fn bench_refuses_tiles_that_would_not_be_used() {
+    let cases: [&[&str]; 4] = [
+        &["--device", "cpu", "--sweep"],
+        &["--device", "cpu", "--tile", "16,16,4,4,16"],
+        &["--precision", "f16-coop", "--tile", "16,16,4,4,16"],
+        &["--precision", "f32", "--coop-shape", "2,2,2,2,2"],
+    ];
+    for extra in cases {
+        let mut args = vec!["bench", "--workload", "gemm", "--batch", "24"];
+        args.extend_from_slice(extra);
+        let out = cli(&args);
+        assert!(!out.status.success(), "{extra:?} accepted");
+        assert!(
+            stderr(&out).contains("error"),
+            "{extra:?}: {}",
+            stderr(&out)
+        );
+    }
+    // A sweep that can run no candidate fails: f16-coop on an adapter without
+    // cooperative matrices.
+    let without = common::usable_adapters("bench sweep failure")
+        .into_iter()
+        .find(|a| a.cooperative_matrix.is_empty());
+    if let Some(a) = without {
+        let device = format!("adapter:{}", a.index);
+        let out = cli(&[
+            "bench",
+            "--workload",
+            "gemm",
+            "--batch",
+            "24",
+            "--device",
+            &device,
+            "--precision",
+            "f16-coop",
+            "--sweep",
+        ]);
+        assert!(!out.status.success(), "a sweep with nothing run exited 0");
+    }
+}
+
+#[test]
 fn bench_sweeps_the_tile_candidates() {
-    // On the first usable adapter (the CPU ignores tiles, but still reports them).
-    let device = common::usable_adapters("bench sweep")
-        .first()
-        .map_or("cpu".to_string(), |a| format!("adapter:{}", a.index));
+    let Some(adapter) = common::usable_adapters("bench sweep").first().cloned() else {
+        return;
+    };
+    let device = format!("adapter:{}", adapter.index);
     let out = cli(&[
         "bench",
         "--workload",

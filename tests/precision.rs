@@ -190,13 +190,21 @@ fn f16_coop_matrix_matches_the_f16_reference_where_the_adapter_has_it() {
                 let options = SessionOptions::default()
                     .precision(Precision::F16CoopMatrix)
                     .coop_shape(shape);
-                match session(&place, options) {
+                match session(&place, options.clone()) {
                     Ok(s) => check(&s, F16, &format!("{info} f16-coop {shape:?}")),
                     Err(Error::TileUnsupported { .. }) => {
-                        eprintln!("{info}: {shape:?} exceeds its limits, not checked")
+                        eprintln!("{info}: {shape:?} exceeds its limits, not checked");
+                        continue;
                     }
                     Err(e) => panic!("{info} {shape:?}: {e}"),
                 }
+                // SAFETY: this test is what vouches for the kernels' own bounds checks.
+                let trusted = unsafe { options.trusted_kernels() };
+                check(
+                    &session(&place, trusted).unwrap(),
+                    F16,
+                    &format!("{info} f16-coop {shape:?} trusted"),
+                );
             }
             checked += 1;
         } else {
@@ -337,4 +345,91 @@ fn coop_autotune_picks_a_shape_and_keeps_it_in_its_cache_file() {
         checked += 1;
     }
     require_coop(checked);
+}
+
+#[test]
+fn auto_placement_uses_only_devices_that_run_the_precision() {
+    // Mesa's GL adapter has no SHADER_F16 and no adapter here may have cooperative
+    // matrices: `Auto` must pass over them (down to the CPU) instead of failing.
+    let infos = wgpu_ensemble::adapters();
+    for precision in [Precision::F16, Precision::F16CoopMatrix] {
+        let s = session(
+            &Placement::Auto,
+            SessionOptions::default().precision(precision),
+        )
+        .unwrap_or_else(|e| panic!("Auto with {precision:?}: {e}"));
+        for device in s.devices() {
+            if let wgpu_ensemble::ExecutionDevice::Adapter { index, .. } = device {
+                let info = &infos[*index];
+                let ok = match precision {
+                    Precision::F16 => info.features.contains(wgpu::Features::SHADER_F16),
+                    _ => has_coop(info),
+                };
+                assert!(ok, "Auto put a {precision:?} member on {info}");
+            }
+        }
+        check(&s, F16, &format!("auto {precision:?}"));
+    }
+}
+
+/// An autotune cache file edited to hold shapes the kernels cannot run (more than 8
+/// accumulators per thread, more than 4 matrices per block): the session times the
+/// candidates again instead of running them, and the file gets valid entries.
+#[test]
+fn autotune_retimes_cached_entries_the_device_cannot_run() {
+    let dir = tempfile::tempdir().unwrap();
+    for info in usable_adapters("autotune cache tampering") {
+        let place = Placement::Adapter(info.index);
+        let mut precisions = vec![(Precision::F32, F32)];
+        if has_coop(&info) {
+            precisions.push((Precision::F16CoopMatrix, F16));
+        }
+        for (precision, reference) in precisions {
+            let first = dir
+                .path()
+                .join(format!("{}-{:?}-a.toml", info.index, precision));
+            let second = dir
+                .path()
+                .join(format!("{}-{:?}-b.toml", info.index, precision));
+            // Rows bucket 32 here; no other test tunes at 32 or 128 rows, so the
+            // process's in-memory cache holds neither.
+            let options = |rows: usize, file: &std::path::Path| {
+                SessionOptions::default()
+                    .precision(precision)
+                    .autotune(rows)
+                    .autotune_cache(file)
+            };
+            drop(session(&place, options(20, &first)).unwrap());
+            let text = std::fs::read_to_string(&first).unwrap();
+            let mut edited = text.replace("rows = 32", "rows = 128");
+            for field in ["tm", "tmc"] {
+                let value = if field == "tm" { 9 } else { 8 };
+                edited = edited
+                    .lines()
+                    .map(|l| {
+                        if l.starts_with(&format!("{field} = ")) {
+                            format!("{field} = {value}")
+                        } else {
+                            l.to_string()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+            }
+            assert!(edited.contains("rows = 128"), "{edited}");
+            assert!(
+                edited.contains("tm = 9") || edited.contains("tmc = 8"),
+                "{edited}"
+            );
+            std::fs::write(&second, &edited).unwrap();
+            let s = session(&place, options(100, &second))
+                .unwrap_or_else(|e| panic!("{info} {precision:?}: {e}"));
+            check(&s, reference, &format!("{info} {precision:?} re-tuned"));
+            let rewritten = std::fs::read_to_string(&second).unwrap();
+            assert!(
+                !rewritten.contains("tm = 9") && !rewritten.contains("tmc = 8"),
+                "{rewritten}"
+            );
+        }
+    }
 }

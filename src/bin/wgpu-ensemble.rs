@@ -88,7 +88,7 @@ struct BenchArgs {
     /// The run timeout of --mode late-member, in milliseconds.
     #[arg(long, default_value_t = 50)]
     late_timeout_ms: u64,
-    /// Time the dense kernel's tile candidates at session build and use the fastest.
+    /// Time the dense kernel's tile candidates (coop shapes with f16-coop) at session build and use the fastest.
     #[arg(long)]
     autotune: bool,
     /// A fixed tile for f32 and f16: WG_X,WG_Y,TM,TN,BK (see TileConfig).
@@ -97,7 +97,7 @@ struct BenchArgs {
     /// A fixed shape for f16-coop: BX,BY,TMC,TNC,BK (see CoopShape).
     #[arg(long, value_name = "BX,BY,TMC,TNC,BK")]
     coop_shape: Option<String>,
-    /// Run once per candidate tile (per candidate shape with f16-coop), one report each.
+    /// Run once per candidate tile (per candidate shape with f16-coop), one report each; fails if none ran.
     #[arg(long, conflicts_with_all = ["tile", "coop_shape", "autotune"])]
     sweep: bool,
     /// Compile the kernels without wgpu's runtime bounds checks (SessionOptions::trusted_kernels).
@@ -170,7 +170,10 @@ fn devices() {
                 c.m_size, c.n_size, c.k_size, c.ab_type, c.cr_type
             ));
         }
-        if p.info.subgroup_sizes.1 > 0 {
+        if p.info
+            .features
+            .contains(wgpu_ensemble::wgpu::Features::SUBGROUP)
+        {
             extras.push(format!(
                 "subgroup {}..{}",
                 p.info.subgroup_sizes.0, p.info.subgroup_sizes.1
@@ -193,7 +196,7 @@ fn devices() {
 fn five(flag: &str, text: &str) -> wgpu_ensemble::Result<[u32; 5]> {
     let bad = || wgpu_ensemble::Error::Io {
         path: flag.into(),
-        message: format!("'{text}': expected five comma-separated positive integers"),
+        message: format!("'{text}': expected five comma-separated integers"),
     };
     let values: Vec<u32> = text
         .split(',')
@@ -206,6 +209,30 @@ fn bench(args: &BenchArgs) -> wgpu_ensemble::Result<()> {
     let workload: Workload = args.workload.parse()?;
     let placement: Placement = args.device.parse()?;
     let precision = args.precision.parse::<Precision>()?;
+    let flag_error = |flag: &str, message: &str| wgpu_ensemble::Error::Io {
+        path: flag.into(),
+        message: message.to_string(),
+    };
+    let coop = precision == Precision::F16CoopMatrix;
+    if args.tile.is_some() && coop {
+        return Err(flag_error(
+            "--tile",
+            "applies to f32 and f16; f16-coop takes --coop-shape",
+        ));
+    }
+    if args.coop_shape.is_some() && !coop {
+        return Err(flag_error(
+            "--coop-shape",
+            "applies to --precision f16-coop",
+        ));
+    }
+    let shaped = args.tile.is_some() || args.coop_shape.is_some() || args.sweep;
+    if shaped && matches!(placement, Placement::Cpu) {
+        return Err(flag_error(
+            "--device",
+            "the CPU executor has no tiles: --tile, --coop-shape and --sweep need an adapter",
+        ));
+    }
     let mut options = SessionOptions::default().precision(precision);
     if args.autotune {
         options = options.autotune(args.batch);
@@ -257,6 +284,8 @@ fn bench(args: &BenchArgs) -> wgpu_ensemble::Result<()> {
             .collect(),
     };
     let sweep = variants.len() > 1;
+    let mut last_error = None;
+    let mut reported = 0;
     for options in variants {
         let result = run_bench(
             workload,
@@ -268,13 +297,23 @@ fn bench(args: &BenchArgs) -> wgpu_ensemble::Result<()> {
             args.runs,
         );
         match result {
-            Ok(report) => print_report(&report, args.json)?,
-            // A sweep goes on past a candidate the device cannot run.
-            Err(e) if sweep => eprintln!("wgpu-ensemble: {e}"),
+            Ok(report) => {
+                print_report(&report, args.json)?;
+                reported += 1;
+            }
+            // A sweep goes on past a candidate the device cannot run...
+            Err(e) if sweep => {
+                eprintln!("wgpu-ensemble: {e}");
+                last_error = Some(e);
+            }
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    // ... but fails when it could run none.
+    match last_error {
+        Some(e) if reported == 0 => Err(e),
+        _ => Ok(()),
+    }
 }
 
 fn print_report(report: &BenchReport, json: bool) -> wgpu_ensemble::Result<()> {

@@ -221,7 +221,9 @@ impl Kernels {
             // SAFETY: the caller of `SessionOptions::trusted_kernels` accepted that the
             // kernels' own bounds checks (every global load and store is guarded by
             // the shape in its uniform; workgroup indices are below the tile sizes by
-            // construction, tested for every tile candidate) replace wgpu's.
+            // construction, tested for every tile candidate and coop shape, and tile
+            // and shape fields are checked against the kernels' limits before a
+            // pipeline is made) replace wgpu's.
             unsafe {
                 device.create_shader_module_trusted(
                     descriptor,

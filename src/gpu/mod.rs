@@ -108,3 +108,13 @@ impl GpuContext {
         })
     }
 }
+
+/// Whether the device can run the dense kernels of `precision`.
+pub(crate) fn supports(ctx: &GpuContext, precision: crate::session::Precision) -> bool {
+    use crate::session::Precision;
+    match precision {
+        Precision::F32 => true,
+        Precision::F16 => ctx.device.features().contains(wgpu::Features::SHADER_F16),
+        Precision::F16CoopMatrix => tune::CoopTile::for_device(ctx).is_ok(),
+    }
+}

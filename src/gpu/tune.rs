@@ -138,7 +138,16 @@ impl TileConfig {
 /// ([`Precision::F16CoopMatrix`]), counted in cooperative matrices of the adapter's
 /// side (16 or 8): `by × bx` blocks of `tmc × tnc` matrices, one block per subgroup,
 /// staging `bk` matrices' depth of the inner dimension at a time. A workgroup computes
-/// `by·tmc·side` rows by `bx·tnc·side` outputs with `bx·by` subgroups.
+/// `by·tmc·side` rows by `bx·tnc·side` outputs.
+///
+/// A workgroup has `bx·by` times the adapter's largest subgroup size in invocations
+/// (the largest of [`AdapterInfo::subgroup_sizes`](crate::AdapterInfo)), so that every
+/// block has a subgroup whatever size the driver picks; a shape whose workgroup or
+/// workgroup memory exceeds the device's limits fails with
+/// [`Error::TileUnsupported`]. Where the driver runs smaller subgroups than its
+/// largest (wgpu reports ranges such as 32..64 on some AMD and Apple GPUs), the extra
+/// subgroups repeat a block's work and store it nowhere: correct, but slower. The
+/// H100 has one size, 32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CoopShape {
     /// Blocks (subgroups) per workgroup along the outputs.
@@ -222,9 +231,10 @@ pub(crate) struct CoopTile {
 }
 
 impl CoopTile {
-    /// Checks that the device can run the cooperative-matrix kernel and picks the
-    /// largest matrix size the adapter lists with f16 operands and an f32 accumulator,
-    /// with the default shape.
+    /// Checks that the device has what the cooperative-matrix kernel needs and picks
+    /// the largest matrix size the adapter lists with f16 operands and an f32
+    /// accumulator, with the default shape (whether a shape fits the device's limits
+    /// is checked where it is chosen, [`Tuner::choose_coop`]).
     pub(crate) fn for_device(ctx: &GpuContext) -> Result<Self> {
         let device = &ctx.device;
         let unsupported = |missing: &'static str| Error::PrecisionUnsupported {
@@ -267,18 +277,11 @@ impl CoopTile {
                      accumulator",
                 )
             })?;
-        let tile = Self {
+        Ok(Self {
             size,
             subgroup: device.adapter_info().subgroup_max_size.max(1),
             shape: CoopShape::DEFAULT,
-        };
-        if !tile.fits(&device.limits()) {
-            return Err(Error::TileUnsupported {
-                device: ctx.label.to_string(),
-                tile: format!("{tile:?} (dense_coop.wgsl)"),
-            });
-        }
-        Ok(tile)
+        })
     }
 
     /// This tile with another shape.
@@ -286,27 +289,70 @@ impl CoopTile {
         Self { shape, ..self }
     }
 
-    /// Threads per workgroup.
-    fn wg(&self) -> u64 {
-        u64::from(self.shape.bx) * u64::from(self.shape.by) * u64::from(self.subgroup)
+    /// Threads per workgroup (call only on a tile that [`fits`](Self::fits)).
+    fn wg(&self) -> u32 {
+        self.shape.bx * self.shape.by * self.subgroup
     }
 
-    /// Whether the device's limits allow this tile (and the kernel's own: at most 4 × 4
-    /// matrices per block).
+    /// Whether the kernel can run this tile (at most 4 × 4 matrices per block) within
+    /// the device's limits (workgroup size, workgroup memory).
     pub(crate) fn fits(&self, limits: &wgpu::Limits) -> bool {
+        self.kernel_allows() && self.within(limits)
+    }
+
+    /// The kernel's own bounds: every field positive, at most 4 × 4 matrices per block.
+    fn kernel_allows(&self) -> bool {
         let s = self.shape;
-        if [s.bx, s.by, s.tmc, s.tnc, s.bk].contains(&0) || s.tmc > 4 || s.tnc > 4 {
+        ![s.bx, s.by, s.tmc, s.tnc, s.bk].contains(&0) && s.tmc <= 4 && s.tnc <= 4
+    }
+
+    fn within(&self, limits: &wgpu::Limits) -> bool {
+        let s = self.shape;
+        // Checked arithmetic: a shape from a file or the command line may be anything.
+        let mul = |values: &[u32]| {
+            values
+                .iter()
+                .try_fold(1u64, |acc, &v| acc.checked_mul(u64::from(v)))
+        };
+        let (Some(wg), Some(rows), Some(cols), Some(depth), Some(blocks)) = (
+            mul(&[s.bx, s.by, self.subgroup]),
+            mul(&[s.by, s.tmc, self.size]),
+            mul(&[s.bx, s.tnc, self.size]),
+            mul(&[s.bk, self.size]),
+            mul(&[s.bx, s.by]),
+        ) else {
             return false;
+        };
+        let staged = rows
+            .checked_add(cols)
+            .and_then(|v| v.checked_mul(depth))
+            .and_then(|v| v.checked_mul(2));
+        let out = blocks
+            .checked_add(1)
+            .and_then(|v| v.checked_mul(4 * u64::from(self.size) * u64::from(self.size)));
+        let shared = staged.zip(out).and_then(|(a, b)| a.checked_add(b));
+        wg <= u64::from(limits.max_compute_invocations_per_workgroup)
+            && wg <= u64::from(limits.max_compute_workgroup_size_x)
+            && rows <= u64::from(u32::MAX)
+            && cols <= u64::from(u32::MAX)
+            && shared.is_some_and(|b| b <= u64::from(limits.max_compute_workgroup_storage_size))
+    }
+
+    /// Why this tile cannot run, for [`Error::TileUnsupported`].
+    fn unsupported(&self, ctx: &GpuContext) -> Error {
+        let why = if self.kernel_allows() {
+            format!(
+                "workgroups of {} subgroups of up to {} invocations",
+                u64::from(self.shape.bx) * u64::from(self.shape.by),
+                self.subgroup
+            )
+        } else {
+            "the kernel takes positive values and at most 4 x 4 matrices per block".to_string()
+        };
+        Error::TileUnsupported {
+            device: ctx.label.to_string(),
+            tile: format!("{:?} with {1}x{1} matrices ({why})", self.shape, self.size),
         }
-        let side = u64::from(self.size);
-        let depth = u64::from(s.bk) * side;
-        let rows = u64::from(s.by) * u64::from(s.tmc) * side;
-        let cols = u64::from(s.bx) * u64::from(s.tnc) * side;
-        let shared =
-            2 * depth * (rows + cols) + 4 * (u64::from(s.bx) * u64::from(s.by) + 1) * side * side;
-        self.wg() <= u64::from(limits.max_compute_invocations_per_workgroup)
-            && self.wg() <= u64::from(limits.max_compute_workgroup_size_x)
-            && shared <= u64::from(limits.max_compute_workgroup_storage_size)
     }
 
     /// Rows of y one workgroup computes.
@@ -324,7 +370,7 @@ impl CoopTile {
         let s = self.shape;
         [
             ("ACT", act),
-            ("WG", u32::try_from(self.wg()).unwrap_or(u32::MAX)),
+            ("WG", self.wg()),
             ("BX", s.bx),
             ("BY", s.by),
             ("TMC", s.tmc),
@@ -483,24 +529,26 @@ impl Tuner {
             return Ok(TileConfig::DEFAULT);
         }
         let key = self.key(ctx, precision, outputs, inputs);
-        if let Some(c) = cache()
+        let cached = cache()
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&key)
-        {
-            return Ok(*c);
+            .copied();
+        // A cached tile the device cannot run (an edited file) is timed again.
+        if let Some(c) = cached.filter(|c| c.fits(&limits, precision)) {
+            return Ok(c);
         }
         let kernel = match precision {
             Precision::F32 => DENSE,
             Precision::F16 | Precision::F16CoopMatrix => DENSE_F16,
         };
-        let mut best = (Duration::MAX, TileConfig::DEFAULT);
+        let mut best: Option<(Duration, TileConfig)> = None;
         for candidate in TileConfig::CANDIDATES {
             if !candidate.fits(&limits, precision) {
                 continue;
             }
             let dims = (candidate.tile_cols(), candidate.tile_rows());
-            // A candidate the device cannot time is not chosen; the default remains.
+            // A candidate the device cannot time is not chosen.
             if let Ok(t) = time_kernel(
                 ctx,
                 kernels,
@@ -510,18 +558,25 @@ impl Tuner {
                 dims,
                 &key,
             ) {
-                if t < best.0 {
-                    best = (t, candidate);
+                if best.is_none_or(|(b, _)| t < b) {
+                    best = Some((t, candidate));
                 }
             }
         }
-        self.remember(cache(), key, best.1)?;
-        Ok(best.1)
+        match best {
+            Some((_, tile)) => {
+                self.remember(cache(), key, tile)?;
+                Ok(tile)
+            }
+            // Nothing could be timed: the default, and nothing remembered.
+            None => Ok(TileConfig::DEFAULT),
+        }
     }
 
     /// The cooperative-matrix tile for a `[outputs, inputs]` layer on this device:
-    /// `base` (from [`CoopTile::for_device`]) with the default shape, or the fastest
-    /// candidate shape when autotuning.
+    /// `base` (from [`CoopTile::for_device`]) with the fixed shape, the default one, or
+    /// the fastest candidate when autotuning. The shape is checked against the device's
+    /// limits whichever way it was chosen (a cached one too).
     pub(crate) fn choose_coop(
         &self,
         ctx: &GpuContext,
@@ -530,30 +585,41 @@ impl Tuner {
         outputs: usize,
         inputs: usize,
     ) -> Result<CoopTile> {
-        if let Some(shape) = self.fixed_coop {
-            let tile = base.with_shape(shape);
-            if !tile.fits(&ctx.device.limits()) {
-                return Err(Error::TileUnsupported {
-                    device: ctx.label.to_string(),
-                    tile: format!("{shape:?} with {0}x{0} matrices", base.size),
-                });
+        let limits = ctx.device.limits();
+        let checked = |tile: CoopTile| {
+            if tile.fits(&limits) {
+                Ok(tile)
+            } else {
+                Err(tile.unsupported(ctx))
             }
-            return Ok(tile);
+        };
+        if let Some(shape) = self.fixed_coop {
+            return checked(base.with_shape(shape));
         }
         if !self.enabled {
-            return Ok(base);
+            return checked(base);
         }
-        let key = self.key(ctx, Precision::F16CoopMatrix, outputs, inputs);
-        if let Some(shape) = coop_cache()
+        // The matrix side and subgroup size are part of the key: a driver that starts
+        // offering 16 x 16 matrices must not reuse a shape timed with 8 x 8 ones.
+        let mut key = self.key(ctx, Precision::F16CoopMatrix, outputs, inputs);
+        key.precision = format!(
+            "{}/{}x{}/subgroup {}",
+            key.precision, base.size, base.size, base.subgroup
+        );
+        let cached = coop_cache()
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&key)
+            .copied();
+        // A cached shape the device cannot run (an edited file) is timed again.
+        if let Some(tile) = cached
+            .map(|c| base.with_shape(c))
+            .filter(|t| t.fits(&limits))
         {
-            return Ok(base.with_shape(*shape));
+            return Ok(tile);
         }
-        let limits = ctx.device.limits();
         let kernel = dense_coop(base.size);
-        let mut best = (Duration::MAX, base.shape);
+        let mut best: Option<(Duration, CoopShape)> = None;
         for shape in CoopShape::CANDIDATES {
             let candidate = base.with_shape(shape);
             if !candidate.fits(&limits) {
@@ -571,13 +637,19 @@ impl Tuner {
                 &key,
             );
             if let Ok(t) = timed {
-                if t < best.0 {
-                    best = (t, shape);
+                if best.is_none_or(|(b, _)| t < b) {
+                    best = Some((t, shape));
                 }
             }
         }
-        self.remember(coop_cache(), key, best.1)?;
-        Ok(base.with_shape(best.1))
+        match best {
+            Some((_, shape)) => {
+                self.remember(coop_cache(), key, shape)?;
+                Ok(base.with_shape(shape))
+            }
+            // Nothing could be timed: the default, and nothing remembered.
+            None => checked(base),
+        }
     }
 
     /// Keeps a timed choice in the process's cache and in the cache file, if any.
