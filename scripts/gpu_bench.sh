@@ -10,7 +10,8 @@
 # 1024 and 64, a sweep over every tile candidate and coop shape at 4096³, then the
 # rest. Writes under $OUT: devices.txt, precision.txt (the test run),
 # wgpu.jsonl (one JSON object per line, from `wgpu-ensemble bench --json`),
-# torch.jsonl (benches/torch_baseline.py), torch_anchor.json, errors.txt.
+# torch.jsonl (benches/torch_baseline.py), torch_anchor.json, errors.txt, and
+# report.md (scripts/gpu_report.py: the targets next to PyTorch, then every line).
 #
 # Smaller runs (a smoke test on lavapipe): GEMM_SIZES="64" BATCHES="1" WORKLOADS="E1"
 # RUNS=2 DEVICE=adapter:0 SKIP_TORCH=1.
@@ -81,4 +82,5 @@ for n in $GEMM_SIZES; do
 done
 run --workload E1 --batch 64 --mode pipeline --runs 100 --trusted-kernels
 run --workload E1 --batch 64 --mode late-member --late-timeout-ms 5 --runs "$RUNS" --trusted-kernels
-cat "$OUT/wgpu.jsonl" "$OUT/torch.jsonl" 2>/dev/null
+python3 scripts/gpu_report.py "$OUT" > "$OUT/report.md" 2>> "$OUT/errors.txt"
+cat "$OUT/report.md" 2>/dev/null || cat "$OUT/wgpu.jsonl" "$OUT/torch.jsonl" 2>/dev/null
