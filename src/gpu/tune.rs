@@ -708,6 +708,8 @@ fn time_kernel(
         }
     }
     let pipeline = kernels.pipeline(device, kernel, constants)?;
+    // Errors of this timing only: an earlier error stays for the caller to report.
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let weight_bytes = match precision {
         Precision::F32 => n * k * 4,
         Precision::F16 | Precision::F16CoopMatrix => (n * k * 2).next_multiple_of(4),
@@ -763,19 +765,20 @@ fn time_kernel(
                 submission_index: Some(index),
                 timeout: Some(Duration::from_secs(60)),
             })
-            .map_err(|e| {
-                ctx.take_error().unwrap_or_else(|| Error::Gpu {
-                    device: ctx.label.to_string(),
-                    message: format!("autotune: {e}"),
-                })
+            .map_err(|e| Error::Gpu {
+                device: ctx.label.to_string(),
+                message: format!("autotune: {e}"),
             })?;
         // The first round compiles and warms up.
         if round > 0 {
             best = best.min(started.elapsed());
         }
     }
-    if let Some(e) = ctx.take_error() {
-        return Err(e);
+    if let Some(e) = pollster::block_on(scope.pop()) {
+        return Err(Error::Gpu {
+            device: ctx.label.to_string(),
+            message: format!("autotune: {e}"),
+        });
     }
     Ok(best)
 }
