@@ -62,8 +62,10 @@ struct Params {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> w: array<f16>;
+// x and w are read four values at a time: the crate sizes every buffer bound here to
+// a multiple of 16 bytes (x) and 8 bytes (w), so that the last partial vector exists.
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> w: array<vec4<f16>>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
@@ -160,24 +162,55 @@ fn main(
 
     for (var k0 = 0u; k0 < k_len; k0 += BK) {
         // Stage x[row0 .. row0 + bm, k0 .. k0 + BK] and w[col0 .. col0 + bn, same k];
-        // consecutive threads read consecutive k of one row.
-        for (var e = thread; e < bm * BK; e += WG) {
-            let row = row0 + e / BK;
-            let k = k0 + e % BK;
-            var v = 0.0h;
-            if row < p.rows && k < k_len {
-                v = f16(x[row * k_len + k]);
+        // consecutive threads read consecutive k of one row. When rows start on a
+        // vector (k_len % 4 == 0) each thread reads four k at once (BK is a multiple
+        // of 8, so they never straddle a row or the end of k); otherwise one at a time.
+        if k_len % 4u == 0u {
+            for (var e = thread * 4u; e < bm * BK; e += WG * 4u) {
+                let row = row0 + e / BK;
+                let k = k0 + e % BK;
+                var v = vec4<f32>();
+                if row < p.rows && k < k_len {
+                    v = x[(row * k_len + k) / 4u];
+                }
+                x_tile[e] = f16(v.x);
+                x_tile[e + 1u] = f16(v.y);
+                x_tile[e + 2u] = f16(v.z);
+                x_tile[e + 3u] = f16(v.w);
             }
-            x_tile[e] = v;
-        }
-        for (var e = thread; e < bn * BK; e += WG) {
-            let col = col0 + e / BK;
-            let k = k0 + e % BK;
-            var v = 0.0h;
-            if col < p.out_features && k < k_len {
-                v = w[col * k_len + k];
+            for (var e = thread * 4u; e < bn * BK; e += WG * 4u) {
+                let col = col0 + e / BK;
+                let k = k0 + e % BK;
+                var v = vec4<f16>();
+                if col < p.out_features && k < k_len {
+                    v = w[(col * k_len + k) / 4u];
+                }
+                w_tile[e] = v.x;
+                w_tile[e + 1u] = v.y;
+                w_tile[e + 2u] = v.z;
+                w_tile[e + 3u] = v.w;
             }
-            w_tile[e] = v;
+        } else {
+            for (var e = thread; e < bm * BK; e += WG) {
+                let row = row0 + e / BK;
+                let k = k0 + e % BK;
+                var v = 0.0h;
+                if row < p.rows && k < k_len {
+                    let i = row * k_len + k;
+                    v = f16(x[i / 4u][i % 4u]);
+                }
+                x_tile[e] = v;
+            }
+            for (var e = thread; e < bn * BK; e += WG) {
+                let col = col0 + e / BK;
+                let k = k0 + e % BK;
+                var v = 0.0h;
+                if col < p.out_features && k < k_len {
+                    let i = col * k_len + k;
+                    v = w[i / 4u][i % 4u];
+                }
+                w_tile[e] = v;
+            }
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk += CT) {

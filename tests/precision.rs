@@ -226,11 +226,13 @@ fn f16_coop_matrix_matches_the_f16_reference_where_the_adapter_has_it() {
 #[test]
 fn f16_coop_matrix_handles_edge_shapes() {
     // Widths below, at and past one matrix side (8 or 16) and one staged slice, rows
-    // past one workgroup tile, every activation.
+    // past one workgroup tile, every activation; inputs that are and are not a
+    // multiple of 4 (the kernel reads four at a time where rows start on a vector).
     let models = [
         Model::random(&[1, 1], &[Identity], 11).unwrap(),
         Model::random(&[7, 13, 1], &[Relu, Sigmoid], 12).unwrap(),
         Model::random(&[65, 33, 16, 40], &[Tanh, Gelu, Softmax], 13).unwrap(),
+        Model::random(&[64, 4, 132, 12], &[Relu, Identity, Tanh], 14).unwrap(),
     ];
     let mut checked = 0;
     for info in usable_adapters("f16-coop edge shapes") {

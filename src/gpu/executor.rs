@@ -104,14 +104,14 @@ fn bytes_of(values: usize) -> u64 {
     (values * std::mem::size_of::<f32>()) as u64
 }
 
-/// f32 values rounded to f16, as little-endian bytes padded to a multiple of 4 (a
-/// storage binding's size must be).
+/// f32 values rounded to f16, as little-endian bytes padded to a multiple of 8 (a
+/// storage binding's size must be a multiple of 4; dense_coop.wgsl reads vec4<f16>).
 fn le_bytes_f16(values: &[f32]) -> Vec<u8> {
     let mut bytes: Vec<u8> = values
         .iter()
         .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
         .collect();
-    bytes.resize(bytes.len().next_multiple_of(4), 0);
+    bytes.resize(bytes.len().next_multiple_of(8), 0);
     bytes
 }
 
@@ -254,7 +254,9 @@ impl DeviceState {
                 }),
             });
         }
-        let by_bytes = usize::try_from(max_bytes / bytes_of(widest)).unwrap_or(usize::MAX);
+        // 16 bytes of room for the rounding of buffer sizes (see ensure_capacity).
+        let by_bytes =
+            usize::try_from(max_bytes.saturating_sub(16) / bytes_of(widest)).unwrap_or(usize::MAX);
         // Softmax dispatches one workgroup per row; the dense and aggregate kernels
         // need fewer groups per row than that.
         let chunk_rows = by_bytes.min(limits.max_compute_workgroups_per_dimension as usize);
@@ -350,10 +352,11 @@ impl DeviceState {
         }
         let capacity = rows.next_power_of_two().min(self.chunk_rows).max(rows);
         let device = &self.ctx.device;
+        // Sizes rounded up to 16 bytes: dense_coop.wgsl reads its input as vec4<f32>.
         let buffer = |label: &str, values: usize, usage: wgpu::BufferUsages| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
-                size: bytes_of(values),
+                size: bytes_of(values).next_multiple_of(16),
                 usage,
                 mapped_at_creation: false,
             })

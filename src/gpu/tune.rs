@@ -712,7 +712,7 @@ fn time_kernel(
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let weight_bytes = match precision {
         Precision::F32 => n * k * 4,
-        Precision::F16 | Precision::F16CoopMatrix => (n * k * 2).next_multiple_of(4),
+        Precision::F16 | Precision::F16CoopMatrix => (n * k * 2).next_multiple_of(8),
     };
     let buffer = |size: usize, usage| {
         device.create_buffer(&wgpu::BufferDescriptor {
@@ -722,7 +722,11 @@ fn time_kernel(
             mapped_at_creation: false,
         })
     };
-    let x = buffer(m * k * 4, wgpu::BufferUsages::STORAGE);
+    // dense_coop.wgsl reads x as vec4<f32>.
+    let x = buffer(
+        (m * k * 4).next_multiple_of(16),
+        wgpu::BufferUsages::STORAGE,
+    );
     let w = buffer(weight_bytes, wgpu::BufferUsages::STORAGE);
     let b = buffer(n * 4, wgpu::BufferUsages::STORAGE);
     let y = buffer(m * n * 4, wgpu::BufferUsages::STORAGE);
