@@ -32,8 +32,10 @@ struct Params {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> w: array<f32>;
+// x and w are read four values at a time where rows start on a vector: the crate
+// sizes every buffer bound here to whole vectors.
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> w: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
@@ -99,27 +101,60 @@ fn main(
     var wr: array<f32, MAX_T>;
 
     for (var k0 = 0u; k0 < k_len; k0 += BK) {
-        // Stage x[row0 .. row0 + bm, k0 .. k0 + BK]; consecutive threads read
-        // consecutive k of one row.
-        for (var e = thread; e < bm * BK; e += threads) {
-            let m = e / BK;
-            let k = e % BK;
-            let row = row0 + m;
-            var v = 0.0;
-            if row < p.rows && k0 + k < k_len {
-                v = x[row * k_len + k0 + k];
+        // Stage x[row0 .. row0 + bm, k0 .. k0 + BK] and w[col0 .. col0 + bn, same k];
+        // consecutive threads read consecutive k of one row, four at a time when rows
+        // start on a vector (k_len and BK multiples of 4: the four never straddle a
+        // row or the end of k), otherwise one at a time.
+        if k_len % 4u == 0u && BK % 4u == 0u {
+            for (var e = thread * 4u; e < bm * BK; e += threads * 4u) {
+                let m = e / BK;
+                let k = e % BK;
+                let row = row0 + m;
+                var v = vec4<f32>();
+                if row < p.rows && k0 + k < k_len {
+                    v = x[(row * k_len + k0 + k) / 4u];
+                }
+                x_tile[k * bm + m] = v.x;
+                x_tile[(k + 1u) * bm + m] = v.y;
+                x_tile[(k + 2u) * bm + m] = v.z;
+                x_tile[(k + 3u) * bm + m] = v.w;
             }
-            x_tile[k * bm + m] = v;
-        }
-        for (var e = thread; e < bn * BK; e += threads) {
-            let n = e / BK;
-            let k = e % BK;
-            let col = col0 + n;
-            var v = 0.0;
-            if col < p.out_features && k0 + k < k_len {
-                v = w[col * k_len + k0 + k];
+            for (var e = thread * 4u; e < bn * BK; e += threads * 4u) {
+                let n = e / BK;
+                let k = e % BK;
+                let col = col0 + n;
+                var v = vec4<f32>();
+                if col < p.out_features && k0 + k < k_len {
+                    v = w[(col * k_len + k0 + k) / 4u];
+                }
+                w_tile[k * bn + n] = v.x;
+                w_tile[(k + 1u) * bn + n] = v.y;
+                w_tile[(k + 2u) * bn + n] = v.z;
+                w_tile[(k + 3u) * bn + n] = v.w;
             }
-            w_tile[k * bn + n] = v;
+        } else {
+            for (var e = thread; e < bm * BK; e += threads) {
+                let m = e / BK;
+                let k = e % BK;
+                let row = row0 + m;
+                var v = 0.0;
+                if row < p.rows && k0 + k < k_len {
+                    let i = row * k_len + k0 + k;
+                    v = x[i / 4u][i % 4u];
+                }
+                x_tile[k * bm + m] = v;
+            }
+            for (var e = thread; e < bn * BK; e += threads) {
+                let n = e / BK;
+                let k = e % BK;
+                let col = col0 + n;
+                var v = 0.0;
+                if col < p.out_features && k0 + k < k_len {
+                    let i = col * k_len + k0 + k;
+                    v = w[i / 4u][i % 4u];
+                }
+                w_tile[k * bn + n] = v;
+            }
         }
         workgroupBarrier();
         for (var k = 0u; k < BK; k++) {

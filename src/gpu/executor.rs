@@ -183,9 +183,20 @@ impl DeviceState {
             for (l, layer) in spec.model.layers().iter().enumerate() {
                 let (out_f, in_f) = (layer.out_features(), layer.in_features());
                 widest = widest.max(out_f);
-                // f32 weights are uploaded as they are (no host copy), like the biases.
+                // f32 weights are uploaded as they are (no host copy), like the biases,
+                // unless they need padding to whole vec4s (the tiled kernels read w
+                // four values at a time).
                 let weight_bytes: std::borrow::Cow<'_, [u8]> = match precision {
-                    Precision::F32 => bytemuck::cast_slice(layer.weight().as_slice()).into(),
+                    Precision::F32 => {
+                        let bytes: &[u8] = bytemuck::cast_slice(layer.weight().as_slice());
+                        if bytes.len().is_multiple_of(16) {
+                            bytes.into()
+                        } else {
+                            let mut padded = bytes.to_vec();
+                            padded.resize(bytes.len().next_multiple_of(16), 0);
+                            padded.into()
+                        }
+                    }
                     Precision::F16 | Precision::F16CoopMatrix => {
                         le_bytes_f16(layer.weight().as_slice()).into()
                     }

@@ -711,7 +711,7 @@ fn time_kernel(
     // Errors of this timing only: an earlier error stays for the caller to report.
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let weight_bytes = match precision {
-        Precision::F32 => n * k * 4,
+        Precision::F32 => (n * k * 4).next_multiple_of(16),
         Precision::F16 | Precision::F16CoopMatrix => (n * k * 2).next_multiple_of(8),
     };
     let buffer = |size: usize, usage| {
