@@ -25,7 +25,8 @@ if [ ! -e "$LIB/libvulkan_lvp.so" ]; then
       { echo "coop_lavapipe: cannot install debootstrap" >&2; exit 2; }
   fi
   rm -rf "$ROOT"
-  if ! debootstrap --variant=minbase --include=libvulkan1,mesa-vulkan-drivers \
+  # Bounded: a registry that stops answering must not hold CI for its whole budget.
+  if ! timeout 900 debootstrap --variant=minbase --include=libvulkan1,mesa-vulkan-drivers \
       "$SUITE" "$ROOT" http://deb.debian.org/debian >"$ROOT.log" 2>&1; then
     echo "coop_lavapipe: debootstrap failed, see $ROOT.log" >&2
     tail -5 "$ROOT.log" >&2
