@@ -359,7 +359,7 @@ impl DevicePool {
         let working: Vec<usize> = (0..self.infos.len())
             .filter(|&i| {
                 self.open(i, 0)
-                    .is_ok_and(|ctx| crate::gpu::supports(&ctx, precision))
+                    .is_ok_and(|ctx| crate::gpu::check_precision(&ctx, precision).is_ok())
             })
             .collect();
         let hardware: Vec<usize> = working

@@ -192,11 +192,21 @@ fn devices() {
     println!("cpu\t-\tCpu\thost CPU\tusable");
 }
 
+/// A bad command-line value, reported like a file error naming the flag.
+fn flag_error(flag: &str, message: &str) -> wgpu_ensemble::Error {
+    wgpu_ensemble::Error::Io {
+        path: flag.into(),
+        message: message.to_string(),
+    }
+}
+
 /// Five comma-separated numbers, for `--tile` and `--coop-shape`.
 fn five(flag: &str, text: &str) -> wgpu_ensemble::Result<[u32; 5]> {
-    let bad = || wgpu_ensemble::Error::Io {
-        path: flag.into(),
-        message: format!("'{text}': expected five comma-separated integers"),
+    let bad = || {
+        flag_error(
+            flag,
+            &format!("'{text}': expected five comma-separated integers"),
+        )
     };
     let values: Vec<u32> = text
         .split(',')
@@ -209,10 +219,6 @@ fn bench(args: &BenchArgs) -> wgpu_ensemble::Result<()> {
     let workload: Workload = args.workload.parse()?;
     let placement: Placement = args.device.parse()?;
     let precision = args.precision.parse::<Precision>()?;
-    let flag_error = |flag: &str, message: &str| wgpu_ensemble::Error::Io {
-        path: flag.into(),
-        message: message.to_string(),
-    };
     let coop = precision == Precision::F16CoopMatrix;
     if args.tile.is_some() && coop {
         return Err(flag_error(
@@ -266,10 +272,10 @@ fn bench(args: &BenchArgs) -> wgpu_ensemble::Result<()> {
         "pipeline" => BenchMode::Pipeline,
         "late-member" => BenchMode::LateMember(Duration::from_millis(args.late_timeout_ms)),
         other => {
-            return Err(wgpu_ensemble::Error::Io {
-                path: "--mode".into(),
-                message: format!("'{other}': expected session, pipeline or late-member"),
-            })
+            return Err(flag_error(
+                "--mode",
+                &format!("'{other}': expected session, pipeline or late-member"),
+            ))
         }
     };
     let variants: Vec<SessionOptions> = match (args.sweep, precision) {
@@ -357,9 +363,11 @@ struct PredictArgs<'a> {
 fn fault_plan(specs: &[String]) -> wgpu_ensemble::Result<FaultPlan> {
     let mut plan = FaultPlan::new();
     for spec in specs {
-        let bad = || wgpu_ensemble::Error::Io {
-            path: "--fault".into(),
-            message: format!("'{spec}': expected MEMBER=fail|panic|lose-device|sleep:MS"),
+        let bad = || {
+            flag_error(
+                "--fault",
+                &format!("'{spec}': expected MEMBER=fail|panic|lose-device|sleep:MS"),
+            )
         };
         let (member, kind) = spec.split_once('=').ok_or_else(bad)?;
         let fault = match kind {

@@ -10,7 +10,7 @@ use super::kernels::{
     dense_coop, Kernels, AGGREGATE, AGGREGATE_WG, DENSE, DENSE_F16, DENSE_SMALL, DENSE_SMALL_F16,
     SMALL_GROUPS_X, SMALL_ROWS, SOFTMAX, SOFTMAX_AGGREGATE,
 };
-use super::tune::{CoopTile, Tuner};
+use super::tune::Tuner;
 use super::GpuContext;
 use crate::aggregate::Mode;
 use crate::error::{Error, Result};
@@ -142,17 +142,7 @@ impl DeviceState {
     ) -> Result<Self> {
         let precision = options.precision;
         let device = &ctx.device;
-        if precision == Precision::F16 && !device.features().contains(wgpu::Features::SHADER_F16) {
-            return Err(Error::PrecisionUnsupported {
-                device: ctx.label.to_string(),
-                precision: precision.name(),
-                missing: "SHADER_F16",
-            });
-        }
-        let coop = match precision {
-            Precision::F16CoopMatrix => Some(CoopTile::for_device(&ctx)?),
-            _ => None,
-        };
+        let coop = super::check_precision(&ctx, precision)?;
         let limits = device.limits();
         let max_bytes = limits
             .max_storage_buffer_binding_size

@@ -109,12 +109,27 @@ impl GpuContext {
     }
 }
 
-/// Whether the device can run the dense kernels of `precision`.
-pub(crate) fn supports(ctx: &GpuContext, precision: crate::session::Precision) -> bool {
+/// Checks that the device can run the dense kernels of `precision`; for
+/// `F16CoopMatrix`, also the cooperative-matrix tile it offers (with the default
+/// shape).
+pub(crate) fn check_precision(
+    ctx: &GpuContext,
+    precision: crate::session::Precision,
+) -> crate::error::Result<Option<tune::CoopTile>> {
     use crate::session::Precision;
     match precision {
-        Precision::F32 => true,
-        Precision::F16 => ctx.device.features().contains(wgpu::Features::SHADER_F16),
-        Precision::F16CoopMatrix => tune::CoopTile::for_device(ctx).is_ok(),
+        Precision::F32 => Ok(None),
+        Precision::F16 => {
+            if ctx.device.features().contains(wgpu::Features::SHADER_F16) {
+                Ok(None)
+            } else {
+                Err(crate::error::Error::PrecisionUnsupported {
+                    device: ctx.label.to_string(),
+                    precision: precision.name(),
+                    missing: "SHADER_F16",
+                })
+            }
+        }
+        Precision::F16CoopMatrix => tune::CoopTile::for_device(ctx).map(Some),
     }
 }

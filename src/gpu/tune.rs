@@ -529,48 +529,21 @@ impl Tuner {
             return Ok(TileConfig::DEFAULT);
         }
         let key = self.key(ctx, precision, outputs, inputs);
-        let cached = cache()
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            .copied();
-        // A cached tile the device cannot run (an edited file) is timed again.
-        if let Some(c) = cached.filter(|c| c.fits(&limits, precision)) {
-            return Ok(c);
-        }
         let kernel = match precision {
             Precision::F32 => DENSE,
             Precision::F16 | Precision::F16CoopMatrix => DENSE_F16,
         };
-        let mut best: Option<(Duration, TileConfig)> = None;
-        for candidate in TileConfig::CANDIDATES {
-            if !candidate.fits(&limits, precision) {
-                continue;
-            }
-            let dims = (candidate.tile_cols(), candidate.tile_rows());
-            // A candidate the device cannot time is not chosen.
-            if let Ok(t) = time_kernel(
-                ctx,
-                kernels,
-                precision,
-                kernel,
-                &candidate.constants(0),
-                dims,
-                &key,
-            ) {
-                if best.is_none_or(|(b, _)| t < b) {
-                    best = Some((t, candidate));
-                }
-            }
-        }
-        match best {
-            Some((_, tile)) => {
-                self.remember(cache(), key, tile)?;
-                Ok(tile)
-            }
-            // Nothing could be timed: the default, and nothing remembered.
-            None => Ok(TileConfig::DEFAULT),
-        }
+        let tuned = self.tune(
+            ctx,
+            kernels,
+            (precision, kernel, key),
+            cache(),
+            TileConfig::CANDIDATES,
+            |t| t.fits(&limits, precision),
+            |t| (t.constants(0).to_vec(), (t.tile_cols(), t.tile_rows())),
+        )?;
+        // Nothing could be timed: the default.
+        Ok(tuned.unwrap_or(TileConfig::DEFAULT))
     }
 
     /// The cooperative-matrix tile for a `[outputs, inputs]` layer on this device:
@@ -606,49 +579,67 @@ impl Tuner {
             "{}/{}x{}/subgroup {}",
             key.precision, base.size, base.size, base.subgroup
         );
-        let cached = coop_cache()
+        let tuned = self.tune(
+            ctx,
+            kernels,
+            (Precision::F16CoopMatrix, dense_coop(base.size), key),
+            coop_cache(),
+            CoopShape::CANDIDATES,
+            |&shape| base.with_shape(shape).fits(&limits),
+            |&shape| {
+                let t = base.with_shape(shape);
+                (t.constants(0).to_vec(), (t.tile_cols(), t.tile_rows()))
+            },
+        )?;
+        match tuned {
+            Some(shape) => Ok(base.with_shape(shape)),
+            // Nothing could be timed: the default.
+            None => checked(base),
+        }
+    }
+
+    /// The autotune behind [`choose`](Self::choose) and
+    /// [`choose_coop`](Self::choose_coop): the cached choice for `key` if the device
+    /// can run it (an edited cache file may hold one it cannot: it is timed again),
+    /// else the fastest of the `candidates` that fit, remembered in `cache` and the
+    /// cache file. `launch` gives a candidate's override constants and the outputs and
+    /// rows one workgroup computes. `None` when no candidate could be timed; nothing
+    /// is remembered then.
+    #[allow(clippy::too_many_arguments)]
+    fn tune<T: Copy>(
+        &self,
+        ctx: &GpuContext,
+        kernels: &mut Kernels,
+        (precision, kernel, key): (Precision, Kernel, Key),
+        cache: &Mutex<HashMap<Key, T>>,
+        candidates: impl IntoIterator<Item = T>,
+        fits: impl Fn(&T) -> bool,
+        launch: impl Fn(&T) -> (Vec<(&'static str, u32)>, (u32, u32)),
+    ) -> Result<Option<T>> {
+        let cached = cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&key)
             .copied();
-        // A cached shape the device cannot run (an edited file) is timed again.
-        if let Some(tile) = cached
-            .map(|c| base.with_shape(c))
-            .filter(|t| t.fits(&limits))
-        {
-            return Ok(tile);
+        if let Some(c) = cached.filter(&fits) {
+            return Ok(Some(c));
         }
-        let kernel = dense_coop(base.size);
-        let mut best: Option<(Duration, CoopShape)> = None;
-        for shape in CoopShape::CANDIDATES {
-            let candidate = base.with_shape(shape);
-            if !candidate.fits(&limits) {
-                continue;
-            }
-            let dims = (candidate.tile_cols(), candidate.tile_rows());
-            let constants = candidate.constants(0);
-            let timed = time_kernel(
-                ctx,
-                kernels,
-                Precision::F16CoopMatrix,
-                kernel,
-                &constants,
-                dims,
-                &key,
-            );
-            if let Ok(t) = timed {
+        let mut best: Option<(Duration, T)> = None;
+        for candidate in candidates.into_iter().filter(&fits) {
+            let (constants, dims) = launch(&candidate);
+            // A candidate the device cannot time is not chosen.
+            if let Ok(t) = time_kernel(ctx, kernels, precision, kernel, &constants, dims, &key) {
                 if best.is_none_or(|(b, _)| t < b) {
-                    best = Some((t, shape));
+                    best = Some((t, candidate));
                 }
             }
         }
         match best {
-            Some((_, shape)) => {
-                self.remember(coop_cache(), key, shape)?;
-                Ok(base.with_shape(shape))
+            Some((_, choice)) => {
+                self.remember(cache, key, choice)?;
+                Ok(Some(choice))
             }
-            // Nothing could be timed: the default, and nothing remembered.
-            None => checked(base),
+            None => Ok(None),
         }
     }
 
