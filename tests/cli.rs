@@ -296,7 +296,7 @@ fn bench_prints_one_json_object() {
         "{}",
         stderr(&bad)
     );
-    for tile in ["16,16,4", "16,16,4,4,x", "16,16,4,4,-1"] {
+    for tile in ["16,16,4", "16,16,4,4,x", "16,16,4,4,-1", "16,16,4,4,8,vec5"] {
         let bad = cli(&[
             "bench",
             "--workload",
@@ -409,7 +409,44 @@ fn bench_sweeps_the_tile_candidates() {
         "{}",
         String::from_utf8_lossy(&fixed.stdout)
     );
+    let vec4 = cli(&[
+        "bench",
+        "--workload",
+        "gemm",
+        "--batch",
+        "24",
+        "--device",
+        &device,
+        "--runs",
+        "1",
+        "--tile",
+        "8,8,4,4,8,vec4",
+        "--json",
+    ]);
+    assert!(vec4.status.success(), "{}", stderr(&vec4));
+    assert!(
+        String::from_utf8_lossy(&vec4.stdout).contains("tm: 4, tn: 4, bk: 8, vec4: true"),
+        "{}",
+        String::from_utf8_lossy(&vec4.stdout)
+    );
     if device != "cpu" {
+        // Runs of four: tm 2 is not a vec4 tile.
+        let bad = cli(&[
+            "bench",
+            "--workload",
+            "gemm",
+            "--batch",
+            "24",
+            "--device",
+            &device,
+            "--tile",
+            "8,8,2,4,8,vec4",
+        ]);
+        assert!(
+            !bad.status.success() && stderr(&bad).contains("vec4 tiles are f32 only"),
+            "{}",
+            stderr(&bad)
+        );
         // More than 8 accumulators per thread: refused by the device's executor.
         let bad = cli(&[
             "bench",

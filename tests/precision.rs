@@ -92,6 +92,81 @@ fn every_tile_candidate_matches_reference() {
 }
 
 #[test]
+fn vec4_tiles_handle_edge_shapes() {
+    // dense_vec4.wgsl runs layers whose input width is a multiple of 4: widths below
+    // and past one staged slice (4, 12, 36, 132 against slices 8 and 16 deep), output
+    // widths that end in a partial run of four (1, 7, 13, 130), rows past one 128-row
+    // tile; the 1, 7, 33 and 130 wide inputs in the same members run dense.wgsl with
+    // the tile.
+    let models = [
+        Model::random(&[36, 4, 132, 13], &[Relu, Gelu, Softmax], 21).unwrap(),
+        Model::random(&[36, 132, 130, 13], &[Tanh, Sigmoid, Identity], 22).unwrap(),
+        Model::random(&[36, 12, 1, 13], &[Relu, Identity, Tanh], 23).unwrap(),
+        Model::random(&[36, 7, 33, 13], &[Gelu, Relu, Identity], 24).unwrap(),
+    ];
+    let tiles: Vec<TileConfig> = TileConfig::CANDIDATES
+        .into_iter()
+        .filter(|t| t.vec4)
+        .collect();
+    assert!(!tiles.is_empty());
+    for info in usable_adapters("vec4 tiles") {
+        for tile in &tiles {
+            let mut g = Graph::builder(36);
+            for (i, m) in models.iter().enumerate() {
+                g = g.member(format!("m{i}"), m.clone(), Placement::Adapter(info.index));
+            }
+            let s = match Session::with_options(
+                g.build().unwrap(),
+                SessionOptions::default().tile(*tile),
+            ) {
+                Ok(s) => s,
+                Err(Error::TileUnsupported { .. }) => {
+                    eprintln!("{info}: {tile:?} exceeds its limits, not checked");
+                    continue;
+                }
+                Err(e) => panic!("{info} {tile:?}: {e}"),
+            };
+            for batch in [17, 130] {
+                let x = input(batch, 36, batch as u64 + 3);
+                let run = s
+                    .run(&x, &RunOptions::default().member_outputs(true))
+                    .unwrap();
+                for (m, model) in run.members.iter().zip(&models) {
+                    assert_close_tol(
+                        &format!("{info} {tile:?}: {} batch {batch}", m.name),
+                        m.output.as_ref().unwrap().as_slice(),
+                        &reference_forward(model, &x),
+                        ABS,
+                        REL,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn vec4_tiles_are_f32_only() {
+    let Some(info) = usable_adapters("vec4 tiles with f16")
+        .into_iter()
+        .find(|a| a.features.contains(wgpu::Features::SHADER_F16))
+    else {
+        return;
+    };
+    let tile = TileConfig::CANDIDATES.into_iter().find(|t| t.vec4).unwrap();
+    let options = SessionOptions::default()
+        .precision(Precision::F16)
+        .tile(tile);
+    match session(&Placement::Adapter(info.index), options) {
+        Err(Error::TileUnsupported { tile: why, .. }) => {
+            assert!(why.contains("f32 only"), "{why}")
+        }
+        Err(e) => panic!("{info}: {e}"),
+        Ok(_) => panic!("{info}: a vec4 tile ran in f16"),
+    }
+}
+
+#[test]
 fn f16_matches_its_reference_on_cpu() {
     let s = session(
         &Placement::Cpu,

@@ -74,6 +74,7 @@ fn every_shader_parses_and_validates() {
             "dense_f16.wgsl",
             "dense_small.wgsl",
             "dense_small_f16.wgsl",
+            "dense_vec4.wgsl",
             "softmax.wgsl",
             "softmax_aggregate.wgsl",
         ]
@@ -113,7 +114,7 @@ fn function(source: &str, name: &str) -> String {
 
 #[test]
 fn dense_kernels_share_one_activation() {
-    // WGSL has no includes: the four dense kernels each carry the activation code.
+    // WGSL has no includes: the dense kernels each carry the activation code.
     // They must stay identical, so that every path computes the same function.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
@@ -123,6 +124,7 @@ fn dense_kernels_share_one_activation() {
         "dense_f16.wgsl",
         "dense_small_f16.wgsl",
         "dense_coop.wgsl",
+        "dense_vec4.wgsl",
     ] {
         let other = read(file);
         for name in ["erf_approx", "activate"] {

@@ -91,7 +91,7 @@ struct BenchArgs {
     /// Time the dense kernel's tile candidates (coop shapes with f16-coop) at session build and use the fastest.
     #[arg(long)]
     autotune: bool,
-    /// A fixed tile for f32 and f16: WG_X,WG_Y,TM,TN,BK (see TileConfig).
+    /// A fixed tile for f32 and f16: WG_X,WG_Y,TM,TN,BK, then `,vec4` for the f32 kernel with runs of four (see TileConfig).
     #[arg(long, value_name = "WG_X,WG_Y,TM,TN,BK")]
     tile: Option<String>,
     /// A fixed shape for f16-coop: BX,BY,TMC,TNC,BK (see CoopShape).
@@ -244,13 +244,24 @@ fn bench(args: &BenchArgs) -> wgpu_ensemble::Result<()> {
         options = options.autotune(args.batch);
     }
     if let Some(text) = &args.tile {
-        let [wg_x, wg_y, tm, tn, bk] = five("--tile", text)?;
+        // A sixth field `vec4` picks dense_vec4.wgsl.
+        let (numbers, vec4) = match text.rsplit_once(',') {
+            Some((head, last)) if last.trim() == "vec4" => (head, true),
+            _ => (text.as_str(), false),
+        };
+        let [wg_x, wg_y, tm, tn, bk] = five("--tile", numbers).map_err(|_| {
+            flag_error(
+                "--tile",
+                &format!("'{text}': expected five comma-separated integers, then optionally vec4"),
+            )
+        })?;
         options = options.tile(TileConfig {
             wg_x,
             wg_y,
             tm,
             tn,
             bk,
+            vec4,
         });
     }
     if let Some(text) = &args.coop_shape {

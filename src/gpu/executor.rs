@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use wgpu::util::DeviceExt;
 
 use super::kernels::{
-    dense_coop, Kernels, AGGREGATE, AGGREGATE_WG, DENSE, DENSE_F16, DENSE_SMALL, DENSE_SMALL_F16,
-    SMALL_GROUPS_X, SMALL_ROWS, SOFTMAX, SOFTMAX_AGGREGATE,
+    dense_coop, Kernels, AGGREGATE, AGGREGATE_WG, DENSE_SMALL, DENSE_SMALL_F16, SMALL_GROUPS_X,
+    SMALL_ROWS, SOFTMAX, SOFTMAX_AGGREGATE,
 };
 use super::tune::Tuner;
 use super::GpuContext;
@@ -154,10 +154,9 @@ impl DeviceState {
             bytes,
             limit: max_bytes,
         };
-        let (tiled_kernel, small_kernel) = match (precision, coop) {
-            (Precision::F32, _) => (DENSE, DENSE_SMALL),
-            (_, Some(c)) => (dense_coop(c.size), DENSE_SMALL_F16),
-            _ => (DENSE_F16, DENSE_SMALL_F16),
+        let small_kernel = match precision {
+            Precision::F32 => DENSE_SMALL,
+            Precision::F16 | Precision::F16CoopMatrix => DENSE_SMALL_F16,
         };
         let mut kernels = Kernels::new(device, options.trusted_kernels);
         let softmax = kernels.pipeline(device, SOFTMAX, &[])?;
@@ -205,14 +204,21 @@ impl DeviceState {
                     })
                 };
                 let act = layer.activation().shader_code();
-                let (constants, tile_cols, tile_rows) = match coop {
+                let (tiled_kernel, constants, tile_cols, tile_rows) = match coop {
                     Some(base) => {
                         let c = tuner.choose_coop(&ctx, &mut kernels, base, out_f, in_f)?;
-                        (c.constants(act).to_vec(), c.tile_cols(), c.tile_rows())
+                        let constants = c.constants(act).to_vec();
+                        (dense_coop(c.size), constants, c.tile_cols(), c.tile_rows())
                     }
                     None => {
                         let t = tuner.choose(&ctx, &mut kernels, precision, out_f, in_f)?;
-                        (t.constants(act).to_vec(), t.tile_cols(), t.tile_rows())
+                        let kernel = t.kernel(precision, in_f);
+                        (
+                            kernel,
+                            t.constants(act).to_vec(),
+                            t.tile_cols(),
+                            t.tile_rows(),
+                        )
                     }
                 };
                 let groups = (out_f as u64).div_ceil(u64::from(tile_cols));

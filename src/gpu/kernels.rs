@@ -44,6 +44,12 @@ kernel!(
     "Register-tiled dense layer (`ACT`, tile overrides)."
 );
 kernel!(
+    DENSE_VEC4,
+    "dense_vec4.wgsl",
+    Dense,
+    "`DENSE` with each thread's rows and outputs in runs of four (`TileConfig::vec4`)."
+);
+kernel!(
     DENSE_SMALL,
     "dense_small.wgsl",
     Dense,

@@ -10,83 +10,84 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use wgpu::util::DeviceExt;
 
-use super::kernels::{dense_coop, Kernel, Kernels, DENSE, DENSE_F16};
+use super::kernels::{dense_coop, Kernel, Kernels, DENSE, DENSE_F16, DENSE_VEC4};
 use super::GpuContext;
 use crate::error::{Error, Result};
 use crate::session::Precision;
 
-/// The override constants of one register-tiled dense pipeline.
+/// The override constants of one register-tiled dense pipeline, and which of the two
+/// register-tiled kernels runs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TileConfig {
     /// Threads per workgroup along the outputs.
     pub wg_x: u32,
     /// Threads per workgroup along the rows.
     pub wg_y: u32,
-    /// Rows per thread.
+    /// Rows per thread (1 to 8; 4 or 8 with `vec4`).
     pub tm: u32,
-    /// Outputs per thread.
+    /// Outputs per thread (1 to 8; 4 or 8 with `vec4`).
     pub tn: u32,
-    /// Depth of each staged slice of the inner dimension.
+    /// Depth of each staged slice of the inner dimension (a multiple of 4 with `vec4`).
     pub bk: u32,
+    /// Each thread's rows and outputs in runs of four, read from workgroup memory as
+    /// vectors, with accumulators no loop indexes (`shaders/dense_vec4.wgsl`), instead
+    /// of single values strided across the workgroup (`shaders/dense.wgsl`). F32 only.
+    /// A layer whose input width is not a multiple of 4 runs `dense.wgsl` with the
+    /// same tile.
+    #[serde(default)]
+    pub vec4: bool,
+}
+
+/// A `dense.wgsl` tile.
+const fn strided(wg_x: u32, wg_y: u32, tm: u32, tn: u32, bk: u32) -> TileConfig {
+    TileConfig {
+        wg_x,
+        wg_y,
+        tm,
+        tn,
+        bk,
+        vec4: false,
+    }
+}
+
+/// A `dense_vec4.wgsl` tile.
+const fn vectors(wg_x: u32, wg_y: u32, tm: u32, tn: u32, bk: u32) -> TileConfig {
+    TileConfig {
+        vec4: true,
+        ..strided(wg_x, wg_y, tm, tn, bk)
+    }
 }
 
 impl TileConfig {
     /// The configuration used when autotuning is off: 64 x 64 tiles, 4 x 4 per thread.
-    pub const DEFAULT: TileConfig = TileConfig {
-        wg_x: 16,
-        wg_y: 16,
-        tm: 4,
-        tn: 4,
-        bk: 16,
-    };
+    pub const DEFAULT: TileConfig = strided(16, 16, 4, 4, 16);
 
-    /// The candidates the autotune times.
-    pub const CANDIDATES: [TileConfig; 7] = [
+    /// The candidates the autotune times: `dense.wgsl` at 64 × 64, 128 × 128 (slices 8
+    /// and 16 deep), 128 × 64, 64 × 128 and two 32 × 32 tiles, and `dense_vec4.wgsl`
+    /// at 128 × 128 (8 and 16 deep), 64 × 128 and 64 × 64.
+    pub const CANDIDATES: [TileConfig; 11] = [
         TileConfig::DEFAULT,
-        TileConfig {
-            wg_x: 16,
-            wg_y: 16,
-            tm: 8,
-            tn: 8,
-            bk: 8,
-        },
-        TileConfig {
-            wg_x: 16,
-            wg_y: 16,
-            tm: 8,
-            tn: 4,
-            bk: 16,
-        },
-        TileConfig {
-            wg_x: 16,
-            wg_y: 16,
-            tm: 4,
-            tn: 8,
-            bk: 16,
-        },
-        TileConfig {
-            wg_x: 8,
-            wg_y: 8,
-            tm: 4,
-            tn: 4,
-            bk: 16,
-        },
-        TileConfig {
-            wg_x: 16,
-            wg_y: 16,
-            tm: 2,
-            tn: 2,
-            bk: 16,
-        },
+        strided(16, 16, 8, 8, 8),
+        strided(16, 16, 8, 4, 16),
+        strided(16, 16, 4, 8, 16),
+        strided(8, 8, 4, 4, 16),
+        strided(16, 16, 2, 2, 16),
         // 128 × 128 with a deeper slice: half the barriers of the bk 8 one.
-        TileConfig {
-            wg_x: 16,
-            wg_y: 16,
-            tm: 8,
-            tn: 8,
-            bk: 16,
-        },
+        strided(16, 16, 8, 8, 16),
+        vectors(16, 16, 8, 8, 8),
+        vectors(16, 16, 8, 8, 16),
+        vectors(16, 16, 4, 8, 16),
+        vectors(16, 16, 4, 4, 16),
     ];
+
+    /// The kernel that runs this tile on a layer `in_features` wide.
+    pub(crate) fn kernel(&self, precision: Precision, in_features: usize) -> Kernel {
+        match precision {
+            Precision::F32 if self.vec4 && in_features.is_multiple_of(4) => DENSE_VEC4,
+            Precision::F32 => DENSE,
+            Precision::F16 | Precision::F16CoopMatrix => DENSE_F16,
+        }
+    }
 
     /// Rows of y one workgroup computes.
     pub fn tile_rows(&self) -> u32 {
@@ -109,18 +110,13 @@ impl TileConfig {
         ]
     }
 
-    /// Whether the device's limits allow this configuration.
+    /// Whether the kernel takes this configuration and the device's limits allow it.
     pub(crate) fn fits(&self, limits: &wgpu::Limits, precision: Precision) -> bool {
         let element: u32 = match precision {
             Precision::F32 => 4,
             Precision::F16 | Precision::F16CoopMatrix => 2,
         };
-        let positive = [self.wg_x, self.wg_y, self.tm, self.tn, self.bk]
-            .iter()
-            .all(|&v| v > 0);
-        let within = positive
-            && self.tm <= 8
-            && self.tn <= 8
+        let within = self.kernel_allows(precision)
             && self.wg_x <= limits.max_compute_workgroup_size_x
             && self.wg_y <= limits.max_compute_workgroup_size_y;
         // Only now are the products small enough not to overflow; shared memory in u64.
@@ -131,6 +127,36 @@ impl TileConfig {
                 * u64::from(self.bk)
                 * (u64::from(self.tile_rows()) + u64::from(self.tile_cols()))
                 <= u64::from(limits.max_compute_workgroup_storage_size)
+    }
+
+    /// The kernels' own bounds: every field positive, at most 8 × 8 accumulators per
+    /// thread; with `vec4`, f32 only, `tm` and `tn` 4 or 8, `bk` a multiple of 4.
+    fn kernel_allows(&self, precision: Precision) -> bool {
+        let positive = ![self.wg_x, self.wg_y, self.tm, self.tn, self.bk].contains(&0);
+        positive
+            && if self.vec4 {
+                precision == Precision::F32
+                    && matches!(self.tm, 4 | 8)
+                    && matches!(self.tn, 4 | 8)
+                    && self.bk.is_multiple_of(4)
+            } else {
+                self.tm <= 8 && self.tn <= 8
+            }
+    }
+
+    /// Why this configuration cannot run, for [`Error::TileUnsupported`].
+    fn unsupported(&self, ctx: &GpuContext, precision: Precision) -> Error {
+        let why = if self.kernel_allows(precision) {
+            "workgroup size or workgroup memory"
+        } else if self.vec4 {
+            "vec4 tiles are f32 only, with tm and tn 4 or 8 and bk a multiple of 4"
+        } else {
+            "the kernels take positive values and at most 8 x 8 accumulators per thread"
+        };
+        Error::TileUnsupported {
+            device: ctx.label.to_string(),
+            tile: format!("{self:?} ({why}, {})", precision.name()),
+        }
     }
 }
 
@@ -518,10 +544,7 @@ impl Tuner {
         let limits = ctx.device.limits();
         if let Some(tile) = self.fixed {
             if !tile.fits(&limits, precision) {
-                return Err(Error::TileUnsupported {
-                    device: ctx.label.to_string(),
-                    tile: format!("{tile:?}"),
-                });
+                return Err(tile.unsupported(ctx, precision));
             }
             return Ok(tile);
         }
@@ -529,18 +552,23 @@ impl Tuner {
             return Ok(TileConfig::DEFAULT);
         }
         let key = self.key(ctx, precision, outputs, inputs);
-        let kernel = match precision {
-            Precision::F32 => DENSE,
-            Precision::F16 | Precision::F16CoopMatrix => DENSE_F16,
-        };
         let tuned = self.tune(
             ctx,
             kernels,
-            (precision, kernel, key),
+            (precision, key),
             cache(),
             TileConfig::CANDIDATES,
             |t| t.fits(&limits, precision),
-            |t| (t.constants(0).to_vec(), (t.tile_cols(), t.tile_rows())),
+            // The kernel this layer would run (the synthetic data of the timing is as
+            // wide as the shape class, a multiple of 4).
+            |t| {
+                let kernel = t.kernel(precision, inputs);
+                (
+                    kernel,
+                    t.constants(0).to_vec(),
+                    (t.tile_cols(), t.tile_rows()),
+                )
+            },
         )?;
         // Nothing could be timed: the default.
         Ok(tuned.unwrap_or(TileConfig::DEFAULT))
@@ -582,13 +610,18 @@ impl Tuner {
         let tuned = self.tune(
             ctx,
             kernels,
-            (Precision::F16CoopMatrix, dense_coop(base.size), key),
+            (Precision::F16CoopMatrix, key),
             coop_cache(),
             CoopShape::CANDIDATES,
             |&shape| base.with_shape(shape).fits(&limits),
             |&shape| {
                 let t = base.with_shape(shape);
-                (t.constants(0).to_vec(), (t.tile_cols(), t.tile_rows()))
+                let constants = t.constants(0).to_vec();
+                (
+                    dense_coop(base.size),
+                    constants,
+                    (t.tile_cols(), t.tile_rows()),
+                )
             },
         )?;
         match tuned {
@@ -602,19 +635,19 @@ impl Tuner {
     /// [`choose_coop`](Self::choose_coop): the cached choice for `key` if the device
     /// can run it (an edited cache file may hold one it cannot: it is timed again),
     /// else the fastest of the `candidates` that fit, remembered in `cache` and the
-    /// cache file. `launch` gives a candidate's override constants and the outputs and
-    /// rows one workgroup computes. `None` when no candidate could be timed; nothing
+    /// cache file. `launch` gives a candidate's kernel, its override constants and the
+    /// outputs and rows one workgroup computes. `None` when no candidate could be timed; nothing
     /// is remembered then.
     #[allow(clippy::too_many_arguments)]
     fn tune<T: Copy>(
         &self,
         ctx: &GpuContext,
         kernels: &mut Kernels,
-        (precision, kernel, key): (Precision, Kernel, Key),
+        (precision, key): (Precision, Key),
         cache: &Mutex<HashMap<Key, T>>,
         candidates: impl IntoIterator<Item = T>,
         fits: impl Fn(&T) -> bool,
-        launch: impl Fn(&T) -> (Vec<(&'static str, u32)>, (u32, u32)),
+        launch: impl Fn(&T) -> (Kernel, Vec<(&'static str, u32)>, (u32, u32)),
     ) -> Result<Option<T>> {
         let cached = cache
             .lock()
@@ -626,7 +659,7 @@ impl Tuner {
         }
         let mut best: Option<(Duration, T)> = None;
         for candidate in candidates.into_iter().filter(&fits) {
-            let (constants, dims) = launch(&candidate);
+            let (kernel, constants, dims) = launch(&candidate);
             // A candidate the device cannot time is not chosen.
             if let Ok(t) = time_kernel(ctx, kernels, precision, kernel, &constants, dims, &key) {
                 if best.is_none_or(|(b, _)| t < b) {
