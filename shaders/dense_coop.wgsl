@@ -44,8 +44,6 @@ override TNC: u32 = 2u;
 // Depth of each staged slice of the inner dimension, a multiple of CT.
 override BK: u32 = 32u;
 
-const MAX_T: u32 = 4u;
-
 // The cooperative matrix side. [coop size]
 const CT: u32 = 16u;
 // [coop size]
@@ -70,10 +68,15 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
 
-// Row-major slices: x_tile[m * BK + k] (matrix A, loaded row-major) and
-// w_tile[n * BK + k] (matrix B = w's slice transposed, loaded column-major).
-var<workgroup> x_tile: array<f16, BY * TMC * CT * BK>;
-var<workgroup> w_tile: array<f16, BX * TNC * CT * BK>;
+// Row-major slices: x_tile[m * LD + k] (matrix A, loaded row-major) and
+// w_tile[n * LD + k] (matrix B = w's slice transposed, loaded column-major). Rows are
+// LD = BK + 8 values apart: 16 bytes more than the slice, so that the eight rows a
+// matrix load reads at once start in different banks of workgroup memory (with BK
+// values apart, every other row would share banks), and every row still starts on 16
+// bytes.
+const PAD: u32 = 8u;
+var<workgroup> x_tile: array<f16, BY * TMC * CT * (BK + PAD)>;
+var<workgroup> w_tile: array<f16, BX * TNC * CT * (BK + PAD)>;
 // One CT x CT accumulator per block on its way out, plus a spare slot.
 var<workgroup> c_tile: array<f32, (BX * BY + 1u) * CT * CT>;
 
@@ -156,9 +159,26 @@ fn main(
     let m0 = (block / BX) * TMC * CT;
     let n0 = (block % BX) * TNC * CT;
 
-    var acc: array<MatC, 16>;
-    var a: array<MatA, MAX_T>;
-    var bt: array<MatB, MAX_T>;
+    let ld = BK + PAD;
+    // c<i><j>: the accumulator of the block's matrix row i, column j. Named, not an
+    // array: no loop indexes them, so they stay in registers whatever a driver's
+    // compiler does with loops; those past TMC x TNC are never used.
+    var c00: MatC;
+    var c01: MatC;
+    var c02: MatC;
+    var c03: MatC;
+    var c10: MatC;
+    var c11: MatC;
+    var c12: MatC;
+    var c13: MatC;
+    var c20: MatC;
+    var c21: MatC;
+    var c22: MatC;
+    var c23: MatC;
+    var c30: MatC;
+    var c31: MatC;
+    var c32: MatC;
+    var c33: MatC;
 
     for (var k0 = 0u; k0 < k_len; k0 += BK) {
         // Stage x[row0 .. row0 + bm, k0 .. k0 + BK] and w[col0 .. col0 + bn, same k];
@@ -173,10 +193,11 @@ fn main(
                 if row < p.rows && k < k_len {
                     v = x[(row * k_len + k) / 4u];
                 }
-                x_tile[e] = f16(v.x);
-                x_tile[e + 1u] = f16(v.y);
-                x_tile[e + 2u] = f16(v.z);
-                x_tile[e + 3u] = f16(v.w);
+                let t = (e / BK) * ld + e % BK;
+                x_tile[t] = f16(v.x);
+                x_tile[t + 1u] = f16(v.y);
+                x_tile[t + 2u] = f16(v.z);
+                x_tile[t + 3u] = f16(v.w);
             }
             for (var e = thread * 4u; e < bn * BK; e += WG * 4u) {
                 let col = col0 + e / BK;
@@ -185,10 +206,11 @@ fn main(
                 if col < p.out_features && k < k_len {
                     v = w[(col * k_len + k) / 4u];
                 }
-                w_tile[e] = v.x;
-                w_tile[e + 1u] = v.y;
-                w_tile[e + 2u] = v.z;
-                w_tile[e + 3u] = v.w;
+                let t = (e / BK) * ld + e % BK;
+                w_tile[t] = v.x;
+                w_tile[t + 1u] = v.y;
+                w_tile[t + 2u] = v.z;
+                w_tile[t + 3u] = v.w;
             }
         } else {
             for (var e = thread; e < bm * BK; e += WG) {
@@ -199,7 +221,7 @@ fn main(
                     let i = row * k_len + k;
                     v = f16(x[i / 4u][i % 4u]);
                 }
-                x_tile[e] = v;
+                x_tile[(e / BK) * ld + e % BK] = v;
             }
             for (var e = thread; e < bn * BK; e += WG) {
                 let col = col0 + e / BK;
@@ -209,29 +231,130 @@ fn main(
                     let i = col * k_len + k;
                     v = w[i / 4u][i % 4u];
                 }
-                w_tile[e] = v;
+                w_tile[(e / BK) * ld + e % BK] = v;
             }
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk += CT) {
-            for (var i = 0u; i < TMC; i++) {
-                a[i] = coopLoadT<MatA>(&x_tile[(m0 + i * CT) * BK + kk], BK);
+            // The block's matrices of x (rows) and of w (columns) at depth kk, and
+            // every product: TMC x TNC of them, the rest skipped by constants.
+            let a0 = coopLoadT<MatA>(&x_tile[m0 * ld + kk], ld);
+            var a1: MatA;
+            var a2: MatA;
+            var a3: MatA;
+            if TMC > 1u {
+                a1 = coopLoadT<MatA>(&x_tile[(m0 + CT) * ld + kk], ld);
             }
-            for (var j = 0u; j < TNC; j++) {
-                bt[j] = coopLoad<MatB>(&w_tile[(n0 + j * CT) * BK + kk], BK);
+            if TMC > 2u {
+                a2 = coopLoadT<MatA>(&x_tile[(m0 + 2u * CT) * ld + kk], ld);
             }
-            for (var i = 0u; i < TMC; i++) {
-                for (var j = 0u; j < TNC; j++) {
-                    acc[i * MAX_T + j] = coopMultiplyAdd(a[i], bt[j], acc[i * MAX_T + j]);
+            if TMC > 3u {
+                a3 = coopLoadT<MatA>(&x_tile[(m0 + 3u * CT) * ld + kk], ld);
+            }
+            let b0 = coopLoad<MatB>(&w_tile[n0 * ld + kk], ld);
+            c00 = coopMultiplyAdd(a0, b0, c00);
+            if TMC > 1u {
+                c10 = coopMultiplyAdd(a1, b0, c10);
+            }
+            if TMC > 2u {
+                c20 = coopMultiplyAdd(a2, b0, c20);
+            }
+            if TMC > 3u {
+                c30 = coopMultiplyAdd(a3, b0, c30);
+            }
+            if TNC > 1u {
+                let b1 = coopLoad<MatB>(&w_tile[(n0 + CT) * ld + kk], ld);
+                c01 = coopMultiplyAdd(a0, b1, c01);
+                if TMC > 1u {
+                    c11 = coopMultiplyAdd(a1, b1, c11);
+                }
+                if TMC > 2u {
+                    c21 = coopMultiplyAdd(a2, b1, c21);
+                }
+                if TMC > 3u {
+                    c31 = coopMultiplyAdd(a3, b1, c31);
+                }
+            }
+            if TNC > 2u {
+                let b2 = coopLoad<MatB>(&w_tile[(n0 + 2u * CT) * ld + kk], ld);
+                c02 = coopMultiplyAdd(a0, b2, c02);
+                if TMC > 1u {
+                    c12 = coopMultiplyAdd(a1, b2, c12);
+                }
+                if TMC > 2u {
+                    c22 = coopMultiplyAdd(a2, b2, c22);
+                }
+                if TMC > 3u {
+                    c32 = coopMultiplyAdd(a3, b2, c32);
+                }
+            }
+            if TNC > 3u {
+                let b3 = coopLoad<MatB>(&w_tile[(n0 + 3u * CT) * ld + kk], ld);
+                c03 = coopMultiplyAdd(a0, b3, c03);
+                if TMC > 1u {
+                    c13 = coopMultiplyAdd(a1, b3, c13);
+                }
+                if TMC > 2u {
+                    c23 = coopMultiplyAdd(a2, b3, c23);
+                }
+                if TMC > 3u {
+                    c33 = coopMultiplyAdd(a3, b3, c33);
                 }
             }
         }
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < TMC; i++) {
-        for (var j = 0u; j < TNC; j++) {
-            emit(acc[i * MAX_T + j], owner, slot, row0 + m0 + i * CT, col0 + n0 + j * CT, lane, lanes);
+    // Matrix (i, j) of the block covers rows r + i * CT and outputs c + j * CT.
+    let r = row0 + m0;
+    let c = col0 + n0;
+    emit(c00, owner, slot, r, c, lane, lanes);
+    if TNC > 1u {
+        emit(c01, owner, slot, r, c + CT, lane, lanes);
+    }
+    if TNC > 2u {
+        emit(c02, owner, slot, r, c + 2u * CT, lane, lanes);
+    }
+    if TNC > 3u {
+        emit(c03, owner, slot, r, c + 3u * CT, lane, lanes);
+    }
+    if TMC > 1u {
+        let r1 = r + CT;
+        emit(c10, owner, slot, r1, c, lane, lanes);
+        if TNC > 1u {
+            emit(c11, owner, slot, r1, c + CT, lane, lanes);
+        }
+        if TNC > 2u {
+            emit(c12, owner, slot, r1, c + 2u * CT, lane, lanes);
+        }
+        if TNC > 3u {
+            emit(c13, owner, slot, r1, c + 3u * CT, lane, lanes);
+        }
+    }
+    if TMC > 2u {
+        let r2 = r + 2u * CT;
+        emit(c20, owner, slot, r2, c, lane, lanes);
+        if TNC > 1u {
+            emit(c21, owner, slot, r2, c + CT, lane, lanes);
+        }
+        if TNC > 2u {
+            emit(c22, owner, slot, r2, c + 2u * CT, lane, lanes);
+        }
+        if TNC > 3u {
+            emit(c23, owner, slot, r2, c + 3u * CT, lane, lanes);
+        }
+    }
+    if TMC > 3u {
+        let r3 = r + 3u * CT;
+        emit(c30, owner, slot, r3, c, lane, lanes);
+        if TNC > 1u {
+            emit(c31, owner, slot, r3, c + CT, lane, lanes);
+        }
+        if TNC > 2u {
+            emit(c32, owner, slot, r3, c + 2u * CT, lane, lanes);
+        }
+        if TNC > 3u {
+            emit(c33, owner, slot, r3, c + 3u * CT, lane, lanes);
         }
     }
 }
