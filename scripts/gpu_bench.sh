@@ -14,7 +14,7 @@
 # report.md (scripts/gpu_report.py: the targets next to PyTorch, then every line).
 #
 # Smaller runs (a smoke test on lavapipe): GEMM_SIZES="64" BATCHES="1" WORKLOADS="E1"
-# RUNS=2 DEVICE=adapter:0 SKIP_TORCH=1.
+# RUNS=2 SWEEP_RUNS=2 DEVICE=adapter:0 SKIP_TORCH=1.
 set -u
 OUT=${OUT:-/tmp/wgpu-ensemble-bench}
 mkdir -p "$OUT"
@@ -70,7 +70,7 @@ for w in $WORKLOADS; do
 done
 # Every tile candidate (coop shape with f16-coop) at the largest size, one line each.
 for p in f32 f16 f16-coop; do
-  run --workload gemm --batch "$first_gemm" --precision "$p" --runs "$RUNS" --trusted-kernels --sweep
+  run --workload gemm --batch "$first_gemm" --precision "$p" --runs "${SWEEP_RUNS:-5}" --trusted-kernels --sweep
 done
 for n in $GEMM_SIZES; do
   for p in f32 f16 f16-coop; do

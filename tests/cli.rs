@@ -443,7 +443,7 @@ fn bench_sweeps_the_tile_candidates() {
             "8,8,2,4,8,vec4",
         ]);
         assert!(
-            !bad.status.success() && stderr(&bad).contains("vec4 tiles are f32 only"),
+            !bad.status.success() && stderr(&bad).contains("vec4 tiles take tm and tn 4 or 8"),
             "{}",
             stderr(&bad)
         );

@@ -146,23 +146,35 @@ fn vec4_tiles_handle_edge_shapes() {
 }
 
 #[test]
-fn vec4_tiles_are_f32_only() {
-    let Some(info) = usable_adapters("vec4 tiles with f16")
-        .into_iter()
-        .find(|a| a.features.contains(wgpu::Features::SHADER_F16))
-    else {
-        return;
-    };
-    let tile = TileConfig::CANDIDATES.into_iter().find(|t| t.vec4).unwrap();
-    let options = SessionOptions::default()
-        .precision(Precision::F16)
-        .tile(tile);
-    match session(&Placement::Adapter(info.index), options) {
-        Err(Error::TileUnsupported { tile: why, .. }) => {
-            assert!(why.contains("f32 only"), "{why}")
+fn vec4_tiles_run_f16_with_its_kernel_and_refuse_other_shapes() {
+    for info in usable_adapters("vec4 tiles with f16") {
+        let place = Placement::Adapter(info.index);
+        if info.features.contains(wgpu::Features::SHADER_F16) {
+            // dense_f16.wgsl with the tile's shape: the f16 reference's answers.
+            let tile = TileConfig::CANDIDATES
+                .into_iter()
+                .find(|t| t.vec4 && t.tm == 8)
+                .unwrap();
+            let options = SessionOptions::default()
+                .precision(Precision::F16)
+                .tile(tile);
+            check(
+                &session(&place, options).unwrap(),
+                F16,
+                &format!("{info} f16 {tile:?}"),
+            );
         }
-        Err(e) => panic!("{info}: {e}"),
-        Ok(_) => panic!("{info}: a vec4 tile ran in f16"),
+        let odd = TileConfig {
+            tm: 2,
+            ..TileConfig::DEFAULT
+        };
+        match session(&place, SessionOptions::default().tile(odd)) {
+            Err(Error::TileUnsupported { tile, .. }) => {
+                assert!(tile.contains("tm and tn 4 or 8"), "{tile}")
+            }
+            Err(e) => panic!("{info}: {e}"),
+            Ok(_) => panic!("{info}: a vec4 tile with tm 2 was accepted"),
+        }
     }
 }
 

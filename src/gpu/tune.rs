@@ -31,9 +31,9 @@ pub struct TileConfig {
     pub bk: u32,
     /// Each thread's rows and outputs in runs of four, read from workgroup memory as
     /// vectors, with accumulators no loop indexes (`shaders/dense_vec4.wgsl`), instead
-    /// of single values strided across the workgroup (`shaders/dense.wgsl`). F32 only.
-    /// A layer whose input width is not a multiple of 4 runs `dense.wgsl` with the
-    /// same tile.
+    /// of single values strided across the workgroup (`shaders/dense.wgsl`). For f32
+    /// layers whose input width is a multiple of 4; other layers (other widths, f16)
+    /// run the strided kernel of their precision with the same tile.
     #[serde(default)]
     pub vec4: bool,
 }
@@ -59,14 +59,17 @@ const fn vectors(wg_x: u32, wg_y: u32, tm: u32, tn: u32, bk: u32) -> TileConfig 
 }
 
 impl TileConfig {
-    /// The configuration used when autotuning is off: 64 x 64 tiles, 4 x 4 per thread.
-    pub const DEFAULT: TileConfig = strided(16, 16, 4, 4, 16);
+    /// The configuration used when autotuning is off: 64 x 64 tiles, 4 x 4 per thread
+    /// in runs of four.
+    pub const DEFAULT: TileConfig = vectors(16, 16, 4, 4, 16);
 
-    /// The candidates the autotune times: `dense.wgsl` at 64 × 64, 128 × 128 (slices 8
-    /// and 16 deep), 128 × 64, 64 × 128 and two 32 × 32 tiles, and `dense_vec4.wgsl`
-    /// at 128 × 128 (8 and 16 deep), 64 × 128 and 64 × 64.
+    /// The candidates the autotune times: `dense_vec4.wgsl` at 64 × 64 (the default),
+    /// 128 × 128 (slices 8 and 16 deep) and 64 × 128, and `dense.wgsl` at 64 × 64,
+    /// 128 × 128 (8 and 16 deep), 128 × 64, 64 × 128 and two 32 × 32 tiles. With f16,
+    /// whose kernel has no runs of four, only the `dense.wgsl` ones.
     pub const CANDIDATES: [TileConfig; 11] = [
         TileConfig::DEFAULT,
+        strided(16, 16, 4, 4, 16),
         strided(16, 16, 8, 8, 8),
         strided(16, 16, 8, 4, 16),
         strided(16, 16, 4, 8, 16),
@@ -77,7 +80,6 @@ impl TileConfig {
         vectors(16, 16, 8, 8, 8),
         vectors(16, 16, 8, 8, 16),
         vectors(16, 16, 4, 8, 16),
-        vectors(16, 16, 4, 4, 16),
     ];
 
     /// The kernel that runs this tile on a layer `in_features` wide.
@@ -116,7 +118,7 @@ impl TileConfig {
             Precision::F32 => 4,
             Precision::F16 | Precision::F16CoopMatrix => 2,
         };
-        let within = self.kernel_allows(precision)
+        let within = self.kernel_allows()
             && self.wg_x <= limits.max_compute_workgroup_size_x
             && self.wg_y <= limits.max_compute_workgroup_size_y;
         // Only now are the products small enough not to overflow; shared memory in u64.
@@ -130,15 +132,12 @@ impl TileConfig {
     }
 
     /// The kernels' own bounds: every field positive, at most 8 × 8 accumulators per
-    /// thread; with `vec4`, f32 only, `tm` and `tn` 4 or 8, `bk` a multiple of 4.
-    fn kernel_allows(&self, precision: Precision) -> bool {
+    /// thread; with `vec4`, `tm` and `tn` 4 or 8 and `bk` a multiple of 4.
+    fn kernel_allows(&self) -> bool {
         let positive = ![self.wg_x, self.wg_y, self.tm, self.tn, self.bk].contains(&0);
         positive
             && if self.vec4 {
-                precision == Precision::F32
-                    && matches!(self.tm, 4 | 8)
-                    && matches!(self.tn, 4 | 8)
-                    && self.bk.is_multiple_of(4)
+                matches!(self.tm, 4 | 8) && matches!(self.tn, 4 | 8) && self.bk.is_multiple_of(4)
             } else {
                 self.tm <= 8 && self.tn <= 8
             }
@@ -146,10 +145,10 @@ impl TileConfig {
 
     /// Why this configuration cannot run, for [`Error::TileUnsupported`].
     fn unsupported(&self, ctx: &GpuContext, precision: Precision) -> Error {
-        let why = if self.kernel_allows(precision) {
+        let why = if self.kernel_allows() {
             "workgroup size or workgroup memory"
         } else if self.vec4 {
-            "vec4 tiles are f32 only, with tm and tn 4 or 8 and bk a multiple of 4"
+            "vec4 tiles take tm and tn 4 or 8 and bk a multiple of 4"
         } else {
             "the kernels take positive values and at most 8 x 8 accumulators per thread"
         };
@@ -558,7 +557,8 @@ impl Tuner {
             (precision, key),
             cache(),
             TileConfig::CANDIDATES,
-            |t| t.fits(&limits, precision),
+            // f16 runs the same kernel for a vec4 tile as for its strided twin.
+            |t| t.fits(&limits, precision) && (precision == Precision::F32 || !t.vec4),
             // The kernel this layer would run (the synthetic data of the timing is as
             // wide as the shape class, a multiple of 4).
             |t| {
@@ -660,8 +660,18 @@ impl Tuner {
         let mut best: Option<(Duration, T)> = None;
         for candidate in candidates.into_iter().filter(&fits) {
             let (kernel, constants, dims) = launch(&candidate);
-            // A candidate the device cannot time is not chosen.
-            if let Ok(t) = time_kernel(ctx, kernels, precision, kernel, &constants, dims, &key) {
+            // A candidate the device cannot time is not chosen; one already twice as
+            // slow as the best so far is not timed further.
+            let give_up = best.map(|(b, _)| b.saturating_mul(2));
+            let timed = time_kernel(
+                ctx,
+                kernels,
+                precision,
+                (kernel, &constants, dims),
+                &key,
+                give_up,
+            );
+            if let Ok(t) = timed {
                 if best.is_none_or(|(b, _)| t < b) {
                     best = Some((t, candidate));
                 }
@@ -700,17 +710,17 @@ impl Tuner {
 }
 
 /// The best of three timed submissions of four dispatches each, on synthetic data of
-/// the shape class.
+/// the shape class, after one untimed; a submission slower than `give_up` ends the
+/// timing there.
 /// `(tile_cols, tile_rows)` are the outputs and rows one workgroup of the pipeline
 /// computes.
 fn time_kernel(
     ctx: &GpuContext,
     kernels: &mut Kernels,
     precision: Precision,
-    kernel: Kernel,
-    constants: &[(&'static str, u32)],
-    (tile_cols, tile_rows): (u32, u32),
+    (kernel, constants, (tile_cols, tile_rows)): (Kernel, &[(&'static str, u32)], (u32, u32)),
     key: &Key,
+    give_up: Option<Duration>,
 ) -> Result<Duration> {
     let device = &ctx.device;
     let (mut m, mut n, mut k) = (key.rows as usize, key.outputs as usize, key.inputs as usize);
@@ -800,6 +810,9 @@ fn time_kernel(
         // The first round compiles and warms up.
         if round > 0 {
             best = best.min(started.elapsed());
+            if give_up.is_some_and(|limit| best > limit) {
+                break;
+            }
         }
     }
     if let Some(e) = pollster::block_on(scope.pop()) {
