@@ -93,11 +93,11 @@ fn every_tile_candidate_matches_reference() {
 
 #[test]
 fn vec4_tiles_handle_edge_shapes() {
-    // dense_vec4.wgsl runs layers whose input width is a multiple of 4: widths below
-    // and past one staged slice (4, 12, 36, 132 against slices 8 and 16 deep), output
-    // widths that end in a partial run of four (1, 7, 13, 130), rows past one 128-row
-    // tile; the 1, 7, 33 and 130 wide inputs in the same members run dense.wgsl with
-    // the tile.
+    // dense_vec4.wgsl (dense_vec4_f16.wgsl in f16, on adapters with SHADER_F16) runs
+    // layers whose input width is a multiple of 4: widths below and past one staged
+    // slice (4, 12, 36, 132 against slices 8 and 16 deep), output widths that end in
+    // a partial run of four (1, 7, 13, 130), rows past one 128-row tile; the 1, 7, 33
+    // and 130 wide inputs in the same members run the strided kernel with the tile.
     let models = [
         Model::random(&[36, 4, 132, 13], &[Relu, Gelu, Softmax], 21).unwrap(),
         Model::random(&[36, 132, 130, 13], &[Tanh, Sigmoid, Identity], 22).unwrap(),
@@ -110,15 +110,20 @@ fn vec4_tiles_handle_edge_shapes() {
         .collect();
     assert!(!tiles.is_empty());
     for info in usable_adapters("vec4 tiles") {
-        for tile in &tiles {
+        let mut precisions = vec![(Precision::F32, F32)];
+        if info.features.contains(wgpu::Features::SHADER_F16) {
+            precisions.push((Precision::F16, F16));
+        }
+        for ((precision, (reference, abs, rel)), tile) in precisions
+            .iter()
+            .flat_map(|p| tiles.iter().map(move |t| (*p, *t)))
+        {
             let mut g = Graph::builder(36);
             for (i, m) in models.iter().enumerate() {
                 g = g.member(format!("m{i}"), m.clone(), Placement::Adapter(info.index));
             }
-            let s = match Session::with_options(
-                g.build().unwrap(),
-                SessionOptions::default().tile(*tile),
-            ) {
+            let options = SessionOptions::default().precision(precision).tile(tile);
+            let s = match Session::with_options(g.build().unwrap(), options) {
                 Ok(s) => s,
                 Err(Error::TileUnsupported { .. }) => {
                     eprintln!("{info}: {tile:?} exceeds its limits, not checked");
@@ -133,11 +138,11 @@ fn vec4_tiles_handle_edge_shapes() {
                     .unwrap();
                 for (m, model) in run.members.iter().zip(&models) {
                     assert_close_tol(
-                        &format!("{info} {tile:?}: {} batch {batch}", m.name),
+                        &format!("{info} {precision:?} {tile:?}: {} batch {batch}", m.name),
                         m.output.as_ref().unwrap().as_slice(),
-                        &reference_forward(model, &x),
-                        ABS,
-                        REL,
+                        &reference(model, &x),
+                        abs,
+                        rel,
                     );
                 }
             }
@@ -146,28 +151,13 @@ fn vec4_tiles_handle_edge_shapes() {
 }
 
 #[test]
-fn vec4_tiles_run_f16_with_its_kernel_and_refuse_other_shapes() {
-    for info in usable_adapters("vec4 tiles with f16") {
-        let place = Placement::Adapter(info.index);
-        if info.features.contains(wgpu::Features::SHADER_F16) {
-            // dense_f16.wgsl with the tile's shape: the f16 reference's answers.
-            let tile = TileConfig::CANDIDATES
-                .into_iter()
-                .find(|t| t.vec4 && t.tm == 8)
-                .unwrap();
-            let options = SessionOptions::default()
-                .precision(Precision::F16)
-                .tile(tile);
-            check(
-                &session(&place, options).unwrap(),
-                F16,
-                &format!("{info} f16 {tile:?}"),
-            );
-        }
+fn vec4_tiles_refuse_other_shapes() {
+    for info in usable_adapters("vec4 tile shapes") {
         let odd = TileConfig {
             tm: 2,
             ..TileConfig::DEFAULT
         };
+        let place = Placement::Adapter(info.index);
         match session(&place, SessionOptions::default().tile(odd)) {
             Err(Error::TileUnsupported { tile, .. }) => {
                 assert!(tile.contains("tm and tn 4 or 8"), "{tile}")

@@ -75,6 +75,7 @@ fn every_shader_parses_and_validates() {
             "dense_small.wgsl",
             "dense_small_f16.wgsl",
             "dense_vec4.wgsl",
+            "dense_vec4_f16.wgsl",
             "softmax.wgsl",
             "softmax_aggregate.wgsl",
         ]
@@ -125,6 +126,7 @@ fn dense_kernels_share_one_activation() {
         "dense_small_f16.wgsl",
         "dense_coop.wgsl",
         "dense_vec4.wgsl",
+        "dense_vec4_f16.wgsl",
     ] {
         let other = read(file);
         for name in ["erf_approx", "activate"] {

@@ -62,6 +62,12 @@ kernel!(
     "`DENSE` with f16 weights and operands."
 );
 kernel!(
+    DENSE_VEC4_F16,
+    "dense_vec4_f16.wgsl",
+    Dense,
+    "`DENSE_VEC4` with f16 weights and operands."
+);
+kernel!(
     DENSE_SMALL_F16,
     "dense_small_f16.wgsl",
     Dense,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use wgpu::util::DeviceExt;
 
-use super::kernels::{dense_coop, Kernel, Kernels, DENSE, DENSE_F16, DENSE_VEC4};
+use super::kernels::{dense_coop, Kernel, Kernels, DENSE, DENSE_F16, DENSE_VEC4, DENSE_VEC4_F16};
 use super::GpuContext;
 use crate::error::{Error, Result};
 use crate::session::Precision;
@@ -31,9 +31,9 @@ pub struct TileConfig {
     pub bk: u32,
     /// Each thread's rows and outputs in runs of four, read from workgroup memory as
     /// vectors, with accumulators no loop indexes (`shaders/dense_vec4.wgsl`), instead
-    /// of single values strided across the workgroup (`shaders/dense.wgsl`). For f32
-    /// layers whose input width is a multiple of 4; other layers (other widths, f16)
-    /// run the strided kernel of their precision with the same tile.
+    /// of single values strided across the workgroup (`shaders/dense.wgsl`;
+    /// `dense_vec4_f16.wgsl` and `dense_f16.wgsl` in f16). For layers whose input
+    /// width is a multiple of 4; the others run the strided kernel with the same tile.
     #[serde(default)]
     pub vec4: bool,
 }
@@ -65,8 +65,8 @@ impl TileConfig {
 
     /// The candidates the autotune times: `dense_vec4.wgsl` at 64 × 64 (the default),
     /// 128 × 128 (slices 8 and 16 deep) and 64 × 128, and `dense.wgsl` at 64 × 64,
-    /// 128 × 128 (8 and 16 deep), 128 × 64, 64 × 128 and two 32 × 32 tiles. With f16,
-    /// whose kernel has no runs of four, only the `dense.wgsl` ones.
+    /// 128 × 128 (8 and 16 deep), 128 × 64, 64 × 128 and two 32 × 32 tiles (their f16
+    /// versions in f16).
     pub const CANDIDATES: [TileConfig; 11] = [
         TileConfig::DEFAULT,
         strided(16, 16, 4, 4, 16),
@@ -84,9 +84,11 @@ impl TileConfig {
 
     /// The kernel that runs this tile on a layer `in_features` wide.
     pub(crate) fn kernel(&self, precision: Precision, in_features: usize) -> Kernel {
+        let vec4 = self.vec4 && in_features.is_multiple_of(4);
         match precision {
-            Precision::F32 if self.vec4 && in_features.is_multiple_of(4) => DENSE_VEC4,
+            Precision::F32 if vec4 => DENSE_VEC4,
             Precision::F32 => DENSE,
+            Precision::F16 | Precision::F16CoopMatrix if vec4 => DENSE_VEC4_F16,
             Precision::F16 | Precision::F16CoopMatrix => DENSE_F16,
         }
     }
@@ -557,8 +559,7 @@ impl Tuner {
             (precision, key),
             cache(),
             TileConfig::CANDIDATES,
-            // f16 runs the same kernel for a vec4 tile as for its strided twin.
-            |t| t.fits(&limits, precision) && (precision == Precision::F32 || !t.vec4),
+            |t| t.fits(&limits, precision),
             // The kernel this layer would run (the synthetic data of the timing is as
             // wide as the shape class, a multiple of 4).
             |t| {

@@ -1,0 +1,238 @@
+enable f16;
+
+// dense_vec4.wgsl for Precision::F16, with the arithmetic of dense_f16.wgsl: the
+// weights are stored as f16, the x slices are rounded to f16 as they are staged, and
+// every product of two f16 values (exact in f32) is accumulated in f32. Bias,
+// activations and y stay f32. Needs SHADER_F16.
+//
+// Dense layer with fused bias and element-wise activation, register-tiled in runs of
+// four:
+//     y[r, o] = act(sum_k x[r, k] * w[o, k] + b[o])
+// Same bindings, layouts and results as dense.wgsl (x [rows, in], w [out, in], b [out],
+// y [rows, out]), for input widths that are a multiple of 4 (the crate runs dense.wgsl
+// for the others).
+//
+// A workgroup of WG_X x WG_Y threads computes a BM x BN tile of y (BM = WG_Y * TM rows,
+// BN = WG_X * TN outputs, TM and TN each 4 or 8). Thread (tx, ty) owns the rows
+// ty*4 .. ty*4+3 and, when TM is 8, BM/2 + ty*4 .. +3; the outputs tx*4 .. tx*4+3 and,
+// when TN is 8, BN/2 + tx*4 .. +3. Each run of four is one vec4 in workgroup memory,
+// so a step of the inner loop is two to four vector loads for up to 64 multiply-adds,
+// and neighbouring threads load (and finally store) neighbouring vectors. The
+// accumulators are sixteen vec4 variables indexed by nothing: they stay in registers
+// whatever a driver's compiler makes of loops (dense.wgsl keeps them in an array
+// indexed by loop counters). The K dimension is walked in slices of BK (a multiple of
+// 4), staged k-major through workgroup memory from four-value loads of x and w. Every
+// load and store is bounds checked, so any number of rows and outputs works.
+
+// Activation: 0 identity, 1 relu, 2 tanh, 3 sigmoid, 4 gelu (exact, erf form).
+override ACT: u32 = 0u;
+override WG_X: u32 = 16u;
+override WG_Y: u32 = 16u;
+// Rows and outputs per thread: 4 or 8 each.
+override TM: u32 = 8u;
+override TN: u32 = 8u;
+// Depth of a staged slice: a multiple of 4.
+override BK: u32 = 8u;
+
+// The first two fields match softmax.wgsl's (rows, cols), so a layer that ends in a
+// softmax shares one uniform buffer between the two kernels.
+struct Params {
+    rows: u32,
+    out_features: u32,
+    in_features: u32,
+    _pad: u32,
+}
+
+// The crate sizes every buffer bound here to whole vectors.
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> w: array<vec4<f16>>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<uniform> p: Params;
+
+// k-major slices in vectors of four rows (outputs): x_tile[k * BM / 4 + m / 4][m % 4]
+// holds x[row0 + m, k0 + k]; w_tile likewise with n and BN.
+var<workgroup> x_tile: array<vec4<f16>, BK * WG_Y * TM / 4u>;
+var<workgroup> w_tile: array<vec4<f16>, BK * WG_X * TN / 4u>;
+
+// erf by Abramowitz & Stegun 7.1.26, absolute error below 1.5e-7.
+fn erf_approx(v: f32) -> f32 {
+    let s = sign(v);
+    let a = abs(v);
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    return s * (1.0 - poly * exp(-a * a));
+}
+
+fn activate(v: f32) -> f32 {
+    switch ACT {
+        case 1u: {
+            return max(v, 0.0);
+        }
+        case 2u: {
+            // tanh saturates to +-1 in f32 beyond |v| = 10; clamping keeps
+            // exp-based implementations from overflowing to NaN.
+            return tanh(clamp(v, -10.0, 10.0));
+        }
+        case 3u: {
+            // Split by sign so exp never overflows.
+            if v >= 0.0 {
+                return 1.0 / (1.0 + exp(-v));
+            }
+            let e = exp(v);
+            return e / (1.0 + e);
+        }
+        case 4u: {
+            return 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752));
+        }
+        default: {
+            return v;
+        }
+    }
+}
+
+// y[row, col .. col + 3] = act(v + b), the part of it inside y.
+fn store(row: u32, col: u32, v: vec4<f32>) {
+    if row >= p.rows {
+        return;
+    }
+    let base = row * p.out_features;
+    for (var j = 0u; j < 4u; j++) {
+        if col + j < p.out_features {
+            y[base + col + j] = activate(v[j] + b[col + j]);
+        }
+    }
+}
+
+@compute @workgroup_size(WG_X, WG_Y, 1)
+fn main(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(local_invocation_id) local: vec3<u32>,
+    @builtin(local_invocation_index) thread: u32,
+) {
+    let bm = WG_Y * TM;
+    let bn = WG_X * TN;
+    // Vectors per k in the tiles, vectors per slice depth along a row of x or w.
+    let bm4 = bm / 4u;
+    let bn4 = bn / 4u;
+    let bk4 = BK / 4u;
+    let threads = WG_X * WG_Y;
+    let row0 = group.y * bm;
+    let col0 = group.x * bn;
+    let k_len = p.in_features;
+    let k_vecs = k_len / 4u;
+
+    // c<i><a|b>: row i of the thread's rows (0-3 the first run, 4-7 the second), the
+    // first (a) or second (b) run of outputs.
+    var c0a = vec4<f32>();
+    var c1a = vec4<f32>();
+    var c2a = vec4<f32>();
+    var c3a = vec4<f32>();
+    var c4a = vec4<f32>();
+    var c5a = vec4<f32>();
+    var c6a = vec4<f32>();
+    var c7a = vec4<f32>();
+    var c0b = vec4<f32>();
+    var c1b = vec4<f32>();
+    var c2b = vec4<f32>();
+    var c3b = vec4<f32>();
+    var c4b = vec4<f32>();
+    var c5b = vec4<f32>();
+    var c6b = vec4<f32>();
+    var c7b = vec4<f32>();
+
+    for (var k0 = 0u; k0 < k_len; k0 += BK) {
+        // Stage x[row0 .. row0 + bm, k0 .. k0 + BK] and w[col0 .. col0 + bn, same k]:
+        // consecutive threads read consecutive vectors of a row; the four values of a
+        // vector go to four k of the tile. k_len is a multiple of 4, so a vector is
+        // wholly inside the row or wholly past its end.
+        for (var e = thread; e < bm * bk4; e += threads) {
+            let m = e / bk4;
+            let k = (e % bk4) * 4u;
+            let row = row0 + m;
+            var v = vec4<f16>();
+            if row < p.rows && k0 + k < k_len {
+                v = vec4<f16>(x[row * k_vecs + (k0 + k) / 4u]);
+            }
+            let at = k * bm4 + m / 4u;
+            let lane = m % 4u;
+            x_tile[at][lane] = v.x;
+            x_tile[at + bm4][lane] = v.y;
+            x_tile[at + 2u * bm4][lane] = v.z;
+            x_tile[at + 3u * bm4][lane] = v.w;
+        }
+        for (var e = thread; e < bn * bk4; e += threads) {
+            let n = e / bk4;
+            let k = (e % bk4) * 4u;
+            let col = col0 + n;
+            var v = vec4<f16>();
+            if col < p.out_features && k0 + k < k_len {
+                v = w[col * k_vecs + (k0 + k) / 4u];
+            }
+            let at = k * bn4 + n / 4u;
+            let lane = n % 4u;
+            w_tile[at][lane] = v.x;
+            w_tile[at + bn4][lane] = v.y;
+            w_tile[at + 2u * bn4][lane] = v.z;
+            w_tile[at + 3u * bn4][lane] = v.w;
+        }
+        workgroupBarrier();
+        for (var k = 0u; k < BK; k++) {
+            let xa = vec4<f32>(x_tile[k * bm4 + local.y]);
+            let wa = vec4<f32>(w_tile[k * bn4 + local.x]);
+            c0a = fma(vec4<f32>(xa.x), wa, c0a);
+            c1a = fma(vec4<f32>(xa.y), wa, c1a);
+            c2a = fma(vec4<f32>(xa.z), wa, c2a);
+            c3a = fma(vec4<f32>(xa.w), wa, c3a);
+            var wb = vec4<f32>();
+            if TN == 8u {
+                wb = vec4<f32>(w_tile[k * bn4 + WG_X + local.x]);
+                c0b = fma(vec4<f32>(xa.x), wb, c0b);
+                c1b = fma(vec4<f32>(xa.y), wb, c1b);
+                c2b = fma(vec4<f32>(xa.z), wb, c2b);
+                c3b = fma(vec4<f32>(xa.w), wb, c3b);
+            }
+            if TM == 8u {
+                let xb = vec4<f32>(x_tile[k * bm4 + WG_Y + local.y]);
+                c4a = fma(vec4<f32>(xb.x), wa, c4a);
+                c5a = fma(vec4<f32>(xb.y), wa, c5a);
+                c6a = fma(vec4<f32>(xb.z), wa, c6a);
+                c7a = fma(vec4<f32>(xb.w), wa, c7a);
+                if TN == 8u {
+                    c4b = fma(vec4<f32>(xb.x), wb, c4b);
+                    c5b = fma(vec4<f32>(xb.y), wb, c5b);
+                    c6b = fma(vec4<f32>(xb.z), wb, c6b);
+                    c7b = fma(vec4<f32>(xb.w), wb, c7b);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    let ra = row0 + local.y * 4u;
+    let ca = col0 + local.x * 4u;
+    store(ra, ca, c0a);
+    store(ra + 1u, ca, c1a);
+    store(ra + 2u, ca, c2a);
+    store(ra + 3u, ca, c3a);
+    let cb = ca + bn / 2u;
+    if TN == 8u {
+        store(ra, cb, c0b);
+        store(ra + 1u, cb, c1b);
+        store(ra + 2u, cb, c2b);
+        store(ra + 3u, cb, c3b);
+    }
+    if TM == 8u {
+        let rb = ra + bm / 2u;
+        store(rb, ca, c4a);
+        store(rb + 1u, ca, c5a);
+        store(rb + 2u, ca, c6a);
+        store(rb + 3u, ca, c7a);
+        if TN == 8u {
+            store(rb, cb, c4b);
+            store(rb + 1u, cb, c5b);
+            store(rb + 2u, cb, c6b);
+            store(rb + 3u, cb, c7b);
+        }
+    }
+}
