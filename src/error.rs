@@ -322,13 +322,14 @@ pub enum Error {
         /// The adapter feature it lacks.
         missing: &'static str,
     },
-    /// A fixed tile configuration exceeds a device's limits (workgroup size, shared
-    /// memory, at most 8 × 8 accumulators per thread).
-    #[error("tile configuration {tile} does not fit the limits of device {device}")]
+    /// A fixed tile configuration or coop shape is outside what the kernels take (at
+    /// most 8 × 8 accumulators per thread, 4 or 8 a side with `vec4`; at most 4 × 4
+    /// matrices per block) or the device's limits (workgroup size, workgroup memory).
+    #[error("tile configuration {tile} does not fit the kernels or the limits of device {device}")]
     TileUnsupported {
         /// Device description.
         device: String,
-        /// The configuration.
+        /// The configuration, and why it does not fit.
         tile: String,
     },
     /// A benchmark workload name is not one this crate knows.

@@ -104,11 +104,22 @@ fn vec4_tiles_handle_edge_shapes() {
         Model::random(&[36, 12, 1, 13], &[Relu, Identity, Tanh], 23).unwrap(),
         Model::random(&[36, 7, 33, 13], &[Gelu, Relu, Identity], 24).unwrap(),
     ];
-    let tiles: Vec<TileConfig> = TileConfig::CANDIDATES
+    // The candidates, and shapes no candidate has: 8 rows by 4 outputs per thread, a
+    // workgroup wider than tall.
+    let mut tiles: Vec<TileConfig> = TileConfig::CANDIDATES
         .into_iter()
         .filter(|t| t.vec4)
         .collect();
     assert!(!tiles.is_empty());
+    let extra = |wg_x, wg_y, tm, tn, bk| TileConfig {
+        wg_x,
+        wg_y,
+        tm,
+        tn,
+        bk,
+        vec4: true,
+    };
+    tiles.extend([extra(16, 16, 8, 4, 16), extra(16, 8, 4, 8, 4)]);
     for info in usable_adapters("vec4 tiles") {
         let mut precisions = vec![(Precision::F32, F32)];
         if info.features.contains(wgpu::Features::SHADER_F16) {
@@ -122,28 +133,36 @@ fn vec4_tiles_handle_edge_shapes() {
             for (i, m) in models.iter().enumerate() {
                 g = g.member(format!("m{i}"), m.clone(), Placement::Adapter(info.index));
             }
+            let graph = g.build().unwrap();
             let options = SessionOptions::default().precision(precision).tile(tile);
-            let s = match Session::with_options(g.build().unwrap(), options) {
-                Ok(s) => s,
-                Err(Error::TileUnsupported { .. }) => {
-                    eprintln!("{info}: {tile:?} exceeds its limits, not checked");
-                    continue;
-                }
-                Err(e) => panic!("{info} {tile:?}: {e}"),
-            };
-            for batch in [17, 130] {
-                let x = input(batch, 36, batch as u64 + 3);
-                let run = s
-                    .run(&x, &RunOptions::default().member_outputs(true))
-                    .unwrap();
-                for (m, model) in run.members.iter().zip(&models) {
-                    assert_close_tol(
-                        &format!("{info} {precision:?} {tile:?}: {} batch {batch}", m.name),
-                        m.output.as_ref().unwrap().as_slice(),
-                        &reference(model, &x),
-                        abs,
-                        rel,
-                    );
+            // SAFETY: this test is what vouches for the kernels' own bounds checks.
+            let trusted = unsafe { options.clone().trusted_kernels() };
+            for (options, how) in [(options, "checked"), (trusted, "trusted")] {
+                let s = match Session::with_options(graph.clone(), options) {
+                    Ok(s) => s,
+                    Err(Error::TileUnsupported { .. }) => {
+                        eprintln!("{info}: {tile:?} exceeds its limits, not checked");
+                        continue;
+                    }
+                    Err(e) => panic!("{info} {tile:?}: {e}"),
+                };
+                for batch in [17, 130] {
+                    let x = input(batch, 36, batch as u64 + 3);
+                    let run = s
+                        .run(&x, &RunOptions::default().member_outputs(true))
+                        .unwrap();
+                    for (m, model) in run.members.iter().zip(&models) {
+                        assert_close_tol(
+                            &format!(
+                                "{info} {precision:?} {tile:?} {how}: {} batch {batch}",
+                                m.name
+                            ),
+                            m.output.as_ref().unwrap().as_slice(),
+                            &reference(model, &x),
+                            abs,
+                            rel,
+                        );
+                    }
                 }
             }
         }
@@ -307,6 +326,25 @@ fn f16_coop_matrix_handles_edge_shapes() {
     // Widths below, at and past one matrix side (8 or 16) and one staged slice, rows
     // past one workgroup tile, every activation; inputs that are and are not a
     // multiple of 4 (the kernel reads four at a time where rows start on a vector).
+    // The default shape, and blocks of 1 × 3 and 3 × 1 matrices with odd slice
+    // depths (no candidate has them: the kernel's guarded accumulators for 1 and 3).
+    let shapes = [
+        CoopShape::DEFAULT,
+        CoopShape {
+            bx: 1,
+            by: 2,
+            tmc: 1,
+            tnc: 3,
+            bk: 1,
+        },
+        CoopShape {
+            bx: 2,
+            by: 1,
+            tmc: 3,
+            tnc: 1,
+            bk: 3,
+        },
+    ];
     let models = [
         Model::random(&[1, 1], &[Identity], 11).unwrap(),
         Model::random(&[7, 13, 1], &[Relu, Sigmoid], 12).unwrap(),
@@ -318,13 +356,18 @@ fn f16_coop_matrix_handles_edge_shapes() {
         if !has_coop(&info) {
             continue;
         }
-        for model in &models {
+        for (model, shape) in models
+            .iter()
+            .flat_map(|m| shapes.iter().map(move |s| (m, *s)))
+        {
             let width = model.in_features();
             let graph = Graph::builder(width)
                 .member("m", model.clone(), Placement::Adapter(info.index))
                 .build()
                 .unwrap();
-            let options = SessionOptions::default().precision(Precision::F16CoopMatrix);
+            let options = SessionOptions::default()
+                .precision(Precision::F16CoopMatrix)
+                .coop_shape(shape);
             let s = Session::with_options(graph, options).unwrap();
             for batch in [17, 33, 257] {
                 let x = input(batch, width, batch as u64 + 7);
@@ -332,7 +375,7 @@ fn f16_coop_matrix_handles_edge_shapes() {
                     .run(&x, &RunOptions::default().member_outputs(true))
                     .unwrap();
                 assert_close_tol(
-                    &format!("{info} f16-coop {width}-wide batch {batch}"),
+                    &format!("{info} f16-coop {shape:?} {width}-wide batch {batch}"),
                     run.members[0].output.as_ref().unwrap().as_slice(),
                     &reference_forward_f16(model, &x),
                     F16.1,
@@ -394,6 +437,16 @@ fn autotune_picks_a_tile_and_keeps_it_in_its_cache_file() {
             text.contains("[[entry]]") && text.contains(&info.name),
             "{text}"
         );
+        // Layers whose input width is not a multiple of 4 (33, 65, 70 here) have their
+        // own entries, and no vec4 tile: they cannot run dense_vec4.wgsl.
+        let file: toml::Value = toml::from_str(&text).unwrap();
+        let entries = file["entry"].as_array().unwrap();
+        let aligned = |e: &toml::Value| e.get("aligned").and_then(|v| v.as_bool());
+        assert!(entries.iter().any(|e| aligned(e) == Some(false)), "{text}");
+        assert!(entries.iter().any(|e| aligned(e) == Some(true)), "{text}");
+        for e in entries.iter().filter(|e| aligned(e) == Some(false)) {
+            assert_eq!(e["config"]["vec4"].as_bool(), Some(false), "{text}");
+        }
         // A second session finds every shape in the cache and leaves the file as it is.
         drop(session(&place, options).unwrap());
         assert_eq!(std::fs::read_to_string(&cache).unwrap(), text);

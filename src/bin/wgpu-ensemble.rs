@@ -91,8 +91,8 @@ struct BenchArgs {
     /// Time the dense kernel's tile candidates (coop shapes with f16-coop) at session build and use the fastest.
     #[arg(long)]
     autotune: bool,
-    /// A fixed tile for f32 and f16: WG_X,WG_Y,TM,TN,BK, then `,vec4` for the f32 kernel with runs of four (see TileConfig).
-    #[arg(long, value_name = "WG_X,WG_Y,TM,TN,BK")]
+    /// A fixed tile for f32 and f16: WG_X,WG_Y,TM,TN,BK, then `,vec4` for the kernels with runs of four (see TileConfig).
+    #[arg(long, value_name = "WG_X,WG_Y,TM,TN,BK[,vec4]")]
     tile: Option<String>,
     /// A fixed shape for f16-coop: BX,BY,TMC,TNC,BK (see CoopShape).
     #[arg(long, value_name = "BX,BY,TMC,TNC,BK")]

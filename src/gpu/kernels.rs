@@ -80,6 +80,9 @@ kernel!(
     "`DENSE_F16` on 16×16×16 cooperative matrices (`ACT`, `WG`, `BX`, `BY`, `BK`)."
 );
 
+/// Values by which `dense_coop.wgsl`'s staged rows exceed the slice (its `PAD`).
+pub(crate) const COOP_PAD: u32 = 8;
+
 /// `shaders/dense_coop.wgsl` for cooperative matrices of `size`² (16 or 8): the file
 /// is written for 16; the two lines marked `[coop size]` change for 8.
 pub(crate) fn dense_coop(size: u32) -> Kernel {
@@ -301,5 +304,24 @@ mod tests {
         .validate(&module)
         .unwrap_or_else(|e| panic!("{}", e.emit_to_string(eight.source)));
         assert_eq!(dense_coop(16), DENSE_COOP);
+    }
+
+    /// The workgroup-memory check of the coop shapes counts the kernel's padding.
+    #[test]
+    fn coop_padding_matches_the_kernel() {
+        let line = format!("const PAD: u32 = {COOP_PAD}u;");
+        assert!(
+            DENSE_COOP.source.contains(&line),
+            "{line} not in dense_coop.wgsl"
+        );
+        for tile in [
+            "array<f16, BY * TMC * CT * (BK + PAD)>",
+            "array<f16, BX * TNC * CT * (BK + PAD)>",
+        ] {
+            assert!(
+                DENSE_COOP.source.contains(tile),
+                "{tile} not in dense_coop.wgsl"
+            );
+        }
     }
 }

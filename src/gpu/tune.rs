@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use wgpu::util::DeviceExt;
 
-use super::kernels::{dense_coop, Kernel, Kernels, DENSE, DENSE_F16, DENSE_VEC4, DENSE_VEC4_F16};
+use super::kernels::{
+    dense_coop, Kernel, Kernels, COOP_PAD, DENSE, DENSE_F16, DENSE_VEC4, DENSE_VEC4_F16,
+};
 use super::GpuContext;
 use crate::error::{Error, Result};
 use crate::session::Precision;
@@ -60,7 +62,8 @@ const fn vectors(wg_x: u32, wg_y: u32, tm: u32, tn: u32, bk: u32) -> TileConfig 
 
 impl TileConfig {
     /// The configuration used when autotuning is off: 64 x 64 tiles, 4 x 4 per thread
-    /// in runs of four.
+    /// in runs of four. A tile built as `TileConfig { tm: 2, ..TileConfig::DEFAULT }`
+    /// keeps `vec4: true` and is refused; add `vec4: false` for `dense.wgsl` shapes.
     pub const DEFAULT: TileConfig = vectors(16, 16, 4, 4, 16);
 
     /// The candidates the autotune times: `dense_vec4.wgsl` at 64 × 64 (the default),
@@ -345,7 +348,8 @@ impl CoopTile {
             mul(&[s.bx, s.by, self.subgroup]),
             mul(&[s.by, s.tmc, self.size]),
             mul(&[s.bx, s.tnc, self.size]),
-            mul(&[s.bk, self.size]),
+            // Rows of the staged slices are COOP_PAD values longer than the slice.
+            mul(&[s.bk, self.size]).and_then(|v| v.checked_add(u64::from(COOP_PAD))),
             mul(&[s.bx, s.by]),
         ) else {
             return false;
@@ -419,6 +423,11 @@ struct Key {
     rows: u32,
     outputs: u32,
     inputs: u32,
+    /// Whether the input width is a multiple of 4: only such layers run the `vec4`
+    /// kernels, so the two kinds are timed apart (entries of files written before
+    /// the `vec4` tiles read as `false`, and layers that can run them are timed again).
+    #[serde(default)]
+    aligned: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -454,8 +463,15 @@ fn coop_cache() -> &'static Mutex<HashMap<Key, CoopShape>> {
     CACHE.get_or_init(Mutex::default)
 }
 
-fn key_order(k: &Key) -> (&str, &str, u32, u32, u32) {
-    (&k.adapter, &k.precision, k.rows, k.outputs, k.inputs)
+fn key_order(k: &Key) -> (&str, &str, u32, u32, u32, bool) {
+    (
+        &k.adapter,
+        &k.precision,
+        k.rows,
+        k.outputs,
+        k.inputs,
+        k.aligned,
+    )
 }
 
 /// Merges a cache file into the in-memory cache; a missing file is an empty cache.
@@ -553,13 +569,15 @@ impl Tuner {
             return Ok(TileConfig::DEFAULT);
         }
         let key = self.key(ctx, precision, outputs, inputs);
+        let key_aligned = key.aligned;
         let tuned = self.tune(
             ctx,
             kernels,
             (precision, key),
             cache(),
             TileConfig::CANDIDATES,
-            |t| t.fits(&limits, precision),
+            // A layer that cannot run the vec4 kernels would time their tiles twice.
+            |t| t.fits(&limits, precision) && (key_aligned || !t.vec4),
             // The kernel this layer would run (the synthetic data of the timing is as
             // wide as the shape class, a multiple of 4).
             |t| {
@@ -706,6 +724,7 @@ impl Tuner {
             rows: bucket(self.rows),
             outputs: bucket(outputs),
             inputs: bucket(inputs),
+            aligned: inputs.is_multiple_of(4),
         }
     }
 }
@@ -811,7 +830,8 @@ fn time_kernel(
         // The first round compiles and warms up.
         if round > 0 {
             best = best.min(started.elapsed());
-            if give_up.is_some_and(|limit| best > limit) {
+            // Two rounds at least: one slow round on a busy machine is not enough.
+            if round > 1 && give_up.is_some_and(|limit| best > limit) {
                 break;
             }
         }
@@ -823,4 +843,64 @@ fn time_kernel(
         });
     }
     Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The workgroup memory `dense_coop.wgsl` declares for a shape: the two staged
+    /// slices (rows `BK + PAD` long, f16) and `c_tile` (one f32 matrix per block, plus
+    /// a spare).
+    fn coop_shared_bytes(t: &CoopTile) -> u64 {
+        let s = t.shape;
+        let ld = u64::from(s.bk * t.size + COOP_PAD);
+        let staged = u64::from((s.by * s.tmc + s.bx * s.tnc) * t.size) * ld * 2;
+        staged + u64::from(s.bx * s.by + 1) * u64::from(t.size * t.size) * 4
+    }
+
+    #[test]
+    fn coop_shapes_fit_exactly_when_the_kernel_memory_does() {
+        let limits = wgpu::Limits {
+            max_compute_workgroup_storage_size: 49152,
+            max_compute_invocations_per_workgroup: 1024,
+            max_compute_workgroup_size_x: 1024,
+            ..wgpu::Limits::default()
+        };
+        let base = CoopTile {
+            size: 16,
+            subgroup: 32,
+            shape: CoopShape::DEFAULT,
+        };
+        let mut checked = 0;
+        for bk in 1..=8 {
+            for (tmc, tnc) in [(1, 1), (2, 4), (4, 4), (3, 1)] {
+                let t = base.with_shape(CoopShape {
+                    bx: 2,
+                    by: 2,
+                    tmc,
+                    tnc,
+                    bk,
+                });
+                let needed = coop_shared_bytes(&t);
+                assert_eq!(
+                    t.fits(&limits),
+                    needed <= 49152,
+                    "{:?}: kernel needs {needed} bytes",
+                    t.shape
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 32);
+        // Within the padding of the limit: 46080 bytes unpadded, 50176 with it.
+        let edge = base.with_shape(CoopShape {
+            bx: 2,
+            by: 2,
+            tmc: 4,
+            tnc: 4,
+            bk: 5,
+        });
+        assert!(!edge.fits(&limits));
+    }
 }
