@@ -10,7 +10,8 @@
 # 1024 and 64, a sweep over every tile candidate and coop shape at 4096³, then the
 # rest. Writes under $OUT: devices.txt, precision.txt (the test run),
 # wgpu.jsonl (one JSON object per line, from `wgpu-ensemble bench --json`),
-# torch.jsonl (benches/torch_baseline.py), torch_anchor.json, errors.txt, and
+# torch.jsonl (benches/torch_baseline.py), torch_anchor.json, tiles.toml (the tiles
+# and coop shapes the autotune chose, per shape class), errors.txt, and
 # report.md (scripts/gpu_report.py: the targets next to PyTorch, then every line).
 #
 # Smaller runs (a smoke test on lavapipe): GEMM_SIZES="64" BATCHES="1" WORKLOADS="E1"
@@ -57,14 +58,17 @@ torch() {
 }
 
 first_gemm=${GEMM_SIZES%% *}
+# The autotune runs keep their choices (the winning tile per shape class) in tiles.toml.
 for p in f32 f16 f16-coop; do
-  run --workload gemm --batch "$first_gemm" --precision "$p" --runs "$RUNS" --autotune --trusted-kernels
+  run --workload gemm --batch "$first_gemm" --precision "$p" --runs "$RUNS" --autotune \
+    --autotune-cache "$OUT/tiles.toml" --trusted-kernels
 done
 torch
 for w in $WORKLOADS; do
   for b in $BATCHES; do
     for p in f32 f16 f16-coop; do
-      run --workload "$w" --batch "$b" --precision "$p" --runs "$RUNS" --trusted-kernels --autotune
+      run --workload "$w" --batch "$b" --precision "$p" --runs "$RUNS" --trusted-kernels --autotune \
+        --autotune-cache "$OUT/tiles.toml"
     done
   done
 done
@@ -76,7 +80,7 @@ for n in $GEMM_SIZES; do
   for p in f32 f16 f16-coop; do
     run --workload gemm --batch "$n" --precision "$p" --runs "$RUNS"
     if [ "$n" != "$first_gemm" ]; then
-      run --workload gemm --batch "$n" --precision "$p" --runs "$RUNS" --autotune --trusted-kernels
+      run --workload gemm --batch "$n" --precision "$p" --runs "$RUNS" --autotune --autotune-cache "$OUT/tiles.toml" --trusted-kernels
     fi
   done
 done

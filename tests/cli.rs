@@ -429,6 +429,44 @@ fn bench_sweeps_the_tile_candidates() {
         "{}",
         String::from_utf8_lossy(&vec4.stdout)
     );
+    // The autotune's choices in a cache file; the file needs --autotune.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("tiles.toml");
+    let cache_arg = cache.to_str().unwrap();
+    let tuned = cli(&[
+        "bench",
+        "--workload",
+        "gemm",
+        "--batch",
+        "24",
+        "--device",
+        &device,
+        "--runs",
+        "1",
+        "--autotune",
+        "--autotune-cache",
+        cache_arg,
+        "--json",
+    ]);
+    assert!(tuned.status.success(), "{}", stderr(&tuned));
+    let text = std::fs::read_to_string(&cache).unwrap();
+    assert!(
+        text.contains("[[entry]]") && text.contains("vec4"),
+        "{text}"
+    );
+    let alone = cli(&[
+        "bench",
+        "--workload",
+        "gemm",
+        "--batch",
+        "24",
+        "--autotune-cache",
+        cache_arg,
+    ]);
+    assert!(
+        !alone.status.success(),
+        "--autotune-cache without --autotune accepted"
+    );
     if device != "cpu" {
         // Runs of four: tm 2 is not a vec4 tile.
         let bad = cli(&[

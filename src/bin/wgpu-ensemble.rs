@@ -91,6 +91,9 @@ struct BenchArgs {
     /// Time the dense kernel's tile candidates (coop shapes with f16-coop) at session build and use the fastest.
     #[arg(long)]
     autotune: bool,
+    /// With --autotune: keep the timed choices in this TOML file (read first, written after each timing; SessionOptions::autotune_cache).
+    #[arg(long, value_name = "PATH", requires = "autotune")]
+    autotune_cache: Option<std::path::PathBuf>,
     /// A fixed tile for f32 and f16: WG_X,WG_Y,TM,TN,BK, then `,vec4` for the kernels with runs of four (see TileConfig).
     #[arg(long, value_name = "WG_X,WG_Y,TM,TN,BK[,vec4]")]
     tile: Option<String>,
@@ -242,6 +245,9 @@ fn bench(args: &BenchArgs) -> wgpu_ensemble::Result<()> {
     let mut options = SessionOptions::default().precision(precision);
     if args.autotune {
         options = options.autotune(args.batch);
+    }
+    if let Some(path) = &args.autotune_cache {
+        options = options.autotune_cache(path);
     }
     if let Some(text) = &args.tile {
         // A sixth field `vec4` picks dense_vec4.wgsl.
