@@ -6,9 +6,10 @@
 # Run there, from the repository root, carrying .gl and .devbin:
 #   OUT=/some/folder bash scripts/gpu_bench.sh
 # Most important first, so that a cut-short run still has it: the cooperative-matrix
-# tests on the hardware, gemm 4096³, PyTorch on the same GPU, E1 and E2 at batch 1,
-# 1024 and 64, a sweep over every tile candidate and coop shape at 4096³, then the
-# rest. Writes under $OUT: devices.txt, precision.txt (the test run),
+# tests on the hardware, gemm 4096³, PyTorch on the same GPU, E1 and E2 at batch 1
+# with a spin-wait, then at batch 1, 1024 and 64, a sweep over every tile candidate
+# and coop shape at 4096³, then the rest. Writes under $OUT: devices.txt,
+# precision.txt (the test run),
 # wgpu.jsonl (one JSON object per line, from `wgpu-ensemble bench --json`),
 # torch.jsonl (benches/torch_baseline.py), torch_anchor.json, tiles.toml (the tiles
 # and coop shapes the autotune chose, per shape class), errors.txt, and
@@ -64,6 +65,10 @@ for p in f32 f16 f16-coop; do
     --autotune-cache "$OUT/tiles.toml" --trusted-kernels
 done
 torch
+# Small runs again, busy-polling for the result instead of sleeping on the fence.
+for w in $WORKLOADS; do
+  run --workload "$w" --batch 1 --precision f32 --runs "$RUNS" --trusted-kernels --spin-us 2000
+done
 for w in $WORKLOADS; do
   for b in $BATCHES; do
     for p in f32 f16 f16-coop; do

@@ -102,9 +102,10 @@ def main():
             batch=r.get("batch"),
             mode="eager",
         )
+        spin = f", spin {r['spin_us']} µs" if r.get("spin_us") else ""
         print(
             f"| {r.get('workload')} | {r.get('batch')} | {r.get('precision')} | {r.get('tile')} "
-            f"| {r.get('mode')} | {fmt(r.get('p50_ms'))} | {fmt(r.get('p99_ms'))} "
+            f"| {r.get('mode')}{spin} | {fmt(r.get('p50_ms'))} | {fmt(r.get('p99_ms'))} "
             f"| {fmt(r.get('gflops'))} | {fmt(theirs)} |"
         )
 

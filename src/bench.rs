@@ -105,6 +105,8 @@ pub struct BenchReport {
     pub tile: String,
     /// Whether the kernels ran without wgpu's runtime bounds checks.
     pub trusted_kernels: bool,
+    /// [`SessionOptions::spin_wait`], in microseconds.
+    pub spin_us: u64,
     /// The devices the members ran on.
     pub adapter: Vec<String>,
     /// Runs timed (after the warm-up runs).
@@ -174,6 +176,7 @@ pub fn run_bench(
     }
     let precision = options.precision;
     let trusted_kernels = options.trusted_kernels;
+    let spin_us = u64::try_from(options.spin_wait.as_micros()).unwrap_or(u64::MAX);
     let tile = match (options.tile, options.coop_shape) {
         (Some(t), None) => format!("{t:?}"),
         (None, Some(c)) => format!("{c:?}"),
@@ -280,6 +283,7 @@ pub fn run_bench(
         precision: precision.name().to_string(),
         tile,
         trusted_kernels,
+        spin_us,
         adapter,
         runs: times.len(),
         p50_ms: p50 * 1e3,

@@ -92,6 +92,12 @@ pub struct SessionOptions {
     /// `ConfigProto.operation_timeout_in_ms`: a submission not finished in this time
     /// fails with [`Error::OperationTimeout`]. Default: 60 s.
     pub operation_timeout: Duration,
+    /// How long a device's worker busy-polls the device for a submission to finish
+    /// before it sleeps on the driver's fence (default zero: it sleeps at once). A few
+    /// hundred microseconds may save the fence's wake-up latency on small runs on a
+    /// GPU, at the cost of a CPU core for as long as it spins; `wgpu-ensemble bench
+    /// --spin-us` measures it. The CPU executor ignores it.
+    pub spin_wait: Duration,
     /// Caps the size of every buffer a device run uses, below the device's own limit.
     /// Batches whose activations do not fit are split into chunks that do. `None`
     /// (the default) uses the device's limit.
@@ -128,6 +134,7 @@ impl Default for SessionOptions {
     fn default() -> Self {
         Self {
             operation_timeout: Duration::from_secs(60),
+            spin_wait: Duration::ZERO,
             max_buffer_bytes: None,
             precision: Precision::F32,
             autotune: false,
@@ -145,6 +152,12 @@ impl SessionOptions {
     /// Sets [`SessionOptions::operation_timeout`].
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
         self.operation_timeout = timeout;
+        self
+    }
+
+    /// Sets [`SessionOptions::spin_wait`].
+    pub fn spin_wait(mut self, spin: Duration) -> Self {
+        self.spin_wait = spin;
         self
     }
 

@@ -290,6 +290,7 @@ fn bench_prints_one_json_object() {
     }
     assert!(v["p99_ms"].as_f64() >= v["p50_ms"].as_f64(), "{text}");
     assert_eq!(v["tile"], "default");
+    assert_eq!(v["spin_us"], 0);
     let bad = cli(&["bench", "--workload", "E9", "--batch", "1", "--json"]);
     assert!(
         !bad.status.success() && stderr(&bad).contains("E9"),
@@ -401,9 +402,16 @@ fn bench_sweeps_the_tile_candidates() {
         "1",
         "--tile",
         "8,8,2,2,8",
+        "--spin-us",
+        "300",
         "--json",
     ]);
     assert!(fixed.status.success(), "{}", stderr(&fixed));
+    assert!(
+        String::from_utf8_lossy(&fixed.stdout).contains("\"spin_us\":300"),
+        "{}",
+        String::from_utf8_lossy(&fixed.stdout)
+    );
     assert!(
         String::from_utf8_lossy(&fixed.stdout).contains("wg_x: 8, wg_y: 8, tm: 2, tn: 2, bk: 8"),
         "{}",

@@ -4,7 +4,11 @@
 mod common;
 
 use common::{assert_close, input, reference_forward, reference_mean, reference_vote};
-use wgpu_ensemble::{Activation::*, Aggregate, Graph, Model, Placement, RunOptions, Session};
+use std::time::Duration;
+
+use wgpu_ensemble::{
+    Activation::*, Aggregate, Graph, Model, Placement, RunOptions, Session, SessionOptions,
+};
 
 const IN: usize = 12;
 const OUT: usize = 6;
@@ -153,5 +157,36 @@ fn vote_shares_sum_to_one_and_ties_go_to_the_lowest_class() {
             );
         }
         assert_eq!(run.aggregate.argmax_rows().unwrap(), vec![1, 1, 1]);
+    }
+}
+
+#[test]
+fn spinning_for_the_result_gives_the_same_answers() {
+    // A spin shorter than any run (falls back to the blocking wait) and one longer than
+    // every run here (the spin sees the queue empty), at batches of the small-batch and
+    // the tiled kernels, on every adapter, against the reference.
+    let members = members(3);
+    for info in common::usable_adapters("spin wait") {
+        for spin in [Duration::from_nanos(1), Duration::from_secs(10)] {
+            let mut g = Graph::builder(members[0].1.in_features());
+            for (name, m) in &members {
+                g = g.member(name.clone(), m.clone(), Placement::Adapter(info.index));
+            }
+            let options = SessionOptions::default().spin_wait(spin);
+            let s = Session::with_options(g.build().unwrap(), options).unwrap();
+            for batch in [1, 40] {
+                let x = input(batch, members[0].1.in_features(), 5);
+                let run = s.run(&x, &RunOptions::default()).unwrap();
+                let outputs: Vec<Vec<f64>> = members
+                    .iter()
+                    .map(|(_, m)| reference_forward(m, &x))
+                    .collect();
+                assert_close(
+                    &format!("{info} spin {spin:?} batch {batch}"),
+                    run.aggregate.as_slice(),
+                    &reference_mean(&outputs, &[1.0; 3]),
+                );
+            }
+        }
     }
 }

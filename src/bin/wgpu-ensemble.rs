@@ -106,6 +106,9 @@ struct BenchArgs {
     /// Compile the kernels without wgpu's runtime bounds checks (SessionOptions::trusted_kernels).
     #[arg(long)]
     trusted_kernels: bool,
+    /// Busy-poll each device this many microseconds for a run to finish before sleeping on its fence (SessionOptions::spin_wait).
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
+    spin_us: u64,
     /// Print one JSON object instead of a line of text.
     #[arg(long)]
     json: bool,
@@ -249,6 +252,7 @@ fn bench(args: &BenchArgs) -> wgpu_ensemble::Result<()> {
     if let Some(path) = &args.autotune_cache {
         options = options.autotune_cache(path);
     }
+    options = options.spin_wait(Duration::from_micros(args.spin_us));
     if let Some(text) = &args.tile {
         // A sixth field `vec4` picks dense_vec4.wgsl.
         let (numbers, vec4) = match text.rsplit_once(',') {

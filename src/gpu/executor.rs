@@ -95,9 +95,27 @@ struct DeviceState {
     /// Most rows one submission handles (buffer size and dispatch limits).
     chunk_rows: usize,
     operation_timeout: Duration,
+    spin_wait: Duration,
     /// Rows the uniform buffers were last written for.
     uniform_rows: usize,
     rows: Option<RowBuffers>,
+}
+
+/// Polls `device` without blocking until its queue is empty (every submission
+/// finished, its callbacks run) or `limit` has passed; whether it emptied. An error
+/// ends the spin: the blocking wait that follows reports it.
+fn spin(device: &wgpu::Device, limit: Duration) -> bool {
+    if limit.is_zero() {
+        return false;
+    }
+    let started = Instant::now();
+    loop {
+        match device.poll(wgpu::PollType::Poll) {
+            Ok(status) if status.is_queue_empty() => return true,
+            Ok(_) if started.elapsed() < limit => std::hint::spin_loop(),
+            _ => return false,
+        }
+    }
 }
 
 fn bytes_of(values: usize) -> u64 {
@@ -287,6 +305,7 @@ impl DeviceState {
             output_width,
             chunk_rows,
             operation_timeout: options.operation_timeout,
+            spin_wait: options.spin_wait,
             uniform_rows: 0,
             rows: None,
         })
@@ -566,11 +585,18 @@ impl DeviceState {
             });
         }
         drop(tx);
-        match device.poll(wgpu::PollType::Wait {
-            submission_index: Some(submission),
-            timeout: Some(self.operation_timeout),
-        }) {
-            Ok(_) => {}
+        let waited = if spin(device, self.spin_wait) {
+            Ok(())
+        } else {
+            device
+                .poll(wgpu::PollType::Wait {
+                    submission_index: Some(submission),
+                    timeout: Some(self.operation_timeout),
+                })
+                .map(|_| ())
+        };
+        match waited {
+            Ok(()) => {}
             Err(wgpu::PollError::Timeout) => {
                 return Err(Error::OperationTimeout {
                     device: self.ctx.label.to_string(),
