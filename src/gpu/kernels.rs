@@ -22,7 +22,7 @@ enum Layout {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Kernel {
     pub(crate) file: &'static str,
-    source: &'static str,
+    pub(crate) source: &'static str,
     layout: Layout,
 }
 

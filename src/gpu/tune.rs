@@ -40,6 +40,10 @@ pub struct TileConfig {
     pub vec4: bool,
 }
 
+/// Values by which `dense_vec4.wgsl` and `dense_vec4_f16.wgsl` pad each k of their
+/// staged tiles (one vector).
+const VEC4_PAD: u64 = 4;
+
 /// A `dense.wgsl` tile.
 const fn strided(wg_x: u32, wg_y: u32, tm: u32, tn: u32, bk: u32) -> TileConfig {
     TileConfig {
@@ -126,13 +130,15 @@ impl TileConfig {
         let within = self.kernel_allows()
             && self.wg_x <= limits.max_compute_workgroup_size_x
             && self.wg_y <= limits.max_compute_workgroup_size_y;
+        // The vec4 kernels pad each k of their tiles by one vector (VEC4_PAD values).
+        let pad = if self.vec4 { 2 * VEC4_PAD } else { 0 };
         // Only now are the products small enough not to overflow; shared memory in u64.
         within
             && u64::from(self.wg_x) * u64::from(self.wg_y)
                 <= u64::from(limits.max_compute_invocations_per_workgroup)
             && u64::from(element)
                 * u64::from(self.bk)
-                * (u64::from(self.tile_rows()) + u64::from(self.tile_cols()))
+                * (u64::from(self.tile_rows()) + u64::from(self.tile_cols()) + pad)
                 <= u64::from(limits.max_compute_workgroup_storage_size)
     }
 
@@ -857,6 +863,31 @@ mod tests {
         let ld = u64::from(s.bk * t.size + COOP_PAD);
         let staged = u64::from((s.by * s.tmc + s.bx * s.tnc) * t.size) * ld * 2;
         staged + u64::from(s.bx * s.by + 1) * u64::from(t.size * t.size) * 4
+    }
+
+    /// The workgroup-memory check of the vec4 tiles counts the kernels' padding: the
+    /// declarations it assumes, and a limit exactly at and one byte below a tile's
+    /// padded size.
+    #[test]
+    fn vec4_tiles_fit_exactly_when_the_kernel_memory_does() {
+        for (source, element) in [(DENSE_VEC4.source, 4u32), (DENSE_VEC4_F16.source, 2)] {
+            assert!(source.contains("BK * (WG_Y * TM / 4u + 1u)>"));
+            assert!(source.contains("BK * (WG_X * TN / 4u + 1u)>"));
+            let precision = if element == 4 {
+                Precision::F32
+            } else {
+                Precision::F16
+            };
+            for t in TileConfig::CANDIDATES.into_iter().filter(|t| t.vec4) {
+                let padded = element * t.bk * (t.tile_rows() + 4 + t.tile_cols() + 4);
+                let at = |bytes: u32| wgpu::Limits {
+                    max_compute_workgroup_storage_size: bytes,
+                    ..wgpu::Limits::default()
+                };
+                assert!(t.fits(&at(padded), precision), "{t:?} at {padded}");
+                assert!(!t.fits(&at(padded - 1), precision), "{t:?} below {padded}");
+            }
+        }
     }
 
     #[test]
