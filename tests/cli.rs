@@ -19,6 +19,13 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `wgpu-ensemble bench --workload gemm --batch 24` and `extra`.
+fn gemm_bench(extra: &[&str]) -> Output {
+    let mut args = vec!["bench", "--workload", "gemm", "--batch", "24"];
+    args.extend_from_slice(extra);
+    cli(&args)
+}
+
 fn predict(manifest: &Path, input: &Path, output: &Path, members: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "predict",
@@ -259,20 +266,7 @@ fn devices_lists_adapters_and_the_cpu() {
 
 #[test]
 fn bench_prints_one_json_object() {
-    let out = cli(&[
-        "bench",
-        "--workload",
-        "gemm",
-        "--batch",
-        "24",
-        "--device",
-        "cpu",
-        "--runs",
-        "3",
-        "--warmup",
-        "1",
-        "--json",
-    ]);
+    let out = gemm_bench(&["--device", "cpu", "--runs", "3", "--warmup", "1", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     let v: serde_json::Value =
@@ -298,15 +292,7 @@ fn bench_prints_one_json_object() {
         stderr(&bad)
     );
     for tile in ["16,16,4", "16,16,4,4,x", "16,16,4,4,-1", "16,16,4,4,8,vec5"] {
-        let bad = cli(&[
-            "bench",
-            "--workload",
-            "gemm",
-            "--batch",
-            "24",
-            "--tile",
-            tile,
-        ]);
+        let bad = gemm_bench(&["--tile", tile]);
         assert!(!bad.status.success(), "--tile {tile} accepted");
         assert!(stderr(&bad).contains("error"), "{}", stderr(&bad));
     }
@@ -321,9 +307,7 @@ fn bench_refuses_tiles_that_would_not_be_used() {
         &["--precision", "f32", "--coop-shape", "2,2,2,2,2"],
     ];
     for extra in cases {
-        let mut args = vec!["bench", "--workload", "gemm", "--batch", "24"];
-        args.extend_from_slice(extra);
-        let out = cli(&args);
+        let out = gemm_bench(extra);
         assert!(!out.status.success(), "{extra:?} accepted");
         assert!(
             stderr(&out).contains("error"),
@@ -338,18 +322,7 @@ fn bench_refuses_tiles_that_would_not_be_used() {
         .find(|a| a.cooperative_matrix.is_empty());
     if let Some(a) = without {
         let device = format!("adapter:{}", a.index);
-        let out = cli(&[
-            "bench",
-            "--workload",
-            "gemm",
-            "--batch",
-            "24",
-            "--device",
-            &device,
-            "--precision",
-            "f16-coop",
-            "--sweep",
-        ]);
+        let out = gemm_bench(&["--device", &device, "--precision", "f16-coop", "--sweep"]);
         assert!(!out.status.success(), "a sweep with nothing run exited 0");
     }
 }
@@ -360,20 +333,8 @@ fn bench_sweeps_the_tile_candidates() {
         return;
     };
     let device = format!("adapter:{}", adapter.index);
-    let out = cli(&[
-        "bench",
-        "--workload",
-        "gemm",
-        "--batch",
-        "24",
-        "--device",
-        &device,
-        "--runs",
-        "1",
-        "--warmup",
-        "0",
-        "--sweep",
-        "--json",
+    let out = gemm_bench(&[
+        "--device", &device, "--runs", "1", "--warmup", "0", "--sweep", "--json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -390,12 +351,7 @@ fn bench_sweeps_the_tile_candidates() {
         .map(|t| format!("{t:?}"))
         .collect();
     assert_eq!(tiles, want, "{text}");
-    let fixed = cli(&[
-        "bench",
-        "--workload",
-        "gemm",
-        "--batch",
-        "24",
+    let fixed = gemm_bench(&[
         "--device",
         &device,
         "--runs",
@@ -417,12 +373,7 @@ fn bench_sweeps_the_tile_candidates() {
         "{}",
         String::from_utf8_lossy(&fixed.stdout)
     );
-    let vec4 = cli(&[
-        "bench",
-        "--workload",
-        "gemm",
-        "--batch",
-        "24",
+    let vec4 = gemm_bench(&[
         "--device",
         &device,
         "--runs",
@@ -441,12 +392,7 @@ fn bench_sweeps_the_tile_candidates() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("tiles.toml");
     let cache_arg = cache.to_str().unwrap();
-    let tuned = cli(&[
-        "bench",
-        "--workload",
-        "gemm",
-        "--batch",
-        "24",
+    let tuned = gemm_bench(&[
         "--device",
         &device,
         "--runs",
@@ -462,49 +408,21 @@ fn bench_sweeps_the_tile_candidates() {
         text.contains("[[entry]]") && text.contains("vec4"),
         "{text}"
     );
-    let alone = cli(&[
-        "bench",
-        "--workload",
-        "gemm",
-        "--batch",
-        "24",
-        "--autotune-cache",
-        cache_arg,
-    ]);
+    let alone = gemm_bench(&["--autotune-cache", cache_arg]);
     assert!(
         !alone.status.success(),
         "--autotune-cache without --autotune accepted"
     );
     if device != "cpu" {
         // Runs of four: tm 2 is not a vec4 tile.
-        let bad = cli(&[
-            "bench",
-            "--workload",
-            "gemm",
-            "--batch",
-            "24",
-            "--device",
-            &device,
-            "--tile",
-            "8,8,2,4,8,vec4",
-        ]);
+        let bad = gemm_bench(&["--device", &device, "--tile", "8,8,2,4,8,vec4"]);
         assert!(
             !bad.status.success() && stderr(&bad).contains("vec4 tiles take tm and tn 4 or 8"),
             "{}",
             stderr(&bad)
         );
         // More than 8 accumulators per thread: refused by the device's executor.
-        let bad = cli(&[
-            "bench",
-            "--workload",
-            "gemm",
-            "--batch",
-            "24",
-            "--device",
-            &device,
-            "--tile",
-            "16,16,9,4,16",
-        ]);
+        let bad = gemm_bench(&["--device", &device, "--tile", "16,16,9,4,16"]);
         assert!(
             !bad.status.success() && stderr(&bad).contains("does not fit"),
             "{}",
