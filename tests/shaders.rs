@@ -145,3 +145,51 @@ fn dense_kernels_share_one_activation() {
         }
     }
 }
+
+#[test]
+fn vec4_f16_kernel_is_the_f32_one_with_f16_operands() {
+    // WGSL has no includes: dense_vec4_f16.wgsl repeats dense_vec4.wgsl. From the
+    // uniform struct on, it must differ only where the operands are f16 (the weight
+    // binding, the tiles, the staged vectors, the x rounding, the widening of what the
+    // inner loop reads), so that a fix to one kernel cannot miss the other.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let body = |s: &str| s[s.find("struct Params").unwrap()..].to_string();
+    let mut want = body(&read("dense_vec4.wgsl"));
+    for (f32_text, f16_text) in [
+        (
+            "var<storage, read> w: array<vec4<f32>>;",
+            "var<storage, read> w: array<vec4<f16>>;",
+        ),
+        ("array<vec4<f32>, BK *", "array<vec4<f16>, BK *"),
+        ("var v = vec4<f32>();", "var v = vec4<f16>();"),
+        (
+            "v = x[row * k_vecs + (k0 + k) / 4u];",
+            "v = vec4<f16>(x[row * k_vecs + (k0 + k) / 4u]);",
+        ),
+        (
+            "= x_tile[k * xs + local.y];",
+            "= vec4<f32>(x_tile[k * xs + local.y]);",
+        ),
+        (
+            "= w_tile[k * ws + local.x];",
+            "= vec4<f32>(w_tile[k * ws + local.x]);",
+        ),
+        (
+            "= w_tile[k * ws + WG_X + local.x];",
+            "= vec4<f32>(w_tile[k * ws + WG_X + local.x]);",
+        ),
+        (
+            "= x_tile[k * xs + WG_Y + local.y];",
+            "= vec4<f32>(x_tile[k * xs + WG_Y + local.y]);",
+        ),
+    ] {
+        assert!(want.contains(f32_text), "dense_vec4.wgsl: no {f32_text}");
+        want = want.replace(f32_text, f16_text);
+    }
+    let got = body(&read("dense_vec4_f16.wgsl"));
+    for (i, (g, w)) in got.lines().zip(want.lines()).enumerate() {
+        assert_eq!(g, w, "dense_vec4_f16.wgsl line {i} after struct Params");
+    }
+    assert_eq!(got.lines().count(), want.lines().count());
+}

@@ -796,3 +796,70 @@ impl GpuExecutor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::DevicePool;
+
+    /// `spin` reports an emptied queue only once the work is done (its map callback
+    /// has run), and gives up at once with no time to spin.
+    #[test]
+    fn spin_returns_when_the_queue_is_empty() {
+        let mut pool = DevicePool::new(Precision::F32);
+        let Some(&index) = pool.usable().first() else {
+            assert!(
+                std::env::var("WGPU_ENSEMBLE_REQUIRE_GPU").as_deref() != Ok("1"),
+                "no usable adapter and WGPU_ENSEMBLE_REQUIRE_GPU=1"
+            );
+            eprintln!("spin: no usable adapter, skipped");
+            return;
+        };
+        let ctx = pool.open(index, 0).unwrap();
+        let device = &ctx.device;
+        let buffer = |usage| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: 1 << 20,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let src = buffer(wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST);
+        let dst = buffer(wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ);
+        let submit = || {
+            let mut encoder = device.create_command_encoder(&Default::default());
+            encoder.clear_buffer(&src, 0, None);
+            encoder.copy_buffer_to_buffer(&src, 0, &dst, 0, 1 << 20);
+            ctx.queue.submit([encoder.finish()]);
+            let (tx, rx) = mpsc::channel();
+            dst.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r.is_ok());
+            });
+            rx
+        };
+        let rx = submit();
+        assert!(
+            spin(device, Duration::from_secs(30)),
+            "the queue never emptied"
+        );
+        assert_eq!(
+            rx.try_recv(),
+            Ok(true),
+            "spun out before the mapping was done"
+        );
+        dst.unmap();
+        // Nothing to spin for: the queue is empty on the first poll.
+        assert!(spin(device, Duration::from_secs(30)));
+        // No time to spin: the caller waits instead.
+        let rx = submit();
+        assert!(!spin(device, Duration::ZERO));
+        device
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: Some(Duration::from_secs(30)),
+            })
+            .unwrap();
+        assert_eq!(rx.try_recv(), Ok(true));
+    }
+}
