@@ -57,6 +57,13 @@ struct Params {
     rows: u32,
     out_features: u32,
     in_features: u32,
+    // Members of one shape run stacked, member z on workgroup_id.z: it reads x, w and
+    // b and writes y this many values further on (x_stride is 0 when every member
+    // reads the same input). The crate keeps each a multiple of 4.
+    x_stride: u32,
+    w_stride: u32,
+    b_stride: u32,
+    y_stride: u32,
     _pad: u32,
 }
 
@@ -67,6 +74,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
+
+// Where this member's b and y start (set by main for emit).
+var<private> bo: u32;
+var<private> yo: u32;
 
 // Row-major slices: x_tile[m * LD + k] (matrix A, loaded row-major) and
 // w_tile[n * LD + k] (matrix B = w's slice transposed, loaded column-major). Rows are
@@ -128,7 +139,7 @@ fn emit(acc: MatC, owner: bool, slot: u32, row0: u32, col0: u32, lane: u32, lane
             let row = row0 + e / CT;
             let col = col0 + e % CT;
             if row < p.rows && col < p.out_features {
-                y[row * p.out_features + col] = activate(c_tile[slot * CT * CT + e] + b[col]);
+                y[yo + row * p.out_features + col] = activate(c_tile[slot * CT * CT + e] + b[bo + col]);
             }
         }
     }
@@ -149,6 +160,11 @@ fn main(
     let row0 = group.y * bm;
     let col0 = group.x * bn;
     let k_len = p.in_features;
+    // Member group.z's place in the stacked buffers.
+    let xo = group.z * p.x_stride;
+    let wo = group.z * p.w_stride;
+    bo = group.z * p.b_stride;
+    yo = group.z * p.y_stride;
 
     // Subgroups past the blocks (a subgroup smaller than the adapter's largest) redo
     // the last block and store to the spare slot of c_tile, never to y.
@@ -191,7 +207,7 @@ fn main(
                 let k = k0 + e % BK;
                 var v = vec4<f32>();
                 if row < p.rows && k < k_len {
-                    v = x[(row * k_len + k) / 4u];
+                    v = x[(xo + row * k_len + k) / 4u];
                 }
                 let t = (e / BK) * ld + e % BK;
                 x_tile[t] = f16(v.x);
@@ -204,7 +220,7 @@ fn main(
                 let k = k0 + e % BK;
                 var v = vec4<f16>();
                 if col < p.out_features && k < k_len {
-                    v = w[(col * k_len + k) / 4u];
+                    v = w[(wo + col * k_len + k) / 4u];
                 }
                 let t = (e / BK) * ld + e % BK;
                 w_tile[t] = v.x;
@@ -218,7 +234,7 @@ fn main(
                 let k = k0 + e % BK;
                 var v = 0.0h;
                 if row < p.rows && k < k_len {
-                    let i = row * k_len + k;
+                    let i = xo + row * k_len + k;
                     v = f16(x[i / 4u][i % 4u]);
                 }
                 x_tile[(e / BK) * ld + e % BK] = v;
@@ -228,7 +244,7 @@ fn main(
                 let k = k0 + e % BK;
                 var v = 0.0h;
                 if col < p.out_features && k < k_len {
-                    let i = col * k_len + k;
+                    let i = wo + col * k_len + k;
                     v = w[i / 4u][i % 4u];
                 }
                 w_tile[(e / BK) * ld + e % BK] = v;

@@ -35,6 +35,13 @@ struct Params {
     rows: u32,
     out_features: u32,
     in_features: u32,
+    // Members of one shape run stacked, member z on workgroup_id.z: it reads x, w and
+    // b and writes y this many values further on (x_stride is 0 when every member
+    // reads the same input). The crate keeps each a multiple of 4.
+    x_stride: u32,
+    w_stride: u32,
+    b_stride: u32,
+    y_stride: u32,
     _pad: u32,
 }
 
@@ -98,6 +105,11 @@ fn main(
     let row0 = group.y * bm;
     let col0 = group.x * bn;
     let k_len = p.in_features;
+    // Member group.z's place in the stacked buffers.
+    let xo = group.z * p.x_stride;
+    let wo = group.z * p.w_stride;
+    let bo = group.z * p.b_stride;
+    let yo = group.z * p.y_stride;
 
     var acc: array<f32, 64>;
     for (var i = 0u; i < TM * TN; i++) {
@@ -118,7 +130,7 @@ fn main(
                 let row = row0 + m;
                 var v = vec4<f32>();
                 if row < p.rows && k0 + k < k_len {
-                    v = x[(row * k_len + k0 + k) / 4u];
+                    v = x[(xo + row * k_len + k0 + k) / 4u];
                 }
                 x_tile[k * bm + m] = f16(v.x);
                 x_tile[(k + 1u) * bm + m] = f16(v.y);
@@ -131,7 +143,7 @@ fn main(
                 let col = col0 + n;
                 var v = vec4<f16>();
                 if col < p.out_features && k0 + k < k_len {
-                    v = w[(col * k_len + k0 + k) / 4u];
+                    v = w[(wo + col * k_len + k0 + k) / 4u];
                 }
                 w_tile[k * bn + n] = v.x;
                 w_tile[(k + 1u) * bn + n] = v.y;
@@ -145,7 +157,7 @@ fn main(
                 let row = row0 + m;
                 var v = 0.0h;
                 if row < p.rows && k0 + k < k_len {
-                    let i = row * k_len + k0 + k;
+                    let i = xo + row * k_len + k0 + k;
                     v = f16(x[i / 4u][i % 4u]);
                 }
                 x_tile[k * bm + m] = v;
@@ -156,7 +168,7 @@ fn main(
                 let col = col0 + n;
                 var v = 0.0h;
                 if col < p.out_features && k0 + k < k_len {
-                    let i = col * k_len + k0 + k;
+                    let i = wo + col * k_len + k0 + k;
                     v = w[i / 4u][i % 4u];
                 }
                 w_tile[k * bn + n] = v;
@@ -187,7 +199,7 @@ fn main(
         for (var j = 0u; j < TN; j++) {
             let col = col0 + local.x + j * WG_X;
             if col < p.out_features {
-                y[row * p.out_features + col] = activate(acc[i * TN + j] + b[col]);
+                y[yo + row * p.out_features + col] = activate(acc[i * TN + j] + b[bo + col]);
             }
         }
     }

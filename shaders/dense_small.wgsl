@@ -16,6 +16,13 @@ struct Params {
     rows: u32,
     out_features: u32,
     in_features: u32,
+    // Members of one shape run stacked, member z on workgroup_id.z: it reads x, w and
+    // b and writes y this many values further on (x_stride is 0 when every member
+    // reads the same input). The crate keeps each a multiple of 4.
+    x_stride: u32,
+    w_stride: u32,
+    b_stride: u32,
+    y_stride: u32,
     _pad: u32,
 }
 
@@ -67,6 +74,11 @@ fn main(
     let o = group.x + group.y * 65535u;
     let tid = local.x;
     let k_len = p.in_features;
+    // Member group.z's place in the stacked buffers.
+    let xo = group.z * p.x_stride;
+    let wo = group.z * p.w_stride;
+    let bo = group.z * p.b_stride;
+    let yo = group.z * p.y_stride;
     let rows = min(p.rows, MAX_ROWS);
     let live = o < p.out_features;
 
@@ -76,9 +88,9 @@ fn main(
     }
     if live {
         for (var k = tid; k < k_len; k += WG) {
-            let wv = w[o * k_len + k];
+            let wv = w[wo + o * k_len + k];
             for (var r = 0u; r < rows; r++) {
-                acc[r] = fma(x[r * k_len + k], wv, acc[r]);
+                acc[r] = fma(x[xo + r * k_len + k], wv, acc[r]);
             }
         }
     }
@@ -95,6 +107,6 @@ fn main(
         workgroupBarrier();
     }
     if live && tid < rows {
-        y[tid * p.out_features + o] = activate(partial[tid * WG] + b[o]);
+        y[yo + tid * p.out_features + o] = activate(partial[tid * WG] + b[bo + o]);
     }
 }

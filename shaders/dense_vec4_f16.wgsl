@@ -40,6 +40,13 @@ struct Params {
     rows: u32,
     out_features: u32,
     in_features: u32,
+    // Members of one shape run stacked, member z on workgroup_id.z: it reads x, w and
+    // b and writes y this many values further on (x_stride is 0 when every member
+    // reads the same input). The crate keeps each a multiple of 4.
+    x_stride: u32,
+    w_stride: u32,
+    b_stride: u32,
+    y_stride: u32,
     _pad: u32,
 }
 
@@ -49,6 +56,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
+
+// Where this member's b and y start (set by main for store).
+var<private> bo: u32;
+var<private> yo: u32;
 
 // k-major slices in vectors of four rows (outputs): x_tile[k * XS + m / 4][m % 4]
 // holds x[row0 + m, k0 + k], XS = BM / 4 + 1; w_tile likewise with n, BN and WS. The
@@ -99,10 +110,10 @@ fn store(row: u32, col: u32, v: vec4<f32>) {
     if row >= p.rows {
         return;
     }
-    let base = row * p.out_features;
+    let base = yo + row * p.out_features;
     for (var j = 0u; j < 4u; j++) {
         if col + j < p.out_features {
-            y[base + col + j] = activate(v[j] + b[col + j]);
+            y[base + col + j] = activate(v[j] + b[bo + col + j]);
         }
     }
 }
@@ -125,6 +136,11 @@ fn main(
     let col0 = group.x * bn;
     let k_len = p.in_features;
     let k_vecs = k_len / 4u;
+    // Member group.z's place in the stacked buffers (x and w in vectors).
+    let xo = group.z * p.x_stride / 4u;
+    let wo = group.z * p.w_stride / 4u;
+    bo = group.z * p.b_stride;
+    yo = group.z * p.y_stride;
 
     // c<i><a|b>: row i of the thread's rows (0-3 the first run, 4-7 the second), the
     // first (a) or second (b) run of outputs.
@@ -156,7 +172,7 @@ fn main(
             let row = row0 + m;
             var v = vec4<f16>();
             if row < p.rows && k0 + k < k_len {
-                v = vec4<f16>(x[row * k_vecs + (k0 + k) / 4u]);
+                v = vec4<f16>(x[xo + row * k_vecs + (k0 + k) / 4u]);
             }
             let at = k * xs + m / 4u;
             let lane = m % 4u;
@@ -171,7 +187,7 @@ fn main(
             let col = col0 + n;
             var v = vec4<f16>();
             if col < p.out_features && k0 + k < k_len {
-                v = w[col * k_vecs + (k0 + k) / 4u];
+                v = w[wo + col * k_vecs + (k0 + k) / 4u];
             }
             let at = k * ws + n / 4u;
             let lane = n % 4u;

@@ -1,14 +1,20 @@
 // Row-wise softmax in place: y[r, :] = exp(y[r, :] - max) / sum(exp(y[r, :] - max)).
-// One 64-thread workgroup per row (workgroup_id.x is the row); subtracting the row's
-// maximum keeps exp from overflowing for any input magnitude.
+// One 64-thread workgroup per row (workgroup_id.x is the row) of member
+// workgroup_id.z of a stack, whose rows start z * y_stride values into y; subtracting
+// the row's maximum keeps exp from overflowing for any input magnitude.
 
 const WG: u32 = 64u;
 
+// dense.wgsl's Params (a layer that ends in a softmax shares its uniform buffer).
 struct Params {
     rows: u32,
     cols: u32,
-    _pad0: u32,
-    _pad1: u32,
+    _in_features: u32,
+    _x_stride: u32,
+    _w_stride: u32,
+    _b_stride: u32,
+    y_stride: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> y: array<f32>;
@@ -23,7 +29,7 @@ fn main(
 ) {
     let row = group.x;
     let tid = local.x;
-    let base = row * p.cols;
+    let base = group.z * p.y_stride + row * p.cols;
     let live = row < p.rows;
 
     // Row maximum.

@@ -48,51 +48,77 @@ fn aggregates(k: usize) -> Vec<(Aggregate, Vec<f64>, bool)> {
 /// Every aggregate over 3, 4 and 5 members placed by `place(member index)`.
 fn check(place: &dyn Fn(usize) -> Placement, label: &str) {
     for k in 3..=5 {
-        let ms = members(k);
-        for (agg, weights, vote) in aggregates(k) {
-            let name = agg.name();
-            let mut g = Graph::builder(IN).aggregate(agg);
-            for (i, (n, m)) in ms.iter().enumerate() {
-                g = g.member(n.clone(), m.clone(), place(i));
-            }
-            let session = Session::new(g.build().unwrap()).unwrap();
-            for batch in [1, 19, 257] {
-                let x = input(batch, IN, (k * 1000 + batch) as u64);
-                let run = session
-                    .run(&x, &RunOptions::default().member_outputs(true))
-                    .unwrap();
-                let refs: Vec<Vec<f64>> =
-                    ms.iter().map(|(_, m)| reference_forward(m, &x)).collect();
-                for (report, want) in run.members.iter().zip(&refs) {
-                    assert_close(
-                        &format!(
-                            "{label}: {k} members {name} batch {batch}: member {}",
-                            report.name
-                        ),
-                        report.output.as_ref().unwrap().as_slice(),
-                        want,
-                    );
-                }
-                let want = if vote {
-                    reference_vote(&refs, &weights, OUT)
-                } else {
-                    reference_mean(&refs, &weights)
-                };
-                assert_eq!(run.aggregate.shape(), &[batch, OUT]);
+        check_members(&members(k), place, label);
+    }
+}
+
+/// Members of repeated shapes, each with weights of its own: a device runs the
+/// consecutive ones of one shape as a stack (one dispatch per layer and one for
+/// their aggregate), here three stacks (one of five, past the first vector of the
+/// kernel's weights; one with no softmax at the end) and a lone member.
+fn stacked_members() -> Vec<(String, Model)> {
+    let a: (&[usize], &[wgpu_ensemble::Activation]) = (&[IN, 20, OUT], &[Relu, Softmax]);
+    let b: (&[usize], &[wgpu_ensemble::Activation]) = (&[IN, 9, OUT], &[Tanh, Identity]);
+    let c: (&[usize], &[wgpu_ensemble::Activation]) = (&[IN, OUT], &[Softmax]);
+    [a, a, a, a, a, c, b, b, a, a]
+        .iter()
+        .enumerate()
+        .map(|(i, (w, act))| {
+            (
+                format!("m{i}"),
+                Model::random(w, act, 2000 + i as u64).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Every aggregate over `ms`, placed by `place(member index)`, at batches for the
+/// small-batch kernel (1) and the tiled one (19, and 257 over several workgroups of
+/// rows).
+fn check_members(ms: &[(String, Model)], place: &dyn Fn(usize) -> Placement, label: &str) {
+    let k = ms.len();
+    for (agg, weights, vote) in aggregates(k) {
+        let name = agg.name();
+        let mut g = Graph::builder(IN).aggregate(agg);
+        for (i, (n, m)) in ms.iter().enumerate() {
+            g = g.member(n.clone(), m.clone(), place(i));
+        }
+        let session = Session::new(g.build().unwrap()).unwrap();
+        for batch in [1, 19, 257] {
+            let x = input(batch, IN, (k * 1000 + batch) as u64);
+            let run = session
+                .run(&x, &RunOptions::default().member_outputs(true))
+                .unwrap();
+            let refs: Vec<Vec<f64>> = ms.iter().map(|(_, m)| reference_forward(m, &x)).collect();
+            for (report, want) in run.members.iter().zip(&refs) {
                 assert_close(
-                    &format!("{label}: {k} members {name} batch {batch}: aggregate"),
-                    run.aggregate.as_slice(),
-                    &want,
-                );
-                // Without member outputs the device-side aggregate alone comes back.
-                let lean = session.run(&x, &RunOptions::default()).unwrap();
-                assert!(lean.members.iter().all(|m| m.output.is_none()));
-                assert_close(
-                    &format!("{label}: {k} members {name} batch {batch}: aggregate alone"),
-                    lean.aggregate.as_slice(),
-                    &want,
+                    &format!(
+                        "{label}: {k} members {name} batch {batch}: member {}",
+                        report.name
+                    ),
+                    report.output.as_ref().unwrap().as_slice(),
+                    want,
                 );
             }
+            let want = if vote {
+                reference_vote(&refs, &weights, OUT)
+            } else {
+                reference_mean(&refs, &weights)
+            };
+            assert_eq!(run.aggregate.shape(), &[batch, OUT]);
+            assert_close(
+                &format!("{label}: {k} members {name} batch {batch}: aggregate"),
+                run.aggregate.as_slice(),
+                &want,
+            );
+            // Without member outputs the device-side aggregate alone comes back.
+            let lean = session.run(&x, &RunOptions::default()).unwrap();
+            assert!(lean.members.iter().all(|m| m.output.is_none()));
+            assert_close(
+                &format!("{label}: {k} members {name} batch {batch}: aggregate alone"),
+                lean.aggregate.as_slice(),
+                &want,
+            );
         }
     }
 }
@@ -106,6 +132,15 @@ fn ensembles_on_cpu() {
 fn ensembles_on_each_adapter() {
     for (label, place) in common::gpu_placements("ensembles_on_each_adapter") {
         check(&|_| place.clone(), &label);
+    }
+}
+
+#[test]
+fn stacked_members_on_cpu_and_each_adapter() {
+    let ms = stacked_members();
+    check_members(&ms, &|_| Placement::Cpu, "cpu");
+    for (label, place) in common::gpu_placements("stacked members") {
+        check_members(&ms, &|_| place.clone(), &label);
     }
 }
 

@@ -256,3 +256,81 @@ fn quorum_must_be_between_one_and_the_member_count() {
         }
     }
 }
+
+/// Failing members of a stack (members of one shape on one device, which run in the
+/// same dispatches) are left out of the aggregate and the member outputs, and the
+/// others in their stack are undisturbed: one of a stack ending in softmax, two of
+/// a stack without, a whole stack; then every member again. Two runs each at batches
+/// for the small-batch and the tiled kernels: only the failing members change.
+#[test]
+fn failing_members_of_a_stack_are_left_out() {
+    let Some(adapter) = common::usable_adapters("stack faults")
+        .first()
+        .map(|a| a.index)
+    else {
+        return;
+    };
+    let models: Vec<Model> = (0..6)
+        .map(|i| {
+            let acts = if i < 3 {
+                [Relu, Softmax]
+            } else {
+                [Tanh, Identity]
+            };
+            Model::random(&[6, 12, 4], &acts, 90 + i).unwrap()
+        })
+        .collect();
+    let weights = [0.1, 0.2, 0.3, 0.05, 0.15, 0.2];
+    let plan = FaultPlan::new()
+        .on_run("m1", 0, Fault::Fail)
+        .on_run("m3", 1, Fault::Fail)
+        .on_run("m5", 1, Fault::Fail)
+        .on_run("m0", 2, Fault::Fail)
+        .on_run("m1", 2, Fault::Fail)
+        .on_run("m2", 2, Fault::Fail);
+    let mut g = Graph::builder(6).aggregate(Aggregate::WeightedMean(weights.to_vec()));
+    for (i, m) in models.iter().enumerate() {
+        g = g.member(format!("m{i}"), m.clone(), Placement::Adapter(adapter));
+    }
+    let s =
+        Session::with_options(g.build().unwrap(), SessionOptions::default().faults(plan)).unwrap();
+    let options = RunOptions::default()
+        .quorum(QuorumPolicy::Quorum(1))
+        .member_outputs(true);
+    let runs: [(usize, &[usize]); 4] = [
+        (3, &[0, 2, 3, 4, 5]),
+        (3, &[0, 1, 2, 4]),
+        (20, &[3, 4, 5]),
+        (20, &[0, 1, 2, 3, 4, 5]),
+    ];
+    for (run, (batch, present)) in runs.into_iter().enumerate() {
+        let x = input(batch, 6, 40 + run as u64);
+        let out = s.run(&x, &options).unwrap();
+        let label = format!("run {run}, batch {batch}");
+        for (i, m) in out.members.iter().enumerate() {
+            if present.contains(&i) {
+                assert!(
+                    matches!(m.status, MemberStatus::Finished),
+                    "{label}: m{i}: {:?}",
+                    m.status
+                );
+                assert_close(
+                    &format!("{label}: m{i}"),
+                    m.output.as_ref().unwrap().as_slice(),
+                    &common::reference_forward(&models[i], &x),
+                );
+            } else {
+                assert!(
+                    matches!(m.status, MemberStatus::Failed(_)) && m.output.is_none(),
+                    "{label}: m{i} should have failed: {:?}",
+                    m.status
+                );
+            }
+        }
+        assert_close(
+            &format!("{label}: aggregate"),
+            out.aggregate.as_slice(),
+            &common::reference_present(&models, &weights, &x, present),
+        );
+    }
+}

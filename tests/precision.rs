@@ -567,3 +567,73 @@ fn autotune_retimes_cached_entries_the_device_cannot_run() {
         }
     }
 }
+
+/// Members of one shape run stacked: one dispatch per layer for all of them, each
+/// member's weights, biases and activations at its own place in shared buffers. Three
+/// stacks (inputs that are a multiple of 4 throughout; a hidden layer 9 wide; a
+/// hidden softmax) around a lone member of another shape, every member with weights
+/// of its own, in every precision the adapter runs, checked and trusted, at batches
+/// for the small-batch and the tiled kernels: a member reading another's weights,
+/// biases or inputs, or writing over another's outputs, is caught.
+#[test]
+fn stacked_members_match_their_references_in_every_precision() {
+    let shapes: [(&[usize], &[wgpu_ensemble::Activation], usize); 4] = [
+        (&[32, 24, 8], &[Relu, Softmax], 3),
+        (&[32, 8], &[Identity], 1),
+        (&[32, 9, 8], &[Tanh, Identity], 2),
+        (&[32, 12, 8], &[Softmax, Sigmoid], 2),
+    ];
+    let mut models = Vec::new();
+    for (widths, acts, copies) in shapes {
+        for _ in 0..copies {
+            let seed = 500 + models.len() as u64;
+            models.push(Model::random(widths, acts, seed).unwrap());
+        }
+    }
+    let mut precisions = 0;
+    for info in usable_adapters("stacked members") {
+        let place = Placement::Adapter(info.index);
+        let mut runs = vec![(Precision::F32, F32)];
+        if info.features.contains(wgpu::Features::SHADER_F16) {
+            runs.push((Precision::F16, F16));
+        }
+        if has_coop(&info) {
+            runs.push((Precision::F16CoopMatrix, F16));
+        }
+        for (precision, (reference, abs, rel)) in runs {
+            let options = SessionOptions::default().precision(precision);
+            // SAFETY: this test is what vouches for the kernels' own bounds checks.
+            let trusted = unsafe { options.clone().trusted_kernels() };
+            for (options, how) in [(options, "checked"), (trusted, "trusted")] {
+                let mut g = Graph::builder(32);
+                for (i, m) in models.iter().enumerate() {
+                    g = g.member(format!("m{i}"), m.clone(), place.clone());
+                }
+                let session = Session::with_options(g.build().unwrap(), options).unwrap();
+                for batch in [1, 16, 17, 70] {
+                    let x = input(batch, 32, 900 + batch as u64);
+                    let run = session
+                        .run(&x, &RunOptions::default().member_outputs(true))
+                        .unwrap();
+                    for (m, model) in run.members.iter().zip(&models) {
+                        assert_close_tol(
+                            &format!(
+                                "{info} {} {how}: {} batch {batch}",
+                                precision.name(),
+                                m.name
+                            ),
+                            m.output.as_ref().unwrap().as_slice(),
+                            &reference(model, &x),
+                            abs,
+                            rel,
+                        );
+                    }
+                }
+            }
+            precisions += 1;
+        }
+    }
+    if common::gpu_required() {
+        assert!(precisions > 0, "no adapter to check stacked members on");
+    }
+}

@@ -164,8 +164,8 @@ fn vec4_f16_kernel_is_the_f32_one_with_f16_operands() {
         ("array<vec4<f32>, BK *", "array<vec4<f16>, BK *"),
         ("var v = vec4<f32>();", "var v = vec4<f16>();"),
         (
-            "v = x[row * k_vecs + (k0 + k) / 4u];",
-            "v = vec4<f16>(x[row * k_vecs + (k0 + k) / 4u]);",
+            "v = x[xo + row * k_vecs + (k0 + k) / 4u];",
+            "v = vec4<f16>(x[xo + row * k_vecs + (k0 + k) / 4u]);",
         ),
         (
             "= x_tile[k * xs + local.y];",

@@ -1,43 +1,62 @@
 //! The forward pass of every member placed on one device, encoded into one command
 //! buffer per run (per chunk, for batches larger than one buffer allows).
+//!
+//! Consecutive members of one shape (the same layer widths and activations) run as a
+//! *stack*: their weights, biases and activations each live in one buffer, member
+//! after member, and every layer is one dispatch for the whole stack (member z on
+//! `workgroup_id.z`), as is the aggregate. An ensemble of four identical MLPs of
+//! three layers is four dispatches per run instead of sixteen; on a GPU every
+//! dispatch is followed by a barrier, so at small batches their count is the latency.
 
+use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use wgpu::util::DeviceExt;
-
 use super::kernels::{
-    dense_coop, Kernels, AGGREGATE, AGGREGATE_WG, DENSE_SMALL, DENSE_SMALL_F16, SMALL_GROUPS_X,
-    SMALL_ROWS, SOFTMAX, SOFTMAX_AGGREGATE,
+    dense_coop, Kernels, AGGREGATE, AGGREGATE_WG, DENSE_SMALL, DENSE_SMALL_F16, MAX_STACK,
+    SMALL_GROUPS_X, SMALL_ROWS, SOFTMAX, SOFTMAX_AGGREGATE,
 };
 use super::tune::Tuner;
 use super::GpuContext;
 use crate::aggregate::Mode;
 use crate::error::{Error, Result};
-use crate::model::Activation;
+use crate::model::{Activation, Model};
 use crate::session::{Precision, SessionOptions};
 use crate::worker::{DeviceOutput, MemberSpec};
 
-/// `Params` of dense.wgsl; its first two fields double as softmax.wgsl's.
+/// `Params` of the dense kernels; softmax.wgsl reads its `rows`, `out_features` (as
+/// its columns) and `y_stride`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct DenseParams {
     rows: u32,
     out_features: u32,
     in_features: u32,
+    /// Values from one member's x, w, b and y to the next member's in the stacked
+    /// buffers (x: 0 for the first layer, whose input all members share).
+    x_stride: u32,
+    w_stride: u32,
+    b_stride: u32,
+    y_stride: u32,
     _pad: u32,
 }
 
-/// `Params` of aggregate.wgsl.
+/// `Params` of aggregate.wgsl and softmax_aggregate.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct AggregateParams {
     rows: u32,
     cols: u32,
-    weight: f32,
-    _pad: u32,
+    members: u32,
+    /// Bit z set: member z of the stack takes part in this run.
+    present: u32,
+    y_stride: u32,
+    _pad: [u32; 3],
+    weights: [f32; MAX_STACK],
 }
 
+/// One layer of a stack.
 struct GpuLayer {
     in_features: usize,
     out_features: usize,
@@ -51,14 +70,18 @@ struct GpuLayer {
     tile_rows: u32,
     /// Pipeline for at most `SMALL_ROWS` rows.
     small: wgpu::ComputePipeline,
+    /// The members' weights (biases), `w_stride` (`b_stride`) values apart.
     weight: wgpu::Buffer,
+    w_stride: u32,
     bias: wgpu::Buffer,
+    b_stride: u32,
     params: wgpu::Buffer,
 }
 
-struct GpuMember {
-    index: usize,
-    weight: f32,
+/// Consecutive members of one shape, run together (see the module's documentation).
+struct GpuStack {
+    /// Graph index and aggregate weight of each member, in the order given.
+    members: Vec<(usize, f32)>,
     layers: Vec<GpuLayer>,
     /// The last layer ends in softmax: its softmax is fused with the aggregate.
     fused_softmax: bool,
@@ -71,16 +94,23 @@ struct RowBuffers {
     input: wgpu::Buffer,
     acc: wgpu::Buffer,
     staging_acc: wgpu::Buffer,
-    members: Vec<MemberRows>,
+    stacks: Vec<StackRows>,
 }
 
-struct MemberRows {
+struct StackRows {
+    /// Each layer's output for every member of the stack, `y_strides[l]` values apart.
     outputs: Vec<wgpu::Buffer>,
+    y_strides: Vec<u32>,
     dense_groups: Vec<wgpu::BindGroup>,
     softmax_groups: Vec<Option<wgpu::BindGroup>>,
     aggregate_group: wgpu::BindGroup,
-    staging: wgpu::Buffer,
+    /// One per member, for its own output when asked.
+    staging: Vec<wgpu::Buffer>,
 }
+
+/// What the uniform buffers were last written for: rows, row capacity, and the
+/// present-member mask of every stack.
+type UniformKey = (usize, usize, Vec<u32>);
 
 /// The pipelines, weights and buffers of the members on one live device.
 struct DeviceState {
@@ -89,15 +119,14 @@ struct DeviceState {
     softmax: wgpu::ComputePipeline,
     aggregate: wgpu::ComputePipeline,
     softmax_aggregate: wgpu::ComputePipeline,
-    members: Vec<GpuMember>,
+    stacks: Vec<GpuStack>,
     input_width: usize,
     output_width: usize,
     /// Most rows one submission handles (buffer size and dispatch limits).
     chunk_rows: usize,
     operation_timeout: Duration,
     spin_wait: Duration,
-    /// Rows the uniform buffers were last written for.
-    uniform_rows: usize,
+    uniforms: Option<UniformKey>,
     rows: Option<RowBuffers>,
 }
 
@@ -122,15 +151,18 @@ fn bytes_of(values: usize) -> u64 {
     (values * std::mem::size_of::<f32>()) as u64
 }
 
-/// f32 values rounded to f16, as little-endian bytes padded to a multiple of 8 (a
-/// storage binding's size must be a multiple of 4; dense_coop.wgsl reads vec4<f16>).
+/// Values from one member's part of a stacked buffer to the next: `values` rounded up
+/// to whole vectors of four (the kernels read x and w four at a time).
+fn stride(values: usize) -> usize {
+    values.next_multiple_of(4)
+}
+
+/// f32 values rounded to f16, as little-endian bytes.
 fn le_bytes_f16(values: &[f32]) -> Vec<u8> {
-    let mut bytes: Vec<u8> = values
+    values
         .iter()
         .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-        .collect();
-    bytes.resize(bytes.len().next_multiple_of(8), 0);
-    bytes
+        .collect()
 }
 
 /// Copies mapped bytes into `dst` without assuming the mapping's alignment.
@@ -143,6 +175,49 @@ fn copy_f32(dst: &mut [f32], bytes: &[u8]) {
             }
         }
     }
+}
+
+/// The same layer widths and activations.
+fn same_shape(a: &Model, b: &Model) -> bool {
+    a.layers().len() == b.layers().len()
+        && a.layers().iter().zip(b.layers()).all(|(x, y)| {
+            (x.in_features(), x.out_features(), x.activation())
+                == (y.in_features(), y.out_features(), y.activation())
+        })
+}
+
+/// Groups `models` (in order) into stacks: runs of consecutive models of one shape,
+/// at most `MAX_STACK` long, each as long as its stacked buffers stay within
+/// `max_bytes`: weights (`weight_bytes` per value) and the activations of `rows` rows.
+/// A model alone is always a stack (its own limits are checked elsewhere).
+fn plan_stacks(
+    models: &[&Model],
+    weight_bytes: u64,
+    max_bytes: u64,
+    rows: usize,
+) -> Vec<Range<usize>> {
+    let fits = |model: &Model, n: u64| {
+        model.layers().iter().all(|l| {
+            let (out_f, in_f) = (l.out_features(), l.in_features());
+            n * stride(out_f * in_f) as u64 * weight_bytes <= max_bytes
+                && n * bytes_of(stride(out_f)) <= max_bytes
+                && n * bytes_of(stride(rows * out_f)) <= max_bytes
+        })
+    };
+    let mut stacks: Vec<Range<usize>> = Vec::new();
+    for (i, model) in models.iter().enumerate() {
+        match stacks.last_mut() {
+            Some(s)
+                if s.len() < MAX_STACK
+                    && same_shape(models[s.start], model)
+                    && fits(model, s.len() as u64 + 1) =>
+            {
+                s.end = i + 1
+            }
+            _ => stacks.push(i..i + 1),
+        }
+    }
+    stacks
 }
 
 impl DeviceState {
@@ -172,55 +247,63 @@ impl DeviceState {
             bytes,
             limit: max_bytes,
         };
-        let small_kernel = match precision {
-            Precision::F32 => DENSE_SMALL,
-            Precision::F16 | Precision::F16CoopMatrix => DENSE_SMALL_F16,
+        let (small_kernel, weight_bytes) = match precision {
+            Precision::F32 => (DENSE_SMALL, 4),
+            Precision::F16 | Precision::F16CoopMatrix => (DENSE_SMALL_F16, 2),
         };
+        // Every member's own buffers must fit before any are stacked.
+        let mut widest = input_width.max(output_width);
+        for spec in members {
+            for (l, layer) in spec.model.layers().iter().enumerate() {
+                let (out_f, in_f) = (layer.out_features(), layer.in_features());
+                widest = widest.max(out_f);
+                let bytes = stride(out_f * in_f) as u64 * weight_bytes;
+                if bytes > max_bytes {
+                    return Err(too_large(
+                        format!("member '{}' layer {l} weight [{out_f}, {in_f}]", spec.name),
+                        bytes,
+                    ));
+                }
+            }
+        }
+        // 16 bytes of room for the rounding of buffer sizes (see ensure_capacity).
+        let by_bytes =
+            usize::try_from(max_bytes.saturating_sub(16) / bytes_of(widest)).unwrap_or(usize::MAX);
+        // Softmax dispatches one workgroup per row; the dense and aggregate kernels
+        // need fewer groups per row than that.
+        let unstacked_rows = by_bytes.min(limits.max_compute_workgroups_per_dimension as usize);
+        if unstacked_rows == 0 {
+            return Err(too_large(
+                format!("one row of {widest} values"),
+                bytes_of(widest),
+            ));
+        }
+        // Stacks are for small batches: one never makes a chunk of up to 1024 rows
+        // smaller than the members alone would.
+        let models: Vec<&Model> = members.iter().map(|m| m.model.as_ref()).collect();
+        let plan = plan_stacks(&models, weight_bytes, max_bytes, unstacked_rows.min(1024));
+
         let mut kernels = Kernels::new(device, options.trusted_kernels);
         let softmax = kernels.pipeline(device, SOFTMAX, &[])?;
         let aggregate = kernels.pipeline(device, AGGREGATE, &[("MODE", mode as u32)])?;
         let softmax_aggregate =
             kernels.pipeline(device, SOFTMAX_AGGREGATE, &[("MODE", mode as u32)])?;
-        let mut widest = input_width;
-        let mut gpu_members = Vec::with_capacity(members.len());
-        for spec in members {
-            let count = spec.model.layers().len();
-            let fused_softmax = spec.model.layers()[count - 1].activation() == Activation::Softmax;
+        let mut chunk_rows = unstacked_rows;
+        let mut stacks = Vec::with_capacity(plan.len());
+        for range in plan {
+            let specs = &members[range];
+            let n = specs.len();
+            let model = &specs[0].model;
+            let count = model.layers().len();
+            let fused_softmax = model.layers()[count - 1].activation() == Activation::Softmax;
             let mut layers = Vec::with_capacity(count);
-            for (l, layer) in spec.model.layers().iter().enumerate() {
+            for (l, layer) in model.layers().iter().enumerate() {
                 let (out_f, in_f) = (layer.out_features(), layer.in_features());
-                widest = widest.max(out_f);
-                // f32 weights are uploaded as they are (no host copy), like the biases,
-                // unless they need padding to whole vec4s (the tiled kernels read w
-                // four values at a time).
-                let weight_bytes: std::borrow::Cow<'_, [u8]> = match precision {
-                    Precision::F32 => {
-                        let bytes: &[u8] = bytemuck::cast_slice(layer.weight().as_slice());
-                        if bytes.len().is_multiple_of(16) {
-                            bytes.into()
-                        } else {
-                            let mut padded = bytes.to_vec();
-                            padded.resize(bytes.len().next_multiple_of(16), 0);
-                            padded.into()
-                        }
-                    }
-                    Precision::F16 | Precision::F16CoopMatrix => {
-                        le_bytes_f16(layer.weight().as_slice()).into()
-                    }
-                };
-                if weight_bytes.len() as u64 > max_bytes {
-                    return Err(too_large(
-                        format!("member '{}' layer {l} weight [{out_f}, {in_f}]", spec.name),
-                        weight_bytes.len() as u64,
-                    ));
-                }
-                let init = |label: &str, contents: &[u8]| {
-                    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some(label),
-                        contents,
-                        usage: wgpu::BufferUsages::STORAGE,
-                    })
-                };
+                // The activations of the stack's members share a buffer.
+                let per_member = max_bytes / 4 / n as u64;
+                let fit = usize::try_from(per_member.saturating_sub(4) / out_f as u64)
+                    .unwrap_or(usize::MAX);
+                chunk_rows = chunk_rows.min(fit);
                 let act = layer.activation().shader_code();
                 let (tiled_kernel, constants, tile_cols, tile_rows) = match coop {
                     Some(base) => {
@@ -242,12 +325,42 @@ impl DeviceState {
                 let groups = (out_f as u64).div_ceil(u64::from(tile_cols));
                 if groups > u64::from(limits.max_compute_workgroups_per_dimension) {
                     return Err(Error::DispatchTooLarge {
-                        what: format!("member '{}' layer {l} with {out_f} outputs", spec.name),
+                        what: format!("member '{}' layer {l} with {out_f} outputs", specs[0].name),
                         device: ctx.label.to_string(),
                         groups,
                         limit: limits.max_compute_workgroups_per_dimension,
                     });
                 }
+                let (w_stride, b_stride) = (stride(out_f * in_f), stride(out_f));
+                let weight = stacked_buffer(
+                    device,
+                    "weights",
+                    n as u64 * w_stride as u64 * weight_bytes,
+                    specs.iter().enumerate().map(|(z, s)| {
+                        let values = s.model.layers()[l].weight().as_slice();
+                        let bytes = match precision {
+                            Precision::F32 => Cow::Borrowed(bytemuck::cast_slice(values)),
+                            Precision::F16 | Precision::F16CoopMatrix => {
+                                Cow::Owned(le_bytes_f16(values))
+                            }
+                        };
+                        (z as u64 * w_stride as u64 * weight_bytes, bytes)
+                    }),
+                )
+                .map_err(|e| gpu_error(&ctx, &e))?;
+                let bias = stacked_buffer(
+                    device,
+                    "biases",
+                    bytes_of(n * b_stride),
+                    specs.iter().enumerate().map(|(z, s)| {
+                        let values = s.model.layers()[l].bias();
+                        (
+                            bytes_of(z * b_stride),
+                            Cow::Borrowed(bytemuck::cast_slice(values)),
+                        )
+                    }),
+                )
+                .map_err(|e| gpu_error(&ctx, &e))?;
                 layers.push(GpuLayer {
                     in_features: in_f,
                     out_features: out_f,
@@ -256,8 +369,10 @@ impl DeviceState {
                     tile_cols,
                     tile_rows,
                     small: kernels.pipeline(device, small_kernel, &[("ACT", act)])?,
-                    weight: init("weight", &weight_bytes),
-                    bias: init("bias", bytemuck::cast_slice(layer.bias())),
+                    weight,
+                    w_stride: w_stride as u32,
+                    bias,
+                    b_stride: b_stride as u32,
                     params: device.create_buffer(&wgpu::BufferDescriptor {
                         label: Some("dense params"),
                         size: std::mem::size_of::<DenseParams>() as u64,
@@ -266,9 +381,8 @@ impl DeviceState {
                     }),
                 });
             }
-            gpu_members.push(GpuMember {
-                index: spec.index,
-                weight: spec.weight,
+            stacks.push(GpuStack {
+                members: specs.iter().map(|s| (s.index, s.weight)).collect(),
                 layers,
                 fused_softmax,
                 aggregate_params: device.create_buffer(&wgpu::BufferDescriptor {
@@ -279,12 +393,6 @@ impl DeviceState {
                 }),
             });
         }
-        // 16 bytes of room for the rounding of buffer sizes (see ensure_capacity).
-        let by_bytes =
-            usize::try_from(max_bytes.saturating_sub(16) / bytes_of(widest)).unwrap_or(usize::MAX);
-        // Softmax dispatches one workgroup per row; the dense and aggregate kernels
-        // need fewer groups per row than that.
-        let chunk_rows = by_bytes.min(limits.max_compute_workgroups_per_dimension as usize);
         if chunk_rows == 0 {
             return Err(too_large(
                 format!("one row of {widest} values"),
@@ -300,13 +408,13 @@ impl DeviceState {
             softmax,
             aggregate,
             softmax_aggregate,
-            members: gpu_members,
+            stacks,
             input_width,
             output_width,
             chunk_rows,
             operation_timeout: options.operation_timeout,
             spin_wait: options.spin_wait,
-            uniform_rows: 0,
+            uniforms: None,
             rows: None,
         })
     }
@@ -315,6 +423,7 @@ impl DeviceState {
     /// timed-out submission, whose buffers may still be in use or mapped.
     pub(crate) fn reset(&mut self) {
         self.rows = None;
+        self.uniforms = None;
     }
 
     /// Runs every member on `input` (`[rows, input_width]`, already validated) except
@@ -323,18 +432,36 @@ impl DeviceState {
         let started = Instant::now();
         let rows = input.len() / self.input_width;
         let out = self.output_width;
-        let include: Vec<bool> = self
-            .members
+        // Bit z of present[s]: member z of stack s runs. A skipped member of a stack
+        // is still computed with the others, but adds nothing and is not read back.
+        let present: Vec<u32> = self
+            .stacks
             .iter()
-            .map(|m| !skip.contains(&m.index))
+            .map(|s| {
+                s.members
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (index, _))| !skip.contains(index))
+                    .fold(0, |mask, (z, _)| mask | 1 << z)
+            })
+            .collect();
+        let included: Vec<usize> = self
+            .stacks
+            .iter()
+            .zip(&present)
+            .flat_map(|(s, &mask)| {
+                s.members
+                    .iter()
+                    .enumerate()
+                    .filter(move |(z, _)| mask >> z & 1 == 1)
+                    .map(|(_, &(index, _))| index)
+            })
             .collect();
         let mut partial = vec![0.0f32; rows * out];
         let mut member_outputs: Vec<(usize, Vec<f32>)> = if want_members {
-            self.members
+            included
                 .iter()
-                .zip(&include)
-                .filter(|(_, &inc)| inc)
-                .map(|(m, _)| (m.index, vec![0.0f32; rows * out]))
+                .map(|&index| (index, vec![0.0f32; rows * out]))
                 .collect()
         } else {
             Vec::new()
@@ -346,7 +473,7 @@ impl DeviceState {
             let result = self.run_chunk(
                 x,
                 n,
-                &include,
+                &present,
                 &mut partial[start * out..(start + n) * out],
                 &mut member_outputs,
                 start * out,
@@ -360,13 +487,7 @@ impl DeviceState {
         Ok(DeviceOutput {
             partial,
             members: member_outputs,
-            present: self
-                .members
-                .iter()
-                .zip(&include)
-                .filter(|(_, &inc)| inc)
-                .map(|(m, _)| m.index)
-                .collect(),
+            present: included,
             failed: Vec::new(),
             elapsed: started.elapsed(),
         })
@@ -378,7 +499,7 @@ impl DeviceState {
         }
         let capacity = rows.next_power_of_two().min(self.chunk_rows).max(rows);
         let device = &self.ctx.device;
-        // Sizes rounded up to 16 bytes: dense_coop.wgsl reads its input as vec4<f32>.
+        // Sizes rounded up to 16 bytes: the kernels read x four values at a time.
         let buffer = |label: &str, values: usize, usage: wgpu::BufferUsages| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -415,16 +536,21 @@ impl DeviceState {
                 entries: &entries,
             })
         };
-        let members = self
-            .members
+        let stacks = self
+            .stacks
             .iter()
-            .map(|m| {
-                let outputs: Vec<wgpu::Buffer> = m
+            .map(|s| {
+                let n = s.members.len();
+                let y_strides: Vec<u32> = s
                     .layers
                     .iter()
-                    .map(|l| buffer("activations", capacity * l.out_features, storage))
+                    .map(|l| stride(capacity * l.out_features) as u32)
                     .collect();
-                let dense_groups = m
+                let outputs: Vec<wgpu::Buffer> = y_strides
+                    .iter()
+                    .map(|&y| buffer("activations", n * y as usize, storage))
+                    .collect();
+                let dense_groups = s
                     .layers
                     .iter()
                     .enumerate()
@@ -436,7 +562,7 @@ impl DeviceState {
                         )
                     })
                     .collect();
-                let softmax_groups = m
+                let softmax_groups = s
                     .layers
                     .iter()
                     .enumerate()
@@ -446,15 +572,18 @@ impl DeviceState {
                     })
                     .collect();
                 let last = &outputs[outputs.len() - 1];
-                let layout = if m.fused_softmax {
+                let layout = if s.fused_softmax {
                     &self.kernels.softmax_aggregate_layout
                 } else {
                     &self.kernels.aggregate_layout
                 };
-                let aggregate_group = bind(layout, &[last, &acc, &m.aggregate_params]);
-                MemberRows {
-                    staging: buffer("member staging", capacity * self.output_width, staging),
+                let aggregate_group = bind(layout, &[last, &acc, &s.aggregate_params]);
+                StackRows {
+                    staging: (0..n)
+                        .map(|_| buffer("member staging", capacity * self.output_width, staging))
+                        .collect(),
                     outputs,
+                    y_strides,
                     dense_groups,
                     softmax_groups,
                     aggregate_group,
@@ -466,47 +595,64 @@ impl DeviceState {
             input,
             acc,
             staging_acc,
-            members,
+            stacks,
         });
     }
 
-    fn write_uniforms(&mut self, rows: usize) {
-        if self.uniform_rows == rows {
+    /// Writes every uniform buffer for `rows` rows, the row buffers' strides and the
+    /// `present` members, unless they already hold that.
+    fn write_uniforms(&mut self, rows: usize, present: &[u32]) {
+        let Some(rb) = self.rows.as_ref() else {
+            return;
+        };
+        let key = (rows, rb.capacity, present.to_vec());
+        if self.uniforms.as_ref() == Some(&key) {
             return;
         }
         let queue = &self.ctx.queue;
-        for m in &self.members {
-            for l in &m.layers {
+        for ((s, sr), &mask) in self.stacks.iter().zip(&rb.stacks).zip(present) {
+            for (i, l) in s.layers.iter().enumerate() {
                 let p = DenseParams {
                     rows: rows as u32,
                     out_features: l.out_features as u32,
                     in_features: l.in_features as u32,
+                    x_stride: if i == 0 { 0 } else { sr.y_strides[i - 1] },
+                    w_stride: l.w_stride,
+                    b_stride: l.b_stride,
+                    y_stride: sr.y_strides[i],
                     _pad: 0,
                 };
                 queue.write_buffer(&l.params, 0, bytemuck::bytes_of(&p));
             }
+            let mut weights = [0.0; MAX_STACK];
+            for (w, &(_, weight)) in weights.iter_mut().zip(&s.members) {
+                *w = weight;
+            }
             let p = AggregateParams {
                 rows: rows as u32,
                 cols: self.output_width as u32,
-                weight: m.weight,
-                _pad: 0,
+                members: s.members.len() as u32,
+                present: mask,
+                y_stride: sr.y_strides[sr.y_strides.len() - 1],
+                _pad: [0; 3],
+                weights,
             };
-            queue.write_buffer(&m.aggregate_params, 0, bytemuck::bytes_of(&p));
+            queue.write_buffer(&s.aggregate_params, 0, bytemuck::bytes_of(&p));
         }
-        self.uniform_rows = rows;
+        self.uniforms = Some(key);
     }
 
     fn run_chunk(
         &mut self,
         x: &[f32],
         rows: usize,
-        include: &[bool],
+        present: &[u32],
         partial: &mut [f32],
         member_outputs: &mut [(usize, Vec<f32>)],
         offset: usize,
     ) -> Result<()> {
         self.ensure_capacity(rows);
-        self.write_uniforms(rows);
+        self.write_uniforms(rows, present);
         let Some(rb) = self.rows.as_ref() else {
             return Err(self.gpu_error("row buffers missing after allocation"));
         };
@@ -523,34 +669,35 @@ impl DeviceState {
                 timestamp_writes: None,
             });
             let n_rows = rows as u32;
-            let included = self.members.iter().zip(&rb.members).zip(include);
-            for ((m, mr), _) in included.filter(|(_, &inc)| inc) {
-                for (i, l) in m.layers.iter().enumerate() {
-                    pass.set_bind_group(0, &mr.dense_groups[i], &[]);
+            let running = self.stacks.iter().zip(&rb.stacks).zip(present);
+            for ((s, sr), _) in running.filter(|(_, &mask)| mask != 0) {
+                let n = s.members.len() as u32;
+                for (i, l) in s.layers.iter().enumerate() {
+                    pass.set_bind_group(0, &sr.dense_groups[i], &[]);
                     let outputs = l.out_features as u32;
                     if rows <= SMALL_ROWS {
                         pass.set_pipeline(&l.small);
                         pass.dispatch_workgroups(
                             outputs.min(SMALL_GROUPS_X),
                             outputs.div_ceil(SMALL_GROUPS_X),
-                            1,
+                            n,
                         );
                     } else {
                         pass.set_pipeline(&l.tiled);
                         pass.dispatch_workgroups(
                             outputs.div_ceil(l.tile_cols),
                             n_rows.div_ceil(l.tile_rows),
-                            1,
+                            n,
                         );
                     }
-                    if let Some(group) = &mr.softmax_groups[i] {
+                    if let Some(group) = &sr.softmax_groups[i] {
                         pass.set_pipeline(&self.softmax);
                         pass.set_bind_group(0, group, &[]);
-                        pass.dispatch_workgroups(n_rows, 1, 1);
+                        pass.dispatch_workgroups(n_rows, 1, n);
                     }
                 }
-                pass.set_bind_group(0, &mr.aggregate_group, &[]);
-                if m.fused_softmax {
+                pass.set_bind_group(0, &sr.aggregate_group, &[]);
+                if s.fused_softmax {
                     pass.set_pipeline(&self.softmax_aggregate);
                     pass.dispatch_workgroups(n_rows, 1, 1);
                 } else {
@@ -560,23 +707,27 @@ impl DeviceState {
             }
         }
         encoder.copy_buffer_to_buffer(&rb.acc, 0, &rb.staging_acc, 0, bytes);
-        let want_members = !member_outputs.is_empty();
-        let wanted: Vec<&MemberRows> = rb
-            .members
-            .iter()
-            .zip(include)
-            .filter(|(_, &inc)| inc && want_members)
-            .map(|(mr, _)| mr)
-            .collect();
-        for mr in &wanted {
-            if let Some(last) = mr.outputs.last() {
-                encoder.copy_buffer_to_buffer(last, 0, &mr.staging, 0, bytes);
+        // The staging buffers of the members read back, in the order of
+        // `member_outputs`.
+        let mut wanted: Vec<&wgpu::Buffer> = Vec::new();
+        if !member_outputs.is_empty() {
+            for (sr, &mask) in rb.stacks.iter().zip(present) {
+                let (Some(last), Some(&y_stride)) = (sr.outputs.last(), sr.y_strides.last()) else {
+                    continue;
+                };
+                for (z, staging) in sr.staging.iter().enumerate() {
+                    if mask >> z & 1 == 1 {
+                        let from = bytes_of(z * y_stride as usize);
+                        encoder.copy_buffer_to_buffer(last, from, staging, 0, bytes);
+                        wanted.push(staging);
+                    }
+                }
             }
         }
         let submission = queue.submit([encoder.finish()]);
 
         let mut staging: Vec<&wgpu::Buffer> = vec![&rb.staging_acc];
-        staging.extend(wanted.iter().map(|m| &m.staging));
+        staging.extend(wanted.iter().copied());
         let (tx, rx) = mpsc::channel();
         for buf in &staging {
             let tx = tx.clone();
@@ -637,20 +788,51 @@ impl DeviceState {
         };
         read(&rb.staging_acc, partial)?;
         let len = rows * self.output_width;
-        for (mr, (_, dst)) in wanted.iter().zip(member_outputs.iter_mut()) {
-            read(&mr.staging, &mut dst[offset..offset + len])?;
+        for (buf, (_, dst)) in wanted.iter().zip(member_outputs.iter_mut()) {
+            read(buf, &mut dst[offset..offset + len])?;
         }
         Ok(())
     }
 
     fn gpu_error(&self, message: &str) -> Error {
-        Error::Gpu {
-            device: self.ctx.label.to_string(),
-            message: message.to_string(),
-        }
+        gpu_error(&self.ctx, message)
     }
 }
 
+fn gpu_error(ctx: &GpuContext, message: &str) -> Error {
+    Error::Gpu {
+        device: ctx.label.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// A storage buffer of `size` bytes (rounded up to 16) holding `parts`: bytes at
+/// their offsets, zeros elsewhere.
+fn stacked_buffer<'a>(
+    device: &wgpu::Device,
+    label: &str,
+    size: u64,
+    parts: impl Iterator<Item = (u64, Cow<'a, [u8]>)>,
+) -> std::result::Result<wgpu::Buffer, String> {
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: size.next_multiple_of(16),
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: true,
+    });
+    {
+        let mut view = buffer
+            .slice(..)
+            .get_mapped_range_mut()
+            .map_err(|e| format!("uploading {label}: {e}"))?;
+        for (at, bytes) in parts {
+            let at = at as usize;
+            view.slice(at..at + bytes.len()).copy_from_slice(&bytes);
+        }
+    }
+    buffer.unmap();
+    Ok(buffer)
+}
 /// Runs the members placed on one wgpu device, recreating the device on its adapter
 /// when it is lost.
 pub(crate) struct GpuExecutor {
@@ -801,6 +983,35 @@ impl GpuExecutor {
 mod tests {
     use super::*;
     use crate::device::DevicePool;
+
+    /// Stacks are runs of consecutive members of one shape (widths and activations),
+    /// at most `MAX_STACK` long, as long as their weights, biases and the activations
+    /// of the given rows fit in one buffer each.
+    #[test]
+    fn stacks_are_runs_of_one_shape_within_the_limits() {
+        let model = |widths: &[usize], act| {
+            let acts = vec![act; widths.len() - 1];
+            Model::random(widths, &acts, 1).unwrap()
+        };
+        let a = model(&[10, 10, 3], Activation::Relu);
+        let b = model(&[10, 10, 3], Activation::Tanh);
+        let c = model(&[10, 12, 3], Activation::Relu);
+        let plan = |models: &[&Model], max_bytes, rows| plan_stacks(models, 4, max_bytes, rows);
+        let big = u64::MAX / 1024;
+        assert_eq!(plan(&[&a, &a, &b, &a, &a, &a], big, 1), [0..2, 2..3, 3..6]);
+        assert_eq!(plan(&[&a, &c, &c, &a], big, 1), [0..1, 1..3, 3..4]);
+        assert_eq!(plan(&vec![&a; 40], big, 1), [0..32, 32..40]);
+        // Weights of 10 × 10 values: 400 bytes a member.
+        assert_eq!(plan(&[&a; 5], 800, 1), [0..2, 2..4, 4..5]);
+        assert_eq!(plan(&[&a; 5], 799, 1), [0..1, 1..2, 2..3, 3..4, 4..5]);
+        // Activations of 100 rows of 10 values (the widest layer): 4000 bytes a member.
+        assert_eq!(plan(&[&a; 3], 8000, 100), [0..2, 2..3]);
+        // f16 weights take half the room.
+        assert_eq!(plan_stacks(&[&a; 5], 2, 800, 1), [0..4, 4..5]);
+        // A member too large for one buffer is still a stack of one (its own limits
+        // are reported before stacks are planned).
+        assert_eq!(plan(&[&a, &a], 100, 1), [0..1, 1..2]);
+    }
 
     /// `spin` reports an emptied queue only once the work is done (its map callback
     /// has run), and gives up at once with no time to spin.

@@ -792,7 +792,8 @@ fn time_kernel(
     let y = buffer(m * n * 4, wgpu::BufferUsages::STORAGE);
     let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some("autotune params"),
-        contents: bytemuck::cast_slice(&[m as u32, n as u32, k as u32, 0]),
+        // One member: the strides of a stack are never used.
+        contents: bytemuck::cast_slice(&[m as u32, n as u32, k as u32, 0, 0, 0, 0, 0]),
         usage: wgpu::BufferUsages::UNIFORM,
     });
     let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
