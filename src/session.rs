@@ -107,7 +107,8 @@ pub struct SessionOptions {
     /// Time a few tile configurations of the dense kernel (or, with
     /// [`Precision::F16CoopMatrix`], workgroup shapes of the cooperative-matrix
     /// kernel) for every layer shape at session build and keep the fastest (cached
-    /// per adapter and shape class for the life of the process). Off by default:
+    /// per adapter and shape class — rows, outputs, inputs, members run together in
+    /// one dispatch — for the life of the process). Off by default:
     /// [`TileConfig::DEFAULT`] or [`CoopShape::DEFAULT`] is used.
     pub autotune: bool,
     /// The batch size the autotune times (default 256); the chosen tiles serve every

@@ -453,6 +453,74 @@ fn autotune_picks_a_tile_and_keeps_it_in_its_cache_file() {
     }
 }
 
+/// The autotune times a stack's layers with the stack's member count (a stack gives
+/// the device more workgroups, which can favour other tiles) and keeps those choices
+/// apart from a lone member's of the same shape; the stacked members still match.
+#[test]
+fn autotune_times_a_stack_with_its_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("tiles.toml");
+    // Three members of one shape, then one of that shape alone after another shape;
+    // widths no other test tunes (their keys cannot come from the process's cache).
+    let shape: (&[usize], &[wgpu_ensemble::Activation]) = (&[36, 44, 5], &[Relu, Identity]);
+    let models: Vec<Model> = (0..5)
+        .map(|i| {
+            let (widths, acts) = if i == 3 {
+                (&[36, 5][..], &[Tanh][..])
+            } else {
+                shape
+            };
+            Model::random(widths, acts, 700 + i).unwrap()
+        })
+        .collect();
+    for info in usable_adapters("stack autotune") {
+        let mut g = Graph::builder(36);
+        for (i, m) in models.iter().enumerate() {
+            g = g.member(format!("m{i}"), m.clone(), Placement::Adapter(info.index));
+        }
+        let options = SessionOptions::default()
+            .autotune(40)
+            .autotune_cache(&cache);
+        let s = Session::with_options(g.build().unwrap(), options).unwrap();
+        for batch in [3, 40] {
+            let x = input(batch, 36, batch as u64);
+            let run = s
+                .run(&x, &RunOptions::default().member_outputs(true))
+                .unwrap();
+            for (m, model) in run.members.iter().zip(&models) {
+                assert_close_tol(
+                    &format!("{info} autotuned stack: {} batch {batch}", m.name),
+                    m.output.as_ref().unwrap().as_slice(),
+                    &reference_forward(model, &x),
+                    ABS,
+                    REL,
+                );
+            }
+        }
+        let text = std::fs::read_to_string(&cache).unwrap();
+        let file: toml::Value = toml::from_str(&text).unwrap();
+        // The file holds the process's whole cache: this adapter's entries.
+        let adapter = format!("{:?} {}", info.backend, info.name);
+        let members = |outputs: i64, inputs: i64| -> Vec<i64> {
+            let mut found: Vec<i64> = file["entry"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["adapter"].as_str() == Some(adapter.as_str()))
+                .filter(|e| e["outputs"].as_integer() == Some(outputs))
+                .filter(|e| e["inputs"].as_integer() == Some(inputs))
+                .map(|e| e["members"].as_integer().unwrap())
+                .collect();
+            found.sort();
+            found
+        };
+        // Layer [44, 36] (buckets 64, 64): the stack of three (4) and the lone one (1).
+        assert_eq!(members(64, 64), [1, 4], "{text}");
+        // Layer [5, 44] (buckets 16, 64): the same two.
+        assert_eq!(members(16, 64), [1, 4], "{text}");
+    }
+}
+
 #[test]
 fn coop_autotune_picks_a_shape_and_keeps_it_in_its_cache_file() {
     let dir = tempfile::tempdir().unwrap();

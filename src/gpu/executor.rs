@@ -237,10 +237,13 @@ impl DeviceState {
         let device = &ctx.device;
         let coop = super::check_precision(&ctx, precision)?;
         let limits = device.limits();
+        // At most 4 GiB: the kernels index buffers with u32, in values of 2 bytes or
+        // more, so no index (a member's offset in a stack included) can overflow.
         let max_bytes = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size)
-            .min(options.max_buffer_bytes.unwrap_or(u64::MAX));
+            .min(options.max_buffer_bytes.unwrap_or(u64::MAX))
+            .min(u64::from(u32::MAX));
         let too_large = |what: String, bytes: u64| Error::BufferTooLarge {
             what,
             device: ctx.label.to_string(),
@@ -307,12 +310,12 @@ impl DeviceState {
                 let act = layer.activation().shader_code();
                 let (tiled_kernel, constants, tile_cols, tile_rows) = match coop {
                     Some(base) => {
-                        let c = tuner.choose_coop(&ctx, &mut kernels, base, out_f, in_f)?;
+                        let c = tuner.choose_coop(&ctx, &mut kernels, base, (out_f, in_f), n)?;
                         let constants = c.constants(act).to_vec();
                         (dense_coop(c.size), constants, c.tile_cols(), c.tile_rows())
                     }
                     None => {
-                        let t = tuner.choose(&ctx, &mut kernels, precision, out_f, in_f)?;
+                        let t = tuner.choose(&ctx, &mut kernels, precision, (out_f, in_f), n)?;
                         let kernel = t.kernel(precision, in_f);
                         (
                             kernel,

@@ -434,6 +434,16 @@ struct Key {
     /// the `vec4` tiles read as `false`, and layers that can run them are timed again).
     #[serde(default)]
     aligned: bool,
+    /// Members that run the layer in one dispatch (a stack, see src/gpu/executor.rs),
+    /// rounded up to a power of two: a stack gives the device more workgroups than one
+    /// member, which can favour larger tiles (entries of files written before stacks
+    /// read as 1).
+    #[serde(default = "one")]
+    members: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Serialize, Deserialize)]
@@ -469,7 +479,7 @@ fn coop_cache() -> &'static Mutex<HashMap<Key, CoopShape>> {
     CACHE.get_or_init(Mutex::default)
 }
 
-fn key_order(k: &Key) -> (&str, &str, u32, u32, u32, bool) {
+fn key_order(k: &Key) -> (&str, &str, u32, u32, u32, bool, u32) {
     (
         &k.adapter,
         &k.precision,
@@ -477,6 +487,7 @@ fn key_order(k: &Key) -> (&str, &str, u32, u32, u32, bool) {
         k.outputs,
         k.inputs,
         k.aligned,
+        k.members,
     )
 }
 
@@ -555,14 +566,15 @@ impl Tuner {
         })
     }
 
-    /// The tile configuration for a `[outputs, inputs]` layer on this device.
+    /// The tile configuration for a `[outputs, inputs]` layer on this device, run by
+    /// a stack of `members`.
     pub(crate) fn choose(
         &self,
         ctx: &GpuContext,
         kernels: &mut Kernels,
         precision: Precision,
-        outputs: usize,
-        inputs: usize,
+        (outputs, inputs): (usize, usize),
+        members: usize,
     ) -> Result<TileConfig> {
         let limits = ctx.device.limits();
         if let Some(tile) = self.fixed {
@@ -574,7 +586,7 @@ impl Tuner {
         if !self.enabled {
             return Ok(TileConfig::DEFAULT);
         }
-        let key = self.key(ctx, precision, outputs, inputs);
+        let key = self.key(ctx, precision, (outputs, inputs), members);
         let key_aligned = key.aligned;
         let tuned = self.tune(
             ctx,
@@ -599,7 +611,8 @@ impl Tuner {
         Ok(tuned.unwrap_or(TileConfig::DEFAULT))
     }
 
-    /// The cooperative-matrix tile for a `[outputs, inputs]` layer on this device:
+    /// The cooperative-matrix tile for a `[outputs, inputs]` layer on this device, run
+    /// by a stack of `members`:
     /// `base` (from [`CoopTile::for_device`]) with the fixed shape, the default one, or
     /// the fastest candidate when autotuning. The shape is checked against the device's
     /// limits whichever way it was chosen (a cached one too).
@@ -608,8 +621,8 @@ impl Tuner {
         ctx: &GpuContext,
         kernels: &mut Kernels,
         base: CoopTile,
-        outputs: usize,
-        inputs: usize,
+        (outputs, inputs): (usize, usize),
+        members: usize,
     ) -> Result<CoopTile> {
         let limits = ctx.device.limits();
         let checked = |tile: CoopTile| {
@@ -627,7 +640,7 @@ impl Tuner {
         }
         // The matrix side and subgroup size are part of the key: a driver that starts
         // offering 16 x 16 matrices must not reuse a shape timed with 8 x 8 ones.
-        let mut key = self.key(ctx, Precision::F16CoopMatrix, outputs, inputs);
+        let mut key = self.key(ctx, Precision::F16CoopMatrix, (outputs, inputs), members);
         key.precision = format!(
             "{}/{}x{}/subgroup {}",
             key.precision, base.size, base.size, base.subgroup
@@ -723,7 +736,13 @@ impl Tuner {
         }
     }
 
-    fn key(&self, ctx: &GpuContext, precision: Precision, outputs: usize, inputs: usize) -> Key {
+    fn key(
+        &self,
+        ctx: &GpuContext,
+        precision: Precision,
+        (outputs, inputs): (usize, usize),
+        members: usize,
+    ) -> Key {
         Key {
             adapter: ctx.adapter_key(),
             precision: precision.name().to_string(),
@@ -731,13 +750,15 @@ impl Tuner {
             outputs: bucket(outputs),
             inputs: bucket(inputs),
             aligned: inputs.is_multiple_of(4),
+            members: members.max(1).next_power_of_two() as u32,
         }
     }
 }
 
-/// The best of three timed submissions of four dispatches each, on synthetic data of
-/// the shape class, after one untimed; a submission slower than `give_up` ends the
-/// timing there.
+/// The best of three timed submissions of four dispatches' work each (one dispatch for
+/// a stack of four members or more), on synthetic data of the shape class, after one
+/// untimed; a submission slower than `give_up` ends the timing there. A stack's
+/// members share the input and the weights here, each with an output of its own.
 /// `(tile_cols, tile_rows)` are the outputs and rows one workgroup of the pipeline
 /// computes.
 fn time_kernel(
@@ -750,13 +771,14 @@ fn time_kernel(
 ) -> Result<Duration> {
     let device = &ctx.device;
     let (mut m, mut n, mut k) = (key.rows as usize, key.outputs as usize, key.inputs as usize);
+    let members = key.members.max(1) as usize;
     // Keep every synthetic buffer within the device's binding limit.
     let limits = device.limits();
     let max_values = (limits
         .max_storage_buffer_binding_size
         .min(limits.max_buffer_size)
         / 4) as usize;
-    while m * k > max_values || n * k > max_values || m * n > max_values {
+    while m * k > max_values || n * k > max_values || members * (m * n + 3) > max_values {
         if m >= n && m > 16 {
             m /= 2;
         } else if n > 16 {
@@ -789,11 +811,12 @@ fn time_kernel(
     );
     let w = buffer(weight_bytes, wgpu::BufferUsages::STORAGE);
     let b = buffer(n * 4, wgpu::BufferUsages::STORAGE);
-    let y = buffer(m * n * 4, wgpu::BufferUsages::STORAGE);
+    let y_stride = (m * n).next_multiple_of(4);
+    let y = buffer(members * y_stride * 4, wgpu::BufferUsages::STORAGE);
     let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some("autotune params"),
-        // One member: the strides of a stack are never used.
-        contents: bytemuck::cast_slice(&[m as u32, n as u32, k as u32, 0, 0, 0, 0, 0]),
+        // dense.wgsl's Params: rows, outputs, inputs, then the x, w, b and y strides.
+        contents: bytemuck::cast_slice(&[m, n, k, 0, 0, 0, y_stride, 0].map(|v| v as u32)),
         usage: wgpu::BufferUsages::UNIFORM,
     });
     let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -819,8 +842,8 @@ fn time_kernel(
             let mut pass = encoder.begin_compute_pass(&Default::default());
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &group, &[]);
-            for _ in 0..4 {
-                pass.dispatch_workgroups(groups.0, groups.1, 1);
+            for _ in 0..(4 / members).max(1) {
+                pass.dispatch_workgroups(groups.0, groups.1, members as u32);
             }
         }
         let started = Instant::now();
@@ -864,6 +887,29 @@ mod tests {
         let ld = u64::from(s.bk * t.size + COOP_PAD);
         let staged = u64::from((s.by * s.tmc + s.bx * s.tnc) * t.size) * ld * 2;
         staged + u64::from(s.bx * s.by + 1) * u64::from(t.size * t.size) * 4
+    }
+
+    /// Cache files written before the `vec4` tiles and before stacks hold entries
+    /// without `aligned` and `members`: they read as unaligned, single-member keys
+    /// (so aligned layers and stacks are timed again), with a strided tile.
+    #[test]
+    fn old_cache_entries_read_as_unaligned_and_single_member() {
+        let old = r#"
+            [[entry]]
+            adapter = "Vulkan/llvmpipe"
+            precision = "f32"
+            rows = 64
+            outputs = 512
+            inputs = 1024
+            config = { wg_x = 16, wg_y = 16, tm = 4, tn = 4, bk = 16 }
+        "#;
+        let file: CacheFile = toml::from_str(old).unwrap();
+        let e = &file.entry[0];
+        assert!(!e.key.aligned);
+        assert_eq!(e.key.members, 1);
+        assert!(!e.config.vec4);
+        let again: CacheFile = toml::from_str(&toml::to_string(&file).unwrap()).unwrap();
+        assert_eq!(again.entry[0].key, e.key);
     }
 
     /// The workgroup-memory check of the vec4 tiles counts the kernels' padding: the
