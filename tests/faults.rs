@@ -261,7 +261,8 @@ fn quorum_must_be_between_one_and_the_member_count() {
 /// same dispatches) are left out of the aggregate and the member outputs, and the
 /// others in their stack are undisturbed: one of a stack ending in softmax, two of
 /// a stack without, a whole stack; then every member again. Two runs each at batches
-/// for the small-batch and the tiled kernels: only the failing members change.
+/// for the small-batch and the tiled kernels: only the failing members change. For a
+/// weighted mean and a weighted vote.
 #[test]
 fn failing_members_of_a_stack_are_left_out() {
     let Some(adapter) = common::usable_adapters("stack faults")
@@ -288,49 +289,68 @@ fn failing_members_of_a_stack_are_left_out() {
         .on_run("m0", 2, Fault::Fail)
         .on_run("m1", 2, Fault::Fail)
         .on_run("m2", 2, Fault::Fail);
-    let mut g = Graph::builder(6).aggregate(Aggregate::WeightedMean(weights.to_vec()));
-    for (i, m) in models.iter().enumerate() {
-        g = g.member(format!("m{i}"), m.clone(), Placement::Adapter(adapter));
-    }
-    let s =
-        Session::with_options(g.build().unwrap(), SessionOptions::default().faults(plan)).unwrap();
-    let options = RunOptions::default()
-        .quorum(QuorumPolicy::Quorum(1))
-        .member_outputs(true);
     let runs: [(usize, &[usize]); 4] = [
         (3, &[0, 2, 3, 4, 5]),
         (3, &[0, 1, 2, 4]),
         (20, &[3, 4, 5]),
         (20, &[0, 1, 2, 3, 4, 5]),
     ];
-    for (run, (batch, present)) in runs.into_iter().enumerate() {
-        let x = input(batch, 6, 40 + run as u64);
-        let out = s.run(&x, &options).unwrap();
-        let label = format!("run {run}, batch {batch}");
-        for (i, m) in out.members.iter().enumerate() {
-            if present.contains(&i) {
-                assert!(
-                    matches!(m.status, MemberStatus::Finished),
-                    "{label}: m{i}: {:?}",
-                    m.status
-                );
-                assert_close(
-                    &format!("{label}: m{i}"),
-                    m.output.as_ref().unwrap().as_slice(),
-                    &common::reference_forward(&models[i], &x),
-                );
-            } else {
-                assert!(
-                    matches!(m.status, MemberStatus::Failed(_)) && m.output.is_none(),
-                    "{label}: m{i} should have failed: {:?}",
-                    m.status
-                );
-            }
+    let aggregates = [
+        Aggregate::WeightedMean(weights.to_vec()),
+        Aggregate::Vote {
+            weights: Some(weights.to_vec()),
+        },
+    ];
+    for aggregate in aggregates {
+        let name = aggregate.name();
+        let mut g = Graph::builder(6).aggregate(aggregate);
+        for (i, m) in models.iter().enumerate() {
+            g = g.member(format!("m{i}"), m.clone(), Placement::Adapter(adapter));
         }
-        assert_close(
-            &format!("{label}: aggregate"),
-            out.aggregate.as_slice(),
-            &common::reference_present(&models, &weights, &x, present),
-        );
+        let options = SessionOptions::default().faults(plan.clone());
+        let s = Session::with_options(g.build().unwrap(), options).unwrap();
+        let options = RunOptions::default()
+            .quorum(QuorumPolicy::Quorum(1))
+            .member_outputs(true);
+        for (run, (batch, present)) in runs.into_iter().enumerate() {
+            let x = input(batch, 6, 40 + run as u64);
+            let out = s.run(&x, &options).unwrap();
+            let label = format!("{name} run {run}, batch {batch}");
+            for (i, m) in out.members.iter().enumerate() {
+                if present.contains(&i) {
+                    assert!(
+                        matches!(m.status, MemberStatus::Finished),
+                        "{label}: m{i}: {:?}",
+                        m.status
+                    );
+                    assert_close(
+                        &format!("{label}: m{i}"),
+                        m.output.as_ref().unwrap().as_slice(),
+                        &common::reference_forward(&models[i], &x),
+                    );
+                } else {
+                    assert!(
+                        matches!(m.status, MemberStatus::Failed(_)) && m.output.is_none(),
+                        "{label}: m{i} should have failed: {:?}",
+                        m.status
+                    );
+                }
+            }
+            let want = if name == "vote" {
+                let outputs: Vec<Vec<f64>> = present
+                    .iter()
+                    .map(|&i| common::reference_forward(&models[i], &x))
+                    .collect();
+                let w: Vec<f64> = present.iter().map(|&i| f64::from(weights[i])).collect();
+                common::reference_vote(&outputs, &w, 4)
+            } else {
+                common::reference_present(&models, &weights, &x, present)
+            };
+            assert_close(
+                &format!("{label}: aggregate"),
+                out.aggregate.as_slice(),
+                &want,
+            );
+        }
     }
 }

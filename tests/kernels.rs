@@ -141,6 +141,51 @@ fn batches_larger_than_a_buffer_are_chunked() {
     }
 }
 
+/// Members of one shape under a buffer cap that binds: a device stacks no more of them
+/// than the cap allows (weights of 64 × 8 values: five to a 10 256-byte buffer, so
+/// stacks of five and three) and splits batches into chunks of 40 rows (the 64-value
+/// input rows); every member and the aggregate still match at every batch.
+#[test]
+fn stacks_within_a_buffer_cap_are_chunked() {
+    let models: Vec<Model> = (0..8)
+        .map(|i| {
+            Model::random(
+                &[64, 8, 4],
+                &[Activation::Tanh, Activation::Softmax],
+                60 + i,
+            )
+            .unwrap()
+        })
+        .collect();
+    for (label, place) in all_placements("stacks under a buffer cap") {
+        let mut g = Graph::builder(64);
+        for (i, m) in models.iter().enumerate() {
+            g = g.member(format!("m{i}"), m.clone(), place.clone());
+        }
+        let options = SessionOptions::default().max_buffer_bytes(10256);
+        let session = Session::with_options(g.build().unwrap(), options).unwrap();
+        for batch in [1, 16, 40, 41, 257] {
+            let x = input(batch, 64, 12 + batch as u64);
+            let run = session
+                .run(&x, &RunOptions::default().member_outputs(true))
+                .unwrap();
+            let refs: Vec<Vec<f64>> = models.iter().map(|m| reference_forward(m, &x)).collect();
+            for (m, want) in run.members.iter().zip(&refs) {
+                assert_close(
+                    &format!("{label}: capped stack {} batch {batch}", m.name),
+                    m.output.as_ref().unwrap().as_slice(),
+                    want,
+                );
+            }
+            assert_close(
+                &format!("{label}: capped stacks' aggregate batch {batch}"),
+                run.aggregate.as_slice(),
+                &common::reference_mean(&refs, &[1.0; 8]),
+            );
+        }
+    }
+}
+
 /// Growing and shrinking batches reuse (and grow) the same buffers correctly.
 #[test]
 fn varying_batch_sizes_reuse_buffers() {

@@ -88,6 +88,9 @@ struct GpuStack {
     aggregate_params: wgpu::Buffer,
 }
 
+// Every count and stride cast to u32 below is a number of values in one buffer, of at
+// most 4 GiB (`max_bytes` is capped there) in values of 2 bytes or more: it fits.
+
 /// Buffers and bind groups that depend on the number of rows, grown on demand.
 struct RowBuffers {
     capacity: usize,
@@ -186,6 +189,15 @@ fn same_shape(a: &Model, b: &Model) -> bool {
         })
 }
 
+/// The most rows whose activations, `outputs` values a row for each of `members`
+/// members (each member's part rounded up by [`stride`]), fit in `max_bytes`: the rule
+/// [`plan_stacks`] admits a member by.
+fn stack_rows(max_bytes: u64, members: usize, outputs: usize) -> usize {
+    // stride(r * outputs) <= v, v a multiple of 4, exactly when r * outputs <= v.
+    let per_member = (max_bytes / 4 / members as u64) & !3;
+    usize::try_from(per_member / outputs as u64).unwrap_or(usize::MAX)
+}
+
 /// Groups `models` (in order) into stacks: runs of consecutive models of one shape,
 /// at most `MAX_STACK` long, each as long as its stacked buffers stay within
 /// `max_bytes`: weights (`weight_bytes` per value) and the activations of `rows` rows.
@@ -201,7 +213,7 @@ fn plan_stacks(
             let (out_f, in_f) = (l.out_features(), l.in_features());
             n * stride(out_f * in_f) as u64 * weight_bytes <= max_bytes
                 && n * bytes_of(stride(out_f)) <= max_bytes
-                && n * bytes_of(stride(rows * out_f)) <= max_bytes
+                && stack_rows(max_bytes, n as usize, out_f) >= rows
         })
     };
     let mut stacks: Vec<Range<usize>> = Vec::new();
@@ -303,10 +315,7 @@ impl DeviceState {
             for (l, layer) in model.layers().iter().enumerate() {
                 let (out_f, in_f) = (layer.out_features(), layer.in_features());
                 // The activations of the stack's members share a buffer.
-                let per_member = max_bytes / 4 / n as u64;
-                let fit = usize::try_from(per_member.saturating_sub(4) / out_f as u64)
-                    .unwrap_or(usize::MAX);
-                chunk_rows = chunk_rows.min(fit);
+                chunk_rows = chunk_rows.min(stack_rows(max_bytes, n, out_f));
                 let act = layer.activation().shader_code();
                 let (tiled_kernel, constants, tile_cols, tile_rows) = match coop {
                     Some(base) => {
@@ -809,8 +818,8 @@ fn gpu_error(ctx: &GpuContext, message: &str) -> Error {
     }
 }
 
-/// A storage buffer of `size` bytes (rounded up to 16) holding `parts`: bytes at
-/// their offsets, zeros elsewhere.
+/// A storage buffer of `size` bytes (a multiple of 8: the members' parts are whole
+/// vectors of four values) holding `parts`: bytes at their offsets, zeros elsewhere.
 fn stacked_buffer<'a>(
     device: &wgpu::Device,
     label: &str,
@@ -819,7 +828,7 @@ fn stacked_buffer<'a>(
 ) -> std::result::Result<wgpu::Buffer, String> {
     let buffer = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
-        size: size.next_multiple_of(16),
+        size: size.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT),
         usage: wgpu::BufferUsages::STORAGE,
         mapped_at_creation: true,
     });
@@ -986,6 +995,27 @@ impl GpuExecutor {
 mod tests {
     use super::*;
     use crate::device::DevicePool;
+
+    /// `stack_rows` is the most rows whose stacked activations fit, exactly.
+    #[test]
+    fn stack_rows_is_exact() {
+        for max_bytes in [16u64, 100, 1000, 4096, 10256, 1 << 22, 1 << 31] {
+            for members in 1..=9 {
+                for outputs in [1, 3, 4, 7, 16, 65, 256] {
+                    let r = stack_rows(max_bytes, members, outputs);
+                    let bytes = |rows: usize| members as u64 * bytes_of(stride(rows * outputs));
+                    assert!(
+                        bytes(r) <= max_bytes,
+                        "{max_bytes} {members} {outputs}: {r}"
+                    );
+                    assert!(
+                        bytes(r + 1) > max_bytes,
+                        "{max_bytes} {members} {outputs}: {r} + 1 fits"
+                    );
+                }
+            }
+        }
+    }
 
     /// Stacks are runs of consecutive members of one shape (widths and activations),
     /// at most `MAX_STACK` long, as long as their weights, biases and the activations
