@@ -89,7 +89,13 @@ fn main(
     if live {
         for (var k = tid; k < k_len; k += WG) {
             let wv = w[wo + o * k_len + k];
-            for (var r = 0u; r < rows; r++) {
+            // A loop of constant length that stops at the batch's rows: drivers
+            // unroll it and keep acc in registers (indexed by a loop whose length
+            // is only known at run time, an array goes to local memory).
+            for (var r = 0u; r < MAX_ROWS; r++) {
+                if r >= rows {
+                    break;
+                }
                 acc[r] = fma(x[xo + r * k_len + k], wv, acc[r]);
             }
         }

@@ -95,7 +95,13 @@ fn main(
     if live {
         for (var k = tid; k < k_len; k += WG) {
             let wv = f32(w[wo + o * k_len + k]);
-            for (var r = 0u; r < rows; r++) {
+            // A loop of constant length that stops at the batch's rows: drivers
+            // unroll it and keep acc in registers (indexed by a loop whose length
+            // is only known at run time, an array goes to local memory).
+            for (var r = 0u; r < MAX_ROWS; r++) {
+                if r >= rows {
+                    break;
+                }
                 acc[r] = fma(f32(f16(x[xo + r * k_len + k])), wv, acc[r]);
             }
         }

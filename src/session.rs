@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::device::ExecutionDevice;
 use crate::error::{Error, Result};
@@ -92,11 +92,13 @@ pub struct SessionOptions {
     /// `ConfigProto.operation_timeout_in_ms`: a submission not finished in this time
     /// fails with [`Error::OperationTimeout`]. Default: 60 s.
     pub operation_timeout: Duration,
-    /// How long a device's worker busy-polls the device for a submission to finish
-    /// before it sleeps on the driver's fence (default zero: it sleeps at once). A few
-    /// hundred microseconds may save the fence's wake-up latency on small runs on a
-    /// GPU, at the cost of a CPU core for as long as it spins; `wgpu-ensemble bench
-    /// --spin-us` measures it. The CPU executor ignores it.
+    /// How long a thread busy-polls before it sleeps, wherever a run waits: a device's
+    /// worker for its submission to finish (before sleeping on the driver's fence) and
+    /// for the next job after one (a stream of runs), and [`Session::run`] for the
+    /// workers' results. Default zero: every wait sleeps at once. Waking a sleeping
+    /// thread costs tens of microseconds, which a small run on a GPU notices; a few
+    /// hundred microseconds of spin may save it, at the cost of a CPU core for as long
+    /// as each thread spins. `wgpu-ensemble bench --spin-us` measures it.
     pub spin_wait: Duration,
     /// Caps the size of every buffer a device run uses, below the device's own limit.
     /// Batches whose activations do not fit are split into chunks that do. `None`
@@ -362,6 +364,8 @@ pub struct Session {
     member_devices: Vec<ExecutionDevice>,
     workers: Vec<Worker>,
     runs: AtomicU64,
+    /// [`SessionOptions::spin_wait`].
+    spin: Duration,
 }
 
 impl Session {
@@ -376,6 +380,7 @@ impl Session {
         let compiled = compile(&graph, &options, false)?;
         let names: Vec<String> = graph.members.iter().map(|m| m.name.clone()).collect();
         let plan = Arc::new(options.faults.clone());
+        let spin = options.spin_wait;
         let mut member_devices = vec![ExecutionDevice::Cpu; graph.members.len()];
         let mut workers = Vec::with_capacity(compiled.len());
         for c in compiled {
@@ -392,7 +397,7 @@ impl Session {
             let mut executor = c.executor;
             let thread = std::thread::Builder::new()
                 .name(format!("wgpu-ensemble {}", c.device))
-                .spawn(move || work(&mut executor, rx, &context))
+                .spawn(move || work(&mut executor, rx, &context, spin))
                 .map_err(|e| Error::WorkerFailed {
                     device: c.device.to_string(),
                     message: format!("could not start its thread: {e}"),
@@ -412,6 +417,7 @@ impl Session {
             member_devices,
             workers,
             runs: AtomicU64::new(0),
+            spin: options.spin_wait,
         })
     }
 
@@ -481,9 +487,12 @@ impl Session {
         }
         drop(reply);
         while pending.iter().any(|&p| p) {
-            let message = match deadline {
-                Some(d) => replies.recv_deadline(d),
-                None => replies.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            let message = match spin_recv(&replies, self.spin, deadline) {
+                Some(message) => Ok(message),
+                None => match deadline {
+                    Some(d) => replies.recv_deadline(d),
+                    None => replies.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                },
             };
             match message {
                 Ok((w, result)) => {
@@ -569,9 +578,36 @@ impl Drop for Session {
     }
 }
 
+/// Busy-polls `rx` for up to `spin` (never past `deadline`); `None` when nothing came
+/// (or the channel closed): the caller then waits the sleeping way.
+fn spin_recv<T>(rx: &Receiver<T>, spin: Duration, deadline: Option<Instant>) -> Option<T> {
+    if spin.is_zero() {
+        return None;
+    }
+    let started = Instant::now();
+    let until = deadline.map_or(started + spin, |d| d.min(started + spin));
+    loop {
+        match rx.try_recv() {
+            Ok(v) => return Some(v),
+            Err(TryRecvError::Empty) if Instant::now() < until => std::hint::spin_loop(),
+            Err(_) => return None,
+        }
+    }
+}
+
 /// A device worker: runs jobs in arrival order until the session closes its channel.
-fn work(executor: &mut Executor, jobs: Receiver<Job>, cx: &WorkerContext) {
-    while let Ok(job) = jobs.recv() {
+/// After a job it spins for up to `spin` for the next one before sleeping.
+fn work(executor: &mut Executor, jobs: Receiver<Job>, cx: &WorkerContext, spin: Duration) {
+    let mut after_job = false;
+    loop {
+        let next = match after_job.then(|| spin_recv(&jobs, spin, None)).flatten() {
+            Some(job) => Ok(job),
+            None => jobs.recv(),
+        };
+        let Ok(job) = next else {
+            break;
+        };
+        after_job = true;
         // The caller has already given up on this run: nobody wants this result, and
         // skipping it keeps a straggler from delaying later runs.
         if job.deadline.is_some_and(|d| Instant::now() >= d) {
@@ -580,5 +616,47 @@ fn work(executor: &mut Executor, jobs: Receiver<Job>, cx: &WorkerContext) {
         let result = executor.execute(&job.input, job.want_members, job.run, cx);
         // A send fails only when the run already gave up; the result is dropped.
         let _ = job.reply.send((job.worker, result));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `spin_recv` takes what arrives while it spins, gives up when its time or the
+    /// deadline is over or the channel closes, and does not spin at all for zero.
+    #[test]
+    fn spin_recv_waits_only_as_long_as_allowed() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let long = Duration::from_secs(30);
+        tx.send(1).unwrap();
+        assert_eq!(spin_recv(&rx, long, None), Some(1));
+        // A value sent while the receiver spins.
+        let sender = {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                tx.send(2).unwrap();
+            })
+        };
+        assert_eq!(spin_recv(&rx, long, None), Some(2));
+        sender.join().unwrap();
+        // Nothing comes: zero spin returns at once, a short one after its time, a long
+        // one at the deadline.
+        tx.send(3).unwrap();
+        assert_eq!(spin_recv(&rx, Duration::ZERO, None), None);
+        assert_eq!(rx.recv().unwrap(), 3);
+        let started = Instant::now();
+        assert_eq!(spin_recv(&rx, Duration::from_millis(30), None), None);
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        let started = Instant::now();
+        let deadline = Some(started + Duration::from_millis(30));
+        assert_eq!(spin_recv(&rx, long, deadline), None);
+        assert!(started.elapsed() < long);
+        // A closed channel ends the spin at once.
+        drop(tx);
+        let started = Instant::now();
+        assert_eq!(spin_recv(&rx, long, None), None);
+        assert!(started.elapsed() < long);
     }
 }

@@ -106,7 +106,7 @@ struct BenchArgs {
     /// Compile the kernels without wgpu's runtime bounds checks (SessionOptions::trusted_kernels).
     #[arg(long)]
     trusted_kernels: bool,
-    /// Busy-poll each device this many microseconds for a run to finish before sleeping on its fence (SessionOptions::spin_wait).
+    /// Busy-poll this many microseconds wherever a run waits (the device, the workers, the caller) before sleeping (SessionOptions::spin_wait).
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
     spin_us: u64,
     /// Print one JSON object instead of a line of text.
