@@ -33,6 +33,11 @@ override TM: u32 = 8u;
 override TN: u32 = 8u;
 // Depth of a staged slice: a multiple of 4.
 override BK: u32 = 8u;
+// 1: each slice of x and w is loaded into registers while the one before it is
+// multiplied (the loads' latency hides behind the arithmetic; at most 4 vectors of x
+// and of w per thread and slice); 0: loaded after the barrier that ends the previous
+// slice.
+override PREFETCH: u32 = 0u;
 
 // The first two fields match softmax.wgsl's (rows, cols), so a layer that ends in a
 // softmax shares one uniform buffer between the two kernels.
@@ -60,6 +65,9 @@ struct Params {
 // Where this member's b and y start (set by main for store).
 var<private> bo: u32;
 var<private> yo: u32;
+
+// A vector of x or w as staged in workgroup memory.
+alias Staged = vec4<f16>;
 
 // k-major slices in vectors of four rows (outputs): x_tile[k * XS + m / 4][m % 4]
 // holds x[row0 + m, k0 + k], XS = BM / 4 + 1; w_tile likewise with n, BN and WS. The
@@ -105,6 +113,61 @@ fn activate(v: f32) -> f32 {
     }
 }
 
+// Vector e of the slice of x at k0 (row row0 + e / (BK / 4), k (e % (BK / 4)) * 4),
+// zero past the tile or the edges of x.
+fn x_vector(e: u32, row0: u32, k0: u32, xo: u32) -> Staged {
+    let bk4 = BK / 4u;
+    let row = row0 + e / bk4;
+    let k = k0 + (e % bk4) * 4u;
+    if e < WG_Y * TM * bk4 && row < p.rows && k < p.in_features {
+        return Staged(x[xo + row * (p.in_features / 4u) + k / 4u]);
+    }
+    return Staged();
+}
+
+// The same for w: output col0 + e / (BK / 4).
+fn w_vector(e: u32, col0: u32, k0: u32, wo: u32) -> Staged {
+    let bk4 = BK / 4u;
+    let col = col0 + e / bk4;
+    let k = k0 + (e % bk4) * 4u;
+    if e < WG_X * TN * bk4 && col < p.out_features && k < p.in_features {
+        return Staged(w[wo + col * (p.in_features / 4u) + k / 4u]);
+    }
+    return Staged();
+}
+
+// Stores vector e of a slice of x (from x_vector) at its four k of x_tile.
+fn stage_x(e: u32, v: Staged) {
+    let bk4 = BK / 4u;
+    if e >= WG_Y * TM * bk4 {
+        return;
+    }
+    let xs = WG_Y * TM / 4u + 1u;
+    let m = e / bk4;
+    let at = (e % bk4) * 4u * xs + m / 4u;
+    let lane = m % 4u;
+    x_tile[at][lane] = v.x;
+    x_tile[at + xs][lane] = v.y;
+    x_tile[at + 2u * xs][lane] = v.z;
+    x_tile[at + 3u * xs][lane] = v.w;
+}
+
+// The same for w and w_tile.
+fn stage_w(e: u32, v: Staged) {
+    let bk4 = BK / 4u;
+    if e >= WG_X * TN * bk4 {
+        return;
+    }
+    let ws = WG_X * TN / 4u + 1u;
+    let n = e / bk4;
+    let at = (e % bk4) * 4u * ws + n / 4u;
+    let lane = n % 4u;
+    w_tile[at][lane] = v.x;
+    w_tile[at + ws][lane] = v.y;
+    w_tile[at + 2u * ws][lane] = v.z;
+    w_tile[at + 3u * ws][lane] = v.w;
+}
+
 // y[row, col .. col + 3] = act(v + b), the part of it inside y.
 fn store(row: u32, col: u32, v: vec4<f32>) {
     if row >= p.rows {
@@ -135,7 +198,6 @@ fn main(
     let row0 = group.y * bm;
     let col0 = group.x * bn;
     let k_len = p.in_features;
-    let k_vecs = k_len / 4u;
     // Member group.z's place in the stacked buffers (x and w in vectors).
     let xo = group.z * p.x_stride / 4u;
     let wo = group.z * p.w_stride / 4u;
@@ -161,42 +223,101 @@ fn main(
     var c6b = vec4<f32>();
     var c7b = vec4<f32>();
 
-    for (var k0 = 0u; k0 < k_len; k0 += BK) {
-        // Stage x[row0 .. row0 + bm, k0 .. k0 + BK] and w[col0 .. col0 + bn, same k]:
-        // consecutive threads read consecutive vectors of a row; the four values of a
-        // vector go to four k of the tile. k_len is a multiple of 4, so a vector is
-        // wholly inside the row or wholly past its end.
-        for (var e = thread; e < bm * bk4; e += threads) {
-            let m = e / bk4;
-            let k = (e % bk4) * 4u;
-            let row = row0 + m;
-            var v = vec4<f16>();
-            if row < p.rows && k0 + k < k_len {
-                v = vec4<f16>(x[xo + row * k_vecs + (k0 + k) / 4u]);
-            }
-            let at = k * xs + m / 4u;
-            let lane = m % 4u;
-            x_tile[at][lane] = v.x;
-            x_tile[at + xs][lane] = v.y;
-            x_tile[at + 2u * xs][lane] = v.z;
-            x_tile[at + 3u * xs][lane] = v.w;
+    // PREFETCH: the vectors this thread stages per slice (at most four of x and of
+    // w: the thread's e, e + threads, ...), named so that they stay in registers.
+    let xn = bm * bk4;
+    let wn = bn * bk4;
+    var px0 = Staged();
+    var px1 = Staged();
+    var px2 = Staged();
+    var px3 = Staged();
+    var pw0 = Staged();
+    var pw1 = Staged();
+    var pw2 = Staged();
+    var pw3 = Staged();
+    if PREFETCH == 1u {
+        px0 = x_vector(thread, row0, 0u, xo);
+        pw0 = w_vector(thread, col0, 0u, wo);
+        if xn > threads {
+            px1 = x_vector(thread + threads, row0, 0u, xo);
         }
-        for (var e = thread; e < bn * bk4; e += threads) {
-            let n = e / bk4;
-            let k = (e % bk4) * 4u;
-            let col = col0 + n;
-            var v = vec4<f16>();
-            if col < p.out_features && k0 + k < k_len {
-                v = w[wo + col * k_vecs + (k0 + k) / 4u];
+        if xn > 2u * threads {
+            px2 = x_vector(thread + 2u * threads, row0, 0u, xo);
+        }
+        if xn > 3u * threads {
+            px3 = x_vector(thread + 3u * threads, row0, 0u, xo);
+        }
+        if wn > threads {
+            pw1 = w_vector(thread + threads, col0, 0u, wo);
+        }
+        if wn > 2u * threads {
+            pw2 = w_vector(thread + 2u * threads, col0, 0u, wo);
+        }
+        if wn > 3u * threads {
+            pw3 = w_vector(thread + 3u * threads, col0, 0u, wo);
+        }
+    }
+
+    for (var k0 = 0u; k0 < k_len; k0 += BK) {
+        if PREFETCH == 1u {
+            // The slice loaded ahead goes to workgroup memory.
+            stage_x(thread, px0);
+            stage_w(thread, pw0);
+            if xn > threads {
+                stage_x(thread + threads, px1);
             }
-            let at = k * ws + n / 4u;
-            let lane = n % 4u;
-            w_tile[at][lane] = v.x;
-            w_tile[at + ws][lane] = v.y;
-            w_tile[at + 2u * ws][lane] = v.z;
-            w_tile[at + 3u * ws][lane] = v.w;
+            if xn > 2u * threads {
+                stage_x(thread + 2u * threads, px2);
+            }
+            if xn > 3u * threads {
+                stage_x(thread + 3u * threads, px3);
+            }
+            if wn > threads {
+                stage_w(thread + threads, pw1);
+            }
+            if wn > 2u * threads {
+                stage_w(thread + 2u * threads, pw2);
+            }
+            if wn > 3u * threads {
+                stage_w(thread + 3u * threads, pw3);
+            }
+        } else {
+            // Stage x[row0 .. row0 + bm, k0 .. k0 + BK] and w[col0 .. col0 + bn, same
+            // k]: consecutive threads read consecutive vectors of a row; the four
+            // values of a vector go to four k of the tile. k_len is a multiple of 4,
+            // so a vector is wholly inside the row or wholly past its end.
+            for (var e = thread; e < xn; e += threads) {
+                stage_x(e, x_vector(e, row0, k0, xo));
+            }
+            for (var e = thread; e < wn; e += threads) {
+                stage_w(e, w_vector(e, col0, k0, wo));
+            }
         }
         workgroupBarrier();
+        if PREFETCH == 1u && k0 + BK < k_len {
+            // The next slice, in flight while this one is multiplied.
+            let k1 = k0 + BK;
+            px0 = x_vector(thread, row0, k1, xo);
+            pw0 = w_vector(thread, col0, k1, wo);
+            if xn > threads {
+                px1 = x_vector(thread + threads, row0, k1, xo);
+            }
+            if xn > 2u * threads {
+                px2 = x_vector(thread + 2u * threads, row0, k1, xo);
+            }
+            if xn > 3u * threads {
+                px3 = x_vector(thread + 3u * threads, row0, k1, xo);
+            }
+            if wn > threads {
+                pw1 = w_vector(thread + threads, col0, k1, wo);
+            }
+            if wn > 2u * threads {
+                pw2 = w_vector(thread + 2u * threads, col0, k1, wo);
+            }
+            if wn > 3u * threads {
+                pw3 = w_vector(thread + 3u * threads, col0, k1, wo);
+            }
+        }
         for (var k = 0u; k < BK; k++) {
             let xa = vec4<f32>(x_tile[k * xs + local.y]);
             let wa = vec4<f32>(w_tile[k * ws + local.x]);

@@ -384,9 +384,32 @@ fn bench_sweeps_the_tile_candidates() {
     ]);
     assert!(vec4.status.success(), "{}", stderr(&vec4));
     assert!(
-        String::from_utf8_lossy(&vec4.stdout).contains("tm: 4, tn: 4, bk: 8, vec4: true"),
+        String::from_utf8_lossy(&vec4.stdout)
+            .contains("tm: 4, tn: 4, bk: 8, vec4: true, prefetch: false"),
         "{}",
         String::from_utf8_lossy(&vec4.stdout)
+    );
+    let ahead = gemm_bench(&[
+        "--device",
+        &device,
+        "--runs",
+        "1",
+        "--tile",
+        "8,8,4,4,8,vec4,prefetch",
+        "--json",
+    ]);
+    assert!(ahead.status.success(), "{}", stderr(&ahead));
+    assert!(
+        String::from_utf8_lossy(&ahead.stdout).contains("vec4: true, prefetch: true"),
+        "{}",
+        String::from_utf8_lossy(&ahead.stdout)
+    );
+    // Words other than vec4 and prefetch after the numbers are refused.
+    let bad = gemm_bench(&["--device", &device, "--tile", "8,8,4,4,8,vec8"]);
+    assert!(
+        !bad.status.success() && stderr(&bad).contains("optionally vec4 and prefetch"),
+        "{}",
+        stderr(&bad)
     );
     // The autotune's choices in a cache file; the file needs --autotune.
     let dir = tempfile::tempdir().unwrap();

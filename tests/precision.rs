@@ -105,21 +105,31 @@ fn vec4_tiles_handle_edge_shapes() {
         Model::random(&[36, 7, 33, 13], &[Gelu, Relu, Identity], 24).unwrap(),
     ];
     // The candidates, and shapes no candidate has: 8 rows by 4 outputs per thread, a
-    // workgroup wider than tall.
+    // workgroup wider than tall; with prefetch also those, and tiles whose threads
+    // stage 4 vectors of x and w per slice, and 2 of x (the second for half of the
+    // threads) and 3 of w (slices 12 deep).
     let mut tiles: Vec<TileConfig> = TileConfig::CANDIDATES
         .into_iter()
         .filter(|t| t.vec4)
         .collect();
-    assert!(!tiles.is_empty());
-    let extra = |wg_x, wg_y, tm, tn, bk| TileConfig {
+    assert!(tiles.iter().any(|t| t.prefetch) && tiles.iter().any(|t| !t.prefetch));
+    let extra = |wg_x, wg_y, tm, tn, bk, prefetch| TileConfig {
         wg_x,
         wg_y,
         tm,
         tn,
         bk,
         vec4: true,
+        prefetch,
     };
-    tiles.extend([extra(16, 16, 8, 4, 16), extra(16, 8, 4, 8, 4)]);
+    tiles.extend([
+        extra(16, 16, 8, 4, 16, false),
+        extra(16, 8, 4, 8, 4, false),
+        extra(16, 16, 8, 4, 16, true),
+        extra(16, 8, 4, 8, 4, true),
+        extra(8, 8, 8, 8, 16, true),
+        extra(8, 8, 4, 8, 12, true),
+    ]);
     for info in usable_adapters("vec4 tiles") {
         let mut precisions = vec![(Precision::F32, F32)];
         if info.features.contains(wgpu::Features::SHADER_F16) {
@@ -183,6 +193,38 @@ fn vec4_tiles_refuse_other_shapes() {
             }
             Err(e) => panic!("{info}: {e}"),
             Ok(_) => panic!("{info}: a vec4 tile with tm 2 was accepted"),
+        }
+        // Prefetch is a dense_vec4.wgsl option, with at most 4 vectors per thread.
+        let refusals = [
+            (
+                TileConfig {
+                    vec4: false,
+                    prefetch: true,
+                    ..TileConfig::DEFAULT
+                },
+                "prefetch needs vec4",
+            ),
+            (
+                TileConfig {
+                    wg_x: 8,
+                    wg_y: 4,
+                    tm: 8,
+                    tn: 8,
+                    bk: 16,
+                    vec4: true,
+                    prefetch: true,
+                },
+                "at most 4 vectors",
+            ),
+        ];
+        for (tile, why) in refusals {
+            match session(&place, SessionOptions::default().tile(tile)) {
+                Err(Error::TileUnsupported { tile, .. }) => {
+                    assert!(tile.contains(why), "{tile}")
+                }
+                Err(e) => panic!("{info}: {e}"),
+                Ok(_) => panic!("{info}: {tile:?} was accepted"),
+            }
         }
     }
 }
@@ -461,8 +503,10 @@ fn autotune_times_a_stack_with_its_members() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("tiles.toml");
     // Three members of one shape, then one of that shape alone after another shape;
-    // widths no other test tunes (their keys cannot come from the process's cache).
-    let shape: (&[usize], &[wgpu_ensemble::Activation]) = (&[36, 44, 5], &[Relu, Identity]);
+    // layer shape classes ([300, 36]: outputs 512, inputs 64; [5, 300]: 16, 512) no
+    // other test tunes, so their keys cannot come from the process's cache, which
+    // the file also holds.
+    let shape: (&[usize], &[wgpu_ensemble::Activation]) = (&[36, 300, 5], &[Relu, Identity]);
     let models: Vec<Model> = (0..5)
         .map(|i| {
             let (widths, acts) = if i == 3 {
@@ -507,6 +551,7 @@ fn autotune_times_a_stack_with_its_members() {
                 .unwrap()
                 .iter()
                 .filter(|e| e["adapter"].as_str() == Some(adapter.as_str()))
+                .filter(|e| e["rows"].as_integer() == Some(64))
                 .filter(|e| e["outputs"].as_integer() == Some(outputs))
                 .filter(|e| e["inputs"].as_integer() == Some(inputs))
                 .map(|e| e["members"].as_integer().unwrap())
@@ -514,10 +559,9 @@ fn autotune_times_a_stack_with_its_members() {
             found.sort();
             found
         };
-        // Layer [44, 36] (buckets 64, 64): the stack of three (4) and the lone one (1).
-        assert_eq!(members(64, 64), [1, 4], "{text}");
-        // Layer [5, 44] (buckets 16, 64): the same two.
-        assert_eq!(members(16, 64), [1, 4], "{text}");
+        // Both layers (at rows bucket 64): the stack of three (4) and the lone one (1).
+        assert_eq!(members(512, 64), [1, 4], "{text}");
+        assert_eq!(members(16, 512), [1, 4], "{text}");
     }
 }
 

@@ -24,11 +24,11 @@ fn validate(path: &Path) -> Vec<String> {
         .filter_map(|(_, o)| o.name.clone())
         .collect();
     // The values the crate sets: ACT 0..=4 (dense kernels), MODE 0..=1 (aggregates),
-    // and the tile shapes of the autotune candidates.
+    // PREFETCH 0..=1 (dense_vec4), and the tile shapes of the autotune candidates.
     for name in &overrides {
         let values: &[f64] = match name.as_str() {
             "ACT" => &[0.0, 1.0, 2.0, 3.0, 4.0],
-            "MODE" => &[0.0, 1.0],
+            "MODE" | "PREFETCH" => &[0.0, 1.0],
             "WG_X" | "WG_Y" => &[8.0, 16.0],
             "TM" | "TN" => &[2.0, 4.0, 8.0],
             "BK" => &[8.0, 16.0, 32.0, 64.0],
@@ -150,8 +150,9 @@ fn dense_kernels_share_one_activation() {
 fn vec4_f16_kernel_is_the_f32_one_with_f16_operands() {
     // WGSL has no includes: dense_vec4_f16.wgsl repeats dense_vec4.wgsl. From the
     // uniform struct on, it must differ only where the operands are f16 (the weight
-    // binding, the tiles, the staged vectors, the x rounding, the widening of what the
-    // inner loop reads), so that a fix to one kernel cannot miss the other.
+    // binding, the tiles, the staged vectors — whose type converts x as it is loaded —
+    // and the widening of what the inner loop reads), so that a fix to one kernel
+    // cannot miss the other.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     let body = |s: &str| s[s.find("struct Params").unwrap()..].to_string();
@@ -162,11 +163,7 @@ fn vec4_f16_kernel_is_the_f32_one_with_f16_operands() {
             "var<storage, read> w: array<vec4<f16>>;",
         ),
         ("array<vec4<f32>, BK *", "array<vec4<f16>, BK *"),
-        ("var v = vec4<f32>();", "var v = vec4<f16>();"),
-        (
-            "v = x[xo + row * k_vecs + (k0 + k) / 4u];",
-            "v = vec4<f16>(x[xo + row * k_vecs + (k0 + k) / 4u]);",
-        ),
+        ("alias Staged = vec4<f32>;", "alias Staged = vec4<f16>;"),
         (
             "= x_tile[k * xs + local.y];",
             "= vec4<f32>(x_tile[k * xs + local.y]);",

@@ -94,8 +94,8 @@ struct BenchArgs {
     /// With --autotune: keep the timed choices in this TOML file (read first, written after each timing; SessionOptions::autotune_cache).
     #[arg(long, value_name = "PATH", requires = "autotune")]
     autotune_cache: Option<std::path::PathBuf>,
-    /// A fixed tile for f32 and f16: WG_X,WG_Y,TM,TN,BK, then `,vec4` for the kernels with runs of four (see TileConfig).
-    #[arg(long, value_name = "WG_X,WG_Y,TM,TN,BK[,vec4]")]
+    /// A fixed tile for f32 and f16: WG_X,WG_Y,TM,TN,BK, then `,vec4` for the kernels with runs of four and `,prefetch` for their slices loaded ahead (see TileConfig).
+    #[arg(long, value_name = "WG_X,WG_Y,TM,TN,BK[,vec4[,prefetch]]")]
     tile: Option<String>,
     /// A fixed shape for f16-coop: BX,BY,TMC,TNC,BK (see CoopShape).
     #[arg(long, value_name = "BX,BY,TMC,TNC,BK")]
@@ -254,24 +254,31 @@ fn bench(args: &BenchArgs) -> wgpu_ensemble::Result<()> {
     }
     options = options.spin_wait(Duration::from_micros(args.spin_us));
     if let Some(text) = &args.tile {
-        // A sixth field `vec4` picks dense_vec4.wgsl.
-        let (numbers, vec4) = match text.rsplit_once(',') {
-            Some((head, last)) if last.trim() == "vec4" => (head, true),
-            _ => (text.as_str(), false),
-        };
-        let [wg_x, wg_y, tm, tn, bk] = five("--tile", numbers).map_err(|_| {
+        // Five numbers, then the words `vec4` (dense_vec4.wgsl) and `prefetch`.
+        let fields: Vec<&str> = text.split(',').map(str::trim).collect();
+        let split = fields.len().min(5);
+        let (numbers, words) = fields.split_at(split);
+        let bad = || {
             flag_error(
                 "--tile",
-                &format!("'{text}': expected five comma-separated integers, then optionally vec4"),
+                &format!(
+                    "'{text}': expected five comma-separated integers, then optionally vec4 \
+                     and prefetch"
+                ),
             )
-        })?;
+        };
+        if words.iter().any(|w| !matches!(*w, "vec4" | "prefetch")) {
+            return Err(bad());
+        }
+        let [wg_x, wg_y, tm, tn, bk] = five("--tile", &numbers.join(",")).map_err(|_| bad())?;
         options = options.tile(TileConfig {
             wg_x,
             wg_y,
             tm,
             tn,
             bk,
-            vec4,
+            vec4: words.contains(&"vec4"),
+            prefetch: words.contains(&"prefetch"),
         });
     }
     if let Some(text) = &args.coop_shape {

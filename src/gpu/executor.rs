@@ -328,7 +328,7 @@ impl DeviceState {
                         let kernel = t.kernel(precision, in_f);
                         (
                             kernel,
-                            t.constants(act).to_vec(),
+                            t.constants(act, kernel),
                             t.tile_cols(),
                             t.tile_rows(),
                         )

@@ -38,6 +38,12 @@ pub struct TileConfig {
     /// width is a multiple of 4; the others run the strided kernel with the same tile.
     #[serde(default)]
     pub vec4: bool,
+    /// With `vec4`: each thread loads the next slice of x and w into registers while
+    /// the current one is multiplied, hiding the loads' latency behind the arithmetic
+    /// (`PREFETCH` in `dense_vec4.wgsl`). A thread stages at most 4 vectors of each
+    /// per slice: `tile_rows · bk` and `tile_cols · bk` at most 16 times the threads.
+    #[serde(default)]
+    pub prefetch: bool,
 }
 
 /// Values by which `dense_vec4.wgsl` and `dense_vec4_f16.wgsl` pad each k of their
@@ -53,6 +59,7 @@ const fn strided(wg_x: u32, wg_y: u32, tm: u32, tn: u32, bk: u32) -> TileConfig 
         tn,
         bk,
         vec4: false,
+        prefetch: false,
     }
 }
 
@@ -64,6 +71,14 @@ const fn vectors(wg_x: u32, wg_y: u32, tm: u32, tn: u32, bk: u32) -> TileConfig 
     }
 }
 
+/// A `dense_vec4.wgsl` tile that loads each slice ahead.
+const fn prefetching(wg_x: u32, wg_y: u32, tm: u32, tn: u32, bk: u32) -> TileConfig {
+    TileConfig {
+        prefetch: true,
+        ..vectors(wg_x, wg_y, tm, tn, bk)
+    }
+}
+
 impl TileConfig {
     /// The configuration used when autotuning is off: 64 x 64 tiles, 4 x 4 per thread
     /// in runs of four. A tile built as `TileConfig { tm: 2, ..TileConfig::DEFAULT }`
@@ -71,10 +86,10 @@ impl TileConfig {
     pub const DEFAULT: TileConfig = vectors(16, 16, 4, 4, 16);
 
     /// The candidates the autotune times: `dense_vec4.wgsl` at 64 × 64 (the default),
-    /// 128 × 128 (slices 8 and 16 deep) and 64 × 128, and `dense.wgsl` at 64 × 64,
-    /// 128 × 128 (8 and 16 deep), 128 × 64, 64 × 128 and two 32 × 32 tiles (their f16
-    /// versions in f16).
-    pub const CANDIDATES: [TileConfig; 11] = [
+    /// 128 × 128 (slices 8 and 16 deep, each also with `prefetch`) and 64 × 128, and
+    /// `dense.wgsl` at 64 × 64, 128 × 128 (8 and 16 deep), 128 × 64, 64 × 128 and two
+    /// 32 × 32 tiles (their f16 versions in f16).
+    pub const CANDIDATES: [TileConfig; 13] = [
         TileConfig::DEFAULT,
         strided(16, 16, 4, 4, 16),
         strided(16, 16, 8, 8, 8),
@@ -87,6 +102,8 @@ impl TileConfig {
         vectors(16, 16, 8, 8, 8),
         vectors(16, 16, 8, 8, 16),
         vectors(16, 16, 4, 8, 16),
+        prefetching(16, 16, 8, 8, 8),
+        prefetching(16, 16, 8, 8, 16),
     ];
 
     /// The kernel that runs this tile on a layer `in_features` wide.
@@ -110,15 +127,21 @@ impl TileConfig {
         self.wg_x * self.tn
     }
 
-    pub(crate) fn constants(&self, act: u32) -> [(&'static str, u32); 6] {
-        [
+    /// The override constants of `kernel` (from [`kernel`](Self::kernel)) for this
+    /// tile and activation `act`.
+    pub(crate) fn constants(&self, act: u32, kernel: Kernel) -> Vec<(&'static str, u32)> {
+        let mut constants = vec![
             ("ACT", act),
             ("WG_X", self.wg_x),
             ("WG_Y", self.wg_y),
             ("TM", self.tm),
             ("TN", self.tn),
             ("BK", self.bk),
-        ]
+        ];
+        if kernel == DENSE_VEC4 || kernel == DENSE_VEC4_F16 {
+            constants.push(("PREFETCH", u32::from(self.prefetch)));
+        }
+        constants
     }
 
     /// Whether the kernel takes this configuration and the device's limits allow it.
@@ -143,21 +166,34 @@ impl TileConfig {
     }
 
     /// The kernels' own bounds: every field positive, at most 8 × 8 accumulators per
-    /// thread; with `vec4`, `tm` and `tn` 4 or 8 and `bk` a multiple of 4.
+    /// thread; with `vec4`, `tm` and `tn` 4 or 8 and `bk` a multiple of 4; `prefetch`
+    /// only with `vec4`, and at most 4 vectors of x and of w per thread and slice.
     fn kernel_allows(&self) -> bool {
         let positive = ![self.wg_x, self.wg_y, self.tm, self.tn, self.bk].contains(&0);
-        positive
+        let within = positive
             && if self.vec4 {
                 matches!(self.tm, 4 | 8) && matches!(self.tn, 4 | 8) && self.bk.is_multiple_of(4)
             } else {
                 self.tm <= 8 && self.tn <= 8
-            }
+            };
+        within && (!self.prefetch || self.vec4 && self.prefetch_slots() <= 4)
+    }
+
+    /// Vectors of x or of w (the more) one thread stages per slice.
+    fn prefetch_slots(&self) -> u64 {
+        let threads = u64::from(self.wg_x) * u64::from(self.wg_y);
+        let vectors = u64::from(self.tile_rows().max(self.tile_cols())) * u64::from(self.bk / 4);
+        vectors.div_ceil(threads)
     }
 
     /// Why this configuration cannot run, for [`Error::TileUnsupported`].
     fn unsupported(&self, ctx: &GpuContext, precision: Precision) -> Error {
         let why = if self.kernel_allows() {
             "workgroup size or workgroup memory"
+        } else if self.prefetch && !self.vec4 {
+            "prefetch needs vec4"
+        } else if self.prefetch && self.prefetch_slots() > 4 {
+            "prefetch stages at most 4 vectors of x and of w per thread and slice"
         } else if self.vec4 {
             "vec4 tiles take tm and tn 4 or 8 and bk a multiple of 4"
         } else {
@@ -602,7 +638,7 @@ impl Tuner {
                 let kernel = t.kernel(precision, inputs);
                 (
                     kernel,
-                    t.constants(0).to_vec(),
+                    t.constants(0, kernel),
                     (t.tile_cols(), t.tile_rows()),
                 )
             },
@@ -887,6 +923,28 @@ mod tests {
         let ld = u64::from(s.bk * t.size + COOP_PAD);
         let staged = u64::from((s.by * s.tmc + s.bx * s.tnc) * t.size) * ld * 2;
         staged + u64::from(s.bx * s.by + 1) * u64::from(t.size * t.size) * 4
+    }
+
+    /// A prefetching tile sets `PREFETCH` in the vec4 kernels; the strided kernel,
+    /// which runs the same tile on layers whose inputs are not a multiple of 4, has
+    /// no such constant and gets none.
+    #[test]
+    fn prefetch_is_a_constant_of_the_vec4_kernels_only() {
+        let tile = TileConfig::CANDIDATES[12];
+        assert!(tile.prefetch && tile.vec4);
+        for precision in [Precision::F32, Precision::F16] {
+            let vec4 = tile.kernel(precision, 64);
+            assert!(vec4.source.contains("override PREFETCH"));
+            assert!(tile.constants(1, vec4).contains(&("PREFETCH", 1)));
+            let plain = TileConfig::DEFAULT.constants(1, vec4);
+            assert!(plain.contains(&("PREFETCH", 0)));
+            let strided = tile.kernel(precision, 63);
+            assert!(!strided.source.contains("PREFETCH"));
+            assert!(!tile
+                .constants(1, strided)
+                .iter()
+                .any(|(n, _)| *n == "PREFETCH"));
+        }
     }
 
     /// Cache files written before the `vec4` tiles and before stacks hold entries
