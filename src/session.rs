@@ -92,13 +92,14 @@ pub struct SessionOptions {
     /// `ConfigProto.operation_timeout_in_ms`: a submission not finished in this time
     /// fails with [`Error::OperationTimeout`]. Default: 60 s.
     pub operation_timeout: Duration,
-    /// How long a thread busy-polls before it sleeps, wherever a run waits: a device's
+    /// How long a thread polls before it sleeps, wherever a run waits: a device's
     /// worker for its submission to finish (before sleeping on the driver's fence) and
     /// for the next job after one (a stream of runs), and [`Session::run`] for the
     /// workers' results. Default zero: every wait sleeps at once. Waking a sleeping
     /// thread costs tens of microseconds, which a small run on a GPU notices; a few
-    /// hundred microseconds of spin may save it, at the cost of a CPU core for as long
-    /// as each thread spins. `wgpu-ensemble bench --spin-us` measures it.
+    /// hundred microseconds of spin may save it. Between polls the thread yields its
+    /// core to any thread ready to run, so the spin keeps only an idle core busy.
+    /// `wgpu-ensemble bench --spin-us` measures it.
     pub spin_wait: Duration,
     /// Caps the size of every buffer a device run uses, below the device's own limit.
     /// Batches whose activations do not fit are split into chunks that do. `None`
@@ -578,8 +579,9 @@ impl Drop for Session {
     }
 }
 
-/// Busy-polls `rx` for up to `spin` (never past `deadline`); `None` when nothing came
-/// (or the channel closed): the caller then waits the sleeping way.
+/// Polls `rx` for up to `spin` (never past `deadline`), yielding the core between
+/// polls; `None` when nothing came (or the channel closed): the caller then waits the
+/// sleeping way.
 fn spin_recv<T>(rx: &Receiver<T>, spin: Duration, deadline: Option<Instant>) -> Option<T> {
     if spin.is_zero() {
         return None;
@@ -589,7 +591,7 @@ fn spin_recv<T>(rx: &Receiver<T>, spin: Duration, deadline: Option<Instant>) -> 
     loop {
         match rx.try_recv() {
             Ok(v) => return Some(v),
-            Err(TryRecvError::Empty) if Instant::now() < until => std::hint::spin_loop(),
+            Err(TryRecvError::Empty) if Instant::now() < until => std::thread::yield_now(),
             Err(_) => return None,
         }
     }

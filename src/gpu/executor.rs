@@ -134,8 +134,9 @@ struct DeviceState {
 }
 
 /// Polls `device` without blocking until its queue is empty (every submission
-/// finished, its callbacks run) or `limit` has passed; whether it emptied. An error
-/// ends the spin: the blocking wait that follows reports it.
+/// finished, its callbacks run) or `limit` has passed, yielding the core between
+/// polls (on lavapipe the device's work runs on the CPU's cores); whether it emptied.
+/// An error ends the spin: the blocking wait that follows reports it.
 fn spin(device: &wgpu::Device, limit: Duration) -> bool {
     if limit.is_zero() {
         return false;
@@ -144,7 +145,7 @@ fn spin(device: &wgpu::Device, limit: Duration) -> bool {
     loop {
         match device.poll(wgpu::PollType::Poll) {
             Ok(status) if status.is_queue_empty() => return true,
-            Ok(_) if started.elapsed() < limit => std::hint::spin_loop(),
+            Ok(_) if started.elapsed() < limit => std::thread::yield_now(),
             _ => return false,
         }
     }
