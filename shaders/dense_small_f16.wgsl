@@ -8,9 +8,10 @@ enable f16;
 // the weights: each weight is read exactly once.
 //     y[r, o] = act(sum_k x[r, k] * w[o, k] + b[o])
 // One 64-thread workgroup per output o (workgroup_id.x + workgroup_id.y * 65535): the
-// threads stride over k reading w[o, :] coalesced, keep one partial sum per row, then
-// reduce the 64 partial sums of every row through workgroup memory. Same bindings and
-// Params as dense.wgsl.
+// threads stride over k reading w[o, :] coalesced (four values per load where the
+// input width is a multiple of 4), keep one partial sum per row, then reduce the 64
+// partial sums of every row through workgroup memory. Same bindings and Params as
+// dense.wgsl.
 
 // Activation: 0 identity, 1 relu, 2 tanh, 3 sigmoid, 4 gelu (exact, erf form).
 override ACT: u32 = 0u;
@@ -32,8 +33,9 @@ struct Params {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> w: array<f16>;
+// Bound as vectors, like dense.wgsl's (the crate sizes every buffer to whole vectors).
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> w: array<vec4<f16>>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
@@ -92,17 +94,34 @@ fn main(
     for (var r = 0u; r < MAX_ROWS; r++) {
         acc[r] = 0.0;
     }
-    if live {
-        for (var k = tid; k < k_len; k += WG) {
-            let wv = f32(w[wo + o * k_len + k]);
-            // A loop of constant length that stops at the batch's rows: drivers
-            // unroll it and keep acc in registers (indexed by a loop whose length
-            // is only known at run time, an array goes to local memory).
+    // The row loops have a constant length and stop at the batch's rows: drivers
+    // unroll them and keep acc in registers (indexed by a loop whose length is only
+    // known at run time, an array goes to local memory).
+    if live && k_len % 4u == 0u {
+        // Whole vectors (x and w offsets are multiples of 4 too).
+        let k4 = k_len / 4u;
+        let wrow = (wo + o * k_len) / 4u;
+        for (var k = tid; k < k4; k += WG) {
+            let wv = vec4<f32>(w[wrow + k]);
             for (var r = 0u; r < MAX_ROWS; r++) {
                 if r >= rows {
                     break;
                 }
-                acc[r] = fma(f32(f16(x[xo + r * k_len + k])), wv, acc[r]);
+                let xrow = (xo + r * k_len) / 4u;
+                let xv = vec4<f32>(vec4<f16>(x[xrow + k]));
+                acc[r] = fma(xv.w, wv.w, fma(xv.z, wv.z, fma(xv.y, wv.y, fma(xv.x, wv.x, acc[r]))));
+            }
+        }
+    } else if live {
+        for (var k = tid; k < k_len; k += WG) {
+            let i = wo + o * k_len + k;
+            let wv = f32(w[i / 4u][i % 4u]);
+            for (var r = 0u; r < MAX_ROWS; r++) {
+                if r >= rows {
+                    break;
+                }
+                let j = xo + r * k_len + k;
+                acc[r] = fma(f32(f16(x[j / 4u][j % 4u])), wv, acc[r]);
             }
         }
     }

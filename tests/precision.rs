@@ -749,3 +749,58 @@ fn stacked_members_match_their_references_in_every_precision() {
         assert!(precisions > 0, "no adapter to check stacked members on");
     }
 }
+
+/// `Precision::F16` and `F16CoopMatrix` round each layer's input to f16 in every
+/// kernel: 2049 is not an f16 (it rounds to 2048), so `2049 - 2048` is 0 there and 1 in
+/// f32, far outside any tolerance. Inputs 4 wide (the kernels' four-value loads) and 3
+/// wide (single values), at batches for the small-batch kernel (1) and the tiled or
+/// cooperative-matrix one (20).
+#[test]
+fn f16_rounds_every_layer_input() {
+    use wgpu_ensemble::{Dense, Tensor};
+    let layer = |weights: Vec<f32>| {
+        let width = weights.len();
+        let weight = Tensor::matrix(1, width, weights).unwrap();
+        Model::new(vec![Dense::new(weight, vec![0.0], Identity).unwrap()]).unwrap()
+    };
+    let mut checked = 0;
+    for info in usable_adapters("f16 rounding") {
+        let mut precisions = Vec::new();
+        if info.features.contains(wgpu::Features::SHADER_F16) {
+            precisions.push(Precision::F16);
+        }
+        if has_coop(&info) {
+            precisions.push(Precision::F16CoopMatrix);
+        }
+        for precision in precisions {
+            for width in [4, 3] {
+                let mut weights = vec![0.0; width];
+                weights[..2].copy_from_slice(&[1.0, -1.0]);
+                let graph = Graph::builder(width)
+                    .member("m", layer(weights), Placement::Adapter(info.index))
+                    .build()
+                    .unwrap();
+                let options = SessionOptions::default().precision(precision);
+                let s = Session::with_options(graph, options).unwrap();
+                for batch in [1, 20] {
+                    let mut row = vec![0.0; width];
+                    row[..2].copy_from_slice(&[2049.0, 2048.0]);
+                    let x = wgpu_ensemble::Tensor::matrix(batch, width, row.repeat(batch)).unwrap();
+                    let run = s.run(&x, &RunOptions::default()).unwrap();
+                    assert!(
+                        run.aggregate.as_slice().iter().all(|&v| v == 0.0),
+                        "{info} {precision:?} width {width} batch {batch}: {:?} (1 = x not rounded)",
+                        run.aggregate.as_slice()
+                    );
+                }
+            }
+            checked += 1;
+        }
+    }
+    if common::gpu_required() {
+        assert!(
+            checked > 0,
+            "no adapter with SHADER_F16 to check the rounding on"
+        );
+    }
+}
