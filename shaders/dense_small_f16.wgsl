@@ -74,6 +74,14 @@ fn activate(v: f32) -> f32 {
     }
 }
 
+// v rounded to f16 and widened back, through pack2x16float, whose u32 must hold the
+// f16 bits: a driver may keep f16 values at f32 precision in registers, which makes
+// f32(f16(v)) a no-op (Mesa 26.1's lavapipe does; the tiled kernels round through
+// workgroup memory instead).
+fn round_f16(v: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(unpack2x16float(pack2x16float(v.xy)), unpack2x16float(pack2x16float(v.zw)));
+}
+
 @compute @workgroup_size(64, 1, 1)
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
@@ -108,7 +116,7 @@ fn main(
                     break;
                 }
                 let xrow = (xo + r * k_len) / 4u;
-                let xv = vec4<f32>(vec4<f16>(x[xrow + k]));
+                let xv = round_f16(x[xrow + k]);
                 acc[r] = fma(xv.w, wv.w, fma(xv.z, wv.z, fma(xv.y, wv.y, fma(xv.x, wv.x, acc[r]))));
             }
         }
@@ -121,7 +129,7 @@ fn main(
                     break;
                 }
                 let j = xo + r * k_len + k;
-                acc[r] = fma(f32(f16(x[j / 4u][j % 4u])), wv, acc[r]);
+                acc[r] = fma(round_f16(vec4<f32>(x[j / 4u][j % 4u])).x, wv, acc[r]);
             }
         }
     }
