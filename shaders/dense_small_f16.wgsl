@@ -77,9 +77,16 @@ fn activate(v: f32) -> f32 {
 // v rounded to f16 and widened back, through pack2x16float, whose u32 must hold the
 // f16 bits: a driver may keep f16 values at f32 precision in registers, which makes
 // f32(f16(v)) a no-op (Mesa 26.1's lavapipe does; the tiled kernels round through
-// workgroup memory instead).
+// workgroup memory instead). pack2x16float of a value past f16's range (or NaN)
+// leaves both halves of its u32 undefined, so such values are kept out of it: past
+// the range is infinity (what rounding to f16 gives, as on the CPU), NaN stays NaN.
 fn round_f16(v: vec4<f32>) -> vec4<f32> {
-    return vec4<f32>(unpack2x16float(pack2x16float(v.xy)), unpack2x16float(pack2x16float(v.zw)));
+    let nan = v != v;
+    let c = select(clamp(v, vec4<f32>(-65504.0), vec4<f32>(65504.0)), vec4<f32>(), nan);
+    let r = vec4<f32>(unpack2x16float(pack2x16float(c.xy)), unpack2x16float(pack2x16float(c.zw)));
+    // At or past 65520 (halfway to 65536) an f32 rounds to an infinite f16.
+    let inf = sign(v) * bitcast<f32>(0x7f800000u);
+    return select(select(r, inf, abs(v) >= vec4<f32>(65520.0)), v, nan);
 }
 
 @compute @workgroup_size(64, 1, 1)

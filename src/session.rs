@@ -98,7 +98,9 @@ pub struct SessionOptions {
     /// workers' results. Default zero: every wait sleeps at once. Waking a sleeping
     /// thread costs tens of microseconds, which a small run on a GPU notices; a few
     /// hundred microseconds of spin may save it. Between polls the thread yields its
-    /// core to any thread ready to run, so the spin keeps only an idle core busy.
+    /// core to any thread ready to run, so the spin takes only time no other thread
+    /// wants, though it is still CPU time (a container's CPU quota counts it). A
+    /// device's spin counts against [`operation_timeout`](Self::operation_timeout).
     /// `wgpu-ensemble bench --spin-us` measures it.
     pub spin_wait: Duration,
     /// Caps the size of every buffer a device run uses, below the device's own limit.

@@ -404,13 +404,20 @@ fn bench_sweeps_the_tile_candidates() {
         "{}",
         String::from_utf8_lossy(&ahead.stdout)
     );
-    // Words other than vec4 and prefetch after the numbers are refused.
-    let bad = gemm_bench(&["--device", &device, "--tile", "8,8,4,4,8,vec8"]);
-    assert!(
-        !bad.status.success() && stderr(&bad).contains("optionally vec4 and prefetch"),
-        "{}",
-        stderr(&bad)
-    );
+    // Words other than vec4 and prefetch after the numbers, a word twice, or prefetch
+    // without vec4 are refused.
+    for tile in [
+        "8,8,4,4,8,vec8",
+        "8,8,4,4,8,vec4,vec4",
+        "8,8,4,4,8,prefetch",
+    ] {
+        let bad = gemm_bench(&["--device", &device, "--tile", tile]);
+        assert!(
+            !bad.status.success() && stderr(&bad).contains("optionally vec4 and then prefetch"),
+            "{tile}: {}",
+            stderr(&bad)
+        );
+    }
     // The autotune's choices in a cache file; the file needs --autotune.
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("tiles.toml");

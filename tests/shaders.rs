@@ -7,11 +7,14 @@ fn validate(path: &Path) -> Vec<String> {
     let source = std::fs::read_to_string(path).unwrap();
     let module = naga::front::wgsl::parse_str(&source)
         .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.emit_to_string(&source)));
-    // f16 kernels need the SHADER_FLOAT16 capability (wgpu's SHADER_F16).
+    // f16 kernels need the SHADER_FLOAT16 capability (wgpu's SHADER_F16), and
+    // dense_small_f16.wgsl's pack2x16float SHADER_FLOAT16_IN_FLOAT32 (wgpu's
+    // SHADER_F16_IN_F32 downlevel flag: every Vulkan adapter, llvmpipe with SHADER_F16).
     let mut validator = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
         naga::valid::Capabilities::default()
             | naga::valid::Capabilities::SHADER_FLOAT16
+            | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32
             | naga::valid::Capabilities::SUBGROUP
             | naga::valid::Capabilities::COOPERATIVE_MATRIX,
     );

@@ -263,11 +263,18 @@ fn bench(args: &BenchArgs) -> wgpu_ensemble::Result<()> {
                 "--tile",
                 &format!(
                     "'{text}': expected five comma-separated integers, then optionally vec4 \
-                     and prefetch"
+                     and then prefetch"
                 ),
             )
         };
-        if words.iter().any(|w| !matches!(*w, "vec4" | "prefetch")) {
+        // Each word once, prefetch only with vec4.
+        let known = |w: &&str| matches!(*w, "vec4" | "prefetch");
+        let once = |w: &str| words.iter().filter(|x| **x == w).count() <= 1;
+        if !words.iter().all(known)
+            || !once("vec4")
+            || !once("prefetch")
+            || (words.contains(&"prefetch") && !words.contains(&"vec4"))
+        {
             return Err(bad());
         }
         let [wg_x, wg_y, tm, tn, bk] = five("--tile", &numbers.join(",")).map_err(|_| bad())?;

@@ -749,13 +749,15 @@ impl DeviceState {
             });
         }
         drop(tx);
-        let waited = if spin(device, self.spin_wait) {
+        // The spin counts against the operation timeout.
+        let spun = Instant::now();
+        let waited = if spin(device, self.spin_wait.min(self.operation_timeout)) {
             Ok(())
         } else {
             device
                 .poll(wgpu::PollType::Wait {
                     submission_index: Some(submission),
-                    timeout: Some(self.operation_timeout),
+                    timeout: Some(self.operation_timeout.saturating_sub(spun.elapsed())),
                 })
                 .map(|_| ())
         };

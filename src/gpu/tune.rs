@@ -180,10 +180,18 @@ impl TileConfig {
     }
 
     /// Vectors of x or of w (the more) one thread stages per slice.
+    /// In u64 (any fields: it runs before the limits are checked); `u64::MAX` for a
+    /// workgroup of no threads.
     fn prefetch_slots(&self) -> u64 {
         let threads = u64::from(self.wg_x) * u64::from(self.wg_y);
-        let vectors = u64::from(self.tile_rows().max(self.tile_cols())) * u64::from(self.bk / 4);
-        vectors.div_ceil(threads)
+        let rows = u64::from(self.wg_y) * u64::from(self.tm);
+        let cols = u64::from(self.wg_x) * u64::from(self.tn);
+        let vectors = rows.max(cols).saturating_mul(u64::from(self.bk / 4));
+        if threads == 0 {
+            u64::MAX
+        } else {
+            vectors.div_ceil(threads)
+        }
     }
 
     /// Why this configuration cannot run, for [`Error::TileUnsupported`].
@@ -476,6 +484,11 @@ struct Key {
     /// read as 1).
     #[serde(default = "one")]
     members: u32,
+    /// How many candidates the choice was made among (tiles, or coop shapes): once
+    /// candidates are added, a layer is timed again (entries of files written before
+    /// this field read as 0).
+    #[serde(default)]
+    candidates: u32,
 }
 
 fn one() -> u32 {
@@ -515,7 +528,7 @@ fn coop_cache() -> &'static Mutex<HashMap<Key, CoopShape>> {
     CACHE.get_or_init(Mutex::default)
 }
 
-fn key_order(k: &Key) -> (&str, &str, u32, u32, u32, bool, u32) {
+fn key_order(k: &Key) -> (&str, &str, u32, u32, u32, bool, u32, u32) {
     (
         &k.adapter,
         &k.precision,
@@ -524,6 +537,7 @@ fn key_order(k: &Key) -> (&str, &str, u32, u32, u32, bool, u32) {
         k.inputs,
         k.aligned,
         k.members,
+        k.candidates,
     )
 }
 
@@ -681,6 +695,7 @@ impl Tuner {
             "{}/{}x{}/subgroup {}",
             key.precision, base.size, base.size, base.subgroup
         );
+        key.candidates = CoopShape::CANDIDATES.len() as u32;
         let tuned = self.tune(
             ctx,
             kernels,
@@ -787,6 +802,7 @@ impl Tuner {
             inputs: bucket(inputs),
             aligned: inputs.is_multiple_of(4),
             members: members.max(1).next_power_of_two() as u32,
+            candidates: TileConfig::CANDIDATES.len() as u32,
         }
     }
 }
@@ -925,6 +941,38 @@ mod tests {
         staged + u64::from(s.bx * s.by + 1) * u64::from(t.size * t.size) * 4
     }
 
+    /// Any field values, however absurd, give an answer (no division by zero, no
+    /// overflow) when a prefetching tile is checked or refused.
+    #[test]
+    fn prefetch_checks_take_any_fields() {
+        let base = TileConfig::CANDIDATES[12];
+        let odd = [
+            TileConfig { wg_x: 0, ..base },
+            TileConfig { wg_y: 0, ..base },
+            TileConfig {
+                wg_y: 1 << 30,
+                tm: 8,
+                ..base
+            },
+            TileConfig {
+                wg_x: u32::MAX,
+                wg_y: u32::MAX,
+                tn: 8,
+                bk: u32::MAX,
+                ..base
+            },
+        ];
+        for tile in odd {
+            assert!(
+                !tile.kernel_allows() || tile.prefetch_slots() <= 4,
+                "{tile:?}"
+            );
+            let _ = tile.prefetch_slots();
+        }
+        assert_eq!(odd[0].prefetch_slots(), u64::MAX);
+        assert!(!odd[0].kernel_allows() && !odd[1].kernel_allows());
+    }
+
     /// A prefetching tile sets `PREFETCH` in the vec4 kernels; the strided kernel,
     /// which runs the same tile on layers whose inputs are not a multiple of 4, has
     /// no such constant and gets none.
@@ -947,9 +995,10 @@ mod tests {
         }
     }
 
-    /// Cache files written before the `vec4` tiles and before stacks hold entries
-    /// without `aligned` and `members`: they read as unaligned, single-member keys
-    /// (so aligned layers and stacks are timed again), with a strided tile.
+    /// Cache files written before the `vec4` tiles, stacks and the prefetch tiles hold
+    /// entries without `aligned`, `members` and `candidates`: they read as unaligned,
+    /// single-member keys chosen among no candidates (so every layer is timed again
+    /// among today's), with a strided tile.
     #[test]
     fn old_cache_entries_read_as_unaligned_and_single_member() {
         let old = r#"
@@ -965,6 +1014,7 @@ mod tests {
         let e = &file.entry[0];
         assert!(!e.key.aligned);
         assert_eq!(e.key.members, 1);
+        assert_eq!(e.key.candidates, 0);
         assert!(!e.config.vec4);
         let again: CacheFile = toml::from_str(&toml::to_string(&file).unwrap()).unwrap();
         assert_eq!(again.entry[0].key, e.key);
