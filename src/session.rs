@@ -1,6 +1,7 @@
 //! A compiled graph: one worker thread per device, fed through crossbeam channels;
 //! the caller's thread is the aggregate node.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use crate::fault::FaultPlan;
 use crate::gpu::tune::{CoopShape, TileConfig};
 use crate::graph::Graph;
 use crate::tensor::Tensor;
-use crate::worker::{compile, Combiner, DeviceOutput, Executor, WorkerContext};
+use crate::worker::{compile, spin_until, Combiner, DeviceOutput, Executor, WorkerContext};
 
 /// The arithmetic of the GPU dense kernels. Mixed precision is an option, never the
 /// default.
@@ -420,7 +421,7 @@ impl Session {
             member_devices,
             workers,
             runs: AtomicU64::new(0),
-            spin: options.spin_wait,
+            spin,
         })
     }
 
@@ -585,18 +586,14 @@ impl Drop for Session {
 /// polls; `None` when nothing came (or the channel closed): the caller then waits the
 /// sleeping way.
 fn spin_recv<T>(rx: &Receiver<T>, spin: Duration, deadline: Option<Instant>) -> Option<T> {
-    if spin.is_zero() {
-        return None;
-    }
-    let started = Instant::now();
-    let until = deadline.map_or(started + spin, |d| d.min(started + spin));
-    loop {
-        match rx.try_recv() {
-            Ok(v) => return Some(v),
-            Err(TryRecvError::Empty) if Instant::now() < until => std::thread::yield_now(),
-            Err(_) => return None,
-        }
-    }
+    let limit = deadline.map_or(spin, |d| {
+        spin.min(d.saturating_duration_since(Instant::now()))
+    });
+    spin_until(limit, || match rx.try_recv() {
+        Ok(v) => ControlFlow::Break(Some(v)),
+        Err(TryRecvError::Empty) => ControlFlow::Continue(()),
+        Err(TryRecvError::Disconnected) => ControlFlow::Break(None),
+    })
 }
 
 /// A device worker: runs jobs in arrival order until the session closes its channel.

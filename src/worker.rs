@@ -2,9 +2,10 @@
 //! into executors (one per device, or one per member), running one job with the
 //! planned faults, and combining member results under a quorum policy.
 
+use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::cpu::CpuExecutor;
 use crate::device::{DevicePool, ExecutionDevice, Placement};
@@ -57,6 +58,27 @@ enum Key {
     External(wgpu::Device),
     /// One group per member (the pipeline's workers).
     Member(usize),
+}
+
+/// Calls `poll` until it breaks (with `Some` value, or `None` to give up) or `limit`
+/// has passed, yielding the core between calls so that the spin takes only time no
+/// other thread wants; `None` at once for a zero `limit`. What every spinning wait of
+/// a run (`SessionOptions::spin_wait`) is made of.
+pub(crate) fn spin_until<T>(
+    limit: Duration,
+    mut poll: impl FnMut() -> ControlFlow<Option<T>>,
+) -> Option<T> {
+    if limit.is_zero() {
+        return None;
+    }
+    let started = Instant::now();
+    loop {
+        match poll() {
+            ControlFlow::Break(done) => return done,
+            ControlFlow::Continue(()) if started.elapsed() < limit => std::thread::yield_now(),
+            ControlFlow::Continue(()) => return None,
+        }
+    }
 }
 
 /// Resolves every placement, creates the devices, and builds one executor per device

@@ -149,47 +149,96 @@ fn dense_kernels_share_one_activation() {
     }
 }
 
-#[test]
-fn vec4_f16_kernel_is_the_f32_one_with_f16_operands() {
-    // WGSL has no includes: dense_vec4_f16.wgsl repeats dense_vec4.wgsl. From the
-    // uniform struct on, it must differ only where the operands are f16 (the weight
-    // binding, the tiles, the staged vectors — whose type converts x as it is loaded —
-    // and the widening of what the inner loop reads), so that a fix to one kernel
-    // cannot miss the other.
+/// WGSL has no includes: an f16 kernel repeats its f32 twin. From the uniform struct
+/// on, `f16_file` must be `f32_file` with only the `(f32 text, f16 text)` replacements
+/// (each present) and the f16-only functions `extra` added, so that a fix to one
+/// kernel cannot miss the other.
+fn assert_twin(f32_file: &str, f16_file: &str, replacements: &[(&str, &str)], extra: &[&str]) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     let body = |s: &str| s[s.find("struct Params").unwrap()..].to_string();
-    let mut want = body(&read("dense_vec4.wgsl"));
-    for (f32_text, f16_text) in [
-        (
-            "var<storage, read> w: array<vec4<f32>>;",
-            "var<storage, read> w: array<vec4<f16>>;",
-        ),
-        ("array<vec4<f32>, BK *", "array<vec4<f16>, BK *"),
-        ("alias Staged = vec4<f32>;", "alias Staged = vec4<f16>;"),
-        (
-            "= x_tile[k * xs + local.y];",
-            "= vec4<f32>(x_tile[k * xs + local.y]);",
-        ),
-        (
-            "= w_tile[k * ws + local.x];",
-            "= vec4<f32>(w_tile[k * ws + local.x]);",
-        ),
-        (
-            "= w_tile[k * ws + WG_X + local.x];",
-            "= vec4<f32>(w_tile[k * ws + WG_X + local.x]);",
-        ),
-        (
-            "= x_tile[k * xs + WG_Y + local.y];",
-            "= vec4<f32>(x_tile[k * xs + WG_Y + local.y]);",
-        ),
-    ] {
-        assert!(want.contains(f32_text), "dense_vec4.wgsl: no {f32_text}");
+    let mut want = body(&read(f32_file));
+    for (f32_text, f16_text) in replacements {
+        assert!(want.contains(f32_text), "{f32_file}: no {f32_text}");
         want = want.replace(f32_text, f16_text);
     }
-    let got = body(&read("dense_vec4_f16.wgsl"));
-    for (i, (g, w)) in got.lines().zip(want.lines()).enumerate() {
-        assert_eq!(g, w, "dense_vec4_f16.wgsl line {i} after struct Params");
+    let mut got = body(&read(f16_file));
+    for name in extra {
+        let f = function(&got, name);
+        // The function and the comment lines just above it.
+        let start = got.find(&f).unwrap();
+        let comment = got[..start]
+            .lines()
+            .rev()
+            .take_while(|l| l.starts_with("//"))
+            .map(|l| l.len() + 1)
+            .sum::<usize>();
+        got.replace_range(start - comment..start + f.len() + 1, "");
     }
-    assert_eq!(got.lines().count(), want.lines().count());
+    for (i, (g, w)) in got.lines().zip(want.lines()).enumerate() {
+        assert_eq!(g, w, "{f16_file} line {i} after struct Params");
+    }
+    assert_eq!(got.lines().count(), want.lines().count(), "{f16_file}");
+}
+
+#[test]
+fn vec4_f16_kernel_is_the_f32_one_with_f16_operands() {
+    // The f16 lines: the weight binding, the tiles, the staged vectors (whose type
+    // converts x as it is loaded) and the widening of what the inner loop reads.
+    assert_twin(
+        "dense_vec4.wgsl",
+        "dense_vec4_f16.wgsl",
+        &[
+            (
+                "var<storage, read> w: array<vec4<f32>>;",
+                "var<storage, read> w: array<vec4<f16>>;",
+            ),
+            ("array<vec4<f32>, BK *", "array<vec4<f16>, BK *"),
+            ("alias Staged = vec4<f32>;", "alias Staged = vec4<f16>;"),
+            (
+                "= x_tile[k * xs + local.y];",
+                "= vec4<f32>(x_tile[k * xs + local.y]);",
+            ),
+            (
+                "= w_tile[k * ws + local.x];",
+                "= vec4<f32>(w_tile[k * ws + local.x]);",
+            ),
+            (
+                "= w_tile[k * ws + WG_X + local.x];",
+                "= vec4<f32>(w_tile[k * ws + WG_X + local.x]);",
+            ),
+            (
+                "= x_tile[k * xs + WG_Y + local.y];",
+                "= vec4<f32>(x_tile[k * xs + WG_Y + local.y]);",
+            ),
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn small_f16_kernel_is_the_f32_one_with_f16_weights() {
+    // The f16 lines: the weight binding, the widening of the weights, and x rounded
+    // to f16 (round_f16, the one function of its own).
+    assert_twin(
+        "dense_small.wgsl",
+        "dense_small_f16.wgsl",
+        &[
+            (
+                "var<storage, read> w: array<vec4<f32>>;",
+                "var<storage, read> w: array<vec4<f16>>;",
+            ),
+            ("let wv = w[wrow + k];", "let wv = vec4<f32>(w[wrow + k]);"),
+            ("let xv = x[xrow + k];", "let xv = round_f16(x[xrow + k]);"),
+            (
+                "let wv = w[i / 4u][i % 4u];",
+                "let wv = f32(w[i / 4u][i % 4u]);",
+            ),
+            (
+                "acc[r] = fma(x[j / 4u][j % 4u], wv, acc[r]);",
+                "acc[r] = fma(round_f16(vec4<f32>(x[j / 4u][j % 4u])).x, wv, acc[r]);",
+            ),
+        ],
+        &["round_f16"],
+    );
 }

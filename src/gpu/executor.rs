@@ -9,7 +9,7 @@
 //! dispatch is followed by a barrier, so at small batches their count is the latency.
 
 use std::borrow::Cow;
-use std::ops::Range;
+use std::ops::{ControlFlow, Range};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -138,17 +138,12 @@ struct DeviceState {
 /// polls (on lavapipe the device's work runs on the CPU's cores); whether it emptied.
 /// An error ends the spin: the blocking wait that follows reports it.
 fn spin(device: &wgpu::Device, limit: Duration) -> bool {
-    if limit.is_zero() {
-        return false;
-    }
-    let started = Instant::now();
-    loop {
-        match device.poll(wgpu::PollType::Poll) {
-            Ok(status) if status.is_queue_empty() => return true,
-            Ok(_) if started.elapsed() < limit => std::thread::yield_now(),
-            _ => return false,
-        }
-    }
+    crate::worker::spin_until(limit, || match device.poll(wgpu::PollType::Poll) {
+        Ok(status) if status.is_queue_empty() => ControlFlow::Break(Some(())),
+        Ok(_) => ControlFlow::Continue(()),
+        Err(_) => ControlFlow::Break(None),
+    })
+    .is_some()
 }
 
 fn bytes_of(values: usize) -> u64 {
@@ -179,6 +174,23 @@ fn copy_f32(dst: &mut [f32], bytes: &[u8]) {
             }
         }
     }
+}
+
+/// (stack, member in the stack) of every member `present` marks (bit z of
+/// `present[s]`), in graph order: the order of a run's member outputs.
+fn present_members<'a>(
+    stacks: &'a [GpuStack],
+    present: &'a [u32],
+) -> impl Iterator<Item = (usize, usize)> + 'a {
+    stacks
+        .iter()
+        .zip(present)
+        .enumerate()
+        .flat_map(|(s, (stack, &mask))| {
+            (0..stack.members.len())
+                .filter(move |z| mask >> z & 1 == 1)
+                .map(move |z| (s, z))
+        })
 }
 
 /// The same layer widths and activations.
@@ -458,17 +470,8 @@ impl DeviceState {
                     .fold(0, |mask, (z, _)| mask | 1 << z)
             })
             .collect();
-        let included: Vec<usize> = self
-            .stacks
-            .iter()
-            .zip(&present)
-            .flat_map(|(s, &mask)| {
-                s.members
-                    .iter()
-                    .enumerate()
-                    .filter(move |(z, _)| mask >> z & 1 == 1)
-                    .map(|(_, &(index, _))| index)
-            })
+        let included: Vec<usize> = present_members(&self.stacks, &present)
+            .map(|(s, z)| self.stacks[s].members[z].0)
             .collect();
         let mut partial = vec![0.0f32; rows * out];
         let mut member_outputs: Vec<(usize, Vec<f32>)> = if want_members {
@@ -618,10 +621,12 @@ impl DeviceState {
         let Some(rb) = self.rows.as_ref() else {
             return;
         };
-        let key = (rows, rb.capacity, present.to_vec());
-        if self.uniforms.as_ref() == Some(&key) {
-            return;
+        if let Some((r, c, p)) = &self.uniforms {
+            if (*r, *c, p.as_slice()) == (rows, rb.capacity, present) {
+                return;
+            }
         }
+        let key = (rows, rb.capacity, present.to_vec());
         let queue = &self.ctx.queue;
         for ((s, sr), &mask) in self.stacks.iter().zip(&rb.stacks).zip(present) {
             for (i, l) in s.layers.iter().enumerate() {
@@ -724,17 +729,14 @@ impl DeviceState {
         // `member_outputs`.
         let mut wanted: Vec<&wgpu::Buffer> = Vec::new();
         if !member_outputs.is_empty() {
-            for (sr, &mask) in rb.stacks.iter().zip(present) {
+            for (s, z) in present_members(&self.stacks, present) {
+                let sr = &rb.stacks[s];
                 let (Some(last), Some(&y_stride)) = (sr.outputs.last(), sr.y_strides.last()) else {
                     continue;
                 };
-                for (z, staging) in sr.staging.iter().enumerate() {
-                    if mask >> z & 1 == 1 {
-                        let from = bytes_of(z * y_stride as usize);
-                        encoder.copy_buffer_to_buffer(last, from, staging, 0, bytes);
-                        wanted.push(staging);
-                    }
-                }
+                let from = bytes_of(z * y_stride as usize);
+                encoder.copy_buffer_to_buffer(last, from, &sr.staging[z], 0, bytes);
+                wanted.push(&sr.staging[z]);
             }
         }
         let submission = queue.submit([encoder.finish()]);

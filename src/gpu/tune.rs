@@ -636,7 +636,8 @@ impl Tuner {
         if !self.enabled {
             return Ok(TileConfig::DEFAULT);
         }
-        let key = self.key(ctx, precision, (outputs, inputs), members);
+        let candidates = TileConfig::CANDIDATES.len();
+        let key = self.key(ctx, precision, (outputs, inputs), members, candidates);
         let key_aligned = key.aligned;
         let tuned = self.tune(
             ctx,
@@ -690,12 +691,18 @@ impl Tuner {
         }
         // The matrix side and subgroup size are part of the key: a driver that starts
         // offering 16 x 16 matrices must not reuse a shape timed with 8 x 8 ones.
-        let mut key = self.key(ctx, Precision::F16CoopMatrix, (outputs, inputs), members);
+        let candidates = CoopShape::CANDIDATES.len();
+        let mut key = self.key(
+            ctx,
+            Precision::F16CoopMatrix,
+            (outputs, inputs),
+            members,
+            candidates,
+        );
         key.precision = format!(
             "{}/{}x{}/subgroup {}",
             key.precision, base.size, base.size, base.subgroup
         );
-        key.candidates = CoopShape::CANDIDATES.len() as u32;
         let tuned = self.tune(
             ctx,
             kernels,
@@ -793,6 +800,7 @@ impl Tuner {
         precision: Precision,
         (outputs, inputs): (usize, usize),
         members: usize,
+        candidates: usize,
     ) -> Key {
         Key {
             adapter: ctx.adapter_key(),
@@ -802,7 +810,7 @@ impl Tuner {
             inputs: bucket(inputs),
             aligned: inputs.is_multiple_of(4),
             members: members.max(1).next_power_of_two() as u32,
-            candidates: TileConfig::CANDIDATES.len() as u32,
+            candidates: candidates as u32,
         }
     }
 }
