@@ -13,7 +13,7 @@ use crate::fault::{Fault, FaultPlan};
 use crate::graph::Graph;
 use crate::model::{Activation, Model};
 use crate::pipeline::{Pipeline, PipelineOptions};
-use crate::session::{QuorumPolicy, RunOptions, Session, SessionOptions};
+use crate::session::{MemberReport, QuorumPolicy, RunOptions, Session, SessionOptions};
 use crate::tensor::Tensor;
 
 /// A standard workload.
@@ -119,6 +119,14 @@ pub struct BenchReport {
     pub throughput_rows_per_s: f64,
     /// FLOP per second at the median latency, in units of 10⁹.
     pub gflops: f64,
+    /// With [`SessionOptions::device_timing`]: the median of the runs' device time
+    /// (the kernels alone, timestamp queries; the longest of the devices a run used),
+    /// in milliseconds. `None` without it, or where no member ran on a GPU.
+    pub device_p50_ms: Option<f64>,
+    /// FLOP per second at `device_p50_ms`, in units of 10⁹: the kernels' throughput,
+    /// without the upload, the submission, the wait and the readback (what a GEMM
+    /// benchmark on device-resident tensors measures).
+    pub device_gflops: Option<f64>,
     /// For `late-member`: the median latency of the same inputs with no member late;
     /// `p50_ms - baseline_p50_ms` is the latency a late member adds.
     pub baseline_p50_ms: Option<f64>,
@@ -189,6 +197,7 @@ pub fn run_bench(
     let x = input(batch, graph.input_width())?;
     let started_all;
     let mut times: Vec<Duration> = Vec::with_capacity(runs);
+    let mut device_times: Vec<Duration> = Vec::new();
     let mut baseline = None;
     let adapter: Vec<String>;
     match mode {
@@ -212,6 +221,7 @@ pub fn run_bench(
                         Some(out) => {
                             out.aggregate?;
                             times.push(out.elapsed);
+                            device_times.extend(device_time(&out.members));
                         }
                         None => break,
                     }
@@ -230,27 +240,28 @@ pub fn run_bench(
                     .session(options.faults(plan)),
             )?;
             adapter = pipeline.devices().map(ToString::to_string).collect();
-            let one = |times: &mut Vec<Duration>| -> Result<()> {
+            let one = |times: &mut Vec<Duration>, device: &mut Vec<Duration>| -> Result<()> {
                 pipeline.send(&x)?;
                 if let Some(out) = pipeline.recv() {
                     out.aggregate?;
                     times.push(out.elapsed);
+                    device.extend(device_time(&out.members));
                 }
                 Ok(())
             };
             let mut warm = Vec::new();
             for _ in 0..warmup {
-                one(&mut warm)?;
+                one(&mut warm, &mut Vec::new())?;
             }
             let mut normal = Vec::with_capacity(runs);
             for _ in 0..runs {
-                one(&mut normal)?;
+                one(&mut normal, &mut Vec::new())?;
             }
             normal.sort();
             baseline = normal.get(normal.len() / 2).map(|d| d.as_secs_f64() * 1e3);
             started_all = Instant::now();
             for _ in 0..runs {
-                one(&mut times)?;
+                one(&mut times, &mut device_times)?;
             }
         }
         BenchMode::Session => {
@@ -262,15 +273,19 @@ pub fn run_bench(
             started_all = Instant::now();
             for _ in 0..runs {
                 let started = Instant::now();
-                session.run(&x, &RunOptions::default())?;
+                let out = session.run(&x, &RunOptions::default())?;
                 times.push(started.elapsed());
+                device_times.extend(device_time(&out.members));
             }
         }
     }
     let total = started_all.elapsed().as_secs_f64();
-    times.sort();
-    let pick = |q: f64| times[((times.len().max(1) - 1) as f64 * q).round() as usize];
-    let p50 = pick(0.5).as_secs_f64();
+    // A pipeline that closed before every result came back leaves fewer times.
+    let (Some(p50), Some(p99)) = (quantile(&mut times, 0.5), quantile(&mut times, 0.99)) else {
+        return Err(Error::PipelineClosed);
+    };
+    let p50 = p50.as_secs_f64();
+    let device_p50 = quantile(&mut device_times, 0.5).map(|t| t.as_secs_f64());
     // A stream's throughput is what went through per second; a loop's is per run.
     let per_second = match mode {
         BenchMode::Pipeline => runs as f64 / total,
@@ -287,9 +302,26 @@ pub fn run_bench(
         adapter,
         runs: times.len(),
         p50_ms: p50 * 1e3,
-        p99_ms: pick(0.99).as_secs_f64() * 1e3,
+        p99_ms: p99.as_secs_f64() * 1e3,
         throughput_rows_per_s: batch as f64 * per_second,
         gflops: workload.flops(batch) as f64 * per_second / 1e9,
+        device_p50_ms: device_p50.map(|t| t * 1e3),
+        device_gflops: device_p50
+            .filter(|&t| t > 0.0)
+            .map(|t| workload.flops(batch) as f64 / t / 1e9),
         baseline_p50_ms: baseline,
     })
+}
+
+/// The `q` quantile of `times` (sorted here), the nearest rank; `None` if empty.
+fn quantile(times: &mut [Duration], q: f64) -> Option<Duration> {
+    times.sort();
+    let last = times.len().checked_sub(1)?;
+    times.get((last as f64 * q).round() as usize).copied()
+}
+
+/// A run's device time: the longest of its devices' (they work at the same time),
+/// where any was measured.
+fn device_time(members: &[MemberReport]) -> Option<Duration> {
+    members.iter().filter_map(|m| m.device_time).max()
 }

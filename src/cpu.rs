@@ -81,6 +81,7 @@ impl CpuExecutor {
             present,
             failed: Vec::new(),
             elapsed: started.elapsed(),
+            device_time: None,
         }
     }
 }

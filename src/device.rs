@@ -218,9 +218,10 @@ pub(crate) fn open_device(
     label: ExecutionDevice,
     precision: Precision,
 ) -> std::result::Result<GpuContext, String> {
-    // Optional features the kernels can use, where the adapter has them; the
-    // experimental cooperative-matrix feature only for the precision that uses it.
-    let mut wanted = wgpu::Features::SHADER_F16;
+    // Optional features the kernels can use, where the adapter has them (timestamps:
+    // SessionOptions::device_timing and the autotune's timing); the experimental
+    // cooperative-matrix feature only for the precision that uses it.
+    let mut wanted = wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY;
     if precision == Precision::F16CoopMatrix {
         wanted |= wgpu::Features::SUBGROUP | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
     }

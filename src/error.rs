@@ -312,6 +312,13 @@ pub enum Error {
         /// The name that was given.
         name: String,
     },
+    /// [`SessionOptions::device_timing`](crate::SessionOptions::device_timing) was set
+    /// and a device the members run on has no timestamp queries.
+    #[error("device {device} cannot time its kernels: it lacks TIMESTAMP_QUERY")]
+    DeviceTimingUnsupported {
+        /// Device description.
+        device: String,
+    },
     /// A device cannot run the session's precision.
     #[error("device {device} cannot run precision {precision}: it lacks {missing}")]
     PrecisionUnsupported {

@@ -130,6 +130,14 @@ pub struct SessionOptions {
     /// ([`Precision::F16CoopMatrix`]), instead of [`CoopShape::DEFAULT`] or the
     /// autotune's choice. Checked against each device's limits.
     pub coop_shape: Option<CoopShape>,
+    /// Measure each GPU device's time for its kernels in every run with timestamp
+    /// queries ([`MemberReport::device_time`]): the time from the start of its first
+    /// dispatch to the end of its last, without the upload, the submission, the wait
+    /// or the readback, which [`MemberReport::elapsed`] includes. Needs
+    /// `TIMESTAMP_QUERY` on every adapter the members run on (an error at session
+    /// build otherwise); adds a few commands and 16 bytes to each readback. Off by
+    /// default. `wgpu-ensemble bench --device-timing` reports it.
+    pub device_timing: bool,
     /// Whether kernels are compiled without wgpu's runtime bounds checks; set only
     /// through the unsafe [`SessionOptions::trusted_kernels`].
     pub(crate) trusted_kernels: bool,
@@ -149,6 +157,7 @@ impl Default for SessionOptions {
             autotune_cache: None,
             tile: None,
             coop_shape: None,
+            device_timing: false,
             trusted_kernels: false,
             faults: FaultPlan::default(),
         }
@@ -156,6 +165,12 @@ impl Default for SessionOptions {
 }
 
 impl SessionOptions {
+    /// Sets [`SessionOptions::device_timing`].
+    pub fn device_timing(mut self, yes: bool) -> Self {
+        self.device_timing = yes;
+        self
+    }
+
     /// Sets [`SessionOptions::operation_timeout`].
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
         self.operation_timeout = timeout;
@@ -334,6 +349,11 @@ pub struct MemberReport {
     /// device in one submission, readback); members sharing a device share it. Zero
     /// when it did not finish.
     pub elapsed: Duration,
+    /// Its GPU device's time for the kernels of this run (every member on that
+    /// device, summed over the submissions of a batch split into chunks), measured
+    /// with timestamp queries when [`SessionOptions::device_timing`] is set; `None`
+    /// otherwise, on the CPU, and when it did not finish.
+    pub device_time: Option<Duration>,
     /// Its `[rows, output_width]` output, when [`RunOptions::member_outputs`] was set
     /// and it finished.
     pub output: Option<Tensor>,

@@ -35,6 +35,8 @@ pub(crate) struct DeviceOutput {
     pub(crate) present: Vec<usize>,
     pub(crate) failed: Vec<(usize, Error)>,
     pub(crate) elapsed: Duration,
+    /// The device's time for the kernels (timestamp queries), when measured.
+    pub(crate) device_time: Option<Duration>,
 }
 
 /// Runs a group of members on one device.
@@ -302,6 +304,7 @@ pub(crate) struct Combiner<'a> {
     present_weight: f32,
     status: Vec<Option<MemberStatus>>,
     elapsed: Vec<Duration>,
+    device_time: Vec<Option<Duration>>,
     outputs: Vec<Option<Tensor>>,
 }
 
@@ -323,6 +326,7 @@ impl<'a> Combiner<'a> {
             present_weight: 0.0,
             status: vec![None; names.len()],
             elapsed: vec![Duration::ZERO; names.len()],
+            device_time: vec![None; names.len()],
             outputs: vec![None; names.len()],
         }
     }
@@ -339,6 +343,7 @@ impl<'a> Combiner<'a> {
                     self.present_weight += self.weights[m];
                     self.status[m] = Some(MemberStatus::Finished);
                     self.elapsed[m] = out.elapsed;
+                    self.device_time[m] = out.device_time;
                 }
                 for (m, y) in out.members {
                     self.outputs[m] = Tensor::matrix(self.rows, self.cols, y).ok();
@@ -418,6 +423,7 @@ impl<'a> Combiner<'a> {
                 name: self.names[m].clone(),
                 device: self.devices[m].clone(),
                 elapsed: self.elapsed[m],
+                device_time: self.device_time[m],
                 output: self.outputs[m].clone(),
                 status,
             })

@@ -285,6 +285,9 @@ fn bench_prints_one_json_object() {
     assert!(v["p99_ms"].as_f64() >= v["p50_ms"].as_f64(), "{text}");
     assert_eq!(v["tile"], "default");
     assert_eq!(v["spin_us"], 0);
+    // Kernel times only with --device-timing, which the CPU refuses.
+    assert!(v["device_p50_ms"].is_null(), "{text}");
+    assert!(v["device_gflops"].is_null(), "{text}");
     let bad = cli(&["bench", "--workload", "E9", "--batch", "1", "--json"]);
     assert!(
         !bad.status.success() && stderr(&bad).contains("E9"),
@@ -300,8 +303,9 @@ fn bench_prints_one_json_object() {
 
 #[test]
 fn bench_refuses_tiles_that_would_not_be_used() {
-    let cases: [&[&str]; 4] = [
+    let cases: [&[&str]; 5] = [
         &["--device", "cpu", "--sweep"],
+        &["--device", "cpu", "--device-timing"],
         &["--device", "cpu", "--tile", "16,16,4,4,16"],
         &["--precision", "f16-coop", "--tile", "16,16,4,4,16"],
         &["--precision", "f32", "--coop-shape", "2,2,2,2,2"],
@@ -325,6 +329,56 @@ fn bench_refuses_tiles_that_would_not_be_used() {
         let out = gemm_bench(&["--device", &device, "--precision", "f16-coop", "--sweep"]);
         assert!(!out.status.success(), "a sweep with nothing run exited 0");
     }
+}
+
+/// `--device-timing` reports the kernels' time next to the run's: positive, within the
+/// run's time (the p50 of the kernels at most the p50 of the runs that include them),
+/// and GFLOP/s to match.
+#[test]
+fn bench_reports_the_kernels_time() {
+    let Some(adapter) = common::usable_adapters("bench device timing")
+        .into_iter()
+        .find(|a| {
+            a.features
+                .contains(wgpu_ensemble::wgpu::Features::TIMESTAMP_QUERY)
+        })
+    else {
+        return;
+    };
+    let device = format!("adapter:{}", adapter.index);
+    let out = gemm_bench(&[
+        "--device",
+        &device,
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--device-timing",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value =
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let (run, kernels) = (v["p50_ms"].as_f64(), v["device_p50_ms"].as_f64());
+    let (Some(run), Some(kernels)) = (run, kernels) else {
+        panic!("no device_p50_ms: {text}");
+    };
+    assert!(kernels > 0.0 && kernels <= run, "{text}");
+    let gflops = v["device_gflops"].as_f64().unwrap_or(0.0);
+    let want = 2.0 * 24f64.powi(3) / (kernels * 1e-3) / 1e9;
+    assert!(
+        (gflops - want).abs() <= 1e-9 * want,
+        "{gflops} vs {want}: {text}"
+    );
+    // The line of text names them too.
+    let line = gemm_bench(&["--device", &device, "--runs", "1", "--device-timing"]);
+    assert!(line.status.success(), "{}", stderr(&line));
+    assert!(
+        String::from_utf8_lossy(&line.stdout).contains("kernels alone"),
+        "{}",
+        String::from_utf8_lossy(&line.stdout)
+    );
 }
 
 #[test]

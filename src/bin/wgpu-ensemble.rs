@@ -109,6 +109,9 @@ struct BenchArgs {
     /// Busy-poll this many microseconds wherever a run waits (the device, the workers, the caller) before sleeping (SessionOptions::spin_wait).
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
     spin_us: u64,
+    /// Also time the kernels alone with timestamp queries and report device_p50_ms and device_gflops (SessionOptions::device_timing; needs TIMESTAMP_QUERY).
+    #[arg(long)]
+    device_timing: bool,
     /// Print one JSON object instead of a line of text.
     #[arg(long)]
     json: bool,
@@ -169,6 +172,12 @@ fn devices() {
             .contains(wgpu_ensemble::wgpu::Features::SHADER_F16)
         {
             extras.push("f16".to_string());
+        }
+        if p.info
+            .features
+            .contains(wgpu_ensemble::wgpu::Features::TIMESTAMP_QUERY)
+        {
+            extras.push("timestamps".to_string());
         }
         for c in &p.info.cooperative_matrix {
             extras.push(format!(
@@ -245,7 +254,15 @@ fn bench(args: &BenchArgs) -> wgpu_ensemble::Result<()> {
             "the CPU executor has no tiles: --tile, --coop-shape and --sweep need an adapter",
         ));
     }
-    let mut options = SessionOptions::default().precision(precision);
+    if args.device_timing && matches!(placement, Placement::Cpu) {
+        return Err(flag_error(
+            "--device",
+            "the CPU executor has no device timing: --device-timing needs an adapter",
+        ));
+    }
+    let mut options = SessionOptions::default()
+        .precision(precision)
+        .device_timing(args.device_timing);
     if args.autotune {
         options = options.autotune(args.batch);
     }
@@ -365,8 +382,15 @@ fn print_report(report: &BenchReport, json: bool) -> wgpu_ensemble::Result<()> {
         })?;
         println!("{text}");
     } else {
+        let device = match (report.device_p50_ms, report.device_gflops) {
+            (Some(ms), Some(gflops)) => {
+                format!("; kernels alone p50 {ms:.3} ms, {gflops:.2} GFLOP/s")
+            }
+            (Some(ms), None) => format!("; kernels alone p50 {ms:.3} ms"),
+            _ => String::new(),
+        };
         println!(
-            "{} {} batch {} {} ({}) on [{}]: p50 {:.3} ms, p99 {:.3} ms, {:.1} rows/s, {:.2} GFLOP/s",
+            "{} {} batch {} {} ({}) on [{}]: p50 {:.3} ms, p99 {:.3} ms, {:.1} rows/s, {:.2} GFLOP/s{}",
             report.workload,
             report.mode,
             report.batch,
@@ -376,7 +400,8 @@ fn print_report(report: &BenchReport, json: bool) -> wgpu_ensemble::Result<()> {
             report.p50_ms,
             report.p99_ms,
             report.throughput_rows_per_s,
-            report.gflops
+            report.gflops,
+            device
         );
     }
     Ok(())

@@ -17,6 +17,7 @@ use super::kernels::{
     dense_coop, Kernels, AGGREGATE, AGGREGATE_WG, DENSE_SMALL, DENSE_SMALL_F16, MAX_STACK,
     SMALL_GROUPS_X, SMALL_ROWS, SOFTMAX, SOFTMAX_AGGREGATE,
 };
+use super::timing::{self, PassTimer};
 use super::tune::Tuner;
 use super::GpuContext;
 use crate::aggregate::Mode;
@@ -131,6 +132,8 @@ struct DeviceState {
     spin_wait: Duration,
     uniforms: Option<UniformKey>,
     rows: Option<RowBuffers>,
+    /// Times the members' pass ([`SessionOptions::device_timing`]).
+    timer: Option<PassTimer>,
 }
 
 /// Polls `device` without blocking until its queue is empty (every submission
@@ -261,6 +264,15 @@ impl DeviceState {
         let precision = options.precision;
         let device = &ctx.device;
         let coop = super::check_precision(&ctx, precision)?;
+        let timer = match (options.device_timing, PassTimer::new(&ctx)) {
+            (false, _) => None,
+            (true, Some(timer)) => Some(timer),
+            (true, None) => {
+                return Err(Error::DeviceTimingUnsupported {
+                    device: ctx.label.to_string(),
+                })
+            }
+        };
         let limits = device.limits();
         // At most 4 GiB: the kernels index buffers with u32, in values of 2 bytes or
         // more, so no index (a member's offset in a stack included) can overflow.
@@ -441,6 +453,7 @@ impl DeviceState {
             spin_wait: options.spin_wait,
             uniforms: None,
             rows: None,
+            timer,
         })
     }
 
@@ -482,6 +495,7 @@ impl DeviceState {
         } else {
             Vec::new()
         };
+        let mut device_time = self.timer.as_ref().map(|_| Duration::ZERO);
         let mut start = 0;
         while start < rows {
             let n = self.chunk_rows.min(rows - start);
@@ -494,9 +508,16 @@ impl DeviceState {
                 &mut member_outputs,
                 start * out,
             );
-            if let Err(e) = result {
-                self.reset();
-                return Err(e);
+            match result {
+                Ok(time) => {
+                    if let (Some(total), Some(time)) = (&mut device_time, time) {
+                        *total += time;
+                    }
+                }
+                Err(e) => {
+                    self.reset();
+                    return Err(e);
+                }
             }
             start += n;
         }
@@ -506,6 +527,7 @@ impl DeviceState {
             present: included,
             failed: Vec::new(),
             elapsed: started.elapsed(),
+            device_time,
         })
     }
 
@@ -536,7 +558,18 @@ impl DeviceState {
             capacity * self.output_width,
             storage | wgpu::BufferUsages::COPY_DST,
         );
-        let staging_acc = buffer("aggregate staging", capacity * self.output_width, staging);
+        // With the pass's two timestamps after the aggregate (see run_chunk).
+        let staging_acc = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("aggregate staging"),
+            size: bytes_of(capacity * self.output_width).next_multiple_of(16)
+                + if self.timer.is_some() {
+                    timing::BYTES
+                } else {
+                    0
+                },
+            usage: staging,
+            mapped_at_creation: false,
+        });
         let bind = |layout: &wgpu::BindGroupLayout, buffers: &[&wgpu::Buffer]| {
             let entries: Vec<wgpu::BindGroupEntry> = buffers
                 .iter()
@@ -668,7 +701,7 @@ impl DeviceState {
         partial: &mut [f32],
         member_outputs: &mut [(usize, Vec<f32>)],
         offset: usize,
-    ) -> Result<()> {
+    ) -> Result<Option<Duration>> {
         self.ensure_capacity(rows);
         self.write_uniforms(rows, present);
         let Some(rb) = self.rows.as_ref() else {
@@ -684,7 +717,7 @@ impl DeviceState {
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("members"),
-                timestamp_writes: None,
+                timestamp_writes: self.timer.as_ref().map(PassTimer::writes),
             });
             let n_rows = rows as u32;
             let running = self.stacks.iter().zip(&rb.stacks).zip(present);
@@ -725,6 +758,16 @@ impl DeviceState {
             }
         }
         encoder.copy_buffer_to_buffer(&rb.acc, 0, &rb.staging_acc, 0, bytes);
+        // The timestamps follow the aggregate in its staging buffer (8-byte aligned),
+        // read back with it.
+        let stamps = bytes.next_multiple_of(8);
+        let acc_bytes = match &self.timer {
+            Some(timer) => {
+                timer.copy_to(&mut encoder, &rb.staging_acc, stamps);
+                stamps + timing::BYTES
+            }
+            None => bytes,
+        };
         // The staging buffers of the members read back, in the order of
         // `member_outputs`.
         let mut wanted: Vec<&wgpu::Buffer> = Vec::new();
@@ -741,12 +784,12 @@ impl DeviceState {
         }
         let submission = queue.submit([encoder.finish()]);
 
-        let mut staging: Vec<&wgpu::Buffer> = vec![&rb.staging_acc];
-        staging.extend(wanted.iter().copied());
+        let mut staging: Vec<(&wgpu::Buffer, u64)> = vec![(&rb.staging_acc, acc_bytes)];
+        staging.extend(wanted.iter().map(|&buf| (buf, bytes)));
         let (tx, rx) = mpsc::channel();
-        for buf in &staging {
+        for &(buf, size) in &staging {
             let tx = tx.clone();
-            buf.slice(..bytes).map_async(wgpu::MapMode::Read, move |r| {
+            buf.slice(..size).map_async(wgpu::MapMode::Read, move |r| {
                 let _ = tx.send(r);
             });
         }
@@ -792,23 +835,29 @@ impl DeviceState {
                 }
             }
         }
-        let read = |buf: &wgpu::Buffer, dst: &mut [f32]| -> Result<()> {
-            {
+        // Copies the first `bytes` of a mapped staging buffer into `dst` and unmaps
+        // it; the device time from the timestamps after them, when there are some.
+        let read = |buf: &wgpu::Buffer, size: u64, dst: &mut [f32]| -> Result<Option<Duration>> {
+            let time = {
                 let view = buf
-                    .slice(..bytes)
+                    .slice(..size)
                     .get_mapped_range()
                     .map_err(|e| self.gpu_error(&format!("reading a result: {e}")))?;
-                copy_f32(dst, &view);
-            }
+                copy_f32(dst, &view[..bytes as usize]);
+                match &self.timer {
+                    Some(timer) if size > bytes => Some(timer.elapsed(&view[stamps as usize..])),
+                    _ => None,
+                }
+            };
             buf.unmap();
-            Ok(())
+            Ok(time)
         };
-        read(&rb.staging_acc, partial)?;
+        let time = read(&rb.staging_acc, acc_bytes, partial)?;
         let len = rows * self.output_width;
         for (buf, (_, dst)) in wanted.iter().zip(member_outputs.iter_mut()) {
-            read(buf, &mut dst[offset..offset + len])?;
+            read(buf, bytes, &mut dst[offset..offset + len])?;
         }
-        Ok(())
+        Ok(time)
     }
 
     fn gpu_error(&self, message: &str) -> Error {

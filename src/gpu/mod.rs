@@ -3,6 +3,7 @@
 
 mod executor;
 mod kernels;
+mod timing;
 pub mod tune;
 
 use std::sync::{Arc, Mutex, PoisonError};

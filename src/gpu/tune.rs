@@ -13,6 +13,7 @@ use wgpu::util::DeviceExt;
 use super::kernels::{
     dense_coop, Kernel, Kernels, COOP_PAD, DENSE, DENSE_F16, DENSE_VEC4, DENSE_VEC4_F16,
 };
+use super::timing::{self, PassTimer};
 use super::GpuContext;
 use crate::error::{Error, Result};
 use crate::session::Precision;
@@ -817,7 +818,9 @@ impl Tuner {
 
 /// The best of three timed submissions of four dispatches' work each (one dispatch for
 /// a stack of four members or more), on synthetic data of the shape class, after one
-/// untimed; a submission slower than `give_up` ends the timing there. A stack's
+/// untimed; a submission slower than `give_up` ends the timing there. Timed by the
+/// device's timestamps where it has `TIMESTAMP_QUERY`, else by the wall clock from
+/// submission to the end of the wait. A stack's
 /// members share the input and the weights here, each with an output of its own.
 /// `(tile_cols, tile_rows)` are the outputs and rows one workgroup of the pipeline
 /// computes.
@@ -895,31 +898,81 @@ fn time_kernel(
         (n as u32).div_ceil(tile_cols),
         (m as u32).div_ceil(tile_rows),
     );
+    // Where the device has timestamps, a round's time is the GPU's time for the
+    // dispatches: on a fast GPU the submission and the wait take longer than a small
+    // layer's kernels, and their jitter would decide between the candidates.
+    let timer = PassTimer::new(ctx);
+    let stamps = timer.as_ref().map(|_| {
+        buffer(
+            timing::BYTES as usize,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )
+    });
+    let gpu_error = |e: &dyn std::fmt::Display| Error::Gpu {
+        device: ctx.label.to_string(),
+        message: format!("autotune: {e}"),
+    };
     let mut best = Duration::MAX;
     for round in 0..4 {
         let mut encoder = device.create_command_encoder(&Default::default());
         {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("autotune"),
+                timestamp_writes: timer.as_ref().map(PassTimer::writes),
+            });
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &group, &[]);
             for _ in 0..(4 / members).max(1) {
                 pass.dispatch_workgroups(groups.0, groups.1, members as u32);
             }
         }
+        let mapped = match (&timer, &stamps) {
+            (Some(timer), Some(stamps)) => {
+                timer.copy_to(&mut encoder, stamps, 0);
+                Some(stamps)
+            }
+            _ => None,
+        };
         let started = Instant::now();
         let index = ctx.queue.submit([encoder.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(stamps) = mapped {
+            stamps.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+        }
         device
             .poll(wgpu::PollType::Wait {
                 submission_index: Some(index),
                 timeout: Some(Duration::from_secs(60)),
             })
-            .map_err(|e| Error::Gpu {
-                device: ctx.label.to_string(),
-                message: format!("autotune: {e}"),
-            })?;
+            .map_err(|e| gpu_error(&e))?;
+        let wall = started.elapsed();
+        let took = match (&timer, mapped) {
+            (Some(timer), Some(stamps)) => {
+                rx.try_recv()
+                    .map_err(|e| gpu_error(&e))?
+                    .map_err(|e| gpu_error(&e))?;
+                let time = {
+                    let view = stamps
+                        .slice(..)
+                        .get_mapped_range()
+                        .map_err(|e| gpu_error(&e))?;
+                    timer.elapsed(&view)
+                };
+                stamps.unmap();
+                // A driver that cannot see so short a pass reports no time.
+                if time.is_zero() {
+                    wall
+                } else {
+                    time
+                }
+            }
+            _ => wall,
+        };
         // The first round compiles and warms up.
         if round > 0 {
-            best = best.min(started.elapsed());
+            best = best.min(took);
             // Two rounds at least: one slow round on a busy machine is not enough.
             if round > 1 && give_up.is_some_and(|limit| best > limit) {
                 break;

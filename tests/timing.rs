@@ -1,0 +1,194 @@
+//! `SessionOptions::device_timing`: each GPU device's kernel time from timestamp
+//! queries, read back with the results without disturbing them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_close, input, reference_forward, reference_mean};
+use wgpu_ensemble::{
+    wgpu, Activation::*, Error, ExternalDevice, Graph, Model, Placement, RunOptions, Session,
+    SessionOptions,
+};
+
+/// Two members of one shape and one of another on `place`, a fourth on the CPU.
+/// Five outputs: the aggregate's bytes (20 a row) are not a multiple of 8 at odd
+/// batches, so the timestamps after them start at a rounded offset.
+fn members() -> Vec<Model> {
+    [
+        (vec![24, 96, 5], vec![Relu, Softmax]),
+        (vec![24, 96, 5], vec![Relu, Softmax]),
+        (vec![24, 40, 40, 5], vec![Tanh, Gelu, Identity]),
+        (vec![24, 8, 5], vec![Sigmoid, Softmax]),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (w, a))| Model::random(w, a, 70 + i as u64).unwrap())
+    .collect()
+}
+
+fn session(models: &[Model], place: &Placement, options: SessionOptions) -> Session {
+    let mut g = Graph::builder(24);
+    for (i, m) in models.iter().enumerate() {
+        let p = if i == 3 {
+            Placement::Cpu
+        } else {
+            place.clone()
+        };
+        g = g.member(format!("m{i}"), m.clone(), p);
+    }
+    Session::with_options(g.build().unwrap(), options).unwrap()
+}
+
+/// With timing on, every GPU member reports a device time, positive and within its
+/// device's wall time, the CPU member none; the results are the same bits as without
+/// timing and match the reference, for small batches, tiled ones and batches split
+/// into chunks (the time summed over them); and a run with more work takes longer.
+#[test]
+fn device_timing_reports_each_devices_kernel_time() {
+    let models = members();
+    for adapter in common::usable_adapters("device timing") {
+        let label = adapter.to_string();
+        let place = Placement::Adapter(adapter.index);
+        let timed = SessionOptions::default().device_timing(true);
+        if !adapter.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            let mut g = Graph::builder(24);
+            g = g.member("m", models[0].clone(), place.clone());
+            match Session::with_options(g.build().unwrap(), timed) {
+                Err(Error::DeviceTimingUnsupported { device }) => {
+                    assert!(device.contains(&adapter.name), "{device}")
+                }
+                other => panic!("{label}: no timestamps, yet {:?}", other.err()),
+            }
+            continue;
+        }
+        let plain = session(&models, &place, SessionOptions::default());
+        // Room for one member's 96 × 24 weights and 24 rows of 96 activations (16
+        // bytes to spare): no stacks, chunks of 24 rows.
+        let chunked_options = timed.clone().max_buffer_bytes(96 * 4 * 24 + 16);
+        for (what, options) in [
+            ("timed", timed.clone()),
+            ("timed, chunked", chunked_options.clone()),
+        ] {
+            let timed = session(&models, &place, options);
+            let mut small = None;
+            for batch in [1, 3, 17, 41] {
+                let x = input(batch, 24, 80 + batch as u64);
+                let opts = RunOptions::default().member_outputs(true);
+                let run = timed.run(&x, &opts).unwrap();
+                let base = plain.run(&x, &opts).unwrap();
+                let ctx = format!("{label} {what}, batch {batch}");
+                assert_eq!(
+                    run.aggregate.as_slice(),
+                    base.aggregate.as_slice(),
+                    "{ctx}: timing changed the aggregate"
+                );
+                let refs: Vec<Vec<f64>> = models.iter().map(|m| reference_forward(m, &x)).collect();
+                assert_close(
+                    &ctx,
+                    run.aggregate.as_slice(),
+                    &reference_mean(&refs, &[1.0; 4]),
+                );
+                for (m, b) in run.members.iter().zip(&base.members) {
+                    assert_eq!(
+                        m.output.as_ref().map(|t| t.as_slice()),
+                        b.output.as_ref().map(|t| t.as_slice()),
+                        "{ctx}: timing changed member {}",
+                        m.name
+                    );
+                }
+                for m in &run.members[..3] {
+                    let t = m
+                        .device_time
+                        .unwrap_or_else(|| panic!("{ctx}: member {} has no device time", m.name));
+                    assert!(
+                        t > Duration::ZERO && t <= m.elapsed,
+                        "{ctx}: member {} device time {t:?}, wall {:?}",
+                        m.name,
+                        m.elapsed
+                    );
+                }
+                // Members on one device share its time.
+                assert_eq!(run.members[0].device_time, run.members[2].device_time);
+                assert_eq!(run.members[3].device_time, None, "{ctx}: the CPU member");
+                assert!(base.members.iter().all(|m| m.device_time.is_none()));
+                if batch == 1 {
+                    small = run.members[0].device_time;
+                }
+            }
+            // Much more work (1024 rows through the same members) takes the device
+            // longer than one row.
+            let x = input(1024, 24, 90);
+            let big = timed.run(&x, &RunOptions::default()).unwrap();
+            assert!(
+                big.members[0].device_time > small,
+                "{label} {what}: 1024 rows {:?}, 1 row {small:?}",
+                big.members[0].device_time
+            );
+        }
+        // A batch of eight chunks counts all eight: the best of three runs of 192 rows
+        // takes more than twice the best of three of 24 (one chunk).
+        let chunked = session(&models, &place, chunked_options);
+        let best = |rows: usize| {
+            let x = input(rows, 24, 91);
+            (0..3)
+                .filter_map(|_| {
+                    chunked.run(&x, &RunOptions::default()).unwrap().members[0].device_time
+                })
+                .min()
+                .unwrap_or_default()
+        };
+        let (one, eight) = (best(24), best(192));
+        assert!(
+            eight > one * 2,
+            "{label}: 8 chunks {eight:?}, 1 chunk {one:?}"
+        );
+    }
+}
+
+/// A device without `TIMESTAMP_QUERY` (one the caller made with no features) refuses
+/// device timing at session build, naming it; without timing it runs.
+#[test]
+fn a_device_without_timestamps_refuses_device_timing() {
+    let Some(adapter) = common::usable_adapters("device timing refused")
+        .into_iter()
+        .next()
+    else {
+        return;
+    };
+    let backends = wgpu::Backends::from(adapter.backend);
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let found = pollster::block_on(instance.enumerate_adapters(backends))
+        .into_iter()
+        .find(|a| a.get_info().name == adapter.name)
+        .expect("the adapter the crate listed");
+    let (device, queue) =
+        pollster::block_on(found.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+    assert!(!device.features().contains(wgpu::Features::TIMESTAMP_QUERY));
+    let external = ExternalDevice::new(device, queue, "plain device");
+    let model = Model::random(&[6, 3], &[Softmax], 1).unwrap();
+    let graph = || {
+        Graph::builder(6)
+            .member("m", model.clone(), Placement::Device(external.clone()))
+            .build()
+            .unwrap()
+    };
+    match Session::with_options(graph(), SessionOptions::default().device_timing(true)) {
+        Err(e @ Error::DeviceTimingUnsupported { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("plain device") && text.contains("TIMESTAMP_QUERY"),
+                "{text}"
+            );
+        }
+        other => panic!("device timing without timestamps: {:?}", other.err()),
+    }
+    let session = Session::new(graph()).unwrap();
+    let run = session
+        .run(&input(2, 6, 3), &RunOptions::default())
+        .unwrap();
+    assert_eq!(run.members[0].device_time, None);
+}
