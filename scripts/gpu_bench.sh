@@ -8,7 +8,8 @@
 # Most important first, so that a cut-short run still has it: the cooperative-matrix
 # tests on the hardware, gemm 4096³, PyTorch on the same GPU, E1 and E2 at batch 1
 # with a spin-wait, then at batch 1, 1024 and 64, a sweep over every tile candidate
-# and coop shape at 4096³, then the rest. Writes under $OUT: devices.txt,
+# and coop shape at 4096³, then the rest. Every bench line also has the kernels'
+# time alone (--device-timing), but for one latency run per workload at batch 1. Writes under $OUT: devices.txt,
 # precision.txt (the test run),
 # wgpu.jsonl (one JSON object per line, from `wgpu-ensemble bench --json`),
 # torch.jsonl (benches/torch_baseline.py), torch_anchor.json, tiles.toml (the tiles
@@ -45,8 +46,13 @@ if [ -x .devbin/precision ]; then
   echo "precision tests: exit $?"; tail -3 "$OUT/precision.txt"
 fi
 
+# Every run also times the kernels alone with timestamp queries (device_p50_ms,
+# device_gflops: what PyTorch's GEMM on device-resident tensors is compared with),
+# except with NO_TIMING=1 (the latency runs, measured both ways).
 run() {
-  timeout 120 "$B" bench --device "$DEVICE" --json "$@" >> "$OUT/wgpu.jsonl" 2>> "$OUT/errors.txt" ||
+  local timing=--device-timing
+  [ -n "${NO_TIMING:-}" ] && timing=
+  timeout 120 "$B" bench --device "$DEVICE" --json $timing "$@" >> "$OUT/wgpu.jsonl" 2>> "$OUT/errors.txt" ||
     echo "failed ($?): $*" >> "$OUT/errors.txt"
 }
 torch() {
@@ -67,6 +73,7 @@ done
 torch
 # Small runs again, busy-polling for the result instead of sleeping on the fence.
 for w in $WORKLOADS; do
+  NO_TIMING=1 run --workload "$w" --batch 1 --precision f32 --runs "$RUNS" --trusted-kernels --spin-us 2000
   run --workload "$w" --batch 1 --precision f32 --runs "$RUNS" --trusted-kernels --spin-us 2000
 done
 for w in $WORKLOADS; do
