@@ -9,8 +9,8 @@
 # tests on the hardware, gemm 4096³, PyTorch on the same GPU, E1 and E2 at batch 1
 # with a spin-wait, then at batch 1, 1024 and 64, a sweep over every tile candidate
 # and coop shape at 4096³, then the rest. Every bench line also has the kernels'
-# time alone (--device-timing), but for one latency run per workload at batch 1. Writes under $OUT: devices.txt,
-# precision.txt (the test run),
+# time alone (--device-timing), but for one latency run per workload at batch 1.
+# Writes under $OUT: devices.txt, precision.txt and timing.txt (the test runs),
 # wgpu.jsonl (one JSON object per line, from `wgpu-ensemble bench --json`),
 # torch.jsonl (benches/torch_baseline.py), torch_anchor.json, tiles.toml (the tiles
 # and coop shapes the autotune chose, per shape class), errors.txt, and
@@ -41,9 +41,14 @@ DEVICE=${DEVICE:-auto}
 echo "device: $DEVICE"
 
 if [ -x .devbin/precision ]; then
-  WGPU_ENSEMBLE_REQUIRE_GPU=1 WGPU_ENSEMBLE_REQUIRE_COOP=1 timeout 300 .devbin/precision \
+  WGPU_ENSEMBLE_REQUIRE_GPU=1 WGPU_ENSEMBLE_REQUIRE_COOP=1 timeout 180 .devbin/precision \
     --test-threads 1 > "$OUT/precision.txt" 2>&1
   echo "precision tests: exit $?"; tail -3 "$OUT/precision.txt"
+fi
+# The kernels-alone figures below rest on the device's timestamps: checked first.
+if [ -x .devbin/timing ]; then
+  WGPU_ENSEMBLE_REQUIRE_GPU=1 timeout 60 .devbin/timing --test-threads 1 > "$OUT/timing.txt" 2>&1
+  echo "timing tests: exit $?"; tail -3 "$OUT/timing.txt"
 fi
 
 # Every run also times the kernels alone with timestamp queries (device_p50_ms,

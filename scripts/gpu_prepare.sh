@@ -2,8 +2,8 @@
 # Prepares, on the build machine, everything scripts/gpu_bench.sh needs on the lent
 # GPU machine (see shared/gpu/README.md): Debian's Vulkan loader packages in .gl/ (the
 # GPU machine has the NVIDIA ICD but no loader), and in .devbin/ the release binary,
-# the precision test binary (it checks Precision::F16CoopMatrix on the hardware), and
-# the PyTorch baselines. Both folders are ignored by git; carry both in the device call:
+# the precision test binary (it checks Precision::F16CoopMatrix on the hardware), the
+# timing test binary (device timing's timestamps there), and the PyTorch baselines. Both folders are ignored by git; carry both in the device call:
 #   run(command="OUT=$OUT bash scripts/gpu_bench.sh", carry=[".gl", ".devbin"])
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,14 +17,16 @@ if ! compgen -G ".gl/libvulkan1_*.deb" >/dev/null; then
 fi
 cargo build --release --bin wgpu-ensemble
 cp target/release/wgpu-ensemble .devbin/
-# The precision test binary, built with the release profile.
-test_bin=$(cargo test --release --test precision --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys
+# The precision and timing test binaries, built with the release profile.
+for t in precision timing; do
+  test_bin=$(cargo test --release --test "$t" --no-run --message-format=json 2>/dev/null |
+    T="$t" python3 -c 'import json,os,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "precision":
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == os.environ["T"]:
         print(m["executable"])')
-cp "$test_bin" .devbin/precision
+  cp "$test_bin" ".devbin/$t"
+done
 cp benches/torch_baseline.py .devbin/
 if [ -f ../shared/gpu/torch_anchor.py ]; then cp ../shared/gpu/torch_anchor.py .devbin/; fi
 ls -la .gl .devbin
