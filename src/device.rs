@@ -259,6 +259,9 @@ pub(crate) fn open_device(
 pub(crate) struct DevicePool {
     /// The precision the devices are opened for (it decides optional features).
     precision: Precision,
+    /// `Placement::Auto` takes only adapters with timestamps
+    /// (`SessionOptions::device_timing`).
+    timing: bool,
     adapters: Vec<wgpu::Adapter>,
     pub(crate) infos: Vec<AdapterInfo>,
     opened: HashMap<(usize, usize), GpuContext>,
@@ -303,11 +306,18 @@ impl DevicePool {
             .collect();
         Self {
             precision,
+            timing: false,
             adapters,
             infos,
             opened: HashMap::new(),
             usable: None,
         }
+    }
+
+    /// With `timing`, `Placement::Auto` uses only adapters with `TIMESTAMP_QUERY`.
+    pub(crate) fn with_timing(mut self, timing: bool) -> Self {
+        self.timing = timing;
+        self
     }
 
     fn descriptions(&self) -> Vec<String> {
@@ -355,12 +365,19 @@ impl DevicePool {
             return u.clone();
         }
         // Adapters that open and can run the session's precision (the CPU runs every
-        // precision, so a session whose precision no adapter has runs there).
-        let precision = self.precision;
+        // precision, so a session whose precision no adapter has runs there), with
+        // timestamps if the session times its devices.
+        let (precision, timing) = (self.precision, self.timing);
         let working: Vec<usize> = (0..self.infos.len())
             .filter(|&i| {
-                self.open(i, 0)
-                    .is_ok_and(|ctx| crate::gpu::check_precision(&ctx, precision).is_ok())
+                self.open(i, 0).is_ok_and(|ctx| {
+                    crate::gpu::check_precision(&ctx, precision).is_ok()
+                        && (!timing
+                            || ctx
+                                .device
+                                .features()
+                                .contains(wgpu::Features::TIMESTAMP_QUERY))
+                })
             })
             .collect();
         let hardware: Vec<usize> = working

@@ -135,8 +135,9 @@ pub struct SessionOptions {
     /// dispatch to the end of its last, without the upload, the submission, the wait
     /// or the readback, which [`MemberReport::elapsed`] includes. Needs
     /// `TIMESTAMP_QUERY` on every adapter the members run on (an error at session
-    /// build otherwise); adds a few commands and 16 bytes to each readback. Off by
-    /// default. `wgpu-ensemble bench --device-timing` reports it.
+    /// build otherwise; [`Placement::Auto`](crate::Placement::Auto) then uses only
+    /// adapters that have it); adds a few commands and 16 to 20 bytes to each
+    /// readback. Off by default. `wgpu-ensemble bench --device-timing` reports it.
     pub device_timing: bool,
     /// Whether kernels are compiled without wgpu's runtime bounds checks; set only
     /// through the unsafe [`SessionOptions::trusted_kernels`].

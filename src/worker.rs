@@ -100,18 +100,24 @@ pub(crate) fn compile(
             Placement::Cpu => (Key::Cpu, None),
             Placement::Adapter(a) => {
                 let ctx = pool
-                    .get_or_insert_with(|| DevicePool::new(options.precision))
+                    .get_or_insert_with(|| {
+                        DevicePool::new(options.precision).with_timing(options.device_timing)
+                    })
                     .open(*a, 0)?;
                 (Key::Adapter(*a, 0), Some(ctx))
             }
             Placement::Queue { adapter, slot } => {
                 let ctx = pool
-                    .get_or_insert_with(|| DevicePool::new(options.precision))
+                    .get_or_insert_with(|| {
+                        DevicePool::new(options.precision).with_timing(options.device_timing)
+                    })
                     .open(*adapter, *slot)?;
                 (Key::Adapter(*adapter, *slot), Some(ctx))
             }
             Placement::Auto => {
-                let p = pool.get_or_insert_with(|| DevicePool::new(options.precision));
+                let p = pool.get_or_insert_with(|| {
+                    DevicePool::new(options.precision).with_timing(options.device_timing)
+                });
                 let usable = p.usable();
                 if usable.is_empty() {
                     (Key::Cpu, None)

@@ -264,10 +264,10 @@ impl DeviceState {
         let precision = options.precision;
         let device = &ctx.device;
         let coop = super::check_precision(&ctx, precision)?;
-        let timer = match (options.device_timing, PassTimer::new(&ctx)) {
-            (false, _) => None,
-            (true, Some(timer)) => Some(timer),
-            (true, None) => {
+        let timer = match options.device_timing.then(|| PassTimer::new(&ctx)) {
+            None => None,
+            Some(Some(timer)) => Some(timer),
+            Some(None) => {
                 return Err(Error::DeviceTimingUnsupported {
                     device: ctx.label.to_string(),
                 })
@@ -306,9 +306,11 @@ impl DeviceState {
                 }
             }
         }
-        // 16 bytes of room for the rounding of buffer sizes (see ensure_capacity).
-        let by_bytes =
-            usize::try_from(max_bytes.saturating_sub(16) / bytes_of(widest)).unwrap_or(usize::MAX);
+        // 16 bytes of room for the rounding of buffer sizes (see ensure_capacity), and
+        // the timestamps after the aggregate in its staging buffer.
+        let room = 16 + if timer.is_some() { timing::BYTES } else { 0 };
+        let by_bytes = usize::try_from(max_bytes.saturating_sub(room) / bytes_of(widest))
+            .unwrap_or(usize::MAX);
         // Softmax dispatches one workgroup per row; the dense and aggregate kernels
         // need fewer groups per row than that.
         let unstacked_rows = by_bytes.min(limits.max_compute_workgroups_per_dimension as usize);

@@ -71,6 +71,11 @@ impl PassTimer {
         encoder.copy_buffer_to_buffer(&self.resolved, 0, staging, offset, BYTES);
     }
 
+    /// One tick of the device's clock, at least a nanosecond.
+    pub(crate) fn tick(&self) -> Duration {
+        Duration::from_nanos((self.period.ceil() as u64).max(1))
+    }
+
     /// The time between the two timestamps in `bytes`, as
     /// [`copy_to`](Self::copy_to) wrote them.
     pub(crate) fn elapsed(&self, bytes: &[u8]) -> Duration {
