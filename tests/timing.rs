@@ -195,3 +195,47 @@ fn a_device_without_timestamps_refuses_device_timing() {
         .unwrap();
     assert_eq!(run.members[0].device_time, None);
 }
+
+/// `Placement::Auto` with device timing places members only on adapters with
+/// timestamps, and they report a device time (the CPU, if no adapter has them).
+#[test]
+fn auto_placement_with_device_timing_uses_adapters_with_timestamps() {
+    let adapters = common::usable_adapters("auto with device timing");
+    let timed: Vec<_> = adapters
+        .iter()
+        .filter(|a| a.features.contains(wgpu::Features::TIMESTAMP_QUERY))
+        .collect();
+    let models = members();
+    let mut g = Graph::builder(24);
+    for (i, m) in models.iter().enumerate() {
+        g = g.member(format!("m{i}"), m.clone(), Placement::Auto);
+    }
+    let options = SessionOptions::default().device_timing(true);
+    let session = Session::with_options(g.build().unwrap(), options).unwrap();
+    let x = input(3, 24, 5);
+    let run = session.run(&x, &RunOptions::default()).unwrap();
+    for m in &run.members {
+        match &m.device {
+            wgpu_ensemble::ExecutionDevice::Adapter { index, .. } => {
+                assert!(
+                    timed.iter().any(|a| a.index == *index),
+                    "member {} on adapter {index}, which has no timestamps",
+                    m.name
+                );
+                assert!(
+                    m.device_time.is_some_and(|t| t > Duration::ZERO),
+                    "{}",
+                    m.name
+                );
+            }
+            other => {
+                assert!(
+                    timed.is_empty(),
+                    "member {} on {other} with timed adapters",
+                    m.name
+                );
+                assert_eq!(m.device_time, None);
+            }
+        }
+    }
+}
