@@ -24,7 +24,9 @@ enable wgpu_cooperative_matrix;
 // in slices of BK: every thread helps stage a slice of x (rounded to f16) and of w
 // through workgroup memory, zero-padded past the edges, so any shape works and no
 // cooperative load or store touches a storage buffer. Each accumulator goes through
-// workgroup memory to the bounds-checked, bias-and-activation store.
+// workgroup memory to the bounds-checked, bias-and-activation store. With PREFETCH,
+// each thread holds its part of the next slice in registers while the current one is
+// multiplied.
 //
 // WG must be at least BX * BY times the adapter's largest subgroup size, so that
 // every block has a subgroup whatever size the driver picks; the crate sets it to
@@ -43,6 +45,11 @@ override TMC: u32 = 2u;
 override TNC: u32 = 2u;
 // Depth of each staged slice of the inner dimension, a multiple of CT.
 override BK: u32 = 32u;
+// 1: where the input width is a multiple of 4, each slice of x and w is loaded into
+// registers while the one before it is multiplied (the loads' latency hides behind
+// the matrix products; at most 4 vectors of x and of w per thread and slice); 0:
+// loaded after the barrier that ends the previous slice.
+override PREFETCH: u32 = 0u;
 
 // The cooperative matrix side. [coop size]
 const CT: u32 = 16u;
@@ -127,6 +134,57 @@ fn activate(v: f32) -> f32 {
     }
 }
 
+// Vector e of the slice of x at k0 (row row0 + e / (BK / 4), k k0 + (e % (BK / 4)) * 4),
+// zero past the tile or the edges of x. Only where the input width is a multiple of 4,
+// so that a vector is wholly inside a row or wholly past its end.
+fn x_vector(e: u32, row0: u32, k0: u32, xo: u32) -> vec4<f32> {
+    let bk4 = BK / 4u;
+    let row = row0 + e / bk4;
+    let k = k0 + (e % bk4) * 4u;
+    if e < BY * TMC * CT * bk4 && row < p.rows && k < p.in_features {
+        return x[(xo + row * p.in_features + k) / 4u];
+    }
+    return vec4<f32>();
+}
+
+// The same for w: output col0 + e / (BK / 4).
+fn w_vector(e: u32, col0: u32, k0: u32, wo: u32) -> vec4<f16> {
+    let bk4 = BK / 4u;
+    let col = col0 + e / bk4;
+    let k = k0 + (e % bk4) * 4u;
+    if e < BX * TNC * CT * bk4 && col < p.out_features && k < p.in_features {
+        return w[(wo + col * p.in_features + k) / 4u];
+    }
+    return vec4<f16>();
+}
+
+// Stores vector e of a slice of x (from x_vector), rounded to f16, at its row and
+// four k of x_tile.
+fn stage_x(e: u32, v: vec4<f32>) {
+    let bk4 = BK / 4u;
+    if e >= BY * TMC * CT * bk4 {
+        return;
+    }
+    let t = (e / bk4) * (BK + PAD) + (e % bk4) * 4u;
+    x_tile[t] = f16(v.x);
+    x_tile[t + 1u] = f16(v.y);
+    x_tile[t + 2u] = f16(v.z);
+    x_tile[t + 3u] = f16(v.w);
+}
+
+// The same for w and w_tile.
+fn stage_w(e: u32, v: vec4<f16>) {
+    let bk4 = BK / 4u;
+    if e >= BX * TNC * CT * bk4 {
+        return;
+    }
+    let t = (e / bk4) * (BK + PAD) + (e % bk4) * 4u;
+    w_tile[t] = v.x;
+    w_tile[t + 1u] = v.y;
+    w_tile[t + 2u] = v.z;
+    w_tile[t + 3u] = v.w;
+}
+
 // Writes one CT x CT accumulator of a block: the subgroup stores it to its slot of
 // c_tile, then, if it owns the block, its invocations apply bias and activation to
 // the elements inside y. Called by the whole workgroup (cooperative stores need
@@ -196,37 +254,77 @@ fn main(
     var c32: MatC;
     var c33: MatC;
 
+    // When rows start on a vector (k_len % 4 == 0), threads stage four k at once
+    // (vectors of x and w; BK is a multiple of 8, so they never straddle a row or the
+    // end of k); otherwise one value at a time.
+    let aligned = k_len % 4u == 0u;
+    // PREFETCH: the vectors this thread stages per slice (at most four of x and of w:
+    // the thread's e, e + WG, ...), named so that they stay in registers.
+    let ahead = PREFETCH == 1u && aligned;
+    let xn = bm * (BK / 4u);
+    let wn = bn * (BK / 4u);
+    var px0 = vec4<f32>();
+    var px1 = vec4<f32>();
+    var px2 = vec4<f32>();
+    var px3 = vec4<f32>();
+    var pw0 = vec4<f16>();
+    var pw1 = vec4<f16>();
+    var pw2 = vec4<f16>();
+    var pw3 = vec4<f16>();
+    if ahead {
+        px0 = x_vector(thread, row0, 0u, xo);
+        pw0 = w_vector(thread, col0, 0u, wo);
+        if xn > WG {
+            px1 = x_vector(thread + WG, row0, 0u, xo);
+        }
+        if xn > 2u * WG {
+            px2 = x_vector(thread + 2u * WG, row0, 0u, xo);
+        }
+        if xn > 3u * WG {
+            px3 = x_vector(thread + 3u * WG, row0, 0u, xo);
+        }
+        if wn > WG {
+            pw1 = w_vector(thread + WG, col0, 0u, wo);
+        }
+        if wn > 2u * WG {
+            pw2 = w_vector(thread + 2u * WG, col0, 0u, wo);
+        }
+        if wn > 3u * WG {
+            pw3 = w_vector(thread + 3u * WG, col0, 0u, wo);
+        }
+    }
+
     for (var k0 = 0u; k0 < k_len; k0 += BK) {
         // Stage x[row0 .. row0 + bm, k0 .. k0 + BK] and w[col0 .. col0 + bn, same k];
-        // consecutive threads read consecutive k of one row. When rows start on a
-        // vector (k_len % 4 == 0) each thread reads four k at once (BK is a multiple
-        // of 8, so they never straddle a row or the end of k); otherwise one at a time.
-        if k_len % 4u == 0u {
-            for (var e = thread * 4u; e < bm * BK; e += WG * 4u) {
-                let row = row0 + e / BK;
-                let k = k0 + e % BK;
-                var v = vec4<f32>();
-                if row < p.rows && k < k_len {
-                    v = x[(xo + row * k_len + k) / 4u];
-                }
-                let t = (e / BK) * ld + e % BK;
-                x_tile[t] = f16(v.x);
-                x_tile[t + 1u] = f16(v.y);
-                x_tile[t + 2u] = f16(v.z);
-                x_tile[t + 3u] = f16(v.w);
+        // consecutive threads read consecutive k of one row.
+        if ahead {
+            // The slice loaded ahead goes to workgroup memory.
+            stage_x(thread, px0);
+            stage_w(thread, pw0);
+            if xn > WG {
+                stage_x(thread + WG, px1);
             }
-            for (var e = thread * 4u; e < bn * BK; e += WG * 4u) {
-                let col = col0 + e / BK;
-                let k = k0 + e % BK;
-                var v = vec4<f16>();
-                if col < p.out_features && k < k_len {
-                    v = w[(wo + col * k_len + k) / 4u];
-                }
-                let t = (e / BK) * ld + e % BK;
-                w_tile[t] = v.x;
-                w_tile[t + 1u] = v.y;
-                w_tile[t + 2u] = v.z;
-                w_tile[t + 3u] = v.w;
+            if xn > 2u * WG {
+                stage_x(thread + 2u * WG, px2);
+            }
+            if xn > 3u * WG {
+                stage_x(thread + 3u * WG, px3);
+            }
+            if wn > WG {
+                stage_w(thread + WG, pw1);
+            }
+            if wn > 2u * WG {
+                stage_w(thread + 2u * WG, pw2);
+            }
+            if wn > 3u * WG {
+                stage_w(thread + 3u * WG, pw3);
+            }
+        } else if aligned {
+            for (var e = thread; e < xn; e += WG) {
+                stage_x(e, x_vector(e, row0, k0, xo));
+            }
+            for (var e = thread; e < wn; e += WG) {
+                stage_w(e, w_vector(e, col0, k0, wo));
             }
         } else {
             for (var e = thread; e < bm * BK; e += WG) {
@@ -251,6 +349,30 @@ fn main(
             }
         }
         workgroupBarrier();
+        if ahead && k0 + BK < k_len {
+            // The next slice, in flight while this one is multiplied.
+            let k1 = k0 + BK;
+            px0 = x_vector(thread, row0, k1, xo);
+            pw0 = w_vector(thread, col0, k1, wo);
+            if xn > WG {
+                px1 = x_vector(thread + WG, row0, k1, xo);
+            }
+            if xn > 2u * WG {
+                px2 = x_vector(thread + 2u * WG, row0, k1, xo);
+            }
+            if xn > 3u * WG {
+                px3 = x_vector(thread + 3u * WG, row0, k1, xo);
+            }
+            if wn > WG {
+                pw1 = w_vector(thread + WG, col0, k1, wo);
+            }
+            if wn > 2u * WG {
+                pw2 = w_vector(thread + 2u * WG, col0, k1, wo);
+            }
+            if wn > 3u * WG {
+                pw3 = w_vector(thread + 3u * WG, col0, k1, wo);
+            }
+        }
         for (var kk = 0u; kk < BK; kk += CT) {
             // The block's matrices of x (rows) and of w (columns) at depth kk, and
             // every product: TMC x TNC of them, the rest skipped by constants.

@@ -294,6 +294,11 @@ fn bench_prints_one_json_object() {
         "{}",
         stderr(&bad)
     );
+    for shape in ["2,2,2,2", "2,2,2,2,2,ahead", "2,2,2,2,2,prefetch,prefetch"] {
+        let bad = gemm_bench(&["--precision", "f16-coop", "--coop-shape", shape]);
+        assert!(!bad.status.success(), "--coop-shape {shape} accepted");
+        assert!(stderr(&bad).contains("expected five"), "{}", stderr(&bad));
+    }
     for tile in ["16,16,4", "16,16,4,4,x", "16,16,4,4,-1", "16,16,4,4,8,vec5"] {
         let bad = gemm_bench(&["--tile", tile]);
         assert!(!bad.status.success(), "--tile {tile} accepted");

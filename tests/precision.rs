@@ -374,7 +374,10 @@ fn f16_coop_matrix_handles_edge_shapes() {
     // past one workgroup tile, every activation; inputs that are and are not a
     // multiple of 4 (the kernel reads four at a time where rows start on a vector).
     // The default shape, and blocks of 1 × 3 and 3 × 1 matrices with odd slice
-    // depths (no candidate has them: the kernel's guarded accumulators for 1 and 3).
+    // depths (no candidate has them: the kernel's guarded accumulators for 1 and 3),
+    // and one that loads slices ahead with a partial last vector per thread (x: 3
+    // matrices × 1 block of rows, slices one matrix deep: 1.5 vectors per thread with
+    // 8 × 8 matrices and subgroups of 8, as with 16 × 16 and 32).
     let shapes = [
         CoopShape::DEFAULT,
         CoopShape {
@@ -383,6 +386,7 @@ fn f16_coop_matrix_handles_edge_shapes() {
             tmc: 1,
             tnc: 3,
             bk: 1,
+            prefetch: false,
         },
         CoopShape {
             bx: 2,
@@ -390,6 +394,15 @@ fn f16_coop_matrix_handles_edge_shapes() {
             tmc: 3,
             tnc: 1,
             bk: 3,
+            prefetch: false,
+        },
+        CoopShape {
+            bx: 4,
+            by: 1,
+            tmc: 3,
+            tnc: 1,
+            bk: 1,
+            prefetch: true,
         },
     ];
     let models = [

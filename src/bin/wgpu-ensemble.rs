@@ -97,8 +97,8 @@ struct BenchArgs {
     /// A fixed tile for f32 and f16: WG_X,WG_Y,TM,TN,BK, then `,vec4` for the kernels with runs of four and `,prefetch` for their slices loaded ahead (see TileConfig).
     #[arg(long, value_name = "WG_X,WG_Y,TM,TN,BK[,vec4[,prefetch]]")]
     tile: Option<String>,
-    /// A fixed shape for f16-coop: BX,BY,TMC,TNC,BK (see CoopShape).
-    #[arg(long, value_name = "BX,BY,TMC,TNC,BK")]
+    /// A fixed shape for f16-coop: BX,BY,TMC,TNC,BK, then `,prefetch` for slices loaded ahead (see CoopShape).
+    #[arg(long, value_name = "BX,BY,TMC,TNC,BK[,prefetch]")]
     coop_shape: Option<String>,
     /// Run once per candidate tile (per candidate shape with f16-coop), one report each; fails if none ran.
     #[arg(long, conflicts_with_all = ["tile", "coop_shape", "autotune"])]
@@ -306,13 +306,27 @@ fn bench(args: &BenchArgs) -> wgpu_ensemble::Result<()> {
         });
     }
     if let Some(text) = &args.coop_shape {
-        let [bx, by, tmc, tnc, bk] = five("--coop-shape", text)?;
+        // Five numbers, then optionally the word `prefetch`.
+        let (numbers, prefetch) = match text.rsplit_once(',') {
+            Some((numbers, word)) if word.trim() == "prefetch" => (numbers, true),
+            _ => (text.as_str(), false),
+        };
+        let [bx, by, tmc, tnc, bk] = five("--coop-shape", numbers).map_err(|_| {
+            flag_error(
+                "--coop-shape",
+                &format!(
+                    "'{text}': expected five comma-separated integers, then optionally \
+                     prefetch"
+                ),
+            )
+        })?;
         options = options.coop_shape(CoopShape {
             bx,
             by,
             tmc,
             tnc,
             bk,
+            prefetch,
         });
     }
     if args.trusted_kernels {

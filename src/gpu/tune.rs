@@ -241,62 +241,61 @@ pub struct CoopShape {
     pub tnc: u32,
     /// Depth of each staged slice of the inner dimension, in matrices.
     pub bk: u32,
+    /// Where the input width is a multiple of 4: each thread loads the next slice of
+    /// x and w into registers while the current one is multiplied (`PREFETCH` in
+    /// `dense_coop.wgsl`), so that the loads' latency hides behind the matrix
+    /// products. A thread stages at most 4 vectors of each per slice: the tile's rows
+    /// and outputs times the slice's depth at most 16 times the workgroup's threads
+    /// (which depend on the adapter's subgroup size).
+    #[serde(default)]
+    pub prefetch: bool,
+}
+
+/// A cooperative-matrix shape.
+const fn coop(bx: u32, by: u32, tmc: u32, tnc: u32, bk: u32) -> CoopShape {
+    CoopShape {
+        bx,
+        by,
+        tmc,
+        tnc,
+        bk,
+        prefetch: false,
+    }
+}
+
+/// A cooperative-matrix shape that loads each slice ahead.
+const fn coop_ahead(bx: u32, by: u32, tmc: u32, tnc: u32, bk: u32) -> CoopShape {
+    CoopShape {
+        prefetch: true,
+        ..coop(bx, by, tmc, tnc, bk)
+    }
 }
 
 impl CoopShape {
     /// The shape used when autotuning is off: 2 × 2 blocks of 2 × 2 matrices (64 × 64
     /// tiles with 16 × 16 matrices).
-    pub const DEFAULT: CoopShape = CoopShape {
-        bx: 2,
-        by: 2,
-        tmc: 2,
-        tnc: 2,
-        bk: 2,
-    };
+    pub const DEFAULT: CoopShape = coop(2, 2, 2, 2, 2);
 
     /// The shapes the autotune times.
-    pub const CANDIDATES: [CoopShape; 6] = [
+    pub const CANDIDATES: [CoopShape; 10] = [
         CoopShape::DEFAULT,
         // 128 × 128 tiles (16 × 16 matrices): 4 subgroups of 4 × 4 matrices, ...
-        CoopShape {
-            bx: 2,
-            by: 2,
-            tmc: 4,
-            tnc: 4,
-            bk: 2,
-        },
+        coop(2, 2, 4, 4, 2),
         // ... the same with twice the depth per slice, ...
-        CoopShape {
-            bx: 2,
-            by: 2,
-            tmc: 4,
-            tnc: 4,
-            bk: 4,
-        },
+        coop(2, 2, 4, 4, 4),
         // ... 8 subgroups of 2 × 4, ...
-        CoopShape {
-            bx: 2,
-            by: 4,
-            tmc: 2,
-            tnc: 4,
-            bk: 2,
-        },
+        coop(2, 4, 2, 4, 2),
         // ... 16 subgroups of 2 × 2.
-        CoopShape {
-            bx: 4,
-            by: 4,
-            tmc: 2,
-            tnc: 2,
-            bk: 2,
-        },
+        coop(4, 4, 2, 2, 2),
         // 64 × 128 tiles.
-        CoopShape {
-            bx: 2,
-            by: 2,
-            tmc: 2,
-            tnc: 4,
-            bk: 2,
-        },
+        coop(2, 2, 2, 4, 2),
+        // Loading each slice ahead (at most 4 vectors of x and of w per thread with
+        // subgroups of 8 to 32): the default, 128 × 128 tiles of 4 subgroups with
+        // slices one matrix deep, of 8 and of 16 subgroups.
+        coop_ahead(2, 2, 2, 2, 2),
+        coop_ahead(2, 2, 4, 4, 1),
+        coop_ahead(2, 4, 2, 4, 2),
+        coop_ahead(4, 4, 2, 2, 2),
     ];
 }
 
@@ -381,10 +380,31 @@ impl CoopTile {
         self.kernel_allows() && self.within(limits)
     }
 
-    /// The kernel's own bounds: every field positive, at most 4 × 4 matrices per block.
+    /// The kernel's own bounds: every field positive, at most 4 × 4 matrices per
+    /// block, and with `prefetch` at most 4 vectors of x and of w per thread and slice.
     fn kernel_allows(&self) -> bool {
         let s = self.shape;
-        ![s.bx, s.by, s.tmc, s.tnc, s.bk].contains(&0) && s.tmc <= 4 && s.tnc <= 4
+        ![s.bx, s.by, s.tmc, s.tnc, s.bk].contains(&0)
+            && s.tmc <= 4
+            && s.tnc <= 4
+            && (!s.prefetch || self.prefetch_slots() <= 4)
+    }
+
+    /// Vectors of x or w (the larger) one thread stages per slice: the tile's rows
+    /// (outputs) times the slice's depth in vectors, over the workgroup's threads;
+    /// `u64::MAX` for a shape of no threads.
+    fn prefetch_slots(&self) -> u64 {
+        let s = self.shape;
+        let (size, subgroup) = (u64::from(self.size), u64::from(self.subgroup));
+        let threads = (u64::from(s.bx) * u64::from(s.by)).saturating_mul(subgroup);
+        let rows = u64::from(s.by) * u64::from(s.tmc) * size;
+        let cols = u64::from(s.bx) * u64::from(s.tnc) * size;
+        let vectors = rows.max(cols).saturating_mul(u64::from(s.bk) * size / 4);
+        if threads == 0 {
+            u64::MAX
+        } else {
+            vectors.div_ceil(threads)
+        }
     }
 
     fn within(&self, limits: &wgpu::Limits) -> bool {
@@ -422,10 +442,20 @@ impl CoopTile {
 
     /// Why this tile cannot run, for [`Error::TileUnsupported`].
     fn unsupported(&self, ctx: &GpuContext) -> Error {
+        let s = self.shape;
         let why = if self.kernel_allows() {
             format!(
                 "workgroups of {} subgroups of up to {} invocations",
-                u64::from(self.shape.bx) * u64::from(self.shape.by),
+                u64::from(s.bx) * u64::from(s.by),
+                self.subgroup
+            )
+        } else if s.prefetch
+            && ![s.bx, s.by, s.tmc, s.tnc, s.bk].contains(&0)
+            && self.prefetch_slots() > 4
+        {
+            format!(
+                "prefetch stages at most 4 vectors of x and of w per thread and slice, with \
+                 subgroups of {} invocations",
                 self.subgroup
             )
         } else {
@@ -448,7 +478,7 @@ impl CoopTile {
     }
 
     /// The override constants (call only on a tile that [`fits`](Self::fits)).
-    pub(crate) fn constants(&self, act: u32) -> [(&'static str, u32); 7] {
+    pub(crate) fn constants(&self, act: u32) -> [(&'static str, u32); 8] {
         let s = self.shape;
         [
             ("ACT", act),
@@ -458,6 +488,7 @@ impl CoopTile {
             ("TMC", s.tmc),
             ("TNC", s.tnc),
             ("BK", s.bk * self.size),
+            ("PREFETCH", u32::from(s.prefetch)),
         ]
     }
 }
@@ -1138,13 +1169,7 @@ mod tests {
         let mut checked = 0;
         for bk in 1..=8 {
             for (tmc, tnc) in [(1, 1), (2, 4), (4, 4), (3, 1)] {
-                let t = base.with_shape(CoopShape {
-                    bx: 2,
-                    by: 2,
-                    tmc,
-                    tnc,
-                    bk,
-                });
+                let t = base.with_shape(coop(2, 2, tmc, tnc, bk));
                 let needed = coop_shared_bytes(&t);
                 assert_eq!(
                     t.fits(&limits),
@@ -1157,13 +1182,68 @@ mod tests {
         }
         assert_eq!(checked, 32);
         // Within the padding of the limit: 46080 bytes unpadded, 50176 with it.
-        let edge = base.with_shape(CoopShape {
-            bx: 2,
-            by: 2,
-            tmc: 4,
-            tnc: 4,
-            bk: 5,
-        });
+        let edge = base.with_shape(coop(2, 2, 4, 4, 5));
         assert!(!edge.fits(&limits));
+    }
+
+    /// A prefetching coop shape fits when its threads stage at most 4 vectors of x and
+    /// of w per slice, which depends on the subgroup size; the H100's (16 × 16
+    /// matrices, subgroups of 32) and lavapipe's (8 × 8, 8) take every candidate;
+    /// absurd fields give an answer, not a panic.
+    #[test]
+    fn coop_prefetch_fits_by_the_vectors_per_thread() {
+        let limits = wgpu::Limits {
+            max_compute_workgroup_storage_size: 49152,
+            max_compute_invocations_per_workgroup: 1024,
+            max_compute_workgroup_size_x: 1024,
+            ..wgpu::Limits::default()
+        };
+        let h100 = CoopTile {
+            size: 16,
+            subgroup: 32,
+            shape: CoopShape::DEFAULT,
+        };
+        let lavapipe = CoopTile {
+            size: 8,
+            subgroup: 8,
+            ..h100
+        };
+        for base in [h100, lavapipe] {
+            for shape in CoopShape::CANDIDATES {
+                assert!(base.with_shape(shape).fits(&limits), "{shape:?}");
+            }
+        }
+        // 128 × 128 tiles of 4 subgroups of 32, slices of 32: 8 vectors per thread.
+        let deep = h100.with_shape(coop_ahead(2, 2, 4, 4, 2));
+        assert_eq!(deep.prefetch_slots(), 8);
+        assert!(!deep.fits(&limits));
+        assert!(h100.with_shape(coop(2, 2, 4, 4, 2)).fits(&limits));
+        // 64 × 64 of 4 subgroups of 32, slices of 32: exactly 4.
+        assert_eq!(
+            h100.with_shape(coop_ahead(2, 2, 2, 2, 2)).prefetch_slots(),
+            4
+        );
+        // A partial last slot counts: 64 × 128 with slices of 16 is 4 for x and 4 for w
+        // at 128 threads; at 96 threads (subgroups of 24), 6.
+        let odd = CoopTile {
+            subgroup: 24,
+            ..h100
+        };
+        assert_eq!(
+            odd.with_shape(coop_ahead(2, 2, 2, 4, 1)).prefetch_slots(),
+            6
+        );
+        for shape in [
+            coop_ahead(0, 2, 2, 2, 2),
+            coop_ahead(u32::MAX, u32::MAX, 4, 4, u32::MAX),
+            coop_ahead(1, 1, 4, 4, u32::MAX),
+        ] {
+            let t = h100.with_shape(shape);
+            let _ = (t.fits(&limits), t.prefetch_slots());
+        }
+        assert_eq!(
+            h100.with_shape(coop_ahead(0, 2, 2, 2, 2)).prefetch_slots(),
+            u64::MAX
+        );
     }
 }
