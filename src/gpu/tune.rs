@@ -1153,19 +1153,29 @@ mod tests {
         }
     }
 
-    #[test]
-    fn coop_shapes_fit_exactly_when_the_kernel_memory_does() {
-        let limits = wgpu::Limits {
+    /// The H100's limits the coop kernel meets: 48 KiB of workgroup memory, 1024
+    /// invocations.
+    fn h100_limits() -> wgpu::Limits {
+        wgpu::Limits {
             max_compute_workgroup_storage_size: 49152,
             max_compute_invocations_per_workgroup: 1024,
             max_compute_workgroup_size_x: 1024,
             ..wgpu::Limits::default()
-        };
-        let base = CoopTile {
+        }
+    }
+
+    /// The H100's coop tile: 16 × 16 matrices, subgroups of 32, the default shape.
+    fn h100_tile() -> CoopTile {
+        CoopTile {
             size: 16,
             subgroup: 32,
             shape: CoopShape::DEFAULT,
-        };
+        }
+    }
+
+    #[test]
+    fn coop_shapes_fit_exactly_when_the_kernel_memory_does() {
+        let (limits, base) = (h100_limits(), h100_tile());
         let mut checked = 0;
         for bk in 1..=8 {
             for (tmc, tnc) in [(1, 1), (2, 4), (4, 4), (3, 1)] {
@@ -1192,17 +1202,7 @@ mod tests {
     /// absurd fields give an answer, not a panic.
     #[test]
     fn coop_prefetch_fits_by_the_vectors_per_thread() {
-        let limits = wgpu::Limits {
-            max_compute_workgroup_storage_size: 49152,
-            max_compute_invocations_per_workgroup: 1024,
-            max_compute_workgroup_size_x: 1024,
-            ..wgpu::Limits::default()
-        };
-        let h100 = CoopTile {
-            size: 16,
-            subgroup: 32,
-            shape: CoopShape::DEFAULT,
-        };
+        let (limits, h100) = (h100_limits(), h100_tile());
         let lavapipe = CoopTile {
             size: 8,
             subgroup: 8,
