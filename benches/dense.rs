@@ -3,8 +3,14 @@
 //! there in f32, f16 and f16-coop (where the adapter has them; the others are skipped
 //! with a message). Criterion's throughput is in FLOP ("elements") per second.
 //!
+//! `auto`, `auto-f16`, `auto-f16-coop` time whole runs (upload, kernels, readback);
+//! their `-kernels` twins time the kernels alone (`SessionOptions::device_timing`,
+//! timestamp queries): the figure a GEMM benchmark on device-resident tensors gives.
+//!
 //! Sizes shrink to 64³ and 128³ when `CI` is set. On a software adapter (lavapipe,
 //! about 1–2 GFLOP/s) 4096³ would take minutes per sample and is skipped.
+
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use wgpu_ensemble::bench::Workload;
@@ -62,6 +68,37 @@ fn dense(c: &mut Criterion) {
             group.throughput(Throughput::Elements(Workload::Gemm.flops(n)));
             group.bench_with_input(BenchmarkId::new(label, n), &n, |b, _| {
                 b.iter(|| session.run(&x, &RunOptions::default()).expect("run"))
+            });
+            if matches!(place, Placement::Cpu) {
+                continue;
+            }
+            // The kernels alone, where the device has timestamps.
+            let graph = Workload::Gemm.graph(n, &place).expect("graph");
+            let timed = SessionOptions::default()
+                .precision(precision)
+                .device_timing(true);
+            let kernels = |session: &Session| -> Option<Duration> {
+                let out = session.run(&x, &RunOptions::default()).expect("run");
+                out.members.iter().filter_map(|m| m.device_time).max()
+            };
+            let session = match Session::with_options(graph, timed) {
+                Ok(s) if kernels(&s).is_some() => s,
+                Ok(_) => {
+                    eprintln!("dense {label}-kernels {n}: skipped: the members run on the CPU");
+                    continue;
+                }
+                Err(e) => {
+                    eprintln!("dense {label}-kernels {n}: skipped: {e}");
+                    continue;
+                }
+            };
+            let id = BenchmarkId::new(format!("{label}-kernels"), n);
+            group.bench_with_input(id, &n, |b, _| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| kernels(&session).unwrap_or_default())
+                        .sum()
+                })
             });
         }
     }
