@@ -308,7 +308,7 @@ impl DeviceState {
         }
         // 16 bytes of room for the rounding of buffer sizes (see ensure_capacity), and
         // the timestamps after the aggregate in its staging buffer.
-        let room = 16 + if timer.is_some() { timing::BYTES } else { 0 };
+        let room = 16 + timer.as_ref().map_or(0, |_| timing::BYTES);
         let by_bytes = usize::try_from(max_bytes.saturating_sub(room) / bytes_of(widest))
             .unwrap_or(usize::MAX);
         // Softmax dispatches one workgroup per row; the dense and aggregate kernels
@@ -561,14 +561,10 @@ impl DeviceState {
             storage | wgpu::BufferUsages::COPY_DST,
         );
         // With the pass's two timestamps after the aggregate (see run_chunk).
+        let stamps = self.timer.as_ref().map_or(0, |_| timing::BYTES);
         let staging_acc = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("aggregate staging"),
-            size: bytes_of(capacity * self.output_width).next_multiple_of(16)
-                + if self.timer.is_some() {
-                    timing::BYTES
-                } else {
-                    0
-                },
+            size: bytes_of(capacity * self.output_width).next_multiple_of(16) + stamps,
             usage: staging,
             mapped_at_creation: false,
         });
