@@ -257,8 +257,7 @@ pub fn run_bench(
             for _ in 0..runs {
                 one(&mut normal, &mut Vec::new())?;
             }
-            normal.sort();
-            baseline = normal.get(normal.len() / 2).map(|d| d.as_secs_f64() * 1e3);
+            baseline = quantile(&mut normal, 0.5).map(|d| d.as_secs_f64() * 1e3);
             started_all = Instant::now();
             for _ in 0..runs {
                 one(&mut times, &mut device_times)?;

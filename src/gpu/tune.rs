@@ -384,10 +384,13 @@ impl CoopTile {
     /// block, and with `prefetch` at most 4 vectors of x and of w per thread and slice.
     fn kernel_allows(&self) -> bool {
         let s = self.shape;
+        self.positive() && s.tmc <= 4 && s.tnc <= 4 && (!s.prefetch || self.prefetch_slots() <= 4)
+    }
+
+    /// Every field of the shape is positive.
+    fn positive(&self) -> bool {
+        let s = self.shape;
         ![s.bx, s.by, s.tmc, s.tnc, s.bk].contains(&0)
-            && s.tmc <= 4
-            && s.tnc <= 4
-            && (!s.prefetch || self.prefetch_slots() <= 4)
     }
 
     /// Vectors of x or w (the larger) one thread stages per slice: the tile's rows
@@ -449,10 +452,7 @@ impl CoopTile {
                 u64::from(s.bx) * u64::from(s.by),
                 self.subgroup
             )
-        } else if s.prefetch
-            && ![s.bx, s.by, s.tmc, s.tnc, s.bk].contains(&0)
-            && self.prefetch_slots() > 4
-        {
+        } else if s.prefetch && self.positive() && self.prefetch_slots() > 4 {
             format!(
                 "prefetch stages at most 4 vectors of x and of w per thread and slice, with \
                  subgroups of {} invocations",
@@ -932,12 +932,13 @@ fn time_kernel(
     // Where the device has timestamps, a round's time is the GPU's time for the
     // dispatches: on a fast GPU the submission and the wait take longer than a small
     // layer's kernels, and their jitter would decide between the candidates.
-    let timer = PassTimer::new(ctx);
-    let stamps = timer.as_ref().map(|_| {
-        buffer(
+    // The timer, and the buffer its timestamps are read back from.
+    let timing = PassTimer::new(ctx).map(|timer| {
+        let stamps = buffer(
             timing::BYTES as usize,
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        )
+        );
+        (timer, stamps)
     });
     let gpu_error = |e: &dyn std::fmt::Display| Error::Gpu {
         device: ctx.label.to_string(),
@@ -949,7 +950,7 @@ fn time_kernel(
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("autotune"),
-                timestamp_writes: timer.as_ref().map(PassTimer::writes),
+                timestamp_writes: timing.as_ref().map(|(timer, _)| timer.writes()),
             });
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &group, &[]);
@@ -957,17 +958,13 @@ fn time_kernel(
                 pass.dispatch_workgroups(groups.0, groups.1, members as u32);
             }
         }
-        let mapped = match (&timer, &stamps) {
-            (Some(timer), Some(stamps)) => {
-                timer.copy_to(&mut encoder, stamps, 0);
-                Some(stamps)
-            }
-            _ => None,
-        };
+        if let Some((timer, stamps)) = &timing {
+            timer.copy_to(&mut encoder, stamps, 0);
+        }
         let started = Instant::now();
         let index = ctx.queue.submit([encoder.finish()]);
         let (tx, rx) = std::sync::mpsc::channel();
-        if let Some(stamps) = mapped {
+        if let Some((_, stamps)) = &timing {
             stamps.slice(..).map_async(wgpu::MapMode::Read, move |r| {
                 let _ = tx.send(r);
             });
@@ -979,8 +976,8 @@ fn time_kernel(
             })
             .map_err(|e| gpu_error(&e))?;
         let wall = started.elapsed();
-        let gpu = match (&timer, mapped) {
-            (Some(timer), Some(stamps)) => {
+        let gpu = match &timing {
+            Some((timer, stamps)) => {
                 rx.try_recv()
                     .map_err(|e| gpu_error(&e))?
                     .map_err(|e| gpu_error(&e))?;
@@ -994,7 +991,7 @@ fn time_kernel(
                 stamps.unmap();
                 Some((time, timer.tick()))
             }
-            _ => None,
+            None => None,
         };
         let took = round_time(gpu, wall);
         // The first round compiles and warms up.
