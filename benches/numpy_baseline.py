@@ -3,13 +3,28 @@
 
     python3 benches/numpy_baseline.py [256,512,1024]
 """
+import argparse
 import json
-import sys
 import time
 
 import numpy as np
 
-sizes = [int(v) for v in (sys.argv[1] if len(sys.argv) > 1 else "256,512,1024").split(",")]
+
+def sizes_list(text):
+    try:
+        sizes = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 256,512,1024, got {text!r}")
+    if any(n <= 0 for n in sizes):
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return sizes
+
+
+parser = argparse.ArgumentParser(
+    description="numpy's matmul, the CPU-side peer of `wgpu-ensemble bench --workload gemm`")
+parser.add_argument("sizes", nargs="?", type=sizes_list, default=[256, 512, 1024],
+                    help="comma-separated n of the n x n x n products (default 256,512,1024)")
+sizes = parser.parse_args().sizes
 for n in sizes:
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     w = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)

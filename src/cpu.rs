@@ -64,19 +64,30 @@ impl CpuExecutor {
         skip: &[usize],
     ) -> DeviceOutput {
         let started = Instant::now();
-        let mut partial = vec![0.0f32; rows * self.output_width];
+        let mut partial: Option<Vec<f32>> = None;
         let mut members = Vec::new();
         let mut present = Vec::new();
         for m in self.members.iter().filter(|m| !skip.contains(&m.index)) {
-            let y = forward(&m.model, input, rows, self.f16);
-            accumulate(&mut partial, &y, self.output_width, m.weight, self.mode);
+            let mut y = forward(&m.model, input, rows, self.f16);
             present.push(m.index);
-            if want_members {
-                members.push((m.index, y));
+            match &mut partial {
+                // The first member's weighted output is the partial sum (0 + w·y is
+                // w·y): no buffer of zeros and no pass to add to it.
+                None if self.mode == Mode::Values && !want_members => {
+                    y.iter_mut().for_each(|v| *v *= m.weight);
+                    partial = Some(y);
+                }
+                _ => {
+                    let sum = partial.get_or_insert_with(|| vec![0.0; rows * self.output_width]);
+                    accumulate(sum, &y, self.output_width, m.weight, self.mode);
+                    if want_members {
+                        members.push((m.index, y));
+                    }
+                }
             }
         }
         DeviceOutput {
-            partial,
+            partial: partial.unwrap_or_else(|| vec![0.0; rows * self.output_width]),
             members,
             present,
             failed: Vec::new(),
@@ -120,13 +131,10 @@ fn round_f16(v: f32) -> f32 {
 /// `act(x · Wᵀ + b)` for one layer.
 fn dense(layer: &Dense, x: &[f32], rows: usize) -> Vec<f32> {
     let (k, n) = (layer.in_features(), layer.out_features());
-    let mut y: Vec<f32> = layer
-        .bias()
-        .iter()
-        .copied()
-        .cycle()
-        .take(rows * n)
-        .collect();
+    let mut y = Vec::with_capacity(rows * n);
+    for _ in 0..rows {
+        y.extend_from_slice(layer.bias());
+    }
     let w = layer.weight().as_slice();
     debug_assert!(x.len() >= rows * k && w.len() == n * k);
     // SAFETY (both calls): x is [rows, k] row-major (row stride k), W is [n, k]

@@ -7,11 +7,12 @@ use crate::error::{Error, Result};
 /// A row-major `f32` tensor on the host.
 ///
 /// The data is reference counted, so cloning a tensor (for example to hand the same
-/// input to several device workers) does not copy its values.
+/// input to several device workers) does not copy its values; nor does making one from
+/// a `Vec<f32>`, which the tensor keeps.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     shape: Vec<usize>,
-    data: Arc<[f32]>,
+    data: Arc<Vec<f32>>,
 }
 
 impl Tensor {
@@ -34,7 +35,7 @@ impl Tensor {
         }
         Ok(Self {
             shape,
-            data: data.into(),
+            data: Arc::new(data),
         })
     }
 
@@ -43,7 +44,7 @@ impl Tensor {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
         Self {
             shape,
-            data: data.into(),
+            data: Arc::new(data),
         }
     }
 
@@ -56,7 +57,7 @@ impl Tensor {
     pub fn zeros(rows: usize, cols: usize) -> Self {
         Self {
             shape: vec![rows, cols],
-            data: vec![0.0; rows * cols].into(),
+            data: Arc::new(vec![0.0; rows * cols]),
         }
     }
 
@@ -67,12 +68,18 @@ impl Tensor {
 
     /// The values in row-major order.
     pub fn as_slice(&self) -> &[f32] {
-        &self.data
+        self.data.as_slice()
     }
 
     /// The values as a new vector.
     pub fn to_vec(&self) -> Vec<f32> {
         self.data.to_vec()
+    }
+
+    /// The values as a vector, without a copy when no clone of the tensor shares them
+    /// (a run's output, for example).
+    pub fn into_vec(self) -> Vec<f32> {
+        Arc::unwrap_or_clone(self.data)
     }
 
     /// Number of values.
@@ -147,6 +154,21 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn into_vec_keeps_the_values_and_moves_an_unshared_buffer() {
+        let data = vec![1.0, 2.0, 3.0, 4.0];
+        let address = data.as_ptr();
+        let t = Tensor::matrix(2, 2, data).unwrap();
+        assert_eq!(t.as_slice().as_ptr(), address, "the tensor kept the vector");
+        let shared = t.clone();
+        let copied = shared.into_vec();
+        assert_eq!(copied, [1.0, 2.0, 3.0, 4.0]);
+        assert_ne!(copied.as_ptr(), address, "a shared buffer is copied");
+        let moved = t.into_vec();
+        assert_eq!(moved.as_ptr(), address, "an unshared buffer is moved");
+        assert_eq!(moved, [1.0, 2.0, 3.0, 4.0]);
     }
 
     #[test]

@@ -328,7 +328,7 @@ impl<'a> Combiner<'a> {
             weights,
             rows,
             cols,
-            acc: vec![0.0; rows * cols],
+            acc: Vec::new(),
             present_weight: 0.0,
             status: vec![None; names.len()],
             elapsed: vec![Duration::ZERO; names.len()],
@@ -342,8 +342,13 @@ impl<'a> Combiner<'a> {
     pub(crate) fn add(&mut self, members: &[usize], result: Result<DeviceOutput>) -> Option<Error> {
         match result {
             Ok(out) => {
-                for (a, p) in self.acc.iter_mut().zip(&out.partial) {
-                    *a += p;
+                if self.acc.is_empty() {
+                    // The first partial sum is the sum so far (0 + p is p).
+                    self.acc = out.partial;
+                } else {
+                    for (a, p) in self.acc.iter_mut().zip(&out.partial) {
+                        *a += p;
+                    }
                 }
                 for &m in &out.present {
                     self.present_weight += self.weights[m];
@@ -419,7 +424,9 @@ impl<'a> Combiner<'a> {
                 });
             }
             let scale = 1.0 / self.present_weight;
-            let values: Vec<f32> = self.acc.iter().map(|a| a * scale).collect();
+            let mut values = self.acc;
+            values.resize(self.rows * self.cols, 0.0);
+            values.iter_mut().for_each(|a| *a *= scale);
             Tensor::matrix(self.rows, self.cols, values)
         });
         let reports = status
