@@ -1,15 +1,15 @@
 //! The forward pass of every member placed on one device, encoded into one command
 //! buffer per run (per chunk, for batches larger than one buffer allows).
 //!
-//! Consecutive members of one shape (the same layer widths and activations) run as a
-//! *stack*: their weights, biases and activations each live in one buffer, member
-//! after member, and every layer is one dispatch for the whole stack (member z on
-//! `workgroup_id.z`), as is the aggregate. An ensemble of four identical MLPs of
-//! three layers is four dispatches per run instead of sixteen; on a GPU every
+//! Members of one shape (the same layer widths and activations), wherever they stand in
+//! the graph, run as a *stack*: their weights, biases and activations each live in one
+//! buffer, member after member, and every layer is one dispatch for the whole stack
+//! (member z on `workgroup_id.z`), as is the aggregate. An ensemble of four identical
+//! MLPs of three layers is four dispatches per run instead of sixteen; on a GPU every
 //! dispatch is followed by a barrier, so at small batches their count is the latency.
 
 use std::borrow::Cow;
-use std::ops::{ControlFlow, Range};
+use std::ops::ControlFlow;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -79,7 +79,7 @@ struct GpuLayer {
     params: wgpu::Buffer,
 }
 
-/// Consecutive members of one shape, run together (see the module's documentation).
+/// Members of one shape, run together (see the module's documentation).
 struct GpuStack {
     /// Graph index and aggregate weight of each member, in the order given.
     members: Vec<(usize, f32)>,
@@ -180,7 +180,8 @@ fn copy_f32(dst: &mut [f32], bytes: &[u8]) {
 }
 
 /// (stack, member in the stack) of every member `present` marks (bit z of
-/// `present[s]`), in graph order: the order of a run's member outputs.
+/// `present[s]`), stack after stack: the order of a run's member outputs, each
+/// labelled with its graph index.
 fn present_members<'a>(
     stacks: &'a [GpuStack],
     present: &'a [u32],
@@ -214,16 +215,18 @@ fn stack_rows(max_bytes: u64, members: usize, outputs: usize) -> usize {
     usize::try_from(per_member / outputs as u64).unwrap_or(usize::MAX)
 }
 
-/// Groups `models` (in order) into stacks: runs of consecutive models of one shape,
-/// at most `MAX_STACK` long, each as long as its stacked buffers stay within
-/// `max_bytes`: weights (`weight_bytes` per value) and the activations of `rows` rows.
-/// A model alone is always a stack (its own limits are checked elsewhere).
+/// Groups `models` into stacks of one shape, each at most `MAX_STACK` long and as long
+/// as its stacked buffers stay within `max_bytes`: weights (`weight_bytes` per value)
+/// and the activations of `rows` rows. A model joins the latest stack of its shape
+/// (wherever its members stand in the graph) while that one has room, else starts a
+/// new one; stacks are ordered by their first member, members within a stack by
+/// index. A model alone is always a stack (its own limits are checked elsewhere).
 fn plan_stacks(
     models: &[&Model],
     weight_bytes: u64,
     max_bytes: u64,
     rows: usize,
-) -> Vec<Range<usize>> {
+) -> Vec<Vec<usize>> {
     let fits = |model: &Model, n: u64| {
         model.layers().iter().all(|l| {
             let (out_f, in_f) = (l.out_features(), l.in_features());
@@ -232,17 +235,15 @@ fn plan_stacks(
                 && stack_rows(max_bytes, n as usize, out_f) >= rows
         })
     };
-    let mut stacks: Vec<Range<usize>> = Vec::new();
+    let mut stacks: Vec<Vec<usize>> = Vec::new();
     for (i, model) in models.iter().enumerate() {
-        match stacks.last_mut() {
-            Some(s)
-                if s.len() < MAX_STACK
-                    && same_shape(models[s.start], model)
-                    && fits(model, s.len() as u64 + 1) =>
-            {
-                s.end = i + 1
-            }
-            _ => stacks.push(i..i + 1),
+        let latest = stacks
+            .iter_mut()
+            .rev()
+            .find(|s| same_shape(models[s[0]], model));
+        match latest {
+            Some(s) if s.len() < MAX_STACK && fits(model, s.len() as u64 + 1) => s.push(i),
+            _ => stacks.push(vec![i]),
         }
     }
     stacks
@@ -332,8 +333,8 @@ impl DeviceState {
             kernels.pipeline(device, SOFTMAX_AGGREGATE, &[("MODE", mode as u32)])?;
         let mut chunk_rows = unstacked_rows;
         let mut stacks = Vec::with_capacity(plan.len());
-        for range in plan {
-            let specs = &members[range];
+        for indices in plan {
+            let specs: Vec<&MemberSpec> = indices.iter().map(|&i| &members[i]).collect();
             let n = specs.len();
             let model = &specs[0].model;
             let count = model.layers().len();
@@ -1069,11 +1070,12 @@ mod tests {
         }
     }
 
-    /// Stacks are runs of consecutive members of one shape (widths and activations),
-    /// at most `MAX_STACK` long, as long as their weights, biases and the activations
-    /// of the given rows fit in one buffer each.
+    /// Stacks hold members of one shape (widths and activations) wherever they stand
+    /// in the graph, at most `MAX_STACK`, as long as their weights, biases and the
+    /// activations of the given rows fit in one buffer each; a member joins the latest
+    /// stack of its shape.
     #[test]
-    fn stacks_are_runs_of_one_shape_within_the_limits() {
+    fn stacks_hold_members_of_one_shape_within_the_limits() {
         let model = |widths: &[usize], act| {
             let acts = vec![act; widths.len() - 1];
             Model::random(widths, &acts, 1).unwrap()
@@ -1082,20 +1084,38 @@ mod tests {
         let b = model(&[10, 10, 3], Activation::Tanh);
         let c = model(&[10, 12, 3], Activation::Relu);
         let plan = |models: &[&Model], max_bytes, rows| plan_stacks(models, 4, max_bytes, rows);
+        let ranges = |rs: &[std::ops::Range<usize>]| -> Vec<Vec<usize>> {
+            rs.iter().map(|r| r.clone().collect()).collect()
+        };
         let big = u64::MAX / 1024;
-        assert_eq!(plan(&[&a, &a, &b, &a, &a, &a], big, 1), [0..2, 2..3, 3..6]);
-        assert_eq!(plan(&[&a, &c, &c, &a], big, 1), [0..1, 1..3, 3..4]);
-        assert_eq!(plan(&vec![&a; 40], big, 1), [0..32, 32..40]);
+        assert_eq!(
+            plan(&[&a, &a, &b, &a, &a, &a], big, 1),
+            [vec![0, 1, 3, 4, 5], vec![2]]
+        );
+        assert_eq!(plan(&[&a, &c, &c, &a], big, 1), [vec![0, 3], vec![1, 2]]);
+        assert_eq!(
+            plan(&[&a, &b, &c, &a, &b, &c], big, 1),
+            [vec![0, 3], vec![1, 4], vec![2, 5]]
+        );
+        assert_eq!(plan(&vec![&a; 40], big, 1), ranges(&[0..32, 32..40]));
         // Weights of 10 × 10 values: 400 bytes a member.
-        assert_eq!(plan(&[&a; 5], 800, 1), [0..2, 2..4, 4..5]);
-        assert_eq!(plan(&[&a; 5], 799, 1), [0..1, 1..2, 2..3, 3..4, 4..5]);
+        assert_eq!(plan(&[&a; 5], 800, 1), ranges(&[0..2, 2..4, 4..5]));
+        assert_eq!(
+            plan(&[&a; 5], 799, 1),
+            ranges(&[0..1, 1..2, 2..3, 3..4, 4..5])
+        );
+        // A full stack takes no more members; the next one of its shape does.
+        assert_eq!(
+            plan(&[&a, &a, &a, &b, &a], 800, 1),
+            [vec![0, 1], vec![2, 4], vec![3]]
+        );
         // Activations of 100 rows of 10 values (the widest layer): 4000 bytes a member.
-        assert_eq!(plan(&[&a; 3], 8000, 100), [0..2, 2..3]);
+        assert_eq!(plan(&[&a; 3], 8000, 100), ranges(&[0..2, 2..3]));
         // f16 weights take half the room.
-        assert_eq!(plan_stacks(&[&a; 5], 2, 800, 1), [0..4, 4..5]);
+        assert_eq!(plan_stacks(&[&a; 5], 2, 800, 1), ranges(&[0..4, 4..5]));
         // A member too large for one buffer is still a stack of one (its own limits
         // are reported before stacks are planned).
-        assert_eq!(plan(&[&a, &a], 100, 1), [0..1, 1..2]);
+        assert_eq!(plan(&[&a, &a], 100, 1), ranges(&[0..1, 1..2]));
     }
 
     /// `spin` reports an emptied queue only once the work is done (its map callback
