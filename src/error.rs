@@ -45,6 +45,33 @@ pub enum Error {
     /// The input has no rows.
     #[error("input batch is empty: expected at least one row, got 0")]
     EmptyBatch,
+    /// A weight or bias value is NaN or infinite.
+    #[error("layer {layer}: {tensor}{index:?} is {value}: weights and biases must be finite")]
+    NonFiniteWeight {
+        /// Index of the layer in its model (0-based).
+        layer: usize,
+        /// `weight` or `bias`.
+        tensor: &'static str,
+        /// The value's position: `[out, in]` in a weight, `[out]` in a bias.
+        index: Vec<usize>,
+        /// The value.
+        value: f32,
+    },
+    /// A weight is finite in f32 but beyond the range of the session's f16 precision
+    /// (±65504), where it would become infinite.
+    #[error("member '{member}' layer {layer}: weight{index:?} is {value}, beyond f16's range (±65504) of precision {precision}: use Precision::F32 or scale the layer")]
+    WeightOutOfRange {
+        /// The member.
+        member: String,
+        /// Index of the layer in its model (0-based).
+        layer: usize,
+        /// The weight's position, `[out, in]`.
+        index: Vec<usize>,
+        /// The value.
+        value: f32,
+        /// The session's precision.
+        precision: &'static str,
+    },
     /// A model was built with no layers.
     #[error("a model needs at least one dense layer, got none")]
     EmptyModel,
@@ -83,6 +110,9 @@ pub enum Error {
         /// This member's output width.
         got: usize,
     },
+    /// A member was given an empty name.
+    #[error("a member name must not be empty")]
+    EmptyMemberName,
     /// Two members have the same name.
     #[error("member name '{name}' is used twice; member names must be unique")]
     DuplicateMember {
@@ -255,6 +285,20 @@ pub enum Error {
         /// The shape in the file.
         got: Vec<usize>,
     },
+    /// A tensor of a model file holds a NaN or infinite value.
+    #[error(
+        "{path}: tensor '{tensor}' has {value} at {index:?}: weights and biases must be finite"
+    )]
+    NonFiniteTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// The value's position in the tensor.
+        index: Vec<usize>,
+        /// The value.
+        value: f32,
+    },
     /// A tensor's dtype cannot be converted to f32.
     #[error("{path}: tensor '{tensor}' has dtype {dtype}; supported: F32, F16, BF16, F64")]
     UnsupportedDtype {
@@ -365,6 +409,14 @@ pub enum Error {
         quorum: usize,
         /// Members in the graph.
         members: usize,
+    },
+    /// A [`FaultPlan`](crate::FaultPlan) names a member the graph does not have.
+    #[error("the fault plan names member '{member}', which the graph does not have; members: {}", .members.join(", "))]
+    FaultUnknownMember {
+        /// The name in the plan.
+        member: String,
+        /// The graph's members.
+        members: Vec<String>,
     },
     /// A member was made to fail by a [`FaultPlan`](crate::FaultPlan).
     #[error("member '{member}' failed by fault injection on run {run}")]

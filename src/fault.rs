@@ -16,7 +16,9 @@ pub enum Fault {
     Fail,
     /// The member's worker panics while running the job: every member on that device
     /// is reported failed for that run with
-    /// [`Error::WorkerFailed`](crate::Error::WorkerFailed); the worker lives on.
+    /// [`Error::WorkerFailed`](crate::Error::WorkerFailed); the worker lives on. The
+    /// panic unwinds without the panic hook, so nothing is printed (nor a backtrace
+    /// captured, which can take longer than a run's deadline).
     Panic,
     /// The member's device is destroyed before the job, which then fails with
     /// [`Error::DeviceLost`](crate::Error::DeviceLost); the next run recreates the
@@ -76,6 +78,14 @@ impl FaultPlan {
     /// Whether the plan has no fault.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// The first member the plan names that is not in `members`.
+    pub(crate) fn unknown_member<'a>(&'a self, members: &[&str]) -> Option<&'a str> {
+        self.entries
+            .iter()
+            .map(|(m, _, _)| m.as_str())
+            .find(|m| !members.contains(m))
     }
 
     /// The faults that strike `member` on `run`.

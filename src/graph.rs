@@ -104,7 +104,7 @@ impl GraphBuilder {
         self
     }
 
-    /// Checks the graph: at least one member, unique names, every member takes the
+    /// Checks the graph: at least one member, unique non-empty names, every member takes the
     /// input width, all members agree on the output width, aggregate weights valid.
     pub fn build(self) -> Result<Graph> {
         if self.input_width == 0 {
@@ -114,6 +114,9 @@ impl GraphBuilder {
         let output_width = first.model.out_features();
         let mut names = HashSet::new();
         for m in &self.members {
+            if m.name.is_empty() {
+                return Err(Error::EmptyMemberName);
+            }
             if !names.insert(m.name.as_str()) {
                 return Err(Error::DuplicateMember {
                     name: m.name.clone(),

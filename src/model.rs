@@ -103,7 +103,9 @@ pub struct Dense {
 }
 
 impl Dense {
-    /// A layer from a `[out, in]` weight, an `[out]` bias and an activation.
+    /// A layer from a `[out, in]` weight, an `[out]` bias and an activation: an error
+    /// for other shapes ([`Error::LayerShape`]) and for a NaN or infinite value
+    /// ([`Error::NonFiniteWeight`]).
     pub fn new(weight: Tensor, bias: Vec<f32>, activation: Activation) -> Result<Self> {
         Self::checked(0, weight, bias, activation)
     }
@@ -132,6 +134,19 @@ impl Dense {
                 expected: vec![out],
                 got: vec![bias.len()],
             });
+        }
+        let inp = weight.shape()[1];
+        let non_finite = |tensor, index, value| Error::NonFiniteWeight {
+            layer,
+            tensor,
+            index,
+            value,
+        };
+        if let Some((i, v)) = first_non_finite(weight.as_slice()) {
+            return Err(non_finite("weight", vec![i / inp, i % inp], v));
+        }
+        if let Some((i, v)) = first_non_finite(&bias) {
+            return Err(non_finite("bias", vec![i], v));
         }
         Ok(Self {
             weight,
@@ -194,7 +209,7 @@ impl Model {
     }
 
     /// A model from `(weight, bias, activation)` triples, checking every shape and
-    /// naming the first layer that is wrong.
+    /// value (finite) and naming the first layer that is wrong.
     pub fn from_parts(parts: Vec<(Tensor, Vec<f32>, Activation)>) -> Result<Self> {
         let layers = parts
             .into_iter()
@@ -286,6 +301,28 @@ impl Model {
             .map(|l| 2 * (l.in_features() * l.out_features()) as u64)
             .sum()
     }
+
+    /// The first weight (layer, `[out, in]`, value) that f16 cannot hold: finite in
+    /// f32, infinite once rounded to f16 (beyond ±65504, give or take the rounding).
+    pub(crate) fn first_beyond_f16(&self) -> Option<(usize, Vec<usize>, f32)> {
+        self.layers.iter().enumerate().find_map(|(l, layer)| {
+            let inp = layer.in_features();
+            layer
+                .weight
+                .as_slice()
+                .iter()
+                .position(|&v| half::f16::from_f32(v).is_infinite())
+                .map(|i| (l, vec![i / inp, i % inp], layer.weight.as_slice()[i]))
+        })
+    }
+}
+
+/// The index and value of the first NaN or infinite value.
+pub(crate) fn first_non_finite(values: &[f32]) -> Option<(usize, f32)> {
+    values
+        .iter()
+        .position(|v| !v.is_finite())
+        .map(|i| (i, values[i]))
 }
 
 #[cfg(test)]

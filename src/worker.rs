@@ -91,6 +91,26 @@ pub(crate) fn compile(
     options: &SessionOptions,
     per_member: bool,
 ) -> Result<Vec<Compiled>> {
+    let names: Vec<&str> = graph.members.iter().map(|m| m.name.as_str()).collect();
+    if let Some(member) = options.faults.unknown_member(&names) {
+        return Err(Error::FaultUnknownMember {
+            member: member.to_string(),
+            members: names.iter().map(|n| n.to_string()).collect(),
+        });
+    }
+    if options.precision.is_f16() {
+        for m in &graph.members {
+            if let Some((layer, index, value)) = m.model.first_beyond_f16() {
+                return Err(Error::WeightOutOfRange {
+                    member: m.name.clone(),
+                    layer,
+                    index,
+                    value,
+                    precision: options.precision.name(),
+                });
+            }
+        }
+    }
     let mut pool: Option<DevicePool> = None;
     let mut auto_next = 0;
     let mut groups: Vec<(Key, Option<GpuContext>, Vec<usize>)> = Vec::new();
@@ -260,8 +280,9 @@ impl Executor {
         let skipped: Vec<usize> = skip.iter().map(|(m, _)| *m).collect();
         let result = catch_unwind(AssertUnwindSafe(|| {
             if panic {
-                // Fault injection: the worker's job panics, as a bug would.
-                std::panic::panic_any(format!("fault injection on run {run}"));
+                // Fault injection: the worker's job unwinds as a bug's panic would,
+                // without the panic hook's message and backtrace.
+                std::panic::resume_unwind(Box::new(format!("fault injection on run {run}")));
             }
             match self {
                 Executor::Cpu(e) => Ok(e.run(input.as_slice(), rows, want_members, &skipped)),

@@ -224,6 +224,13 @@ fn bad_inputs_exit_non_zero_and_write_nothing() {
             &["--precision", "f8"],
             "f8",
         ),
+        (
+            "fault for an unknown member",
+            &vote,
+            golden("x.npy"),
+            &["--device", "cpu", "--fault", "nosuch=fail"],
+            "'nosuch'",
+        ),
     ];
     std::fs::create_dir(dir.path().join("y-dir.npy")).unwrap();
     for (what, manifest, input, extra, needle) in cases {
@@ -324,6 +331,33 @@ fn bench_refuses_tiles_that_would_not_be_used() {
             stderr(&out)
         );
     }
+    // A fixed tile or shape would silently win over the autotune.
+    let fixed: [(&[&str], &str); 2] = [
+        (&["--autotune", "--tile", "16,16,4,4,16"], "--tile"),
+        (
+            &[
+                "--precision",
+                "f16-coop",
+                "--autotune",
+                "--coop-shape",
+                "2,2,2,2,2",
+            ],
+            "--coop-shape",
+        ),
+    ];
+    for (extra, flag) in fixed {
+        let out = gemm_bench(extra);
+        assert!(!out.status.success(), "{extra:?} accepted");
+        let err = stderr(&out);
+        assert!(
+            err.contains(flag) && err.contains("--autotune"),
+            "{extra:?}: {err}"
+        );
+    }
+    // One member cannot be the late one of a quorum.
+    let out = gemm_bench(&["--device", "cpu", "--mode", "late-member"]);
+    assert!(!out.status.success(), "late-member with gemm accepted");
+    assert!(stderr(&out).contains("several members"), "{}", stderr(&out));
     // A sweep that can run no candidate fails: f16-coop on an adapter without
     // cooperative matrices.
     let without = common::usable_adapters("bench sweep failure")

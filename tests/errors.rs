@@ -5,7 +5,8 @@ mod common;
 
 use common::{assert_close, input, reference_forward};
 use wgpu_ensemble::{
-    adapters, Activation::*, Aggregate, Error, Graph, Model, Placement, RunOptions, Session, Tensor,
+    adapters, Activation::*, Aggregate, Error, Graph, Model, Placement, Precision, RunOptions,
+    Session, SessionOptions, Tensor,
 };
 
 fn model(widths: &[usize]) -> Model {
@@ -195,6 +196,94 @@ fn graph_without_members_or_with_duplicates() {
         matches!(&err, Error::DuplicateMember { name } if name == "m"),
         "{err:?}"
     );
+    let err = Graph::builder(4)
+        .member("", model(&[4, 3]), Placement::Cpu)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::EmptyMemberName), "{err:?}");
+}
+
+/// A NaN or infinity in a weight or bias is refused where the layer is made, with its
+/// layer, tensor and position.
+#[test]
+fn non_finite_weights_and_biases() {
+    let w = |at: usize, v: f32| {
+        let mut values = vec![0.5; 6];
+        values[at] = v;
+        Tensor::matrix(2, 3, values).unwrap()
+    };
+    let first = (w(0, 0.1), vec![0.0; 2], Relu);
+    for (at, value) in [(5, f32::NAN), (3, f32::INFINITY), (1, f32::NEG_INFINITY)] {
+        let parts = vec![
+            (
+                Tensor::matrix(3, 4, vec![0.1; 12]).unwrap(),
+                vec![0.0; 3],
+                Relu,
+            ),
+            (w(at, value), vec![0.0; 2], Identity),
+        ];
+        let err = Model::from_parts(parts).unwrap_err();
+        match &err {
+            Error::NonFiniteWeight {
+                layer: 1,
+                tensor: "weight",
+                index,
+                value: got,
+            } => {
+                assert_eq!(index, &[at / 3, at % 3], "{err}");
+                assert!(got.is_nan() == value.is_nan() && (value.is_nan() || *got == value));
+            }
+            other => panic!("{value} at {at}: {other:?}"),
+        }
+        assert!(err.to_string().contains("must be finite"), "{err}");
+    }
+    let err =
+        wgpu_ensemble::Dense::new(first.0.clone(), vec![0.0, f32::INFINITY], Relu).unwrap_err();
+    assert!(
+        matches!(&err, Error::NonFiniteWeight { layer: 0, tensor: "bias", index, .. } if index == &[1]),
+        "{err:?}"
+    );
+    assert!(wgpu_ensemble::Dense::new(first.0, first.1, first.2).is_ok());
+}
+
+/// With f16 precision a weight f16 cannot hold (it would become infinite) fails the
+/// session build, naming the member, layer and position; one that rounds to f16's
+/// largest value, or any with f32 precision, does not.
+#[test]
+fn weights_beyond_the_range_of_f16() {
+    let session = |value: f32, precision: Precision| {
+        let mut values = vec![0.25; 12];
+        values[7] = value;
+        let m = Model::from_parts(vec![(
+            Tensor::matrix(3, 4, values).unwrap(),
+            vec![0.0; 3],
+            Identity,
+        )])
+        .unwrap();
+        let g = Graph::builder(4)
+            .member("small", model(&[4, 3]), Placement::Cpu)
+            .member("big", m, Placement::Cpu)
+            .build()
+            .unwrap();
+        Session::with_options(g, SessionOptions::default().precision(precision))
+    };
+    for value in [65520.0, -1e6] {
+        match session(value, Precision::F16) {
+            Err(Error::WeightOutOfRange {
+                member,
+                layer: 0,
+                index,
+                value: got,
+                precision: "f16",
+            }) => {
+                assert_eq!((member.as_str(), index, got), ("big", vec![1, 3], value));
+            }
+            other => panic!("{value}: {:?}", other.map(|_| ())),
+        }
+    }
+    // 65519 rounds to 65504, f16's largest finite value.
+    assert!(session(65519.0, Precision::F16).is_ok());
+    assert!(session(-1e6, Precision::F32).is_ok());
 }
 
 fn two_members(aggregate: Aggregate) -> Result<Graph, Error> {

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{assert_close, input};
@@ -352,5 +353,75 @@ fn failing_members_of_a_stack_are_left_out() {
                 &want,
             );
         }
+    }
+}
+
+/// An injected panic unwinds without the panic hook: nothing printed, no backtrace
+/// captured (which with `RUST_BACKTRACE=1` could take longer than a deadline), and
+/// the members of its device are reported failed.
+#[test]
+fn an_injected_panic_calls_no_panic_hook() {
+    static INJECTED_HOOK_CALLS: AtomicUsize = AtomicUsize::new(0);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let text = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied());
+        if text.is_some_and(|t| t.contains("fault injection")) {
+            INJECTED_HOOK_CALLS.fetch_add(1, Ordering::SeqCst);
+        }
+        previous(info);
+    }));
+    let g = Graph::builder(6)
+        .member("m0", models()[0].clone(), Placement::Cpu)
+        .member("m1", models()[1].clone(), Placement::Cpu)
+        .build()
+        .unwrap();
+    let plan = FaultPlan::new().on_run("m0", 0, Fault::Panic);
+    let s = Session::with_options(g, SessionOptions::default().faults(plan)).unwrap();
+    let out = s
+        .run(
+            &input(2, 6, 3),
+            &RunOptions::default()
+                .quorum(QuorumPolicy::Quorum(1))
+                .timeout(Duration::from_secs(60)),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&out, Error::QuorumNotMet { finished: 0, .. }),
+        "{out:?}"
+    );
+    assert_eq!(
+        INJECTED_HOOK_CALLS.load(Ordering::SeqCst),
+        0,
+        "the hook ran"
+    );
+    // The worker lives on.
+    let out = s.run(&input(2, 6, 4), &RunOptions::default()).unwrap();
+    assert_eq!(statuses(&out), ["finished", "finished"]);
+}
+
+/// A plan naming a member the graph does not have is refused at session build, with
+/// the graph's members: a typo would otherwise never strike.
+#[test]
+fn a_fault_for_an_unknown_member() {
+    let g = Graph::builder(6)
+        .member("m0", models()[0].clone(), Placement::Cpu)
+        .member("m1", models()[1].clone(), Placement::Cpu)
+        .build()
+        .unwrap();
+    let plan = FaultPlan::new()
+        .on_run("m1", 0, Fault::Fail)
+        .on_run("mO", 0, Fault::Fail);
+    match Session::with_options(g, SessionOptions::default().faults(plan)) {
+        Err(Error::FaultUnknownMember { member, members }) => {
+            assert_eq!(
+                (member.as_str(), members),
+                ("mO", vec!["m0".into(), "m1".into()])
+            )
+        }
+        other => panic!("{:?}", other.map(|_| ())),
     }
 }

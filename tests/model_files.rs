@@ -183,6 +183,53 @@ fn bias_of_the_wrong_length_and_weight_of_the_wrong_rank() {
     );
 }
 
+/// A NaN or infinity in a file's tensor is named with the file, the tensor and its
+/// position.
+#[test]
+fn non_finite_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes =
+        |values: &[f32]| -> Vec<u8> { values.iter().flat_map(|v| v.to_le_bytes()).collect() };
+    let mut weight = vec![0.5f32; 6];
+    weight[4] = f32::NAN;
+    let cases = [
+        (bytes(&weight), bytes(&[0.0; 3]), "0.weight", vec![2, 0]),
+        (
+            bytes(&[0.5; 6]),
+            bytes(&[0.0, f32::INFINITY, 0.0]),
+            "0.bias",
+            vec![1],
+        ),
+    ];
+    for (w, b, tensor, index) in cases {
+        let views = vec![
+            (
+                "0.weight",
+                TensorView::new(Dtype::F32, vec![3, 2], &w).unwrap(),
+            ),
+            ("0.bias", TensorView::new(Dtype::F32, vec![3], &b).unwrap()),
+        ];
+        let metadata = HashMap::from([("activations".to_string(), "relu".to_string())]);
+        let path = dir.path().join("m.safetensors");
+        std::fs::write(
+            &path,
+            safetensors::serialize(views, Some(metadata)).unwrap(),
+        )
+        .unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(
+            matches!(&err, Error::NonFiniteTensor { path: p, tensor: t, index: i, .. }
+                if p == &path && t == tensor && i == &index),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("m.safetensors") && text.contains(tensor),
+            "{text}"
+        );
+    }
+}
+
 #[test]
 fn unknown_activation() {
     let dir = tempfile::tempdir().unwrap();
@@ -371,12 +418,44 @@ fn manifest_aggregate_weights_are_checked_against_the_members() {
             "weights = [0.3, 0.2, 0.2, 0.2, 0.1]",
             "weights = [0.5, 0.5]",
         );
-    let m = Manifest::parse(&golden("edited.toml"), &text).unwrap();
-    assert!(matches!(
-        m.graph(None),
-        Err(Error::AggregateWeightCount {
-            expected: 5,
-            got: 2
-        })
-    ));
+    let message = manifest_error(&text);
+    assert!(message.contains("2 values for 5 [[member]]"), "{message}");
+    let vote = format!("[aggregate]\nkind = \"vote\"\nweights = [1.0, 2.0]\n{MEMBER}");
+    let message = manifest_error(&vote);
+    assert!(message.contains("2 values for 1 [[member]]"), "{message}");
+    let message = manifest_error("[[member]]\nname = \"\"\nfile = \"a.safetensors\"\n");
+    assert!(message.contains("empty `name`"), "{message}");
+}
+
+/// Activations given in the manifest that do not match the file's layers are the
+/// manifest's error, naming the member and the file.
+#[test]
+fn manifest_activations_that_do_not_match_the_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "a.safetensors",
+        &[
+            ("0.weight", Dtype::F32, vec![3, 2]),
+            ("0.bias", Dtype::F32, vec![3]),
+            ("1.weight", Dtype::F32, vec![2, 3]),
+            ("1.bias", Dtype::F32, vec![2]),
+        ],
+        None,
+    );
+    let path = dir.path().join("e.toml");
+    let m = Manifest::parse(&path, &format!("{MEMBER}activations = [\"relu\"]\n")).unwrap();
+    match m.graph(None) {
+        Err(Error::Manifest { path: p, message }) => {
+            assert_eq!(p, path);
+            assert!(
+                message.contains("member \"a\"")
+                    && message.contains("lists 1 for the 2 layers")
+                    && message.contains("a.safetensors"),
+                "{message}"
+            );
+        }
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("graph built with 1 activation for 2 layers"),
+    }
 }

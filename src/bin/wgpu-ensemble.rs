@@ -95,10 +95,18 @@ struct BenchArgs {
     #[arg(long, value_name = "PATH", requires = "autotune")]
     autotune_cache: Option<std::path::PathBuf>,
     /// A fixed tile for f32 and f16: WG_X,WG_Y,TM,TN,BK, then `,vec4` for the kernels with runs of four and `,prefetch` for their slices loaded ahead (see TileConfig).
-    #[arg(long, value_name = "WG_X,WG_Y,TM,TN,BK[,vec4[,prefetch]]")]
+    #[arg(
+        long,
+        value_name = "WG_X,WG_Y,TM,TN,BK[,vec4[,prefetch]]",
+        conflicts_with = "autotune"
+    )]
     tile: Option<String>,
     /// A fixed shape for f16-coop: BX,BY,TMC,TNC,BK, then `,prefetch` for slices loaded ahead (see CoopShape).
-    #[arg(long, value_name = "BX,BY,TMC,TNC,BK[,prefetch]")]
+    #[arg(
+        long,
+        value_name = "BX,BY,TMC,TNC,BK[,prefetch]",
+        conflicts_with = "autotune"
+    )]
     coop_shape: Option<String>,
     /// Run once per candidate tile (per candidate shape with f16-coop), one report each; fails if none ran.
     #[arg(long, conflicts_with_all = ["tile", "coop_shape", "autotune"])]
@@ -336,6 +344,12 @@ fn bench(args: &BenchArgs) -> wgpu_ensemble::Result<()> {
     let mode = match args.mode.as_str() {
         "session" => BenchMode::Session,
         "pipeline" => BenchMode::Pipeline,
+        "late-member" if workload == Workload::Gemm => {
+            return Err(flag_error(
+                "--mode",
+                "late-member needs a workload of several members (E1 or E2); gemm has one",
+            ))
+        }
         "late-member" => BenchMode::LateMember(Duration::from_millis(args.late_timeout_ms)),
         other => {
             return Err(flag_error(

@@ -120,6 +120,19 @@ impl Manifest {
                 }
             },
         };
+        let weights = match &aggregate {
+            Aggregate::WeightedMean(w) | Aggregate::Vote { weights: Some(w) } => w.len(),
+            _ => format.member.len(),
+        };
+        if weights != format.member.len() {
+            return Err(bad(format!(
+                "aggregate `weights` has {weights} values for {} [[member]]: one per member, in order",
+                format.member.len()
+            )));
+        }
+        if format.member.iter().any(|m| m.name.is_empty()) {
+            return Err(bad("a [[member]] has an empty `name`".to_string()));
+        }
         let base = path.parent().unwrap_or(Path::new(""));
         let members = format
             .member
@@ -160,7 +173,22 @@ impl Manifest {
     pub fn graph(&self, device: Option<&Placement>) -> Result<Graph> {
         let mut builder = None;
         for m in &self.members {
-            let model = load_model(&m.file, &m.options)?;
+            let model = load_model(&m.file, &m.options).map_err(|e| match e {
+                // The count is the manifest's when it gives the activations.
+                Error::ActivationCount {
+                    path,
+                    expected,
+                    got,
+                } if m.options.activations.is_some() => Error::Manifest {
+                    path: self.path.clone(),
+                    message: format!(
+                        "member \"{}\": `activations` lists {got} for the {expected} layers of {}",
+                        m.name,
+                        path.display()
+                    ),
+                },
+                other => other,
+            })?;
             let b = builder.unwrap_or_else(|| Graph::builder(model.in_features()));
             let placement = device.cloned().unwrap_or_else(|| m.placement.clone());
             builder = Some(b.member(m.name.clone(), model, placement));

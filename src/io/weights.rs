@@ -9,7 +9,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use super::{io_error, write_atomically};
 use crate::error::{Error, Result};
-use crate::model::{Activation, Dense, Model};
+use crate::model::{first_non_finite, Activation, Dense, Model};
 use crate::tensor::Tensor;
 
 /// The metadata key that lists a file's activations, comma-separated, one per layer.
@@ -119,6 +119,25 @@ pub fn load_model(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model
                 format!("[{out}] to match '{weight_name}'"),
                 &bias_shape,
             ));
+        }
+        // A NaN or infinity is named here with its file and tensor.
+        let tensors = [
+            (&weight_name, &weight, Some(inp)),
+            (&bias_name, &bias, None),
+        ];
+        for (tensor, values, cols) in tensors {
+            if let Some((i, value)) = first_non_finite(values) {
+                let index = match cols {
+                    Some(cols) => vec![i / cols, i % cols],
+                    None => vec![i],
+                };
+                return Err(Error::NonFiniteTensor {
+                    path: path.to_path_buf(),
+                    tensor: tensor.clone(),
+                    index,
+                    value,
+                });
+            }
         }
         layers.push(Dense::new(
             Tensor::matrix(out, inp, weight)?,
