@@ -8,8 +8,9 @@
 # Most important first, so that a cut-short run still has it: the cooperative-matrix
 # tests on the hardware, gemm 4096³, PyTorch on the same GPU, E1 and E2 at batch 1
 # with a spin-wait, then at batch 1, 1024 and 64, a sweep over every tile candidate
-# and coop shape at 4096³, then the rest. Every bench line also has the kernels'
-# time alone (--device-timing), but for one latency run per workload at batch 1.
+# and coop shape at 4096³, a few f32 tiles beyond the candidates, then the rest.
+# Every bench line also has the kernels' time alone (--device-timing), but for one
+# latency run per workload at batch 1.
 # Writes under $OUT: devices.txt, precision.txt and timing.txt (the test runs),
 # wgpu.jsonl (one JSON object per line, from `wgpu-ensemble bench --json`),
 # torch.jsonl (benches/torch_baseline.py), torch_anchor.json, tiles.toml (the tiles
@@ -92,6 +93,12 @@ done
 # Every tile candidate (coop shape with f16-coop) at the largest size, one line each.
 for p in f32 f16 f16-coop; do
   run --workload gemm --batch "$first_gemm" --precision "$p" --runs "${SWEEP_RUNS:-5}" --trusted-kernels --sweep
+done
+# Tiles beyond the candidates (f32, largest size), for the next round of tuning:
+# deeper slices, 64 threads, rectangular and larger workgroups.
+EXTRA_TILES=${EXTRA_TILES:-16,16,8,8,32,vec4,prefetch 16,16,8,8,32,vec4 8,8,8,8,16,vec4 16,8,8,8,16,vec4 16,8,8,8,16,vec4,prefetch 8,16,8,8,16,vec4 32,16,8,8,16,vec4 32,32,4,4,16,vec4}
+for t in $EXTRA_TILES; do
+  run --workload gemm --batch "$first_gemm" --precision f32 --runs "${SWEEP_RUNS:-5}" --trusted-kernels --tile "$t"
 done
 for n in $GEMM_SIZES; do
   for p in f32 f16 f16-coop; do
