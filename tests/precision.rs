@@ -520,8 +520,9 @@ fn autotune_picks_a_tile_and_keeps_it_in_its_cache_file() {
 fn autotune_times_a_stack_with_its_members() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("tiles.toml");
-    // Three members of one shape, then one of that shape alone after another shape;
-    // layer shape classes ([300, 36]: outputs 512, inputs 64; [5, 300]: 16, 512) no
+    // Three members of one shape and one of another on the adapter's first device,
+    // and one more of the first shape alone on a second device of the adapter (on one
+    // device it would join the stack); layer shape classes ([300, 36]: outputs 512, inputs 64; [5, 300]: 16, 512) no
     // other test tunes, so their keys cannot come from the process's cache, which
     // the file also holds.
     let shape: (&[usize], &[wgpu_ensemble::Activation]) = (&[36, 300, 5], &[Relu, Identity]);
@@ -538,7 +539,14 @@ fn autotune_times_a_stack_with_its_members() {
     for info in usable_adapters("stack autotune") {
         let mut g = Graph::builder(36);
         for (i, m) in models.iter().enumerate() {
-            g = g.member(format!("m{i}"), m.clone(), Placement::Adapter(info.index));
+            let place = match i {
+                4 => Placement::Queue {
+                    adapter: info.index,
+                    slot: 1,
+                },
+                _ => Placement::Adapter(info.index),
+            };
+            g = g.member(format!("m{i}"), m.clone(), place);
         }
         let options = SessionOptions::default()
             .autotune(40)
