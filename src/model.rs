@@ -318,7 +318,7 @@ impl Model {
 }
 
 /// The index and value of the first NaN or infinite value.
-pub(crate) fn first_non_finite(values: &[f32]) -> Option<(usize, f32)> {
+fn first_non_finite(values: &[f32]) -> Option<(usize, f32)> {
     values
         .iter()
         .position(|v| !v.is_finite())

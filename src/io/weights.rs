@@ -9,7 +9,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use super::{io_error, write_atomically};
 use crate::error::{Error, Result};
-use crate::model::{first_non_finite, Activation, Dense, Model};
+use crate::model::{Activation, Dense, Model};
 use crate::tensor::Tensor;
 
 /// The metadata key that lists a file's activations, comma-separated, one per layer.
@@ -120,30 +120,23 @@ pub fn load_model(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model
                 &bias_shape,
             ));
         }
-        // A NaN or infinity is named here with its file and tensor.
-        let tensors = [
-            (&weight_name, &weight, Some(inp)),
-            (&bias_name, &bias, None),
-        ];
-        for (tensor, values, cols) in tensors {
-            if let Some((i, value)) = first_non_finite(values) {
-                let index = match cols {
-                    Some(cols) => vec![i / cols, i % cols],
-                    None => vec![i],
-                };
-                return Err(Error::NonFiniteTensor {
-                    path: path.to_path_buf(),
-                    tensor: tensor.clone(),
-                    index,
-                    value,
-                });
-            }
-        }
-        layers.push(Dense::new(
-            Tensor::matrix(out, inp, weight)?,
-            bias,
-            activation,
-        )?);
+        let layer = Dense::new(Tensor::matrix(out, inp, weight)?, bias, activation);
+        // A NaN or infinity is named with its file and tensor.
+        layers.push(layer.map_err(|e| match e {
+            // The layer's tensors are named `{prefix}.weight` and `{prefix}.bias`.
+            Error::NonFiniteWeight {
+                tensor,
+                index,
+                value,
+                ..
+            } => Error::NonFiniteTensor {
+                path: path.to_path_buf(),
+                tensor: format!("{prefix}.{tensor}"),
+                index,
+                value,
+            },
+            other => other,
+        })?);
         previous_out = Some((weight_name, out));
     }
     Model::new(layers)
