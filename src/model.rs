@@ -135,18 +135,18 @@ impl Dense {
                 got: vec![bias.len()],
             });
         }
-        let inp = weight.shape()[1];
-        let non_finite = |tensor, index, value| Error::NonFiniteWeight {
-            layer,
-            tensor,
-            index,
-            value,
+        let non_finite = |v: f32| !v.is_finite();
+        let found = match first(weight.as_slice(), non_finite) {
+            Some((i, value)) => Some(("weight", weight_position(&weight, i), value)),
+            None => first(&bias, non_finite).map(|(i, value)| ("bias", vec![i], value)),
         };
-        if let Some((i, v)) = first_non_finite(weight.as_slice()) {
-            return Err(non_finite("weight", vec![i / inp, i % inp], v));
-        }
-        if let Some((i, v)) = first_non_finite(&bias) {
-            return Err(non_finite("bias", vec![i], v));
+        if let Some((tensor, index, value)) = found {
+            return Err(Error::NonFiniteWeight {
+                layer,
+                tensor,
+                index,
+                value,
+            });
         }
         Ok(Self {
             weight,
@@ -306,23 +306,23 @@ impl Model {
     /// f32, infinite once rounded to f16 (beyond ±65504, give or take the rounding).
     pub(crate) fn first_beyond_f16(&self) -> Option<(usize, Vec<usize>, f32)> {
         self.layers.iter().enumerate().find_map(|(l, layer)| {
-            let inp = layer.in_features();
-            layer
-                .weight
-                .as_slice()
-                .iter()
-                .position(|&v| half::f16::from_f32(v).is_infinite())
-                .map(|i| (l, vec![i / inp, i % inp], layer.weight.as_slice()[i]))
+            first(layer.weight.as_slice(), |v| {
+                half::f16::from_f32(v).is_infinite()
+            })
+            .map(|(i, value)| (l, weight_position(&layer.weight, i), value))
         })
     }
 }
 
-/// The index and value of the first NaN or infinite value.
-fn first_non_finite(values: &[f32]) -> Option<(usize, f32)> {
-    values
-        .iter()
-        .position(|v| !v.is_finite())
-        .map(|i| (i, values[i]))
+/// The index and value of the first of `values` that `test` picks.
+fn first(values: &[f32], test: impl Fn(f32) -> bool) -> Option<(usize, f32)> {
+    values.iter().position(|&v| test(v)).map(|i| (i, values[i]))
+}
+
+/// `[out, in]` of value `i` of a `[out, in]` weight.
+fn weight_position(weight: &Tensor, i: usize) -> Vec<usize> {
+    let inp = weight.shape()[1];
+    vec![i / inp, i % inp]
 }
 
 #[cfg(test)]

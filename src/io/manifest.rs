@@ -120,15 +120,16 @@ impl Manifest {
                 }
             },
         };
-        let weights = match &aggregate {
-            Aggregate::WeightedMean(w) | Aggregate::Vote { weights: Some(w) } => w.len(),
-            _ => format.member.len(),
-        };
-        if weights != format.member.len() {
-            return Err(bad(format!(
-                "aggregate `weights` has {weights} values for {} [[member]]: one per member, in order",
-                format.member.len()
-            )));
+        // Checked here as well as when the graph is built, so that the error names the
+        // manifest and comes before any weight file is read.
+        if let Aggregate::WeightedMean(w) | Aggregate::Vote { weights: Some(w) } = &aggregate {
+            if w.len() != format.member.len() {
+                return Err(bad(format!(
+                    "aggregate `weights` has {} values for {} [[member]]: one per member, in order",
+                    w.len(),
+                    format.member.len()
+                )));
+            }
         }
         if format.member.iter().any(|m| m.name.is_empty()) {
             return Err(bad("a [[member]] has an empty `name`".to_string()));
