@@ -83,7 +83,8 @@ pub fn probe_adapters() -> Vec<AdapterProbe> {
     (0..pool.infos.len())
         .map(|i| AdapterProbe {
             info: pool.infos[i].clone(),
-            usable: pool.open(i, 0).map(|_| ()).map_err(|e| e.to_string()),
+            // `i` is in range: no member's placement to name.
+            usable: pool.open("", i, 0).map(|_| ()).map_err(|e| e.to_string()),
         })
         .collect()
 }
@@ -324,13 +325,15 @@ impl DevicePool {
         self.infos.iter().map(ToString::to_string).collect()
     }
 
-    /// The device for `(adapter, slot)`, created on first use.
-    pub(crate) fn open(&mut self, index: usize, slot: usize) -> Result<GpuContext> {
+    /// The device for `(adapter, slot)`, created on first use. An index past the
+    /// adapters is an error naming `member`, whose placement asked for it.
+    pub(crate) fn open(&mut self, member: &str, index: usize, slot: usize) -> Result<GpuContext> {
         if let Some(ctx) = self.opened.get(&(index, slot)) {
             return Ok(ctx.clone());
         }
         let (Some(adapter), Some(info)) = (self.adapters.get(index), self.infos.get(index)) else {
             return Err(Error::AdapterOutOfRange {
+                member: member.to_string(),
                 index,
                 available: self.descriptions(),
             });
@@ -370,7 +373,7 @@ impl DevicePool {
         let (precision, timing) = (self.precision, self.timing);
         let working: Vec<usize> = (0..self.infos.len())
             .filter(|&i| {
-                self.open(i, 0).is_ok_and(|ctx| {
+                self.open("", i, 0).is_ok_and(|ctx| {
                     crate::gpu::check_precision(&ctx, precision).is_ok()
                         && (!timing
                             || ctx

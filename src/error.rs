@@ -144,9 +144,11 @@ pub enum Error {
     /// Every aggregate weight is zero.
     #[error("aggregate weights are all zero: at least one must be positive")]
     AggregateWeightsAllZero,
-    /// A placement names an adapter that does not exist.
-    #[error("adapter {index} does not exist; adapters found: {}", list_or_none(.available))]
+    /// A member's placement names an adapter that does not exist.
+    #[error("member '{member}' is placed on adapter {index}, which does not exist; adapters found: {}", list_or_none(.available))]
     AdapterOutOfRange {
+        /// The member whose placement named the adapter.
+        member: String,
         /// The index that was asked for.
         index: usize,
         /// Every adapter that exists, one description each.

@@ -123,7 +123,7 @@ pub(crate) fn compile(
                     .get_or_insert_with(|| {
                         DevicePool::new(options.precision).with_timing(options.device_timing)
                     })
-                    .open(*a, 0)?;
+                    .open(&member.name, *a, 0)?;
                 (Key::Adapter(*a, 0), Some(ctx))
             }
             Placement::Queue { adapter, slot } => {
@@ -131,7 +131,7 @@ pub(crate) fn compile(
                     .get_or_insert_with(|| {
                         DevicePool::new(options.precision).with_timing(options.device_timing)
                     })
-                    .open(*adapter, *slot)?;
+                    .open(&member.name, *adapter, *slot)?;
                 (Key::Adapter(*adapter, *slot), Some(ctx))
             }
             Placement::Auto => {
@@ -144,7 +144,7 @@ pub(crate) fn compile(
                 } else {
                     auto_next += 1;
                     let a = usable[(auto_next - 1) % usable.len()];
-                    (Key::Adapter(a, 0), Some(p.open(a, 0)?))
+                    (Key::Adapter(a, 0), Some(p.open(&member.name, a, 0)?))
                 }
             }
             Placement::Device(ext) => {

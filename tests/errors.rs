@@ -363,9 +363,11 @@ fn adapter_index_out_of_range_lists_the_adapters() {
             .unwrap();
         match Session::new(g) {
             Err(Error::AdapterOutOfRange {
+                member,
                 index: i,
                 available,
             }) => {
+                assert_eq!(member, "m");
                 assert_eq!(i, index);
                 assert_eq!(available.len(), listed.len());
                 for (desc, info) in available.iter().zip(&listed) {
@@ -376,11 +378,13 @@ fn adapter_index_out_of_range_lists_the_adapters() {
                     );
                 }
                 let message = Error::AdapterOutOfRange {
+                    member,
                     index: i,
                     available,
                 }
                 .to_string();
                 assert!(message.contains(&index.to_string()), "{message}");
+                assert!(message.contains("'m'"), "{message}");
             }
             Err(other) => panic!("expected AdapterOutOfRange, got {other:?}"),
             Ok(_) => panic!("adapter {index} does not exist but the session was built"),

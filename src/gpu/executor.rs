@@ -1131,7 +1131,7 @@ mod tests {
             eprintln!("spin: no usable adapter, skipped");
             return;
         };
-        let ctx = pool.open(index, 0).unwrap();
+        let ctx = pool.open("test", index, 0).unwrap();
         let device = &ctx.device;
         let buffer = |usage| {
             device.create_buffer(&wgpu::BufferDescriptor {
