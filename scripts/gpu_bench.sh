@@ -18,7 +18,8 @@
 # report.md (scripts/gpu_report.py: the targets next to PyTorch, then every line).
 #
 # Smaller runs (a smoke test on lavapipe): GEMM_SIZES="64" BATCHES="1" WORKLOADS="E1"
-# RUNS=2 SWEEP_RUNS=2 DEVICE=adapter:0 SKIP_TORCH=1.
+# RUNS=2 SWEEP_RUNS=2 DEVICE=adapter:0 SKIP_TORCH=1 (or, with PyTorch on the CPU,
+# TORCH_ARGS="--gemm 64 --batches 1 --runs 3" instead of SKIP_TORCH).
 set -u
 OUT=${OUT:-/tmp/wgpu-ensemble-bench}
 mkdir -p "$OUT"
@@ -66,7 +67,8 @@ torch() {
     timeout 240 python3 .devbin/torch_anchor.py "$OUT/torch_anchor.json" > /dev/null 2>> "$OUT/errors.txt"
   fi
   if [ -z "${SKIP_TORCH:-}" ] && [ -f .devbin/torch_baseline.py ]; then
-    timeout 240 python3 .devbin/torch_baseline.py > "$OUT/torch.jsonl" 2>> "$OUT/errors.txt"
+    # shellcheck disable=SC2086 # TORCH_ARGS is a list of arguments
+    timeout 240 python3 .devbin/torch_baseline.py ${TORCH_ARGS:-} > "$OUT/torch.jsonl" 2>> "$OUT/errors.txt"
   fi
 }
 

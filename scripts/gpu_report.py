@@ -62,7 +62,10 @@ def main():
         return None if v is None else v / 1e3
 
     adapter = next((r["adapter"][0] for r in sessions if r.get("adapter")), "?")
-    print(f"Device: {adapter}; PyTorch {anchor.get('torch', '?')} on {anchor.get('gpu', '?')}\n")
+    torch_device = anchor.get("gpu") or next(
+        (r["adapter"][0] for r in torch_rows if r.get("adapter")), "?"
+    )
+    print(f"Device: {adapter}; PyTorch {anchor.get('torch', '?')} on {torch_device}\n")
     print("| what | PyTorch (same run) | wgpu-ensemble (best) | target | met |")
     print("| --- | --- | --- | --- | --- |")
 
@@ -89,12 +92,25 @@ def main():
         half,
         100,
     )
+    def peer(key, scale=1.0, **m):
+        """PyTorch's figure: the anchor's, else torch_baseline.py's eager one (marked)."""
+        if anchor.get(key) is not None:
+            return fmt(anchor[key])
+        v = best(torch_rows, m.pop("field"), pick=m.pop("pick"), mode="eager", **m)
+        return "—" if v is None else fmt(v * scale) + " (baseline)"
+
     e1 = best(sessions, "p50_ms", pick=min, workload="E1", batch=1, precision="f32")
-    row("E1 batch 1, f32, ms (whole run)", fmt(anchor.get("E1_b1_eager_ms")), e1, 0.30, higher=False)
+    row(
+        "E1 batch 1, f32, ms (whole run)",
+        peer("E1_b1_eager_ms", field="p50_ms", pick=min, workload="E1", batch=1),
+        e1,
+        0.30,
+        higher=False,
+    )
     e2 = tflops(sessions, workload="E2", batch=1024, precision="f32")
     row(
         "E2 batch 1024 f32, TFLOP/s (whole run)",
-        fmt(anchor.get("E2_b1024_eager_tflops")),
+        peer("E2_b1024_eager_tflops", 1e-3, field="gflops", pick=max, workload="E2", batch=1024),
         e2,
         22,
     )
