@@ -10,7 +10,7 @@ use wgpu_ensemble::{
 
 /// (in, out) of the single dense layer.
 const SHAPES: [(usize, usize); 6] = [(1, 1), (7, 13), (13, 7), (33, 65), (65, 33), (16, 16)];
-const BATCHES: [usize; 4] = [1, 7, 33, 257];
+const BATCHES: [usize; 5] = [1, 2, 7, 33, 257];
 
 /// One session per shape whose members are one layer each, one per activation; every
 /// member's own output is compared with the reference at every batch size.
