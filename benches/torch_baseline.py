@@ -1,5 +1,6 @@
 """The benchmark workloads of `wgpu-ensemble bench` in PyTorch, printing the same JSON
-fields (one object per line), so that the two can be compared on one GPU.
+fields (one object per line, plus the PyTorch version), so that the two can be
+compared on one GPU.
 
     python3 benches/torch_baseline.py [--device cuda] [--batches 1,64,1024] [--gemm 1024,4096]
 
@@ -47,6 +48,7 @@ def report(workload, batch, mode, device_name, p50, p99, flops, runs):
         "batch": batch,
         "precision": "f32",
         "adapter": [device_name],
+        "torch": torch.__version__,
         "mode": mode,
         "runs": runs,
         "p50_ms": p50 * 1e3,

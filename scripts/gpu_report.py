@@ -65,7 +65,10 @@ def main():
     torch_device = anchor.get("gpu") or next(
         (r["adapter"][0] for r in torch_rows if r.get("adapter")), "?"
     )
-    print(f"Device: {adapter}; PyTorch {anchor.get('torch', '?')} on {torch_device}\n")
+    torch_version = anchor.get("torch") or next(
+        (r["torch"] for r in torch_rows if r.get("torch")), "?"
+    )
+    print(f"Device: {adapter}; PyTorch {torch_version} on {torch_device}\n")
     print("| what | PyTorch (same run) | wgpu-ensemble (best) | target | met |")
     print("| --- | --- | --- | --- | --- |")
 
