@@ -6,9 +6,14 @@
 // MODE 1 (vote): the contribution is one-hot at the row's argmax; the scan starts at
 // f32::MIN and moves only on a strictly greater value, so ties go to the lowest
 // class and NaN never wins (the same rule as the host's).
-// One thread per row; the members are added in order, as if dispatched one by one.
+// One 64-thread workgroup per row (workgroup_id.x), its threads striding over the
+// columns, the layout of softmax_aggregate.wgsl; the members are added in order, as
+// if dispatched one by one.
 
 override MODE: u32 = 0u;
+
+const WG: u32 = 64u;
+const NONE: u32 = 0xffffffffu;
 
 struct Params {
     rows: u32,
@@ -29,34 +34,70 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> acc: array<f32>;
 @group(0) @binding(2) var<uniform> p: Params;
 
+var<workgroup> best_values: array<f32, 64>;
+var<workgroup> best_index: array<u32, 64>;
+
 @compute @workgroup_size(64, 1, 1)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let row = gid.x;
-    if row >= p.rows {
-        return;
-    }
+fn main(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(local_invocation_id) local: vec3<u32>,
+) {
+    let row = group.x;
+    let tid = local.x;
     let out = row * p.cols;
+    let live = row < p.rows;
     for (var z = 0u; z < p.members; z++) {
         if ((p.present >> z) & 1u) == 0u {
             continue;
         }
         let weight = p.weights[z / 4u][z % 4u];
         let base = z * p.y_stride + out;
-        if MODE == 1u {
-            var best = 0u;
-            var best_value = -3.4028234663852886e38;
-            for (var c = 0u; c < p.cols; c++) {
-                let v = y[base + c];
-                if v > best_value {
-                    best = c;
-                    best_value = v;
+        if MODE == 0u {
+            // A thread adds to the same columns for every member, so the members'
+            // additions stay in order without a barrier.
+            if live {
+                for (var c = tid; c < p.cols; c += WG) {
+                    acc[out + c] += weight * y[base + c];
                 }
             }
-            acc[out + best] += weight;
         } else {
-            for (var c = 0u; c < p.cols; c++) {
-                acc[out + c] += weight * y[base + c];
+            // Each thread's first largest value among its columns, then the larger
+            // value (on a tie the lower index) of pairs: the first maximum of the row.
+            var best = NONE;
+            var best_value = -3.4028234663852886e38;
+            if live {
+                for (var c = tid; c < p.cols; c += WG) {
+                    let v = y[base + c];
+                    if v > best_value {
+                        best = c;
+                        best_value = v;
+                    }
+                }
             }
+            best_values[tid] = best_value;
+            best_index[tid] = best;
+            workgroupBarrier();
+            for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+                if tid < stride {
+                    let v = best_values[tid + stride];
+                    let i = best_index[tid + stride];
+                    if v > best_values[tid] || (v == best_values[tid] && i < best_index[tid]) {
+                        best_values[tid] = v;
+                        best_index[tid] = i;
+                    }
+                }
+                workgroupBarrier();
+            }
+            if live && tid == 0u {
+                // No value above f32::MIN (a row of only NaN): class 0, as on the host.
+                var winner = best_index[0];
+                if winner == NONE {
+                    winner = 0u;
+                }
+                acc[out + winner] += weight;
+            }
+            // best_values and best_index are reused by the next member.
+            workgroupBarrier();
         }
     }
 }

@@ -282,3 +282,65 @@ fn spinning_for_the_result_gives_the_same_answers() {
         }
     }
 }
+
+/// Outputs wider than 65535 columns, the most iterations llvmpipe runs of one shader
+/// loop: the aggregate kernels stride over the columns, so every column counts. Two
+/// members of one shape without a softmax at the end (aggregate.wgsl), one with
+/// (softmax_aggregate.wgsl); the vote's winner lies past column 65535.
+#[test]
+fn aggregates_cover_outputs_wider_than_a_loop_of_llvmpipe() {
+    let (inp, wide) = (3, 70_001);
+    let mut ms: Vec<Model> = [Identity, Identity, Softmax]
+        .iter()
+        .enumerate()
+        .map(|(i, &act)| Model::random(&[inp, wide], &[act], 90 + i as u64).unwrap())
+        .collect();
+    // Each member's largest output by far (no near-tie for the vote to trip on) at a
+    // column of its own, the first member's (the vote's winner) at 69_999.
+    for (m, column) in ms.iter_mut().zip([69_999, 66_000, 12]) {
+        let layer = &m.layers()[0];
+        let mut bias = layer.bias().to_vec();
+        bias[column] = 50.0;
+        let part = (layer.weight().clone(), bias, layer.activation());
+        *m = Model::from_parts(vec![part]).unwrap();
+    }
+    let mut places = vec![("cpu".to_string(), Placement::Cpu)];
+    places.extend(common::gpu_placements("wide_aggregates"));
+    for (label, place) in places {
+        for (agg, vote) in [
+            (Aggregate::Mean, false),
+            (
+                Aggregate::Vote {
+                    weights: Some(vec![3.0, 1.0, 1.0]),
+                },
+                true,
+            ),
+        ] {
+            let name = agg.name();
+            let mut g = Graph::builder(inp).aggregate(agg);
+            for (i, m) in ms.iter().enumerate() {
+                g = g.member(format!("m{i}"), m.clone(), place.clone());
+            }
+            let session = Session::new(g.build().unwrap()).unwrap();
+            for batch in [1, 17] {
+                let x = input(batch, inp, batch as u64);
+                let refs: Vec<Vec<f64>> = ms.iter().map(|m| reference_forward(m, &x)).collect();
+                let want = if vote {
+                    reference_vote(&refs, &[3.0, 1.0, 1.0], wide)
+                } else {
+                    reference_mean(&refs, &[1.0; 3])
+                };
+                let run = session.run(&x, &RunOptions::default()).unwrap();
+                assert_close(
+                    &format!("{label}: {name} of {wide} columns, batch {batch}"),
+                    run.aggregate.as_slice(),
+                    &want,
+                );
+                if vote {
+                    // Sanity of the test itself: the winner is past the loop limit.
+                    assert!(want[69_999] >= 0.6, "{label}: {}", want[69_999]);
+                }
+            }
+        }
+    }
+}

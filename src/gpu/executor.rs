@@ -14,8 +14,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::kernels::{
-    dense_coop, Kernels, AGGREGATE, AGGREGATE_WG, DENSE_SMALL, DENSE_SMALL_F16, MAX_STACK,
-    SMALL_GROUPS_X, SMALL_ROWS, SOFTMAX, SOFTMAX_AGGREGATE,
+    dense_coop, Kernels, AGGREGATE, DENSE_SMALL, DENSE_SMALL_F16, MAX_STACK, SMALL_GROUPS_X,
+    SMALL_ROWS, SOFTMAX, SOFTMAX_AGGREGATE,
 };
 use super::timing::{self, PassTimer};
 use super::tune::Tuner;
@@ -746,14 +746,14 @@ impl DeviceState {
                         pass.dispatch_workgroups(n_rows, 1, n);
                     }
                 }
+                // Both aggregate kernels: one workgroup per row.
                 pass.set_bind_group(0, &sr.aggregate_group, &[]);
-                if s.fused_softmax {
-                    pass.set_pipeline(&self.softmax_aggregate);
-                    pass.dispatch_workgroups(n_rows, 1, 1);
+                pass.set_pipeline(if s.fused_softmax {
+                    &self.softmax_aggregate
                 } else {
-                    pass.set_pipeline(&self.aggregate);
-                    pass.dispatch_workgroups(n_rows.div_ceil(AGGREGATE_WG), 1, 1);
-                }
+                    &self.aggregate
+                });
+                pass.dispatch_workgroups(n_rows, 1, 1);
             }
         }
         encoder.copy_buffer_to_buffer(&rb.acc, 0, &rb.staging_acc, 0, bytes);

@@ -126,8 +126,6 @@ kernel!(
 pub(crate) const SMALL_ROWS: usize = 16;
 /// Most members in one stack (aggregate.wgsl's `weights` and `present` mask).
 pub(crate) const MAX_STACK: usize = 32;
-/// Threads per aggregate workgroup.
-pub(crate) const AGGREGATE_WG: u32 = 64;
 /// Workgroups per dispatch dimension the small-batch kernel assumes (`65535u`).
 pub(crate) const SMALL_GROUPS_X: u32 = 65535;
 
