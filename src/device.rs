@@ -76,6 +76,12 @@ pub struct AdapterProbe {
     pub usable: std::result::Result<(), String>,
 }
 
+/// Whether an adapter runs on llvmpipe (lavapipe's Vulkan, Mesa's GL), from its name
+/// and driver.
+pub(crate) fn is_llvmpipe(name: &str, driver: &str) -> bool {
+    name.contains("llvmpipe") || driver.contains("llvmpipe")
+}
+
 /// Lists every adapter and tries to create a device on each, the way
 /// [`Placement::Auto`] does.
 pub fn probe_adapters() -> Vec<AdapterProbe> {

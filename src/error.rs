@@ -195,6 +195,22 @@ pub enum Error {
         /// The largest buffer the device (or the session options) allow.
         limit: u64,
     },
+    /// A layer has more inputs than the device's driver computes correctly: llvmpipe
+    /// (lavapipe, GL llvmpipe) ends a shader invocation after 65535 loop iterations
+    /// in all, without an error.
+    #[error("member '{member}' layer {layer} has {inputs} inputs, more than {device} computes correctly (at most {limit}: llvmpipe ends a shader after 65535 loop iterations); place the member on the CPU")]
+    InputsBeyondDriver {
+        /// The member.
+        member: String,
+        /// The layer's index in the member.
+        layer: usize,
+        /// The layer's inputs.
+        inputs: usize,
+        /// The most inputs a layer may have there.
+        limit: usize,
+        /// Device description.
+        device: String,
+    },
     /// A layer needs more workgroups along one dispatch dimension than the device
     /// allows.
     #[error("{what} needs {groups} workgroups along one dimension on {device}, which allows at most {limit}")]

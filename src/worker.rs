@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cpu::CpuExecutor;
-use crate::device::{DevicePool, ExecutionDevice, Placement};
+use crate::device::{is_llvmpipe, DevicePool, ExecutionDevice, Placement};
 use crate::error::{Error, Result};
 use crate::fault::{Fault, FaultPlan};
 use crate::gpu::tune::Tuner;
@@ -138,7 +138,20 @@ pub(crate) fn compile(
                 let p = pool.get_or_insert_with(|| {
                     DevicePool::new(options.precision).with_timing(options.device_timing)
                 });
-                let usable = p.usable();
+                // A layer longer than llvmpipe computes correctly runs on the CPU
+                // rather than there (see the executor's LLVMPIPE_SMALL_INPUTS).
+                let longest = member.model.layers().iter().map(|l| l.in_features()).max();
+                let too_long = longest.unwrap_or(0) > crate::gpu::LLVMPIPE_SMALL_INPUTS;
+                let usable: Vec<usize> = p
+                    .usable()
+                    .into_iter()
+                    .filter(|&a| {
+                        !(too_long
+                            && p.infos
+                                .get(a)
+                                .is_some_and(|i| is_llvmpipe(&i.name, &i.driver)))
+                    })
+                    .collect();
                 if usable.is_empty() {
                     (Key::Cpu, None)
                 } else {

@@ -43,6 +43,13 @@ struct DenseParams {
     _pad: u32,
 }
 
+/// Inputs up to which llvmpipe computes a layer correctly with any tiled kernel
+/// (Mesa 22.3: 5120 with the 128 × 128 scalar tiles, 8192 with `vec4` ones).
+pub(crate) const LLVMPIPE_TILED_INPUTS: usize = 4096;
+/// Inputs up to which llvmpipe computes a layer correctly with the small-batch
+/// kernels (Mesa 22.3: 786 432 in f16 at 16 rows, 2 097 152 in f32).
+pub(crate) const LLVMPIPE_SMALL_INPUTS: usize = 524_288;
+
 /// `Params` of aggregate.wgsl and softmax_aggregate.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -307,6 +314,35 @@ impl DeviceState {
                 }
             }
         }
+        // llvmpipe (lavapipe, GL llvmpipe) ends a shader invocation after 65535 loop
+        // iterations in all, silently. With Mesa 22.3 the tiled kernels' sums came out
+        // wrong past 5120 to 32768 inputs, depending on the tile; the small-batch
+        // kernel held past 786 432. There, a device with a longer layer runs every
+        // batch in chunks the small kernel takes, and a layer longer than that is
+        // refused. (Mesa 26.2 held every kernel to 32 769 and more: the bounds are
+        // the older driver's.)
+        let llvmpipe = ctx.adapter.as_ref().is_some_and(|a| {
+            let info = a.get_info();
+            crate::device::is_llvmpipe(&info.name, &info.driver)
+        });
+        let mut longest = 0;
+        if llvmpipe {
+            for spec in members {
+                for (l, layer) in spec.model.layers().iter().enumerate() {
+                    let inputs = layer.in_features();
+                    longest = longest.max(inputs);
+                    if inputs > LLVMPIPE_SMALL_INPUTS {
+                        return Err(Error::InputsBeyondDriver {
+                            member: spec.name.clone(),
+                            layer: l,
+                            inputs,
+                            limit: LLVMPIPE_SMALL_INPUTS,
+                            device: ctx.label.to_string(),
+                        });
+                    }
+                }
+            }
+        }
         // 16 bytes of room for the rounding of buffer sizes (see ensure_capacity), and
         // the timestamps after the aggregate in its staging buffer.
         let room = 16 + timer.as_ref().map_or(0, |_| timing::BYTES);
@@ -314,7 +350,10 @@ impl DeviceState {
             .unwrap_or(usize::MAX);
         // Softmax dispatches one workgroup per row; the dense and aggregate kernels
         // need fewer groups per row than that.
-        let unstacked_rows = by_bytes.min(limits.max_compute_workgroups_per_dimension as usize);
+        let mut unstacked_rows = by_bytes.min(limits.max_compute_workgroups_per_dimension as usize);
+        if longest > LLVMPIPE_TILED_INPUTS {
+            unstacked_rows = unstacked_rows.min(SMALL_ROWS);
+        }
         if unstacked_rows == 0 {
             return Err(too_large(
                 format!("one row of {widest} values"),

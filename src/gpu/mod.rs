@@ -8,7 +8,7 @@ pub mod tune;
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-pub(crate) use executor::GpuExecutor;
+pub(crate) use executor::{GpuExecutor, LLVMPIPE_SMALL_INPUTS};
 
 use crate::device::ExecutionDevice;
 use crate::error::Error;
