@@ -213,19 +213,26 @@ fn dot_rows(layer: &Dense, x: &[f32], rows: usize, y: &mut [f32]) {
         return;
     }
     let w = layer.weight().as_slice();
-    // Outputs first ([n, rows]), so that a task owns a contiguous part.
-    let mut by_output = vec![0.0f32; n * rows];
+    // Outputs first ([n, rows]), so that a task owns a contiguous part: y itself for
+    // one row, else a transposed copy added to y after.
+    let mut transposed = Vec::new();
+    let by_output: &mut [f32] = if rows == 1 {
+        y
+    } else {
+        transposed.resize(n * rows, 0.0);
+        &mut transposed
+    };
     by_output
         .par_chunks_mut(DOT_CHUNK * rows)
         .zip(w.par_chunks(DOT_CHUNK * k))
         .for_each(|(out, w)| {
             for (o, w_row) in out.chunks_mut(rows).zip(w.chunks(k)) {
                 for (r, v) in o.iter_mut().enumerate() {
-                    *v = dot(w_row, &x[r * k..(r + 1) * k]);
+                    *v += dot(w_row, &x[r * k..(r + 1) * k]);
                 }
             }
         });
-    for (o, dots) in by_output.chunks(rows).enumerate() {
+    for (o, dots) in transposed.chunks(rows).enumerate() {
         for (r, d) in dots.iter().enumerate() {
             y[r * n + o] += d;
         }
