@@ -108,7 +108,9 @@ pub enum Placement {
     /// session's [`Precision`](crate::Precision) (no `SHADER_F16` for `F16`, no
     /// cooperative matrices for `F16CoopMatrix`; the CPU runs every precision).
     /// Hardware adapters (discrete, integrated, virtual) are preferred: software
-    /// rasterisers such as lavapipe are used only when no hardware adapter is usable.
+    /// rasterisers such as lavapipe are used only when no hardware adapter is usable,
+    /// and not for a member with a layer of more than 524 288 inputs, which llvmpipe
+    /// does not compute correctly ([`Error::InputsBeyondDriver`](crate::Error::InputsBeyondDriver)).
     #[default]
     Auto,
     /// The host CPU, through multi-threaded GEMM crates (`matrixmultiply`; `gemm` for
