@@ -110,7 +110,9 @@ pub enum Placement {
     /// Hardware adapters (discrete, integrated, virtual) are preferred: software
     /// rasterisers such as lavapipe are used only when no hardware adapter is usable,
     /// and not for a member with a layer of more than 524 288 inputs, which llvmpipe
-    /// does not compute correctly ([`Error::InputsBeyondDriver`](crate::Error::InputsBeyondDriver)).
+    /// does not compute correctly (see [`Error::InputsBeyondDriver`]).
+    ///
+    /// [`Error::InputsBeyondDriver`]: crate::Error::InputsBeyondDriver
     #[default]
     Auto,
     /// The host CPU, through multi-threaded GEMM crates (`matrixmultiply`; `gemm` for
