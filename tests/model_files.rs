@@ -459,3 +459,72 @@ fn manifest_activations_that_do_not_match_the_layers() {
         Ok(_) => panic!("graph built with 1 activation for 2 layers"),
     }
 }
+
+/// A version 1.0 `.npy` file with the given dtype, shape (as numpy writes it) and data.
+fn npy(dir: &Path, name: &str, descr: &str, shape: &str, data: &[u8]) -> PathBuf {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend(data);
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// `.npy` inputs whose header lies: a shape whose values overflow, a shape with more
+/// values than the file holds, and f64 values beyond f32's range; each an
+/// `Error::Npy` saying what, never a panic or a silent infinity. A good file reads.
+#[test]
+fn npy_inputs_whose_header_or_values_do_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let read = |path: &Path| wgpu_ensemble::io::read_matrix(path);
+    let message = |path: &Path| match read(path) {
+        Err(Error::Npy { path: p, message }) => {
+            assert_eq!(p, path);
+            message
+        }
+        other => panic!("{}: expected Error::Npy, got {other:?}", path.display()),
+    };
+
+    let overflow = npy(
+        dir.path(),
+        "overflow.npy",
+        "<f4",
+        "(4294967296, 4294967297)",
+        &[0; 24],
+    );
+    let m = message(&overflow);
+    assert!(m.contains("more values than can be addressed"), "{m}");
+
+    let floats: Vec<u8> = (0..10).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let short = npy(dir.path(), "short.npy", "<f4", "(3, 4)", &floats);
+    let m = message(&short);
+    assert!(
+        m.contains("needs 48 bytes") && m.contains("holds 40"),
+        "{m}"
+    );
+
+    let wide: Vec<u8> = [1.0f64, 2.0, 1e300, 4.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let beyond = npy(dir.path(), "beyond.npy", "<f8", "(2, 2)", &wide);
+    let m = message(&beyond);
+    assert!(m.contains("1e300 at [1, 0]"), "{m}");
+
+    let good: Vec<u8> = [1.0f64, 2.0, 3.0, 4.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let fine = npy(dir.path(), "fine.npy", "<f8", "(2, 2)", &good);
+    let x = read(&fine).unwrap();
+    assert_eq!(
+        (x.shape(), x.as_slice()),
+        (&[2, 2][..], &[1.0, 2.0, 3.0, 4.0][..])
+    );
+}

@@ -17,13 +17,65 @@ fn npy_error(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
+/// The dimensions a `.npy` header declares and where its data starts, read before
+/// `npyz` parses it (which multiplies the dimensions without an overflow check);
+/// `None` when the header is not one this can read (`npyz` then says why).
+fn declared_shape(file: &mut std::fs::File) -> Option<(Vec<u64>, u64)> {
+    use std::io::Read;
+    let mut start = [0u8; 10];
+    file.read_exact(&mut start).ok()?;
+    if &start[..6] != b"\x93NUMPY" {
+        return None;
+    }
+    let (len, offset) = match start[6] {
+        1 => (u64::from(u16::from_le_bytes([start[8], start[9]])), 10),
+        2 | 3 => {
+            let mut more = [0u8; 2];
+            file.read_exact(&mut more).ok()?;
+            let len = u32::from_le_bytes([start[8], start[9], more[0], more[1]]);
+            (u64::from(len), 12)
+        }
+        _ => return None,
+    };
+    let mut header = String::new();
+    file.take(len.min(1 << 20))
+        .read_to_string(&mut header)
+        .ok()?;
+    let after = &header[header.find("shape")? + 5..];
+    let tuple = &after[after.find('(')? + 1..];
+    let dims = tuple[..tuple.find(')')?]
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| d.parse::<u64>().ok())
+        .collect::<Option<Vec<u64>>>()?;
+    Some((dims, offset + len))
+}
+
 /// Reads a `[rows, cols]` matrix of f32 or f64 (converted to f32) in C order.
 ///
-/// Any other dtype, Fortran order, or a number of dimensions other than 2 is an
+/// Any other dtype, Fortran order, a number of dimensions other than 2, a shape
+/// with more values than the file holds, or an f64 value beyond f32's range is an
 /// [`Error::Npy`] that says what was found and what is expected.
 pub fn read_matrix(path: impl AsRef<Path>) -> Result<Tensor> {
     let path = path.as_ref();
-    let file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
+    let mut file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
+    let file_len = file.metadata().map_err(|e| io_error(path, e))?.len();
+    let declared = declared_shape(&mut file);
+    if let Some((dims, _)) = &declared {
+        if dims
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d))
+            .is_none()
+        {
+            return Err(npy_error(
+                path,
+                format!("shape {dims:?} has more values than can be addressed"),
+            ));
+        }
+    }
+    use std::io::Seek;
+    file.rewind().map_err(|e| io_error(path, e))?;
     let npy = NpyFile::new(BufReader::new(file))
         .map_err(|e| npy_error(path, format!("not a valid .npy file: {e}")))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
@@ -47,15 +99,45 @@ pub fn read_matrix(path: impl AsRef<Path>) -> Result<Tensor> {
         DType::Plain(t) if t.type_char() == TypeChar::Float => Some(t.size_field()),
         _ => None,
     };
+    if let (Some(size), Some((_, data_start))) = (float_size, &declared) {
+        // The data the shape needs against what follows the header.
+        let needed = npy.len().checked_mul(size);
+        let held = file_len.saturating_sub(*data_start);
+        if needed.is_none_or(|n| n > held) {
+            return Err(npy_error(
+                path,
+                format!(
+                    "shape {shape:?} of {} needs {} bytes of data; the file holds {held}",
+                    dtype.descr(),
+                    needed.map_or("more than 2^64".to_string(), |n| n.to_string()),
+                ),
+            ));
+        }
+    }
     let read = |e: std::io::Error| npy_error(path, format!("reading the data: {e}"));
     let values: Vec<f32> = match float_size {
         Some(4) => npy.into_vec::<f32>().map_err(read)?,
-        Some(8) => npy
-            .into_vec::<f64>()
-            .map_err(read)?
-            .into_iter()
-            .map(|v| v as f32)
-            .collect(),
+        Some(8) => {
+            let wide = npy.into_vec::<f64>().map_err(read)?;
+            // A finite value beyond f32's range would become infinite.
+            let cols = shape[1].max(1);
+            if let Some(i) = wide
+                .iter()
+                .position(|v| v.is_finite() && v.abs() > f64::from(f32::MAX))
+            {
+                return Err(npy_error(
+                    path,
+                    format!(
+                        "value {:e} at [{}, {}] is beyond float32's range (±{:e})",
+                        wide[i],
+                        i / cols,
+                        i % cols,
+                        f32::MAX
+                    ),
+                ));
+            }
+            wide.into_iter().map(|v| v as f32).collect()
+        }
         _ => {
             return Err(npy_error(
                 path,
