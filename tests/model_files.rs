@@ -528,3 +528,42 @@ fn npy_inputs_whose_header_or_values_do_not_fit() {
         (&[2, 2][..], &[1.0, 2.0, 3.0, 4.0][..])
     );
 }
+
+/// Two outputs that name one file in different spellings are refused before anything
+/// is written: the file keeps what it held, and no temporary file is left.
+#[test]
+fn outputs_that_are_one_file_spelled_twice() {
+    use wgpu_ensemble::io::{read_matrix, write_tensor, write_tensors};
+    use wgpu_ensemble::Tensor;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let target = dir.path().join("o.npy");
+    let old = Tensor::matrix(1, 1, vec![42.0]).unwrap();
+    write_tensor(&target, &old).unwrap();
+    let a = Tensor::matrix(1, 2, vec![1.0, 2.0]).unwrap();
+    let b = Tensor::matrix(2, 1, vec![3.0, 4.0]).unwrap();
+    for alias in [
+        dir.path().join(".").join("o.npy"),
+        dir.path().join("sub").join("..").join("o.npy"),
+    ] {
+        let err =
+            write_tensors(&[(target.clone(), a.clone()), (alias.clone(), b.clone())]).unwrap_err();
+        assert!(
+            matches!(&err, Error::Io { message, .. } if message.contains("same file")),
+            "{}: {err:?}",
+            alias.display()
+        );
+        let kept = read_matrix(&target).unwrap();
+        assert_eq!(kept.as_slice(), &[42.0], "{}", alias.display());
+    }
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.ends_with(".partial")), "{names:?}");
+    // Distinct files are all written.
+    let other = dir.path().join("sub").join("p.npy");
+    write_tensors(&[(target.clone(), a.clone()), (other.clone(), b.clone())]).unwrap();
+    assert_eq!(read_matrix(&target).unwrap().as_slice(), a.as_slice());
+    assert_eq!(read_matrix(&other).unwrap().as_slice(), b.as_slice());
+}

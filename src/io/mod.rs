@@ -39,8 +39,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 /// meanwhile). Two outputs with the same path, or a path that is a folder, are refused
 /// before anything is written.
 pub fn write_tensors(files: &[(std::path::PathBuf, crate::Tensor)]) -> Result<()> {
+    let places: Vec<std::path::PathBuf> = files.iter().map(|(p, _)| place(p)).collect();
     for (i, (path, _)) in files.iter().enumerate() {
-        if files[..i].iter().any(|(other, _)| other == path) {
+        if places[..i].contains(&places[i]) {
             return Err(io_error(path, "the same file is given for two outputs"));
         }
         if path.is_dir() {
@@ -78,11 +79,28 @@ pub fn write_tensors(files: &[(std::path::PathBuf, crate::Tensor)]) -> Result<()
     Ok(())
 }
 
-/// A hidden name beside `path` for a file that is being written.
+/// Where `path` is, whatever its spelling (`o.npy`, `./o.npy`, `d/../o.npy`): its
+/// folder resolved, then its name; the path itself when the folder does not exist.
+fn place(path: &Path) -> std::path::PathBuf {
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match (folder.canonicalize(), path.file_name()) {
+        (Ok(folder), Some(name)) => folder.join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// A hidden name beside `path` for a file that is being written, of its own in this
+/// process (two writes never share one).
 pub(crate) fn temporary_path(path: &Path) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.partial", std::process::id()))
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.{}.{n}.partial", std::process::id()))
 }
