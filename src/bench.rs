@@ -158,10 +158,19 @@ impl BenchMode {
     }
 }
 
+/// Timings reserved ahead: more runs than this grow the list as they come (a huge
+/// `runs` must not allocate before the first run).
+const MAX_RESERVED_RUNS: usize = 4096;
+
 fn input(batch: usize, width: usize) -> Result<Tensor> {
-    let values: Vec<f32> = (0..batch * width)
-        .map(|i| ((i * 7919) % 2000) as f32 / 1000.0 - 1.0)
-        .collect();
+    // A batch whose input cannot be held is an error, not an abort.
+    let too_large = || Error::ShapeTooLarge {
+        shape: vec![batch, width],
+    };
+    let len = batch.checked_mul(width).ok_or_else(too_large)?;
+    let mut values: Vec<f32> = Vec::new();
+    values.try_reserve_exact(len).map_err(|_| too_large())?;
+    values.extend((0..len).map(|i| (i.wrapping_mul(7919) % 2000) as f32 / 1000.0 - 1.0));
     Tensor::matrix(batch, width, values)
 }
 
@@ -196,7 +205,7 @@ pub fn run_bench(
     let members = graph.members().len();
     let x = input(batch, graph.input_width())?;
     let started_all;
-    let mut times: Vec<Duration> = Vec::with_capacity(runs);
+    let mut times: Vec<Duration> = Vec::with_capacity(runs.min(MAX_RESERVED_RUNS));
     let mut device_times: Vec<Duration> = Vec::new();
     let mut baseline = None;
     let adapter: Vec<String>;
@@ -230,7 +239,7 @@ pub fn run_bench(
             })?;
         }
         BenchMode::LateMember(timeout) => {
-            let late_from = (warmup + runs) as u64;
+            let late_from = warmup.saturating_add(runs) as u64;
             let plan = FaultPlan::new().from_run("m0", late_from, Fault::Sleep(timeout * 5));
             let pipeline = Pipeline::new(
                 graph,
@@ -253,7 +262,7 @@ pub fn run_bench(
             for _ in 0..warmup {
                 one(&mut warm, &mut Vec::new())?;
             }
-            let mut normal = Vec::with_capacity(runs);
+            let mut normal = Vec::with_capacity(runs.min(MAX_RESERVED_RUNS));
             for _ in 0..runs {
                 one(&mut normal, &mut Vec::new())?;
             }

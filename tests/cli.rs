@@ -301,6 +301,26 @@ fn bench_prints_one_json_object() {
         "{}",
         stderr(&bad)
     );
+    // A batch whose input overflows, or cannot be held: an error, not a panic or an
+    // abort.
+    for batch in ["23529248552683520", "100000000000"] {
+        let args = [
+            "bench",
+            "--device",
+            "cpu",
+            "--workload",
+            "E1",
+            "--batch",
+            batch,
+        ];
+        let bad = cli(&args);
+        assert_eq!(bad.status.code(), Some(1), "{}", stderr(&bad));
+        assert!(
+            stderr(&bad).contains("more values than"),
+            "{}",
+            stderr(&bad)
+        );
+    }
     for shape in ["2,2,2,2", "2,2,2,2,2,ahead", "2,2,2,2,2,prefetch,prefetch"] {
         let bad = gemm_bench(&["--precision", "f16-coop", "--coop-shape", shape]);
         assert!(!bad.status.success(), "--coop-shape {shape} accepted");
