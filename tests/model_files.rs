@@ -389,6 +389,8 @@ fn manifest_values_that_are_invalid() {
     assert!(message.contains("member"), "{message}");
     let message = manifest_error("[[member]]\nname = \"a\"\n");
     assert!(message.contains("file"), "{message}");
+    let message = manifest_error(&format!("{MEMBER}layers = []\n"));
+    assert!(message.contains("`layers` is empty"), "{message}");
     match Manifest::parse(
         Path::new("e.toml"),
         &format!("{MEMBER}activations = [\"relu\", \"mish\"]\n"),

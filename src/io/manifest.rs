@@ -144,6 +144,12 @@ impl Manifest {
                     .as_ref()
                     .map(|a| parse_activations(path, a.iter().map(String::as_str)))
                     .transpose()?;
+                if m.layers.as_ref().is_some_and(Vec::is_empty) {
+                    return Err(bad(format!(
+                        "member \"{}\": `layers` is empty; name the layers' prefixes in order, or leave it out",
+                        m.name
+                    )));
+                }
                 let placement = match &m.device {
                     None => Placement::Auto,
                     Some(spec) => spec
