@@ -317,6 +317,21 @@ pub enum Error {
         /// The value.
         value: f32,
     },
+    /// An f64 tensor in a file holds a finite value beyond f32's range (it would
+    /// become infinite).
+    #[error(
+        "{path}: tensor '{tensor}' has {value:e} at {index:?}, beyond f32's range (±3.4028235e38)"
+    )]
+    TensorOutOfRange {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// The value's position in the tensor.
+        index: Vec<usize>,
+        /// The value, as the file holds it.
+        value: f64,
+    },
     /// A tensor's dtype cannot be converted to f32.
     #[error("{path}: tensor '{tensor}' has dtype {dtype}; supported: F32, F16, BF16, F64")]
     UnsupportedDtype {

@@ -185,6 +185,43 @@ fn bias_of_the_wrong_length_and_weight_of_the_wrong_rank() {
 
 /// A NaN or infinity in a file's tensor is named with the file, the tensor and its
 /// position.
+/// A finite f64 weight beyond f32's range is refused with its own value and
+/// position (it would have become infinite).
+#[test]
+fn f64_values_beyond_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut weight = [0.5f64; 6];
+    weight[3] = -1e300;
+    let w: Vec<u8> = weight.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let b: Vec<u8> = [0.0f64; 3].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let views = vec![
+        (
+            "0.weight",
+            TensorView::new(Dtype::F64, vec![3, 2], &w).unwrap(),
+        ),
+        ("0.bias", TensorView::new(Dtype::F64, vec![3], &b).unwrap()),
+    ];
+    let metadata = HashMap::from([("activations".to_string(), "relu".to_string())]);
+    let path = dir.path().join("wide.safetensors");
+    std::fs::write(
+        &path,
+        safetensors::serialize(views, Some(metadata)).unwrap(),
+    )
+    .unwrap();
+    match load(&path) {
+        Err(Error::TensorOutOfRange {
+            path: p,
+            tensor,
+            index,
+            value,
+        }) => {
+            assert_eq!((p, tensor.as_str(), index), (path, "0.weight", vec![1, 1]));
+            assert_eq!(value, -1e300);
+        }
+        other => panic!("expected TensorOutOfRange, got {other:?}"),
+    }
+}
+
 #[test]
 fn non_finite_values() {
     let dir = tempfile::tempdir().unwrap();
