@@ -428,6 +428,10 @@ fn manifest_values_that_are_invalid() {
     assert!(message.contains("file"), "{message}");
     let message = manifest_error(&format!("{MEMBER}layers = []\n"));
     assert!(message.contains("`layers` is empty"), "{message}");
+    let message = manifest_error(&format!(
+        "[aggregate]\nkind = \"weighted_mean\"\nweights = [1e300]\n{MEMBER}"
+    ));
+    assert!(message.contains("weight 0 is 1e300"), "{message}");
     match Manifest::parse(
         Path::new("e.toml"),
         &format!("{MEMBER}activations = [\"relu\", \"mish\"]\n"),

@@ -38,7 +38,8 @@ struct FileFormat {
 #[serde(deny_unknown_fields)]
 struct AggregateFormat {
     kind: String,
-    weights: Option<Vec<f32>>,
+    // Read as f64 so that a value beyond f32's range is reported as written.
+    weights: Option<Vec<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -101,7 +102,24 @@ impl Manifest {
         }
         let aggregate = match format.aggregate {
             None => Aggregate::Mean,
-            Some(AggregateFormat { kind, weights }) => match (kind.as_str(), weights) {
+            Some(AggregateFormat { kind, weights }) => {
+                let weights = weights
+                    .map(|w| {
+                        w.iter()
+                            .enumerate()
+                            .map(|(i, &v)| {
+                                if v.is_finite() && v.abs() > f64::from(f32::MAX) {
+                                    Err(bad(format!(
+                                        "aggregate weight {i} is {v:e}, beyond f32's range"
+                                    )))
+                                } else {
+                                    Ok(v as f32)
+                                }
+                            })
+                            .collect::<Result<Vec<f32>>>()
+                    })
+                    .transpose()?;
+                match (kind.as_str(), weights) {
                 ("mean", None) => Aggregate::Mean,
                 ("mean", Some(_)) => {
                     return Err(bad(
@@ -118,7 +136,8 @@ impl Manifest {
                         "unknown aggregate kind \"{other}\": expected \"mean\", \"weighted_mean\" or \"vote\""
                     )))
                 }
-            },
+            }
+            }
         };
         // Checked here as well as when the graph is built, so that the error names the
         // manifest and comes before any weight file is read.
