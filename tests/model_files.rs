@@ -432,6 +432,8 @@ fn manifest_values_that_are_invalid() {
         "[aggregate]\nkind = \"weighted_mean\"\nweights = [1e300]\n{MEMBER}"
     ));
     assert!(message.contains("weight 0 is 1e300"), "{message}");
+    let message = manifest_error(&format!("{MEMBER}{MEMBER}"));
+    assert!(message.contains("two [[member]] are named"), "{message}");
     match Manifest::parse(
         Path::new("e.toml"),
         &format!("{MEMBER}activations = [\"relu\", \"mish\"]\n"),

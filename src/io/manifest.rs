@@ -153,6 +153,14 @@ impl Manifest {
         if format.member.iter().any(|m| m.name.is_empty()) {
             return Err(bad("a [[member]] has an empty `name`".to_string()));
         }
+        for (i, m) in format.member.iter().enumerate() {
+            if format.member[..i].iter().any(|other| other.name == m.name) {
+                return Err(bad(format!(
+                    "two [[member]] are named \"{}\": names must be unique",
+                    m.name
+                )));
+            }
+        }
         let base = path.parent().unwrap_or(Path::new(""));
         let members = format
             .member
