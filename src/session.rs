@@ -3,7 +3,7 @@
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -366,7 +366,20 @@ struct Job {
     input: Tensor,
     want_members: bool,
     deadline: Option<Instant>,
+    /// Set when the run has returned (an early error, its deadline, or done): a job
+    /// still queued then is skipped.
+    given_up: Arc<AtomicBool>,
     reply: Sender<(usize, Result<DeviceOutput>)>,
+}
+
+/// Sets its flag when dropped: whichever way `run` returns, its jobs still queued on
+/// other devices are skipped rather than computed for nobody.
+struct GiveUpOnReturn(Arc<AtomicBool>);
+
+impl Drop for GiveUpOnReturn {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 struct Worker {
@@ -482,6 +495,7 @@ impl Session {
         let run = self.runs.fetch_add(1, Ordering::Relaxed);
         // A timeout too long to represent is no deadline.
         let deadline = options.timeout.and_then(|t| started.checked_add(t));
+        let given_up = GiveUpOnReturn(Arc::new(AtomicBool::new(false)));
         let (reply, replies) = crossbeam_channel::unbounded();
         let mut combiner = Combiner::new(
             &self.names,
@@ -498,6 +512,7 @@ impl Session {
                 input: input.clone(),
                 want_members: options.member_outputs,
                 deadline,
+                given_up: Arc::clone(&given_up.0),
                 reply: reply.clone(),
             };
             let sent = worker
@@ -630,9 +645,11 @@ fn work(executor: &mut Executor, jobs: Receiver<Job>, cx: &WorkerContext, spin: 
             break;
         };
         after_job = true;
-        // The caller has already given up on this run: nobody wants this result, and
+        // The caller has already given up on this run (its deadline passed, or it
+        // returned early on another device's failure): nobody wants this result, and
         // skipping it keeps a straggler from delaying later runs.
-        if job.deadline.is_some_and(|d| Instant::now() >= d) {
+        if job.given_up.load(Ordering::Relaxed) || job.deadline.is_some_and(|d| Instant::now() >= d)
+        {
             continue;
         }
         let result = executor.execute(&job.input, job.want_members, job.run, cx);

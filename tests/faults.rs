@@ -425,3 +425,31 @@ fn a_fault_for_an_unknown_member() {
         other => panic!("{:?}", other.map(|_| ())),
     }
 }
+
+/// A run that returns early on one device's failure (`RequireAll`, no deadline) leaves
+/// nothing for the other devices to compute: ten such runs while the CPU member
+/// sleeps 300 ms in each would queue three seconds of work for nobody; the next run
+/// waits at most for the one job the CPU worker is in.
+#[test]
+fn runs_that_return_early_leave_no_backlog() {
+    let plan = FaultPlan::new()
+        .on_runs("m0", 0..10, Fault::Sleep(Duration::from_millis(300)))
+        .on_runs("m1", 0..10, Fault::Fail);
+    let Some(s) = session("no backlog", plan) else {
+        return;
+    };
+    let x = input(3, 6, 5);
+    for run in 0..10 {
+        match s.run(&x, &RunOptions::default()) {
+            Err(Error::InjectedFault { member, .. }) => assert_eq!(member, "m1", "run {run}"),
+            other => panic!("run {run}: expected m1's failure, got {other:?}"),
+        }
+    }
+    let started = std::time::Instant::now();
+    check_normal_run(&s, 6, "after ten abandoned runs");
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(1500),
+        "the next run waited {waited:?}: the abandoned runs' jobs were computed"
+    );
+}
