@@ -22,7 +22,9 @@ pub enum Fault {
     Panic,
     /// The member's device is destroyed before the job, which then fails with
     /// [`Error::DeviceLost`](crate::Error::DeviceLost); the next run recreates the
-    /// device on its adapter. On the CPU this acts as [`Fault::Fail`].
+    /// device on its adapter. The CPU cannot be lost: there every member on it fails
+    /// with [`Error::InjectedFault`](crate::Error::InjectedFault), as the members of a
+    /// lost device do.
     LoseDevice,
     /// As [`Fault::LoseDevice`], and recreating the device fails, so the device's
     /// members are reported permanently unavailable

@@ -449,7 +449,10 @@ impl<'a> Combiner<'a> {
         let aggregate = verdict.and_then(|()| {
             if self.present_weight <= 0.0 {
                 return Err(Error::QuorumNotMet {
-                    required: finished,
+                    required: match quorum {
+                        QuorumPolicy::Quorum(k) => k,
+                        _ => members,
+                    },
                     finished,
                     members,
                     missing: vec![

@@ -453,3 +453,32 @@ fn runs_that_return_early_leave_no_backlog() {
         "the next run waited {waited:?}: the abandoned runs' jobs were computed"
     );
 }
+
+/// When the members that finished all have weight 0 there is nothing to average: the
+/// quorum asked for is reported as asked, beside how many finished.
+#[test]
+fn finished_members_of_weight_zero_do_not_make_an_aggregate() {
+    let mut g = Graph::builder(6).aggregate(Aggregate::WeightedMean(vec![0.0, 0.0, 1.0]));
+    for (i, m) in models().into_iter().enumerate() {
+        g = g.member(format!("m{i}"), m, Placement::Cpu);
+    }
+    let plan = FaultPlan::new().on_run("m2", 0, Fault::Fail);
+    let s =
+        Session::with_options(g.build().unwrap(), SessionOptions::default().faults(plan)).unwrap();
+    let options = RunOptions::default().quorum(QuorumPolicy::Quorum(1));
+    match s.run(&input(2, 6, 1), &options) {
+        Err(Error::QuorumNotMet {
+            required,
+            finished,
+            members,
+            missing,
+        }) => {
+            assert_eq!((required, finished, members), (1, 2, 3));
+            assert!(
+                missing.iter().any(|m| m.contains("sum to 0")),
+                "{missing:?}"
+            );
+        }
+        other => panic!("expected QuorumNotMet, got {other:?}"),
+    }
+}
