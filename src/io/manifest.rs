@@ -105,18 +105,9 @@ impl Manifest {
             Some(AggregateFormat { kind, weights }) => {
                 let weights = weights
                     .map(|w| {
-                        w.iter()
-                            .enumerate()
-                            .map(|(i, &v)| {
-                                if v.is_finite() && v.abs() > f64::from(f32::MAX) {
-                                    Err(bad(format!(
-                                        "aggregate weight {i} is {v:e}, beyond f32's range"
-                                    )))
-                                } else {
-                                    Ok(v as f32)
-                                }
-                            })
-                            .collect::<Result<Vec<f32>>>()
+                        super::narrow(&w).map_err(|(i, v)| {
+                            bad(format!("aggregate weight {i} is {v:e}, beyond f32's range"))
+                        })
                     })
                     .transpose()?;
                 match (kind.as_str(), weights) {

@@ -14,6 +14,31 @@ pub use weights::{load_model, save_model, LoadOptions};
 
 use crate::error::{Error, Result};
 
+/// f64 values as f32; `Err((index, value))` for the first finite value beyond f32's
+/// range, which would become infinite (NaN and infinities pass, for the finiteness
+/// checks that name them).
+pub(crate) fn narrow(values: &[f64]) -> std::result::Result<Vec<f32>, (usize, f64)> {
+    match values
+        .iter()
+        .position(|v| v.is_finite() && v.abs() > f64::from(f32::MAX))
+    {
+        Some(i) => Err((i, values[i])),
+        None => Ok(values.iter().map(|&v| v as f32).collect()),
+    }
+}
+
+/// The position of the `i`-th value (in C order) of a tensor of `shape`.
+pub(crate) fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
+    let mut index = vec![0; shape.len()];
+    for (at, &d) in index.iter_mut().zip(shape).rev() {
+        if d > 0 {
+            *at = i % d;
+            i /= d;
+        }
+    }
+    index
+}
+
 pub(crate) fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Io {
         path: path.to_path_buf(),

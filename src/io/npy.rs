@@ -119,24 +119,14 @@ pub fn read_matrix(path: impl AsRef<Path>) -> Result<Tensor> {
         Some(4) => npy.into_vec::<f32>().map_err(read)?,
         Some(8) => {
             let wide = npy.into_vec::<f64>().map_err(read)?;
-            // A finite value beyond f32's range would become infinite.
-            let cols = shape[1].max(1);
-            if let Some(i) = wide
-                .iter()
-                .position(|v| v.is_finite() && v.abs() > f64::from(f32::MAX))
-            {
-                return Err(npy_error(
+            super::narrow(&wide).map_err(|(i, value)| {
+                let at = super::unravel(i, &shape);
+                let range = f32::MAX;
+                npy_error(
                     path,
-                    format!(
-                        "value {:e} at [{}, {}] is beyond float32's range (±{:e})",
-                        wide[i],
-                        i / cols,
-                        i % cols,
-                        f32::MAX
-                    ),
-                ));
-            }
-            wide.into_iter().map(|v| v as f32).collect()
+                    format!("value {value:e} at {at:?} is beyond float32's range (±{range:e})"),
+                )
+            })?
         }
         _ => {
             return Err(npy_error(

@@ -269,19 +269,12 @@ fn read_tensor(
                 .chunks_exact(8)
                 .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
                 .collect();
-            // A finite value beyond f32's range would become infinite.
-            if let Some(i) = wide
-                .iter()
-                .position(|v| v.is_finite() && v.abs() > f64::from(f32::MAX))
-            {
-                return Err(Error::TensorOutOfRange {
-                    path: path.to_path_buf(),
-                    tensor: name.to_string(),
-                    index: unravel(i, view.shape()),
-                    value: wide[i],
-                });
-            }
-            wide.into_iter().map(|v| v as f32).collect()
+            super::narrow(&wide).map_err(|(i, value)| Error::TensorOutOfRange {
+                path: path.to_path_buf(),
+                tensor: name.to_string(),
+                index: super::unravel(i, view.shape()),
+                value,
+            })?
         }
         Dtype::F16 => data
             .chunks_exact(2)
@@ -300,18 +293,6 @@ fn read_tensor(
         }
     };
     Ok((view.shape().to_vec(), values))
-}
-
-/// The position of the `i`-th value (in C order) of a tensor of `shape`.
-fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
-    let mut index = vec![0; shape.len()];
-    for (at, &d) in index.iter_mut().zip(shape).rev() {
-        if d > 0 {
-            *at = i % d;
-            i /= d;
-        }
-    }
-    index
 }
 
 /// Compares names by their runs of digits as numbers and the rest as text:
