@@ -284,6 +284,18 @@ impl Model {
         &self.layers
     }
 
+    /// The layer with the most inputs (the first of equals): its index and inputs.
+    pub(crate) fn longest_layer(&self) -> (usize, usize) {
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(l, layer)| (l, layer.in_features()))
+            .fold(
+                (0, 0),
+                |best, (l, n)| if n > best.1 { (l, n) } else { best },
+            )
+    }
+
     /// Input width of the first layer.
     pub fn in_features(&self) -> usize {
         self.layers[0].in_features()

@@ -140,8 +140,7 @@ pub(crate) fn compile(
                 });
                 // A layer longer than llvmpipe computes correctly runs on the CPU
                 // rather than there (see the executor's LLVMPIPE_SMALL_INPUTS).
-                let longest = member.model.layers().iter().map(|l| l.in_features()).max();
-                let too_long = longest.unwrap_or(0) > crate::gpu::LLVMPIPE_SMALL_INPUTS;
+                let too_long = member.model.longest_layer().1 > crate::gpu::LLVMPIPE_SMALL_INPUTS;
                 let usable: Vec<usize> = p
                     .usable()
                     .into_iter()

@@ -328,18 +328,16 @@ impl DeviceState {
         let mut longest = 0;
         if llvmpipe {
             for spec in members {
-                for (l, layer) in spec.model.layers().iter().enumerate() {
-                    let inputs = layer.in_features();
-                    longest = longest.max(inputs);
-                    if inputs > LLVMPIPE_SMALL_INPUTS {
-                        return Err(Error::InputsBeyondDriver {
-                            member: spec.name.clone(),
-                            layer: l,
-                            inputs,
-                            limit: LLVMPIPE_SMALL_INPUTS,
-                            device: ctx.label.to_string(),
-                        });
-                    }
+                let (layer, inputs) = spec.model.longest_layer();
+                longest = longest.max(inputs);
+                if inputs > LLVMPIPE_SMALL_INPUTS {
+                    return Err(Error::InputsBeyondDriver {
+                        member: spec.name.clone(),
+                        layer,
+                        inputs,
+                        limit: LLVMPIPE_SMALL_INPUTS,
+                        device: ctx.label.to_string(),
+                    });
                 }
             }
         }
