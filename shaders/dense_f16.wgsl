@@ -93,6 +93,29 @@ fn activate(v: f32) -> f32 {
     }
 }
 
+// v rounded to the nearest f16 (ties to even) and widened back, in exact integer and
+// power-of-two arithmetic: a driver may keep f16 values at f32 precision, which makes
+// f32(f16(v)) a no-op (Mesa 26.1's lavapipe does), may fold
+// unpack2x16float(pack2x16float(v)) back to v (NVIDIA's Vulkan driver 580 does), and
+// picks the rounding of an f32 -> f16 conversion itself. Every f16 kernel rounds its
+// x through this before converting, so the conversion is exact wherever it runs. At
+// or past 65520 (halfway to 65536) is infinity, as rounding to f16 gives (and the
+// CPU); NaN stays NaN.
+fn round_f16(v: vec4<f32>) -> vec4<f32> {
+    let u = bitcast<vec4<u32>>(v);
+    // f16 normals (|v| >= 2^-14): the 13 low bits of the significand dropped, ties to
+    // the even neighbour (a carry moves into the exponent, as it should).
+    let lsb = (u >> vec4<u32>(13u)) & vec4<u32>(1u);
+    let normal = bitcast<vec4<f32>>((u + vec4<u32>(0xfffu) + lsb) & vec4<u32>(0xffffe000u));
+    // f16 subnormals: multiples of 2^-24 (scaling by 2^24 and back is exact, and
+    // round() rounds ties to even).
+    let tiny = round(v * 16777216.0) * 5.9604644775390625e-8;
+    let r = select(normal, tiny, abs(v) < vec4<f32>(6.103515625e-5));
+    let inf = sign(v) * bitcast<f32>(0x7f800000u);
+    let nan = v != v;
+    return select(select(r, inf, abs(v) >= vec4<f32>(65520.0)), v, nan);
+}
+
 @compute @workgroup_size(WG_X, WG_Y, 1)
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
@@ -132,10 +155,11 @@ fn main(
                 if row < p.rows && k0 + k < k_len {
                     v = x[(xo + row * k_len + k0 + k) / 4u];
                 }
-                x_tile[k * bm + m] = f16(v.x);
-                x_tile[(k + 1u) * bm + m] = f16(v.y);
-                x_tile[(k + 2u) * bm + m] = f16(v.z);
-                x_tile[(k + 3u) * bm + m] = f16(v.w);
+                let r = round_f16(v);
+                x_tile[k * bm + m] = f16(r.x);
+                x_tile[(k + 1u) * bm + m] = f16(r.y);
+                x_tile[(k + 2u) * bm + m] = f16(r.z);
+                x_tile[(k + 3u) * bm + m] = f16(r.w);
             }
             for (var e = thread * 4u; e < bn * BK; e += threads * 4u) {
                 let n = e / BK;
@@ -158,7 +182,7 @@ fn main(
                 var v = 0.0h;
                 if row < p.rows && k0 + k < k_len {
                     let i = xo + row * k_len + k0 + k;
-                    v = f16(x[i / 4u][i % 4u]);
+                    v = f16(round_f16(vec4<f32>(x[i / 4u][i % 4u])).x);
                 }
                 x_tile[k * bm + m] = v;
             }

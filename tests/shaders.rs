@@ -7,14 +7,11 @@ fn validate(path: &Path) -> Vec<String> {
     let source = std::fs::read_to_string(path).unwrap();
     let module = naga::front::wgsl::parse_str(&source)
         .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.emit_to_string(&source)));
-    // f16 kernels need the SHADER_FLOAT16 capability (wgpu's SHADER_F16), and
-    // dense_small_f16.wgsl's pack2x16float SHADER_FLOAT16_IN_FLOAT32 (wgpu's
-    // SHADER_F16_IN_F32 downlevel flag: every Vulkan adapter, llvmpipe with SHADER_F16).
+    // f16 kernels need the SHADER_FLOAT16 capability (wgpu's SHADER_F16).
     let mut validator = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
         naga::valid::Capabilities::default()
             | naga::valid::Capabilities::SHADER_FLOAT16
-            | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32
             | naga::valid::Capabilities::SUBGROUP
             | naga::valid::Capabilities::COOPERATIVE_MATRIX,
     );
@@ -211,9 +208,37 @@ fn vec4_f16_kernel_is_the_f32_one_with_f16_operands() {
                 "= x_tile[k * xs + WG_Y + local.y];",
                 "= vec4<f32>(x_tile[k * xs + WG_Y + local.y]);",
             ),
+            (
+                "return Staged(x[xo + row * (p.in_features / 4u) + k / 4u]);",
+                "return Staged(round_f16(x[xo + row * (p.in_features / 4u) + k / 4u]));",
+            ),
         ],
-        &[],
+        &["round_f16"],
     );
+}
+
+#[test]
+fn f16_kernels_share_one_rounding() {
+    // Every f16 kernel rounds x to f16 through the same round_f16 (exact integer
+    // arithmetic, not the driver's conversion), so that every path rounds alike.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let reference = function(&read("dense_small_f16.wgsl"), "round_f16");
+    assert!(reference.contains("bitcast<vec4<u32>>(v)"), "{reference}");
+    for file in ["dense_f16.wgsl", "dense_vec4_f16.wgsl", "dense_coop.wgsl"] {
+        let source = read(file);
+        assert_eq!(
+            function(&source, "round_f16"),
+            reference,
+            "{file}: fn round_f16 differs from dense_small_f16.wgsl's"
+        );
+        // x reaches an f16 tile only through round_f16.
+        for (i, line) in source.lines().enumerate() {
+            if line.contains("f16(") && line.contains("x[") {
+                assert!(line.contains("round_f16("), "{file} line {}: {line}", i + 1);
+            }
+        }
+    }
 }
 
 #[test]
