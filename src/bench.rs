@@ -225,17 +225,21 @@ pub fn run_bench(
                     }
                     Ok(())
                 });
+                // Every result is received, failed or not: a receiver that stopped at
+                // the first error would leave the sender blocked on a full queue.
+                let mut failed = None;
                 for _ in 0..runs {
-                    match pipeline.recv() {
-                        Some(out) => {
-                            out.aggregate?;
+                    let Some(out) = pipeline.recv() else { break };
+                    match out.aggregate {
+                        Ok(_) => {
                             times.push(out.elapsed);
                             device_times.extend(device_time(&out.members));
                         }
-                        None => break,
+                        Err(e) => failed = failed.or(Some(e)),
                     }
                 }
-                sender.join().unwrap_or(Ok(()))
+                let sent = sender.join().unwrap_or(Ok(()));
+                failed.map_or(sent, Err)
             })?;
         }
         BenchMode::LateMember(timeout) => {
@@ -258,9 +262,11 @@ pub fn run_bench(
                 }
                 Ok(())
             };
-            let mut warm = Vec::new();
+            // The first inputs make buffers and may miss the deadline: the warm-up's
+            // results are not held against the run.
             for _ in 0..warmup {
-                one(&mut warm, &mut Vec::new())?;
+                pipeline.send(&x)?;
+                pipeline.recv();
             }
             let mut normal = Vec::with_capacity(runs.min(MAX_RESERVED_RUNS));
             for _ in 0..runs {

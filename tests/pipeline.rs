@@ -104,6 +104,58 @@ fn same_answers_as_the_session() {
     }
 }
 
+/// Members that share one device run on their own workers, each waiting for its own
+/// results on the shared device: a stream of inputs sent from one thread and received
+/// on another gives the right answer for every input. (One worker's wait can fire
+/// another's map callbacks: a worker that only looked for its callback after its own
+/// wait sometimes found none, "a result buffer was not mapped after the wait", on
+/// lavapipe within 40 inputs of E1.)
+#[test]
+fn members_sharing_a_device_stream_many_inputs() {
+    let Some(a) = common::usable_adapters("pipeline on one device")
+        .first()
+        .cloned()
+    else {
+        return;
+    };
+    let models: Vec<Model> = (0..4)
+        .map(|i| Model::random(&[64, 128, 128, 8], &[Relu, Relu, Softmax], 90 + i).unwrap())
+        .collect();
+    let mut g = Graph::builder(64);
+    for (i, m) in models.iter().enumerate() {
+        g = g.member(format!("m{i}"), m.clone(), Placement::Adapter(a.index));
+    }
+    let pipeline =
+        Pipeline::new(g.build().unwrap(), PipelineOptions::default().capacity(4)).unwrap();
+    let inputs: Vec<Tensor> = (0..120).map(|i| input(1 + i % 3, 64, i as u64)).collect();
+    // Every result is received before any is checked: a receiver that stopped early
+    // would leave the sender blocked on a full queue.
+    let outputs = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for x in &inputs {
+                if pipeline.send(x).is_err() {
+                    break;
+                }
+            }
+        });
+        (0..inputs.len())
+            .map_while(|_| pipeline.recv())
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(outputs.len(), inputs.len());
+    for (i, (out, x)) in outputs.into_iter().zip(&inputs).enumerate() {
+        assert_eq!(out.id, i as u64);
+        let got = out
+            .aggregate
+            .unwrap_or_else(|e| panic!("{a}: input {i}: {e}"));
+        assert_close(
+            &format!("{a}: input {i}"),
+            got.as_slice(),
+            &common::reference_present(&models, &[1.0; 4], x, &[0, 1, 2, 3]),
+        );
+    }
+}
+
 #[test]
 fn a_thousand_inputs_while_one_member_fails_half_way() {
     let plan = FaultPlan::new().on_runs("m1", 500..1000, Fault::Fail);

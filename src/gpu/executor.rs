@@ -143,6 +143,10 @@ struct DeviceState {
     timer: Option<PassTimer>,
 }
 
+/// How long a run waits, at least, for the map callbacks of work its wait saw done
+/// (another thread's wait on the same device may be running them).
+pub(crate) const CALLBACK_GRACE: Duration = Duration::from_secs(1);
+
 /// Polls `device` without blocking until its queue is empty (every submission
 /// finished, its callbacks run) or `limit` has passed, yielding the core between
 /// polls (on lavapipe the device's work runs on the CPU's cores); whether it emptied.
@@ -862,12 +866,24 @@ impl DeviceState {
         if let Some(e) = self.ctx.take_error() {
             return Err(e);
         }
+        // The wait saw the work done, but the map callbacks may run on another thread:
+        // a wait on the same device from another executor (members of a `Pipeline`
+        // share their device) can take them and run them after this wait returned.
+        // So each is waited for, within what is left of the operation timeout (and a
+        // moment at least, since the work itself is done).
+        let left = self
+            .operation_timeout
+            .saturating_sub(spun.elapsed())
+            .max(CALLBACK_GRACE);
+        let until = Instant::now() + left;
         for _ in 0..staging.len() {
-            match rx.try_recv() {
+            match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(self.gpu_error(&format!("mapping a result: {e}"))),
                 Err(_) => {
-                    return Err(self.gpu_error("a result buffer was not mapped after the wait"))
+                    return Err(self.gpu_error(&format!(
+                        "a result buffer was not mapped within {left:?} of the work's end"
+                    )))
                 }
             }
         }

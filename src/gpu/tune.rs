@@ -978,7 +978,8 @@ fn time_kernel(
         let wall = started.elapsed();
         let gpu = match &timing {
             Some((timer, stamps)) => {
-                rx.try_recv()
+                // Another thread's wait on the device may run the callback.
+                rx.recv_timeout(super::executor::CALLBACK_GRACE)
                     .map_err(|e| gpu_error(&e))?
                     .map_err(|e| gpu_error(&e))?;
                 let time = {
