@@ -18,7 +18,7 @@ fi
 cargo build --release --bin wgpu-ensemble
 cp target/release/wgpu-ensemble .devbin/
 # The precision and timing test binaries, built with the release profile.
-for t in precision timing; do
+for t in precision timing pipeline; do
   test_bin=$(cargo test --release --test "$t" --no-run --message-format=json 2>/dev/null |
     T="$t" python3 -c 'import json,os,sys
 for l in sys.stdin:

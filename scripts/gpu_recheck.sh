@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# A shorter second call on the GPU machine, after scripts/gpu_bench.sh: the tests that
+# failed or are new there (f16 rounding, long layers, members sharing a device in a
+# Pipeline), the GPU's clocks logged while everything runs (whether a bench's first
+# runs are slower than a sweep's), cooperative-matrix shapes beyond the candidates at
+# 4096³, the target workloads again, and PyTorch on the same GPU for the same shapes.
+#
+# Prepare on the build machine: bash scripts/gpu_prepare.sh. Run there, carrying .gl
+# and .devbin:   OUT=$OUT bash scripts/gpu_recheck.sh
+# Writes everything into one archive, $OUT/recheck.tar.gz (the device call brings
+# back few files): wgpu.jsonl, torch.jsonl, tests.txt, clocks.csv, errors.txt,
+# tiles.toml and report.md (scripts/gpu_report.py).
+set -u
+OUT=${OUT:-/tmp/wgpu-ensemble-recheck}
+W=$(mktemp -d)
+if compgen -G ".gl/*.deb" >/dev/null; then
+  for f in .gl/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+fi
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
+B=${WGPU_ENSEMBLE_BIN:-.devbin/wgpu-ensemble}
+RUNS=${RUNS:-20}
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,utilization.gpu,temperature.gpu \
+    --format=csv -lms 200 > "$W/clocks.csv" 2>&1 &
+  smi=$!
+fi
+"$B" devices > "$W/devices.txt" 2>&1
+DEVICE=${DEVICE:-$(awk -F'\t' '$2 == "Vulkan" && $5 == "usable" { print "adapter:" $1; exit }' "$W/devices.txt")}
+DEVICE=${DEVICE:-auto}
+stamp() { echo "== $(date +%T.%N) $*" >> "$W/tests.txt"; }
+for t in "precision f16_inputs_round_to_nearest_even_in_every_kernel f16_rounds_every_layer_input long_layers_are_right_or_refused f16_overflow stacked_members" \
+  "pipeline members_sharing_a_device_stream_many_inputs same_answers_as_the_session"; do
+  set -- $t
+  bin=$1; shift
+  if [ -x ".devbin/$bin" ]; then
+    stamp "$bin $*"
+    WGPU_ENSEMBLE_REQUIRE_GPU=1 WGPU_ENSEMBLE_REQUIRE_COOP=1 timeout 120 ".devbin/$bin" \
+      --test-threads 1 "$@" >> "$W/tests.txt" 2>&1
+    echo "$bin: exit $?" | tee -a "$W/tests.txt"
+  fi
+done
+run() {
+  stamp "bench $*"
+  timeout 120 "$B" bench --device "$DEVICE" --json --trusted-kernels "$@" >> "$W/wgpu.jsonl" 2>> "$W/errors.txt" ||
+    echo "failed ($?): $*" >> "$W/errors.txt"
+}
+# Warm-up: the autotune's f32 tile at 4096³ after 3 warm-up runs, then after 60.
+for w in 3 60 3; do
+  run --workload gemm --batch 4096 --precision f32 --tile 16,16,4,8,16,vec4 --runs "$RUNS" --warmup "$w" --device-timing
+done
+# Cooperative-matrix shapes at 4096³: the best candidate, then shapes beyond them.
+for s in ${COOP_SHAPES:-4,4,2,2,2,prefetch 4,4,2,2,1,prefetch 4,4,2,2,4,prefetch 4,4,2,4,2,prefetch 4,4,4,2,2,prefetch 4,4,2,4,1,prefetch 4,4,4,4,1,prefetch 4,4,4,4,2,prefetch 2,4,4,4,1,prefetch 4,2,4,4,1,prefetch 4,4,2,2,2,prefetch}; do
+  run --workload gemm --batch 4096 --precision f16-coop --coop-shape "$s" --runs "$RUNS" --warmup 10 --device-timing
+done
+# f16 with x rounded by round_f16 in every kernel (the tiled kernels' staging, the
+# small kernel's loop).
+run --workload gemm --batch 4096 --precision f16 --runs "$RUNS" --warmup 10 --device-timing --autotune --autotune-cache "$W/tiles.toml"
+for p in f32 f16 f16-coop; do
+  run --workload E2 --batch 1024 --precision "$p" --runs "$RUNS" --warmup 10 --device-timing --autotune --autotune-cache "$W/tiles.toml"
+  run --workload E2 --batch 1 --precision "$p" --runs "$RUNS" --warmup 10 --device-timing --autotune --autotune-cache "$W/tiles.toml"
+done
+run --workload E1 --batch 1 --precision f32 --runs 100 --warmup 10 --spin-us 2000
+run --workload E1 --batch 1 --precision f16 --runs 100 --warmup 10 --spin-us 2000
+run --workload E1 --batch 64 --mode pipeline --runs 100
+run --workload E1 --batch 1 --mode pipeline --runs 100
+run --workload E1 --batch 64 --mode late-member --late-timeout-ms 5 --runs "$RUNS"
+if [ -z "${SKIP_TORCH:-}" ] && [ -f .devbin/torch_baseline.py ]; then
+  stamp torch
+  # shellcheck disable=SC2086 # TORCH_ARGS is a list of arguments
+  timeout 150 python3 .devbin/torch_baseline.py ${TORCH_ARGS:---gemm 4096 --batches 1,64,1024} > "$W/torch.jsonl" 2>> "$W/errors.txt"
+fi
+stamp done
+[ -n "${smi:-}" ] && kill "$smi" 2>/dev/null
+python3 scripts/gpu_report.py "$W" > "$W/report.md" 2>> "$W/errors.txt"
+mkdir -p "$OUT"
+tar -czf "$OUT/recheck.tar.gz" -C "$W" .
+grep -E "^test .*FAILED|exit [0-9]" "$W/tests.txt"
+cat "$W/errors.txt"
+head -12 "$W/report.md"
