@@ -277,7 +277,7 @@ impl CoopShape {
     pub const DEFAULT: CoopShape = coop(2, 2, 2, 2, 2);
 
     /// The shapes the autotune times.
-    pub const CANDIDATES: [CoopShape; 10] = [
+    pub const CANDIDATES: [CoopShape; 12] = [
         CoopShape::DEFAULT,
         // 128 × 128 tiles (16 × 16 matrices): 4 subgroups of 4 × 4 matrices, ...
         coop(2, 2, 4, 4, 2),
@@ -296,6 +296,11 @@ impl CoopShape {
         coop_ahead(2, 2, 4, 4, 1),
         coop_ahead(2, 4, 2, 4, 2),
         coop_ahead(4, 4, 2, 2, 2),
+        // 128 × 256 and 256 × 128 tiles of 16 subgroups of 2 × 4 and 4 × 2 (on the
+        // H100 at 4096³: 1.32 and 1.54 ms against 1.99 for the 128 × 128 above, in
+        // one run).
+        coop_ahead(4, 4, 2, 4, 2),
+        coop_ahead(4, 4, 4, 2, 2),
     ];
 }
 
