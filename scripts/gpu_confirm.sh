@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# A third, short GPU call: every precision test on the hardware (the new cooperative
+# shapes among the candidates), then the autotune's choices at the target shapes, a
+# pipeline with spinning waits, and PyTorch on the same GPU. Clocks logged as in
+# scripts/gpu_recheck.sh; everything in one archive, $OUT/confirm.tar.gz.
+#   OUT=$OUT bash scripts/gpu_confirm.sh      (carry .gl and .devbin)
+set -u
+OUT=${OUT:-/tmp/wgpu-ensemble-confirm}
+W=$(mktemp -d)
+if compgen -G ".gl/*.deb" >/dev/null; then
+  for f in .gl/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+fi
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
+B=${WGPU_ENSEMBLE_BIN:-.devbin/wgpu-ensemble}
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,utilization.gpu \
+    --format=csv -lms 100 > "$W/clocks.csv" 2>&1 &
+  smi=$!
+fi
+"$B" devices > "$W/devices.txt" 2>&1
+DEVICE=${DEVICE:-$(awk -F'\t' '$2 == "Vulkan" && $5 == "usable" { print "adapter:" $1; exit }' "$W/devices.txt")}
+DEVICE=${DEVICE:-auto}
+stamp() { echo "== $(date +%T.%N) $*" >> "$W/tests.txt"; }
+if [ -x .devbin/precision ]; then
+  stamp precision
+  WGPU_ENSEMBLE_REQUIRE_GPU=1 WGPU_ENSEMBLE_REQUIRE_COOP=1 timeout 200 .devbin/precision \
+    --test-threads 1 >> "$W/tests.txt" 2>&1
+  echo "precision: exit $?" | tee -a "$W/tests.txt"
+fi
+run() {
+  stamp "bench $*"
+  timeout 100 "$B" bench --device "$DEVICE" --json --trusted-kernels "$@" >> "$W/wgpu.jsonl" 2>> "$W/errors.txt" ||
+    echo "failed ($?): $*" >> "$W/errors.txt"
+}
+for i in 1 2; do
+  for p in f16-coop f32; do
+    run --workload gemm --batch 4096 --precision "$p" --runs 30 --warmup 10 --device-timing --autotune --autotune-cache "$W/tiles.toml"
+  done
+  run --workload E2 --batch 1024 --precision f16-coop --runs 20 --warmup 10 --device-timing --autotune --autotune-cache "$W/tiles.toml"
+  run --workload E2 --batch 1024 --precision f32 --runs 20 --warmup 10 --device-timing --autotune --autotune-cache "$W/tiles.toml"
+  run --workload E1 --batch 1 --precision f32 --runs 100 --warmup 10 --spin-us 2000
+done
+run --workload E1 --batch 1 --mode pipeline --runs 100 --spin-us 2000
+run --workload E1 --batch 64 --mode pipeline --runs 100 --spin-us 2000
+if [ -z "${SKIP_TORCH:-}" ] && [ -f .devbin/torch_baseline.py ]; then
+  stamp torch
+  timeout 120 python3 .devbin/torch_baseline.py --gemm 4096 --batches 1,1024 > "$W/torch.jsonl" 2>> "$W/errors.txt"
+fi
+stamp done
+[ -n "${smi:-}" ] && kill "$smi" 2>/dev/null
+python3 scripts/gpu_report.py "$W" > "$W/report.md" 2>> "$W/errors.txt"
+mkdir -p "$OUT"
+tar -czf "$OUT/confirm.tar.gz" -C "$W" .
+grep -E "^test .*FAILED|exit [0-9]|^test result" "$W/tests.txt"
+cat "$W/errors.txt"
+head -12 "$W/report.md"
