@@ -23,23 +23,13 @@
 set -u
 OUT=${OUT:-/tmp/wgpu-ensemble-bench}
 mkdir -p "$OUT"
-if compgen -G ".gl/*.deb" >/dev/null; then
-  for f in .gl/*.deb; do dpkg -x "$f" /; done
-  ldconfig
-fi
-export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
-B=${WGPU_ENSEMBLE_BIN:-.devbin/wgpu-ensemble}
+# shellcheck source=scripts/gpu_env.sh
+. scripts/gpu_env.sh "$OUT"
 GEMM_SIZES=${GEMM_SIZES:-4096 1024 256}
 BATCHES=${BATCHES:-1 1024 64}
 WORKLOADS=${WORKLOADS:-E1 E2}
 RUNS=${RUNS:-20}
-
-"$B" devices > "$OUT/devices.txt" 2>&1
 cat "$OUT/devices.txt"
-# The first usable Vulkan adapter (the GL adapter of a headless NVIDIA machine is
-# listed but cannot open a device).
-DEVICE=${DEVICE:-$(awk -F'\t' '$2 == "Vulkan" && $5 == "usable" { print "adapter:" $1; exit }' "$OUT/devices.txt")}
-DEVICE=${DEVICE:-auto}
 echo "device: $DEVICE"
 
 if [ -x .devbin/precision ]; then

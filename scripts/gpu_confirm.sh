@@ -7,20 +7,13 @@
 set -u
 OUT=${OUT:-/tmp/wgpu-ensemble-confirm}
 W=$(mktemp -d)
-if compgen -G ".gl/*.deb" >/dev/null; then
-  for f in .gl/*.deb; do dpkg -x "$f" /; done
-  ldconfig
-fi
-export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
-B=${WGPU_ENSEMBLE_BIN:-.devbin/wgpu-ensemble}
+# shellcheck source=scripts/gpu_env.sh
+. scripts/gpu_env.sh "$W"
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,utilization.gpu \
     --format=csv -lms 100 > "$W/clocks.csv" 2>&1 &
   smi=$!
 fi
-"$B" devices > "$W/devices.txt" 2>&1
-DEVICE=${DEVICE:-$(awk -F'\t' '$2 == "Vulkan" && $5 == "usable" { print "adapter:" $1; exit }' "$W/devices.txt")}
-DEVICE=${DEVICE:-auto}
 stamp() { echo "== $(date +%T.%N) $*" >> "$W/tests.txt"; }
 if [ -x .devbin/precision ]; then
   stamp precision

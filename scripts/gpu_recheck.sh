@@ -13,21 +13,14 @@
 set -u
 OUT=${OUT:-/tmp/wgpu-ensemble-recheck}
 W=$(mktemp -d)
-if compgen -G ".gl/*.deb" >/dev/null; then
-  for f in .gl/*.deb; do dpkg -x "$f" /; done
-  ldconfig
-fi
-export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
-B=${WGPU_ENSEMBLE_BIN:-.devbin/wgpu-ensemble}
+# shellcheck source=scripts/gpu_env.sh
+. scripts/gpu_env.sh "$W"
 RUNS=${RUNS:-20}
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,utilization.gpu,temperature.gpu \
     --format=csv -lms 200 > "$W/clocks.csv" 2>&1 &
   smi=$!
 fi
-"$B" devices > "$W/devices.txt" 2>&1
-DEVICE=${DEVICE:-$(awk -F'\t' '$2 == "Vulkan" && $5 == "usable" { print "adapter:" $1; exit }' "$W/devices.txt")}
-DEVICE=${DEVICE:-auto}
 stamp() { echo "== $(date +%T.%N) $*" >> "$W/tests.txt"; }
 for t in "precision f16_inputs_round_to_nearest_even_in_every_kernel f16_rounds_every_layer_input long_layers_are_right_or_refused f16_overflow stacked_members" \
   "pipeline members_sharing_a_device_stream_many_inputs same_answers_as_the_session"; do
