@@ -101,6 +101,6 @@ for n in $GEMM_SIZES; do
   done
 done
 run --workload E1 --batch 64 --mode pipeline --runs 100 --trusted-kernels
-run --workload E1 --batch 64 --mode late-member --late-timeout-ms 5 --runs "$RUNS" --trusted-kernels
+run --workload E1 --batch 64 --mode late-member --late-timeout-ms 20 --runs "$RUNS" --trusted-kernels
 python3 scripts/gpu_report.py "$OUT" > "$OUT/report.md" 2>> "$OUT/errors.txt"
 cat "$OUT/report.md" 2>/dev/null || cat "$OUT/wgpu.jsonl" "$OUT/torch.jsonl" 2>/dev/null

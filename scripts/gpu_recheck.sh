@@ -57,7 +57,7 @@ run --workload E1 --batch 1 --precision f32 --runs 100 --warmup 10 --spin-us 200
 run --workload E1 --batch 1 --precision f16 --runs 100 --warmup 10 --spin-us 2000
 run --workload E1 --batch 64 --mode pipeline --runs 100
 run --workload E1 --batch 1 --mode pipeline --runs 100
-run --workload E1 --batch 64 --mode late-member --late-timeout-ms 5 --runs "$RUNS"
+run --workload E1 --batch 64 --mode late-member --late-timeout-ms 20 --runs "$RUNS"
 if [ -z "${SKIP_TORCH:-}" ] && [ -f .devbin/torch_baseline.py ]; then
   stamp torch
   # shellcheck disable=SC2086 # TORCH_ARGS is a list of arguments
