@@ -103,3 +103,24 @@ fn operation_timeout_bounds_device_waits() {
         );
     }
 }
+
+/// `operation_timeout(Duration::MAX)` means "never time out": runs on every adapter
+/// and on the CPU give the right answer (the wait for a result's map callbacks once
+/// overflowed an `Instant` with it and panicked the device's worker).
+#[test]
+fn an_operation_timeout_of_duration_max_waits_as_long_as_needed() {
+    let m = Model::random(&[4, 8, 3], &[Relu, Identity], 1).unwrap();
+    for (label, place) in common::all_placements("operation timeout of Duration::MAX") {
+        let graph = Graph::builder(4)
+            .member("m", m.clone(), place)
+            .build()
+            .unwrap();
+        let options = SessionOptions::default().operation_timeout(Duration::MAX);
+        let session = Session::with_options(graph, options).unwrap();
+        let x = input(2, 4, 3);
+        let run = session
+            .run(&x, &RunOptions::default())
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_close(&label, run.aggregate.as_slice(), &reference_forward(&m, &x));
+    }
+}

@@ -1174,3 +1174,147 @@ fn auto_keeps_long_layers_off_llvmpipe() {
         1e-4,
     );
 }
+
+/// `round_f16` (the function every f16 kernel rounds x through), compiled by each
+/// adapter's driver, against `half` on 7.3 million inputs: every f32 exponent from
+/// 2^-37 to 2^18 (f16's range and well past both ends), both signs, all 2^14 low
+/// significand bits (those rounding drops, ties among them) under four high
+/// patterns, and the special values. The kernels' tests go through a few hundred
+/// values; this is the driver's arithmetic on all the bit patterns that matter.
+#[test]
+fn round_f16_compiled_by_every_driver_matches_half() {
+    use wgpu::util::DeviceExt;
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders/dense_small_f16.wgsl"),
+    )
+    .unwrap();
+    let start = source.find("fn round_f16(").unwrap();
+    let end = start + source[start..].find("\n}\n").unwrap() + 3;
+    let shader = format!(
+        "{}\n@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;\n\
+         @group(0) @binding(1) var<storage, read_write> y: array<vec4<f32>>;\n\
+         @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>,\
+         @builtin(num_workgroups) n: vec3<u32>) {{\n\
+           let i = g.x + g.y * n.x * 64u;\n\
+           if i < arrayLength(&x) {{ y[i] = round_f16(x[i]); }}\n}}\n",
+        &source[start..end]
+    );
+    let mut bits: Vec<u32> = Vec::new();
+    for sign in [0u32, 0x8000_0000] {
+        for e in 90u32..=145 {
+            for hi in [0u32, 1, 0x155, 0x1ff] {
+                bits.extend((0u32..1 << 14).map(|lo| sign | e << 23 | hi << 14 | lo));
+            }
+        }
+        for special in [
+            0u32,
+            1,
+            0x7f_ffff,
+            0x7f80_0000,
+            0x7fc0_0000,
+            0x477f_f000,
+            0x477f_efff,
+        ] {
+            bits.push(sign | special);
+        }
+    }
+    bits.resize(bits.len().next_multiple_of(4), 0);
+    let infos = usable_adapters("round_f16 on the driver");
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::VULKAN
+            | wgpu::Backends::METAL
+            | wgpu::Backends::DX12
+            | wgpu::Backends::GL,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapters = pollster::block_on(instance.enumerate_adapters(
+        wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12 | wgpu::Backends::GL,
+    ));
+    for info in infos {
+        let adapter = &adapters[info.index];
+        assert_eq!(adapter.get_info().name, info.name, "adapter order");
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&Default::default())).unwrap();
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: None,
+            source: wgpu::ShaderSource::Wgsl(shader.as_str().into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: None,
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let mut got: Vec<u32> = Vec::with_capacity(bits.len());
+        // Parts that fit the smallest storage-binding limits (128 MiB).
+        for part in bits.chunks(1 << 22) {
+            let size = (part.len() * 4) as u64;
+            let x = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::cast_slice(part),
+                usage: wgpu::BufferUsages::STORAGE,
+            });
+            let y = device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let read = device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &[
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: x.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: y.as_entire_binding(),
+                    },
+                ],
+            });
+            let mut encoder = device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&pipeline);
+                pass.set_bind_group(0, &group, &[]);
+                let groups = (part.len() as u32 / 4).div_ceil(64);
+                pass.dispatch_workgroups(groups.min(65535), groups.div_ceil(65535), 1);
+            }
+            encoder.copy_buffer_to_buffer(&y, 0, &read, 0, size);
+            queue.submit([encoder.finish()]);
+            read.slice(..)
+                .map_async(wgpu::MapMode::Read, |r| r.unwrap());
+            device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+            got.extend_from_slice(bytemuck::cast_slice(
+                &read.slice(..).get_mapped_range().unwrap(),
+            ));
+            read.unmap();
+        }
+        let mut bad = Vec::new();
+        for (&b, &g) in bits.iter().zip(&got) {
+            let v = f32::from_bits(b);
+            let want = half::f16::from_f32(v).to_f32();
+            let r = f32::from_bits(g);
+            if !(r == want || v.is_nan() && r.is_nan()) {
+                bad.push(format!("{b:08x} ({v:e}): got {r:e}, f16 has {want:e}"));
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "{info}: {} of {} wrong, first: {:?}",
+            bad.len(),
+            bits.len(),
+            &bad[..bad.len().min(10)]
+        );
+    }
+}

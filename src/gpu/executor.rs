@@ -875,9 +875,10 @@ impl DeviceState {
             .operation_timeout
             .saturating_sub(spun.elapsed())
             .max(CALLBACK_GRACE);
-        let until = Instant::now() + left;
+        // No deadline instant: `left` may be as long as `Duration::MAX` ("never").
+        let waiting = Instant::now();
         for _ in 0..staging.len() {
-            match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            match rx.recv_timeout(left.saturating_sub(waiting.elapsed())) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(self.gpu_error(&format!("mapping a result: {e}"))),
                 Err(_) => {
