@@ -9,12 +9,7 @@ OUT=${OUT:-/tmp/wgpu-ensemble-confirm}
 W=$(mktemp -d)
 # shellcheck source=scripts/gpu_env.sh
 . scripts/gpu_env.sh "$W"
-if command -v nvidia-smi >/dev/null; then
-  nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,utilization.gpu \
-    --format=csv -lms 100 > "$W/clocks.csv" 2>&1 &
-  smi=$!
-fi
-stamp() { echo "== $(date +%T.%N) $*" >> "$W/tests.txt"; }
+log_clocks 100
 if [ -x .devbin/precision ]; then
   stamp precision
   WGPU_ENSEMBLE_REQUIRE_GPU=1 WGPU_ENSEMBLE_REQUIRE_COOP=1 timeout 200 .devbin/precision \
@@ -40,11 +35,4 @@ if [ -z "${SKIP_TORCH:-}" ] && [ -f .devbin/torch_baseline.py ]; then
   stamp torch
   timeout 120 python3 .devbin/torch_baseline.py --gemm 4096 --batches 1,1024 > "$W/torch.jsonl" 2>> "$W/errors.txt"
 fi
-stamp done
-[ -n "${smi:-}" ] && kill "$smi" 2>/dev/null
-python3 scripts/gpu_report.py "$W" > "$W/report.md" 2>> "$W/errors.txt"
-mkdir -p "$OUT"
-tar -czf "$OUT/confirm.tar.gz" -C "$W" .
-grep -E "^test .*FAILED|exit [0-9]|^test result" "$W/tests.txt"
-cat "$W/errors.txt"
-head -12 "$W/report.md"
+finish confirm

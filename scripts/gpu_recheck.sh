@@ -16,12 +16,7 @@ W=$(mktemp -d)
 # shellcheck source=scripts/gpu_env.sh
 . scripts/gpu_env.sh "$W"
 RUNS=${RUNS:-20}
-if command -v nvidia-smi >/dev/null; then
-  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,utilization.gpu,temperature.gpu \
-    --format=csv -lms 200 > "$W/clocks.csv" 2>&1 &
-  smi=$!
-fi
-stamp() { echo "== $(date +%T.%N) $*" >> "$W/tests.txt"; }
+log_clocks 200
 for t in "precision f16_inputs_round_to_nearest_even_in_every_kernel f16_rounds_every_layer_input long_layers_are_right_or_refused f16_overflow stacked_members" \
   "pipeline members_sharing_a_device_stream_many_inputs same_answers_as_the_session"; do
   set -- $t
@@ -63,11 +58,4 @@ if [ -z "${SKIP_TORCH:-}" ] && [ -f .devbin/torch_baseline.py ]; then
   # shellcheck disable=SC2086 # TORCH_ARGS is a list of arguments
   timeout 150 python3 .devbin/torch_baseline.py ${TORCH_ARGS:---gemm 4096 --batches 1,64,1024} > "$W/torch.jsonl" 2>> "$W/errors.txt"
 fi
-stamp done
-[ -n "${smi:-}" ] && kill "$smi" 2>/dev/null
-python3 scripts/gpu_report.py "$W" > "$W/report.md" 2>> "$W/errors.txt"
-mkdir -p "$OUT"
-tar -czf "$OUT/recheck.tar.gz" -C "$W" .
-grep -E "^test .*FAILED|exit [0-9]" "$W/tests.txt"
-cat "$W/errors.txt"
-head -12 "$W/report.md"
+finish recheck
