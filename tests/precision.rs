@@ -997,7 +997,7 @@ fn f16_inputs_round_to_nearest_even_in_every_kernel() {
                     let input = Tensor::matrix(batch, width, x.to_vec()).unwrap();
                     let run = s.run(&input, &RunOptions::default()).unwrap();
                     for (i, (&got, &v)) in run.aggregate.as_slice().iter().zip(x).enumerate() {
-                        let want = half::f16::from_f32(v).to_f32();
+                        let want = common::round_f16(v);
                         assert!(
                             got == want,
                             "{label} {how}, width {width}, batch {batch}, index {i}: \
@@ -1188,8 +1188,6 @@ fn round_f16_compiled_by_every_driver_matches_half() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders/dense_small_f16.wgsl"),
     )
     .unwrap();
-    let start = source.find("fn round_f16(").unwrap();
-    let end = start + source[start..].find("\n}\n").unwrap() + 3;
     let shader = format!(
         "{}\n@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;\n\
          @group(0) @binding(1) var<storage, read_write> y: array<vec4<f32>>;\n\
@@ -1197,7 +1195,7 @@ fn round_f16_compiled_by_every_driver_matches_half() {
          @builtin(num_workgroups) n: vec3<u32>) {{\n\
            let i = g.x + g.y * n.x * 64u;\n\
            if i < arrayLength(&x) {{ y[i] = round_f16(x[i]); }}\n}}\n",
-        &source[start..end]
+        common::wgsl_function(&source, "round_f16")
     );
     let mut bits: Vec<u32> = Vec::new();
     for sign in [0u32, 0x8000_0000] {
@@ -1220,16 +1218,14 @@ fn round_f16_compiled_by_every_driver_matches_half() {
     }
     bits.resize(bits.len().next_multiple_of(4), 0);
     let infos = usable_adapters("round_f16 on the driver");
+    // The crate's backends, in its order, so that an adapter's index is the crate's.
+    let backends =
+        wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12 | wgpu::Backends::GL;
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::VULKAN
-            | wgpu::Backends::METAL
-            | wgpu::Backends::DX12
-            | wgpu::Backends::GL,
+        backends,
         ..wgpu::InstanceDescriptor::new_without_display_handle()
     });
-    let adapters = pollster::block_on(instance.enumerate_adapters(
-        wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12 | wgpu::Backends::GL,
-    ));
+    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
     for info in infos {
         let adapter = &adapters[info.index];
         assert_eq!(adapter.get_info().name, info.name, "adapter order");
@@ -1303,7 +1299,7 @@ fn round_f16_compiled_by_every_driver_matches_half() {
         let mut bad = Vec::new();
         for (&b, &g) in bits.iter().zip(&got) {
             let v = f32::from_bits(b);
-            let want = half::f16::from_f32(v).to_f32();
+            let want = common::round_f16(v);
             let r = f32::from_bits(g);
             if !(r == want || v.is_nan() && r.is_nan()) {
                 bad.push(format!("{b:08x} ({v:e}): got {r:e}, f16 has {want:e}"));

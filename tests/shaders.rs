@@ -1,7 +1,11 @@
 //! naga parses and validates every `shaders/*.wgsl`, with every value its override
 //! constants take; needs no GPU.
 
+mod common;
+
 use std::path::Path;
+
+use common::wgsl_function as function;
 
 fn validate(path: &Path) -> Vec<String> {
     let source = std::fs::read_to_string(path).unwrap();
@@ -101,49 +105,50 @@ fn a_broken_shader_is_rejected() {
     assert!(invalid, "naga accepted a type error");
 }
 
-/// The text of `fn name(...) { ... }` in `source`, up to the closing brace at column 0.
-fn function(source: &str, name: &str) -> String {
-    let start = source
-        .find(&format!("fn {name}("))
-        .unwrap_or_else(|| panic!("no fn {name}"));
-    let end = source[start..]
-        .find("\n}\n")
-        .map(|e| start + e + 3)
-        .unwrap_or(source.len());
-    source[start..end].to_string()
+/// The text of `shaders/file`.
+fn shader(file: &str) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    std::fs::read_to_string(dir.join(file)).unwrap()
+}
+
+/// WGSL has no includes: functions that several kernels carry must stay identical,
+/// so that every path computes the same thing. Each of `names` in each of `files`
+/// against `reference`'s, lines trimmed and comment lines left out.
+fn assert_one_copy(reference: &str, files: &[&str], names: &[&str]) {
+    let strip = |s: String| {
+        s.lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let want = shader(reference);
+    for file in files {
+        let other = shader(file);
+        for name in names {
+            assert_eq!(
+                strip(function(&other, name)),
+                strip(function(&want, name)),
+                "{file}: fn {name} differs from {reference}'s"
+            );
+        }
+    }
 }
 
 #[test]
 fn dense_kernels_share_one_activation() {
-    // WGSL has no includes: the dense kernels each carry the activation code.
-    // They must stay identical, so that every path computes the same function.
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
-    let reference = read("dense.wgsl");
-    for file in [
-        "dense_small.wgsl",
-        "dense_f16.wgsl",
-        "dense_small_f16.wgsl",
-        "dense_coop.wgsl",
-        "dense_vec4.wgsl",
-        "dense_vec4_f16.wgsl",
-    ] {
-        let other = read(file);
-        for name in ["erf_approx", "activate"] {
-            let strip = |s: String| {
-                s.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.starts_with("//"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            };
-            assert_eq!(
-                strip(function(&other, name)),
-                strip(function(&reference, name)),
-                "{file}: fn {name} differs from dense.wgsl"
-            );
-        }
-    }
+    assert_one_copy(
+        "dense.wgsl",
+        &[
+            "dense_small.wgsl",
+            "dense_f16.wgsl",
+            "dense_small_f16.wgsl",
+            "dense_coop.wgsl",
+            "dense_vec4.wgsl",
+            "dense_vec4_f16.wgsl",
+        ],
+        &["erf_approx", "activate"],
+    );
 }
 
 /// WGSL has no includes: an f16 kernel repeats its f32 twin. From the uniform struct
@@ -151,15 +156,13 @@ fn dense_kernels_share_one_activation() {
 /// (each present) and the f16-only functions `extra` added, so that a fix to one
 /// kernel cannot miss the other.
 fn assert_twin(f32_file: &str, f16_file: &str, replacements: &[(&str, &str)], extra: &[&str]) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     let body = |s: &str| s[s.find("struct Params").unwrap()..].to_string();
-    let mut want = body(&read(f32_file));
+    let mut want = body(&shader(f32_file));
     for (f32_text, f16_text) in replacements {
         assert!(want.contains(f32_text), "{f32_file}: no {f32_text}");
         want = want.replace(f32_text, f16_text);
     }
-    let mut got = body(&read(f16_file));
+    let mut got = body(&shader(f16_file));
     for name in extra {
         let f = function(&got, name);
         // The function and the comment lines just above it.
@@ -221,18 +224,13 @@ fn vec4_f16_kernel_is_the_f32_one_with_f16_operands() {
 fn f16_kernels_share_one_rounding() {
     // Every f16 kernel rounds x to f16 through the same round_f16 (exact integer
     // arithmetic, not the driver's conversion), so that every path rounds alike.
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
-    let reference = function(&read("dense_small_f16.wgsl"), "round_f16");
+    let reference = function(&shader("dense_small_f16.wgsl"), "round_f16");
     assert!(reference.contains("bitcast<vec4<u32>>(v)"), "{reference}");
-    for file in ["dense_f16.wgsl", "dense_vec4_f16.wgsl", "dense_coop.wgsl"] {
-        let source = read(file);
-        assert_eq!(
-            function(&source, "round_f16"),
-            reference,
-            "{file}: fn round_f16 differs from dense_small_f16.wgsl's"
-        );
-    }
+    assert_one_copy(
+        "dense_small_f16.wgsl",
+        &["dense_f16.wgsl", "dense_vec4_f16.wgsl", "dense_coop.wgsl"],
+        &["round_f16"],
+    );
 }
 
 /// The conversions to f16 in `source` (`f16(..)` and `Staged(..)`) whose argument is
@@ -245,9 +243,7 @@ fn unrounded_conversions(source: &str) -> Vec<String> {
         .map(|l| l.split("//").next().unwrap_or(""))
         .collect::<Vec<_>>()
         .join("\n");
-    let f = code.find("fn round_f16(").expect("fn round_f16");
-    let e = f + code[f..].find("\n}\n").expect("end of round_f16");
-    let code = format!("{}{}", &code[..f], &code[e..]);
+    let code = code.replacen(&function(&code, "round_f16"), "", 1);
     let mut bad = Vec::new();
     for call in ["f16(", "Staged("] {
         let mut at = 0;
@@ -300,14 +296,13 @@ fn every_f16_conversion_of_x_is_rounded() {
     // On lavapipe, f16 workgroup arrays hold correctly rounded values, so the tests
     // that run the kernels there would not see a conversion that skips round_f16
     // (NVIDIA's driver would): this reads every conversion in the source.
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
     for file in [
         "dense_f16.wgsl",
         "dense_vec4_f16.wgsl",
         "dense_coop.wgsl",
         "dense_small_f16.wgsl",
     ] {
-        let source = std::fs::read_to_string(dir.join(file)).unwrap();
+        let source = shader(file);
         let bad = unrounded_conversions(&source);
         assert!(bad.is_empty(), "{file}: {bad:?}");
         // The check sees the roundings taken out again.

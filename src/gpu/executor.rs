@@ -148,7 +148,8 @@ struct DeviceState {
 pub(crate) const CALLBACK_GRACE: Duration = Duration::from_secs(1);
 
 /// Polls `device` without blocking until its queue is empty (every submission
-/// finished, its callbacks run) or `limit` has passed, yielding the core between
+/// finished; its callbacks run by this poll, or by another thread's on the same
+/// device, which may still be running them) or `limit` has passed, yielding the core between
 /// polls (on lavapipe the device's work runs on the CPU's cores); whether it emptied.
 /// An error ends the spin: the blocking wait that follows reports it.
 fn spin(device: &wgpu::Device, limit: Duration) -> bool {

@@ -177,6 +177,19 @@ pub fn read_f64(path: &std::path::Path) -> (Vec<usize>, Vec<f64>) {
     (shape, npy.into_vec::<f64>().unwrap())
 }
 
+/// The text of `fn name(...) { ... }` in WGSL `source`, up to the closing brace at
+/// column 0.
+pub fn wgsl_function(source: &str, name: &str) -> String {
+    let start = source
+        .find(&format!("fn {name}("))
+        .unwrap_or_else(|| panic!("no fn {name}"));
+    let end = source[start..]
+        .find("\n}\n")
+        .map(|e| start + e + 3)
+        .unwrap_or(source.len());
+    source[start..end].to_string()
+}
+
 /// f32 rounded to the nearest f16.
 pub fn round_f16(v: f32) -> f32 {
     half::f16::from_f32(v).to_f32()
