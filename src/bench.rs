@@ -7,13 +7,15 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::aggregate::Aggregate;
-use crate::device::Placement;
 use crate::error::{Error, Result};
 use crate::fault::{Fault, FaultPlan};
 use crate::graph::Graph;
 use crate::model::{Activation, Model};
+use crate::options::{QuorumPolicy, RunOptions, SessionOptions};
 use crate::pipeline::{Pipeline, PipelineOptions};
-use crate::session::{MemberReport, QuorumPolicy, RunOptions, Session, SessionOptions};
+use crate::placement::Placement;
+use crate::report::MemberReport;
+use crate::session::Session;
 use crate::tensor::Tensor;
 
 /// A standard workload.
@@ -36,9 +38,7 @@ impl FromStr for Workload {
             "gemm" => Ok(Workload::Gemm),
             "e1" => Ok(Workload::E1),
             "e2" => Ok(Workload::E2),
-            _ => Err(Error::UnknownWorkload {
-                name: s.to_string(),
-            }),
+            _ => Err(Error::invalid("workload", s, "gemm, E1 or E2")),
         }
     }
 }
@@ -189,7 +189,7 @@ pub fn run_bench(
         return Err(Error::EmptyBatch);
     }
     if runs == 0 {
-        return Err(Error::InvalidRuns);
+        return Err(Error::invalid("--runs", "0", "at least one timed run"));
     }
     let precision = options.precision;
     let trusted_kernels = options.trusted_kernels;

@@ -416,12 +416,6 @@ pub enum Error {
         /// The configuration, and why it does not fit.
         tile: String,
     },
-    /// A benchmark workload name is not one this crate knows.
-    #[error("unknown workload '{name}': expected gemm, E1 or E2")]
-    UnknownWorkload {
-        /// The name that was given.
-        name: String,
-    },
     /// Fewer members finished than the run's quorum asked for.
     #[error("quorum not met: {finished} of {members} members finished, {required} required; missing: {}", .missing.join("; "))]
     QuorumNotMet {
@@ -470,9 +464,17 @@ pub enum Error {
     /// An input was sent to a pipeline after it was closed.
     #[error("the pipeline is closed: it takes no more inputs")]
     PipelineClosed,
-    /// A benchmark was asked for zero timed runs.
-    #[error("a benchmark needs at least one timed run, got 0")]
-    InvalidRuns,
+    /// A value given as text (a command-line flag, a tile or fault specification, a
+    /// workload name) is not one that is understood.
+    #[error("invalid {what} '{value}': expected {expected}")]
+    InvalidValue {
+        /// What the value was for (a flag such as `--tile`, or `workload`).
+        what: &'static str,
+        /// The value that was given (at most 200 characters of it).
+        value: String,
+        /// What is understood.
+        expected: &'static str,
+    },
     /// A device worker stopped (it panicked or its thread ended) before answering.
     #[error("the worker of device {device} stopped before answering: {message}")]
     WorkerFailed {
@@ -481,6 +483,17 @@ pub enum Error {
         /// What is known about why.
         message: String,
     },
+}
+
+impl Error {
+    /// [`Error::InvalidValue`], quoting at most 200 characters of `value`.
+    pub(crate) fn invalid(what: &'static str, value: &str, expected: &'static str) -> Self {
+        Error::InvalidValue {
+            what,
+            value: value.chars().take(200).collect(),
+            expected,
+        }
+    }
 }
 
 fn hint_suffix(hint: &str) -> String {

@@ -1,7 +1,10 @@
 //! Fault injection: [`FaultPlan`] and [`Fault`].
 
 use std::ops::Range;
+use std::str::FromStr;
 use std::time::Duration;
+
+use crate::error::{Error, Result};
 
 /// What happens to a member on a planned run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +33,33 @@ pub enum Fault {
     /// members are reported permanently unavailable
     /// ([`Error::DeviceUnavailable`](crate::Error::DeviceUnavailable)) from then on.
     LoseDevicePermanently,
+}
+
+impl FromStr for Fault {
+    type Err = Error;
+
+    /// Parses `fail`, `panic`, `lose-device`, `lose-device-permanently` or
+    /// `sleep:MS` (milliseconds), as `wgpu-ensemble predict --fault MEMBER=KIND` takes
+    /// the kind.
+    fn from_str(text: &str) -> Result<Self> {
+        match text.trim() {
+            "fail" => Ok(Fault::Fail),
+            "panic" => Ok(Fault::Panic),
+            "lose-device" => Ok(Fault::LoseDevice),
+            "lose-device-permanently" => Ok(Fault::LoseDevicePermanently),
+            other => other
+                .strip_prefix("sleep:")
+                .and_then(|ms| ms.trim().parse().ok())
+                .map(|ms| Fault::Sleep(Duration::from_millis(ms)))
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "fault",
+                        text,
+                        "fail, panic, lose-device, lose-device-permanently or sleep:MS",
+                    )
+                }),
+        }
+    }
 }
 
 /// Fault injection, for testing how an ensemble behaves when a member is late, fails,
@@ -100,5 +130,33 @@ impl FaultPlan {
             .iter()
             .filter(move |(m, runs, _)| m == member && runs.contains(&run))
             .map(|(_, _, f)| f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse_from_text() {
+        let parse = |s: &str| s.parse::<Fault>().ok();
+        assert_eq!(parse("fail"), Some(Fault::Fail));
+        assert_eq!(parse(" panic"), Some(Fault::Panic));
+        assert_eq!(parse("lose-device"), Some(Fault::LoseDevice));
+        assert_eq!(
+            parse("lose-device-permanently"),
+            Some(Fault::LoseDevicePermanently)
+        );
+        assert_eq!(
+            parse("sleep:250"),
+            Some(Fault::Sleep(Duration::from_millis(250)))
+        );
+        for bad in ["", "sleep", "sleep:", "sleep:-1", "sleep:1.5", "crash"] {
+            let e = bad.parse::<Fault>().err().map(|e| e.to_string());
+            assert!(
+                e.as_deref().is_some_and(|e| e.contains("expected fail")),
+                "{bad}: {e:?}"
+            );
+        }
     }
 }

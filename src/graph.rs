@@ -5,9 +5,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::aggregate::Aggregate;
-use crate::device::Placement;
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::placement::Placement;
 
 /// One member of the ensemble: a named model pinned to a device.
 #[derive(Clone, Debug)]

@@ -38,36 +38,44 @@
 
 #![warn(missing_docs)]
 
+// Vocabulary: pure data, no wgpu calls.
 mod aggregate;
-pub mod bench;
-mod cpu;
-mod device;
 mod error;
 mod fault;
+mod files;
+mod model;
+mod options;
+mod placement;
+mod precision;
+mod report;
+mod tensor;
+mod tile;
+// The graph, the executor contract, the backends, the runtime.
+mod cpu;
+mod exec;
 mod gpu;
 mod graph;
+mod runtime;
+// What users call.
+pub mod bench;
 pub mod io;
-mod model;
 mod pipeline;
 mod session;
-mod tensor;
-mod worker;
 
 pub use aggregate::Aggregate;
-pub use device::{
-    adapters, probe_adapters, AdapterInfo, AdapterProbe, ExecutionDevice, ExternalDevice, Placement,
-};
 pub use error::{Error, Result};
 pub use fault::{Fault, FaultPlan};
-pub use gpu::tune::{CoopShape, TileConfig};
+pub use gpu::{adapters, probe_adapters};
 pub use graph::{Graph, GraphBuilder, Member};
 pub use model::{Activation, Dense, Model, UnknownActivation};
+pub use options::{QuorumPolicy, RunOptions, SessionOptions};
 pub use pipeline::{Pipeline, PipelineOptions, PipelineOutput};
-pub use session::{
-    MemberReport, MemberStatus, Precision, QuorumPolicy, RunOptions, RunOutput, Session,
-    SessionOptions,
-};
+pub use placement::{AdapterInfo, AdapterProbe, ExecutionDevice, ExternalDevice, Placement};
+pub use precision::Precision;
+pub use report::{MemberReport, MemberStatus, RunOutput};
+pub use session::Session;
 pub use tensor::Tensor;
+pub use tile::{CoopShape, TileConfig};
 
 /// The wgpu version this crate is built on, re-exported so that callers creating
 /// their own devices for [`Placement::Device`] use the same types.

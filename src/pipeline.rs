@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
-use crate::device::ExecutionDevice;
 use crate::error::{Error, Result};
+use crate::exec::DeviceOutput;
 use crate::graph::Graph;
-use crate::session::{check_input, check_quorum, MemberReport, QuorumPolicy, SessionOptions};
+use crate::options::{QuorumPolicy, SessionOptions};
+use crate::placement::ExecutionDevice;
+use crate::report::MemberReport;
+use crate::runtime::{check_input, check_quorum, compile, execute, Combiner, WorkerContext};
 use crate::tensor::Tensor;
-use crate::worker::{compile, Combiner, DeviceOutput, WorkerContext};
 
 /// Settings of a [`Pipeline`].
 #[derive(Clone, Debug)]
@@ -181,7 +183,7 @@ impl Pipeline {
                         let result = if item.deadline.is_some_and(|d| Instant::now() >= d) {
                             None
                         } else {
-                            Some(executor.execute(&item.input, want, item.id, &cx))
+                            Some(execute(executor.as_mut(), &item.input, want, item.id, &cx))
                         };
                         if pred_tx.send((item.id, result)).is_err() {
                             break;

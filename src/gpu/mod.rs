@@ -1,136 +1,34 @@
-//! Everything that touches wgpu: the per-device context, the pipeline cache, buffers,
-//! and encoding the forward pass of one device's members.
+//! The GPU backend, everything that touches wgpu, split by concern:
+//!
+//! - `adapters`: enumeration, the device pool, device creation (and recreation);
+//! - `context`: one device and queue with its error and loss handlers;
+//! - `kernels`: the WGSL kernels, bind group layouts and the pipeline cache;
+//! - `params`: the uniform structs the kernels read, defined once;
+//! - `stack`: which members run together as one stacked dispatch;
+//! - `state`: a device's weights, pipelines and limits; `encode`: the buffers of a
+//!   batch and its one command buffer; `readback`: waiting for a submission and
+//!   reading results back (shared with the tuner);
+//! - `executor`: [`GpuExecutor`], the [`Executor`](crate::exec::Executor) of one device,
+//!   recreating it when lost;
+//! - `coop`, `timing`, `tune`: the cooperative-matrix tile, timestamp queries, and the
+//!   autotune with its cache.
 
+mod adapters;
+mod context;
+mod coop;
+mod encode;
 mod executor;
 mod kernels;
+mod params;
+mod readback;
+mod stack;
+mod state;
 mod timing;
-pub mod tune;
+mod tune;
 
-use std::sync::{Arc, Mutex, PoisonError};
-
-pub(crate) use executor::{GpuExecutor, LLVMPIPE_SMALL_INPUTS};
-
-use crate::device::ExecutionDevice;
-use crate::error::Error;
-
-/// A device, its queue, and what its error handlers caught.
-///
-/// The handlers replace wgpu's default one, which panics: validation and
-/// out-of-memory errors outside an error scope are stored here and returned as
-/// [`Error::Gpu`] by the run that caused them, and a lost device as
-/// [`Error::DeviceLost`].
-#[derive(Clone, Debug)]
-pub(crate) struct GpuContext {
-    pub(crate) device: wgpu::Device,
-    pub(crate) queue: wgpu::Queue,
-    pub(crate) label: ExecutionDevice,
-    /// The adapter the device was created on, to recreate it after a loss (`None`
-    /// for a device the caller handed in).
-    pub(crate) adapter: Option<wgpu::Adapter>,
-    errors: Arc<Mutex<Vec<String>>>,
-    lost: Arc<Mutex<Option<String>>>,
-}
-
-impl GpuContext {
-    pub(crate) fn new(
-        device: wgpu::Device,
-        queue: wgpu::Queue,
-        label: ExecutionDevice,
-        adapter: Option<wgpu::Adapter>,
-    ) -> Self {
-        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
-        let lost: Arc<Mutex<Option<String>>> = Arc::default();
-        let sink = Arc::clone(&errors);
-        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            sink.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(e.to_string());
-        }));
-        let lost_sink = Arc::clone(&lost);
-        device.set_device_lost_callback(move |reason, message| {
-            *lost_sink.lock().unwrap_or_else(PoisonError::into_inner) =
-                Some(format!("{reason:?}: {message}"));
-        });
-        Self {
-            device,
-            queue,
-            label,
-            adapter,
-            errors,
-            lost,
-        }
-    }
-
-    /// Whether the device has been lost.
-    pub(crate) fn is_lost(&self) -> bool {
-        self.lost
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
-    }
-
-    /// Destroys the device, as a driver reset would (fault injection).
-    pub(crate) fn lose(&self) {
-        self.device.destroy();
-        *self.lost.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some("destroyed by fault injection".to_string());
-    }
-
-    /// Names the adapter (or external device) for the autotune cache.
-    pub(crate) fn adapter_key(&self) -> String {
-        match &self.label {
-            ExecutionDevice::Adapter { backend, name, .. } => format!("{backend:?} {name}"),
-            other => other.to_string(),
-        }
-    }
-
-    /// The first problem the handlers caught since the last call, if any.
-    pub(crate) fn take_error(&self) -> Option<Error> {
-        if let Some(message) = self
-            .lost
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-        {
-            return Some(Error::DeviceLost {
-                device: self.label.to_string(),
-                message,
-            });
-        }
-        let mut errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
-        if errors.is_empty() {
-            return None;
-        }
-        let message = errors.join("; ");
-        errors.clear();
-        Some(Error::Gpu {
-            device: self.label.to_string(),
-            message,
-        })
-    }
-}
-
-/// Checks that the device can run the dense kernels of `precision`; for
-/// `F16CoopMatrix`, also the cooperative-matrix tile it offers (with the default
-/// shape).
-pub(crate) fn check_precision(
-    ctx: &GpuContext,
-    precision: crate::session::Precision,
-) -> crate::error::Result<Option<tune::CoopTile>> {
-    use crate::session::Precision;
-    match precision {
-        Precision::F32 => Ok(None),
-        Precision::F16 => {
-            if ctx.device.features().contains(wgpu::Features::SHADER_F16) {
-                Ok(None)
-            } else {
-                Err(crate::error::Error::PrecisionUnsupported {
-                    device: ctx.label.to_string(),
-                    precision: precision.name(),
-                    missing: "SHADER_F16",
-                })
-            }
-        }
-        Precision::F16CoopMatrix => tune::CoopTile::for_device(ctx).map(Some),
-    }
-}
+pub(crate) use adapters::DevicePool;
+pub use adapters::{adapters, probe_adapters};
+pub(crate) use context::GpuContext;
+pub(crate) use executor::GpuExecutor;
+pub(crate) use state::LLVMPIPE_SMALL_INPUTS;
+pub(crate) use tune::Tuner;

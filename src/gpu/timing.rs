@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use super::GpuContext;
+use super::context::GpuContext;
 
 /// Bytes of the two resolved timestamps.
 pub(crate) const BYTES: u64 = 2 * wgpu::QUERY_SIZE as u64;

@@ -21,10 +21,10 @@ use serde::Deserialize;
 use super::io_error;
 use super::weights::{load_model, parse_activations, LoadOptions};
 use crate::aggregate::Aggregate;
-use crate::device::Placement;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::model::Activation;
+use crate::placement::Placement;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -12,7 +12,10 @@ pub use npy::{read_matrix, write_tensor};
 pub use weights::ACTIVATIONS_KEY;
 pub use weights::{load_model, save_model, LoadOptions};
 
-use crate::error::{Error, Result};
+pub use crate::files::write_atomically;
+pub(crate) use crate::files::{io_error, temporary_path};
+
+use crate::error::Result;
 
 /// f64 values as f32; `Err((index, value))` for the first finite value beyond f32's
 /// range, which would become infinite (NaN and infinities pass, for the finiteness
@@ -37,25 +40,6 @@ pub(crate) fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
         }
     }
     index
-}
-
-pub(crate) fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Io {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    }
-}
-
-/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`, so
-/// that `path` never holds a partial file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temporary_path(path);
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            io_error(path, e)
-        })
 }
 
 /// Writes several tensors as `.npy` files, all or none: every file is first written
@@ -115,17 +99,4 @@ fn place(path: &Path) -> std::path::PathBuf {
         (Ok(folder), Some(name)) => folder.join(name),
         _ => path.to_path_buf(),
     }
-}
-
-/// A hidden name beside `path` for a file that is being written, of its own in this
-/// process (two writes never share one).
-pub(crate) fn temporary_path(path: &Path) -> std::path::PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.{}.{n}.partial", std::process::id()))
 }

@@ -1,0 +1,216 @@
+//! `wgpu-ensemble bench`: time a standard workload (session, pipeline or late-member
+//! mode), optionally sweeping the tile candidates.
+
+use std::time::Duration;
+
+use wgpu_ensemble::bench::{run_bench, BenchMode, BenchReport, Workload};
+use wgpu_ensemble::{CoopShape, Placement, Precision, SessionOptions, TileConfig};
+
+use crate::{flag_error, CliResult};
+
+#[derive(clap::Args)]
+pub(crate) struct BenchArgs {
+    /// gemm, E1 or E2.
+    #[arg(long)]
+    workload: String,
+    /// Rows per run (for gemm, also the layer's size).
+    #[arg(long)]
+    batch: usize,
+    /// f32 (default), f16, or f16-coop (cooperative matrices).
+    #[arg(long, default_value = "f32")]
+    precision: String,
+    /// Where every member runs: auto (default), cpu, adapter:N, adapter:N/queue:K.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Timed runs after the warm-up.
+    #[arg(long, default_value_t = 30)]
+    runs: usize,
+    /// Untimed runs first (pipelines compile on the first).
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// session (Session::run in a loop), pipeline (a stream through the between-graph Pipeline) or late-member (a quorum run while member 0 is always late).
+    #[arg(long, default_value = "session")]
+    mode: String,
+    /// The run timeout of --mode late-member, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    late_timeout_ms: u64,
+    /// Time the dense kernel's tile candidates (coop shapes with f16-coop) at session build and use the fastest.
+    #[arg(long)]
+    autotune: bool,
+    /// With --autotune: keep the timed choices in this TOML file (read first, written after each timing; SessionOptions::autotune_cache).
+    #[arg(long, value_name = "PATH", requires = "autotune")]
+    autotune_cache: Option<std::path::PathBuf>,
+    /// A fixed tile for f32 and f16: WG_X,WG_Y,TM,TN,BK, then `,vec4` for the kernels with runs of four and `,prefetch` for their slices loaded ahead (see TileConfig).
+    #[arg(
+        long,
+        value_name = "WG_X,WG_Y,TM,TN,BK[,vec4[,prefetch]]",
+        conflicts_with = "autotune"
+    )]
+    tile: Option<String>,
+    /// A fixed shape for f16-coop: BX,BY,TMC,TNC,BK, then `,prefetch` for slices loaded ahead (see CoopShape).
+    #[arg(
+        long,
+        value_name = "BX,BY,TMC,TNC,BK[,prefetch]",
+        conflicts_with = "autotune"
+    )]
+    coop_shape: Option<String>,
+    /// Run once per candidate tile (per candidate shape with f16-coop), one report each; fails if none ran.
+    #[arg(long, conflicts_with_all = ["tile", "coop_shape", "autotune"])]
+    sweep: bool,
+    /// Compile the kernels without wgpu's runtime bounds checks (SessionOptions::trusted_kernels).
+    #[arg(long)]
+    trusted_kernels: bool,
+    /// Busy-poll this many microseconds wherever a run waits (the device, the workers, the caller) before sleeping (SessionOptions::spin_wait).
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
+    spin_us: u64,
+    /// Also time the kernels alone with timestamp queries and report device_p50_ms and device_gflops (SessionOptions::device_timing; needs TIMESTAMP_QUERY).
+    #[arg(long)]
+    device_timing: bool,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn bench(args: &BenchArgs) -> CliResult {
+    let workload: Workload = args.workload.parse()?;
+    let placement: Placement = args.device.parse()?;
+    let precision = args.precision.parse::<Precision>()?;
+    let coop = precision == Precision::F16CoopMatrix;
+    if args.tile.is_some() && coop {
+        return Err(flag_error(
+            "--tile",
+            "applies to f32 and f16; f16-coop takes --coop-shape",
+        ));
+    }
+    if args.coop_shape.is_some() && !coop {
+        return Err(flag_error(
+            "--coop-shape",
+            "applies to --precision f16-coop",
+        ));
+    }
+    let shaped = args.tile.is_some() || args.coop_shape.is_some() || args.sweep;
+    if shaped && matches!(placement, Placement::Cpu) {
+        return Err(flag_error(
+            "--device",
+            "the CPU executor has no tiles: --tile, --coop-shape and --sweep need an adapter",
+        ));
+    }
+    if args.device_timing && matches!(placement, Placement::Cpu) {
+        return Err(flag_error(
+            "--device",
+            "the CPU executor has no device timing: --device-timing needs an adapter",
+        ));
+    }
+    let mut options = SessionOptions::default()
+        .precision(precision)
+        .device_timing(args.device_timing);
+    if args.autotune {
+        options = options.autotune(args.batch);
+    }
+    if let Some(path) = &args.autotune_cache {
+        options = options.autotune_cache(path);
+    }
+    options = options.spin_wait(Duration::from_micros(args.spin_us));
+    if let Some(text) = &args.tile {
+        options = options.tile(text.parse::<TileConfig>()?);
+    }
+    if let Some(text) = &args.coop_shape {
+        options = options.coop_shape(text.parse::<CoopShape>()?);
+    }
+    if args.trusted_kernels {
+        // SAFETY: asked for on the command line; see SessionOptions::trusted_kernels.
+        options = unsafe { options.trusted_kernels() };
+    }
+    let mode = match args.mode.as_str() {
+        "session" => BenchMode::Session,
+        "pipeline" => BenchMode::Pipeline,
+        "late-member" if workload == Workload::Gemm => {
+            return Err(flag_error(
+                "--mode",
+                "late-member needs a workload of several members (E1 or E2); gemm has one",
+            ))
+        }
+        "late-member" => BenchMode::LateMember(Duration::from_millis(args.late_timeout_ms)),
+        other => {
+            return Err(flag_error(
+                "--mode",
+                format!("'{other}': expected session, pipeline or late-member"),
+            ))
+        }
+    };
+    let variants: Vec<SessionOptions> = match (args.sweep, precision) {
+        (false, _) => vec![options],
+        (true, Precision::F16CoopMatrix) => CoopShape::CANDIDATES
+            .iter()
+            .map(|&c| options.clone().coop_shape(c))
+            .collect(),
+        (true, _) => TileConfig::CANDIDATES
+            .iter()
+            .map(|&t| options.clone().tile(t))
+            .collect(),
+    };
+    let sweep = variants.len() > 1;
+    let mut last_error = None;
+    let mut reported = 0;
+    for options in variants {
+        let result = run_bench(
+            workload,
+            args.batch,
+            &placement,
+            options,
+            mode,
+            args.warmup,
+            args.runs,
+        );
+        match result {
+            Ok(report) => {
+                print_report(&report, args.json)?;
+                reported += 1;
+            }
+            // A sweep goes on past a candidate the device cannot run...
+            Err(e) if sweep => {
+                eprintln!("wgpu-ensemble: {e}");
+                last_error = Some(e);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // ... but fails when it could run none.
+    match last_error {
+        Some(e) if reported == 0 => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+fn print_report(report: &BenchReport, json: bool) -> wgpu_ensemble::Result<()> {
+    if json {
+        let text = serde_json::to_string(report).map_err(|e| wgpu_ensemble::Error::Io {
+            path: "stdout".into(),
+            message: e.to_string(),
+        })?;
+        println!("{text}");
+    } else {
+        let device = match (report.device_p50_ms, report.device_gflops) {
+            (Some(ms), Some(gflops)) => {
+                format!("; kernels alone p50 {ms:.3} ms, {gflops:.2} GFLOP/s")
+            }
+            (Some(ms), None) => format!("; kernels alone p50 {ms:.3} ms"),
+            _ => String::new(),
+        };
+        println!(
+            "{} {} batch {} {} ({}) on [{}]: p50 {:.3} ms, p99 {:.3} ms, {:.1} rows/s, {:.2} GFLOP/s{}",
+            report.workload,
+            report.mode,
+            report.batch,
+            report.precision,
+            report.tile,
+            report.adapter.join("; "),
+            report.p50_ms,
+            report.p99_ms,
+            report.throughput_rows_per_s,
+            report.gflops,
+            device
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! `wgpu-ensemble predict`: run an ensemble manifest on a `.npy` input and write the
+//! aggregate (and the members' outputs) as `.npy`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use wgpu_ensemble::io::{read_matrix, Manifest};
+use wgpu_ensemble::{
+    Fault, FaultPlan, MemberStatus, Placement, Precision, QuorumPolicy, RunOptions, Session,
+    SessionOptions, Tensor,
+};
+
+#[derive(clap::Args)]
+pub(crate) struct PredictArgs {
+    /// The ensemble manifest (TOML).
+    #[arg(long)]
+    manifest: PathBuf,
+    /// Input rows: .npy [batch, features], float32 or float64, C order.
+    #[arg(long)]
+    input: PathBuf,
+    /// Where to write the aggregate: .npy float32 [batch, outputs].
+    #[arg(long)]
+    output: PathBuf,
+    /// Also write every member's output: .npy float32 [members, batch, outputs].
+    #[arg(long)]
+    members_output: Option<PathBuf>,
+    /// Fail when the members have not all answered within this many milliseconds.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Run every member here instead of its manifest device: auto, cpu, adapter:N, adapter:N/queue:K.
+    #[arg(long)]
+    device: Option<String>,
+    /// Aggregate over the members that finished (before --timeout-ms) when at least K did; the missing ones are listed on stderr.
+    #[arg(long, value_name = "K")]
+    quorum: Option<usize>,
+    /// Arithmetic of the GPU kernels: f32 (default), f16, or f16-coop (cooperative matrices).
+    #[arg(long, default_value = "f32")]
+    precision: String,
+    /// For testing: inject a fault into a member, MEMBER=fail|panic|lose-device|lose-device-permanently|sleep:MS (repeatable).
+    #[arg(long, value_name = "MEMBER=KIND")]
+    fault: Vec<String>,
+}
+
+/// Parses `MEMBER=KIND` (see [`Fault`]'s `FromStr`) into a plan for the first run.
+fn fault_plan(specs: &[String]) -> Result<FaultPlan, crate::CliError> {
+    let mut plan = FaultPlan::new();
+    for spec in specs {
+        let (member, kind) = spec.split_once('=').ok_or_else(|| {
+            crate::flag_error(
+                "--fault",
+                format!(
+                    "'{spec}': expected MEMBER=fail|panic|lose-device|lose-device-permanently|sleep:MS"
+                ),
+            )
+        })?;
+        plan = plan.on_run(member, 0, kind.parse::<Fault>()?);
+    }
+    Ok(plan)
+}
+
+pub(crate) fn predict(args: &PredictArgs) -> crate::CliResult {
+    let started = Instant::now();
+    let device: Option<Placement> = args.device.as_deref().map(str::parse).transpose()?;
+    let manifest = Manifest::load(&args.manifest)?;
+    let x = read_matrix(&args.input)?;
+    let session_options = SessionOptions::default()
+        .precision(args.precision.parse::<Precision>()?)
+        .faults(fault_plan(&args.fault)?);
+    let session = Session::with_options(manifest.graph(device.as_ref())?, session_options)?;
+    let mut options = RunOptions::default().member_outputs(args.members_output.is_some());
+    if let Some(ms) = args.timeout_ms {
+        options = options.timeout(Duration::from_millis(ms));
+    }
+    if let Some(k) = args.quorum {
+        options = options.quorum(QuorumPolicy::Quorum(k));
+    }
+    let run = session.run(&x, &options)?;
+    for m in run.missing() {
+        let why = match &m.status {
+            MemberStatus::Late => "late".to_string(),
+            MemberStatus::Failed(e) => format!("failed: {e}"),
+            other => format!("{other:?}"),
+        };
+        eprintln!(
+            "wgpu-ensemble: member '{}' is missing from the aggregate: {why}",
+            m.name
+        );
+    }
+
+    // Every output is complete in memory before any file is written; each file is
+    // written under a temporary name and renamed.
+    let mut files = vec![(args.output.to_path_buf(), run.aggregate.clone())];
+    if let Some(path) = &args.members_output {
+        // A member missing from a quorum run has NaN rows.
+        let (rows, cols) = run.aggregate.dims2("aggregate")?;
+        let mut all = Vec::with_capacity(run.members.len() * rows * cols);
+        for m in &run.members {
+            match &m.output {
+                Some(out) => all.extend_from_slice(out.as_slice()),
+                None => all.extend(std::iter::repeat_n(f32::NAN, rows * cols)),
+            }
+        }
+        files.push((
+            path.to_path_buf(),
+            Tensor::new(vec![run.members.len(), rows, cols], all)?,
+        ));
+    }
+    wgpu_ensemble::io::write_tensors(&files)?;
+
+    let mut devices: Vec<String> = session.devices().map(ToString::to_string).collect();
+    devices.dedup();
+    eprintln!(
+        "wgpu-ensemble: {} members ({} finished) on {} device(s) [{}], batch {}, run {:.3} ms, total {:.3} ms",
+        run.members.len(),
+        run.members.len() - run.missing().count(),
+        devices.len(),
+        devices.join("; "),
+        x.shape()[0],
+        run.elapsed.as_secs_f64() * 1e3,
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
+}

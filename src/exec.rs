@@ -1,0 +1,98 @@
+//! The executor contract: what the runtime asks of a backend (the CPU, a wgpu device)
+//! for the members placed on one device, and what it gets back.
+//!
+//! An [`Executor`] owns its members' weights in the form its device wants them (packed
+//! for the GEMM crates, uploaded into stacked GPU buffers) and runs them on a batch
+//! into one partial aggregate, so that only that partial sum (and the members' own
+//! outputs, when asked) crosses back to the aggregate node. The runtime drives it from
+//! one worker thread per device (`runtime/`), injects faults through it and catches
+//! its panics; nothing here knows about sessions, pipelines or quorum.
+//!
+//! Training adds to this trait next: a forward pass that keeps the activations, a
+//! backward pass into gradients held on the device, and an optimizer step — each
+//! implemented by both backends, as [`Executor::run`] is.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::tensor::Tensor;
+
+/// What an executor is given for one member.
+#[derive(Clone)]
+pub(crate) struct MemberSpec {
+    /// The member's index in the graph.
+    pub(crate) index: usize,
+    pub(crate) name: String,
+    pub(crate) model: Arc<Model>,
+    /// Its aggregate weight.
+    pub(crate) weight: f32,
+}
+
+/// What an executor sends back: the weighted sum (or vote counts) of the members that
+/// ran, which they were, which failed, and their own outputs when asked.
+pub(crate) struct DeviceOutput {
+    /// `[rows, output_width]`: Σ weight · output (or weight · one-hot vote) over the
+    /// members in `present`.
+    pub(crate) partial: Vec<f32>,
+    /// Each member's own `[rows, output_width]` output, with its graph index, when
+    /// asked for.
+    pub(crate) members: Vec<(usize, Vec<f32>)>,
+    /// The graph indices of the members in `partial`.
+    pub(crate) present: Vec<usize>,
+    /// Members that failed this job (filled in by the runtime).
+    pub(crate) failed: Vec<(usize, Error)>,
+    /// Wall time of the device's work.
+    pub(crate) elapsed: Duration,
+    /// The device's time for the kernels (timestamp queries), when measured.
+    pub(crate) device_time: Option<Duration>,
+}
+
+/// What [`Executor::lose_device`] did.
+pub(crate) enum Loss {
+    /// The device was destroyed: the job fails with this error when there is one (the
+    /// next job recreates the device); with none, the job goes on.
+    Device(Option<Error>),
+    /// There is no device to lose (the host CPU): the executor's members fail this job
+    /// as injected faults, as the members of a lost device do.
+    NoDevice,
+}
+
+/// Runs the members placed on one device.
+pub(crate) trait Executor: Send {
+    /// Runs every member except the graph members in `skip` on `input` (`[rows,
+    /// input_width]`, validated by the caller) into one partial aggregate; each
+    /// member's own output too when `want_members`.
+    fn run(&mut self, input: &Tensor, want_members: bool, skip: &[usize]) -> Result<DeviceOutput>;
+
+    /// Fault injection: destroys the device as a driver reset would; with
+    /// `permanently`, recreating it fails from then on.
+    fn lose_device(&mut self, permanently: bool) -> Loss;
+
+    /// Drops what a failed or interrupted run may have left in use (buffers still
+    /// mapped or in flight); the next run makes them again.
+    fn reset(&mut self);
+}
+
+/// Calls `poll` until it breaks (with `Some` value, or `None` to give up) or `limit`
+/// has passed, yielding the core between calls so that the spin takes only time no
+/// other thread wants; `None` at once for a zero `limit`. What every spinning wait of
+/// a run (`SessionOptions::spin_wait`) is made of.
+pub(crate) fn spin_until<T>(
+    limit: Duration,
+    mut poll: impl FnMut() -> ControlFlow<Option<T>>,
+) -> Option<T> {
+    if limit.is_zero() {
+        return None;
+    }
+    let started = Instant::now();
+    loop {
+        match poll() {
+            ControlFlow::Break(done) => return done,
+            ControlFlow::Continue(()) if started.elapsed() < limit => std::thread::yield_now(),
+            ControlFlow::Continue(()) => return None,
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! [`GpuContext`]: one wgpu device, its queue, and what its error handlers caught.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::error::Error;
+use crate::placement::ExecutionDevice;
+
+/// A device, its queue, and what its error handlers caught.
+///
+/// The handlers replace wgpu's default one, which panics: validation and
+/// out-of-memory errors outside an error scope are stored here and returned as
+/// [`Error::Gpu`] by the run that caused them, and a lost device as
+/// [`Error::DeviceLost`].
+#[derive(Clone, Debug)]
+pub(crate) struct GpuContext {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) label: ExecutionDevice,
+    /// The adapter the device was created on, to recreate it after a loss (`None`
+    /// for a device the caller handed in).
+    pub(crate) adapter: Option<wgpu::Adapter>,
+    errors: Arc<Mutex<Vec<String>>>,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+impl GpuContext {
+    pub(crate) fn new(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        label: ExecutionDevice,
+        adapter: Option<wgpu::Adapter>,
+    ) -> Self {
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let lost: Arc<Mutex<Option<String>>> = Arc::default();
+        let sink = Arc::clone(&errors);
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            sink.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(e.to_string());
+        }));
+        let lost_sink = Arc::clone(&lost);
+        device.set_device_lost_callback(move |reason, message| {
+            *lost_sink.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(format!("{reason:?}: {message}"));
+        });
+        Self {
+            device,
+            queue,
+            label,
+            adapter,
+            errors,
+            lost,
+        }
+    }
+
+    /// Whether the device has been lost.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Destroys the device, as a driver reset would (fault injection).
+    pub(crate) fn lose(&self) {
+        self.device.destroy();
+        *self.lost.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some("destroyed by fault injection".to_string());
+    }
+
+    /// Names the adapter (or external device) for the autotune cache.
+    pub(crate) fn adapter_key(&self) -> String {
+        match &self.label {
+            ExecutionDevice::Adapter { backend, name, .. } => format!("{backend:?} {name}"),
+            other => other.to_string(),
+        }
+    }
+
+    /// The first problem the handlers caught since the last call, if any.
+    pub(crate) fn take_error(&self) -> Option<Error> {
+        if let Some(message) = self
+            .lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Some(Error::DeviceLost {
+                device: self.label.to_string(),
+                message,
+            });
+        }
+        let mut errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
+        if errors.is_empty() {
+            return None;
+        }
+        let message = errors.join("; ");
+        errors.clear();
+        Some(Error::Gpu {
+            device: self.label.to_string(),
+            message,
+        })
+    }
+}

@@ -1,0 +1,446 @@
+//! One run on a device: the buffers that depend on the batch's rows (grown on demand),
+//! the uniforms, one command buffer per chunk of rows with every stack's layers and
+//! aggregate, and the readback of the partial aggregate (and member outputs).
+
+use std::time::{Duration, Instant};
+
+use super::kernels::MAX_STACK;
+use super::kernels::{SMALL_GROUPS_X, SMALL_ROWS};
+use super::params::{AggregateParams, DenseParams};
+use super::readback::{copy_f32, map_for_reading, wait_for, CALLBACK_GRACE};
+use super::stack::{bytes_of, stride};
+use super::state::{DeviceState, GpuStack, RowBuffers, StackRows};
+use super::timing::{self, PassTimer};
+use crate::error::{Error, Result};
+use crate::exec::DeviceOutput;
+
+/// (stack, member in the stack) of every member `present` marks (bit z of
+/// `present[s]`), stack after stack: the order of a run's member outputs, each
+/// labelled with its graph index.
+fn present_members<'a>(
+    stacks: &'a [GpuStack],
+    present: &'a [u32],
+) -> impl Iterator<Item = (usize, usize)> + 'a {
+    stacks
+        .iter()
+        .zip(present)
+        .enumerate()
+        .flat_map(|(s, (stack, &mask))| {
+            (0..stack.members.len())
+                .filter(move |z| mask >> z & 1 == 1)
+                .map(move |z| (s, z))
+        })
+}
+
+impl DeviceState {
+    /// Runs every member on `input` (`[rows, input_width]`, already validated) except
+    /// the graph members listed in `skip`.
+    pub(crate) fn run(
+        &mut self,
+        input: &[f32],
+        want_members: bool,
+        skip: &[usize],
+    ) -> Result<DeviceOutput> {
+        let started = Instant::now();
+        let rows = input.len() / self.input_width;
+        let out = self.output_width;
+        // Bit z of present[s]: member z of stack s runs. A skipped member of a stack
+        // is still computed with the others, but adds nothing and is not read back.
+        let present: Vec<u32> = self
+            .stacks
+            .iter()
+            .map(|s| {
+                s.members
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (index, _))| !skip.contains(index))
+                    .fold(0, |mask, (z, _)| mask | 1 << z)
+            })
+            .collect();
+        let included: Vec<usize> = present_members(&self.stacks, &present)
+            .map(|(s, z)| self.stacks[s].members[z].0)
+            .collect();
+        let mut partial = vec![0.0f32; rows * out];
+        let mut member_outputs: Vec<(usize, Vec<f32>)> = if want_members {
+            included
+                .iter()
+                .map(|&index| (index, vec![0.0f32; rows * out]))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut device_time = self.timer.as_ref().map(|_| Duration::ZERO);
+        let mut start = 0;
+        while start < rows {
+            let n = self.chunk_rows.min(rows - start);
+            let x = &input[start * self.input_width..(start + n) * self.input_width];
+            let result = self.run_chunk(
+                x,
+                n,
+                &present,
+                &mut partial[start * out..(start + n) * out],
+                &mut member_outputs,
+                start * out,
+            );
+            match result {
+                Ok(time) => {
+                    if let (Some(total), Some(time)) = (&mut device_time, time) {
+                        *total += time;
+                    }
+                }
+                Err(e) => {
+                    self.reset();
+                    return Err(e);
+                }
+            }
+            start += n;
+        }
+        Ok(DeviceOutput {
+            partial,
+            members: member_outputs,
+            present: included,
+            failed: Vec::new(),
+            elapsed: started.elapsed(),
+            device_time,
+        })
+    }
+
+    fn ensure_capacity(&mut self, rows: usize) {
+        if self.rows.as_ref().is_some_and(|r| r.capacity >= rows) {
+            return;
+        }
+        let capacity = rows.next_power_of_two().min(self.chunk_rows).max(rows);
+        let device = &self.ctx.device;
+        // Sizes rounded up to 16 bytes: the kernels read x four values at a time.
+        let buffer = |label: &str, values: usize, usage: wgpu::BufferUsages| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes_of(values).next_multiple_of(16),
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        let staging = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+        let input = buffer(
+            "input",
+            capacity * self.input_width,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        );
+        let acc = buffer(
+            "aggregate",
+            capacity * self.output_width,
+            storage | wgpu::BufferUsages::COPY_DST,
+        );
+        // With the pass's two timestamps after the aggregate (see run_chunk).
+        let stamps = self.timer.as_ref().map_or(0, |_| timing::BYTES);
+        let staging_acc = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("aggregate staging"),
+            size: bytes_of(capacity * self.output_width).next_multiple_of(16) + stamps,
+            usage: staging,
+            mapped_at_creation: false,
+        });
+        let bind = |layout: &wgpu::BindGroupLayout, buffers: &[&wgpu::Buffer]| {
+            let entries: Vec<wgpu::BindGroupEntry> = buffers
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: i as u32,
+                    resource: b.as_entire_binding(),
+                })
+                .collect();
+            device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout,
+                entries: &entries,
+            })
+        };
+        let stacks = self
+            .stacks
+            .iter()
+            .map(|s| {
+                let n = s.members.len();
+                let y_strides: Vec<u32> = s
+                    .layers
+                    .iter()
+                    .map(|l| stride(capacity * l.out_features) as u32)
+                    .collect();
+                let outputs: Vec<wgpu::Buffer> = y_strides
+                    .iter()
+                    .map(|&y| buffer("activations", n * y as usize, storage))
+                    .collect();
+                let dense_groups = s
+                    .layers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| {
+                        let x = if i == 0 { &input } else { &outputs[i - 1] };
+                        bind(
+                            &self.kernels.dense_layout,
+                            &[x, &l.weight, &l.bias, &outputs[i], &l.params],
+                        )
+                    })
+                    .collect();
+                let softmax_groups = s
+                    .layers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| {
+                        l.softmax
+                            .then(|| bind(&self.kernels.softmax_layout, &[&outputs[i], &l.params]))
+                    })
+                    .collect();
+                let last = &outputs[outputs.len() - 1];
+                let layout = if s.fused_softmax {
+                    &self.kernels.softmax_aggregate_layout
+                } else {
+                    &self.kernels.aggregate_layout
+                };
+                let aggregate_group = bind(layout, &[last, &acc, &s.aggregate_params]);
+                StackRows {
+                    staging: (0..n)
+                        .map(|_| buffer("member staging", capacity * self.output_width, staging))
+                        .collect(),
+                    outputs,
+                    y_strides,
+                    dense_groups,
+                    softmax_groups,
+                    aggregate_group,
+                }
+            })
+            .collect();
+        self.rows = Some(RowBuffers {
+            capacity,
+            input,
+            acc,
+            staging_acc,
+            stacks,
+        });
+    }
+
+    /// Writes every uniform buffer for `rows` rows, the row buffers' strides and the
+    /// `present` members, unless they already hold that.
+    fn write_uniforms(&mut self, rows: usize, present: &[u32]) {
+        let Some(rb) = self.rows.as_ref() else {
+            return;
+        };
+        if let Some((r, c, p)) = &self.uniforms {
+            if (*r, *c, p.as_slice()) == (rows, rb.capacity, present) {
+                return;
+            }
+        }
+        let key = (rows, rb.capacity, present.to_vec());
+        let queue = &self.ctx.queue;
+        for ((s, sr), &mask) in self.stacks.iter().zip(&rb.stacks).zip(present) {
+            for (i, l) in s.layers.iter().enumerate() {
+                let p = DenseParams {
+                    rows: rows as u32,
+                    out_features: l.out_features as u32,
+                    in_features: l.in_features as u32,
+                    x_stride: if i == 0 { 0 } else { sr.y_strides[i - 1] },
+                    w_stride: l.w_stride,
+                    b_stride: l.b_stride,
+                    y_stride: sr.y_strides[i],
+                    _pad: 0,
+                };
+                queue.write_buffer(&l.params, 0, bytemuck::bytes_of(&p));
+            }
+            let mut weights = [0.0; MAX_STACK];
+            for (w, &(_, weight)) in weights.iter_mut().zip(&s.members) {
+                *w = weight;
+            }
+            let p = AggregateParams {
+                rows: rows as u32,
+                cols: self.output_width as u32,
+                members: s.members.len() as u32,
+                present: mask,
+                y_stride: sr.y_strides[sr.y_strides.len() - 1],
+                _pad: [0; 3],
+                weights,
+            };
+            queue.write_buffer(&s.aggregate_params, 0, bytemuck::bytes_of(&p));
+        }
+        self.uniforms = Some(key);
+    }
+
+    /// Runs one chunk of `rows` rows (`x`): encodes it, submits it, waits, and reads
+    /// the partial aggregate into `partial` and the wanted member outputs into
+    /// `member_outputs` at `offset`; the device's time for the kernels when timed.
+    fn run_chunk(
+        &mut self,
+        x: &[f32],
+        rows: usize,
+        present: &[u32],
+        partial: &mut [f32],
+        member_outputs: &mut [(usize, Vec<f32>)],
+        offset: usize,
+    ) -> Result<Option<Duration>> {
+        self.ensure_capacity(rows);
+        self.write_uniforms(rows, present);
+        let Some(rb) = self.rows.as_ref() else {
+            return Err(self.gpu_error("row buffers missing after allocation"));
+        };
+        self.ctx
+            .queue
+            .write_buffer(&rb.input, 0, bytemuck::cast_slice(x));
+        let bytes = bytes_of(rows * self.output_width);
+        let mut encoder = self
+            .ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        self.encode_pass(&mut encoder, rb, rows, present);
+        // The staging buffers read back: the aggregate's (with the timestamps after
+        // it, 8-byte aligned, when timed), then the members' in the order of
+        // `member_outputs`.
+        encoder.copy_buffer_to_buffer(&rb.acc, 0, &rb.staging_acc, 0, bytes);
+        let stamps = bytes.next_multiple_of(8);
+        let acc_bytes = match &self.timer {
+            Some(timer) => {
+                timer.copy_to(&mut encoder, &rb.staging_acc, stamps);
+                stamps + timing::BYTES
+            }
+            None => bytes,
+        };
+        let mut staging: Vec<(&wgpu::Buffer, u64)> = vec![(&rb.staging_acc, acc_bytes)];
+        if !member_outputs.is_empty() {
+            for (s, z) in present_members(&self.stacks, present) {
+                let sr = &rb.stacks[s];
+                let (Some(last), Some(&y_stride)) = (sr.outputs.last(), sr.y_strides.last()) else {
+                    continue;
+                };
+                let from = bytes_of(z * y_stride as usize);
+                encoder.copy_buffer_to_buffer(last, from, &sr.staging[z], 0, bytes);
+                staging.push((&sr.staging[z], bytes));
+            }
+        }
+        let submission = self.ctx.queue.submit([encoder.finish()]);
+        self.wait(submission, &staging)?;
+        // Copies the first `bytes` of a mapped staging buffer into `dst` and unmaps
+        // it; the device time from the timestamps after them, when there are some.
+        let read = |buf: &wgpu::Buffer, size: u64, dst: &mut [f32]| -> Result<Option<Duration>> {
+            let time = {
+                let view = buf
+                    .slice(..size)
+                    .get_mapped_range()
+                    .map_err(|e| self.gpu_error(&format!("reading a result: {e}")))?;
+                copy_f32(dst, &view[..bytes as usize]);
+                match &self.timer {
+                    Some(timer) if size > bytes => Some(timer.elapsed(&view[stamps as usize..])),
+                    _ => None,
+                }
+            };
+            buf.unmap();
+            Ok(time)
+        };
+        let time = read(&rb.staging_acc, acc_bytes, partial)?;
+        let len = rows * self.output_width;
+        for (&(buf, _), (_, dst)) in staging[1..].iter().zip(member_outputs.iter_mut()) {
+            read(buf, bytes, &mut dst[offset..offset + len])?;
+        }
+        Ok(time)
+    }
+
+    /// Records the members' compute pass: every running stack's layers (the small
+    /// kernel for at most `SMALL_ROWS` rows, the tiled one above), hidden softmaxes,
+    /// and its aggregate into `rb.acc`, cleared first.
+    fn encode_pass(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        rb: &RowBuffers,
+        rows: usize,
+        present: &[u32],
+    ) {
+        // Every member adds its contribution to the partial sum.
+        encoder.clear_buffer(&rb.acc, 0, Some(bytes_of(rows * self.output_width)));
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("members"),
+            timestamp_writes: self.timer.as_ref().map(PassTimer::writes),
+        });
+        let n_rows = rows as u32;
+        let running = self.stacks.iter().zip(&rb.stacks).zip(present);
+        for ((s, sr), _) in running.filter(|(_, &mask)| mask != 0) {
+            let n = s.members.len() as u32;
+            for (i, l) in s.layers.iter().enumerate() {
+                pass.set_bind_group(0, &sr.dense_groups[i], &[]);
+                let outputs = l.out_features as u32;
+                if rows <= SMALL_ROWS {
+                    pass.set_pipeline(&l.small);
+                    pass.dispatch_workgroups(
+                        outputs.min(SMALL_GROUPS_X),
+                        outputs.div_ceil(SMALL_GROUPS_X),
+                        n,
+                    );
+                } else {
+                    pass.set_pipeline(&l.tiled);
+                    pass.dispatch_workgroups(
+                        outputs.div_ceil(l.tile_cols),
+                        n_rows.div_ceil(l.tile_rows),
+                        n,
+                    );
+                }
+                if let Some(group) = &sr.softmax_groups[i] {
+                    pass.set_pipeline(&self.softmax);
+                    pass.set_bind_group(0, group, &[]);
+                    pass.dispatch_workgroups(n_rows, 1, n);
+                }
+            }
+            // Both aggregate kernels: one workgroup per row.
+            pass.set_bind_group(0, &sr.aggregate_group, &[]);
+            pass.set_pipeline(if s.fused_softmax {
+                &self.softmax_aggregate
+            } else {
+                &self.aggregate
+            });
+            pass.dispatch_workgroups(n_rows, 1, 1);
+        }
+    }
+
+    /// Maps `staging` and waits for `submission` (spinning first for
+    /// [`SessionOptions::spin_wait`](crate::SessionOptions::spin_wait)) within the
+    /// operation timeout; errors the device's handlers caught come first.
+    fn wait(
+        &self,
+        submission: wgpu::SubmissionIndex,
+        staging: &[(&wgpu::Buffer, u64)],
+    ) -> Result<()> {
+        let mapping = map_for_reading(staging);
+        // The spin counts against the operation timeout.
+        let spun = Instant::now();
+        let waited = wait_for(
+            &self.ctx.device,
+            submission,
+            self.spin_wait,
+            self.operation_timeout,
+        );
+        match waited {
+            Ok(()) => {}
+            Err(wgpu::PollError::Timeout) => {
+                return Err(Error::OperationTimeout {
+                    device: self.ctx.label.to_string(),
+                    timeout: self.operation_timeout,
+                })
+            }
+            // A failed submission (lost device, validation error) makes the wait fail
+            // too; the handlers hold the real cause.
+            Err(e) => {
+                return Err(self
+                    .ctx
+                    .take_error()
+                    .unwrap_or_else(|| self.gpu_error(&e.to_string())))
+            }
+        }
+        if let Some(e) = self.ctx.take_error() {
+            return Err(e);
+        }
+        // The wait saw the work done, but the map callbacks may run on another thread:
+        // a wait on the same device from another executor (members of a `Pipeline`
+        // share their device) can take them and run them after this wait returned.
+        // So each is waited for, within what is left of the operation timeout (and a
+        // moment at least, since the work itself is done).
+        let left = self
+            .operation_timeout
+            .saturating_sub(spun.elapsed())
+            .max(CALLBACK_GRACE);
+        mapping.wait(left).map_err(|e| self.gpu_error(&e))
+    }
+}

@@ -1,0 +1,89 @@
+//! One job on one device's executor: the faults planned for its members applied, a
+//! panic inside the executor caught and reported as the job's failure.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::exec::{DeviceOutput, Executor, Loss};
+use crate::fault::{Fault, FaultPlan};
+use crate::tensor::Tensor;
+
+/// Runs one job on `executor` for run number `run`, applying the faults the plan in
+/// `cx` holds for its members. A panic inside the executor becomes
+/// [`Error::WorkerFailed`] for this job (the executor is reset and lives on).
+pub(crate) fn execute(
+    executor: &mut dyn Executor,
+    input: &Tensor,
+    want_members: bool,
+    run: u64,
+    cx: &WorkerContext,
+) -> Result<DeviceOutput> {
+    let (members, names, plan, device) = (&cx.members, &cx.names, &cx.plan, &cx.device);
+    let injected = |m: usize| {
+        (
+            m,
+            Error::InjectedFault {
+                member: names[m].clone(),
+                run,
+            },
+        )
+    };
+    let mut skip: Vec<(usize, Error)> = Vec::new();
+    let mut panic = false;
+    let mut lose: Option<bool> = None;
+    if !plan.is_empty() {
+        for &m in members.iter() {
+            for fault in plan.faults(&names[m], run) {
+                match fault {
+                    Fault::Sleep(d) => std::thread::sleep(*d),
+                    Fault::Fail => skip.push(injected(m)),
+                    Fault::Panic => panic = true,
+                    Fault::LoseDevice => lose = Some(lose.unwrap_or(false)),
+                    Fault::LoseDevicePermanently => lose = Some(true),
+                }
+            }
+        }
+    }
+    if let Some(permanently) = lose {
+        match executor.lose_device(permanently) {
+            Loss::Device(Some(err)) => return Err(err),
+            Loss::Device(None) => {}
+            Loss::NoDevice => skip.extend(members.iter().map(|&m| injected(m))),
+        }
+    }
+    let skipped: Vec<usize> = skip.iter().map(|(m, _)| *m).collect();
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        if panic {
+            // Fault injection: the worker's job unwinds as a bug's panic would,
+            // without the panic hook's message and backtrace.
+            std::panic::resume_unwind(Box::new(format!("fault injection on run {run}")));
+        }
+        executor.run(input, want_members, &skipped)
+    }));
+    let result = result.unwrap_or_else(|panic| {
+        executor.reset();
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        Err(Error::WorkerFailed {
+            device: device.to_string(),
+            message: format!("it panicked: {message}"),
+        })
+    });
+    result.map(|mut out| {
+        out.failed = skip;
+        out
+    })
+}
+
+/// What a worker knows besides its executor: its members, every member's name (for
+/// the fault plan), the fault plan, and its device's description.
+pub(crate) struct WorkerContext {
+    pub(crate) members: Vec<usize>,
+    pub(crate) names: Vec<String>,
+    pub(crate) plan: Arc<FaultPlan>,
+    pub(crate) device: String,
+}
