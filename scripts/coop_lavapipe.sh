@@ -6,10 +6,11 @@
 # Debian 12's Mesa (22.3) has no VK_KHR_cooperative_matrix; lavapipe in Debian
 # testing's Mesa (26.1 on 2026-11-26) lists 8x8x8 configurations, f16 x f16 -> f32
 # among them. This script makes a minimal testing root with debootstrap (about half a
-# minute), then runs this crate's test binaries with that root's dynamic loader and
+# minute), then runs this crate's precision tests with that root's dynamic loader and
 # libraries: no chroot, nothing installed on the host but debootstrap.
 #
-# Usage, as root, from the repository root: bash scripts/coop_lavapipe.sh
+# Usage, as root, from the repository root: bash scripts/coop_lavapipe.sh [TEST ARGS]
+# (extra arguments go to the test binary, e.g. --nocapture).
 # Exit status: 0 the tests passed; 1 a test failed; 2 the root could not be made
 # (no network, or testing not installable today).
 set -uo pipefail
@@ -40,4 +41,6 @@ export VK_ICD_FILENAMES="$ROOT/usr/share/vulkan/icd.d/lvp_icd.json"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 export WGPU_ENSEMBLE_REQUIRE_GPU=1 WGPU_ENSEMBLE_REQUIRE_COOP=1
 cargo run --quiet --bin wgpu-ensemble -- devices || true
-cargo test --test precision "$@" || exit 1
+# The precision tests of the one integration-test binary, on this Vulkan adapter only:
+# the CPU's run in the main test run, and GL has no cooperative matrices.
+cargo test --test it -- precision:: --skip _cpu --skip _gl "$@" || exit 1

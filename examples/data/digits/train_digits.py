@@ -7,10 +7,11 @@ is written as safetensors in PyTorch's nn.Sequential layout (`0.weight` [out, in
 `0.bias`, `2.weight`, ... with the activations in the metadata), with a manifest and
 the test split as .npy.
 
-Rerun from the repository root (rewrites examples/data/digits/):
+Rerun from the repository root (rewrites examples/data/digits/, the folder of this
+script):
 
     pip install numpy safetensors scikit-learn
-    python3 scripts/train_digits.py
+    python3 examples/data/digits/train_digits.py
 """
 import os
 import warnings
@@ -22,7 +23,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "data", "digits")
+OUT = os.path.dirname(os.path.abspath(__file__))
 ACT = {"relu": "relu", "tanh": "tanh", "logistic": "sigmoid", "identity": "identity"}
 MEMBERS = [
     ("relu-64", (64,), "relu"),
@@ -40,7 +41,7 @@ np.save(os.path.join(OUT, "x_test.npy"), x_test)
 np.save(os.path.join(OUT, "y_test.npy"), y_test.astype(np.int64))
 
 manifest = [
-    "# The digits ensemble, made by scripts/train_digits.py (scikit-learn MLPClassifier).",
+    "# The digits ensemble, made by examples/data/digits/train_digits.py (scikit-learn MLPClassifier).",
     "# Test accuracy measured by scikit-learn itself, for comparison:",
 ]
 members = []

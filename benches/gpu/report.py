@@ -1,10 +1,10 @@
-"""Turns what scripts/gpu_bench.sh wrote into markdown: the speed targets next to
+"""Turns what benches/gpu/run.sh wrote into markdown: the speed targets next to
 PyTorch from the same run, then every measurement.
 
-    python3 scripts/gpu_report.py OUT_FOLDER
+    python3 benches/gpu/report.py FOLDER
 
-Reads OUT/wgpu.jsonl (`wgpu-ensemble bench --json`, one object per line),
-OUT/torch.jsonl (benches/torch_baseline.py) and OUT/torch_anchor.json
+Reads FOLDER/wgpu.jsonl (`wgpu-ensemble bench --json`, one object per line),
+FOLDER/torch.jsonl (benches/torch_baseline.py) and FOLDER/torch_anchor.json
 (shared/gpu/torch_anchor.py); any of them may be missing.
 """
 import json
