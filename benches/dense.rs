@@ -7,8 +7,9 @@
 //! their `-kernels` twins time the kernels alone (`SessionOptions::device_timing`,
 //! timestamp queries): the figure a GEMM benchmark on device-resident tensors gives.
 //!
-//! Sizes shrink to 64³ and 128³ when `CI` is set. On a software adapter (lavapipe,
-//! about 1–2 GFLOP/s) 4096³ would take minutes per sample and is skipped.
+//! Sizes shrink to 64³ and 128³ when `CI` is set. On a software adapter (lavapipe, a
+//! few GFLOP/s: benches/results/cpu-2026-11-26/NOTES.md) 4096³ would take minutes per
+//! sample and is skipped.
 
 use std::time::Duration;
 

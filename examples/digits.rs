@@ -1,6 +1,6 @@
 //! A real ensemble on real data: five scikit-learn `MLPClassifier`s of different
 //! architectures and activations, trained on scikit-learn's digits data set (8×8
-//! handwritten digits) by `scripts/train_digits.py` and exported to safetensors in
+//! handwritten digits) by `examples/data/digits/train_digits.py` and exported to safetensors in
 //! PyTorch's layout. Runs the 360 held-out test digits through every member (spread
 //! over the usable adapters, or the CPU), and reports each member's accuracy and device
 //! and the ensemble's accuracy under mean and vote.

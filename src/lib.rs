@@ -34,7 +34,8 @@
 //! # }
 //! ```
 //!
-//! See the README for placements on GPUs, deadlines and the architecture.
+//! See the README for a guide, and `docs/` (GUIDE.md, ARCHITECTURE.md,
+//! PERFORMANCE.md, TESTING.md) for the rest.
 
 #![warn(missing_docs)]
 
@@ -85,3 +86,17 @@ pub use wgpu;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// Compiles the examples of docs/ as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/ARCHITECTURE.md")]
+struct ArchitectureDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/GUIDE.md")]
+struct GuideDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/PERFORMANCE.md")]
+struct PerformanceDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/TESTING.md")]
+struct TestingDoctests;

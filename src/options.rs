@@ -140,7 +140,7 @@ impl SessionOptions {
 
     /// Compiles the kernels without wgpu's runtime bounds checks (clamping every
     /// buffer and workgroup-array index), which makes the dense kernels markedly
-    /// faster (1.4–2.5× on lavapipe, see the README).
+    /// faster (on lavapipe: benches/results/cpu-2026-11-26/NOTES.md).
     ///
     /// # Safety
     ///

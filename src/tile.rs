@@ -285,9 +285,8 @@ impl CoopShape {
         coop_ahead(2, 2, 4, 4, 1),
         coop_ahead(2, 4, 2, 4, 2),
         coop_ahead(4, 4, 2, 2, 2),
-        // 128 × 256 and 256 × 128 tiles of 16 subgroups of 2 × 4 and 4 × 2 (on the
-        // H100 at 4096³: 1.32 and 1.54 ms against 1.99 for the 128 × 128 above, in
-        // one run).
+        // 128 × 256 and 256 × 128 tiles of 16 subgroups of 2 × 4 and 4 × 2 (the
+        // fastest on the H100 at 4096³: benches/results/h100-2026-11-27/NOTES.md).
         coop_ahead(4, 4, 2, 4, 2),
         coop_ahead(4, 4, 4, 2, 2),
     ];

@@ -6,9 +6,8 @@ use crate::model::{Activation, Dense, Model};
 
 /// Rows up to which a layer runs as dot products, each weight row with each input
 /// row, the outputs split among threads: the weights stream from memory once, at its
-/// bandwidth. The GEMM crates are slower there (4096 × 4096 at one row on a 2-core
-/// machine: 2.7 ms against 7–9 ms for `gemm`, 15 ms for `matrixmultiply`; about even
-/// at 4 rows).
+/// bandwidth. The GEMM crates are slower there, about even at 4 rows
+/// (benches/results/cpu-2026-11-26/NOTES.md).
 const DOT_ROWS: usize = 2;
 
 /// Outputs per task of the dot-product path.
@@ -16,8 +15,8 @@ const DOT_CHUNK: usize = 64;
 
 /// Rows up to which a layer is a matrix-vector product in all but name: the `gemm`
 /// crate's small-matrix kernels read the weights once and beat `matrixmultiply`'s
-/// packing there (E1 at batch 1: 0.7 ms against 1.9 ms); above, `matrixmultiply` is
-/// faster on the machines measured.
+/// packing there; above, `matrixmultiply` is faster on the machines measured
+/// (benches/results/cpu-2026-11-26/NOTES.md).
 const SMALL_ROWS: usize = 16;
 
 fn threads() -> usize {

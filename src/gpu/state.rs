@@ -24,7 +24,7 @@ use crate::placement::is_llvmpipe;
 use crate::precision::Precision;
 
 /// Inputs up to which llvmpipe computes a layer correctly with any tiled kernel (see
-/// benches/results/cpu-2026-11/NOTES.md for the bounds measured with Mesa 22.3).
+/// benches/results/cpu-2026-11-26/NOTES.md for the bounds measured with Mesa 22.3).
 pub(crate) const LLVMPIPE_TILED_INPUTS: usize = 4096;
 /// Inputs up to which llvmpipe computes a layer correctly with the small-batch
 /// kernels (same notes).
