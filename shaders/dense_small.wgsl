@@ -11,6 +11,7 @@
 
 // Activation (lib/activation.wgsl): 0 identity, 1 relu, 2 tanh, 3 sigmoid, 4 gelu.
 override ACT: u32 = 0u;
+
 const WG: u32 = 64u;
 const MAX_ROWS: u32 = 16u;
 
