@@ -15,24 +15,9 @@ override MODE: u32 = 0u;
 const WG: u32 = 64u;
 const NONE: u32 = 0xffffffffu;
 
-struct Params {
-    rows: u32,
-    cols: u32,
-    // Members in the stack, at most 32; bit z of `present` set: member z takes part.
-    members: u32,
-    present: u32,
-    // Member z's rows start z * y_stride values into y.
-    y_stride: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-    // Member z's weight is weights[z / 4][z % 4].
-    weights: array<vec4<f32>, 8>,
-}
-
 @group(0) @binding(0) var<storage, read> y: array<f32>;
 @group(0) @binding(1) var<storage, read_write> acc: array<f32>;
-@group(0) @binding(2) var<uniform> p: Params;
+@group(0) @binding(2) var<uniform> p: AggregateParams;
 
 var<workgroup> best_values: array<f32, 64>;
 var<workgroup> best_index: array<u32, 64>;

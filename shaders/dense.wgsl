@@ -11,8 +11,14 @@
 // loop reads TM and TN consecutive values), then accumulates. Every load and store is
 // bounds checked, so any shape works. The tile shape is set per pipeline through the
 // override constants (see src/gpu/tune.rs).
+//
+// Written once for f32 and f16 (Precision::F16: f16 weights and tiles, x rounded to
+// f16 as it is staged, f32 accumulation): the crate composes it after
+// lib/dense_params.wgsl, lib/dense_bindings.wgsl, lib/activation.wgsl and an element
+// prelude, lib/f32.wgsl or lib/f16.wgsl, whose names (Operand, round_operand,
+// round_operand4) it is written in; src/gpu/kernels.rs lists the pieces.
 
-// Activation: 0 identity, 1 relu, 2 tanh, 3 sigmoid, 4 gelu (exact, erf form).
+// Activation (lib/activation.wgsl): 0 identity, 1 relu, 2 tanh, 3 sigmoid, 4 gelu.
 override ACT: u32 = 0u;
 override WG_X: u32 = 16u;
 override WG_Y: u32 = 16u;
@@ -23,69 +29,9 @@ override BK: u32 = 16u;
 
 const MAX_T: u32 = 8u;
 
-// The first two fields match softmax.wgsl's (rows, cols), so a layer that ends in a
-// softmax shares one uniform buffer between the two kernels.
-struct Params {
-    rows: u32,
-    out_features: u32,
-    in_features: u32,
-    // Members of one shape run stacked, member z on workgroup_id.z: it reads x, w and
-    // b and writes y this many values further on (x_stride is 0 when every member
-    // reads the same input). The crate keeps each a multiple of 4.
-    x_stride: u32,
-    w_stride: u32,
-    b_stride: u32,
-    y_stride: u32,
-    _pad: u32,
-}
-
-// x and w are read four values at a time where rows start on a vector: the crate
-// sizes every buffer bound here to whole vectors.
-@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> w: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<uniform> p: Params;
-
 // k-major slices: x_tile[k * BM + m], w_tile[k * BN + n].
-var<workgroup> x_tile: array<f32, BK * WG_Y * TM>;
-var<workgroup> w_tile: array<f32, BK * WG_X * TN>;
-
-// erf by Abramowitz & Stegun 7.1.26, absolute error below 1.5e-7.
-fn erf_approx(v: f32) -> f32 {
-    let s = sign(v);
-    let a = abs(v);
-    let t = 1.0 / (1.0 + 0.3275911 * a);
-    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
-    return s * (1.0 - poly * exp(-a * a));
-}
-
-fn activate(v: f32) -> f32 {
-    switch ACT {
-        case 1u: {
-            return max(v, 0.0);
-        }
-        case 2u: {
-            // tanh saturates to +-1 in f32 beyond |v| = 10; clamping keeps
-            // exp-based implementations from overflowing to NaN.
-            return tanh(clamp(v, -10.0, 10.0));
-        }
-        case 3u: {
-            // Split by sign so exp never overflows.
-            if v >= 0.0 {
-                return 1.0 / (1.0 + exp(-v));
-            }
-            let e = exp(v);
-            return e / (1.0 + e);
-        }
-        case 4u: {
-            return 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752));
-        }
-        default: {
-            return v;
-        }
-    }
-}
+var<workgroup> x_tile: array<Operand, BK * WG_Y * TM>;
+var<workgroup> w_tile: array<Operand, BK * WG_X * TN>;
 
 @compute @workgroup_size(WG_X, WG_Y, 1)
 fn main(
@@ -109,8 +55,8 @@ fn main(
     for (var i = 0u; i < TM * TN; i++) {
         acc[i] = 0.0;
     }
-    var xr: array<f32, MAX_T>;
-    var wr: array<f32, MAX_T>;
+    var xr: array<Operand, MAX_T>;
+    var wr: array<Operand, MAX_T>;
 
     for (var k0 = 0u; k0 < k_len; k0 += BK) {
         // Stage x[row0 .. row0 + bm, k0 .. k0 + BK] and w[col0 .. col0 + bn, same k];
@@ -124,18 +70,18 @@ fn main(
                 let row = row0 + m;
                 var v = vec4<f32>();
                 if row < p.rows && k0 + k < k_len {
-                    v = x[(xo + row * k_len + k0 + k) / 4u];
+                    v = round_operand4(x[(xo + row * k_len + k0 + k) / 4u]);
                 }
-                x_tile[k * bm + m] = v.x;
-                x_tile[(k + 1u) * bm + m] = v.y;
-                x_tile[(k + 2u) * bm + m] = v.z;
-                x_tile[(k + 3u) * bm + m] = v.w;
+                x_tile[k * bm + m] = Operand(v.x);
+                x_tile[(k + 1u) * bm + m] = Operand(v.y);
+                x_tile[(k + 2u) * bm + m] = Operand(v.z);
+                x_tile[(k + 3u) * bm + m] = Operand(v.w);
             }
             for (var e = thread * 4u; e < bn * BK; e += threads * 4u) {
                 let n = e / BK;
                 let k = e % BK;
                 let col = col0 + n;
-                var v = vec4<f32>();
+                var v = vec4<Operand>();
                 if col < p.out_features && k0 + k < k_len {
                     v = w[(wo + col * k_len + k0 + k) / 4u];
                 }
@@ -149,10 +95,10 @@ fn main(
                 let m = e / BK;
                 let k = e % BK;
                 let row = row0 + m;
-                var v = 0.0;
+                var v = Operand(0.0);
                 if row < p.rows && k0 + k < k_len {
                     let i = xo + row * k_len + k0 + k;
-                    v = x[i / 4u][i % 4u];
+                    v = Operand(round_operand(x[i / 4u][i % 4u]));
                 }
                 x_tile[k * bm + m] = v;
             }
@@ -160,7 +106,7 @@ fn main(
                 let n = e / BK;
                 let k = e % BK;
                 let col = col0 + n;
-                var v = 0.0;
+                var v = Operand(0.0);
                 if col < p.out_features && k0 + k < k_len {
                     let i = wo + col * k_len + k0 + k;
                     v = w[i / 4u][i % 4u];
@@ -178,7 +124,7 @@ fn main(
             }
             for (var i = 0u; i < TM; i++) {
                 for (var j = 0u; j < TN; j++) {
-                    acc[i * TN + j] = fma(xr[i], wr[j], acc[i * TN + j]);
+                    acc[i * TN + j] = fma(f32(xr[i]), f32(wr[j]), acc[i * TN + j]);
                 }
             }
         }

@@ -1,17 +1,11 @@
-enable f16;
-enable wgpu_cooperative_matrix;
-
 // dense.wgsl for Precision::F16CoopMatrix: the products run on the adapter's
-// cooperative-matrix units (tensor cores), with the arithmetic of dense_f16.wgsl:
-// weights stored as f16, x rounded to f16 as it is staged, f32 accumulation. Bias,
-// activations and y stay f32. Needs SHADER_F16, SUBGROUP and
+// cooperative-matrix units (tensor cores), with the arithmetic of dense.wgsl in f16:
+// weights stored as f16, x rounded to f16 (round_f16) as it is staged, f32
+// accumulation. Bias, activations and y stay f32. Needs SHADER_F16, SUBGROUP and
 // EXPERIMENTAL_COOPERATIVE_MATRIX with a CT x CT x CT configuration, f16 operands and
-// an f32 accumulator.
-//
-// This file is written for 16 x 16 x 16 matrices; the crate derives the 8 x 8 x 8
-// variant by replacing `coop_mat16x16` with `coop_mat8x8` and the value of CT with 8 (the
-// lines after the two `[coop size]` markers below); tests/shaders.rs validates this
-// file and a unit test in src/gpu/kernels.rs the variant.
+// an f32 accumulator. The crate composes it after dense_coop_shape.wgsl (its override
+// constants and matrix types), lib/dense_params.wgsl, lib/dense_bindings.wgsl,
+// lib/activation.wgsl, lib/round_f16.wgsl and lib/f16.wgsl.
 //
 // Dense layer with fused bias and element-wise activation:
 //     y[r, o] = act(sum_k x[r, k] * w[o, k] + b[o])
@@ -33,55 +27,6 @@ enable wgpu_cooperative_matrix;
 // exactly that. The tile shape is set per pipeline through the override constants
 // (see CoopTile in src/gpu/tune.rs).
 
-// Activation: 0 identity, 1 relu, 2 tanh, 3 sigmoid, 4 gelu (exact, erf form).
-override ACT: u32 = 0u;
-// Threads per workgroup.
-override WG: u32 = 128u;
-// Blocks per workgroup along the outputs (BX) and the rows (BY).
-override BX: u32 = 2u;
-override BY: u32 = 2u;
-// Matrices per block along the rows (TMC) and the outputs (TNC), at most 4 each.
-override TMC: u32 = 2u;
-override TNC: u32 = 2u;
-// Depth of each staged slice of the inner dimension, a multiple of CT.
-override BK: u32 = 32u;
-// 1: where the input width is a multiple of 4, each slice of x and w is loaded into
-// registers while the one before it is multiplied (the loads' latency hides behind
-// the matrix products; at most 4 vectors of x and of w per thread and slice); 0:
-// loaded after the barrier that ends the previous slice.
-override PREFETCH: u32 = 0u;
-
-// The cooperative matrix side. [coop size]
-const CT: u32 = 16u;
-// [coop size]
-alias MatA = coop_mat16x16<f16, A>;
-alias MatB = coop_mat16x16<f16, B>;
-alias MatC = coop_mat16x16<f32, C>;
-
-// The first two fields match softmax.wgsl's (rows, cols), so a layer that ends in a
-// softmax shares one uniform buffer between the two kernels.
-struct Params {
-    rows: u32,
-    out_features: u32,
-    in_features: u32,
-    // Members of one shape run stacked, member z on workgroup_id.z: it reads x, w and
-    // b and writes y this many values further on (x_stride is 0 when every member
-    // reads the same input). The crate keeps each a multiple of 4.
-    x_stride: u32,
-    w_stride: u32,
-    b_stride: u32,
-    y_stride: u32,
-    _pad: u32,
-}
-
-// x and w are read four values at a time: the crate sizes every buffer bound here to
-// a multiple of 16 bytes (x) and 8 bytes (w), so that the last partial vector exists.
-@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> w: array<vec4<f16>>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<uniform> p: Params;
-
 // Where this member's b and y start (set by main for emit).
 var<private> bo: u32;
 var<private> yo: u32;
@@ -97,65 +42,6 @@ var<workgroup> x_tile: array<f16, BY * TMC * CT * (BK + PAD)>;
 var<workgroup> w_tile: array<f16, BX * TNC * CT * (BK + PAD)>;
 // One CT x CT accumulator per block on its way out, plus a spare slot.
 var<workgroup> c_tile: array<f32, (BX * BY + 1u) * CT * CT>;
-
-// erf by Abramowitz & Stegun 7.1.26, absolute error below 1.5e-7.
-fn erf_approx(v: f32) -> f32 {
-    let s = sign(v);
-    let a = abs(v);
-    let t = 1.0 / (1.0 + 0.3275911 * a);
-    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
-    return s * (1.0 - poly * exp(-a * a));
-}
-
-fn activate(v: f32) -> f32 {
-    switch ACT {
-        case 1u: {
-            return max(v, 0.0);
-        }
-        case 2u: {
-            // tanh saturates to +-1 in f32 beyond |v| = 10; clamping keeps
-            // exp-based implementations from overflowing to NaN.
-            return tanh(clamp(v, -10.0, 10.0));
-        }
-        case 3u: {
-            // Split by sign so exp never overflows.
-            if v >= 0.0 {
-                return 1.0 / (1.0 + exp(-v));
-            }
-            let e = exp(v);
-            return e / (1.0 + e);
-        }
-        case 4u: {
-            return 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752));
-        }
-        default: {
-            return v;
-        }
-    }
-}
-
-// v rounded to the nearest f16 (ties to even) and widened back, in exact integer and
-// power-of-two arithmetic: a driver may keep f16 values at f32 precision, which makes
-// f32(f16(v)) a no-op (Mesa 26.1's lavapipe does), may fold
-// unpack2x16float(pack2x16float(v)) back to v (NVIDIA's Vulkan driver 580 does), and
-// picks the rounding of an f32 -> f16 conversion itself. Every f16 kernel rounds its
-// x through this before converting, so the conversion is exact wherever it runs. At
-// or past 65520 (halfway to 65536) is infinity, as rounding to f16 gives (and the
-// CPU); NaN stays NaN.
-fn round_f16(v: vec4<f32>) -> vec4<f32> {
-    let u = bitcast<vec4<u32>>(v);
-    // f16 normals (|v| >= 2^-14): the 13 low bits of the significand dropped, ties to
-    // the even neighbour (a carry moves into the exponent, as it should).
-    let lsb = (u >> vec4<u32>(13u)) & vec4<u32>(1u);
-    let normal = bitcast<vec4<f32>>((u + vec4<u32>(0xfffu) + lsb) & vec4<u32>(0xffffe000u));
-    // f16 subnormals: multiples of 2^-24 (scaling by 2^24 and back is exact, and
-    // round() rounds ties to even).
-    let tiny = round(v * 16777216.0) * 5.9604644775390625e-8;
-    let r = select(normal, tiny, abs(v) < vec4<f32>(6.103515625e-5));
-    let inf = sign(v) * bitcast<f32>(0x7f800000u);
-    let nan = v != v;
-    return select(select(r, inf, abs(v) >= vec4<f32>(65520.0)), v, nan);
-}
 
 // Vector e of the slice of x at k0 (row row0 + e / (BK / 4), k k0 + (e % (BK / 4)) * 4),
 // zero past the tile or the edges of x. Only where the input width is a multiple of 4,

@@ -4,69 +4,18 @@
 // One 64-thread workgroup per output o (workgroup_id.x + workgroup_id.y * 65535): the
 // threads stride over k reading w[o, :] coalesced (four values per load where the
 // input width is a multiple of 4), keep one partial sum per row, then reduce the 64
-// partial sums of every row through workgroup memory. Same bindings and Params as
-// dense.wgsl.
+// partial sums of every row through workgroup memory. Same bindings and params as
+// dense.wgsl; written once for f32 and f16 (f16 weights, half the bytes to read, and
+// x rounded to f16) in the names of the element prelude, composed after the same
+// pieces as dense.wgsl.
 
-// Activation: 0 identity, 1 relu, 2 tanh, 3 sigmoid, 4 gelu (exact, erf form).
+// Activation (lib/activation.wgsl): 0 identity, 1 relu, 2 tanh, 3 sigmoid, 4 gelu.
 override ACT: u32 = 0u;
 
 const WG: u32 = 64u;
 const MAX_ROWS: u32 = 16u;
 
-struct Params {
-    rows: u32,
-    out_features: u32,
-    in_features: u32,
-    // Members of one shape run stacked, member z on workgroup_id.z: it reads x, w and
-    // b and writes y this many values further on (x_stride is 0 when every member
-    // reads the same input). The crate keeps each a multiple of 4.
-    x_stride: u32,
-    w_stride: u32,
-    b_stride: u32,
-    y_stride: u32,
-    _pad: u32,
-}
-
-// Bound as vectors, like dense.wgsl's (the crate sizes every buffer to whole vectors).
-@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> w: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<uniform> p: Params;
-
 var<workgroup> partial: array<f32, 1024>; // MAX_ROWS * WG
-
-fn erf_approx(v: f32) -> f32 {
-    let s = sign(v);
-    let a = abs(v);
-    let t = 1.0 / (1.0 + 0.3275911 * a);
-    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
-    return s * (1.0 - poly * exp(-a * a));
-}
-
-fn activate(v: f32) -> f32 {
-    switch ACT {
-        case 1u: {
-            return max(v, 0.0);
-        }
-        case 2u: {
-            return tanh(clamp(v, -10.0, 10.0));
-        }
-        case 3u: {
-            if v >= 0.0 {
-                return 1.0 / (1.0 + exp(-v));
-            }
-            let e = exp(v);
-            return e / (1.0 + e);
-        }
-        case 4u: {
-            return 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752));
-        }
-        default: {
-            return v;
-        }
-    }
-}
 
 @compute @workgroup_size(64, 1, 1)
 fn main(
@@ -96,26 +45,26 @@ fn main(
         let k4 = k_len / 4u;
         let wrow = (wo + o * k_len) / 4u;
         for (var k = tid; k < k4; k += WG) {
-            let wv = w[wrow + k];
+            let wv = vec4<f32>(w[wrow + k]);
             for (var r = 0u; r < MAX_ROWS; r++) {
                 if r >= rows {
                     break;
                 }
                 let xrow = (xo + r * k_len) / 4u;
-                let xv = x[xrow + k];
+                let xv = round_operand4(x[xrow + k]);
                 acc[r] = fma(xv.w, wv.w, fma(xv.z, wv.z, fma(xv.y, wv.y, fma(xv.x, wv.x, acc[r]))));
             }
         }
     } else if live {
         for (var k = tid; k < k_len; k += WG) {
             let i = wo + o * k_len + k;
-            let wv = w[i / 4u][i % 4u];
+            let wv = f32(w[i / 4u][i % 4u]);
             for (var r = 0u; r < MAX_ROWS; r++) {
                 if r >= rows {
                     break;
                 }
                 let j = xo + r * k_len + k;
-                acc[r] = fma(x[j / 4u][j % 4u], wv, acc[r]);
+                acc[r] = fma(round_operand(x[j / 4u][j % 4u]), wv, acc[r]);
             }
         }
     }

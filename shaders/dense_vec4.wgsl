@@ -16,8 +16,11 @@
 // indexed by loop counters). The K dimension is walked in slices of BK (a multiple of
 // 4), staged k-major through workgroup memory from four-value loads of x and w. Every
 // load and store is bounds checked, so any number of rows and outputs works.
+//
+// Written once for f32 and f16 in the names of the element prelude, composed after the
+// same pieces as dense.wgsl.
 
-// Activation: 0 identity, 1 relu, 2 tanh, 3 sigmoid, 4 gelu (exact, erf form).
+// Activation (lib/activation.wgsl): 0 identity, 1 relu, 2 tanh, 3 sigmoid, 4 gelu.
 override ACT: u32 = 0u;
 override WG_X: u32 = 16u;
 override WG_Y: u32 = 16u;
@@ -32,79 +35,20 @@ override BK: u32 = 8u;
 // slice.
 override PREFETCH: u32 = 0u;
 
-// The first two fields match softmax.wgsl's (rows, cols), so a layer that ends in a
-// softmax shares one uniform buffer between the two kernels.
-struct Params {
-    rows: u32,
-    out_features: u32,
-    in_features: u32,
-    // Members of one shape run stacked, member z on workgroup_id.z: it reads x, w and
-    // b and writes y this many values further on (x_stride is 0 when every member
-    // reads the same input). The crate keeps each a multiple of 4.
-    x_stride: u32,
-    w_stride: u32,
-    b_stride: u32,
-    y_stride: u32,
-    _pad: u32,
-}
-
-// The crate sizes every buffer bound here to whole vectors.
-@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> w: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<uniform> p: Params;
-
 // Where this member's b and y start (set by main for store).
 var<private> bo: u32;
 var<private> yo: u32;
 
 // A vector of x or w as staged in workgroup memory.
-alias Staged = vec4<f32>;
+alias Staged = vec4<Operand>;
 
 // k-major slices in vectors of four rows (outputs): x_tile[k * XS + m / 4][m % 4]
 // holds x[row0 + m, k0 + k], XS = BM / 4 + 1; w_tile likewise with n, BN and WS. The
 // one vector of padding per k puts the threads that stage the same rows at different
 // k (in one store instruction) in different banks of workgroup memory: at most 2-way
 // conflicts with BK 16 and none with BK 8, instead of 4- and 2-way.
-var<workgroup> x_tile: array<vec4<f32>, BK * (WG_Y * TM / 4u + 1u)>;
-var<workgroup> w_tile: array<vec4<f32>, BK * (WG_X * TN / 4u + 1u)>;
-
-// erf by Abramowitz & Stegun 7.1.26, absolute error below 1.5e-7.
-fn erf_approx(v: f32) -> f32 {
-    let s = sign(v);
-    let a = abs(v);
-    let t = 1.0 / (1.0 + 0.3275911 * a);
-    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
-    return s * (1.0 - poly * exp(-a * a));
-}
-
-fn activate(v: f32) -> f32 {
-    switch ACT {
-        case 1u: {
-            return max(v, 0.0);
-        }
-        case 2u: {
-            // tanh saturates to +-1 in f32 beyond |v| = 10; clamping keeps
-            // exp-based implementations from overflowing to NaN.
-            return tanh(clamp(v, -10.0, 10.0));
-        }
-        case 3u: {
-            // Split by sign so exp never overflows.
-            if v >= 0.0 {
-                return 1.0 / (1.0 + exp(-v));
-            }
-            let e = exp(v);
-            return e / (1.0 + e);
-        }
-        case 4u: {
-            return 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752));
-        }
-        default: {
-            return v;
-        }
-    }
-}
+var<workgroup> x_tile: array<vec4<Operand>, BK * (WG_Y * TM / 4u + 1u)>;
+var<workgroup> w_tile: array<vec4<Operand>, BK * (WG_X * TN / 4u + 1u)>;
 
 // Vector e of the slice of x at k0 (row row0 + e / (BK / 4), k (e % (BK / 4)) * 4),
 // zero past the tile or the edges of x.
@@ -113,7 +57,7 @@ fn x_vector(e: u32, row0: u32, k0: u32, xo: u32) -> Staged {
     let row = row0 + e / bk4;
     let k = k0 + (e % bk4) * 4u;
     if e < WG_Y * TM * bk4 && row < p.rows && k < p.in_features {
-        return Staged(x[xo + row * (p.in_features / 4u) + k / 4u]);
+        return Staged(round_operand4(x[xo + row * (p.in_features / 4u) + k / 4u]));
     }
     return Staged();
 }
@@ -312,22 +256,22 @@ fn main(
             }
         }
         for (var k = 0u; k < BK; k++) {
-            let xa = x_tile[k * xs + local.y];
-            let wa = w_tile[k * ws + local.x];
+            let xa = vec4<f32>(x_tile[k * xs + local.y]);
+            let wa = vec4<f32>(w_tile[k * ws + local.x]);
             c0a = fma(vec4<f32>(xa.x), wa, c0a);
             c1a = fma(vec4<f32>(xa.y), wa, c1a);
             c2a = fma(vec4<f32>(xa.z), wa, c2a);
             c3a = fma(vec4<f32>(xa.w), wa, c3a);
             var wb = vec4<f32>();
             if TN == 8u {
-                wb = w_tile[k * ws + WG_X + local.x];
+                wb = vec4<f32>(w_tile[k * ws + WG_X + local.x]);
                 c0b = fma(vec4<f32>(xa.x), wb, c0b);
                 c1b = fma(vec4<f32>(xa.y), wb, c1b);
                 c2b = fma(vec4<f32>(xa.z), wb, c2b);
                 c3b = fma(vec4<f32>(xa.w), wb, c3b);
             }
             if TM == 8u {
-                let xb = x_tile[k * xs + WG_Y + local.y];
+                let xb = vec4<f32>(x_tile[k * xs + WG_Y + local.y]);
                 c4a = fma(vec4<f32>(xb.x), wa, c4a);
                 c5a = fma(vec4<f32>(xb.y), wa, c5a);
                 c6a = fma(vec4<f32>(xb.z), wa, c6a);

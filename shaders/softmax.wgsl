@@ -1,24 +1,14 @@
 // Row-wise softmax in place: y[r, :] = exp(y[r, :] - max) / sum(exp(y[r, :] - max)).
 // One 64-thread workgroup per row (workgroup_id.x is the row) of member
 // workgroup_id.z of a stack, whose rows start z * y_stride values into y; subtracting
-// the row's maximum keeps exp from overflowing for any input magnitude.
+// the row's maximum keeps exp from overflowing for any input magnitude. The params are
+// the dense layer's (lib/dense_params.wgsl): a layer that ends in a softmax shares its
+// uniform buffer, and a row is out_features long.
 
 const WG: u32 = 64u;
 
-// dense.wgsl's Params (a layer that ends in a softmax shares its uniform buffer).
-struct Params {
-    rows: u32,
-    cols: u32,
-    _in_features: u32,
-    _x_stride: u32,
-    _w_stride: u32,
-    _b_stride: u32,
-    y_stride: u32,
-    _pad: u32,
-}
-
 @group(0) @binding(0) var<storage, read_write> y: array<f32>;
-@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(1) var<uniform> p: DenseParams;
 
 var<workgroup> scratch: array<f32, 64>;
 
@@ -29,13 +19,13 @@ fn main(
 ) {
     let row = group.x;
     let tid = local.x;
-    let base = group.z * p.y_stride + row * p.cols;
+    let base = group.z * p.y_stride + row * p.out_features;
     let live = row < p.rows;
 
     // Row maximum.
     var m = -3.4028234663852886e38;
     if live {
-        for (var c = tid; c < p.cols; c += WG) {
+        for (var c = tid; c < p.out_features; c += WG) {
             m = max(m, y[base + c]);
         }
     }
@@ -53,7 +43,7 @@ fn main(
     // Sum of exponentials.
     var s = 0.0;
     if live {
-        for (var c = tid; c < p.cols; c += WG) {
+        for (var c = tid; c < p.out_features; c += WG) {
             s += exp(y[base + c] - row_max);
         }
     }
@@ -68,7 +58,7 @@ fn main(
     let total = scratch[0];
 
     if live {
-        for (var c = tid; c < p.cols; c += WG) {
+        for (var c = tid; c < p.out_features; c += WG) {
             y[base + c] = exp(y[base + c] - row_max) / total;
         }
     }

@@ -14,22 +14,9 @@ override MODE: u32 = 0u;
 const WG: u32 = 64u;
 const NONE: u32 = 0xffffffffu;
 
-// aggregate.wgsl's Params.
-struct Params {
-    rows: u32,
-    cols: u32,
-    members: u32,
-    present: u32,
-    y_stride: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-    weights: array<vec4<f32>, 8>,
-}
-
 @group(0) @binding(0) var<storage, read_write> y: array<f32>;
 @group(0) @binding(1) var<storage, read_write> acc: array<f32>;
-@group(0) @binding(2) var<uniform> p: Params;
+@group(0) @binding(2) var<uniform> p: AggregateParams;
 
 var<workgroup> scratch: array<f32, 64>;
 var<workgroup> index: array<u32, 64>;

@@ -1,5 +1,27 @@
 //! The WGSL kernels of `shaders/`, their bind group layouts, and a cache of compute
 //! pipelines per (kernel, override constants).
+//!
+//! Each kernel's source is composed at compile time by concatenating WGSL files
+//! (`concat!` of `include_str!`, so every [`Kernel::source`] is a `&'static str`): a
+//! body under `shaders/` after the pieces the kernels share in `shaders/lib/` — the
+//! dense params struct and bindings, the activations, `round_f16`, the aggregate
+//! params, and an element prelude per precision (`lib/f32.wgsl`, `lib/f16.wgsl`) that
+//! declares the same names (`Operand`, `round_operand`, `round_operand4`) for both, so
+//! that `dense.wgsl`, `dense_vec4.wgsl` and `dense_small.wgsl` are each written once
+//! for f32 and f16. WGSL lets a module declare things in any order, but naga writes
+//! SPIR-V in the order of declaration, so the pieces come in the order the kernels
+//! measured on the H100 declared them (`dense_coop_shape.wgsl` before the shared pieces
+//! of `dense_coop.wgsl`): when the single files were split into pieces, the f32
+//! kernels and `dense_coop.wgsl` (both coop sizes) compiled to byte for byte the SPIR-V
+//! of the single files with naga 30 and wgpu's Vulkan options of a release build, for
+//! every override value the crate sets (a debug build's SPIR-V names types and struct
+//! members, and those names differ). Concatenation was chosen over
+//! WESL (the `wesl` crate, with imports and `@if`): the f32/f16 differences are types
+//! and the rounding of x, which the prelude's aliases and functions express without
+//! conditional compilation; it needs no dependency, build script or generated files;
+//! the pieces stay plain WGSL that naga and editors read; and the output is exactly
+//! the text listed here, whose order decides the SPIR-V, where a linker would choose
+//! the order and the names (WESL mangles imported names) itself.
 
 use std::collections::HashMap;
 
@@ -18,7 +40,8 @@ enum Layout {
     SoftmaxAggregate,
 }
 
-/// One kernel: its file under `shaders/` and its source.
+/// One kernel: the file under `shaders/` that holds its body (followed by `(f16)` for
+/// the f16 variant of an f32 body) and its source, composed with `shaders/lib/`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Kernel {
     pub(crate) file: &'static str,
@@ -26,12 +49,49 @@ pub(crate) struct Kernel {
     layout: Layout,
 }
 
+/// A kernel's source: `$head` (enable directives, which must come first), then the
+/// files `$piece` (relative to `shaders/`), one blank line after each.
+macro_rules! wgsl {
+    ($head:literal $(, $piece:literal)*) => {
+        concat!($head $(, include_str!(concat!("../../shaders/", $piece)), "\n")*)
+    };
+}
+
+/// The pieces before the body of an f32 dense kernel.
+macro_rules! dense_f32 {
+    ($body:literal) => {
+        wgsl!(
+            "",
+            "lib/dense_params.wgsl",
+            "lib/dense_bindings.wgsl",
+            "lib/activation.wgsl",
+            "lib/f32.wgsl",
+            $body
+        )
+    };
+}
+
+/// The pieces before the body of an f16 dense kernel.
+macro_rules! dense_f16 {
+    ($body:literal) => {
+        wgsl!(
+            "enable f16;\n",
+            "lib/dense_params.wgsl",
+            "lib/dense_bindings.wgsl",
+            "lib/activation.wgsl",
+            "lib/round_f16.wgsl",
+            "lib/f16.wgsl",
+            $body
+        )
+    };
+}
+
 macro_rules! kernel {
-    ($name:ident, $file:literal, $layout:ident, $doc:literal) => {
+    ($name:ident, $file:literal, $source:expr, $layout:ident, $doc:literal) => {
         #[doc = $doc]
         pub(crate) const $name: Kernel = Kernel {
             file: $file,
-            source: include_str!(concat!("../../shaders/", $file)),
+            source: $source,
             layout: Layout::$layout,
         };
     };
@@ -40,42 +100,58 @@ macro_rules! kernel {
 kernel!(
     DENSE,
     "dense.wgsl",
+    dense_f32!("dense.wgsl"),
     Dense,
     "Register-tiled dense layer (`ACT`, tile overrides)."
 );
 kernel!(
     DENSE_VEC4,
     "dense_vec4.wgsl",
+    dense_f32!("dense_vec4.wgsl"),
     Dense,
     "`DENSE` with each thread's rows and outputs in runs of four (`TileConfig::vec4`)."
 );
 kernel!(
     DENSE_SMALL,
     "dense_small.wgsl",
+    dense_f32!("dense_small.wgsl"),
     Dense,
     "Dense layer for at most 16 rows (`ACT`)."
 );
 kernel!(
     DENSE_F16,
-    "dense_f16.wgsl",
+    "dense.wgsl (f16)",
+    dense_f16!("dense.wgsl"),
     Dense,
-    "`DENSE` with f16 weights and operands."
+    "`DENSE` with f16 weights and operands (needs `SHADER_F16`)."
 );
 kernel!(
     DENSE_VEC4_F16,
-    "dense_vec4_f16.wgsl",
+    "dense_vec4.wgsl (f16)",
+    dense_f16!("dense_vec4.wgsl"),
     Dense,
-    "`DENSE_VEC4` with f16 weights and operands."
+    "`DENSE_VEC4` with f16 weights and operands (needs `SHADER_F16`)."
 );
 kernel!(
     DENSE_SMALL_F16,
-    "dense_small_f16.wgsl",
+    "dense_small.wgsl (f16)",
+    dense_f16!("dense_small.wgsl"),
     Dense,
-    "`DENSE_SMALL` with f16 weights."
+    "`DENSE_SMALL` with f16 weights (needs `SHADER_F16`)."
 );
 kernel!(
     DENSE_COOP,
     "dense_coop.wgsl",
+    wgsl!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\n",
+        "dense_coop_shape.wgsl",
+        "lib/dense_params.wgsl",
+        "lib/dense_bindings.wgsl",
+        "lib/activation.wgsl",
+        "lib/round_f16.wgsl",
+        "lib/f16.wgsl",
+        "dense_coop.wgsl"
+    ),
     Dense,
     "`DENSE_F16` on 16×16×16 cooperative matrices (`ACT`, `WG`, `BX`, `BY`, `BK`)."
 );
@@ -83,7 +159,7 @@ kernel!(
 /// Values by which `dense_coop.wgsl`'s staged rows exceed the slice (its `PAD`).
 pub(crate) const COOP_PAD: u32 = 8;
 
-/// `shaders/dense_coop.wgsl` for cooperative matrices of `size`² (16 or 8): the file
+/// `DENSE_COOP` for cooperative matrices of `size`² (16 or 8): `shaders/dense_coop.wgsl`
 /// is written for 16; the two lines marked `[coop size]` change for 8.
 pub(crate) fn dense_coop(size: u32) -> Kernel {
     if size == 16 {
@@ -106,18 +182,21 @@ pub(crate) fn dense_coop(size: u32) -> Kernel {
 kernel!(
     SOFTMAX,
     "softmax.wgsl",
+    wgsl!("", "lib/dense_params.wgsl", "softmax.wgsl"),
     Softmax,
     "Row-wise softmax in place."
 );
 kernel!(
     AGGREGATE,
     "aggregate.wgsl",
+    wgsl!("", "lib/aggregate_params.wgsl", "aggregate.wgsl"),
     Aggregate,
     "One member's weighted contribution (`MODE`)."
 );
 kernel!(
     SOFTMAX_AGGREGATE,
     "softmax_aggregate.wgsl",
+    wgsl!("", "lib/aggregate_params.wgsl", "softmax_aggregate.wgsl"),
     SoftmaxAggregate,
     "A last-layer softmax fused with the member's contribution (`MODE`)."
 );
@@ -282,6 +361,184 @@ impl Kernels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every kernel as the crate compiles it, the 8×8×8 coop variant included.
+    fn all() -> [Kernel; 11] {
+        [
+            DENSE,
+            DENSE_VEC4,
+            DENSE_SMALL,
+            DENSE_F16,
+            DENSE_VEC4_F16,
+            DENSE_SMALL_F16,
+            DENSE_COOP,
+            dense_coop(8),
+            SOFTMAX,
+            AGGREGATE,
+            SOFTMAX_AGGREGATE,
+        ]
+    }
+
+    /// naga's parse and validation of `source`, with the capabilities the f16 and
+    /// coop kernels need (wgpu's SHADER_F16, SUBGROUP, EXPERIMENTAL_COOPERATIVE_MATRIX).
+    fn validate(source: &str) -> Result<(naga::Module, naga::valid::ModuleInfo), String> {
+        let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
+        let info = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::default()
+                | naga::valid::Capabilities::SHADER_FLOAT16
+                | naga::valid::Capabilities::SUBGROUP
+                | naga::valid::Capabilities::COOPERATIVE_MATRIX,
+        )
+        .validate(&module)
+        .map_err(|e| e.emit_to_string(source))?;
+        Ok((module, info))
+    }
+
+    /// The composed source of every kernel parses and validates, and its pipeline
+    /// constants resolve with every value the crate sets; needs no GPU.
+    #[test]
+    fn every_kernel_validates_with_every_override_value() {
+        for kernel in all() {
+            let (module, info) =
+                validate(kernel.source).unwrap_or_else(|e| panic!("{}: {e}", kernel.file));
+            // The values the crate sets: ACT 0..=4 (dense kernels), MODE 0..=1
+            // (aggregates), PREFETCH 0..=1 (dense_vec4, dense_coop), and the tile
+            // shapes of the autotune candidates.
+            for name in module.overrides.iter().filter_map(|(_, o)| o.name.as_ref()) {
+                let values: &[f64] = match name.as_str() {
+                    "ACT" => &[0.0, 1.0, 2.0, 3.0, 4.0],
+                    "MODE" | "PREFETCH" => &[0.0, 1.0],
+                    "WG_X" | "WG_Y" => &[8.0, 16.0],
+                    "TM" | "TN" => &[2.0, 4.0, 8.0],
+                    "BK" => &[8.0, 16.0, 32.0, 64.0],
+                    "WG" => &[32.0, 128.0, 512.0],
+                    "BX" | "BY" => &[1.0, 2.0, 4.0],
+                    "TMC" | "TNC" => &[1.0, 2.0, 4.0],
+                    other => panic!("{}: unexpected override {other}", kernel.file),
+                };
+                for &v in values {
+                    let mut constants = naga::back::PipelineConstants::default();
+                    constants.insert(name.clone(), v);
+                    naga::back::pipeline_constants::process_overrides(
+                        &module,
+                        &info,
+                        Some((naga::ShaderStage::Compute, "main")),
+                        &constants,
+                    )
+                    .unwrap_or_else(|e| panic!("{} with {name} = {v}: {e}", kernel.file));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_broken_shader_is_rejected() {
+        let bad = "@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }";
+        assert!(validate(bad).is_err(), "naga accepted a type error");
+    }
+
+    /// The conversions to f16 in `source` (`f16(..)`, `Operand(..)`,
+    /// `vec4<Operand>(..)`, `Staged(..)`) whose argument is not known to be rounded:
+    /// allowed are nothing, a weight (`w[..]`, stored as f16), a literal,
+    /// `round_f16(..)`, `round_operand(..)`, `round_operand4(..)`, or `r.` (`v.`)
+    /// where the nearest `let r =` (`v =`) before it is a rounding. Comments and
+    /// round_f16's own body are left out.
+    fn unrounded_conversions(source: &str) -> Vec<String> {
+        let code: String = source
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let own = code.find("fn round_f16(").expect("round_f16");
+        let own_end = own + code[own..].find("\n}\n").expect("round_f16's end");
+        let code = format!("{}{}", &code[..own], &code[own_end..]);
+        let rounded = |arg: &str| {
+            ["round_f16(", "round_operand(", "round_operand4("]
+                .iter()
+                .any(|r| arg.starts_with(r))
+        };
+        let mut bad = Vec::new();
+        for call in ["f16(", "Operand(", "vec4<Operand>(", "Staged("] {
+            let mut at = 0;
+            while let Some(i) = code[at..].find(call) {
+                let start = at + i;
+                at = start + call.len();
+                if code[..start].ends_with("round_") || code[..start].ends_with("fn ") {
+                    continue;
+                }
+                // The argument, up to the matching parenthesis.
+                let mut depth = 1;
+                let mut end = code.len();
+                for (j, c) in code[at..].char_indices() {
+                    depth += match c {
+                        '(' => 1,
+                        ')' => -1,
+                        _ => 0,
+                    };
+                    if depth == 0 {
+                        end = at + j;
+                        break;
+                    }
+                }
+                let arg = code[at..end].trim();
+                let named = |name: &str, definition: &str| {
+                    arg.starts_with(name)
+                        && code[..start]
+                            .rfind(definition)
+                            .is_some_and(|d| rounded(&code[d + definition.len()..]))
+                };
+                let ok = arg.is_empty()
+                    || rounded(arg)
+                    || arg.starts_with("w[")
+                    || arg.starts_with(|c: char| c.is_ascii_digit())
+                    || named("r.", "let r = ")
+                    || named("v.", " v = ");
+                if !ok {
+                    bad.push(format!("{call}{arg})"));
+                }
+            }
+        }
+        bad
+    }
+
+    #[test]
+    fn every_f16_conversion_of_x_is_rounded() {
+        // On lavapipe, f16 workgroup arrays hold correctly rounded values, so the
+        // tests that run the kernels there would not see a conversion that skips
+        // round_f16 (NVIDIA's driver would): this reads every conversion in the
+        // source of every f16 kernel.
+        // The roundings taken out again, each in at least one kernel.
+        let reverts = [
+            ("let r = round_f16(v);", "let r = v;"),
+            (" v = round_operand4(x[", " v = (x["),
+            ("Staged(round_operand4(x[", "Staged((x["),
+            ("Operand(round_operand(x[", "Operand((x["),
+            ("f16(r.", "f16(v."),
+            (
+                "f16(round_f16(vec4<f32>(x[i / 4u][i % 4u])).x)",
+                "f16(x[i / 4u][i % 4u])",
+            ),
+        ];
+        let mut applied = [false; 6];
+        for kernel in [DENSE_F16, DENSE_VEC4_F16, DENSE_SMALL_F16, DENSE_COOP] {
+            let source = kernel.source;
+            let bad = unrounded_conversions(source);
+            assert!(bad.is_empty(), "{}: {bad:?}", kernel.file);
+            for ((from, to), applied) in reverts.iter().zip(&mut applied) {
+                let reverted = source.replace(from, to);
+                if reverted != source {
+                    *applied = true;
+                    assert!(
+                        !unrounded_conversions(&reverted).is_empty(),
+                        "{}: {from} -> {to} not caught",
+                        kernel.file
+                    );
+                }
+            }
+        }
+        assert_eq!(applied, [true; 6], "a rounding the check reverts is gone");
+    }
 
     /// The 8×8×8 variant is derived by text replacement: both replacements must
     /// still apply, and naga must accept the result.
