@@ -178,7 +178,7 @@ pub enum Error {
     /// A shader module or pipeline failed to compile or validate.
     #[error("shader {kernel}: {message}")]
     Shader {
-        /// The `.wgsl` file of the kernel.
+        /// The kernel's body file, with its variant where it has one (`dense.wgsl (f16)`).
         kernel: &'static str,
         /// What wgpu reported.
         message: String,

@@ -54,7 +54,7 @@ impl Activation {
         }
     }
 
-    /// The element-wise activations' code in `shaders/dense.wgsl` (`ACT`); softmax is
+    /// The element-wise activations' code in `shaders/lib/activation.wgsl` (`ACT`); softmax is
     /// its own kernel, so the dense kernel stores its input unchanged (code 0).
     pub(crate) fn shader_code(self) -> u32 {
         match self {

@@ -26,8 +26,8 @@ pub struct TileConfig {
     pub bk: u32,
     /// Each thread's rows and outputs in runs of four, read from workgroup memory as
     /// vectors, with accumulators no loop indexes (`shaders/dense_vec4.wgsl`), instead
-    /// of single values strided across the workgroup (`shaders/dense.wgsl`;
-    /// `dense_vec4_f16.wgsl` and `dense_f16.wgsl` in f16). For layers whose input
+    /// of single values strided across the workgroup (`shaders/dense.wgsl`; both
+    /// composed in f32 and in f16). For layers whose input
     /// width is a multiple of 4; the others run the strided kernel with the same tile.
     #[serde(default)]
     pub vec4: bool,
@@ -39,7 +39,7 @@ pub struct TileConfig {
     pub prefetch: bool,
 }
 
-/// Values by which `dense_vec4.wgsl` and `dense_vec4_f16.wgsl` pad each k of their
+/// Values by which `dense_vec4.wgsl` (f32 and f16) pads each k of its
 /// staged tiles (one vector).
 const VEC4_PAD: u64 = 4;
 

@@ -3,8 +3,8 @@
 
 use super::kernels::MAX_STACK;
 
-/// `Params` of the dense kernels; softmax.wgsl reads its `rows`, `out_features` (as
-/// its columns) and `y_stride`.
+/// `DenseParams` of the dense kernels (`shaders/lib/dense_params.wgsl`); softmax.wgsl
+/// reads its `rows`, `out_features` and `y_stride`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct DenseParams {
@@ -38,7 +38,8 @@ impl DenseParams {
     }
 }
 
-/// `Params` of aggregate.wgsl and softmax_aggregate.wgsl.
+/// `AggregateParams` of aggregate.wgsl and softmax_aggregate.wgsl
+/// (`shaders/lib/aggregate_params.wgsl`).
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct AggregateParams {
