@@ -2,7 +2,7 @@
 //! `scripts/train_digits.py`) against scikit-learn's own `predict_proba` on the 360
 //! test digits, on every placement available.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

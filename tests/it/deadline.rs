@@ -2,7 +2,7 @@
 //! `DeadlineExceeded` naming it, the session stays usable, and a late result is never
 //! mixed into a later run.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

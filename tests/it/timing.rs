@@ -1,7 +1,7 @@
 //! `SessionOptions::device_timing`: each GPU device's kernel time from timestamp
 //! queries, read back with the results without disturbing them.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Whole ensembles of 3 to 5 members with different architectures, for every
 //! aggregate, on the CPU, on every usable adapter, and spread by `Placement::Auto`.
 
-mod common;
+use crate::common;
 
 use common::{assert_close, input, reference_forward, reference_mean, reference_vote};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Every kernel and activation against the f64 reference, on the CPU and on every
 //! usable adapter, over shapes that are not multiples of the tile size.
 
-mod common;
+use crate::common;
 
 use common::{all_placements, assert_close, input, reference_forward};
 use wgpu_ensemble::{

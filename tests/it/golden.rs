@@ -1,7 +1,7 @@
 //! The crate's results on model files made by an independent implementation
 //! (`tests/fixtures/make_golden.py`, numpy only), on every placement available.
 
-mod common;
+use crate::common;
 
 use common::{all_placements, assert_close, golden, read_f64};
 use wgpu_ensemble::io::{load_model, read_matrix, save_model, LoadOptions, Manifest};

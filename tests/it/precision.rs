@@ -2,7 +2,7 @@
 //! the small-batch kernel, `Precision::F16` against its own reference, and the
 //! autotune with its cache file.
 
-mod common;
+use crate::common;
 
 use common::{
     assert_close_tol, input, reference_forward, reference_forward_f16, usable_adapters, ABS, REL,

@@ -1,7 +1,7 @@
 //! Bad model files and bad manifests: each gives an error naming the file and the
 //! tensor or key, never a panic.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
