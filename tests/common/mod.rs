@@ -1,7 +1,8 @@
-//! The integration tests' shared support (`tests/it/common.rs`) for the test files
-//! outside `tests/it`.
+//! The integration tests' shared support (`tests/it/common/`) for the test files
+//! outside `tests/it`, which use only part of it.
 
-#[path = "../it/common.rs"]
+#[allow(unused)]
+#[path = "../it/common/mod.rs"]
 mod support;
 
 pub use support::*;

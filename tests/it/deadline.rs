@@ -6,9 +6,11 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{assert_close, input, reference_forward, reference_mean};
+use common::{
+    adapter_tests, assert_close, input, placement_tests, quirks, reference_forward, reference_mean,
+};
 use wgpu_ensemble::{
-    Activation::*, Error, Graph, Model, Placement, RunOptions, Session, SessionOptions,
+    Activation::*, AdapterInfo, Error, Graph, Model, Placement, RunOptions, Session, SessionOptions,
 };
 
 fn deadline_then_recovery(place: Placement, label: &str, widths: &[usize], batch: usize) {
@@ -61,66 +63,67 @@ fn deadline_on_cpu_member() {
     deadline_then_recovery(Placement::Cpu, "cpu", &[512, 1024, 1024, 1024, 8], 256);
 }
 
-#[test]
-fn deadline_on_gpu_member() {
-    for (label, place) in common::gpu_placements("deadline") {
-        deadline_then_recovery(place, &label, &[128, 512, 512, 8], 256);
+fn deadline_on_gpu(place: Placement, label: &str) {
+    deadline_then_recovery(place, label, &[128, 512, 512, 8], 256);
+}
+
+placement_tests!(deadline_on_gpu;
+    deadline_on_gpu_member_vulkan: Vulkan,
+    deadline_on_gpu_member_gl: Gl,
+);
+
+fn operation_timeout(info: &AdapterInfo) {
+    // Some drivers cannot cut a wait short (see the quirk); the timeout is checked
+    // on the others, of which a machine that must have a GPU has one.
+    common::require_an_adapter_with("an operation timeout that can cut a wait short", |a| {
+        quirks::fence_wait_runs_to_completion(a).is_none()
+    });
+    if let Some(why) = quirks::fence_wait_runs_to_completion(info) {
+        eprintln!("operation timeout: not checked on {info}: {why}");
+        return;
+    }
+    let model = Model::random(&[256, 512, 512, 8], &[Relu, Relu, Softmax], 4).unwrap();
+    let graph = Graph::builder(256)
+        .member("slow", model, Placement::Adapter(info.index))
+        .build()
+        .unwrap();
+    let options = SessionOptions::default().operation_timeout(Duration::from_micros(1));
+    let session = Session::with_options(graph, options).unwrap();
+    match session.run(&input(256, 256, 5), &RunOptions::default()) {
+        Err(Error::OperationTimeout { device, timeout }) => {
+            assert_eq!(timeout, Duration::from_micros(1));
+            assert!(device.contains(&info.name), "{device}");
+        }
+        Err(other) => panic!("{info}: expected OperationTimeout, got {other:?}"),
+        Ok(_) => panic!("{info}: expected OperationTimeout, the run succeeded"),
     }
 }
 
-#[test]
-fn operation_timeout_bounds_device_waits() {
-    let adapters = common::usable_adapters("operation timeout");
-    let mut tested = 0;
-    for info in adapters {
-        // GL (llvmpipe) runs a submission to completion before a fence wait can time
-        // out, so the timeout cannot cut a GL wait short; it is checked elsewhere.
-        if info.backend == wgpu_ensemble::wgpu::Backend::Gl {
-            eprintln!("operation timeout: not checked on {info}: GL waits cannot time out early");
-            continue;
-        }
-        let model = Model::random(&[256, 512, 512, 8], &[Relu, Relu, Softmax], 4).unwrap();
-        let graph = Graph::builder(256)
-            .member("slow", model, Placement::Adapter(info.index))
-            .build()
-            .unwrap();
-        let options = SessionOptions::default().operation_timeout(Duration::from_micros(1));
-        let session = Session::with_options(graph, options).unwrap();
-        match session.run(&input(256, 256, 5), &RunOptions::default()) {
-            Err(Error::OperationTimeout { device, timeout }) => {
-                assert_eq!(timeout, Duration::from_micros(1));
-                assert!(device.contains(&info.name), "{device}");
-            }
-            Err(other) => panic!("{info}: expected OperationTimeout, got {other:?}"),
-            Ok(_) => panic!("{info}: expected OperationTimeout, the run succeeded"),
-        }
-        tested += 1;
-    }
-    if common::gpu_required() {
-        assert!(
-            tested > 0,
-            "no adapter outside GL to check the operation timeout on"
-        );
-    }
-}
+adapter_tests!(operation_timeout;
+    operation_timeout_bounds_device_waits_vulkan: Vulkan,
+    operation_timeout_bounds_device_waits_gl: Gl,
+);
 
 /// `operation_timeout(Duration::MAX)` means "never time out": runs on every adapter
 /// and on the CPU give the right answer (the wait for a result's map callbacks once
 /// overflowed an `Instant` with it and panicked the device's worker).
-#[test]
-fn an_operation_timeout_of_duration_max_waits_as_long_as_needed() {
+fn duration_max(place: Placement, label: &str) {
     let m = Model::random(&[4, 8, 3], &[Relu, Identity], 1).unwrap();
-    for (label, place) in common::all_placements("operation timeout of Duration::MAX") {
-        let graph = Graph::builder(4)
-            .member("m", m.clone(), place)
-            .build()
-            .unwrap();
-        let options = SessionOptions::default().operation_timeout(Duration::MAX);
-        let session = Session::with_options(graph, options).unwrap();
-        let x = input(2, 4, 3);
-        let run = session
-            .run(&x, &RunOptions::default())
-            .unwrap_or_else(|e| panic!("{label}: {e}"));
-        assert_close(&label, run.aggregate.as_slice(), &reference_forward(&m, &x));
-    }
+    let graph = Graph::builder(4)
+        .member("m", m.clone(), place)
+        .build()
+        .unwrap();
+    let options = SessionOptions::default().operation_timeout(Duration::MAX);
+    let session = Session::with_options(graph, options).unwrap();
+    let x = input(2, 4, 3);
+    let run = session
+        .run(&x, &RunOptions::default())
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+    assert_close(label, run.aggregate.as_slice(), &reference_forward(&m, &x));
 }
+
+placement_tests!(duration_max;
+    an_operation_timeout_of_duration_max_waits_as_long_as_needed_cpu: Cpu,
+    an_operation_timeout_of_duration_max_waits_as_long_as_needed_vulkan: Vulkan,
+    an_operation_timeout_of_duration_max_waits_as_long_as_needed_gl: Gl,
+);

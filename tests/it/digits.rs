@@ -6,9 +6,9 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use common::{all_placements, assert_close};
+use common::{assert_close, placement_tests};
 use wgpu_ensemble::io::{read_matrix, Manifest};
-use wgpu_ensemble::{RunOptions, Session};
+use wgpu_ensemble::{Placement, RunOptions, Session};
 
 fn data(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -16,8 +16,7 @@ fn data(file: &str) -> PathBuf {
         .join(file)
 }
 
-#[test]
-fn members_reproduce_scikit_learn_probabilities() {
+fn scikit_learn_probabilities(place: Placement, label: &str) {
     let manifest = Manifest::load(data("digits.toml")).unwrap();
     let x = read_matrix(data("x_test.npy")).unwrap();
     let file = std::fs::File::open(data("sklearn_proba.npy")).unwrap();
@@ -29,19 +28,23 @@ fn members_reproduce_scikit_learn_probabilities() {
         .into_iter()
         .map(f64::from)
         .collect();
-    for (label, place) in all_placements("digits") {
-        let session = Session::new(manifest.graph(Some(&place)).unwrap()).unwrap();
-        let run = session
-            .run(&x, &RunOptions::default().member_outputs(true))
-            .unwrap();
-        for (i, m) in run.members.iter().enumerate() {
-            // scikit-learn computes in float64 with float64 weights; the export
-            // rounds them to float32, well inside the usual tolerance.
-            assert_close(
-                &format!("{label}: {}", m.name),
-                m.output.as_ref().unwrap().as_slice(),
-                &want[i * 3600..(i + 1) * 3600],
-            );
-        }
+    let session = Session::new(manifest.graph(Some(&place)).unwrap()).unwrap();
+    let run = session
+        .run(&x, &RunOptions::default().member_outputs(true))
+        .unwrap();
+    for (i, m) in run.members.iter().enumerate() {
+        // scikit-learn computes in float64 with float64 weights; the export
+        // rounds them to float32, well inside the usual tolerance.
+        assert_close(
+            &format!("{label}: {}", m.name),
+            m.output.as_ref().unwrap().as_slice(),
+            &want[i * 3600..(i + 1) * 3600],
+        );
     }
 }
+
+placement_tests!(scikit_learn_probabilities;
+    members_reproduce_scikit_learn_probabilities_cpu: Cpu,
+    members_reproduce_scikit_learn_probabilities_vulkan: Vulkan,
+    members_reproduce_scikit_learn_probabilities_gl: Gl,
+);

@@ -1,10 +1,14 @@
 //! Shared test support: an f64 reference forward pass that is independent of both
-//! executors, tolerance checks, and the list of devices to test on.
+//! executors, tolerance checks, fixtures, and (in `devices`) where tests run.
 #![allow(dead_code)]
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use wgpu_ensemble::{probe_adapters, Activation, AdapterInfo, Model, Placement, Tensor};
+use wgpu_ensemble::{Activation, Model, Tensor};
+
+mod devices;
+
+pub use devices::*;
 
 /// Absolute tolerance of f32 kernels against the f64 reference.
 pub const ABS: f64 = 1e-5;
@@ -121,47 +125,6 @@ pub fn assert_close_tol(what: &str, got: &[f32], want: &[f64], abs: f64, rel: f6
     }
 }
 
-/// Whether a missing GPU must fail the test (`WGPU_ENSEMBLE_REQUIRE_GPU=1`).
-pub fn gpu_required() -> bool {
-    std::env::var("WGPU_ENSEMBLE_REQUIRE_GPU").is_ok_and(|v| v == "1")
-}
-
-/// The adapters a device can be created on. When there is none the test prints why
-/// it skips, or fails when `WGPU_ENSEMBLE_REQUIRE_GPU=1`.
-pub fn usable_adapters(test: &str) -> Vec<AdapterInfo> {
-    let probes = probe_adapters();
-    let usable: Vec<AdapterInfo> = probes
-        .iter()
-        .filter(|p| p.usable.is_ok())
-        .map(|p| p.info.clone())
-        .collect();
-    if usable.is_empty() {
-        let seen: Vec<String> = probes
-            .iter()
-            .map(|p| format!("{} -> {:?}", p.info, p.usable))
-            .collect();
-        let why = format!("{test}: no usable GPU adapter (adapters: {seen:?})");
-        assert!(!gpu_required(), "{why}, and WGPU_ENSEMBLE_REQUIRE_GPU=1");
-        eprintln!("SKIPPED GPU part of {why}");
-    }
-    usable
-}
-
-/// One `Placement::Adapter` per usable adapter (see [`usable_adapters`]).
-pub fn gpu_placements(test: &str) -> Vec<(String, Placement)> {
-    usable_adapters(test)
-        .into_iter()
-        .map(|a| (a.to_string(), Placement::Adapter(a.index)))
-        .collect()
-}
-
-/// The CPU followed by every usable adapter.
-pub fn all_placements(test: &str) -> Vec<(String, Placement)> {
-    let mut v = vec![("cpu".to_string(), Placement::Cpu)];
-    v.extend(gpu_placements(test));
-    v
-}
-
 /// The folder of the golden fixtures made by `tests/fixtures/make_golden.py`.
 pub fn golden(file: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -176,6 +139,10 @@ pub fn read_f64(path: &std::path::Path) -> (Vec<usize>, Vec<f64>) {
     let shape = npy.shape().iter().map(|&d| d as usize).collect();
     (shape, npy.into_vec::<f64>().unwrap())
 }
+
+/// The WGSL file (from the crate's root) that holds `round_f16`, the function every
+/// f16 kernel rounds its inputs through.
+pub const ROUND_F16_SHADER: &str = "shaders/dense_small_f16.wgsl";
 
 /// The text of `fn name(...) { ... }` in WGSL `source`, up to the closing brace at
 /// column 0.
