@@ -6,9 +6,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{
-    adapter_tests, assert_close, input, placement_tests, quirks, reference_forward, reference_mean,
-};
+use common::{assert_close, input, placement_tests, quirks, reference_forward, reference_mean};
 use wgpu_ensemble::{
     Activation::*, AdapterInfo, Error, Graph, Model, Placement, RunOptions, Session, SessionOptions,
 };
@@ -59,7 +57,7 @@ fn deadline_then_recovery(place: Placement, label: &str, widths: &[usize], batch
 }
 
 #[test]
-fn deadline_on_cpu_member() {
+fn deadline_on_member_cpu() {
     deadline_then_recovery(Placement::Cpu, "cpu", &[512, 1024, 1024, 1024, 8], 256);
 }
 
@@ -68,8 +66,8 @@ fn deadline_on_gpu(place: Placement, label: &str) {
 }
 
 placement_tests!(deadline_on_gpu;
-    deadline_on_gpu_member_vulkan: Vulkan,
-    deadline_on_gpu_member_gl: Gl,
+    deadline_on_member_vulkan: Vulkan,
+    deadline_on_member_gl: Gl,
 );
 
 fn operation_timeout(info: &AdapterInfo) {
@@ -99,7 +97,7 @@ fn operation_timeout(info: &AdapterInfo) {
     }
 }
 
-adapter_tests!(operation_timeout;
+placement_tests!(adapters operation_timeout;
     operation_timeout_bounds_device_waits_vulkan: Vulkan,
     operation_timeout_bounds_device_waits_gl: Gl,
 );

@@ -4,8 +4,7 @@
 use crate::common;
 
 use common::{
-    adapter_tests, assert_close, input, placement_tests, reference_forward, reference_mean,
-    reference_vote,
+    assert_close, input, placement_tests, reference_forward, reference_mean, reference_vote,
 };
 use std::time::Duration;
 
@@ -286,7 +285,7 @@ fn spin_wait(info: &AdapterInfo) {
     }
 }
 
-adapter_tests!(spin_wait;
+placement_tests!(adapters spin_wait;
     spinning_for_the_result_gives_the_same_answers_vulkan: Vulkan,
     spinning_for_the_result_gives_the_same_answers_gl: Gl,
 );

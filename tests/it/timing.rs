@@ -5,7 +5,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{adapter_tests, assert_close, input, quirks, reference_forward, reference_mean};
+use common::{assert_close, input, placement_tests, quirks, reference_forward, reference_mean};
 use wgpu_ensemble::{
     wgpu, Activation::*, AdapterInfo, Error, ExternalDevice, Graph, Model, Placement, RunOptions,
     Session, SessionOptions,
@@ -144,7 +144,7 @@ fn device_timing(adapter: &AdapterInfo) {
     );
 }
 
-adapter_tests!(device_timing;
+placement_tests!(adapters device_timing;
     device_timing_reports_each_devices_kernel_time_vulkan: Vulkan,
     device_timing_reports_each_devices_kernel_time_gl: Gl,
 );

@@ -179,45 +179,29 @@ pub fn require_coop(test: &str) {
     }
 }
 
-/// `#[test]` wrappers, one per target, around a body `fn(Placement, &str)` (the
-/// placement and a label naming it):
+/// `#[test]` wrappers, one per target, named as given: around a body
+/// `fn(Placement, &str)` (the placement and a label naming it) run by [`on_placement`],
+/// or, after `adapters`, a body `fn(&AdapterInfo)` run by [`on_adapters`]:
 ///
 /// ```ignore
 /// placement_tests!(body; name_cpu: Cpu, name_vulkan: Vulkan, name_gl: Gl);
+/// placement_tests!(adapters body; name_vulkan: Vulkan, name_gl: Gl);
 /// ```
 macro_rules! placement_tests {
-    ($body:path; $($name:ident: $target:ident),+ $(,)?) => {$(
+    (adapters $body:path; $($tests:tt)+) => {
+        $crate::common::placement_tests!(@on_adapters $body; $($tests)+);
+    };
+    (@$run:ident $body:path; $($name:ident: $target:ident),+ $(,)?) => {$(
         #[test]
         fn $name() {
-            $crate::common::on_placement(
-                stringify!($name),
-                $crate::common::Target::$target,
-                $body,
-            );
+            $crate::common::$run(stringify!($name), $crate::common::Target::$target, $body);
         }
     )+};
+    ($body:path; $($tests:tt)+) => {
+        $crate::common::placement_tests!(@on_placement $body; $($tests)+);
+    };
 }
 pub(crate) use placement_tests;
-
-/// `#[test]` wrappers, one per GPU backend, around a body `fn(&AdapterInfo)` run on
-/// each usable adapter of the backend:
-///
-/// ```ignore
-/// adapter_tests!(body; name_vulkan: Vulkan, name_gl: Gl);
-/// ```
-macro_rules! adapter_tests {
-    ($body:path; $($name:ident: $target:ident),+ $(,)?) => {$(
-        #[test]
-        fn $name() {
-            $crate::common::on_adapters(
-                stringify!($name),
-                $crate::common::Target::$target,
-                $body,
-            );
-        }
-    )+};
-}
-pub(crate) use adapter_tests;
 
 /// The driver quirks the tests know of, declared once.
 pub mod quirks {

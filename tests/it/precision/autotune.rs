@@ -32,7 +32,7 @@ fn autotune_tile(info: &AdapterInfo) {
     assert_eq!(std::fs::read_to_string(&cache).unwrap(), text);
 }
 
-adapter_tests!(autotune_tile;
+placement_tests!(adapters autotune_tile;
     autotune_picks_a_tile_and_keeps_it_in_its_cache_file_vulkan: Vulkan,
     autotune_picks_a_tile_and_keeps_it_in_its_cache_file_gl: Gl,
 );
@@ -112,7 +112,7 @@ fn autotune_stack(info: &AdapterInfo) {
     assert_eq!(members(16, 512), [1, 4], "{text}");
 }
 
-adapter_tests!(autotune_stack;
+placement_tests!(adapters autotune_stack;
     autotune_times_a_stack_with_its_members_vulkan: Vulkan,
     autotune_times_a_stack_with_its_members_gl: Gl,
 );
@@ -140,7 +140,7 @@ fn autotune_coop(info: &AdapterInfo) {
     assert_eq!(std::fs::read_to_string(&cache).unwrap(), text);
 }
 
-adapter_tests!(autotune_coop;
+placement_tests!(adapters autotune_coop;
     coop_autotune_picks_a_shape_and_keeps_it_in_its_cache_file_vulkan: Vulkan,
     coop_autotune_picks_a_shape_and_keeps_it_in_its_cache_file_gl: Gl,
 );
@@ -229,7 +229,7 @@ fn autotune_tampered_cache(info: &AdapterInfo) {
     }
 }
 
-adapter_tests!(autotune_tampered_cache;
+placement_tests!(adapters autotune_tampered_cache;
     autotune_retimes_cached_entries_the_device_cannot_run_vulkan: Vulkan,
     autotune_retimes_cached_entries_the_device_cannot_run_gl: Gl,
 );

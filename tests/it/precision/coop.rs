@@ -56,7 +56,7 @@ fn coop_on_adapter(info: &AdapterInfo) {
     }
 }
 
-adapter_tests!(coop_on_adapter;
+placement_tests!(adapters coop_on_adapter;
     f16_coop_matrix_matches_the_f16_reference_vulkan: Vulkan,
     f16_coop_matrix_matches_the_f16_reference_gl: Gl,
 );
@@ -136,7 +136,7 @@ fn coop_edge_shapes(info: &AdapterInfo) {
     }
 }
 
-adapter_tests!(coop_edge_shapes;
+placement_tests!(adapters coop_edge_shapes;
     f16_coop_matrix_handles_edge_shapes_vulkan: Vulkan,
     f16_coop_matrix_handles_edge_shapes_gl: Gl,
 );

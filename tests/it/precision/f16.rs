@@ -43,7 +43,7 @@ fn f16_on_adapter(info: &AdapterInfo) {
     }
 }
 
-adapter_tests!(f16_on_adapter;
+placement_tests!(adapters f16_on_adapter;
     f16_matches_its_reference_on_vulkan: Vulkan,
     f16_matches_its_reference_on_gl: Gl,
 );
@@ -133,7 +133,7 @@ fn stacked_members(info: &AdapterInfo) {
     }
 }
 
-adapter_tests!(stacked_members;
+placement_tests!(adapters stacked_members;
     stacked_members_match_their_references_in_every_precision_vulkan: Vulkan,
     stacked_members_match_their_references_in_every_precision_gl: Gl,
 );

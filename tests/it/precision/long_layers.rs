@@ -104,7 +104,7 @@ fn long_layers(info: &AdapterInfo) {
     }
 }
 
-adapter_tests!(long_layers;
+placement_tests!(adapters long_layers;
     long_layers_are_right_or_refused_vulkan: Vulkan,
     long_layers_are_right_or_refused_gl: Gl,
 );

@@ -13,7 +13,7 @@ mod tiles;
 use crate::common;
 
 use common::{
-    adapter_tests, assert_close_tol, input, quirks, reference_forward, reference_forward_f16,
+    assert_close_tol, input, placement_tests, quirks, reference_forward, reference_forward_f16,
     usable_adapters, ABS, REL,
 };
 

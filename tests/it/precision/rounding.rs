@@ -84,7 +84,7 @@ fn layer_inputs_rounded(info: &AdapterInfo) {
     }
 }
 
-adapter_tests!(layer_inputs_rounded;
+placement_tests!(adapters layer_inputs_rounded;
     f16_rounds_every_layer_input_vulkan: Vulkan,
     f16_rounds_every_layer_input_gl: Gl,
 );
@@ -224,7 +224,7 @@ fn nearest_even_on_adapter(info: &AdapterInfo) {
     nearest_even(&info.to_string(), Placement::Adapter(info.index), &runs);
 }
 
-adapter_tests!(nearest_even_on_adapter;
+placement_tests!(adapters nearest_even_on_adapter;
     f16_inputs_round_to_nearest_even_in_every_kernel_vulkan: Vulkan,
     f16_inputs_round_to_nearest_even_in_every_kernel_gl: Gl,
 );
@@ -262,7 +262,7 @@ fn overflow_on_adapter(info: &AdapterInfo) {
     }
 }
 
-adapter_tests!(overflow_on_adapter;
+placement_tests!(adapters overflow_on_adapter;
     f16_overflow_is_infinity_in_the_small_kernel_vulkan: Vulkan,
     f16_overflow_is_infinity_in_the_small_kernel_gl: Gl,
 );
@@ -402,7 +402,7 @@ fn round_f16_on_driver(info: &AdapterInfo) {
     );
 }
 
-adapter_tests!(round_f16_on_driver;
+placement_tests!(adapters round_f16_on_driver;
     round_f16_compiled_by_every_driver_matches_half_vulkan: Vulkan,
     round_f16_compiled_by_every_driver_matches_half_gl: Gl,
 );

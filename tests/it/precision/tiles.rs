@@ -27,7 +27,7 @@ fn tile_candidates(info: &AdapterInfo) {
     }
 }
 
-adapter_tests!(tile_candidates;
+placement_tests!(adapters tile_candidates;
     every_tile_candidate_matches_reference_vulkan: Vulkan,
     every_tile_candidate_matches_reference_gl: Gl,
 );
@@ -122,7 +122,7 @@ fn vec4_edge_shapes(info: &AdapterInfo) {
     }
 }
 
-adapter_tests!(vec4_edge_shapes;
+placement_tests!(adapters vec4_edge_shapes;
     vec4_tiles_handle_edge_shapes_vulkan: Vulkan,
     vec4_tiles_handle_edge_shapes_gl: Gl,
 );
@@ -174,7 +174,7 @@ fn vec4_refusals(info: &AdapterInfo) {
     }
 }
 
-adapter_tests!(vec4_refusals;
+placement_tests!(adapters vec4_refusals;
     vec4_tiles_refuse_other_shapes_vulkan: Vulkan,
     vec4_tiles_refuse_other_shapes_gl: Gl,
 );
