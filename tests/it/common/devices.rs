@@ -147,6 +147,11 @@ pub fn on_placement(test: &str, target: Target, body: impl Fn(Placement, &str)) 
 /// Runs `body(adapter)` on every usable adapter of `target`'s backend (see
 /// [`adapters_on`]).
 pub fn on_adapters(test: &str, target: Target, body: impl Fn(&AdapterInfo)) {
+    assert_ne!(
+        target,
+        Target::Cpu,
+        "{test}: an adapter's test has no CPU target"
+    );
     for info in adapters_on(test, target) {
         body(&info);
     }
@@ -171,7 +176,10 @@ pub fn require_an_adapter_with(what: &str, has: impl Fn(&AdapterInfo) -> bool) {
 /// them: CI's newer lavapipe, a GPU), so that the kernel cannot go unchecked there.
 pub fn require_coop(test: &str) {
     if !usable().any(quirks::coop_matrix) {
-        eprintln!("SKIPPED {test}: no adapter lists a cooperative matrix with f16 operands and an f32 accumulator");
+        eprintln!(
+            "SKIPPED cooperative-matrix part of {test}: no adapter lists a cooperative \
+             matrix with f16 operands and an f32 accumulator"
+        );
         assert!(
             std::env::var("WGPU_ENSEMBLE_REQUIRE_COOP").map_or(true, |v| v != "1"),
             "WGPU_ENSEMBLE_REQUIRE_COOP=1 but no adapter has cooperative matrices"
