@@ -110,6 +110,7 @@ pub fn adapters_on(test: &str, target: Target) -> Vec<AdapterInfo> {
     let Some(backend) = target.backend() else {
         return Vec::new();
     };
+    let required = backend_required(target);
     let on: Vec<AdapterInfo> = usable().filter(|a| a.backend == backend).cloned().collect();
     if on.is_empty() {
         let why = format!(
@@ -118,7 +119,7 @@ pub fn adapters_on(test: &str, target: Target) -> Vec<AdapterInfo> {
             seen()
         );
         assert!(
-            !backend_required(target),
+            !required,
             "{why}, and WGPU_ENSEMBLE_REQUIRE_BACKENDS names {}",
             target.name()
         );
