@@ -1,7 +1,7 @@
 //! The `wgpu-ensemble` command line: predictions equal the golden fixtures, and every
 //! bad input exits non-zero with a message and writes no output file.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,14 +1,14 @@
 //! `SessionOptions::device_timing`: each GPU device's kernel time from timestamp
 //! queries, read back with the results without disturbing them.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{assert_close, input, reference_forward, reference_mean};
+use common::{assert_close, input, placement_tests, quirks, reference_forward, reference_mean};
 use wgpu_ensemble::{
-    wgpu, Activation::*, Error, ExternalDevice, Graph, Model, Placement, RunOptions, Session,
-    SessionOptions,
+    wgpu, Activation::*, AdapterInfo, Error, ExternalDevice, Graph, Model, Placement, RunOptions,
+    Session, SessionOptions,
 };
 
 /// Two members of one shape and one of another on `place`, a fourth on the CPU.
@@ -44,110 +44,110 @@ fn session(models: &[Model], place: &Placement, options: SessionOptions) -> Sess
 /// device's wall time, the CPU member none; the results are the same bits as without
 /// timing and match the reference, for small batches, tiled ones and batches split
 /// into chunks (the time summed over them); and a run with more work takes longer.
-#[test]
-fn device_timing_reports_each_devices_kernel_time() {
+fn device_timing(adapter: &AdapterInfo) {
     let models = members();
-    for adapter in common::usable_adapters("device timing") {
-        let label = adapter.to_string();
-        let place = Placement::Adapter(adapter.index);
-        let timed = SessionOptions::default().device_timing(true);
-        if !adapter.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
-            let mut g = Graph::builder(24);
-            g = g.member("m", models[0].clone(), place.clone());
-            match Session::with_options(g.build().unwrap(), timed) {
-                Err(Error::DeviceTimingUnsupported { device }) => {
-                    assert!(device.contains(&adapter.name), "{device}")
-                }
-                other => panic!("{label}: no timestamps, yet {:?}", other.err()),
+    let label = adapter.to_string();
+    let place = Placement::Adapter(adapter.index);
+    let timed = SessionOptions::default().device_timing(true);
+    if !quirks::timestamps(adapter) {
+        let mut g = Graph::builder(24);
+        g = g.member("m", models[0].clone(), place.clone());
+        match Session::with_options(g.build().unwrap(), timed) {
+            Err(Error::DeviceTimingUnsupported { device }) => {
+                assert!(device.contains(&adapter.name), "{device}")
             }
-            continue;
+            other => panic!("{label}: no timestamps, yet {:?}", other.err()),
         }
-        let plain = session(&models, &place, SessionOptions::default());
-        // Room for one member's 96 × 24 weights and 24 rows of 96 activations (16
-        // bytes to spare): no stacks, chunks of 24 rows.
-        let chunked_options = timed.clone().max_buffer_bytes(96 * 4 * 24 + 16);
-        for (what, options) in [
-            ("timed", timed.clone()),
-            ("timed, chunked", chunked_options.clone()),
-        ] {
-            let timed = session(&models, &place, options);
-            let mut small = None;
-            for batch in [1, 3, 17, 41] {
-                let x = input(batch, 24, 80 + batch as u64);
-                let opts = RunOptions::default().member_outputs(true);
-                let run = timed.run(&x, &opts).unwrap();
-                let base = plain.run(&x, &opts).unwrap();
-                let ctx = format!("{label} {what}, batch {batch}");
-                assert_eq!(
-                    run.aggregate.as_slice(),
-                    base.aggregate.as_slice(),
-                    "{ctx}: timing changed the aggregate"
-                );
-                let refs: Vec<Vec<f64>> = models.iter().map(|m| reference_forward(m, &x)).collect();
-                assert_close(
-                    &ctx,
-                    run.aggregate.as_slice(),
-                    &reference_mean(&refs, &[1.0; 4]),
-                );
-                for (m, b) in run.members.iter().zip(&base.members) {
-                    assert_eq!(
-                        m.output.as_ref().map(|t| t.as_slice()),
-                        b.output.as_ref().map(|t| t.as_slice()),
-                        "{ctx}: timing changed member {}",
-                        m.name
-                    );
-                }
-                for m in &run.members[..3] {
-                    let t = m
-                        .device_time
-                        .unwrap_or_else(|| panic!("{ctx}: member {} has no device time", m.name));
-                    assert!(
-                        t > Duration::ZERO && t <= m.elapsed,
-                        "{ctx}: member {} device time {t:?}, wall {:?}",
-                        m.name,
-                        m.elapsed
-                    );
-                }
-                // Members on one device share its time.
-                assert_eq!(run.members[0].device_time, run.members[2].device_time);
-                assert_eq!(run.members[3].device_time, None, "{ctx}: the CPU member");
-                assert!(base.members.iter().all(|m| m.device_time.is_none()));
-                if batch == 1 {
-                    small = run.members[0].device_time;
-                }
-            }
-            // Much more work takes the device longer than one row: 1024 rows do on
-            // lavapipe; a fast GPU runs them in the time of one, so more follow there.
-            let longer = [1024, 16384, 131072].into_iter().find_map(|rows| {
-                let x = input(rows, 24, 90);
-                let big = timed.run(&x, &RunOptions::default()).unwrap();
-                let t = big.members[0].device_time;
-                (t > small).then_some(t)
-            });
-            assert!(
-                longer.is_some(),
-                "{label} {what}: 131072 rows took no longer than one ({small:?})"
+        return;
+    }
+    let plain = session(&models, &place, SessionOptions::default());
+    // Room for one member's 96 × 24 weights and 24 rows of 96 activations (16
+    // bytes to spare): no stacks, chunks of 24 rows.
+    let chunked_options = timed.clone().max_buffer_bytes(96 * 4 * 24 + 16);
+    for (what, options) in [
+        ("timed", timed.clone()),
+        ("timed, chunked", chunked_options.clone()),
+    ] {
+        let timed = session(&models, &place, options);
+        let mut small = None;
+        for batch in [1, 3, 17, 41] {
+            let x = input(batch, 24, 80 + batch as u64);
+            let opts = RunOptions::default().member_outputs(true);
+            let run = timed.run(&x, &opts).unwrap();
+            let base = plain.run(&x, &opts).unwrap();
+            let ctx = format!("{label} {what}, batch {batch}");
+            assert_eq!(
+                run.aggregate.as_slice(),
+                base.aggregate.as_slice(),
+                "{ctx}: timing changed the aggregate"
             );
+            let refs: Vec<Vec<f64>> = models.iter().map(|m| reference_forward(m, &x)).collect();
+            assert_close(
+                &ctx,
+                run.aggregate.as_slice(),
+                &reference_mean(&refs, &[1.0; 4]),
+            );
+            for (m, b) in run.members.iter().zip(&base.members) {
+                assert_eq!(
+                    m.output.as_ref().map(|t| t.as_slice()),
+                    b.output.as_ref().map(|t| t.as_slice()),
+                    "{ctx}: timing changed member {}",
+                    m.name
+                );
+            }
+            for m in &run.members[..3] {
+                let t = m
+                    .device_time
+                    .unwrap_or_else(|| panic!("{ctx}: member {} has no device time", m.name));
+                assert!(
+                    t > Duration::ZERO && t <= m.elapsed,
+                    "{ctx}: member {} device time {t:?}, wall {:?}",
+                    m.name,
+                    m.elapsed
+                );
+            }
+            // Members on one device share its time.
+            assert_eq!(run.members[0].device_time, run.members[2].device_time);
+            assert_eq!(run.members[3].device_time, None, "{ctx}: the CPU member");
+            assert!(base.members.iter().all(|m| m.device_time.is_none()));
+            if batch == 1 {
+                small = run.members[0].device_time;
+            }
         }
-        // A batch of eight chunks counts all eight: the best of three runs of 192 rows
-        // takes more than twice the best of three of 24 (one chunk).
-        let chunked = session(&models, &place, chunked_options);
-        let best = |rows: usize| {
-            let x = input(rows, 24, 91);
-            (0..3)
-                .filter_map(|_| {
-                    chunked.run(&x, &RunOptions::default()).unwrap().members[0].device_time
-                })
-                .min()
-                .unwrap_or_default()
-        };
-        let (one, eight) = (best(24), best(192));
+        // Much more work takes the device longer than one row: 1024 rows do on
+        // lavapipe; a fast GPU runs them in the time of one, so more follow there.
+        let longer = [1024, 16384, 131072].into_iter().find_map(|rows| {
+            let x = input(rows, 24, 90);
+            let big = timed.run(&x, &RunOptions::default()).unwrap();
+            let t = big.members[0].device_time;
+            (t > small).then_some(t)
+        });
         assert!(
-            eight > one * 2,
-            "{label}: 8 chunks {eight:?}, 1 chunk {one:?}"
+            longer.is_some(),
+            "{label} {what}: 131072 rows took no longer than one ({small:?})"
         );
     }
+    // A batch of eight chunks counts all eight: the best of three runs of 192 rows
+    // takes more than twice the best of three of 24 (one chunk).
+    let chunked = session(&models, &place, chunked_options);
+    let best = |rows: usize| {
+        let x = input(rows, 24, 91);
+        (0..3)
+            .filter_map(|_| chunked.run(&x, &RunOptions::default()).unwrap().members[0].device_time)
+            .min()
+            .unwrap_or_default()
+    };
+    let (one, eight) = (best(24), best(192));
+    assert!(
+        eight > one * 2,
+        "{label}: 8 chunks {eight:?}, 1 chunk {one:?}"
+    );
 }
+
+placement_tests!(adapters device_timing;
+    device_timing_reports_each_devices_kernel_time_vulkan: Vulkan,
+    device_timing_reports_each_devices_kernel_time_gl: Gl,
+);
 
 /// A device without `TIMESTAMP_QUERY` (one the caller made with no features) refuses
 /// device timing at session build, naming it; without timing it runs.
@@ -201,10 +201,7 @@ fn a_device_without_timestamps_refuses_device_timing() {
 #[test]
 fn auto_placement_with_device_timing_uses_adapters_with_timestamps() {
     let adapters = common::usable_adapters("auto with device timing");
-    let timed: Vec<_> = adapters
-        .iter()
-        .filter(|a| a.features.contains(wgpu::Features::TIMESTAMP_QUERY))
-        .collect();
+    let timed: Vec<_> = adapters.iter().filter(|a| quirks::timestamps(a)).collect();
     let models = members();
     let mut g = Graph::builder(24);
     for (i, m) in models.iter().enumerate() {

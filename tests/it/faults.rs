@@ -1,7 +1,7 @@
 //! Ensembles that survive a late or broken member: quorum aggregation, per-member
 //! statuses, fault isolation and device recreation, driven by fault injection.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

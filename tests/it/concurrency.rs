@@ -1,6 +1,6 @@
 //! One session run from 8 threads at once, 20 runs each, every result checked.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -1,9 +1,9 @@
 //! The crate's results on model files made by an independent implementation
 //! (`tests/fixtures/make_golden.py`, numpy only), on every placement available.
 
-mod common;
+use crate::common;
 
-use common::{all_placements, assert_close, golden, read_f64};
+use common::{assert_close, golden, placement_tests, read_f64};
 use wgpu_ensemble::io::{load_model, read_matrix, save_model, LoadOptions, Manifest};
 use wgpu_ensemble::{Placement, RunOptions, Session};
 
@@ -41,14 +41,17 @@ fn check_manifest(manifest: &str, expected: &str, device: Option<&Placement>, la
     }
 }
 
-#[test]
-fn golden_ensembles_on_every_placement() {
-    for (label, place) in all_placements("golden") {
-        for (manifest, expected) in MANIFESTS {
-            check_manifest(manifest, expected, Some(&place), &label);
-        }
+fn golden_ensembles(place: Placement, label: &str) {
+    for (manifest, expected) in MANIFESTS {
+        check_manifest(manifest, expected, Some(&place), label);
     }
 }
+
+placement_tests!(golden_ensembles;
+    golden_ensembles_on_cpu: Cpu,
+    golden_ensembles_on_vulkan: Vulkan,
+    golden_ensembles_on_gl: Gl,
+);
 
 #[test]
 fn golden_ensembles_with_the_manifest_devices() {

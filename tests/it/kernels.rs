@@ -1,9 +1,9 @@
 //! Every kernel and activation against the f64 reference, on the CPU and on every
 //! usable adapter, over shapes that are not multiples of the tile size.
 
-mod common;
+use crate::common;
 
-use common::{all_placements, assert_close, input, reference_forward};
+use common::{assert_close, input, placement_tests, reference_forward};
 use wgpu_ensemble::{
     Activation, Graph, Model, Placement, RunOptions, Session, SessionOptions, Tensor,
 };
@@ -42,17 +42,11 @@ fn dense_every_activation(place: Placement, label: &str) {
     }
 }
 
-#[test]
-fn dense_and_activations_match_reference_on_cpu() {
-    dense_every_activation(Placement::Cpu, "cpu");
-}
-
-#[test]
-fn dense_and_activations_match_reference_on_every_adapter() {
-    for (label, place) in common::gpu_placements("dense_and_activations") {
-        dense_every_activation(place, &label);
-    }
-}
+placement_tests!(dense_every_activation;
+    dense_and_activations_match_reference_on_cpu: Cpu,
+    dense_and_activations_match_reference_on_vulkan: Vulkan,
+    dense_and_activations_match_reference_on_gl: Gl,
+);
 
 /// Softmax with logits in the thousands (exp would overflow without the max shift),
 /// and tanh / sigmoid / gelu far into saturation.
@@ -98,12 +92,11 @@ fn large_magnitudes(place: Placement, label: &str) {
     }
 }
 
-#[test]
-fn activations_are_stable_for_large_inputs() {
-    for (label, place) in all_placements("large_magnitudes") {
-        large_magnitudes(place, &label);
-    }
-}
+placement_tests!(large_magnitudes;
+    activations_are_stable_for_large_inputs_cpu: Cpu,
+    activations_are_stable_for_large_inputs_vulkan: Vulkan,
+    activations_are_stable_for_large_inputs_gl: Gl,
+);
 
 /// A cap on buffer sizes forces a 257-row batch through several chunks per device.
 fn chunked_batches(place: Placement, label: &str) {
@@ -134,19 +127,17 @@ fn chunked_batches(place: Placement, label: &str) {
     }
 }
 
-#[test]
-fn batches_larger_than_a_buffer_are_chunked() {
-    for (label, place) in all_placements("chunked_batches") {
-        chunked_batches(place, &label);
-    }
-}
+placement_tests!(chunked_batches;
+    batches_larger_than_a_buffer_are_chunked_cpu: Cpu,
+    batches_larger_than_a_buffer_are_chunked_vulkan: Vulkan,
+    batches_larger_than_a_buffer_are_chunked_gl: Gl,
+);
 
 /// Members of one shape under a buffer cap that binds: a device stacks no more of them
 /// than the cap allows (weights of 64 × 8 values: five to a 10 256-byte buffer, so
 /// stacks of five and three) and splits batches into chunks of 40 rows (the 64-value
 /// input rows); every member and the aggregate still match at every batch.
-#[test]
-fn stacks_within_a_buffer_cap_are_chunked() {
+fn capped_stacks(place: Placement, label: &str) {
     let models: Vec<Model> = (0..8)
         .map(|i| {
             Model::random(
@@ -157,54 +148,60 @@ fn stacks_within_a_buffer_cap_are_chunked() {
             .unwrap()
         })
         .collect();
-    for (label, place) in all_placements("stacks under a buffer cap") {
-        let mut g = Graph::builder(64);
-        for (i, m) in models.iter().enumerate() {
-            g = g.member(format!("m{i}"), m.clone(), place.clone());
-        }
-        let options = SessionOptions::default().max_buffer_bytes(10256);
-        let session = Session::with_options(g.build().unwrap(), options).unwrap();
-        for batch in [1, 16, 40, 41, 257] {
-            let x = input(batch, 64, 12 + batch as u64);
-            let run = session
-                .run(&x, &RunOptions::default().member_outputs(true))
-                .unwrap();
-            let refs: Vec<Vec<f64>> = models.iter().map(|m| reference_forward(m, &x)).collect();
-            for (m, want) in run.members.iter().zip(&refs) {
-                assert_close(
-                    &format!("{label}: capped stack {} batch {batch}", m.name),
-                    m.output.as_ref().unwrap().as_slice(),
-                    want,
-                );
-            }
+    let mut g = Graph::builder(64);
+    for (i, m) in models.iter().enumerate() {
+        g = g.member(format!("m{i}"), m.clone(), place.clone());
+    }
+    let options = SessionOptions::default().max_buffer_bytes(10256);
+    let session = Session::with_options(g.build().unwrap(), options).unwrap();
+    for batch in [1, 16, 40, 41, 257] {
+        let x = input(batch, 64, 12 + batch as u64);
+        let run = session
+            .run(&x, &RunOptions::default().member_outputs(true))
+            .unwrap();
+        let refs: Vec<Vec<f64>> = models.iter().map(|m| reference_forward(m, &x)).collect();
+        for (m, want) in run.members.iter().zip(&refs) {
             assert_close(
-                &format!("{label}: capped stacks' aggregate batch {batch}"),
-                run.aggregate.as_slice(),
-                &common::reference_mean(&refs, &[1.0; 8]),
+                &format!("{label}: capped stack {} batch {batch}", m.name),
+                m.output.as_ref().unwrap().as_slice(),
+                want,
             );
         }
+        assert_close(
+            &format!("{label}: capped stacks' aggregate batch {batch}"),
+            run.aggregate.as_slice(),
+            &common::reference_mean(&refs, &[1.0; 8]),
+        );
     }
 }
 
+placement_tests!(capped_stacks;
+    stacks_within_a_buffer_cap_are_chunked_cpu: Cpu,
+    stacks_within_a_buffer_cap_are_chunked_vulkan: Vulkan,
+    stacks_within_a_buffer_cap_are_chunked_gl: Gl,
+);
+
 /// Growing and shrinking batches reuse (and grow) the same buffers correctly.
-#[test]
-fn varying_batch_sizes_reuse_buffers() {
-    for (label, place) in all_placements("varying_batches") {
-        let model =
-            Model::random(&[7, 13, 5], &[Activation::Relu, Activation::Identity], 9).unwrap();
-        let graph = Graph::builder(7)
-            .member("m", model.clone(), place)
-            .build()
-            .unwrap();
-        let session = Session::new(graph).unwrap();
-        for (i, batch) in [3usize, 1, 64, 2, 257, 5].into_iter().enumerate() {
-            let x = input(batch, 7, 100 + i as u64);
-            let run = session.run(&x, &RunOptions::default()).unwrap();
-            assert_close(
-                &format!("{label}: batch {batch}"),
-                run.aggregate.as_slice(),
-                &reference_forward(&model, &x),
-            );
-        }
+fn varying_batches(place: Placement, label: &str) {
+    let model = Model::random(&[7, 13, 5], &[Activation::Relu, Activation::Identity], 9).unwrap();
+    let graph = Graph::builder(7)
+        .member("m", model.clone(), place)
+        .build()
+        .unwrap();
+    let session = Session::new(graph).unwrap();
+    for (i, batch) in [3usize, 1, 64, 2, 257, 5].into_iter().enumerate() {
+        let x = input(batch, 7, 100 + i as u64);
+        let run = session.run(&x, &RunOptions::default()).unwrap();
+        assert_close(
+            &format!("{label}: batch {batch}"),
+            run.aggregate.as_slice(),
+            &reference_forward(&model, &x),
+        );
     }
 }
+
+placement_tests!(varying_batches;
+    varying_batch_sizes_reuse_buffers_cpu: Cpu,
+    varying_batch_sizes_reuse_buffers_vulkan: Vulkan,
+    varying_batch_sizes_reuse_buffers_gl: Gl,
+);

@@ -1,7 +1,7 @@
 //! The between-graph pipeline: same answers as the session, results in input order,
 //! nothing lost or duplicated under faults, back-pressure, and close.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

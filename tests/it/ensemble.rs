@@ -1,13 +1,16 @@
 //! Whole ensembles of 3 to 5 members with different architectures, for every
 //! aggregate, on the CPU, on every usable adapter, and spread by `Placement::Auto`.
 
-mod common;
+use crate::common;
 
-use common::{assert_close, input, reference_forward, reference_mean, reference_vote};
+use common::{
+    assert_close, input, placement_tests, reference_forward, reference_mean, reference_vote,
+};
 use std::time::Duration;
 
 use wgpu_ensemble::{
-    Activation::*, Aggregate, Graph, Model, Placement, RunOptions, Session, SessionOptions,
+    Activation::*, AdapterInfo, Aggregate, Graph, Model, Placement, RunOptions, Session,
+    SessionOptions,
 };
 
 const IN: usize = 12;
@@ -123,26 +126,25 @@ fn check_members(ms: &[(String, Model)], place: &dyn Fn(usize) -> Placement, lab
     }
 }
 
-#[test]
-fn ensembles_on_cpu() {
-    check(&|_| Placement::Cpu, "cpu");
+fn ensembles(place: Placement, label: &str) {
+    check(&|_| place.clone(), label);
 }
 
-#[test]
-fn ensembles_on_each_adapter() {
-    for (label, place) in common::gpu_placements("ensembles_on_each_adapter") {
-        check(&|_| place.clone(), &label);
-    }
+placement_tests!(ensembles;
+    ensembles_on_cpu: Cpu,
+    ensembles_on_vulkan: Vulkan,
+    ensembles_on_gl: Gl,
+);
+
+fn stacked(place: Placement, label: &str) {
+    check_members(&stacked_members(), &|_| place.clone(), label);
 }
 
-#[test]
-fn stacked_members_on_cpu_and_each_adapter() {
-    let ms = stacked_members();
-    check_members(&ms, &|_| Placement::Cpu, "cpu");
-    for (label, place) in common::gpu_placements("stacked members") {
-        check_members(&ms, &|_| place.clone(), &label);
-    }
-}
+placement_tests!(stacked;
+    stacked_members_on_cpu: Cpu,
+    stacked_members_on_vulkan: Vulkan,
+    stacked_members_on_gl: Gl,
+);
 
 /// A stack adds its members up exactly as separate dispatches would, in order: three
 /// members of one shape (one stack) against the same three in a session whose buffer
@@ -151,55 +153,57 @@ fn stacked_members_on_cpu_and_each_adapter() {
 /// the same to the bit, for members ending in softmax (the fused softmax-aggregate)
 /// and not, for a weighted mean and a weighted vote, in the small-batch and the tiled
 /// kernels.
-#[test]
-fn stacks_add_up_exactly_like_separate_members() {
+fn stacks_add_up(place: Placement, label: &str) {
     let w = vec![0.5, 0.3, 0.2];
-    for (label, place) in common::gpu_placements("stacks add up exactly") {
-        for last in [Softmax, Identity] {
-            let models: Vec<Model> = (0..3)
-                .map(|i| Model::random(&[IN, 20, OUT], &[Relu, last], 3000 + i).unwrap())
-                .collect();
-            let aggregates = [
-                Aggregate::WeightedMean(w.clone()),
-                Aggregate::Vote {
-                    weights: Some(w.clone()),
-                },
-            ];
-            for agg in aggregates {
-                let name = format!("{} ending in {last:?}", agg.name());
-                let session = |options: SessionOptions| {
-                    let mut g = Graph::builder(IN).aggregate(agg.clone());
-                    for (i, m) in models.iter().enumerate() {
-                        g = g.member(format!("m{i}"), m.clone(), place.clone());
-                    }
-                    Session::with_options(g.build().unwrap(), options).unwrap()
+    for last in [Softmax, Identity] {
+        let models: Vec<Model> = (0..3)
+            .map(|i| Model::random(&[IN, 20, OUT], &[Relu, last], 3000 + i).unwrap())
+            .collect();
+        let aggregates = [
+            Aggregate::WeightedMean(w.clone()),
+            Aggregate::Vote {
+                weights: Some(w.clone()),
+            },
+        ];
+        for agg in aggregates {
+            let name = format!("{} ending in {last:?}", agg.name());
+            let session = |options: SessionOptions| {
+                let mut g = Graph::builder(IN).aggregate(agg.clone());
+                for (i, m) in models.iter().enumerate() {
+                    g = g.member(format!("m{i}"), m.clone(), place.clone());
+                }
+                Session::with_options(g.build().unwrap(), options).unwrap()
+            };
+            let s1 = session(SessionOptions::default());
+            let s2 = session(SessionOptions::default().max_buffer_bytes(1600));
+            for batch in [1, 19] {
+                let x = input(batch, IN, 77 + batch as u64);
+                let options = RunOptions::default().member_outputs(true);
+                let (r1, r2) = (s1.run(&x, &options).unwrap(), s2.run(&x, &options).unwrap());
+                let bits = |t: &wgpu_ensemble::Tensor| -> Vec<u32> {
+                    t.as_slice().iter().map(|v| v.to_bits()).collect()
                 };
-                let s1 = session(SessionOptions::default());
-                let s2 = session(SessionOptions::default().max_buffer_bytes(1600));
-                for batch in [1, 19] {
-                    let x = input(batch, IN, 77 + batch as u64);
-                    let options = RunOptions::default().member_outputs(true);
-                    let (r1, r2) = (s1.run(&x, &options).unwrap(), s2.run(&x, &options).unwrap());
-                    let bits = |t: &wgpu_ensemble::Tensor| -> Vec<u32> {
-                        t.as_slice().iter().map(|v| v.to_bits()).collect()
-                    };
+                assert_eq!(
+                    bits(&r1.aggregate),
+                    bits(&r2.aggregate),
+                    "{label} {name} batch {batch}: aggregate"
+                );
+                for i in 0..3 {
                     assert_eq!(
-                        bits(&r1.aggregate),
-                        bits(&r2.aggregate),
-                        "{label} {name} batch {batch}: aggregate"
+                        bits(r1.members[i].output.as_ref().unwrap()),
+                        bits(r2.members[i].output.as_ref().unwrap()),
+                        "{label} {name} batch {batch}: member {i}"
                     );
-                    for i in 0..3 {
-                        assert_eq!(
-                            bits(r1.members[i].output.as_ref().unwrap()),
-                            bits(r2.members[i].output.as_ref().unwrap()),
-                            "{label} {name} batch {batch}: member {i}"
-                        );
-                    }
                 }
             }
         }
     }
 }
+
+placement_tests!(stacks_add_up;
+    stacks_add_up_exactly_like_separate_members_vulkan: Vulkan,
+    stacks_add_up_exactly_like_separate_members_gl: Gl,
+);
 
 #[test]
 fn ensembles_spread_by_auto_and_mixed_with_cpu() {
@@ -218,8 +222,7 @@ fn ensembles_spread_by_auto_and_mixed_with_cpu() {
     );
 }
 
-#[test]
-fn vote_shares_sum_to_one_and_ties_go_to_the_lowest_class() {
+fn vote_ties(place: Placement, _label: &str) {
     // Two members that always output the same constant vector with a tie between
     // classes 1 and 3: every vote goes to class 1.
     // Identity outputs go through aggregate.wgsl, softmax outputs through the fused
@@ -228,67 +231,70 @@ fn vote_shares_sum_to_one_and_ties_go_to_the_lowest_class() {
         let w = wgpu_ensemble::Tensor::matrix(4, 2, vec![0.0; 8]).unwrap();
         Model::from_parts(vec![(w, vec![0.0, 2.0, 1.0, 2.0], act)]).unwrap()
     };
-    let mut places = vec![Placement::Cpu];
-    places.extend(common::gpu_placements("vote ties").into_iter().map(|p| p.1));
-    for place in places {
-        let graph = Graph::builder(2)
-            .member("a", tie(Identity), place.clone())
-            .member("b", tie(Softmax), place.clone())
-            .aggregate(Aggregate::Vote { weights: None })
-            .build()
-            .unwrap();
-        let session = Session::new(graph).unwrap();
-        let run = session
-            .run(&input(3, 2, 1), &RunOptions::default())
-            .unwrap();
-        for r in 0..3 {
-            assert_eq!(
-                run.aggregate.row(r).unwrap(),
-                &[0.0, 1.0, 0.0, 0.0],
-                "{place:?}"
+    let graph = Graph::builder(2)
+        .member("a", tie(Identity), place.clone())
+        .member("b", tie(Softmax), place.clone())
+        .aggregate(Aggregate::Vote { weights: None })
+        .build()
+        .unwrap();
+    let session = Session::new(graph).unwrap();
+    let run = session
+        .run(&input(3, 2, 1), &RunOptions::default())
+        .unwrap();
+    for r in 0..3 {
+        assert_eq!(
+            run.aggregate.row(r).unwrap(),
+            &[0.0, 1.0, 0.0, 0.0],
+            "{place:?}"
+        );
+    }
+    assert_eq!(run.aggregate.argmax_rows().unwrap(), vec![1, 1, 1]);
+}
+
+placement_tests!(vote_ties;
+    vote_shares_sum_to_one_and_ties_go_to_the_lowest_class_cpu: Cpu,
+    vote_shares_sum_to_one_and_ties_go_to_the_lowest_class_vulkan: Vulkan,
+    vote_shares_sum_to_one_and_ties_go_to_the_lowest_class_gl: Gl,
+);
+
+/// A spin shorter than any run (falls back to the blocking wait) and one longer than
+/// every run here (the spin sees the queue empty), at batches of the small-batch and
+/// the tiled kernels, on every adapter, against the reference.
+fn spin_wait(info: &AdapterInfo) {
+    let members = members(3);
+    for spin in [Duration::from_nanos(1), Duration::from_secs(10)] {
+        let mut g = Graph::builder(members[0].1.in_features());
+        for (name, m) in &members {
+            g = g.member(name.clone(), m.clone(), Placement::Adapter(info.index));
+        }
+        let options = SessionOptions::default().spin_wait(spin);
+        let s = Session::with_options(g.build().unwrap(), options).unwrap();
+        for batch in [1, 40] {
+            let x = input(batch, members[0].1.in_features(), 5);
+            let run = s.run(&x, &RunOptions::default()).unwrap();
+            let outputs: Vec<Vec<f64>> = members
+                .iter()
+                .map(|(_, m)| reference_forward(m, &x))
+                .collect();
+            assert_close(
+                &format!("{info} spin {spin:?} batch {batch}"),
+                run.aggregate.as_slice(),
+                &reference_mean(&outputs, &[1.0; 3]),
             );
         }
-        assert_eq!(run.aggregate.argmax_rows().unwrap(), vec![1, 1, 1]);
     }
 }
 
-#[test]
-fn spinning_for_the_result_gives_the_same_answers() {
-    // A spin shorter than any run (falls back to the blocking wait) and one longer than
-    // every run here (the spin sees the queue empty), at batches of the small-batch and
-    // the tiled kernels, on every adapter, against the reference.
-    let members = members(3);
-    for info in common::usable_adapters("spin wait") {
-        for spin in [Duration::from_nanos(1), Duration::from_secs(10)] {
-            let mut g = Graph::builder(members[0].1.in_features());
-            for (name, m) in &members {
-                g = g.member(name.clone(), m.clone(), Placement::Adapter(info.index));
-            }
-            let options = SessionOptions::default().spin_wait(spin);
-            let s = Session::with_options(g.build().unwrap(), options).unwrap();
-            for batch in [1, 40] {
-                let x = input(batch, members[0].1.in_features(), 5);
-                let run = s.run(&x, &RunOptions::default()).unwrap();
-                let outputs: Vec<Vec<f64>> = members
-                    .iter()
-                    .map(|(_, m)| reference_forward(m, &x))
-                    .collect();
-                assert_close(
-                    &format!("{info} spin {spin:?} batch {batch}"),
-                    run.aggregate.as_slice(),
-                    &reference_mean(&outputs, &[1.0; 3]),
-                );
-            }
-        }
-    }
-}
+placement_tests!(adapters spin_wait;
+    spinning_for_the_result_gives_the_same_answers_vulkan: Vulkan,
+    spinning_for_the_result_gives_the_same_answers_gl: Gl,
+);
 
 /// Outputs wider than 65535 columns, the most iterations llvmpipe runs of one shader
 /// loop: the aggregate kernels stride over the columns, so every column counts. Two
 /// members of one shape without a softmax at the end (aggregate.wgsl), one with
 /// (softmax_aggregate.wgsl); the vote's winner lies past column 65535.
-#[test]
-fn aggregates_cover_outputs_wider_than_a_loop_of_llvmpipe() {
+fn wide_aggregates(place: Placement, label: &str) {
     let (inp, wide) = (3, 70_001);
     let mut ms: Vec<Model> = [Identity, Identity, Softmax]
         .iter()
@@ -304,43 +310,45 @@ fn aggregates_cover_outputs_wider_than_a_loop_of_llvmpipe() {
         let part = (layer.weight().clone(), bias, layer.activation());
         *m = Model::from_parts(vec![part]).unwrap();
     }
-    let mut places = vec![("cpu".to_string(), Placement::Cpu)];
-    places.extend(common::gpu_placements("wide_aggregates"));
-    for (label, place) in places {
-        for (agg, vote) in [
-            (Aggregate::Mean, false),
-            (
-                Aggregate::Vote {
-                    weights: Some(vec![3.0, 1.0, 1.0]),
-                },
-                true,
-            ),
-        ] {
-            let name = agg.name();
-            let mut g = Graph::builder(inp).aggregate(agg);
-            for (i, m) in ms.iter().enumerate() {
-                g = g.member(format!("m{i}"), m.clone(), place.clone());
-            }
-            let session = Session::new(g.build().unwrap()).unwrap();
-            for batch in [1, 17] {
-                let x = input(batch, inp, batch as u64);
-                let refs: Vec<Vec<f64>> = ms.iter().map(|m| reference_forward(m, &x)).collect();
-                let want = if vote {
-                    reference_vote(&refs, &[3.0, 1.0, 1.0], wide)
-                } else {
-                    reference_mean(&refs, &[1.0; 3])
-                };
-                let run = session.run(&x, &RunOptions::default()).unwrap();
-                assert_close(
-                    &format!("{label}: {name} of {wide} columns, batch {batch}"),
-                    run.aggregate.as_slice(),
-                    &want,
-                );
-                if vote {
-                    // Sanity of the test itself: the winner is past the loop limit.
-                    assert!(want[69_999] >= 0.6, "{label}: {}", want[69_999]);
-                }
+    for (agg, vote) in [
+        (Aggregate::Mean, false),
+        (
+            Aggregate::Vote {
+                weights: Some(vec![3.0, 1.0, 1.0]),
+            },
+            true,
+        ),
+    ] {
+        let name = agg.name();
+        let mut g = Graph::builder(inp).aggregate(agg);
+        for (i, m) in ms.iter().enumerate() {
+            g = g.member(format!("m{i}"), m.clone(), place.clone());
+        }
+        let session = Session::new(g.build().unwrap()).unwrap();
+        for batch in [1, 17] {
+            let x = input(batch, inp, batch as u64);
+            let refs: Vec<Vec<f64>> = ms.iter().map(|m| reference_forward(m, &x)).collect();
+            let want = if vote {
+                reference_vote(&refs, &[3.0, 1.0, 1.0], wide)
+            } else {
+                reference_mean(&refs, &[1.0; 3])
+            };
+            let run = session.run(&x, &RunOptions::default()).unwrap();
+            assert_close(
+                &format!("{label}: {name} of {wide} columns, batch {batch}"),
+                run.aggregate.as_slice(),
+                &want,
+            );
+            if vote {
+                // Sanity of the test itself: the winner is past the loop limit.
+                assert!(want[69_999] >= 0.6, "{label}: {}", want[69_999]);
             }
         }
     }
 }
+
+placement_tests!(wide_aggregates;
+    aggregates_cover_outputs_wider_than_a_loop_of_llvmpipe_cpu: Cpu,
+    aggregates_cover_outputs_wider_than_a_loop_of_llvmpipe_vulkan: Vulkan,
+    aggregates_cover_outputs_wider_than_a_loop_of_llvmpipe_gl: Gl,
+);

@@ -1,7 +1,7 @@
 //! Every kind of bad input gives a typed error that says what was expected and what
 //! was given, never a panic, and leaves what was already built working.
 
-mod common;
+use crate::common;
 
 use common::{assert_close, input, reference_forward};
 use wgpu_ensemble::{

@@ -1,7 +1,7 @@
 //! One graph whose members sit on two different adapters, on two queues of one
 //! adapter, on a device the caller created, and on the CPU.
 
-mod common;
+use crate::common;
 
 use common::{assert_close, input, reference_forward, reference_mean};
 use wgpu_ensemble::{

@@ -1,7 +1,7 @@
 //! Bad model files and bad manifests: each gives an error naming the file and the
 //! tensor or key, never a panic.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +38,12 @@ fn write(
 
 fn load(path: &Path) -> Result<wgpu_ensemble::Model, Error> {
     load_model(path, &LoadOptions::default())
+}
+
+/// The error of loading `m.safetensors` holding `tensors` (zeros) and `activations`.
+fn load_error(tensors: &[(&str, Dtype, Vec<usize>)], activations: Option<&str>) -> Error {
+    let dir = tempfile::tempdir().unwrap();
+    load(&write(dir.path(), "m.safetensors", tensors, activations)).unwrap_err()
 }
 
 #[test]
@@ -122,10 +128,7 @@ fn missing_layer_named_in_the_manifest_order() {
 
 #[test]
 fn shapes_that_do_not_chain() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        "m.safetensors",
+    let err = load_error(
         &[
             ("0.weight", Dtype::F32, vec![3, 2]),
             ("0.bias", Dtype::F32, vec![3]),
@@ -134,7 +137,6 @@ fn shapes_that_do_not_chain() {
         ],
         Some("relu,relu"),
     );
-    let err = load(&path).unwrap_err();
     match &err {
         Error::TensorShape {
             tensor,
@@ -269,17 +271,13 @@ fn non_finite_values() {
 
 #[test]
 fn unknown_activation() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        "m.safetensors",
+    let err = load_error(
         &[
             ("0.weight", Dtype::F32, vec![3, 2]),
             ("0.bias", Dtype::F32, vec![3]),
         ],
         Some("swish"),
     );
-    let err = load(&path).unwrap_err();
     assert!(
         matches!(&err, Error::UnknownActivation { name, .. } if name == "swish"),
         "{err:?}"
@@ -327,17 +325,13 @@ fn activations_missing_or_miscounted() {
 
 #[test]
 fn unsupported_dtype() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        "m.safetensors",
+    let err = load_error(
         &[
             ("0.weight", Dtype::I32, vec![3, 2]),
             ("0.bias", Dtype::F32, vec![3]),
         ],
         Some("relu"),
     );
-    let err = load(&path).unwrap_err();
     assert!(
         matches!(&err, Error::UnsupportedDtype { tensor, dtype, .. } if tensor == "0.weight" && dtype == "I32"),
         "{err:?}"
@@ -346,10 +340,7 @@ fn unsupported_dtype() {
 
 #[test]
 fn tensor_that_is_not_a_layer() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        "m.safetensors",
+    let err = load_error(
         &[
             ("0.weight", Dtype::F32, vec![3, 2]),
             ("0.bias", Dtype::F32, vec![3]),
@@ -357,7 +348,6 @@ fn tensor_that_is_not_a_layer() {
         ],
         Some("relu"),
     );
-    let err = load(&path).unwrap_err();
     assert!(
         matches!(&err, Error::UnexpectedTensor { tensor, .. } if tensor == "bn.running_mean"),
         "{err:?}"

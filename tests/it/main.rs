@@ -1,0 +1,19 @@
+//! The crate's integration tests, one binary: one module per concern, the shared
+//! reference implementations and device lists in `common`.
+
+mod common;
+
+mod cli;
+mod concurrency;
+mod deadline;
+mod digits;
+mod ensemble;
+mod errors;
+mod faults;
+mod golden;
+mod kernels;
+mod model_files;
+mod pipeline;
+mod placement;
+mod precision;
+mod timing;
