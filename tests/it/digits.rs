@@ -1,5 +1,5 @@
 //! The committed digits ensemble (scikit-learn MLPClassifiers exported by
-//! `scripts/train_digits.py`) against scikit-learn's own `predict_proba` on the 360
+//! `examples/data/digits/train_digits.py`) against scikit-learn's own `predict_proba` on the 360
 //! test digits, on every placement available.
 
 use crate::common;

@@ -16,4 +16,5 @@ mod model_files;
 mod pipeline;
 mod placement;
 mod precision;
+mod shaders;
 mod timing;

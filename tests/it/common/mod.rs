@@ -142,7 +142,7 @@ pub fn read_f64(path: &std::path::Path) -> (Vec<usize>, Vec<f64>) {
 
 /// The WGSL file (from the crate's root) that holds `round_f16`, the function every
 /// f16 kernel rounds its inputs through.
-pub const ROUND_F16_SHADER: &str = "shaders/dense_small_f16.wgsl";
+pub const ROUND_F16_SHADER: &str = "shaders/lib/round_f16.wgsl";
 
 /// The text of `fn name(...) { ... }` in WGSL `source`, up to the closing brace at
 /// column 0.

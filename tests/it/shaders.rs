@@ -45,7 +45,7 @@ fn shared_functions_and_structs_are_declared_once() {
         .map(|f| (f, declarations(&std::fs::read_to_string(f).unwrap())))
         .collect();
     let shared: Vec<&String> = lib.iter().flat_map(|(_, names)| names).collect();
-    // What the kernels share, among them the round_f16 that tests/precision.rs
+    // What the kernels share, among them the round_f16 that tests/it/precision/rounding.rs
     // compiles on every driver from shaders/lib/round_f16.wgsl.
     for name in [
         "DenseParams",
