@@ -40,7 +40,9 @@ export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$LIB/ld-linux-x86-64.so.2 -
 export VK_ICD_FILENAMES="$ROOT/usr/share/vulkan/icd.d/lvp_icd.json"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 export WGPU_ENSEMBLE_REQUIRE_GPU=1 WGPU_ENSEMBLE_REQUIRE_COOP=1
-cargo run --quiet --bin wgpu-ensemble -- devices || true
+# In the test profile: the tests below build it anyway (for the CLI tests), and a dev
+# build would compile every dependency once more.
+cargo run --profile test --quiet --bin wgpu-ensemble -- devices || true
 # The precision tests of the one integration-test binary, on this Vulkan adapter only:
 # the CPU's run in the main test run, and GL has no cooperative matrices.
 cargo test --test it -- precision:: --skip _cpu --skip _gl "$@" || exit 1

@@ -549,17 +549,9 @@ mod tests {
         assert!(!eight.source.contains("16x16"), "a coop_mat16x16 was left");
         assert!(!eight.source.contains("16u"), "a 16u was left");
         assert!(eight.source.contains("alias MatA = coop_mat8x8<f16, A>;"));
-        let module = naga::front::wgsl::parse_str(eight.source)
-            .unwrap_or_else(|e| panic!("{}", e.emit_to_string(eight.source)));
-        naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::default()
-                | naga::valid::Capabilities::SHADER_FLOAT16
-                | naga::valid::Capabilities::SUBGROUP
-                | naga::valid::Capabilities::COOPERATIVE_MATRIX,
-        )
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{}", e.emit_to_string(eight.source)));
+        if let Err(e) = validate(eight.source) {
+            panic!("{e}");
+        }
         assert_eq!(dense_coop(16), DENSE_COOP);
     }
 
