@@ -1,8 +1,7 @@
 //! Between-graph mode: [`Pipeline`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
@@ -13,7 +12,9 @@ use crate::graph::Graph;
 use crate::options::{QuorumPolicy, SessionOptions};
 use crate::placement::ExecutionDevice;
 use crate::report::MemberReport;
-use crate::runtime::{check_input, check_quorum, compile, execute, Combiner, WorkerContext};
+use crate::runtime::{
+    check_input, check_quorum, compile, execute, Combiner, WorkerContext, WorkerThread,
+};
 use crate::tensor::Tensor;
 
 /// Settings of a [`Pipeline`].
@@ -146,7 +147,10 @@ pub struct Pipeline {
     inputs: Mutex<Option<Inlets>>,
     next_id: AtomicU64,
     results: Receiver<PipelineOutput>,
-    threads: Vec<JoinHandle<()>>,
+    /// The members' workers, then the aggregator.
+    threads: Vec<WorkerThread>,
+    /// Set when the pipeline is dropped: what is still queued is skipped.
+    abandoned: Arc<AtomicBool>,
     timeout: Option<Duration>,
 }
 
@@ -163,6 +167,7 @@ impl Pipeline {
         let mut inputs = Vec::new();
         let mut predictions = Vec::new();
         let mut threads = Vec::new();
+        let abandoned = Arc::new(AtomicBool::new(false));
         for c in compiled {
             let m = c.members[0];
             devices[m] = c.device.clone();
@@ -176,16 +181,24 @@ impl Pipeline {
             };
             let mut executor = c.executor;
             let want = options.member_outputs;
-            let thread = std::thread::Builder::new()
-                .name(format!("wgpu-ensemble member {}", names[m]))
-                .spawn(move || {
+            let stop = Arc::clone(&abandoned);
+            let thread =
+                WorkerThread::spawn(format!("wgpu-ensemble member {}", names[m]), move |busy| {
                     while let Ok(item) = item_rx.recv() {
-                        let result = if item.deadline.is_some_and(|d| Instant::now() >= d) {
-                            None
-                        } else {
-                            Some(execute(executor.as_mut(), &item.input, want, item.id, &cx))
-                        };
-                        if pred_tx.send((item.id, result)).is_err() {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        // Busy while it runs the input and hands the prediction on
+                        // (which blocks while the aggregator's queue is full).
+                        let sent = busy.during(|| {
+                            let result = if item.deadline.is_some_and(|d| Instant::now() >= d) {
+                                None
+                            } else {
+                                Some(execute(executor.as_mut(), &item.input, want, item.id, &cx))
+                            };
+                            pred_tx.send((item.id, result)).is_ok()
+                        });
+                        if !sent {
                             break;
                         }
                     }
@@ -206,11 +219,12 @@ impl Pipeline {
             timeout: options.timeout,
             predictions,
         };
+        let stop = Arc::clone(&abandoned);
         threads.push(
-            std::thread::Builder::new()
-                .name("wgpu-ensemble aggregator".to_string())
-                .spawn(move || aggregator.run(&ticket_rx, &result_tx))
-                .map_err(|e| thread_error(&ExecutionDevice::Cpu, e))?,
+            WorkerThread::spawn("wgpu-ensemble aggregator".to_string(), move |busy| {
+                aggregator.run(&ticket_rx, &result_tx, &stop, &busy)
+            })
+            .map_err(|e| thread_error(&ExecutionDevice::Cpu, e))?,
         );
         Ok(Self {
             input_width: graph.input_width,
@@ -222,6 +236,7 @@ impl Pipeline {
             next_id: AtomicU64::new(0),
             results: result_rx,
             threads,
+            abandoned,
             timeout: options.timeout,
         })
     }
@@ -299,16 +314,17 @@ impl Pipeline {
 }
 
 impl Drop for Pipeline {
+    /// Stops taking inputs, skips what is still queued, and joins the idle workers; a
+    /// worker still running an input (a member stuck past its deadline, say), or the
+    /// aggregator waiting for one, is detached instead, so that dropping a pipeline
+    /// never waits for a stuck member.
     fn drop(&mut self) {
         self.close();
-        // Unblock an aggregator waiting to deliver results nobody will read.
-        while self.results.try_recv().is_ok() {}
-        for t in self.threads.drain(..) {
-            while !t.is_finished() {
-                while self.results.try_recv().is_ok() {}
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            let _ = t.join();
+        self.abandoned.store(true, Ordering::SeqCst);
+        let results = &self.results;
+        for t in &mut self.threads {
+            // Unblock an aggregator waiting to deliver results nobody will read.
+            t.shut_down(|| while results.try_recv().is_ok() {});
         }
     }
 }
@@ -332,58 +348,74 @@ struct Aggregator {
 }
 
 impl Aggregator {
-    fn run(&self, tickets: &Receiver<Ticket>, results: &Sender<PipelineOutput>) {
+    /// Combines the predictions of every ticket until the tickets end or `stop` is set;
+    /// `busy` while it waits for a ticket's predictions.
+    fn run(
+        &self,
+        tickets: &Receiver<Ticket>,
+        results: &Sender<PipelineOutput>,
+        stop: &AtomicBool,
+        busy: &crate::runtime::Busy,
+    ) {
         // The id each member's prediction queue will deliver next.
         let mut cursor = vec![0u64; self.predictions.len()];
         let mut gone = vec![false; self.predictions.len()];
         while let Ok(ticket) = tickets.recv() {
-            let mut combiner = Combiner::new(
-                &self.names,
-                &self.devices,
-                &self.weights,
-                ticket.rows,
-                self.cols,
-            );
-            for (m, queue) in self.predictions.iter().enumerate() {
-                if gone[m] {
-                    combiner.fail(&[m], self.worker_gone(m));
-                    continue;
-                }
-                // Drop predictions of earlier inputs that arrived after their deadline.
-                while cursor[m] <= ticket.id {
-                    let message = match ticket.deadline {
-                        Some(d) => queue.recv_deadline(d),
-                        None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                    };
-                    match message {
-                        Ok((id, prediction)) => {
-                            cursor[m] = id + 1;
-                            if id == ticket.id {
-                                if let Some(result) = prediction {
-                                    combiner.add(&[m], result);
-                                }
-                            }
-                        }
-                        // Late: its status stays unanswered.
-                        Err(RecvTimeoutError::Timeout) => break,
-                        Err(RecvTimeoutError::Disconnected) => {
-                            gone[m] = true;
-                            combiner.fail(&[m], self.worker_gone(m));
-                            break;
-                        }
-                    }
-                }
+            if stop.load(Ordering::SeqCst) {
+                return;
             }
-            let (aggregate, members) = combiner.finish_parts(self.quorum, self.timeout);
-            let output = PipelineOutput {
-                id: ticket.id,
-                aggregate,
-                members,
-                elapsed: ticket.sent.elapsed(),
-            };
+            let output = busy.during(|| self.combine(&ticket, &mut cursor, &mut gone));
             if results.send(output).is_err() {
                 return;
             }
+        }
+    }
+
+    /// One ticket's predictions, each member's until the ticket's deadline, combined.
+    fn combine(&self, ticket: &Ticket, cursor: &mut [u64], gone: &mut [bool]) -> PipelineOutput {
+        let mut combiner = Combiner::new(
+            &self.names,
+            &self.devices,
+            &self.weights,
+            ticket.rows,
+            self.cols,
+        );
+        for (m, queue) in self.predictions.iter().enumerate() {
+            if gone[m] {
+                combiner.fail(&[m], self.worker_gone(m));
+                continue;
+            }
+            // Drop predictions of earlier inputs that arrived after their deadline.
+            while cursor[m] <= ticket.id {
+                let message = match ticket.deadline {
+                    Some(d) => queue.recv_deadline(d),
+                    None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                };
+                match message {
+                    Ok((id, prediction)) => {
+                        cursor[m] = id + 1;
+                        if id == ticket.id {
+                            if let Some(result) = prediction {
+                                combiner.add(&[m], result);
+                            }
+                        }
+                    }
+                    // Late: its status stays unanswered.
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        gone[m] = true;
+                        combiner.fail(&[m], self.worker_gone(m));
+                        break;
+                    }
+                }
+            }
+        }
+        let (aggregate, members) = combiner.finish_parts(self.quorum, self.timeout);
+        PipelineOutput {
+            id: ticket.id,
+            aggregate,
+            members,
+            elapsed: ticket.sent.elapsed(),
         }
     }
 

@@ -4,7 +4,6 @@
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -15,7 +14,9 @@ use crate::graph::Graph;
 use crate::options::{QuorumPolicy, RunOptions, SessionOptions};
 use crate::placement::ExecutionDevice;
 use crate::report::RunOutput;
-use crate::runtime::{check_input, check_quorum, compile, execute, Combiner, WorkerContext};
+use crate::runtime::{
+    check_input, check_quorum, compile, execute, Busy, Combiner, WorkerContext, WorkerThread,
+};
 use crate::tensor::Tensor;
 
 struct Job {
@@ -44,7 +45,7 @@ struct Worker {
     device: ExecutionDevice,
     members: Vec<usize>,
     jobs: Option<Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
+    thread: WorkerThread,
 }
 
 /// A compiled [`Graph`]: every member on its device, one worker thread per device,
@@ -91,18 +92,18 @@ impl Session {
                 device: c.device.to_string(),
             };
             let mut executor = c.executor;
-            let thread = std::thread::Builder::new()
-                .name(format!("wgpu-ensemble {}", c.device))
-                .spawn(move || work(executor.as_mut(), rx, &context, spin))
-                .map_err(|e| Error::WorkerFailed {
-                    device: c.device.to_string(),
-                    message: format!("could not start its thread: {e}"),
-                })?;
+            let thread = WorkerThread::spawn(format!("wgpu-ensemble {}", c.device), move |busy| {
+                work(executor.as_mut(), rx, &context, spin, &busy)
+            })
+            .map_err(|e| Error::WorkerFailed {
+                device: c.device.to_string(),
+                message: format!("could not start its thread: {e}"),
+            })?;
             workers.push(Worker {
                 device: c.device,
                 members: c.members,
                 jobs: Some(tx),
-                thread: Some(thread),
+                thread,
             });
         }
         Ok(Self {
@@ -239,14 +240,16 @@ impl Session {
 }
 
 impl Drop for Session {
+    /// Closes every worker's queue and joins the idle workers. A worker still running
+    /// a job (every run has returned by now, so nobody wants its result: a member
+    /// stuck past its deadline, say) is detached instead: dropping a session never
+    /// waits for a stuck member, and a process that drops it can end.
     fn drop(&mut self) {
         for w in &mut self.workers {
             w.jobs = None;
         }
         for w in &mut self.workers {
-            if let Some(t) = w.thread.take() {
-                let _ = t.join();
-            }
+            w.thread.shut_down(|| {});
         }
     }
 }
@@ -267,7 +270,13 @@ fn spin_recv<T>(rx: &Receiver<T>, spin: Duration, deadline: Option<Instant>) -> 
 
 /// A device worker: runs jobs in arrival order until the session closes its channel.
 /// After a job it spins for up to `spin` for the next one before sleeping.
-fn work(executor: &mut dyn Executor, jobs: Receiver<Job>, cx: &WorkerContext, spin: Duration) {
+fn work(
+    executor: &mut dyn Executor,
+    jobs: Receiver<Job>,
+    cx: &WorkerContext,
+    spin: Duration,
+    busy: &Busy,
+) {
     let mut after_job = false;
     loop {
         let next = match after_job.then(|| spin_recv(&jobs, spin, None)).flatten() {
@@ -285,7 +294,7 @@ fn work(executor: &mut dyn Executor, jobs: Receiver<Job>, cx: &WorkerContext, sp
         {
             continue;
         }
-        let result = execute(executor, &job.input, job.want_members, job.run, cx);
+        let result = busy.during(|| execute(executor, &job.input, job.want_members, job.run, cx));
         // A send fails only when the run already gave up; the result is dropped.
         let _ = job.reply.send((job.worker, result));
     }

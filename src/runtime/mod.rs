@@ -5,10 +5,12 @@
 mod combine;
 mod compile;
 mod job;
+mod thread;
 
 pub(crate) use combine::Combiner;
 pub(crate) use compile::compile;
 pub(crate) use job::{execute, WorkerContext};
+pub(crate) use thread::{Busy, WorkerThread};
 
 use crate::error::{Error, Result};
 use crate::options::QuorumPolicy;

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use common::{assert_close, input, placement_tests, quirks, reference_forward, reference_mean};
 use wgpu_ensemble::{
-    Activation::*, AdapterInfo, Error, Graph, Model, Placement, RunOptions, Session, SessionOptions,
+    Activation::*, AdapterInfo, Error, Fault, FaultPlan, Graph, MemberStatus, Model, Pipeline,
+    PipelineOptions, Placement, QuorumPolicy, RunOptions, Session, SessionOptions,
 };
 
 fn deadline_then_recovery(place: Placement, label: &str, widths: &[usize], batch: usize) {
@@ -125,3 +126,145 @@ placement_tests!(duration_max;
     an_operation_timeout_of_duration_max_waits_as_long_as_needed_vulkan: Vulkan,
     an_operation_timeout_of_duration_max_waits_as_long_as_needed_gl: Gl,
 );
+
+/// Runs `f` on a thread and waits for it at most `limit`: whether it returned. A test
+/// whose subject hangs fails instead of hanging the test binary.
+fn returns_within(limit: Duration, f: impl FnOnce() + Send + 'static) -> bool {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        f();
+        let _ = done.send(());
+    });
+    finished.recv_timeout(limit).is_ok()
+}
+
+/// A member that sleeps ten minutes (fault injection) on `place`: a run with a deadline
+/// returns at the deadline, and dropping the session returns too instead of waiting for
+/// the sleeper (its worker is left to finish alone). With a quorum of 1 and a quick
+/// member on the CPU, the answer comes from the quick member and the drop is as quick.
+fn stuck_member_does_not_hold_the_session(place: Placement, label: &str) {
+    let stuck = Model::random(&[4, 8, 3], &[Relu, Softmax], 1).unwrap();
+    let quick = Model::random(&[4, 3], &[Softmax], 2).unwrap();
+    let ten_minutes = Duration::from_secs(600);
+    for quorum in [None, Some(1)] {
+        let mut builder = Graph::builder(4).member("stuck", stuck.clone(), place.clone());
+        if quorum.is_some() && !matches!(place, Placement::Cpu) {
+            builder = builder.member("quick", quick.clone(), Placement::Cpu);
+        }
+        let graph = builder.build().unwrap();
+        let plan = FaultPlan::new().on_run("stuck", 0, Fault::Sleep(ten_minutes));
+        let session = Session::with_options(graph, SessionOptions::default().faults(plan))
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        let mut options = RunOptions::default().timeout(Duration::from_millis(100));
+        if let Some(k) = quorum {
+            options = options.quorum(QuorumPolicy::Quorum(k));
+        }
+        let x = input(2, 4, 7);
+        let answered = returns_within(Duration::from_secs(60), move || {
+            let run = session.run(&x, &options);
+            match (quorum, &run) {
+                (None, Err(Error::DeadlineExceeded { .. })) => {}
+                // The quick member answers for the ensemble; the sleeper is late.
+                (Some(_), Ok(out)) if out.members.len() == 2 => {
+                    assert!(matches!(out.members[0].status, MemberStatus::Late));
+                }
+                // Alone on its device (the CPU), the sleeper misses the quorum.
+                (Some(_), Err(Error::QuorumNotMet { .. })) => {}
+                _ => panic!("quorum {quorum:?}: unexpected {run:?}"),
+            }
+            // The session is dropped here, its sleeper still asleep.
+            drop(session);
+        });
+        assert!(
+            answered,
+            "{label}, quorum {quorum:?}: the run or the session's drop waited for the sleeping member"
+        );
+    }
+}
+
+placement_tests!(stuck_member_does_not_hold_the_session;
+    dropping_a_session_does_not_wait_for_a_stuck_member_cpu: Cpu,
+    dropping_a_session_does_not_wait_for_a_stuck_member_vulkan: Vulkan,
+    dropping_a_session_does_not_wait_for_a_stuck_member_gl: Gl,
+);
+
+/// The same for a `Pipeline`: its result comes at the deadline, and dropping it does
+/// not wait for the sleeping member's worker.
+#[test]
+fn dropping_a_pipeline_does_not_wait_for_a_stuck_member() {
+    let model = Model::random(&[4, 8, 3], &[Relu, Softmax], 1).unwrap();
+    let graph = Graph::builder(4)
+        .member("stuck", model.clone(), Placement::Cpu)
+        .member("quick", model, Placement::Cpu)
+        .build()
+        .unwrap();
+    let plan = FaultPlan::new().on_run("stuck", 0, Fault::Sleep(Duration::from_secs(600)));
+    let options = PipelineOptions::default()
+        .timeout(Duration::from_millis(100))
+        .quorum(QuorumPolicy::Quorum(1))
+        .session(SessionOptions::default().faults(plan));
+    let pipeline = Pipeline::new(graph, options).unwrap();
+    let answered = returns_within(Duration::from_secs(60), move || {
+        for _ in 0..3 {
+            pipeline.send(&input(2, 4, 8)).unwrap();
+        }
+        let first = pipeline.recv().expect("a result for the first input");
+        assert!(
+            matches!(first.members[0].status, MemberStatus::Late),
+            "{:?}",
+            first.members[0].status
+        );
+        drop(pipeline);
+    });
+    assert!(
+        answered,
+        "dropping the pipeline waited for the sleeping member"
+    );
+}
+
+/// `predict --timeout-ms` with a member that sleeps ten minutes: the process reports
+/// the deadline and exits (it waited for the sleeper before).
+#[test]
+fn predict_exits_at_its_deadline_with_a_stuck_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("y.npy");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wgpu-ensemble"))
+        .args(["predict", "--manifest"])
+        .arg(common::golden("mean.toml"))
+        .arg("--input")
+        .arg(common::golden("x.npy"))
+        .arg("--output")
+        .arg(&output)
+        .args([
+            "--device",
+            "cpu",
+            "--timeout-ms",
+            "200",
+            "--fault",
+            "seq-relu=sleep:600000",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let status = status.expect("predict was still running a minute after its 200 ms deadline");
+    let mut message = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        use std::io::Read;
+        let _ = err.read_to_string(&mut message);
+    }
+    assert!(!status.success(), "{message}");
+    assert!(message.contains("seq-relu"), "{message}");
+    assert!(!output.exists(), "an output was written");
+}
