@@ -39,7 +39,8 @@ fi
 export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$LIB/ld-linux-x86-64.so.2 --library-path $LIB"
 export VK_ICD_FILENAMES="$ROOT/usr/share/vulkan/icd.d/lvp_icd.json"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
-export WGPU_ENSEMBLE_REQUIRE_GPU=1 WGPU_ENSEMBLE_REQUIRE_COOP=1
+# Vulkan required by name: without it the _vulkan tests would skip, and pass.
+export WGPU_ENSEMBLE_REQUIRE_GPU=1 WGPU_ENSEMBLE_REQUIRE_COOP=1 WGPU_ENSEMBLE_REQUIRE_BACKENDS=vulkan
 # In the test profile: the tests below build it anyway (for the CLI tests), and a dev
 # build would compile every dependency once more.
 cargo run --profile test --quiet --bin wgpu-ensemble -- devices || true

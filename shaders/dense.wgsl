@@ -10,7 +10,7 @@
 // stage a BK-deep slice of x and of w through workgroup memory (k-major, so the inner
 // loop reads TM and TN consecutive values), then accumulates. Every load and store is
 // bounds checked, so any shape works. The tile shape is set per pipeline through the
-// override constants (see src/gpu/tune.rs).
+// override constants (see src/tile.rs).
 //
 // Written once for f32 and f16 (Precision::F16: f16 weights and tiles, x rounded to
 // f16 as it is staged, f32 accumulation): the crate composes it after

@@ -25,7 +25,7 @@
 // WG must be at least BX * BY times the adapter's largest subgroup size, so that
 // every block has a subgroup whatever size the driver picks; the crate sets it to
 // exactly that. The tile shape is set per pipeline through the override constants
-// (see CoopTile in src/gpu/tune.rs).
+// (see CoopTile in src/gpu/coop.rs).
 
 // Where this member's b and y start (set by main for emit).
 var<private> bo: u32;

@@ -307,7 +307,7 @@ impl FromStr for TileConfig {
     fn from_str(text: &str) -> Result<Self> {
         let bad = || {
             Error::invalid(
-                "--tile",
+                "tile",
                 text,
                 "five comma-separated integers, then optionally vec4 and then prefetch",
             )
@@ -343,7 +343,7 @@ impl FromStr for CoopShape {
     fn from_str(text: &str) -> Result<Self> {
         let bad = || {
             Error::invalid(
-                "--coop-shape",
+                "coop shape",
                 text,
                 "five comma-separated integers, then optionally prefetch",
             )

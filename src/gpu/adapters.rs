@@ -62,7 +62,7 @@ pub(crate) fn open_device(
             // construction: every one is inside a workgroup array sized from the same
             // overrides (the last element a block touches is below BM * BK, BN * BK
             // and (BX * BY + 1) * CT * CT), and CoopTile::fits refuses shapes beyond
-            // the kernel's 4 x 4 matrices per block. tests/precision.rs runs every
+            // the kernel's 4 x 4 matrices per block. tests/it/precision/coop.rs runs every
             // candidate shape with and without runtime checks.
             unsafe { wgpu::ExperimentalFeatures::enabled() }
         } else {

@@ -395,39 +395,89 @@ mod tests {
         Ok((module, info))
     }
 
+    /// Every set of override constants the crate gives a kernel: each tile candidate
+    /// (the default among them) on the vec4 and the strided kernels in f32 and f16,
+    /// the small-batch kernels, each coop shape candidate with 16x16 and 8x8 matrices
+    /// and subgroups of 8 to 64 (where the kernel takes it), each with every
+    /// activation; the aggregates in both modes.
+    fn constant_sets() -> Vec<(Kernel, Vec<(&'static str, u32)>)> {
+        use crate::gpu::coop::CoopTile;
+        use crate::gpu::tune::tiled_kernel;
+        use crate::precision::Precision;
+        use crate::tile::{CoopShape, TileConfig};
+        let acts = 0..=4u32;
+        let mut sets = Vec::new();
+        for precision in [Precision::F32, Precision::F16] {
+            for tile in TileConfig::CANDIDATES {
+                for in_features in [64, 63] {
+                    for act in acts.clone() {
+                        sets.push(tiled_kernel(&tile, precision, in_features, act));
+                    }
+                }
+            }
+            let small = if precision.is_f16() {
+                DENSE_SMALL_F16
+            } else {
+                DENSE_SMALL
+            };
+            sets.extend(acts.clone().map(|act| (small, vec![("ACT", act)])));
+        }
+        let roomy = wgpu::Limits {
+            max_compute_workgroup_storage_size: u32::MAX,
+            max_compute_invocations_per_workgroup: u32::MAX,
+            max_compute_workgroup_size_x: u32::MAX,
+            ..wgpu::Limits::default()
+        };
+        for size in [16, 8] {
+            for subgroup in [8, 16, 32, 64] {
+                for shape in CoopShape::CANDIDATES {
+                    let tile = CoopTile {
+                        size,
+                        subgroup,
+                        shape,
+                    };
+                    if tile.fits(&roomy) {
+                        for act in acts.clone() {
+                            sets.push((dense_coop(size), tile.constants(act).to_vec()));
+                        }
+                    }
+                }
+            }
+        }
+        sets.push((SOFTMAX, Vec::new()));
+        for kernel in [AGGREGATE, SOFTMAX_AGGREGATE] {
+            sets.extend((0..=1).map(|mode| (kernel, vec![("MODE", mode)])));
+        }
+        sets
+    }
+
     /// The composed source of every kernel parses and validates, and its pipeline
-    /// constants resolve with every value the crate sets; needs no GPU.
+    /// constants resolve with every set of values the crate gives it (each kernel at
+    /// least once); needs no GPU.
     #[test]
     fn every_kernel_validates_with_every_override_value() {
+        let sets = constant_sets();
         for kernel in all() {
             let (module, info) =
                 validate(kernel.source).unwrap_or_else(|e| panic!("{}: {e}", kernel.file));
-            // The values the crate sets: ACT 0..=4 (dense kernels), MODE 0..=1
-            // (aggregates), PREFETCH 0..=1 (dense_vec4, dense_coop), and the tile
-            // shapes of the autotune candidates.
-            for name in module.overrides.iter().filter_map(|(_, o)| o.name.as_ref()) {
-                let values: &[f64] = match name.as_str() {
-                    "ACT" => &[0.0, 1.0, 2.0, 3.0, 4.0],
-                    "MODE" | "PREFETCH" => &[0.0, 1.0],
-                    "WG_X" | "WG_Y" => &[8.0, 16.0],
-                    "TM" | "TN" => &[2.0, 4.0, 8.0],
-                    "BK" => &[8.0, 16.0, 32.0, 64.0],
-                    "WG" => &[32.0, 128.0, 512.0],
-                    "BX" | "BY" => &[1.0, 2.0, 4.0],
-                    "TMC" | "TNC" => &[1.0, 2.0, 4.0],
-                    other => panic!("{}: unexpected override {other}", kernel.file),
-                };
-                for &v in values {
-                    let mut constants = naga::back::PipelineConstants::default();
-                    constants.insert(name.clone(), v);
-                    naga::back::pipeline_constants::process_overrides(
-                        &module,
-                        &info,
-                        Some((naga::ShaderStage::Compute, "main")),
-                        &constants,
-                    )
-                    .unwrap_or_else(|e| panic!("{} with {name} = {v}: {e}", kernel.file));
-                }
+            let mine: Vec<&Vec<(&str, u32)>> = sets
+                .iter()
+                .filter(|(k, _)| *k == kernel)
+                .map(|(_, c)| c)
+                .collect();
+            assert!(!mine.is_empty(), "{}: no constants set", kernel.file);
+            for constants in mine {
+                let values: naga::back::PipelineConstants = constants
+                    .iter()
+                    .map(|&(name, v)| (name.to_string(), f64::from(v)))
+                    .collect();
+                naga::back::pipeline_constants::process_overrides(
+                    &module,
+                    &info,
+                    Some((naga::ShaderStage::Compute, "main")),
+                    &values,
+                )
+                .unwrap_or_else(|e| panic!("{} with {constants:?}: {e}", kernel.file));
             }
         }
     }

@@ -6,7 +6,8 @@ use crate::common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{assert_close, golden, read_f64};
+use common::{assert_close, golden, placement_tests, read_f64};
+use wgpu_ensemble::Placement;
 
 fn cli(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wgpu-ensemble"))
@@ -42,58 +43,57 @@ fn predict(manifest: &Path, input: &Path, output: &Path, members: &Path, extra: 
     cli(&args)
 }
 
-#[test]
-fn predict_matches_the_golden_outputs_on_every_device() {
-    let mut devices = vec!["cpu".to_string()];
-    devices.extend(
-        common::usable_adapters("cli predict")
-            .iter()
-            .map(|a| format!("adapter:{}", a.index)),
-    );
+/// `predict --device` on `place` (the CPU or `adapter:N`) gives the golden outputs.
+fn predict_golden(place: Placement, label: &str) {
+    let device = match place {
+        Placement::Adapter(i) => format!("adapter:{i}"),
+        _ => "cpu".to_string(),
+    };
+    let device = &device;
     let dir = tempfile::tempdir().unwrap();
     let (members_shape, members_want) = read_f64(&golden("expected_members.npy"));
-    for device in &devices {
-        for (manifest, expected) in [
-            ("vote.toml", "expected_vote.npy"),
-            ("weighted_mean.toml", "expected_weighted_mean.npy"),
-        ] {
-            let output = dir.path().join("y.npy");
-            let members = dir.path().join("members.npy");
-            let out = predict(
-                &golden(manifest),
-                &golden("x_f64.npy"),
-                &output,
-                &members,
-                &["--device", device, "--timeout-ms", "60000"],
-            );
-            assert!(
-                out.status.success(),
-                "{device} {manifest}: {}",
-                stderr(&out)
-            );
-            let summary = stderr(&out);
-            assert!(
-                summary.contains("5 members") && summary.contains("batch 33"),
-                "{summary}"
-            );
+    for (manifest, expected) in [
+        ("vote.toml", "expected_vote.npy"),
+        ("weighted_mean.toml", "expected_weighted_mean.npy"),
+    ] {
+        let output = dir.path().join("y.npy");
+        let members = dir.path().join("members.npy");
+        let out = predict(
+            &golden(manifest),
+            &golden("x_f64.npy"),
+            &output,
+            &members,
+            &["--device", device, "--timeout-ms", "60000"],
+        );
+        assert!(out.status.success(), "{label} {manifest}: {}", stderr(&out));
+        let summary = stderr(&out);
+        assert!(
+            summary.contains("5 members") && summary.contains("batch 33"),
+            "{summary}"
+        );
 
-            let y = wgpu_ensemble::io::read_matrix(&output).unwrap();
-            assert_eq!(y.shape(), &[33, 5]);
-            assert_close(
-                &format!("{device} {manifest}"),
-                y.as_slice(),
-                &read_f64(&golden(expected)).1,
-            );
-            let (shape, values) = read_members(&members);
-            assert_eq!(shape, members_shape);
-            assert_close(
-                &format!("{device} {manifest} members"),
-                &values,
-                &members_want,
-            );
-        }
+        let y = wgpu_ensemble::io::read_matrix(&output).unwrap();
+        assert_eq!(y.shape(), &[33, 5]);
+        assert_close(
+            &format!("{label} {manifest}"),
+            y.as_slice(),
+            &read_f64(&golden(expected)).1,
+        );
+        let (shape, values) = read_members(&members);
+        assert_eq!(shape, members_shape);
+        assert_close(
+            &format!("{label} {manifest} members"),
+            &values,
+            &members_want,
+        );
     }
 }
+
+placement_tests!(predict_golden;
+    predict_matches_the_golden_outputs_cpu: Cpu,
+    predict_matches_the_golden_outputs_vulkan: Vulkan,
+    predict_matches_the_golden_outputs_gl: Gl,
+);
 
 #[test]
 fn predict_in_f16_stays_near_the_golden_outputs() {
@@ -261,7 +261,7 @@ fn bad_inputs_exit_non_zero_and_write_nothing() {
 }
 
 #[test]
-fn devices_lists_adapters_and_the_cpu() {
+fn devices_lists_adapters_and_the_host() {
     let out = cli(&["devices"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);

@@ -206,7 +206,7 @@ placement_tests!(stacks_add_up;
 );
 
 #[test]
-fn ensembles_spread_by_auto_and_mixed_with_cpu() {
+fn ensembles_spread_by_auto_and_mixed_with_the_host() {
     // Auto spreads over the usable adapters (or the CPU when there is none); every
     // third member is pinned to the CPU so host and device partial sums mix.
     common::usable_adapters("ensembles_spread_by_auto");

@@ -26,7 +26,7 @@ fn external_device(name: &str, backend: wgpu::Backend) -> ExternalDevice {
 }
 
 #[test]
-fn members_on_two_adapters_two_queues_an_external_device_and_the_cpu() {
+fn members_on_two_adapters_two_queues_an_external_device_and_the_host() {
     let usable = common::usable_adapters("placement");
     if usable.len() < 2 {
         let why = format!(

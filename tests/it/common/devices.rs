@@ -127,9 +127,23 @@ pub fn adapters_on(test: &str, target: Target) -> Vec<AdapterInfo> {
             !(gpu_required() && usable().next().is_none()),
             "{why}, and WGPU_ENSEMBLE_REQUIRE_GPU=1"
         );
+        // Adapters only on backends no wrapper is named after (Metal, DX12) would leave
+        // every GPU test skipped while a GPU is required.
+        assert!(
+            !gpu_required() || usable().any(|a| covered(a.backend)),
+            "{why}: the usable adapters are on backends the tests have no wrappers for \
+             (only vulkan and gl), and WGPU_ENSEMBLE_REQUIRE_GPU=1"
+        );
         eprintln!("SKIPPED {why}");
     }
     on
+}
+
+/// Whether a GPU wrapper is named after `backend`.
+fn covered(backend: Backend) -> bool {
+    [Target::Vulkan, Target::Gl]
+        .iter()
+        .any(|t| t.backend() == Some(backend))
 }
 
 /// Runs `body(placement, label)` on `target`: once on the CPU, or on every usable

@@ -33,7 +33,7 @@ placement_tests!(adapters tile_candidates;
 );
 
 fn vec4_edge_shapes(info: &AdapterInfo) {
-    // dense_vec4.wgsl (dense_vec4_f16.wgsl in f16, on adapters with SHADER_F16) runs
+    // dense_vec4.wgsl (composed in f16 too, on adapters with SHADER_F16) runs
     // layers whose input width is a multiple of 4: widths below and past one staged
     // slice (4, 12, 36, 132 against slices 8 and 16 deep), output widths that end in
     // a partial run of four (1, 7, 13, 130), rows past one 128-row tile; the 1, 7, 33
