@@ -50,7 +50,7 @@ pub fn check_outputs(outputs: &[&Path], inputs: &[&Path]) -> Result<()> {
         }
         check_target(path)?;
     }
-    let inputs: Vec<(&Path, PathBuf, Option<(u64, u64)>)> = inputs
+    let inputs: Vec<_> = inputs
         .iter()
         .map(|&input| {
             // `metadata` follows a link: an input given as a link is its file.
