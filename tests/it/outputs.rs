@@ -474,3 +474,41 @@ fn sigterm_while_outputs_are_partial_removes_them() {
 fn sighup_while_outputs_are_partial_removes_them() {
     signal_while_outputs_are_partial("HUP", 129);
 }
+
+/// A signal while the members run (one sleeps a minute) stops `predict` at once, with
+/// 128 + its number, without waiting for the member, and writes nothing.
+#[test]
+fn sigterm_during_a_run_stops_it_without_waiting_for_the_members() {
+    let run = Run::new();
+    let before = run.snapshot();
+    let mut child = run
+        .command(Path::new("y.npy"), Path::new("members.npy"))
+        .args(["--fault", "seq-relu=sleep:60000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its signal thread (named "signals") is there: the handler is in place.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let tasks = PathBuf::from(format!("/proc/{}/task", child.id()));
+    while !std::fs::read_dir(&tasks).is_ok_and(|tasks| {
+        tasks.filter_map(|t| t.ok()).any(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "signals")
+        })
+    }) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("predict exited ({status}): {}", child_stderr(&mut child));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no signal thread after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    send("TERM", &child);
+    let status = wait_bounded(&mut child, Duration::from_secs(10), "TERM during a run");
+    let message = child_stderr(&mut child);
+    assert_eq!(status.code(), Some(143), "{status}: {message}");
+    assert_eq!(run.snapshot(), before, "something was written");
+}
