@@ -1,7 +1,8 @@
 //! Files as every layer writes them: errors that name the path, and writes that
 //! never leave a partial file (a temporary name beside the target, then a rename).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::error::{Error, Result};
 
@@ -13,15 +14,302 @@ pub(crate) fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it over `path`, so
-/// that `path` never holds a partial file.
+/// that `path` never holds a partial file. `path` is refused first (nothing written)
+/// when it is a symbolic link, a directory, a device node, a fifo or a socket: see
+/// [`check_outputs`].
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temporary_path(path);
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            io_error(path, e)
+    check_outputs(&[path], &[])?;
+    let mut staged = StagedOutputs::new();
+    staged.add(path, bytes)?;
+    staged.commit()
+}
+
+/// Checks, before anything is written, that every one of `outputs` can be written
+/// without destroying anything else: each must be a new name or an existing regular
+/// file; none may name the same file as another output or as one of `inputs` (the
+/// files a run reads), however it is spelled. Refused, with an error naming the path
+/// and what it is:
+///
+/// - a **symbolic link**, dangling or not: the rename that puts an output in place
+///   would replace the link, not the file it names;
+/// - a **directory, character or block device (`/dev/null`), fifo or socket**: the
+///   rename would replace it with a regular file;
+/// - **one of `inputs`**: the same folder and name once `.`, `..` and linked folders
+///   are resolved (`m.toml`, `./m.toml`, `d/../m.toml`), or, on Unix, the same file
+///   (device and inode: a hard link, or a link to it);
+/// - **two outputs naming one file**.
+///
+/// [`stage_tensors`](crate::io::stage_tensors) and
+/// [`write_tensors`](crate::io::write_tensors) make these checks themselves; a caller
+/// calls this to refuse its outputs before it spends time on a run.
+pub fn check_outputs(outputs: &[&Path], inputs: &[&Path]) -> Result<()> {
+    let places: Vec<PathBuf> = outputs.iter().map(|p| place(p)).collect();
+    for (i, path) in outputs.iter().enumerate() {
+        if places[..i].contains(&places[i]) {
+            return Err(io_error(path, "the same file is given for two outputs"));
+        }
+        check_target(path)?;
+    }
+    let inputs: Vec<_> = inputs
+        .iter()
+        .map(|&input| {
+            // `metadata` follows a link: an input given as a link is its file.
+            let id = std::fs::metadata(input).ok().and_then(|m| file_id(&m));
+            (input, place(input), id)
         })
+        .collect();
+    for (path, at) in outputs.iter().zip(&places) {
+        // An output that exists is a regular file by now (`check_target`).
+        let id = std::fs::symlink_metadata(path)
+            .ok()
+            .and_then(|m| file_id(&m));
+        for (input, input_at, input_id) in &inputs {
+            let same_place = at == input_at;
+            if same_place || (id.is_some() && id == *input_id) {
+                let other_name = if same_place {
+                    ""
+                } else {
+                    " (the same file under another name)"
+                };
+                return Err(refused(
+                    path,
+                    format!("it is this run's input {}{other_name}", quote_path(input)),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses `path` as an output when it exists and is not a regular file (a symbolic
+/// link included, whatever it points to).
+fn check_target(path: &Path) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        // A new file; a folder that does not exist fails at the write, naming it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error(path, e)),
+    };
+    let kind = meta.file_type();
+    if kind.is_file() {
+        Ok(())
+    } else if kind.is_symlink() {
+        let to = std::fs::read_link(path)
+            .map(|to| format!(" to {}", quote_path(&to)))
+            .unwrap_or_default();
+        Err(refused(
+            path,
+            format!(
+                "it is a symbolic link{to}, which the output would replace; give the file's own path"
+            ),
+        ))
+    } else {
+        Err(refused(
+            path,
+            format!("it is {}, not a regular file", kind_name(&kind)),
+        ))
+    }
+}
+
+/// The error for a refused output; `what` says what the path is.
+fn refused(path: &Path, what: String) -> Error {
+    io_error(
+        path,
+        format!("refused as an output: {what}; nothing was written"),
+    )
+}
+
+/// At most 200 characters of a path, for a message.
+fn quote_path(path: &Path) -> String {
+    let text = path.display().to_string();
+    if text.chars().count() <= 200 {
+        text
+    } else {
+        let head: String = text.chars().take(200).collect();
+        format!("{head}...")
+    }
+}
+
+#[cfg(unix)]
+fn kind_name(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_fifo() {
+        "a named pipe (fifo)"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+#[cfg(not(unix))]
+fn kind_name(kind: &std::fs::FileType) -> &'static str {
+    if kind.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    }
+}
+
+/// The file's identity (device, inode), where the platform gives one.
+#[cfg(unix)]
+fn file_id(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    Some((meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+    None
+}
+
+/// Where `path` is, whatever its spelling (`o.npy`, `./o.npy`, `d/../o.npy`): its
+/// folder resolved, then its name; the path itself when the folder does not exist.
+pub(crate) fn place(path: &Path) -> PathBuf {
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match (folder.canonicalize(), path.file_name()) {
+        (Ok(folder), Some(name)) => folder.join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// The temporary files this process is writing now, for [`stop_writes`]. A file is
+/// created and registered under this lock, and renamed into place and unregistered
+/// under it, so that whoever holds it sees every partial file there is.
+static PARTIAL_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn partial_files() -> MutexGuard<'static, Vec<PathBuf>> {
+    PARTIAL_FILES.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Outputs written in full under temporary names beside their targets (hidden,
+/// ending in `.partial`), not yet in place. [`StagedOutputs::commit`] renames them all
+/// into place; dropping the value instead removes them, leaving the targets as they
+/// were. Made by [`stage_tensors`](crate::io::stage_tensors).
+#[must_use = "dropping staged outputs removes them; call `commit` to put them in place"]
+#[derive(Debug)]
+pub struct StagedOutputs {
+    /// (temporary file, target), in the order they were written.
+    parts: Vec<(PathBuf, PathBuf)>,
+}
+
+impl StagedOutputs {
+    pub(crate) fn new() -> Self {
+        Self { parts: Vec::new() }
+    }
+
+    /// Writes `bytes` to a new temporary file beside `path`. On an error, the files
+    /// written so far stay staged (and are removed when `self` is dropped).
+    pub(crate) fn add(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        use std::io::Write;
+        let mut file = {
+            let mut registry = partial_files();
+            let mut tries = 0;
+            loop {
+                let tmp = temporary_path(path);
+                // `create_new`: never a file (or a link) that is already there.
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)
+                {
+                    Ok(file) => {
+                        registry.push(tmp.clone());
+                        self.parts.push((tmp, path.to_path_buf()));
+                        break file;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 16 => {
+                        tries += 1;
+                    }
+                    Err(e) => return Err(io_error(path, e)),
+                }
+            }
+        };
+        file.write_all(bytes).map_err(|e| io_error(path, e))
+    }
+
+    /// Renames every staged file into place. Each target is checked again first (a
+    /// symbolic link or a device node made there since is refused, and nothing is put
+    /// in place). The renames hold the lock of [`stop_writes`], so a signal handler
+    /// that stops the writes sees all of them in place or none.
+    pub fn commit(mut self) -> Result<()> {
+        for (_, target) in &self.parts {
+            // On an error `self` is dropped, removing every temporary file.
+            check_target(target)?;
+        }
+        let parts = std::mem::take(&mut self.parts);
+        let mut registry = partial_files();
+        let mut result = Ok(());
+        for (tmp, target) in &parts {
+            if result.is_ok() {
+                // A rename can fail only if the folder changed meanwhile.
+                if let Err(e) = std::fs::rename(tmp, target) {
+                    result = Err(io_error(target, e));
+                }
+            }
+            if result.is_err() {
+                let _ = std::fs::remove_file(tmp);
+            }
+            registry.retain(|p| p != tmp);
+        }
+        result
+    }
+}
+
+impl Drop for StagedOutputs {
+    fn drop(&mut self) {
+        if self.parts.is_empty() {
+            return;
+        }
+        let mut registry = partial_files();
+        for (tmp, _) in self.parts.drain(..) {
+            let _ = std::fs::remove_file(&tmp);
+            registry.retain(|p| *p != tmp);
+        }
+    }
+}
+
+/// What [`stop_writes`] returns: while it is held, no output write of this process
+/// can make a temporary file or put one in place (they wait).
+#[must_use = "writes resume when the guard is dropped: hold it until the process exits"]
+pub struct WritesStopped {
+    _registry: MutexGuard<'static, Vec<PathBuf>>,
+}
+
+impl std::fmt::Debug for WritesStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WritesStopped")
+    }
+}
+
+/// Stops this process's output writes for good, for a thread that handles a
+/// termination signal (SIGINT, SIGTERM, SIGHUP) before it exits the process: removes
+/// every temporary file that a write ([`write_atomically`],
+/// [`write_tensors`](crate::io::write_tensors), [`StagedOutputs`]) has made and not
+/// yet renamed into place, and returns a guard under which no write can make another
+/// or rename one. Hold the guard until the process exits. A write that is renaming its
+/// files into place finishes first, so a set of outputs is in place whole or not at
+/// all.
+///
+/// Not for a signal handler itself: it takes a lock and removes files. Run it on a
+/// thread, as `signal_hook::iterator::Signals` does.
+pub fn stop_writes() -> WritesStopped {
+    let mut registry = partial_files();
+    for tmp in registry.drain(..) {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    WritesStopped {
+        _registry: registry,
+    }
 }
 
 /// A hidden name beside `path` for a file that is being written, of its own in this

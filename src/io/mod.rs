@@ -5,15 +5,17 @@ mod manifest;
 mod npy;
 mod weights;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use manifest::{Manifest, ManifestMember};
 pub use npy::{read_matrix, write_tensor};
 pub use weights::ACTIVATIONS_KEY;
 pub use weights::{load_model, save_model, LoadOptions};
 
-pub use crate::files::write_atomically;
-pub(crate) use crate::files::{io_error, temporary_path};
+pub(crate) use crate::files::io_error;
+pub use crate::files::{
+    check_outputs, stop_writes, write_atomically, StagedOutputs, WritesStopped,
+};
 
 use crate::error::Result;
 
@@ -45,58 +47,43 @@ pub(crate) fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
 /// Writes several tensors as `.npy` files, all or none: every file is first written
 /// under a temporary name beside its target, and only when all of them are complete
 /// are they renamed into place (a rename can then fail only if the folder changed
-/// meanwhile). Two outputs with the same path, or a path that is a folder, are refused
-/// before anything is written.
-pub fn write_tensors(files: &[(std::path::PathBuf, crate::Tensor)]) -> Result<()> {
-    let places: Vec<std::path::PathBuf> = files.iter().map(|(p, _)| place(p)).collect();
-    for (i, (path, _)) in files.iter().enumerate() {
-        if places[..i].contains(&places[i]) {
-            return Err(io_error(path, "the same file is given for two outputs"));
-        }
-        if path.is_dir() {
-            return Err(io_error(path, "is a directory"));
-        }
-    }
-    let mut written: Vec<(std::path::PathBuf, &Path)> = Vec::new();
-    let cleanup = |written: &[(std::path::PathBuf, &Path)]| {
-        for (tmp, _) in written {
-            let _ = std::fs::remove_file(tmp);
-        }
-    };
-    for (path, tensor) in files {
-        let tmp = temporary_path(path);
-        let bytes = match npy::npy_bytes(path, tensor) {
-            Ok(b) => b,
-            Err(e) => {
-                cleanup(&written);
-                return Err(e);
-            }
-        };
-        if let Err(e) = std::fs::write(&tmp, bytes) {
-            let _ = std::fs::remove_file(&tmp);
-            cleanup(&written);
-            return Err(io_error(path, e));
-        }
-        written.push((tmp, path));
-    }
-    for (i, (tmp, path)) in written.iter().enumerate() {
-        if let Err(e) = std::fs::rename(tmp, path) {
-            cleanup(&written[i..]);
-            return Err(io_error(path, e));
-        }
-    }
-    Ok(())
+/// meanwhile). Refused before anything is written: two outputs naming one file
+/// (however spelled), and an output that is a symbolic link, a directory, a device
+/// node (`/dev/null`), a fifo or a socket ([`check_outputs`]). To refuse also outputs
+/// that name the files a run reads, use [`stage_tensors`] with them.
+pub fn write_tensors(files: &[(PathBuf, crate::Tensor)]) -> Result<()> {
+    stage_tensors(files, &[])?.commit()
 }
 
-/// Where `path` is, whatever its spelling (`o.npy`, `./o.npy`, `d/../o.npy`): its
-/// folder resolved, then its name; the path itself when the folder does not exist.
-fn place(path: &Path) -> std::path::PathBuf {
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    match (folder.canonicalize(), path.file_name()) {
-        (Ok(folder), Some(name)) => folder.join(name),
-        _ => path.to_path_buf(),
+/// The first half of [`write_tensors`]: checks the outputs against each other and
+/// against `inputs` ([`check_outputs`]: an output naming one of `inputs`, however
+/// spelled or hard-linked, is refused) and writes every tensor in full under a
+/// temporary name beside its target. Nothing is in place until
+/// [`StagedOutputs::commit`]; dropping the staged outputs removes them, and so does
+/// [`stop_writes`] (a termination signal's handler).
+///
+/// ```no_run
+/// # fn main() -> wgpu_ensemble::Result<()> {
+/// use std::path::{Path, PathBuf};
+/// use wgpu_ensemble::{io, Tensor};
+/// let input = Path::new("x.npy");
+/// let x = io::read_matrix(input)?;
+/// let y: Tensor = x.clone(); // a run's output
+/// io::stage_tensors(&[(PathBuf::from("y.npy"), y)], &[input])?.commit()?;
+/// # Ok(())
+/// # }
+/// ```
+pub fn stage_tensors(
+    files: &[(PathBuf, crate::Tensor)],
+    inputs: &[&Path],
+) -> Result<StagedOutputs> {
+    let outputs: Vec<&Path> = files.iter().map(|(p, _)| p.as_path()).collect();
+    check_outputs(&outputs, inputs)?;
+    let mut staged = StagedOutputs::new();
+    for (path, tensor) in files {
+        // On an error `staged` is dropped: the files written so far are removed.
+        let bytes = npy::npy_bytes(path, tensor)?;
+        staged.add(path, &bytes)?;
     }
+    Ok(staged)
 }

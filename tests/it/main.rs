@@ -13,6 +13,7 @@ mod faults;
 mod golden;
 mod kernels;
 mod model_files;
+mod outputs;
 mod pipeline;
 mod placement;
 mod precision;

@@ -32,6 +32,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(unix)]
+    if let Err(e) = stop_on_signals() {
+        eprintln!("wgpu-ensemble: error: cannot handle SIGINT, SIGTERM and SIGHUP: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Devices => {
             devices::devices();
@@ -47,6 +52,62 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Handles SIGINT, SIGTERM and SIGHUP on a thread of their own: the first one stops
+/// the output writes, removing every temporary file being written
+/// ([`wgpu_ensemble::io::stop_writes`]), and exits with 128 + the signal's number
+/// (130, 143, 129), without waiting for the devices. A signal that was ignored when
+/// the process started (SIGHUP under `nohup`) stays ignored.
+#[cfg(unix)]
+fn stop_on_signals() -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    use std::io::Write;
+    let ignored = ignored_at_start();
+    let handled: Vec<i32> = [SIGINT, SIGTERM, SIGHUP]
+        .into_iter()
+        .filter(|&s| ignored & (1 << (s - 1)) == 0)
+        .collect();
+    if handled.is_empty() {
+        return Ok(());
+    }
+    let mut signals = signal_hook::iterator::Signals::new(&handled)?;
+    std::thread::Builder::new()
+        .name("signals".to_string())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let _stopped = wgpu_ensemble::io::stop_writes();
+                let name = match signal {
+                    SIGINT => "SIGINT",
+                    SIGTERM => "SIGTERM",
+                    _ => "SIGHUP",
+                };
+                // Not `eprintln!`, which panics when stderr is gone (a closed terminal).
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "wgpu-ensemble: stopped by {name}; partial outputs removed"
+                );
+                // No destructors or exit handlers: a device may be busy, and the
+                // guard must stay held until the process is gone.
+                signal_hook::low_level::exit(128 + signal);
+            }
+        })?;
+    Ok(())
+}
+
+/// The mask of the signals ignored when the process started (bit `n - 1` for signal
+/// `n`), from Linux's `/proc/self/status`; none where it cannot be read.
+#[cfg(unix)]
+fn ignored_at_start() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("SigIgn:"))
+                .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        })
+        .unwrap_or(0)
 }
 
 /// What a subcommand fails with: the library's error, or a flag that cannot be used

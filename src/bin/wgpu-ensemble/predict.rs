@@ -1,10 +1,10 @@
 //! `wgpu-ensemble predict`: run an ensemble manifest on a `.npy` input and write the
 //! aggregate (and the members' outputs) as `.npy`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use wgpu_ensemble::io::{read_matrix, Manifest};
+use wgpu_ensemble::io::{check_outputs, read_matrix, stage_tensors, Manifest};
 use wgpu_ensemble::{
     Fault, FaultPlan, MemberStatus, Placement, Precision, QuorumPolicy, RunOptions, Session,
     SessionOptions, Tensor,
@@ -62,6 +62,12 @@ pub(crate) fn predict(args: &PredictArgs) -> crate::CliResult {
     let started = Instant::now();
     let device: Option<Placement> = args.device.as_deref().map(str::parse).transpose()?;
     let manifest = Manifest::load(&args.manifest)?;
+    // The files this run reads, which no output may replace: refused before the run.
+    let mut inputs: Vec<&Path> = vec![args.manifest.as_path(), args.input.as_path()];
+    inputs.extend(manifest.members.iter().map(|m| m.file.as_path()));
+    let mut outputs: Vec<&Path> = vec![args.output.as_path()];
+    outputs.extend(args.members_output.as_deref());
+    check_outputs(&outputs, &inputs)?;
     let x = read_matrix(&args.input)?;
     let session_options = SessionOptions::default()
         .precision(args.precision.parse::<Precision>()?)
@@ -87,8 +93,9 @@ pub(crate) fn predict(args: &PredictArgs) -> crate::CliResult {
         );
     }
 
-    // Every output is complete in memory before any file is written; each file is
-    // written under a temporary name and renamed.
+    // Every output is complete in memory before any file is written; all are written
+    // under temporary names (which a termination signal removes) before any is
+    // renamed into place.
     let mut files = vec![(args.output.to_path_buf(), run.aggregate.clone())];
     if let Some(path) = &args.members_output {
         // A member missing from a quorum run has NaN rows.
@@ -105,7 +112,9 @@ pub(crate) fn predict(args: &PredictArgs) -> crate::CliResult {
             Tensor::new(vec![run.members.len(), rows, cols], all)?,
         ));
     }
-    wgpu_ensemble::io::write_tensors(&files)?;
+    let staged = stage_tensors(&files, &inputs)?;
+    pause_before_rename();
+    staged.commit()?;
 
     let mut devices: Vec<String> = session.devices().map(ToString::to_string).collect();
     devices.dedup();
@@ -120,4 +129,18 @@ pub(crate) fn predict(args: &PredictArgs) -> crate::CliResult {
         started.elapsed().as_secs_f64() * 1e3
     );
     Ok(())
+}
+
+/// For the tests of signal handling only, not an interface: this many milliseconds of
+/// sleep between writing the outputs under their temporary names and renaming them
+/// into place, so that a test can send a signal while they are partial.
+const PAUSE_BEFORE_RENAME: &str = "WGPU_ENSEMBLE_TEST_PAUSE_BEFORE_RENAME_MS";
+
+fn pause_before_rename() {
+    if let Some(ms) = std::env::var(PAUSE_BEFORE_RENAME)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
 }
