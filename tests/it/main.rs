@@ -16,5 +16,6 @@ mod model_files;
 mod pipeline;
 mod placement;
 mod precision;
+mod reads;
 mod shaders;
 mod timing;
