@@ -483,6 +483,60 @@ pub enum Error {
         /// What is known about why.
         message: String,
     },
+    /// A file to be read is not a regular file (or a symbolic link to one): a
+    /// directory, a device node, a fifo or a socket.
+    #[error("{path}: is a {kind}, not a regular file")]
+    NotRegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is: `directory`, `character device`, `block device`, `fifo`,
+        /// `socket`.
+        kind: &'static str,
+    },
+    /// A file is larger than the crate reads of its kind: a manifest or an autotune
+    /// cache holds at most 1 MiB.
+    #[error("{path}: the file has {size} bytes, more than the limit of {limit} bytes")]
+    FileTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its length.
+        size: u64,
+        /// The most bytes read of such a file.
+        limit: u64,
+    },
+    /// A file is larger than this process can allocate to read it.
+    #[error("{path}: cannot allocate the {bytes} bytes to read the file")]
+    ReadAllocation {
+        /// The file.
+        path: PathBuf,
+        /// Its length.
+        bytes: u64,
+    },
+    /// A safetensors header names one tensor twice.
+    #[error("{path}: tensor '{tensor}' is named twice in the safetensors header")]
+    DuplicateTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name (at most 200 characters of it).
+        tensor: String,
+    },
+    /// A safetensors tensor's data offsets span a different number of bytes than its
+    /// dtype and shape need.
+    #[error("{path}: tensor '{tensor}' of dtype {dtype} and shape {shape:?} needs {expected} bytes; its data offsets span {got}")]
+    TensorByteLength {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name (at most 200 characters of it).
+        tensor: String,
+        /// Its dtype, as the header names it.
+        dtype: String,
+        /// Its shape.
+        shape: Vec<u64>,
+        /// The bytes dtype and shape need.
+        expected: u64,
+        /// The bytes between its data offsets.
+        got: u64,
+    },
 }
 
 impl Error {

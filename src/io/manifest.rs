@@ -18,13 +18,17 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::io_error;
 use super::weights::{load_model, parse_activations, LoadOptions};
 use crate::aggregate::Aggregate;
 use crate::error::{Error, Result};
+use crate::files::{excerpt, read_regular_to_string, toml_error, TEXT_FILE_LIMIT};
 use crate::graph::Graph;
 use crate::model::Activation;
 use crate::placement::Placement;
+
+/// The longest path a member's `file` may be (Linux's `PATH_MAX`); a longer one
+/// could not be opened, and would be quoted whole by the error that says so.
+const MAX_PATH_BYTES: usize = 4096;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,19 +86,24 @@ impl Manifest {
     /// Reads and checks a manifest: unknown keys, aggregate kinds, activation names and
     /// device specifications are errors naming the manifest. Weight files are read by
     /// [`Manifest::graph`].
+    ///
+    /// The manifest must be a regular file (or a symbolic link to one) of at most
+    /// 1 MiB: anything else ([`Error::NotRegularFile`], [`Error::FileTooLarge`]) is
+    /// refused before it is read.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| io_error(path, e))?;
+        let text = read_regular_to_string(path, TEXT_FILE_LIMIT)?;
         Self::parse(path, &text)
     }
 
     /// Parses manifest text; `path` names it in errors and anchors relative paths.
+    /// Errors quote at most 200 characters of any value or line of the text.
     pub fn parse(path: &Path, text: &str) -> Result<Self> {
         let bad = |message: String| Error::Manifest {
             path: path.to_path_buf(),
             message,
         };
-        let format: FileFormat = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let format: FileFormat = toml::from_str(text).map_err(|e| bad(toml_error(text, &e)))?;
         if format.member.is_empty() {
             return Err(bad(
                 "no [[member]]: a manifest needs at least one".to_string()
@@ -124,7 +133,8 @@ impl Manifest {
                 ("vote", weights) => Aggregate::Vote { weights },
                 (other, _) => {
                     return Err(bad(format!(
-                        "unknown aggregate kind \"{other}\": expected \"mean\", \"weighted_mean\" or \"vote\""
+                        "unknown aggregate kind \"{}\": expected \"mean\", \"weighted_mean\" or \"vote\"",
+                        excerpt(other)
                     )))
                 }
             }
@@ -148,7 +158,7 @@ impl Manifest {
             if format.member[..i].iter().any(|other| other.name == m.name) {
                 return Err(bad(format!(
                     "two [[member]] are named \"{}\": names must be unique",
-                    m.name
+                    excerpt(&m.name)
                 )));
             }
         }
@@ -157,6 +167,20 @@ impl Manifest {
             .member
             .into_iter()
             .map(|m| {
+                let name = excerpt(&m.name);
+                // An empty path would name the manifest's folder.
+                if m.file.as_os_str().is_empty() {
+                    return Err(bad(format!(
+                        "member \"{name}\": `file` is empty; name the member's safetensors file"
+                    )));
+                }
+                if m.file.as_os_str().len() > MAX_PATH_BYTES {
+                    return Err(bad(format!(
+                        "member \"{name}\": `file` has {} bytes, more than a path may have ({MAX_PATH_BYTES}): \"{}\"",
+                        m.file.as_os_str().len(),
+                        excerpt(&m.file.to_string_lossy())
+                    )));
+                }
                 let activations: Option<Vec<Activation>> = m
                     .activations
                     .as_ref()
@@ -164,15 +188,17 @@ impl Manifest {
                     .transpose()?;
                 if m.layers.as_ref().is_some_and(Vec::is_empty) {
                     return Err(bad(format!(
-                        "member \"{}\": `layers` is empty; name the layers' prefixes in order, or leave it out",
-                        m.name
+                        "member \"{name}\": `layers` is empty; name the layers' prefixes in order, or leave it out"
                     )));
                 }
                 let placement = match &m.device {
                     None => Placement::Auto,
-                    Some(spec) => spec
-                        .parse()
-                        .map_err(|e: Error| bad(format!("member \"{}\": {e}", m.name)))?,
+                    Some(spec) => spec.parse().map_err(|_: Error| {
+                        let e = Error::DeviceSpec {
+                            spec: excerpt(spec),
+                        };
+                        bad(format!("member \"{name}\": {e}"))
+                    })?,
                 };
                 Ok(ManifestMember {
                     file: base.join(&m.file),
@@ -208,7 +234,7 @@ impl Manifest {
                     path: self.path.clone(),
                     message: format!(
                         "member \"{}\": `activations` lists {got} for the {expected} layers of {}",
-                        m.name,
+                        excerpt(&m.name),
                         path.display()
                     ),
                 },

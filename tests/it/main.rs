@@ -17,5 +17,6 @@ mod outputs;
 mod pipeline;
 mod placement;
 mod precision;
+mod reads;
 mod shaders;
 mod timing;

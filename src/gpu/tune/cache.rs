@@ -9,7 +9,9 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::files::{io_error, write_atomically};
+use crate::files::{
+    io_error, read_regular_to_string, toml_error, write_atomically, TEXT_FILE_LIMIT,
+};
 use crate::tile::{CoopShape, TileConfig};
 
 /// Power-of-two buckets of (rows, outputs, inputs), between 16 and 8192.
@@ -93,15 +95,17 @@ fn key_order(k: &Key) -> (&str, &str, u32, u32, u32, bool, u32, u32) {
 }
 
 /// Merges a cache file into the in-memory cache; a missing file is an empty cache.
+/// The file must be a regular file of at most 1 MiB (`TEXT_FILE_LIMIT`).
 pub(super) fn load_file(path: &Path) -> Result<()> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
+    match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io_error(path, e)),
-    };
+        Ok(_) => {}
+    }
+    let text = read_regular_to_string(path, TEXT_FILE_LIMIT)?;
     let file: CacheFile = toml::from_str(&text).map_err(|e| Error::Manifest {
         path: path.to_path_buf(),
-        message: format!("autotune cache: {e}"),
+        message: format!("autotune cache: {}", toml_error(&text, &e)),
     })?;
     let mut map = cache().lock().unwrap_or_else(PoisonError::into_inner);
     for e in file.entry {
