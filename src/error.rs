@@ -372,7 +372,7 @@ pub enum Error {
     /// not be parsed.
     #[error("invalid device '{spec}': expected auto, cpu, adapter:N or adapter:N/queue:K")]
     DeviceSpec {
-        /// The text that was given.
+        /// The text that was given (at most 200 characters of it).
         spec: String,
     },
     /// A `.npy` file is unreadable or not the array that was expected.
@@ -536,6 +536,15 @@ pub enum Error {
         expected: u64,
         /// The bytes between its data offsets.
         got: u64,
+    },
+    /// A path given as an output is one no write may replace: a symbolic link, a
+    /// device node, a fifo, a socket, a folder, or one of the run's own inputs.
+    #[error("{path}: refused as an output: {what}; nothing was written")]
+    OutputRefused {
+        /// The output.
+        path: PathBuf,
+        /// What it is.
+        what: String,
     },
 }
 

@@ -113,10 +113,10 @@ fn check_target(path: &Path) -> Result<()> {
 
 /// The error for a refused output; `what` says what the path is.
 fn refused(path: &Path, what: String) -> Error {
-    io_error(
-        path,
-        format!("refused as an output: {what}; nothing was written"),
-    )
+    Error::OutputRefused {
+        path: path.to_path_buf(),
+        what,
+    }
 }
 
 /// At most 200 characters of a path, for a message.

@@ -112,7 +112,7 @@ impl std::str::FromStr for Placement {
     /// the command line's `device`).
     fn from_str(spec: &str) -> Result<Self> {
         let bad = || Error::DeviceSpec {
-            spec: spec.to_string(),
+            spec: spec.chars().take(200).collect(),
         };
         let number = |s: &str| s.trim().parse::<usize>().map_err(|_| bad());
         let lower = spec.trim().to_ascii_lowercase();

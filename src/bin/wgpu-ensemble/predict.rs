@@ -53,7 +53,10 @@ fn fault_plan(specs: &[String]) -> Result<FaultPlan, crate::CliError> {
                 ),
             )
         })?;
-        plan = plan.on_run(member, 0, kind.parse::<Fault>()?);
+        let fault = kind
+            .parse::<Fault>()
+            .map_err(|e| crate::flag_error("--fault", format!("'{spec}': {e}")))?;
+        plan = plan.on_run(member, 0, fault);
     }
     Ok(plan)
 }
