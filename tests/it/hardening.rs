@@ -376,3 +376,83 @@ fn a_member_sharing_a_lost_cpu_is_reported_failed_by_its_device() {
     // The next run has no fault: every member finishes.
     session.run(&x, &RunOptions::default()).unwrap();
 }
+
+/// The process's anonymous executable mappings: code a driver compiled at run time
+/// (llvmpipe's JIT), one or more per shader it compiles.
+fn jit_mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() == 5 && fields[1].contains('x') && fields[4] == "0"
+        })
+        .count()
+}
+
+const JIT_CHILD: &str = "WGPU_ENSEMBLE_HARDENING_JIT_CHILD";
+
+/// Runs at 2 to 16 rows compile no code after the first: Mesa's lavapipe (22.3)
+/// inlined the small-batch kernel's uniforms and compiled it again at every dispatch,
+/// never freeing the code (max RSS 230 MB after 50 runs of E1 at batch 8, 875 MB after
+/// 400). Counted in a process of its own (this test alone), since other tests compile
+/// pipelines while they run: the JIT's mappings after the warm-up runs and after five
+/// more are as many.
+#[test]
+fn small_batches_compile_no_code_per_run() {
+    let name = "hardening::small_batches_compile_no_code_per_run";
+    if std::env::var_os(JIT_CHILD).is_none() {
+        if !std::path::Path::new("/proc/self/maps").exists() {
+            eprintln!("SKIPPED {name}: no /proc/self/maps");
+            return;
+        }
+        if common::usable_adapters(name).is_empty() {
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let out = Command::new(exe)
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(JIT_CHILD, "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+        return;
+    }
+    // E1's shape, narrower: two layers share the small kernel's relu pipeline.
+    let models: Vec<Model> = (0..2)
+        .map(|i| Model::random(&[96, 64, 64, 10], &[Relu, Relu, Softmax], 60 + i).unwrap())
+        .collect();
+    for adapter in common::usable_adapters(name) {
+        let mut g = Graph::builder(96);
+        for (i, m) in models.iter().enumerate() {
+            g = g.member(
+                format!("m{i}"),
+                m.clone(),
+                Placement::Adapter(adapter.index),
+            );
+        }
+        let session = Session::new(g.build().unwrap()).unwrap();
+        for batch in [2, 16] {
+            let x = common::input(batch, 96, batch as u64);
+            for _ in 0..2 {
+                session.run(&x, &RunOptions::default()).unwrap();
+            }
+            let before = jit_mappings();
+            for _ in 0..5 {
+                session.run(&x, &RunOptions::default()).unwrap();
+            }
+            let after = jit_mappings();
+            assert_eq!(
+                after,
+                before,
+                "{adapter} batch {batch}: {} code mappings made by five runs",
+                after as i64 - before as i64
+            );
+        }
+    }
+}
