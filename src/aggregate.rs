@@ -62,7 +62,8 @@ impl Aggregate {
     }
 
     /// The weight of every member, checked against the member count: one weight per
-    /// member, each finite and `>= 0`, at least one positive.
+    /// member, each finite and `>= 0`, at least one positive; normalised to sum to 1
+    /// ([`Aggregate::normalise_weights`]).
     pub(crate) fn member_weights(&self, members: usize) -> Result<Vec<f32>> {
         let given = match self {
             Aggregate::Mean | Aggregate::Vote { weights: None } => return Ok(vec![1.0; members]),
@@ -74,22 +75,39 @@ impl Aggregate {
                 got: given.len(),
             });
         }
-        if let Some((index, &value)) = given
+        let given: Vec<f64> = given.iter().map(|&w| f64::from(w)).collect();
+        Self::normalise_weights(&given)
+    }
+
+    /// Aggregate weights given in f64 (a manifest's), each divided by their total in
+    /// f64 before it is narrowed to f32, so that weights of any finite magnitude keep
+    /// their ratios: `[1e-50, 1e-50]` (zero in f32) and `[1e308, 1e-308]` (infinite in
+    /// f32) are `[0.5, 0.5]` and `[1, 0]`. A weight below f32's smallest value
+    /// (about 1.4e-45) times the total becomes 0.
+    ///
+    /// Errors: [`Error::AggregateWeight`] for a weight that is negative, NaN or
+    /// infinite (the first), [`Error::AggregateWeightsAllZero`] when none is positive.
+    pub fn normalise_weights(weights: &[f64]) -> Result<Vec<f32>> {
+        if let Some((index, &value)) = weights
             .iter()
             .enumerate()
             .find(|(_, w)| !w.is_finite() || **w < 0.0)
         {
-            return Err(Error::AggregateWeight { index, value });
+            return Err(Error::AggregateWeight {
+                index,
+                value: value as f32,
+            });
         }
-        // Normalised in f64, so that tiny or huge weights neither vanish nor overflow
-        // in the f32 sums of the aggregate node.
-        let total: f64 = given.iter().map(|&w| f64::from(w)).sum();
-        if total <= 0.0 {
+        // Scaled by the largest first: the sum of the scaled weights is in [1, n], so
+        // it neither overflows (weights near f64::MAX) nor vanishes (subnormal ones).
+        let largest = weights.iter().copied().fold(0.0, f64::max);
+        if largest <= 0.0 {
             return Err(Error::AggregateWeightsAllZero);
         }
-        Ok(given
+        let total: f64 = weights.iter().map(|&w| w / largest).sum();
+        Ok(weights
             .iter()
-            .map(|&w| (f64::from(w) / total) as f32)
+            .map(|&w| (w / largest / total) as f32)
             .collect())
     }
 }
@@ -146,6 +164,27 @@ mod tests {
             .member_weights(2)
             .unwrap();
         assert_eq!(w, vec![1.0, 0.0]);
+        // Weights beyond f32's range, given in f64, are normalised before narrowing.
+        let w = Aggregate::normalise_weights(&[1e-50, 1e-50]).unwrap();
+        assert_eq!(w, vec![0.5, 0.5]);
+        let w = Aggregate::normalise_weights(&[1e308, 1e-308, 1e308]).unwrap();
+        assert_eq!(w, vec![0.5, 0.0, 0.5]);
+        let w = Aggregate::normalise_weights(&[f64::MAX, f64::MAX]).unwrap();
+        assert_eq!(w, vec![0.5, 0.5]);
+        let w = Aggregate::normalise_weights(&[5e-324, 0.0, 1.5e-323]).unwrap();
+        assert_eq!(w, vec![0.25, 0.0, 0.75]);
+        assert!(matches!(
+            Aggregate::normalise_weights(&[0.0, 0.0]),
+            Err(Error::AggregateWeightsAllZero)
+        ));
+        assert!(matches!(
+            Aggregate::normalise_weights(&[1.0, f64::INFINITY]),
+            Err(Error::AggregateWeight { index: 1, .. })
+        ));
+        assert!(matches!(
+            Aggregate::normalise_weights(&[f64::NAN]),
+            Err(Error::AggregateWeight { index: 0, .. })
+        ));
     }
 
     #[test]

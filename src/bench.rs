@@ -13,10 +13,11 @@ use crate::graph::Graph;
 use crate::model::{Activation, Model};
 use crate::options::{QuorumPolicy, RunOptions, SessionOptions};
 use crate::pipeline::{Pipeline, PipelineOptions};
-use crate::placement::Placement;
+use crate::placement::{ExecutionDevice, Placement};
 use crate::report::MemberReport;
 use crate::session::Session;
 use crate::tensor::Tensor;
+use crate::tile::{CoopShape, TileConfig};
 
 /// A standard workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,8 +64,50 @@ impl Workload {
         }
     }
 
+    /// Values the host holds at once for this workload at `batch` rows: every
+    /// member's weights and biases twice (the model, and the copy its executor makes:
+    /// packed for the CPU, staged for an upload), the input, every layer's output of
+    /// every member and the aggregate; `None` when the count overflows.
+    fn host_values(self, batch: usize) -> Option<usize> {
+        let (widths, members) = self.shape(batch);
+        let mut per_member = 0usize;
+        for w in widths.windows(2) {
+            let (inp, out) = (w[0], w[1]);
+            let weights = inp.checked_mul(out)?.checked_add(out)?.checked_mul(2)?;
+            let outputs = batch.checked_mul(out)?;
+            per_member = per_member.checked_add(weights)?.checked_add(outputs)?;
+        }
+        let input = batch.checked_mul(widths[0])?;
+        let aggregate = batch.checked_mul(*widths.last()?)?;
+        per_member
+            .checked_mul(members)?
+            .checked_add(input)?
+            .checked_add(aggregate)
+    }
+
+    /// Checks, before anything sized by `batch` is made, that the host can hold the
+    /// workload at `batch` rows ([`host_values`](Self::host_values), in f32): the
+    /// count in checked arithmetic, then one fallible reservation of all of it, given
+    /// back at once. [`Error::ShapeTooLarge`] names the largest matrix (the gemm
+    /// layer, or the input) when it cannot be held, rather than an abort at the
+    /// first allocation that fails.
+    fn check_host_memory(self, batch: usize) -> Result<()> {
+        let (widths, _) = self.shape(batch);
+        let too_large = || Error::ShapeTooLarge {
+            shape: vec![batch, widths.iter().copied().max().unwrap_or(0)],
+        };
+        let bytes = self
+            .host_values(batch)
+            .and_then(|v| v.checked_mul(std::mem::size_of::<f32>()))
+            .ok_or_else(too_large)?;
+        let mut probe: Vec<u8> = Vec::new();
+        probe.try_reserve_exact(bytes).map_err(|_| too_large())
+    }
+
     /// The graph of this workload with seeded weights, every member on `placement`.
+    /// A `batch` whose workload the host cannot hold is [`Error::ShapeTooLarge`].
     pub fn graph(self, batch: usize, placement: &Placement) -> Result<Graph> {
+        self.check_host_memory(batch)?;
         let (widths, members) = self.shape(batch);
         let activations: Vec<Activation> = match self {
             Workload::Gemm => vec![Activation::Identity],
@@ -191,6 +234,7 @@ pub fn run_bench(
     if runs == 0 {
         return Err(Error::invalid("--runs", "0", "at least one timed run"));
     }
+    check_shapes(&options, &placement_name(placement))?;
     let precision = options.precision;
     let trusted_kernels = options.trusted_kernels;
     let spin_us = u64::try_from(options.spin_wait.as_micros()).unwrap_or(u64::MAX);
@@ -203,6 +247,22 @@ pub fn run_bench(
     };
     let graph = workload.graph(batch, placement)?;
     let members = graph.members().len();
+    let names: Vec<String> = graph.members().iter().map(|m| m.name.clone()).collect();
+    let needs_adapter = needs_adapter(&options);
+    // Where each member runs, once the session or pipeline is built: an option only an
+    // adapter honours, with members on the CPU, is an error before any timed run.
+    let check_devices = |devices: Vec<&ExecutionDevice>| {
+        let on_cpu: Vec<&str> = names
+            .iter()
+            .zip(devices)
+            .filter(|(_, d)| matches!(d, ExecutionDevice::Cpu))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        match &needs_adapter {
+            Some(asked) if !on_cpu.is_empty() => Err(cpu_refusal(asked, &on_cpu, placement)),
+            _ => Ok(()),
+        }
+    };
     let x = input(batch, graph.input_width())?;
     let started_all;
     let mut times: Vec<Duration> = Vec::with_capacity(runs.min(MAX_RESERVED_RUNS));
@@ -212,6 +272,7 @@ pub fn run_bench(
     match mode {
         BenchMode::Pipeline => {
             let pipeline = Pipeline::new(graph, PipelineOptions::default().session(options))?;
+            check_devices(pipeline.devices().collect())?;
             for _ in 0..warmup {
                 pipeline.send(&x)?;
                 pipeline.recv();
@@ -252,6 +313,7 @@ pub fn run_bench(
                     .quorum(QuorumPolicy::Quorum(members.saturating_sub(1).max(1)))
                     .session(options.faults(plan)),
             )?;
+            check_devices(pipeline.devices().collect())?;
             adapter = pipeline.devices().map(ToString::to_string).collect();
             let one = |times: &mut Vec<Duration>, device: &mut Vec<Duration>| -> Result<()> {
                 pipeline.send(&x)?;
@@ -280,6 +342,7 @@ pub fn run_bench(
         }
         BenchMode::Session => {
             let session = Session::with_options(graph, options)?;
+            check_devices(session.members().map(|(_, d)| d).collect())?;
             for _ in 0..warmup {
                 session.run(&x, &RunOptions::default())?;
             }
@@ -325,6 +388,83 @@ pub fn run_bench(
             .map(|t| workload.flops(batch) as f64 / t / 1e9),
         baseline_p50_ms: baseline,
     })
+}
+
+/// Checks a fixed [`TileConfig`] or [`CoopShape`] in `options` against the kernels'
+/// own bounds, which need no device (every field positive; a tile at most 8 × 8
+/// accumulators per thread, 4 or 8 a side with `vec4`; a coop shape at most 4 × 4
+/// matrices per block): a shape no kernel takes is refused before any device is
+/// opened, wherever the members would run ([`Error::TileUnsupported`], `device`
+/// naming the placement asked for). Whether it fits a device's limits is checked when
+/// the session is built.
+pub fn check_shapes(options: &SessionOptions, device: &str) -> Result<()> {
+    if let Some(tile) = options.tile.filter(|t| !t.kernel_allows()) {
+        return Err(tile.unsupported(device, options.precision));
+    }
+    if let Some(shape) = options.coop_shape.filter(|c| !coop_shape_allowed(c)) {
+        return Err(Error::TileUnsupported {
+            device: device.to_string(),
+            tile: format!(
+                "{shape:?} (the kernel takes positive values and at most 4 x 4 matrices per block)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The cooperative-matrix kernel's bounds that need no device (those of `CoopTile` in
+/// the GPU backend, less the prefetch's, which depend on the adapter's subgroup size).
+fn coop_shape_allowed(shape: &CoopShape) -> bool {
+    ![shape.bx, shape.by, shape.tmc, shape.tnc, shape.bk].contains(&0)
+        && shape.tmc <= 4
+        && shape.tnc <= 4
+}
+
+/// What `options` asks for that only an adapter can honour, in words: a fixed tile or
+/// coop shape, the autotune, device timing; `None` for none of them.
+fn needs_adapter(options: &SessionOptions) -> Option<String> {
+    let tile = |t: TileConfig| format!("the tile {t:?}");
+    let coop = |c: CoopShape| format!("the coop shape {c:?}");
+    let asked: Vec<String> = [
+        options.tile.map(tile),
+        options.coop_shape.map(coop),
+        options.autotune.then(|| "the autotune".to_string()),
+        options.device_timing.then(|| "device timing".to_string()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!asked.is_empty()).then(|| asked.join(" and "))
+}
+
+/// The error of options only an adapter honours (`asked`) with the members `on_cpu`
+/// placed on the CPU by `placement`: the configuration asked for would not run, and
+/// the report would name it all the same.
+fn cpu_refusal(asked: &str, on_cpu: &[&str], placement: &Placement) -> Error {
+    let placement = match placement {
+        Placement::Auto => "auto (no adapter could run them)".to_string(),
+        other => placement_name(other),
+    };
+    Error::InvalidValue {
+        what: "placement",
+        value: format!(
+            "{placement}: members {} run on the CPU, where {asked} cannot run",
+            on_cpu.join(", ")
+        ),
+        expected: "an adapter for every member: a tile, a coop shape, a sweep, the autotune \
+                   and device timing need one",
+    }
+}
+
+/// A placement as `--device` spells it.
+fn placement_name(placement: &Placement) -> String {
+    match placement {
+        Placement::Auto => "auto".to_string(),
+        Placement::Cpu => "cpu".to_string(),
+        Placement::Adapter(i) => format!("adapter:{i}"),
+        Placement::Queue { adapter, slot } => format!("adapter:{adapter}/queue:{slot}"),
+        _ => "a device handed in".to_string(),
+    }
 }
 
 /// The `q` quantile of `times` (sorted here), the nearest rank; `None` if empty.

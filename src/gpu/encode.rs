@@ -276,6 +276,9 @@ impl DeviceState {
         offset: usize,
     ) -> Result<Option<Duration>> {
         self.ensure_capacity(rows);
+        if self.unprimed && rows > 1 && rows <= SMALL_ROWS {
+            self.prime_small(present)?;
+        }
         self.write_uniforms(rows, present);
         let Some(rb) = self.rows.as_ref() else {
             return Err(self.gpu_error("row buffers missing after allocation"));
@@ -338,6 +341,29 @@ impl DeviceState {
             read(buf, bytes, &mut dst[offset..offset + len])?;
         }
         Ok(time)
+    }
+
+    /// Runs the members' pass once on one row (whatever the input buffer holds; the
+    /// result is not read), before the first pass of 2 to `SMALL_ROWS` rows on
+    /// llvmpipe. Mesa's lavapipe (22.3 at least) inlines uniform values into a
+    /// pipeline's shader and compiles the result again at every dispatch after a
+    /// pipeline or bind group change, never freeing the code it replaces: about 2 MB
+    /// per run of E1 at batch 8. It stops inlining for good, per pipeline, the first
+    /// time inlining shrinks the shader by less than half, which a one-row pass of the
+    /// small-batch kernel does (its row loops are what inlining unrolls).
+    fn prime_small(&mut self, present: &[u32]) -> Result<()> {
+        self.unprimed = false;
+        self.write_uniforms(1, present);
+        let Some(rb) = self.rows.as_ref() else {
+            return Err(self.gpu_error("row buffers missing after allocation"));
+        };
+        let mut encoder = self
+            .ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        self.encode_pass(&mut encoder, rb, 1, present);
+        let submission = self.ctx.queue.submit([encoder.finish()]);
+        self.wait(submission, &[])
     }
 
     /// Records the members' compute pass: every running stack's layers (the small

@@ -108,6 +108,9 @@ pub(crate) struct DeviceState {
     pub(crate) rows: Option<RowBuffers>,
     /// Times the members' pass ([`SessionOptions::device_timing`]).
     pub(crate) timer: Option<PassTimer>,
+    /// On llvmpipe, until the small-batch pipelines have run a one-row pass (see
+    /// `DeviceState::prime_small` in `encode.rs`).
+    pub(crate) unprimed: bool,
 }
 
 /// The shapes and the device a [`DeviceState`] is built for.
@@ -141,7 +144,7 @@ impl DeviceState {
             .min(u64::from(u32::MAX));
         let weight_bytes = if precision.is_f16() { 2 } else { 4 };
         let widest = check_member_buffers(&ctx, shapes, weight_bytes, max_bytes)?;
-        let longest = check_llvmpipe(&ctx, shapes.members)?;
+        let (llvmpipe, longest) = check_llvmpipe(&ctx, shapes.members)?;
         // 16 bytes of room for the rounding of buffer sizes (see `encode.rs`), and the
         // timestamps after the aggregate in its staging buffer.
         let room = 16 + timer.as_ref().map_or(0, |_| timing::BYTES);
@@ -215,6 +218,7 @@ impl DeviceState {
             uniforms: None,
             rows: None,
             timer,
+            unprimed: llvmpipe,
         })
     }
 
@@ -283,8 +287,8 @@ fn check_member_buffers(
 /// thousand inputs, the small-batch kernel held far longer (bounds in the constants
 /// above). There, a device with a longer layer runs every batch in chunks the small
 /// kernel takes, and a layer longer than that is refused. The longest layer's inputs
-/// on such a device (0 elsewhere).
-fn check_llvmpipe(ctx: &GpuContext, members: &[MemberSpec]) -> Result<usize> {
+/// on such a device (0 elsewhere), after whether the device is one.
+fn check_llvmpipe(ctx: &GpuContext, members: &[MemberSpec]) -> Result<(bool, usize)> {
     let llvmpipe = ctx.adapter.as_ref().is_some_and(|a| {
         let info = a.get_info();
         is_llvmpipe(&info.name, &info.driver)
@@ -305,7 +309,7 @@ fn check_llvmpipe(ctx: &GpuContext, members: &[MemberSpec]) -> Result<usize> {
             }
         }
     }
-    Ok(longest)
+    Ok((llvmpipe, longest))
 }
 
 /// Uploads stacks and makes their pipelines on one device.

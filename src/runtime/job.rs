@@ -32,6 +32,8 @@ pub(crate) fn execute(
     let mut skip: Vec<(usize, Error)> = Vec::new();
     let mut panic = false;
     let mut lose: Option<bool> = None;
+    // The members whose own fault loses the device.
+    let mut losers: Vec<usize> = Vec::new();
     if !plan.is_empty() {
         for &m in members.iter() {
             for fault in plan.faults(&names[m], run) {
@@ -42,6 +44,11 @@ pub(crate) fn execute(
                     Fault::LoseDevice => lose = Some(lose.unwrap_or(false)),
                     Fault::LoseDevicePermanently => lose = Some(true),
                 }
+                if matches!(fault, Fault::LoseDevice | Fault::LoseDevicePermanently)
+                    && !losers.contains(&m)
+                {
+                    losers.push(m);
+                }
             }
         }
     }
@@ -49,7 +56,33 @@ pub(crate) fn execute(
         match executor.lose_device(permanently) {
             Loss::Device(Some(err)) => return Err(err),
             Loss::Device(None) => {}
-            Loss::NoDevice => skip.extend(members.iter().map(|&m| injected(m))),
+            // The members the fault named fail by fault injection; the others on the
+            // device fail because the device did, as the members of a lost GPU do
+            // (and a member failed already by its own `Fault::Fail` keeps that).
+            Loss::NoDevice => {
+                let cause: Vec<&str> = losers.iter().map(|&m| names[m].as_str()).collect();
+                for &m in members.iter() {
+                    if skip.iter().any(|(s, _)| *s == m) {
+                        continue;
+                    }
+                    if losers.contains(&m) {
+                        skip.push(injected(m));
+                    } else {
+                        skip.push((
+                            m,
+                            Error::DeviceLost {
+                                device: device.to_string(),
+                                message: format!(
+                                    "by fault injection on member '{}' on run {run}, \
+                                     so member '{}' on it failed too",
+                                    cause.join("', '"),
+                                    names[m]
+                                ),
+                            },
+                        ));
+                    }
+                }
+            }
         }
     }
     let skipped: Vec<usize> = skip.iter().map(|(m, _)| *m).collect();

@@ -11,6 +11,7 @@ mod ensemble;
 mod errors;
 mod faults;
 mod golden;
+mod hardening;
 mod kernels;
 mod model_files;
 mod outputs;

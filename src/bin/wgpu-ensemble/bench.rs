@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use wgpu_ensemble::bench::{run_bench, BenchMode, BenchReport, Workload};
+use wgpu_ensemble::bench::{check_shapes, run_bench, BenchMode, BenchReport, Workload};
 use wgpu_ensemble::{CoopShape, Placement, Precision, SessionOptions, TileConfig};
 
 use crate::{flag_error, CliResult};
@@ -117,6 +117,9 @@ pub(crate) fn bench(args: &BenchArgs) -> CliResult {
     if let Some(text) = &args.coop_shape {
         options = options.coop_shape(text.parse::<CoopShape>()?);
     }
+    // A tile or shape no kernel takes (a zero field, too many accumulators) is refused
+    // here, before any device is opened: on the CPU it would otherwise never be seen.
+    check_shapes(&options, &args.device)?;
     if args.trusted_kernels {
         // SAFETY: asked for on the command line; see SessionOptions::trusted_kernels.
         options = unsafe { options.trusted_kernels() };
@@ -167,6 +170,10 @@ pub(crate) fn bench(args: &BenchArgs) -> CliResult {
                 print_report(&report, args.json)?;
                 reported += 1;
             }
+            // Members on the CPU run no candidate: the sweep stops at the first.
+            Err(e) if sweep && on_cpu(&e) => {
+                return Err(flag_error("--sweep", format!("no candidate can run: {e}")))
+            }
             // A sweep goes on past a candidate the device cannot run...
             Err(e) if sweep => {
                 eprintln!("wgpu-ensemble: {e}");
@@ -180,6 +187,17 @@ pub(crate) fn bench(args: &BenchArgs) -> CliResult {
         Some(e) if reported == 0 => Err(e.into()),
         _ => Ok(()),
     }
+}
+
+/// Whether `e` is `run_bench`'s refusal of tiles for members on the CPU.
+fn on_cpu(e: &wgpu_ensemble::Error) -> bool {
+    matches!(
+        e,
+        wgpu_ensemble::Error::InvalidValue {
+            what: "placement",
+            ..
+        }
+    )
 }
 
 fn print_report(report: &BenchReport, json: bool) -> wgpu_ensemble::Result<()> {
