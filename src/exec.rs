@@ -55,8 +55,9 @@ pub(crate) enum Loss {
     /// The device was destroyed: the job fails with this error when there is one (the
     /// next job recreates the device); with none, the job goes on.
     Device(Option<Error>),
-    /// There is no device to lose (the host CPU): the executor's members fail this job
-    /// as injected faults, as the members of a lost device do.
+    /// There is no device to lose (the host CPU): the member the fault names fails this
+    /// job as an injected fault, the executor's other members as members of a lost
+    /// device do (the runtime says so).
     NoDevice,
 }
 

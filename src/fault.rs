@@ -25,9 +25,10 @@ pub enum Fault {
     Panic,
     /// The member's device is destroyed before the job, which then fails with
     /// [`Error::DeviceLost`](crate::Error::DeviceLost); the next run recreates the
-    /// device on its adapter. The CPU cannot be lost: there every member on it fails
-    /// with [`Error::InjectedFault`](crate::Error::InjectedFault), as the members of a
-    /// lost device do.
+    /// device on its adapter. The CPU cannot be lost: there the member the fault names
+    /// fails with [`Error::InjectedFault`](crate::Error::InjectedFault), and the other
+    /// members on the CPU with [`Error::DeviceLost`](crate::Error::DeviceLost) naming
+    /// it, as the members of a lost device do.
     LoseDevice,
     /// As [`Fault::LoseDevice`], and recreating the device fails, so the device's
     /// members are reported permanently unavailable

@@ -252,9 +252,17 @@ impl Model {
                     });
                 }
                 let bound = 1.0 / (inp.max(1) as f32).sqrt();
-                let weight: Vec<f32> = (0..inp * out)
-                    .map(|_| rng.random_range(-bound..=bound))
-                    .collect();
+                // Sized by the caller: an allocation the host cannot make is an error,
+                // not an abort.
+                let too_large = || Error::ShapeTooLarge {
+                    shape: vec![out, inp],
+                };
+                let len = inp * out;
+                len.checked_mul(std::mem::size_of::<f32>())
+                    .ok_or_else(too_large)?;
+                let mut weight: Vec<f32> = Vec::new();
+                weight.try_reserve_exact(len).map_err(|_| too_large())?;
+                weight.extend((0..len).map(|_| rng.random_range(-bound..=bound)));
                 let bias: Vec<f32> = (0..out).map(|_| rng.random_range(-bound..=bound)).collect();
                 Ok((Tensor::matrix(out, inp, weight)?, bias, act))
             })

@@ -114,8 +114,13 @@ impl Manifest {
             Some(AggregateFormat { kind, weights }) => {
                 let weights = weights
                     .map(|w| {
-                        super::narrow(&w).map_err(|(i, v)| {
-                            bad(format!("aggregate weight {i} is {v:e}, beyond f32's range"))
+                        // Normalised in f64 before narrowing, so that tiny and huge
+                        // weights keep their ratios; weights that cannot be normalised
+                        // (negative, all zero) go on to the graph's checks as written.
+                        Aggregate::normalise_weights(&w).or_else(|_| {
+                            super::narrow(&w).map_err(|(i, v)| {
+                                bad(format!("aggregate weight {i} is {v:e}, beyond f32's range"))
+                            })
                         })
                     })
                     .transpose()?;

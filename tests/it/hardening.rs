@@ -456,3 +456,30 @@ fn small_batches_compile_no_code_per_run() {
         }
     }
 }
+
+/// A manifest's tiny and huge weights keep their ratios too: they are normalised in
+/// f64 before they become f32 (a manifest narrowed them first: `[1e-50, 1e-50]` were
+/// "all zero" and `[1e308, 1e-308]` "beyond f32's range").
+#[test]
+fn manifest_weights_are_normalised_before_narrowing() {
+    let dir = common::golden("");
+    for (weights, want) in [
+        ("[1e-50, 1e-50]", [0.5f32, 0.5]),
+        ("[1e308, 1e-308]", [1.0, 0.0]),
+    ] {
+        let text = format!(
+            "[aggregate]\nkind = \"weighted_mean\"\nweights = {weights}\n\n\
+             [[member]]\nname = \"a\"\nfile = \"seq-relu.safetensors\"\ndevice = \"cpu\"\n\n\
+             [[member]]\nname = \"b\"\nfile = \"seq-relu.safetensors\"\ndevice = \"cpu\"\n"
+        );
+        let manifest = wgpu_ensemble::io::Manifest::parse(&dir.join("weights.toml"), &text)
+            .unwrap_or_else(|e| panic!("{weights}: {e}"));
+        let graph = manifest
+            .graph(None)
+            .unwrap_or_else(|e| panic!("{weights}: {e}"));
+        match graph.aggregate() {
+            Aggregate::WeightedMean(w) => assert_eq!(w.as_slice(), want, "{weights}"),
+            other => panic!("{weights}: {other:?}"),
+        }
+    }
+}
