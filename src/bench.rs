@@ -445,14 +445,10 @@ fn cpu_refusal(asked: &str, on_cpu: &[&str], placement: &Placement) -> Error {
         Placement::Auto => "auto (no adapter could run them)".to_string(),
         other => placement_name(other),
     };
-    Error::InvalidValue {
-        what: "placement",
-        value: format!(
-            "{placement}: members {} run on the CPU, where {asked} cannot run",
-            on_cpu.join(", ")
-        ),
-        expected: "an adapter for every member: a tile, a coop shape, a sweep, the autotune \
-                   and device timing need one",
+    Error::NeedsAdapter {
+        asked: asked.to_string(),
+        members: on_cpu.iter().map(|m| m.to_string()).collect(),
+        placement,
     }
 }
 

@@ -537,6 +537,18 @@ pub enum Error {
         /// The bytes between its data offsets.
         got: u64,
     },
+    /// A setting only an adapter honours (a tile, a coop shape, a sweep, the autotune,
+    /// device timing) was asked for while members run on the CPU: refused rather than
+    /// reported as if it had run.
+    #[error("{asked} needs an adapter, but members {} run on the CPU (placement {placement})", .members.join(", "))]
+    NeedsAdapter {
+        /// What was asked for.
+        asked: String,
+        /// The members on the CPU.
+        members: Vec<String>,
+        /// The placement that put them there.
+        placement: String,
+    },
     /// A path given as an output is one no write may replace: a symbolic link, a
     /// device node, a fifo, a socket, a folder, or one of the run's own inputs.
     #[error("{path}: refused as an output: {what}; nothing was written")]

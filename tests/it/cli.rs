@@ -4,21 +4,10 @@
 use crate::common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{assert_close, golden, placement_tests, read_f64};
+use common::{assert_close, cli, golden, placement_tests, read_f64, stderr};
 use wgpu_ensemble::Placement;
-
-fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wgpu-ensemble"))
-        .args(args)
-        .output()
-        .expect("the wgpu-ensemble binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// `wgpu-ensemble bench --workload gemm --batch 24` and `extra`.
 fn gemm_bench(extra: &[&str]) -> Output {

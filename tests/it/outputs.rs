@@ -6,7 +6,7 @@
 
 #![cfg(unix)]
 
-use crate::common::golden;
+use crate::common::{golden, stderr};
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileTypeExt;
@@ -121,10 +121,6 @@ fn kind_name(kind: &std::fs::FileType) -> &'static str {
     } else {
         "other"
     }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// `out` failed, with an error that names `path` and says `what` it is.

@@ -191,13 +191,7 @@ pub(crate) fn bench(args: &BenchArgs) -> CliResult {
 
 /// Whether `e` is `run_bench`'s refusal of tiles for members on the CPU.
 fn on_cpu(e: &wgpu_ensemble::Error) -> bool {
-    matches!(
-        e,
-        wgpu_ensemble::Error::InvalidValue {
-            what: "placement",
-            ..
-        }
-    )
+    matches!(e, wgpu_ensemble::Error::NeedsAdapter { .. })
 }
 
 fn print_report(report: &BenchReport, json: bool) -> wgpu_ensemble::Result<()> {

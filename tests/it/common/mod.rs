@@ -211,3 +211,16 @@ pub fn reference_present(
     let w: Vec<f64> = present.iter().map(|&i| f64::from(weights[i])).collect();
     reference_mean(&outputs, &w)
 }
+
+/// Runs the `wgpu-ensemble` binary with `args` and waits for it.
+pub fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_wgpu-ensemble"))
+        .args(args)
+        .output()
+        .expect("the wgpu-ensemble binary runs")
+}
+
+/// What a finished command wrote to stderr.
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
