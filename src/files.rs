@@ -39,8 +39,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 ///   (device and inode: a hard link, or a link to it);
 /// - **two outputs naming one file**.
 ///
-/// [`stage_tensors`](crate::io::stage_tensors) and
-/// [`write_tensors`](crate::io::write_tensors) make these checks themselves; a caller
+/// `io::stage_tensors` and
+/// `io::write_tensors` make these checks themselves; a caller
 /// calls this to refuse its outputs before it spends time on a run.
 pub fn check_outputs(outputs: &[&Path], inputs: &[&Path]) -> Result<()> {
     let places: Vec<PathBuf> = outputs.iter().map(|p| place(p)).collect();
@@ -194,7 +194,7 @@ fn partial_files() -> MutexGuard<'static, Vec<PathBuf>> {
 /// Outputs written in full under temporary names beside their targets (hidden,
 /// ending in `.partial`), not yet in place. [`StagedOutputs::commit`] renames them all
 /// into place; dropping the value instead removes them, leaving the targets as they
-/// were. Made by [`stage_tensors`](crate::io::stage_tensors).
+/// were. Made by `io::stage_tensors`.
 #[must_use = "dropping staged outputs removes them; call `commit` to put them in place"]
 #[derive(Debug)]
 pub struct StagedOutputs {
@@ -294,7 +294,7 @@ impl std::fmt::Debug for WritesStopped {
 /// Stops this process's output writes for good, for a thread that handles a
 /// termination signal (SIGINT, SIGTERM, SIGHUP) before it exits the process: removes
 /// every temporary file that a write ([`write_atomically`],
-/// [`write_tensors`](crate::io::write_tensors), [`StagedOutputs`]) has made and not
+/// `io::write_tensors`, [`StagedOutputs`]) has made and not
 /// yet renamed into place, and returns a guard under which no write can make another
 /// or rename one. Hold the guard until the process exits. A write that is renaming its
 /// files into place finishes first, so a set of outputs is in place whole or not at
