@@ -292,7 +292,7 @@ pub enum Error {
         tensor: String,
     },
     /// A tensor has the wrong shape, or does not chain with the previous layer.
-    #[error("{path}: tensor '{tensor}' has shape {got:?}, expected {expected}")]
+    #[error("{path}: tensor '{tensor}' has shape {}, expected {expected}", crate::files::excerpt(&format!("{got:?}")))]
     TensorShape {
         /// The file.
         path: PathBuf,

@@ -420,3 +420,40 @@ fn truncated_npy_header() {
         }
     }
 }
+
+/// A tensor of a crafted, very high rank is named with at most 200 characters of its
+/// shape (the shape was printed in full).
+#[test]
+fn a_high_rank_tensor_shape_is_quoted_in_200_characters() {
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
+    let dir = tempfile::tempdir().unwrap();
+    let shape = vec![1usize; 5000];
+    let bytes = 4u32.to_le_bytes().to_vec();
+    let bias = [0u8; 4];
+    let views = vec![
+        (
+            "0.weight",
+            TensorView::new(Dtype::F32, shape, &bytes).unwrap(),
+        ),
+        (
+            "0.bias",
+            TensorView::new(Dtype::F32, vec![1], &bias).unwrap(),
+        ),
+    ];
+    let path = dir.path().join("rank.safetensors");
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    let options = wgpu_ensemble::io::LoadOptions::default()
+        .activations(vec![wgpu_ensemble::Activation::Identity]);
+    let err = wgpu_ensemble::io::load_model(&path, &options).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        matches!(err, wgpu_ensemble::Error::TensorShape { .. }),
+        "{message}"
+    );
+    assert!(
+        message.len() < 1000,
+        "{} characters: {message:.300}",
+        message.len()
+    );
+}
