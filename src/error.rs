@@ -292,7 +292,7 @@ pub enum Error {
         tensor: String,
     },
     /// A tensor has the wrong shape, or does not chain with the previous layer.
-    #[error("{path}: tensor '{tensor}' has shape {}, expected {expected}", crate::files::excerpt(&format!("{got:?}")))]
+    #[error("{path}: tensor '{tensor}' has shape {}, expected {expected}", excerpt(&format!("{got:?}")))]
     TensorShape {
         /// The file.
         path: PathBuf,
@@ -568,6 +568,23 @@ impl Error {
             value: value.chars().take(200).collect(),
             expected,
         }
+    }
+}
+
+/// The most characters of user input (a value, a name, a line of a file) an error
+/// message quotes.
+pub(crate) const QUOTE_LIMIT: usize = 200;
+
+/// `text` as an error quotes it: whole when it has at most [`QUOTE_LIMIT`] characters,
+/// else its first ones, an ellipsis and its length.
+pub(crate) fn excerpt(text: &str) -> String {
+    match text.char_indices().nth(QUOTE_LIMIT) {
+        None => text.to_string(),
+        Some((end, _)) => format!(
+            "{}… ({} characters in all)",
+            &text[..end],
+            text.chars().count()
+        ),
     }
 }
 

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+pub(crate) use crate::error::{excerpt, QUOTE_LIMIT};
 use crate::error::{Error, Result};
 
 pub(crate) fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -106,7 +107,10 @@ fn check_target(path: &Path) -> Result<()> {
     } else {
         Err(refused(
             path,
-            format!("it is {}, not a regular file", kind_name(&kind)),
+            format!(
+                "it is {}, not a regular file",
+                with_article(file_kind(&kind))
+            ),
         ))
     }
 }
@@ -119,42 +123,9 @@ fn refused(path: &Path, what: String) -> Error {
     }
 }
 
-/// At most 200 characters of a path, for a message.
+/// A path as an error quotes it ([`excerpt`]).
 fn quote_path(path: &Path) -> String {
-    let text = path.display().to_string();
-    if text.chars().count() <= 200 {
-        text
-    } else {
-        let head: String = text.chars().take(200).collect();
-        format!("{head}...")
-    }
-}
-
-#[cfg(unix)]
-fn kind_name(kind: &std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if kind.is_dir() {
-        "a directory"
-    } else if kind.is_char_device() {
-        "a character device"
-    } else if kind.is_block_device() {
-        "a block device"
-    } else if kind.is_fifo() {
-        "a named pipe (fifo)"
-    } else if kind.is_socket() {
-        "a socket"
-    } else {
-        "a special file"
-    }
-}
-
-#[cfg(not(unix))]
-fn kind_name(kind: &std::fs::FileType) -> &'static str {
-    if kind.is_dir() {
-        "a directory"
-    } else {
-        "a special file"
-    }
+    excerpt(&path.display().to_string())
 }
 
 /// The file's identity (device, inode), where the platform gives one.
@@ -405,7 +376,15 @@ pub(crate) fn read_regular_to_string(path: &Path, limit: u64) -> Result<String> 
     })
 }
 
-/// What a file is, in words, for [`Error::NotRegularFile`].
+/// A [`file_kind`] as a refused output's message says it; a fifo by its longer name.
+fn with_article(kind: &str) -> String {
+    match kind {
+        "fifo" => "a named pipe (fifo)".to_string(),
+        other => format!("a {other}"),
+    }
+}
+
+/// What a file is, in words, for [`Error::NotRegularFile`] and a refused output.
 fn file_kind(t: &std::fs::FileType) -> &'static str {
     #[cfg(unix)]
     {
@@ -431,23 +410,6 @@ fn file_kind(t: &std::fs::FileType) -> &'static str {
         "symbolic link"
     } else {
         "special file"
-    }
-}
-
-/// The most characters of user input (a value, a name, a line of a file) an error
-/// message quotes.
-pub(crate) const QUOTE_LIMIT: usize = 200;
-
-/// `text` as an error quotes it: whole when it has at most [`QUOTE_LIMIT`] characters,
-/// else its first ones, an ellipsis and its length.
-pub(crate) fn excerpt(text: &str) -> String {
-    match text.char_indices().nth(QUOTE_LIMIT) {
-        None => text.to_string(),
-        Some((end, _)) => format!(
-            "{}… ({} characters in all)",
-            &text[..end],
-            text.chars().count()
-        ),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::kernels::MAX_STACK;
 use super::kernels::{SMALL_GROUPS_X, SMALL_ROWS};
 use super::params::{AggregateParams, DenseParams};
-use super::readback::{copy_f32, map_for_reading, wait_for, CALLBACK_GRACE};
+use super::readback::{copy_f32, map_for_reading, read_mapped, wait_for, CALLBACK_GRACE};
 use super::stack::{bytes_of, stride};
 use super::state::{DeviceState, GpuStack, RowBuffers, StackRows};
 use super::timing::{self, PassTimer};
@@ -321,19 +321,14 @@ impl DeviceState {
         // Copies the first `bytes` of a mapped staging buffer into `dst` and unmaps
         // it; the device time from the timestamps after them, when there are some.
         let read = |buf: &wgpu::Buffer, size: u64, dst: &mut [f32]| -> Result<Option<Duration>> {
-            let time = {
-                let view = buf
-                    .slice(..size)
-                    .get_mapped_range()
-                    .map_err(|e| self.gpu_error(&format!("reading a result: {e}")))?;
+            read_mapped(buf, size, |view| {
                 copy_f32(dst, &view[..bytes as usize]);
                 match &self.timer {
                     Some(timer) if size > bytes => Some(timer.elapsed(&view[stamps as usize..])),
                     _ => None,
                 }
-            };
-            buf.unmap();
-            Ok(time)
+            })
+            .map_err(|e| self.gpu_error(&e))
         };
         let time = read(&rb.staging_acc, acc_bytes, partial)?;
         let len = rows * self.output_width;

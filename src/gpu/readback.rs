@@ -93,6 +93,24 @@ pub(crate) fn spin(device: &wgpu::Device, limit: Duration) -> bool {
     .is_some()
 }
 
+/// Reads the first `size` bytes of a buffer mapped by [`map_for_reading`] with `read`,
+/// then unmaps it; `Err` says why the mapping could not be read.
+pub(crate) fn read_mapped<T>(
+    buf: &wgpu::Buffer,
+    size: u64,
+    read: impl FnOnce(&[u8]) -> T,
+) -> Result<T, String> {
+    let out = {
+        let view = buf
+            .slice(..size)
+            .get_mapped_range()
+            .map_err(|e| format!("reading a result: {e}"))?;
+        read(&view)
+    };
+    buf.unmap();
+    Ok(out)
+}
+
 /// Copies mapped bytes into `dst` without assuming the mapping's alignment.
 pub(crate) fn copy_f32(dst: &mut [f32], bytes: &[u8]) {
     match bytemuck::try_cast_slice::<u8, f32>(bytes) {

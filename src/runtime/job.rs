@@ -31,9 +31,9 @@ pub(crate) fn execute(
     };
     let mut skip: Vec<(usize, Error)> = Vec::new();
     let mut panic = false;
-    let mut lose: Option<bool> = None;
-    // The members whose own fault loses the device.
+    // The members whose own fault loses the device, and whether for good.
     let mut losers: Vec<usize> = Vec::new();
+    let mut permanently = false;
     if !plan.is_empty() {
         for &m in members.iter() {
             for fault in plan.faults(&names[m], run) {
@@ -41,18 +41,17 @@ pub(crate) fn execute(
                     Fault::Sleep(d) => std::thread::sleep(*d),
                     Fault::Fail => skip.push(injected(m)),
                     Fault::Panic => panic = true,
-                    Fault::LoseDevice => lose = Some(lose.unwrap_or(false)),
-                    Fault::LoseDevicePermanently => lose = Some(true),
-                }
-                if matches!(fault, Fault::LoseDevice | Fault::LoseDevicePermanently)
-                    && !losers.contains(&m)
-                {
-                    losers.push(m);
+                    Fault::LoseDevice | Fault::LoseDevicePermanently => {
+                        permanently |= matches!(fault, Fault::LoseDevicePermanently);
+                        if !losers.contains(&m) {
+                            losers.push(m);
+                        }
+                    }
                 }
             }
         }
     }
-    if let Some(permanently) = lose {
+    if !losers.is_empty() {
         match executor.lose_device(permanently) {
             Loss::Device(Some(err)) => return Err(err),
             Loss::Device(None) => {}

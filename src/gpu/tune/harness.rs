@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
 use crate::gpu::kernels::{Kernel, Kernels};
 use crate::gpu::params::DenseParams;
-use crate::gpu::readback::{map_for_reading, wait_for, CALLBACK_GRACE};
+use crate::gpu::readback::{map_for_reading, read_mapped, wait_for, CALLBACK_GRACE};
 use crate::gpu::timing::{self, PassTimer};
 use crate::precision::Precision;
 
@@ -146,14 +146,8 @@ pub(super) fn time_kernel(
         mapping.wait(CALLBACK_GRACE).map_err(|e| gpu_error(&e))?;
         let gpu = match &timing {
             Some((timer, stamps)) => {
-                let time = {
-                    let view = stamps
-                        .slice(..)
-                        .get_mapped_range()
-                        .map_err(|e| gpu_error(&e))?;
-                    timer.elapsed(&view)
-                };
-                stamps.unmap();
+                let time = read_mapped(stamps, timing::BYTES, |view| timer.elapsed(view))
+                    .map_err(|e| gpu_error(&e))?;
                 Some((time, timer.tick()))
             }
             None => None,
