@@ -8,9 +8,9 @@ mod weights;
 use std::path::{Path, PathBuf};
 
 pub use manifest::{Manifest, ManifestMember};
-pub use npy::{read_matrix, write_tensor};
+pub use npy::{matrix_from_bytes, read_matrix, write_tensor};
 pub use weights::ACTIVATIONS_KEY;
-pub use weights::{load_model, save_model, LoadOptions};
+pub use weights::{load_model, model_from_bytes, save_model, LoadOptions};
 
 pub(crate) use crate::files::io_error;
 pub use crate::files::{

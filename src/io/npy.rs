@@ -1,13 +1,13 @@
-//! `.npy` arrays through `npyz`: f32 or f64 `[batch, features]` matrices in, f32
-//! tensors out.
+//! `.npy` arrays: f32 or f64 `[batch, features]` matrices in (read here, with a
+//! strict header parser), f32 tensors out (written by `npyz`).
 
 use std::path::Path;
 
-use npyz::{DType, NpyFile, Order, TypeChar, WriterBuilder};
+use npyz::WriterBuilder;
 
 use super::io_error;
 use crate::error::{Error, Result};
-use crate::files::{bound_quotes, excerpt, read_regular};
+use crate::files::{excerpt, read_regular};
 use crate::tensor::Tensor;
 
 fn npy_error(path: &Path, message: impl Into<String>) -> Error {
@@ -18,7 +18,7 @@ fn npy_error(path: &Path, message: impl Into<String>) -> Error {
 }
 
 /// Where a `.npy` file's header text is (`Ok(Some(range))`), `Ok(None)` when the file
-/// does not start as a `.npy` file of a version this knows (`npyz` then says why), or
+/// does not start as a `.npy` file of a version this knows, or
 /// the error of a file that ends before its header does.
 fn header_text(path: &Path, bytes: &[u8]) -> Result<Option<std::ops::Range<usize>>> {
     const MAGIC: &[u8] = b"\x93NUMPY";
@@ -63,42 +63,169 @@ fn header_text(path: &Path, bytes: &[u8]) -> Result<Option<std::ops::Range<usize
     Ok(Some(preamble..end))
 }
 
-/// The dimensions a `.npy` header's text declares, read before `npyz` parses it (which
-/// multiplies the dimensions without an overflow check): the value of its one `shape`
-/// key, a tuple of decimal integers.
-fn declared_shape(header: &str) -> std::result::Result<Vec<u64>, &'static str> {
-    // Every `'shape':` or `"shape":` (a field of a structured dtype named `shape` is
-    // followed by a comma, not a colon).
-    let mut values = header
-        .match_indices("shape")
-        .filter(|(i, _)| {
-            let quote = header[..*i].chars().next_back();
-            matches!(quote, Some('\'' | '"'))
-                && header[i + 5..].starts_with(quote.unwrap_or('\''))
-                && header[i + 6..].trim_start().starts_with(':')
-        })
-        .map(|(i, _)| header[i + 6..].trim_start()[1..].trim_start());
-    let value = values.next().ok_or("has no 'shape'")?;
-    if values.next().is_some() {
-        return Err("names 'shape' twice");
+/// The longest header read, as numpy's `np.load` (its `max_header_size`): a longer
+/// one is refused before it is parsed.
+const MAX_HEADER: usize = 10_000;
+
+/// What a `.npy` header says: the dict numpy writes, `{'descr': '<f4',
+/// 'fortran_order': False, 'shape': (3, 4), }`.
+#[derive(Debug, PartialEq)]
+struct Header {
+    descr: String,
+    fortran_order: bool,
+    shape: Vec<u64>,
+}
+
+/// A strict, linear reader of the header dict (a Python literal): the three keys
+/// numpy writes, each once, in any order; `descr` a string, `fortran_order` `True` or
+/// `False`, `shape` a tuple of decimal integers; spaces and newlines between tokens.
+/// Anything else (a structured dtype's list, another key, an expression) is refused
+/// with what was expected, never handed to a general literal parser.
+struct HeaderReader<'a> {
+    text: &'a [u8],
+    at: usize,
+}
+
+impl<'a> HeaderReader<'a> {
+    fn skip_space(&mut self) {
+        while self
+            .text
+            .get(self.at)
+            .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        {
+            self.at += 1;
+        }
     }
-    let tuple = value
-        .strip_prefix('(')
-        .and_then(|v| v.split_once(')'))
-        .ok_or("has a 'shape' that is not a tuple")?
-        .0;
-    tuple
-        .split(',')
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .map(|d| {
-            d.bytes()
-                .all(|b| b.is_ascii_digit())
-                .then(|| d.parse::<u64>().ok())
-                .flatten()
+
+    /// Consumes `token` after optional spaces; false (consuming nothing) when absent.
+    fn eat(&mut self, token: &str) -> bool {
+        self.skip_space();
+        let found = self.text[self.at..].starts_with(token.as_bytes());
+        if found {
+            self.at += token.len();
+        }
+        found
+    }
+
+    /// A quoted string without escapes.
+    fn string(&mut self) -> Option<&'a str> {
+        self.skip_space();
+        let quote = *self
+            .text
+            .get(self.at)
+            .filter(|q| matches!(q, b'\'' | b'"'))?;
+        let body = &self.text[self.at + 1..];
+        let len = body.iter().position(|&b| b == quote || b == b'\\')?;
+        if body[len] != quote {
+            return None;
+        }
+        self.at += len + 2;
+        std::str::from_utf8(&body[..len]).ok()
+    }
+
+    /// A tuple of decimal integers: `()`, `(3,)`, `(3, 4)`, `(3, 4,)`.
+    fn shape(&mut self) -> std::result::Result<Vec<u64>, &'static str> {
+        const NOT_A_TUPLE: &str = "has a 'shape' that is not a tuple of decimal integers";
+        if !self.eat("(") {
+            return Err(NOT_A_TUPLE);
+        }
+        let mut dims = Vec::new();
+        loop {
+            if self.eat(")") {
+                return Ok(dims);
+            }
+            self.skip_space();
+            let digits = self.text[self.at..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            if digits == 0 {
+                return Err(NOT_A_TUPLE);
+            }
+            let value = std::str::from_utf8(&self.text[self.at..self.at + digits])
+                .ok()
+                .and_then(|d| d.parse::<u64>().ok())
+                .ok_or("has a 'shape' whose values are not decimal integers below 2^64")?;
+            self.at += digits;
+            dims.push(value);
+            if !self.eat(",") {
+                return if self.eat(")") {
+                    Ok(dims)
+                } else {
+                    Err(NOT_A_TUPLE)
+                };
+            }
+        }
+    }
+
+    fn header(mut self) -> std::result::Result<Header, String> {
+        let (mut descr, mut fortran_order, mut shape) = (None, None, None);
+        if !self.eat("{") {
+            return Err("is not a dict (it does not start with '{')".to_string());
+        }
+        loop {
+            if self.eat("}") {
+                break;
+            }
+            let key = self
+                .string()
+                .ok_or("has a key that is not a quoted string")?;
+            if !self.eat(":") {
+                return Err(format!("has no ':' after '{}'", excerpt(key)));
+            }
+            let twice = || format!("names '{key}' twice");
+            match key {
+                "descr" => {
+                    let value = self.string().ok_or(
+                        "has a 'descr' that is not a plain dtype string \
+                         (structured dtypes are not supported)",
+                    )?;
+                    if descr.replace(value.to_string()).is_some() {
+                        return Err(twice());
+                    }
+                }
+                "fortran_order" => {
+                    let value = if self.eat("True") {
+                        true
+                    } else if self.eat("False") {
+                        false
+                    } else {
+                        return Err("has a 'fortran_order' that is not True or False".into());
+                    };
+                    if fortran_order.replace(value).is_some() {
+                        return Err(twice());
+                    }
+                }
+                "shape" => {
+                    let value = self.shape()?;
+                    if shape.replace(value).is_some() {
+                        return Err(twice());
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "has the key '{}'; expected only 'descr', 'fortran_order' and 'shape'",
+                        excerpt(other)
+                    ))
+                }
+            }
+            if !self.eat(",") {
+                if self.eat("}") {
+                    break;
+                }
+                return Err("has no ',' or '}' after a value".to_string());
+            }
+        }
+        self.skip_space();
+        if self.at != self.text.len() {
+            return Err("has text after its closing '}'".to_string());
+        }
+        Ok(Header {
+            descr: descr.ok_or("has no 'descr'")?,
+            fortran_order: fortran_order.ok_or("has no 'fortran_order'")?,
+            shape: shape.ok_or("has no 'shape'")?,
         })
-        .collect::<Option<Vec<u64>>>()
-        .ok_or("has a 'shape' whose values are not decimal integers below 2^64")
+    }
 }
 
 /// A shape as errors quote it: `[2, 3]`, at most 200 characters of it.
@@ -109,128 +236,141 @@ fn quoted_shape<T: std::fmt::Debug>(shape: &[T]) -> String {
 /// Reads a `[rows, cols]` matrix of f32 or f64 (converted to f32) in C order.
 ///
 /// Any other dtype, Fortran order, a number of dimensions other than 2, a shape
-/// with more values than the file holds, a header longer than the file, or an f64
-/// value beyond f32's range is an [`Error::Npy`] that says what was found and what is
-/// expected. The file must be a regular file (or a symbolic link to one): anything
+/// with more values than the file holds, a header longer than the file (or than
+/// numpy's own limit of 10 000 bytes), a header other than the dict numpy writes, or an
+/// f64 value beyond f32's range is an [`Error::Npy`] that says what was found and what
+/// is expected. The file must be a regular file (or a symbolic link to one): anything
 /// else is [`Error::NotRegularFile`], refused before it is read.
 pub fn read_matrix(path: impl AsRef<Path>) -> Result<Tensor> {
     let path = path.as_ref();
     let bytes = read_regular(path, u64::MAX)?;
-    let file_len = bytes.len() as u64;
-    let declared = match header_text(path, &bytes)? {
-        None => None,
-        Some(range) => {
-            let header = String::from_utf8_lossy(&bytes[range.clone()]);
-            let dims = declared_shape(&header).map_err(|problem| {
-                npy_error(
-                    path,
-                    format!(
-                        "not a valid .npy file: its header {problem}: {}",
-                        excerpt(header.trim_end())
-                    ),
-                )
-            })?;
-            if dims
-                .iter()
-                .try_fold(1u64, |n, &d| n.checked_mul(d))
-                .is_none()
-            {
-                return Err(npy_error(
-                    path,
-                    format!(
-                        "shape {} has more values than can be addressed",
-                        quoted_shape(&dims)
-                    ),
-                ));
-            }
-            Some((dims, range.end as u64))
-        }
-    };
-    let npy = NpyFile::new(&bytes[..]).map_err(|e| {
-        npy_error(
-            path,
-            format!("not a valid .npy file: {}", bound_quotes(&e.to_string())),
-        )
-    })?;
-    let Some((dims, data_start)) = &declared else {
-        // `npyz` read a header that `header_text` does not know.
+    matrix_from_bytes(path, &bytes)
+}
+
+/// [`read_matrix`] of a `.npy` file's bytes already in memory; `path` only names the
+/// file in errors. Every check of [`read_matrix`] applies, none reads a file. The
+/// header is read by a strict parser of its own, in time linear in its length.
+pub fn matrix_from_bytes(path: &Path, bytes: &[u8]) -> Result<Tensor> {
+    let Some(range) = header_text(path, bytes)? else {
         return Err(npy_error(
             path,
-            "not a valid .npy file: expected the magic string and version 1, 2 or 3",
+            "not a valid .npy file: expected the magic string \\x93NUMPY and version 1, 2 or 3",
         ));
     };
-    if npy.shape() != dims.as_slice() {
+    if range.len() > MAX_HEADER {
         return Err(npy_error(
             path,
             format!(
-                "not a valid .npy file: its header's shape reads as {} and as {}",
-                quoted_shape(dims),
-                quoted_shape(npy.shape())
+                "not a valid .npy file: its header is {} bytes long; at most {MAX_HEADER} \
+                 are read (numpy's own limit)",
+                range.len()
             ),
         ));
     }
-    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    if shape.len() != 2 {
+    let data = &bytes[range.end..];
+    let header = HeaderReader {
+        text: &bytes[range.clone()],
+        at: 0,
+    }
+    .header()
+    .map_err(|problem| {
+        let text = String::from_utf8_lossy(&bytes[range]);
+        npy_error(
+            path,
+            format!(
+                "not a valid .npy file: its header {problem}: {}",
+                excerpt(text.trim_end())
+            ),
+        )
+    })?;
+    let dims = &header.shape;
+    let Some(count) = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d)) else {
+        return Err(npy_error(
+            path,
+            format!(
+                "shape {} has more values than can be addressed",
+                quoted_shape(dims)
+            ),
+        ));
+    };
+    let [rows, cols] = dims[..] else {
         return Err(npy_error(
             path,
             format!(
                 "expected 2 dimensions [batch, features], got {} with shape {}",
-                shape.len(),
-                quoted_shape(&shape)
+                dims.len(),
+                quoted_shape(dims)
             ),
         ));
-    }
-    if npy.order() != Order::C {
+    };
+    if header.fortran_order {
         return Err(npy_error(
             path,
             "array is in Fortran order; expected C order (numpy.ascontiguousarray)",
         ));
     }
-    let dtype = npy.dtype();
-    let float_size = match &dtype {
-        DType::Plain(t) if t.type_char() == TypeChar::Float => Some(t.size_field()),
-        _ => None,
-    };
-    if let Some(size) = float_size {
-        // The data the shape needs against what follows the header.
-        let needed = npy.len().checked_mul(size);
-        let held = file_len.saturating_sub(*data_start);
-        if needed.is_none_or(|n| n > held) {
-            return Err(npy_error(
-                path,
-                format!(
-                    "shape {shape:?} of {} needs {} bytes of data; the file holds {held}",
-                    excerpt(&dtype.descr()),
-                    needed.map_or("more than 2^64".to_string(), |n| n.to_string()),
-                ),
-            ));
-        }
-    }
-    let read = |e: std::io::Error| npy_error(path, format!("reading the data: {e}"));
-    let values: Vec<f32> = match float_size {
-        Some(4) => npy.into_vec::<f32>().map_err(read)?,
-        Some(8) => {
-            let wide = npy.into_vec::<f64>().map_err(read)?;
-            super::narrow(&wide).map_err(|(i, value)| {
-                let at = super::unravel(i, &shape);
-                let range = f32::MAX;
-                npy_error(
-                    path,
-                    format!("value {value:e} at {at:?} is beyond float32's range (±{range:e})"),
-                )
-            })?
+    let descr = header.descr.as_str();
+    let (little, size) = match descr.as_bytes() {
+        [order @ (b'<' | b'>' | b'='), b'f', size @ (b'4' | b'8')] => {
+            (*order != b'>', usize::from(size - b'0'))
         }
         _ => {
             return Err(npy_error(
                 path,
                 format!(
-                    "dtype {} is not supported; expected float32 or float64",
-                    excerpt(&dtype.descr())
+                    "dtype '{}' is not supported; expected float32 or float64 ('<f4', '<f8')",
+                    excerpt(descr)
                 ),
             ))
         }
     };
-    Tensor::new(shape, values).map_err(|e| npy_error(path, e.to_string()))
+    let shape = [rows, cols].map(|d| usize::try_from(d).unwrap_or(usize::MAX));
+    let needed = count.checked_mul(size as u64);
+    let held = data.len() as u64;
+    if needed.is_none_or(|n| n > held) {
+        return Err(npy_error(
+            path,
+            format!(
+                "shape {shape:?} of '{descr}' needs {} bytes of data; the file holds {held}",
+                needed.map_or("more than 2^64".to_string(), |n| n.to_string()),
+            ),
+        ));
+    }
+    // `count * size <= data.len()`: the count fits a usize.
+    let data = &data[..count as usize * size];
+    let values: Vec<f32> = if size == 4 {
+        data.chunks_exact(4)
+            .map(|b| {
+                let b = [b[0], b[1], b[2], b[3]];
+                if little {
+                    f32::from_le_bytes(b)
+                } else {
+                    f32::from_be_bytes(b)
+                }
+            })
+            .collect()
+    } else {
+        let wide: Vec<f64> = data
+            .chunks_exact(8)
+            .map(|b| {
+                let b = [b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]];
+                if little {
+                    f64::from_le_bytes(b)
+                } else {
+                    f64::from_be_bytes(b)
+                }
+            })
+            .collect();
+        super::narrow(&wide).map_err(|(i, value)| {
+            let at = super::unravel(i, &shape);
+            let range = f32::MAX;
+            npy_error(
+                path,
+                format!("value {value:e} at {at:?} is beyond float32's range (±{range:e})"),
+            )
+        })?
+    };
+    Tensor::new(shape.to_vec(), values).map_err(|e| npy_error(path, e.to_string()))
 }
 
 /// Writes a tensor as a little-endian f32 `.npy` in C order, of the tensor's shape.

@@ -55,24 +55,30 @@ impl LoadOptions {
 pub fn load_model(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model> {
     let path = path.as_ref();
     let bytes = read_regular(path, u64::MAX)?;
+    model_from_bytes(path, &bytes, options)
+}
+
+/// [`load_model`] of a safetensors file's bytes already in memory; `path` only names
+/// the file in errors. Every check of [`load_model`] applies, none reads a file.
+pub fn model_from_bytes(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<Model> {
     let corrupt = |e: safetensors::SafeTensorError| Error::CorruptFile {
         path: path.to_path_buf(),
         message: bound_quotes(&e.to_string()),
     };
-    let entries = header_entries(&bytes);
+    let entries = header_entries(bytes);
     if let Some(tensor) = entries.as_deref().and_then(duplicate_name) {
         return Err(Error::DuplicateTensor {
             path: path.to_path_buf(),
             tensor: excerpt(tensor),
         });
     }
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| {
+    let file = SafeTensors::deserialize(bytes).map_err(|e| {
         entries
             .as_deref()
             .and_then(|entries| byte_length_error(path, entries))
             .unwrap_or_else(|| corrupt(e))
     })?;
-    let (_, metadata) = SafeTensors::read_metadata(&bytes).map_err(corrupt)?;
+    let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(corrupt)?;
 
     let names: Vec<String> = file.names().into_iter().map(str::to_string).collect();
     let prefixes = match &options.layers {

@@ -457,3 +457,116 @@ fn a_high_rank_tensor_shape_is_quoted_in_200_characters() {
         message.len()
     );
 }
+
+/// Found by fuzzing the `.npy` reader: a 150-byte header with a value of 40 nested
+/// brackets kept the general Python-literal parser the header went through busy for
+/// hours (20 brackets took 7 s, each one more doubled it). The header is now read by a
+/// strict parser of the dict numpy writes: refused at once, naming what was expected.
+/// (The answer is awaited on another thread, so that a regression fails, not hangs.)
+#[test]
+fn a_header_of_nested_brackets_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1), 'x': {}}}\n",
+        "[".repeat(40)
+    );
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend(1.5f32.to_le_bytes());
+    let path = dir.path().join("brackets.npy");
+    std::fs::write(&path, bytes).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(read_matrix(&path));
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Err(Error::Npy { message, .. })) => assert!(
+            message.contains("the key 'x'; expected only 'descr', 'fortran_order' and 'shape'"),
+            "{message}"
+        ),
+        Ok(other) => panic!("{other:?}"),
+        Err(_) => panic!("no answer in 60 s: the header parser is not linear"),
+    }
+}
+
+/// The header is the dict numpy writes and nothing else: every way of departing from it
+/// is an `Error::Npy` naming the problem, and numpy's own spellings all read.
+#[test]
+fn npy_headers_numpy_writes_and_others() {
+    let read = |header: &str, data: &[u8]| {
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend((header.len() as u16).to_le_bytes());
+        bytes.extend(header.as_bytes());
+        bytes.extend(data);
+        wgpu_ensemble::io::matrix_from_bytes(Path::new("h.npy"), &bytes)
+    };
+    let one: Vec<u8> = 1.5f32.to_le_bytes().to_vec();
+    let one_be: Vec<u8> = 1.5f32.to_be_bytes().to_vec();
+    for (header, data) in [
+        (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1), }   \n",
+            &one,
+        ),
+        (
+            "{\"shape\": (1,1), \"descr\": \"<f4\", \"fortran_order\": False}\n",
+            &one,
+        ),
+        (
+            "{'descr': '>f4', 'fortran_order': False, 'shape': (1, 1,)}",
+            &one_be,
+        ),
+    ] {
+        match read(header, data) {
+            Ok(x) => assert_eq!(
+                (x.shape(), x.as_slice()),
+                (&[1, 1][..], &[1.5][..]),
+                "{header}"
+            ),
+            Err(e) => panic!("{header}: {e}"),
+        }
+    }
+    for (header, problem) in [
+        ("{'descr': '<f4', 'fortran_order': False}", "has no 'shape'"),
+        (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1), 'shape': (1, 1)}",
+            "names 'shape' twice",
+        ),
+        (
+            "{'descr': '<f4', 'fortran_order': 0, 'shape': (1, 1)}",
+            "not True or False",
+        ),
+        (
+            "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1, 1)}",
+            "structured dtypes",
+        ),
+        (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1), 'x': 1}",
+            "the key 'x'",
+        ),
+        (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1)} 1",
+            "text after",
+        ),
+        ("['descr']", "not a dict"),
+        (
+            "{'descr': '<i4', 'fortran_order': False, 'shape': (1, 1)}",
+            "dtype '<i4' is not supported",
+        ),
+    ] {
+        match read(header, &one) {
+            Err(Error::Npy { message, .. }) => {
+                assert!(message.contains(problem), "{header}: {message}")
+            }
+            other => panic!("{header}: {other:?}"),
+        }
+    }
+    let long = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1)}}{}",
+        " ".repeat(10_000)
+    );
+    match read(&long, &one) {
+        Err(Error::Npy { message, .. }) => assert!(message.contains("at most 10000"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}
