@@ -17,6 +17,8 @@ while [[ $# -gt 0 && "$1" != "--" ]]; do targets+=("$1"); shift; done
 args=("$@")
 [[ ${#targets[@]} -eq 0 ]] && targets=(npy safetensors manifest)
 [[ ${#args[@]} -eq 0 ]] && args=(-runs=1000000)
+# An input that takes over 10 s is reported as a hang, as a crash is.
+args=(-timeout=10 "${args[@]}")
 
 seeds() { # the seed folder of a target, made fresh from the fixtures
     local target="$1" dir="$here/target/seeds/$1"
