@@ -78,6 +78,9 @@ impl Graph {
     }
 }
 
+/// The longest member name a graph takes, in characters.
+const MAX_NAME: usize = 200;
+
 /// Builds a [`Graph`]; [`GraphBuilder::build`] checks everything at once.
 #[derive(Clone, Debug)]
 #[must_use]
@@ -104,7 +107,8 @@ impl GraphBuilder {
         self
     }
 
-    /// Checks the graph: at least one member, unique non-empty names, every member takes the
+    /// Checks the graph: at least one member, unique non-empty names of at most 200
+    /// characters ([`Error::InvalidValue`] otherwise), every member takes the
     /// input width, all members agree on the output width, aggregate weights valid.
     pub fn build(self) -> Result<Graph> {
         if self.input_width == 0 {
@@ -116,6 +120,14 @@ impl GraphBuilder {
         for m in &self.members {
             if m.name.is_empty() {
                 return Err(Error::EmptyMemberName);
+            }
+            if m.name.chars().count() > MAX_NAME {
+                // Errors, reports and metrics name members: a name is short.
+                return Err(Error::invalid(
+                    "member name",
+                    &m.name,
+                    "a name of at most 200 characters",
+                ));
             }
             if !names.insert(m.name.as_str()) {
                 return Err(Error::DuplicateMember {

@@ -103,7 +103,7 @@ fn check(graph: &Graph, options: &SessionOptions) -> Result<()> {
     let names: Vec<&str> = graph.members.iter().map(|m| m.name.as_str()).collect();
     if let Some(member) = options.faults.unknown_member(&names) {
         return Err(Error::FaultUnknownMember {
-            member: member.to_string(),
+            member: crate::error::excerpt(member),
             members: names.iter().map(|n| n.to_string()).collect(),
         });
     }

@@ -201,6 +201,27 @@ fn graph_without_members_or_with_duplicates() {
         .build()
         .unwrap_err();
     assert!(matches!(err, Error::EmptyMemberName), "{err:?}");
+    // A name of a million characters (errors, reports and metrics quote names) is
+    // refused, quoted in 200; a name of 200 is fine.
+    let long = "n".repeat(1_000_000);
+    let err = Graph::builder(4)
+        .member(long.as_str(), model(&[4, 3]), Placement::Cpu)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidValue { what: "member name", value, .. } if value.len() <= 200),
+        "{}",
+        &format!("{err:?}")[..300]
+    );
+    assert!(
+        err.to_string().len() < 400,
+        "{} bytes",
+        err.to_string().len()
+    );
+    Graph::builder(4)
+        .member("n".repeat(200), model(&[4, 3]), Placement::Cpu)
+        .build()
+        .unwrap();
 }
 
 /// A NaN or infinity in a weight or bias is refused where the layer is made, with its
