@@ -5,8 +5,9 @@
 #
 # TARGET is npy, safetensors or manifest (default: all three). Without LIBFUZZER ARGS
 # each target runs 1 000 000 executions (-runs=1000000); a minute each, say, is
-# `fuzz/run.sh -- -max_total_time=60`. Needs a nightly toolchain and cargo-fuzz
-# (`rustup toolchain install nightly; cargo install cargo-fuzz`). Crashes land in
+# `fuzz/run.sh -- -max_total_time=60`. Needs cargo-fuzz (`cargo install cargo-fuzz`);
+# the stable toolchain builds the targets, with RUSTC_BOOTSTRAP=1 (cargo-fuzz passes
+# nightly flags: the sanitizer, the coverage passes). Crashes land in
 # fuzz/artifacts/<target>/; the corpus grows in fuzz/corpus/<target>/ (not committed).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -42,5 +43,5 @@ for target in "${targets[@]}"; do
     dir="$(seeds "$target")"
     mkdir -p "corpus/$target"
     echo "== fuzz $target: seeds $(ls "$dir" | wc -l), args ${args[*]}" >&2
-    cargo +nightly fuzz run -O "$target" "corpus/$target" "$dir" -- "${args[@]}"
+    RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$target" "corpus/$target" "$dir" -- "${args[@]}"
 done

@@ -61,6 +61,8 @@ mod runtime;
 pub mod bench;
 pub mod io;
 mod pipeline;
+#[cfg(feature = "serve")]
+pub mod serve;
 mod session;
 
 pub use aggregate::Aggregate;

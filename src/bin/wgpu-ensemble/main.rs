@@ -4,6 +4,8 @@
 mod bench;
 mod devices;
 mod predict;
+#[cfg(feature = "serve")]
+mod serve;
 
 use std::process::ExitCode;
 
@@ -28,14 +30,24 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Time a standard workload: gemm (an N x N layer at batch N), E1 (4 x 784-512-512-10) or E2 (8 x 1024-4096-4096-1024).
     Bench(bench::BenchArgs),
+    /// Serve a model repository over HTTP: KServe v2 and TensorFlow Serving REST, versions swapped while serving, dynamic batching, replicas, Prometheus metrics at /metrics.
+    #[cfg(feature = "serve")]
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The server handles the signals itself: it stops gracefully.
+    #[cfg(feature = "serve")]
+    let server = matches!(cli.command, Command::Serve(_));
+    #[cfg(not(feature = "serve"))]
+    let server = false;
     #[cfg(unix)]
-    if let Err(e) = stop_on_signals() {
-        eprintln!("wgpu-ensemble: error: cannot handle SIGINT, SIGTERM and SIGHUP: {e}");
-        return ExitCode::FAILURE;
+    if !server {
+        if let Err(e) = stop_on_signals() {
+            eprintln!("wgpu-ensemble: error: cannot handle SIGINT, SIGTERM and SIGHUP: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     let result = match cli.command {
         Command::Devices => {
@@ -44,6 +56,8 @@ fn main() -> ExitCode {
         }
         Command::Predict(args) => predict::predict(&args),
         Command::Bench(args) => bench::bench(&args),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => serve::serve(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,109 @@
+//! `wgpu-ensemble serve`: the inference server on a model repository.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use wgpu_ensemble::serve::{BatchConfig, Replicas, ServeConfig, Server};
+use wgpu_ensemble::Precision;
+
+use crate::{flag_error, CliResult};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The model repository: <model>/<version>/ensemble.toml, weight files beside it.
+    #[arg(long)]
+    model_repository: PathBuf,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// The port (0 picks a free one; the address is printed once the server is ready).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// How often the repository is scanned for new and removed versions.
+    #[arg(long, default_value_t = 1000)]
+    poll_interval_ms: u64,
+    /// The most rows one batch run holds.
+    #[arg(long, default_value_t = 64)]
+    max_batch_size: usize,
+    /// How long the first request of a batch waits for others to join it.
+    #[arg(long, default_value_t = 500)]
+    max_queue_delay_us: u64,
+    /// The most requests waiting per model version; one more is answered 503.
+    #[arg(long, default_value_t = 1024)]
+    queue_capacity: usize,
+    /// manifest: one copy of each ensemble, members where the manifest places them;
+    /// per-device: a whole copy on every usable adapter (the CPU when none is).
+    #[arg(long, default_value = "manifest")]
+    replicas: String,
+    /// f32, f16 or f16-coop.
+    #[arg(long, default_value = "f32")]
+    precision: String,
+    /// The largest request body taken, in bytes (a larger one is answered 413).
+    #[arg(long, default_value_t = 8 << 20)]
+    max_body_bytes: usize,
+}
+
+pub fn serve(args: &ServeArgs) -> CliResult {
+    let host: IpAddr = args.host.parse().map_err(|e| {
+        flag_error(
+            "--host",
+            format!("'{}' is not an IP address: {e}", args.host),
+        )
+    })?;
+    if args.max_batch_size == 0 {
+        return Err(flag_error("--max-batch-size", "must be at least 1"));
+    }
+    if args.poll_interval_ms == 0 {
+        return Err(flag_error("--poll-interval-ms", "must be at least 1"));
+    }
+    let replicas: Replicas = args.replicas.parse()?;
+    let precision: Precision = args.precision.parse()?;
+    let config = ServeConfig::new(&args.model_repository)
+        .addr(SocketAddr::new(host, args.port))
+        .poll_interval(Duration::from_millis(args.poll_interval_ms))
+        .batch(BatchConfig {
+            max_batch_size: args.max_batch_size,
+            max_queue_delay: Duration::from_micros(args.max_queue_delay_us),
+            queue_capacity: args.queue_capacity.max(1),
+        })
+        .replicas(replicas)
+        .precision(precision)
+        .max_body_bytes(args.max_body_bytes);
+    let stop = stop_signal()?;
+    let server = Server::start(config)?;
+    eprintln!("listening on http://{}", server.addr());
+    // SIGTERM / SIGINT: stop accepting, answer what was accepted, unload, exit 0.
+    let _ = stop.recv();
+    eprintln!("wgpu-ensemble: stopping: answering the requests accepted, then unloading");
+    server.shutdown();
+    Ok(())
+}
+
+/// A channel that receives once SIGINT, SIGTERM or SIGHUP arrives.
+fn stop_signal() -> Result<crossbeam_channel::Receiver<()>, crate::CliError> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    #[cfg(unix)]
+    {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals =
+            signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| {
+                flag_error(
+                    "signals",
+                    format!("cannot handle SIGINT, SIGTERM and SIGHUP: {e}"),
+                )
+            })?;
+        std::thread::Builder::new()
+            .name("signals".to_string())
+            .spawn(move || {
+                if signals.forever().next().is_some() {
+                    let _ = tx.send(());
+                }
+            })
+            .map_err(|e| flag_error("signals", e.to_string()))?;
+    }
+    #[cfg(not(unix))]
+    std::mem::forget(tx);
+    Ok(rx)
+}

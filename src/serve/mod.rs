@@ -1,0 +1,248 @@
+//! An inference server (feature `serve`): a model repository of ensembles with versions
+//! swapped while serving, replicas on every device, dynamic batching, KServe v2 and
+//! TensorFlow Serving REST on one HTTP port, Prometheus metrics.
+//!
+//! ```no_run
+//! use wgpu_ensemble::serve::{ServeConfig, Server};
+//! let server = Server::start(ServeConfig::new("models"))?;
+//! println!("listening on http://{}", server.addr());
+//! server.shutdown(); // answers every request already accepted, then unloads
+//! # Ok::<(), wgpu_ensemble::Error>(())
+//! ```
+//!
+//! The engine's device workers stay threads; the async side (tokio, axum) hands each
+//! request to its version's queue without blocking and awaits the answer.
+
+mod batcher;
+mod http;
+mod metrics;
+mod repository;
+mod types;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use batcher::BatchConfig;
+pub use metrics::Metrics;
+pub use repository::{Replicas, VersionState, VersionStatus};
+pub use types::{
+    InferAnswer, InferRequest, MemberAnswer, MemberState, ServeError, VersionSelector,
+};
+
+use crate::error::{Error, Result};
+use crate::precision::Precision;
+use repository::{Repository, RepositoryConfig};
+
+/// How to serve.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServeConfig {
+    /// The model repository: `<model>/<version>/ensemble.toml`.
+    pub repository: PathBuf,
+    /// Where to listen (`127.0.0.1:8000`; port 0 picks a free one).
+    pub addr: SocketAddr,
+    /// How often the repository is polled for new and removed versions.
+    pub poll_interval: Duration,
+    /// Batching of every model (a model's `config.toml` may change it).
+    pub batch: BatchConfig,
+    /// Where replicas run.
+    pub replicas: Replicas,
+    /// The kernels' precision.
+    pub precision: Precision,
+    /// The largest request body taken; a larger one is refused with 413.
+    pub max_body_bytes: usize,
+}
+
+impl ServeConfig {
+    /// Serves `repository` on 127.0.0.1:8000, polled every second, batches of up to 64
+    /// rows waiting up to 500 µs, one replica as the manifest places it, f32, bodies up
+    /// to 8 MiB.
+    pub fn new(repository: impl Into<PathBuf>) -> Self {
+        Self {
+            repository: repository.into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            poll_interval: Duration::from_secs(1),
+            batch: BatchConfig::default(),
+            replicas: Replicas::Manifest,
+            precision: Precision::F32,
+            max_body_bytes: 8 << 20,
+        }
+    }
+
+    /// Sets [`ServeConfig::addr`].
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// Sets [`ServeConfig::poll_interval`].
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Sets [`ServeConfig::batch`].
+    pub fn batch(mut self, batch: BatchConfig) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    /// Sets [`ServeConfig::replicas`].
+    pub fn replicas(mut self, replicas: Replicas) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// Sets [`ServeConfig::precision`].
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// Sets [`ServeConfig::max_body_bytes`].
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+}
+
+/// A running server. [`Server::shutdown`] (or dropping it) stops it gracefully.
+pub struct Server {
+    addr: SocketAddr,
+    repository: Arc<Repository>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    polling: Arc<AtomicBool>,
+    runtime: Option<tokio::runtime::Runtime>,
+    serving: Option<tokio::task::JoinHandle<()>>,
+    poller: Option<std::thread::JoinHandle<()>>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Loads the repository (every model's versions, warmed), binds, and serves on
+    /// threads of its own. Returns once it answers requests.
+    pub fn start(config: ServeConfig) -> Result<Self> {
+        let metrics = Metrics::new();
+        let repository = Arc::new(Repository::open(
+            RepositoryConfig {
+                root: config.repository.clone(),
+                replicas: config.replicas,
+                precision: config.precision,
+                batch: config.batch.clone(),
+            },
+            metrics.clone(),
+        )?);
+        repository.poll();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("serve-http")
+            .build()
+            .map_err(|e| Error::invalid("server", &e.to_string(), "a tokio runtime"))?;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(config.addr))
+            .map_err(|e| {
+                Error::invalid(
+                    "address",
+                    &format!("{}: {e}", config.addr),
+                    "an address to listen on",
+                )
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::invalid("address", &e.to_string(), "a bound address"))?;
+        let state = Arc::new(http::AppState {
+            repository: Arc::clone(&repository),
+            metrics: metrics.clone(),
+            ready: AtomicBool::new(true),
+        });
+        let app = http::router(state, config.max_body_bytes);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = runtime.spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        let polling = Arc::new(AtomicBool::new(true));
+        let poller = {
+            let repository = Arc::clone(&repository);
+            let polling = Arc::clone(&polling);
+            let interval = config.poll_interval;
+            std::thread::Builder::new()
+                .name("serve-poll".into())
+                .spawn(move || {
+                    while polling.load(Ordering::SeqCst) {
+                        let until = std::time::Instant::now() + interval;
+                        while polling.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                            std::thread::sleep(Duration::from_millis(20).min(interval));
+                        }
+                        if polling.load(Ordering::SeqCst) {
+                            repository.poll();
+                        }
+                    }
+                })
+                .map_err(|e| Error::invalid("server", &e.to_string(), "a polling thread"))?
+        };
+        Ok(Self {
+            addr,
+            repository,
+            stop: Some(stop),
+            polling,
+            runtime: Some(runtime),
+            serving: Some(serving),
+            poller: Some(poller),
+            metrics,
+        })
+    }
+
+    /// The address it listens on (the port picked when asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server's metrics, as `GET /metrics` renders them.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Stops accepting connections, answers every request already accepted, unloads
+    /// every version and returns.
+    pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        self.polling.store(false, Ordering::SeqCst);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let (Some(runtime), Some(serving)) = (self.runtime.as_ref(), self.serving.take()) {
+            let _ = runtime.block_on(serving);
+        }
+        self.repository.shutdown();
+        if let Some(poller) = self.poller.take() {
+            let _ = poller.join();
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
