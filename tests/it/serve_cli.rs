@@ -1,0 +1,139 @@
+//! `wgpu-ensemble serve` as a process: it says where it listens once ready, answers,
+//! and on SIGTERM answers every request it had accepted, then exits 0.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wgpu_ensemble::{Activation, Model};
+
+/// A repository of one model whose run of 512 rows takes a while on the CPU: two
+/// members of 16-2048-2048-4.
+fn slow_repository(root: &Path) {
+    let version = root.join("slow").join("1");
+    std::fs::create_dir_all(&version).unwrap();
+    let acts = [Activation::Relu, Activation::Relu, Activation::Softmax];
+    let mut manifest = String::new();
+    for i in 0..2 {
+        let model = Model::random(&[16, 2048, 2048, 4], &acts, i).unwrap();
+        wgpu_ensemble::io::save_model(&model, version.join(format!("m{i}.safetensors"))).unwrap();
+        manifest.push_str(&format!(
+            "[[member]]\nname = \"m{i}\"\nfile = \"m{i}.safetensors\"\ndevice = \"cpu\"\n"
+        ));
+    }
+    std::fs::write(version.join("ensemble.toml"), manifest).unwrap();
+}
+
+/// Starts the server on port 0 and reads its address from stderr.
+fn start(root: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wgpu-ensemble"))
+        .args(["serve", "--port", "0", "--model-repository"])
+        .arg(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the wgpu-ensemble binary runs");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on http://") {
+                let _ = tx.send(addr.to_string());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(addr) => (child, addr),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("the server did not say where it listens within 60 s");
+        }
+    }
+}
+
+fn infer_body(rows: usize) -> String {
+    let data: Vec<String> = (0..rows * 16).map(|i| format!("{}", (i % 7) as f32 / 7.0)).collect();
+    format!(
+        "{{\"inputs\":[{{\"name\":\"input\",\"datatype\":\"FP32\",\"shape\":[{rows},16],\"data\":[{}]}}]}}",
+        data.join(",")
+    )
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_answers_the_requests_accepted_then_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    slow_repository(dir.path());
+    let (mut child, addr) = start(dir.path());
+    let url = format!("http://{addr}/v2/models/slow/infer");
+    let live = ureq::get(&format!("http://{addr}/v2/health/live")).call().unwrap();
+    assert_eq!(live.status(), 200);
+
+    // Eight requests of 512 rows, sent at once: one runs, the others wait in the queue.
+    let started = Instant::now();
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let answer = ureq::post(&url)
+                    .header("content-type", "application/json")
+                    .send(infer_body(512))
+                    .and_then(|r| r.into_body().read_to_string());
+                (answer, started.elapsed())
+            })
+        })
+        .collect();
+    // Until the server counts them as queued or running.
+    let metrics_url = format!("http://{addr}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = ureq::get(&metrics_url)
+            .call()
+            .and_then(|r| r.into_body().read_to_string())
+            .unwrap_or_default();
+        if text.contains("wgpu_ensemble_inference_queue_depth") || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let signalled = started.elapsed();
+    let pid = child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+
+    let mut last = Duration::ZERO;
+    for client in clients {
+        let (answer, at) = client.join().unwrap();
+        let body = answer.unwrap_or_else(|e| panic!("a request accepted before SIGTERM failed: {e}"));
+        assert!(body.contains("\"model_name\":\"slow\""), "{body}");
+        last = last.max(at);
+    }
+    assert!(
+        last > signalled,
+        "no request was still being answered when SIGTERM came ({last:?} <= {signalled:?}): the test proves nothing"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server did not exit within 60 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(code, Some(0));
+    // Nothing listens any more.
+    assert!(ureq::get(&format!("http://{addr}/v2/health/live")).call().is_err());
+}
+
+/// A repository that is not a folder is refused before anything listens, naming it.
+#[test]
+fn a_missing_repository_is_an_error() {
+    let out = crate::common::cli(&["serve", "--port", "0", "--model-repository", "/nonexistent/models"]);
+    assert!(!out.status.success());
+    let err = crate::common::stderr(&out);
+    assert!(err.contains("/nonexistent/models"), "{err}");
+}
