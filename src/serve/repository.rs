@@ -144,6 +144,9 @@ pub struct ServedVersion {
     /// Its replicas' names: `manifest`, or the device each runs on (`adapter:0`,
     /// `cpu`).
     pub replicas: Vec<String>,
+    /// Its batching: the server's, with the model's `config.toml` overrides at the
+    /// time it was loaded.
+    pub batch: BatchConfig,
     /// Its queue and replicas.
     pub batcher: Batcher,
 }
@@ -515,12 +518,19 @@ impl Repository {
             names.push(name.clone());
             replicas.push(Replica { name, session });
         }
-        let batcher = Batcher::start(model, version, replicas, batch, self.metrics.clone())
-            .map_err(|e| e.to_string())?;
+        let batcher = Batcher::start(
+            model,
+            version,
+            replicas,
+            batch.clone(),
+            self.metrics.clone(),
+        )
+        .map_err(|e| e.to_string())?;
         Ok(ServedVersion {
             model: model.to_string(),
             version,
             replicas: names,
+            batch,
             batcher,
         })
     }

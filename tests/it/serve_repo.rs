@@ -436,10 +436,34 @@ fn a_broken_version_ends_with_its_error_and_is_retried_only_once_changed() {
     repo.poll();
     assert_eq!(repo.load_attempts(), 3);
 
+    // A device that cannot be made.
+    let dir4 = add_version(root, "m", 4);
+    let manifest = std::fs::read_to_string(dir4.join("ensemble.toml")).unwrap();
+    std::fs::write(
+        dir4.join("ensemble.toml"),
+        manifest.replace("device = \"cpu\"", "device = \"adapter:99\""),
+    )
+    .unwrap();
+    repo.poll();
+    assert_eq!(
+        repo.status("m", Some(4)).unwrap()[0].state,
+        VersionState::End
+    );
+    let e = error_of(&repo, "m", 4);
+    assert!(e.contains("99"), "{e}");
+    assert_eq!(
+        repo.resolve("m", &VersionSelector::Default)
+            .unwrap()
+            .version,
+        1
+    );
+    assert_eq!(repo.load_attempts(), 4);
+    std::fs::remove_dir_all(&dir4).unwrap();
+
     // The weights are complete now: tried again and served.
     std::fs::write(&weights, &bytes).unwrap();
     repo.poll();
-    assert_eq!(repo.load_attempts(), 4);
+    assert_eq!(repo.load_attempts(), 5);
     let x = x();
     let answer = infer(&repo, "m", &VersionSelector::Default, &x).unwrap();
     assert_eq!(answer.version, 3);
@@ -734,4 +758,38 @@ fn per_device_replicas_one_whole_copy_on_every_usable_adapter() {
         }
         repo.shutdown();
     }
+}
+
+#[test]
+fn a_models_batching_overrides_the_servers_for_versions_loaded_after() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    add_version(root, "m", 1);
+    add_version(root, "n", 1);
+    write_config(root, "m", "max_batch_size = 7\nmax_queue_delay_us = 1234\n");
+    let server = wgpu_ensemble::serve::BatchConfig::default();
+    let repo = open(root);
+    repo.poll();
+    let m = repo.resolve("m", &VersionSelector::Default).unwrap();
+    assert_eq!(m.batch.max_batch_size, 7);
+    assert_eq!(m.batch.max_queue_delay, Duration::from_micros(1234));
+    let n = repo.resolve("n", &VersionSelector::Default).unwrap();
+    assert_eq!(n.batch.max_batch_size, server.max_batch_size);
+    assert_eq!(n.batch.max_queue_delay, server.max_queue_delay);
+
+    // Version 1 keeps its batching; version 2 gets the new one.
+    write_config(root, "m", "max_batch_size = 3\n");
+    repo.poll();
+    assert_eq!(
+        repo.resolve("m", &VersionSelector::Default)
+            .unwrap()
+            .batch
+            .max_batch_size,
+        7
+    );
+    add_version(root, "m", 2);
+    repo.poll();
+    let m2 = repo.resolve("m", &VersionSelector::Default).unwrap();
+    assert_eq!((m2.version, m2.batch.max_batch_size), (2, 3));
+    assert_eq!(m2.batch.max_queue_delay, server.max_queue_delay);
 }
