@@ -280,11 +280,19 @@ impl Repository {
         if self.closed.load(Ordering::SeqCst) {
             return;
         }
-        let found = scan(&self.config.root);
+        // A folder that cannot be listed now (a passing I/O error) changes nothing: what
+        // is served goes on being served.
+        let Some(found) = scan(&self.config.root) else {
+            return;
+        };
         let known: Vec<String> = read(&self.models).keys().cloned().collect();
         let names: BTreeSet<String> = found.keys().cloned().chain(known).collect();
         for name in &names {
-            self.poll_model(name, found.get(name));
+            match found.get(name) {
+                Some(None) => {}
+                Some(Some(dir)) => self.poll_model(name, Some(dir)),
+                None => self.poll_model(name, None),
+            }
         }
         self.reap();
     }
@@ -823,12 +831,11 @@ fn version_name(name: &str) -> Option<u64> {
     name.parse::<u64>().ok()
 }
 
-/// Every model folder of `root` (not hidden) with its version folders.
-fn scan(root: &Path) -> BTreeMap<String, ModelDir> {
+/// Every model folder of `root` (not hidden) with its version folders; `None` for a
+/// model folder that cannot be listed, and in all for a root that cannot be.
+fn scan(root: &Path) -> Option<BTreeMap<String, Option<ModelDir>>> {
     let mut found = BTreeMap::new();
-    let Ok(models) = std::fs::read_dir(root) else {
-        return found;
-    };
+    let models = std::fs::read_dir(root).ok()?;
     for model in models.flatten() {
         let Ok(name) = model.file_name().into_string() else {
             continue;
@@ -837,20 +844,22 @@ fn scan(root: &Path) -> BTreeMap<String, ModelDir> {
         if !path.is_dir() || name.starts_with('.') {
             continue;
         }
+        let Ok(dirs) = std::fs::read_dir(&path) else {
+            found.insert(name, None);
+            continue;
+        };
         let mut versions = BTreeMap::new();
-        if let Ok(dirs) = std::fs::read_dir(&path) {
-            for dir in dirs.flatten() {
-                let version = dir.file_name().to_str().and_then(version_name);
-                if let Some(v) = version {
-                    if dir.path().is_dir() {
-                        versions.insert(v, dir.path());
-                    }
+        for dir in dirs.flatten() {
+            let version = dir.file_name().to_str().and_then(version_name);
+            if let Some(v) = version {
+                if dir.path().is_dir() {
+                    versions.insert(v, dir.path());
                 }
             }
         }
-        found.insert(name, ModelDir { path, versions });
+        found.insert(name, Some(ModelDir { path, versions }));
     }
-    found
+    Some(found)
 }
 
 /// What `folder` holds now (see [`Fingerprint`]).

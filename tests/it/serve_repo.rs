@@ -370,10 +370,23 @@ fn a_new_version_is_served_after_a_poll_and_the_old_one_unloaded() {
     assert_eq!(answer.version, 1);
     assert_answer(&answer, &expected(1, &x));
 
+    // Requests queued for version 1 when version 2 replaces it: version 1 answers them.
+    let queued: Vec<_> = (0..64)
+        .map(|_| {
+            repo.submit("m", &VersionSelector::Default, InferRequest::new(x.clone()))
+                .unwrap()
+                .1
+        })
+        .collect();
     add_version(root, "m", 2);
     repo.poll();
     let answer = infer(&repo, "m", &VersionSelector::Default, &x).unwrap();
     assert_eq!(answer.version, 2);
+    for reply in queued {
+        let answer = reply.blocking_recv().unwrap().unwrap();
+        assert_eq!(answer.version, 1);
+        assert_answer(&answer, &expected(1, &x));
+    }
     assert_answer(&answer, &expected(2, &x));
     wait_state(&repo, "m", 1, VersionState::End);
     assert_eq!(error_of(&repo, "m", 1), "");
@@ -792,4 +805,55 @@ fn a_models_batching_overrides_the_servers_for_versions_loaded_after() {
     let m2 = repo.resolve("m", &VersionSelector::Default).unwrap();
     assert_eq!((m2.version, m2.batch.max_batch_size), (2, 3));
     assert_eq!(m2.batch.max_queue_delay, server.max_queue_delay);
+}
+
+#[test]
+fn shutdown_answers_what_is_queued_and_stops_polling() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    add_version(root, "m", 1);
+    let repo = open(root);
+    repo.poll();
+    let x = x();
+    let want = expected(1, &x);
+    let queued: Vec<_> = (0..64)
+        .map(|_| {
+            repo.submit("m", &VersionSelector::Default, InferRequest::new(x.clone()))
+                .unwrap()
+                .1
+        })
+        .collect();
+    repo.shutdown();
+    for reply in queued {
+        assert_answer(&reply.blocking_recv().unwrap().unwrap(), &want);
+    }
+    assert_eq!(states(&repo, "m"), [(1, VersionState::End)]);
+    let e = infer(&repo, "m", &VersionSelector::Default, &x).unwrap_err();
+    assert_eq!(e.status(), 404);
+    add_version(root, "m", 2);
+    repo.poll();
+    assert_eq!(states(&repo, "m"), [(1, VersionState::End)]);
+    assert_eq!(repo.load_attempts(), 1);
+}
+
+#[test]
+fn a_repository_folder_that_cannot_be_listed_changes_nothing() {
+    let parent = tempfile::tempdir().unwrap();
+    let root = parent.path().join("models");
+    add_version(&root, "m", 1);
+    let repo = open(&root);
+    repo.poll();
+    let moved = parent.path().join("elsewhere");
+    std::fs::rename(&root, &moved).unwrap();
+    repo.poll();
+    assert_eq!(states(&repo, "m"), [(1, VersionState::Available)]);
+    let x = x();
+    assert_answer(
+        &infer(&repo, "m", &VersionSelector::Default, &x).unwrap(),
+        &expected(1, &x),
+    );
+    std::fs::rename(&moved, &root).unwrap();
+    std::fs::remove_dir_all(root.join("m/1")).unwrap();
+    repo.poll();
+    wait_state(&repo, "m", 1, VersionState::End);
 }
