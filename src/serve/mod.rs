@@ -14,6 +14,7 @@
 //! request to its version's queue without blocking and awaits the answer.
 
 mod batcher;
+mod config;
 mod http;
 mod metrics;
 mod repository;
@@ -27,14 +28,15 @@ use std::time::Duration;
 
 pub use batcher::BatchConfig;
 pub use metrics::Metrics;
-pub use repository::{Replicas, VersionState, VersionStatus};
+pub use repository::{
+    Replicas, Repository, RepositoryConfig, ServedVersion, VersionState, VersionStatus,
+};
 pub use types::{
     InferAnswer, InferRequest, MemberAnswer, MemberState, ServeError, VersionSelector,
 };
 
 use crate::error::{Error, Result};
 use crate::precision::Precision;
-use repository::{Repository, RepositoryConfig};
 
 /// How to serve.
 #[derive(Clone, Debug)]

@@ -21,5 +21,7 @@ mod precision;
 mod reads;
 #[cfg(feature = "serve")]
 mod serve_cli;
+#[cfg(feature = "serve")]
+mod serve_repo;
 mod shaders;
 mod timing;
