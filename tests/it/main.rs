@@ -19,5 +19,6 @@ mod pipeline;
 mod placement;
 mod precision;
 mod reads;
+mod serve_http;
 mod shaders;
 mod timing;

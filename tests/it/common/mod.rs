@@ -7,6 +7,7 @@ use rand::{Rng, SeedableRng};
 use wgpu_ensemble::{Activation, Model, Tensor};
 
 mod devices;
+pub mod serve;
 
 pub use devices::*;
 
