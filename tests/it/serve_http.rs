@@ -637,6 +637,16 @@ fn a_body_over_the_limit_is_413_with_a_json_error_cpu() {
         let error = reply.error();
         assert!(error.contains("4096"), "{path}: {error}");
     }
+    // Sent chunked (no Content-Length): counted as it arrives.
+    let mut reader: &[u8] = &big;
+    let reply = crate::common::serve::agent()
+        .post(&server.url("/v2/models/mean/infer"))
+        .send(ureq::SendBody::from_reader(&mut reader));
+    let mut reply = reply.expect("an HTTP response");
+    assert_eq!(reply.status().as_u16(), 413);
+    let body: Value = reply.body_mut().read_json().unwrap();
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("over the limit of 4096 bytes"), "{error}");
     // Under the limit: answered.
     let reply = post_json(
         &server.url("/v1/models/mean:predict"),
@@ -990,4 +1000,33 @@ fn tf_status_metadata_and_a_failed_load_cpu() {
         "{}",
         String::from_utf8_lossy(&reply.body)
     );
+}
+
+#[test]
+fn bad_requests_beside_good_ones_change_nothing_cpu() {
+    let server = server();
+    let x = x();
+    let (want, _) = reference(&x);
+    let good = infer_body(&x, true);
+    let bad = [
+        input(json!([1, 12]), "FP32", json!([f64::MAX; 12].to_vec())),
+        input(json!([2, 12]), "FP32", json!([vec![1.0; 12], vec![1.0; 3]])),
+        input(json!([1, 11]), "FP32", json!(vec![1.0; 11])),
+    ];
+    std::thread::scope(|scope| {
+        for t in 0..6 {
+            let (server, good, bad, want) = (&server, &good, &bad, &want);
+            scope.spawn(move || {
+                for i in 0..4 {
+                    let b = &bad[(t + i) % bad.len()];
+                    let reply = post_json(&server.url("/v2/models/mean/infer"), b);
+                    assert_eq!(reply.status, 400, "thread {t} request {i}");
+                    let reply = post_json(&server.url("/v2/models/mean/infer"), good);
+                    assert_eq!(reply.status, 200, "thread {t} request {i}");
+                    let got = floats(&output(&reply.json(), "output")["data"]);
+                    assert_close(&format!("thread {t} request {i}"), &got, want);
+                }
+            });
+        }
+    });
 }

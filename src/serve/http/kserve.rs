@@ -302,10 +302,12 @@ fn decode(
                 let members = match name {
                     OUTPUT => false,
                     MEMBERS => true,
-                    other => return Err(bad(format!(
+                    other => {
+                        return Err(bad(format!(
                         "unknown output '{}'; the model's outputs are '{OUTPUT}' and '{MEMBERS}'",
                         excerpt(other)
-                    ))),
+                    )))
+                    }
                 };
                 if outputs.iter().any(|o: &Requested| o.members == members) {
                     return Err(bad(format!("output '{name}' is asked for twice")));
@@ -403,7 +405,7 @@ fn decode_input(input: &Value, binary: &mut Reader<'_>) -> Result<Tensor, ServeE
     let params = object(input.get("parameters"), "input 'input''s 'parameters'")?;
     let values = match params.get("binary_data_size") {
         Some(size) => {
-            if input.get("data").is_some() {
+            if input.get("data").is_some_and(|d| !d.is_null()) {
                 return Err(bad(format!(
                     "input '{INPUT}' has both 'data' and parameter 'binary_data_size'"
                 )));
@@ -566,5 +568,86 @@ fn response(answer: &InferAnswer, echo: Echo) -> binary::Body {
         json: body,
         binary: bytes,
         any,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(states: Vec<MemberState>) -> InferAnswer {
+        let members = states
+            .into_iter()
+            .enumerate()
+            .map(|(i, state)| crate::serve::types::MemberAnswer {
+                name: format!("m{i}"),
+                output: (state == MemberState::Finished)
+                    .then(|| Tensor::matrix(1, 2, vec![i as f32, 1.0]).unwrap()),
+                state,
+            })
+            .collect();
+        InferAnswer {
+            model: "digits".into(),
+            version: 3,
+            output: Tensor::matrix(1, 2, vec![0.25, 0.75]).unwrap(),
+            members,
+        }
+    }
+
+    #[test]
+    fn a_partial_answer_names_the_missing_members_and_why() {
+        let partial = answer(vec![
+            MemberState::Finished,
+            MemberState::Late,
+            MemberState::Failed("device lost".into()),
+        ]);
+        let echo = Echo {
+            id: Some(json!("7")),
+            outputs: vec![
+                Requested {
+                    members: true,
+                    binary: false,
+                },
+                Requested {
+                    members: false,
+                    binary: true,
+                },
+            ],
+        };
+        let body = response(&partial, echo);
+        assert!(body.any);
+        assert_eq!(body.binary, binary::bytes(&[0.25, 0.75]));
+        let json = body.json;
+        assert_eq!(json["id"], "7");
+        assert_eq!(json["model_version"], "3");
+        assert_eq!(json["outputs"][0]["name"], MEMBERS);
+        assert_eq!(json["outputs"][0]["shape"], json!([3, 1, 2]));
+        // The missing members' values are NaN: null in JSON.
+        assert_eq!(
+            json["outputs"][0]["data"],
+            json!([0.0, 1.0, null, null, null, null])
+        );
+        assert_eq!(json["outputs"][1]["parameters"]["binary_data_size"], 8);
+        assert_eq!(json["parameters"]["members_answered"], 1);
+        let missing: Value =
+            serde_json::from_str(json["parameters"]["missing_members"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            missing,
+            json!([{"member": "m1", "reason": "late"}, {"member": "m2", "reason": "failed: device lost"}])
+        );
+        // A whole answer has no parameters.
+        let whole = answer(vec![MemberState::Finished; 2]);
+        let echo = Echo {
+            id: None,
+            outputs: vec![Requested {
+                members: false,
+                binary: false,
+            }],
+        };
+        let json = response(&whole, echo).json;
+        assert!(
+            json.get("parameters").is_none() && json.get("id").is_none(),
+            "{json}"
+        );
     }
 }

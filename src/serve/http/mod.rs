@@ -138,10 +138,11 @@ pub(crate) async fn read_body(
         }
     }
     let drain_cap = limit.saturating_mul(4).clamp(1 << 20, 64 << 20);
-    let too_large = |size: String| {
-        ServeError::PayloadTooLarge(format!(
-            "the request body is {size}; the limit is {limit} bytes"
-        ))
+    let too_large = |size: Option<u64>| {
+        ServeError::PayloadTooLarge(match size {
+            Some(size) => format!("the request body is {size} bytes; the limit is {limit} bytes"),
+            None => format!("the request body is over the limit of {limit} bytes"),
+        })
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -151,7 +152,7 @@ pub(crate) async fn read_body(
         if declared <= drain_cap as u64 {
             drain(&mut body, drain_cap).await;
         }
-        return Err(too_large(format!("{declared} bytes")));
+        return Err(too_large(Some(declared)));
     }
     let mut out: Vec<u8> = Vec::new();
     while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
@@ -164,7 +165,7 @@ pub(crate) async fn read_body(
         if out.len() + data.len() > limit {
             let got = out.len() + data.len();
             drain(&mut body, drain_cap.saturating_sub(got)).await;
-            return Err(too_large(format!("over {limit} bytes")));
+            return Err(too_large(None));
         }
         out.extend_from_slice(&data);
     }
