@@ -751,7 +751,11 @@ fn tf_predict_rows_and_columns_equal_session_run_cpu() {
                 json!({"instances": named, "signature_name": "serving_default"}),
                 "predictions",
             ),
-            ("inputs", json!({"inputs": rows}), "outputs"),
+            (
+                "inputs",
+                json!({"inputs": rows, "signature_name": ""}),
+                "outputs",
+            ),
             (
                 "named inputs",
                 json!({"inputs": {"input": rows}}),

@@ -255,7 +255,8 @@ fn decode(body: &[u8]) -> Result<(Tensor, Format), ServeError> {
         ))
     })?;
     if let Some(name) = body.get("signature_name") {
-        if name.as_str() != Some(SIGNATURE) {
+        // Empty names the default signature, as in TensorFlow Serving.
+        if !matches!(name.as_str(), Some("" | SIGNATURE)) {
             return Err(bad(format!(
                 "signature_name {} is unknown; the model has '{SIGNATURE}'",
                 quote(name)
