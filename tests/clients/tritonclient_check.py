@@ -115,6 +115,15 @@ def checks(url: str) -> None:
         raise AssertionError("an unknown model answered")
     except InferenceServerException as e:
         assert "nope" in e.message(), e.message()
+    # Compressed requests are refused with a message saying so; compressed answers
+    # asked for come back uncompressed (the client reads the missing Content-Encoding).
+    try:
+        client.infer("mean", [inp], request_compression_algorithm="gzip")
+        raise AssertionError("a gzip body was taken")
+    except InferenceServerException as e:
+        assert "gzip" in e.message(), e.message()
+    result = client.infer("mean", [inp], response_compression_algorithm="gzip")
+    close("answer to Accept-Encoding: gzip", result.as_numpy("output"), want)
     close("after the errors", client.infer("mean", [inp]).as_numpy("output"), want)
     client.close()
 
@@ -135,7 +144,7 @@ def main() -> int:
                 server.kill()
                 code = "killed after 30 s"
         assert code == 0, f"the server exited with {code} after SIGTERM"
-    print("tritonclient check: ok (health, metadata, FP32/FP64 binary and JSON inputs, binary and JSON outputs, version, timeout, quorum, errors)")
+    print("tritonclient check: ok (health, metadata, FP32/FP64 binary and JSON inputs, binary and JSON outputs, version, timeout, quorum, errors, compression)")
     return 0
 
 
