@@ -22,6 +22,8 @@ mod reads;
 #[cfg(feature = "serve")]
 mod serve_cli;
 #[cfg(feature = "serve")]
+mod serve_http;
+#[cfg(feature = "serve")]
 mod serve_repo;
 mod shaders;
 mod timing;

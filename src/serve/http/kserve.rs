@@ -1,23 +1,34 @@
-//! KServe v2 / Open Inference Protocol over HTTP/JSON.
+//! KServe v2 / Open Inference Protocol over HTTP: health, server and model metadata,
+//! and inference with JSON tensor data or Triton's binary tensor data extension.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::{json, Value};
+use axum::{Extension, Json, Router};
+use serde_json::{json, Map, Value};
 
-use super::{counted, AppState};
+use super::binary::{self, Reader};
+use super::{checked, counted, quote, read_body, AppState, BodyLimit, Element};
+use crate::error::excerpt;
 use crate::serve::repository::VersionState;
 use crate::serve::types::{InferAnswer, InferRequest, MemberState, ServeError, VersionSelector};
 use crate::tensor::Tensor;
 
+/// The one input every model takes.
+const INPUT: &str = "input";
+/// The aggregate output.
+const OUTPUT: &str = "output";
+/// Every member's output, `[members, rows, classes]`, when asked for by name.
+const MEMBERS: &str = "members";
+
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
+        .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/{model}/ready", get(model_ready))
@@ -37,6 +48,14 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         )
 }
 
+async fn server_metadata() -> Json<Value> {
+    Json(json!({
+        "name": "wgpu-ensemble",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data"],
+    }))
+}
+
 async fn ready(State(state): State<Arc<AppState>>) -> StatusCode {
     if state.is_ready() {
         StatusCode::OK
@@ -45,7 +64,8 @@ async fn ready(State(state): State<Arc<AppState>>) -> StatusCode {
     }
 }
 
-fn version_number(version: &str) -> Result<VersionSelector, ServeError> {
+/// A version in a path: a positive integer, else 404.
+pub(super) fn version_number(version: &str) -> Result<VersionSelector, ServeError> {
     version
         .parse::<u64>()
         .ok()
@@ -54,25 +74,25 @@ fn version_number(version: &str) -> Result<VersionSelector, ServeError> {
         .ok_or_else(|| {
             ServeError::NotFound(format!(
                 "version '{}' is not a positive integer",
-                crate::error::excerpt(version)
+                excerpt(version)
             ))
         })
 }
 
-async fn model_ready(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> StatusCode {
+async fn model_ready(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
     match state.repository.resolve(&model, &VersionSelector::Default) {
-        Ok(_) => StatusCode::OK,
-        Err(_) => StatusCode::NOT_FOUND,
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
 async fn version_ready(
     State(state): State<Arc<AppState>>,
     Path((model, version)): Path<(String, String)>,
-) -> StatusCode {
+) -> Response {
     match version_number(&version).and_then(|v| state.repository.resolve(&model, &v)) {
-        Ok(_) => StatusCode::OK,
-        Err(_) => StatusCode::NOT_FOUND,
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -108,196 +128,423 @@ fn model_metadata(
         "name": model,
         "versions": versions,
         "platform": "wgpu-ensemble",
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, batcher.input_width()]}],
+        "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, batcher.input_width()]}],
         "outputs": [
-            {"name": "output", "datatype": "FP32", "shape": [-1, batcher.output_width()]},
-            {"name": "members", "datatype": "FP32", "shape": [batcher.members().len(), -1, batcher.output_width()]},
+            {"name": OUTPUT, "datatype": "FP32", "shape": [-1, batcher.output_width()]},
+            {"name": MEMBERS, "datatype": "FP32", "shape": [batcher.members().len(), -1, batcher.output_width()]},
         ],
     })))
 }
 
 async fn infer(
     State(state): State<Arc<AppState>>,
+    Extension(limit): Extension<BodyLimit>,
     Path(model): Path<String>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
-    run_infer(state, model, VersionSelector::Default, body).await
+    run_infer(state, limit, model, VersionSelector::Default, headers, body).await
 }
 
 async fn version_infer(
     State(state): State<Arc<AppState>>,
+    Extension(limit): Extension<BodyLimit>,
     Path((model, version)): Path<(String, String)>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
     match version_number(&version) {
-        Ok(selector) => run_infer(state, model, selector, body).await,
+        Ok(selector) => run_infer(state, limit, model, selector, headers, body).await,
         Err(e) => e.into_response(),
     }
 }
 
 async fn run_infer(
     state: Arc<AppState>,
+    limit: BodyLimit,
     model: String,
     selector: VersionSelector,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
     let received = Instant::now();
     let label = match &selector {
         VersionSelector::Number(v) => v.to_string(),
         _ => String::new(),
     };
-    let result = answer(&state, &model, &selector, &body, received).await;
+    let result = answer(&state, &model, &selector, &headers, body, limit, received).await;
     let version = match &result {
         Ok((_, answer)) => answer.version.to_string(),
         Err(_) => label,
     };
     match counted(&state, &model, &version, received, result) {
-        Ok((id, answer)) => Json(response(&answer, id)).into_response(),
+        Ok((decoded, answer)) => response(&answer, decoded).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-/// The request's `id` (echoed) and the answer.
+/// The decoded request's echo parts and the answer.
 async fn answer(
     state: &AppState,
     model: &str,
     selector: &VersionSelector,
-    body: &[u8],
+    headers: &HeaderMap,
+    body: Body,
+    limit: BodyLimit,
     received: Instant,
-) -> Result<(Option<Value>, InferAnswer), ServeError> {
-    let parsed: Value = serde_json::from_slice(body)
-        .map_err(|e| ServeError::BadRequest(format!("the request body is not valid JSON: {e}")))?;
-    let (request, id) = decode(&parsed, received)?;
+) -> Result<(Echo, InferAnswer), ServeError> {
+    let body = read_body(headers, body, limit.0).await?;
+    let (request, echo) = decode(headers, &body, received)?;
     let (_served, reply) = state.repository.submit(model, selector, request)?;
     let answer = reply
         .await
         .map_err(|_| ServeError::Internal("the version stopped before answering".into()))??;
-    Ok((id, answer))
+    Ok((echo, answer))
 }
 
-/// A KServe v2 inference request as JSON → rows and options.
-fn decode(body: &Value, received: Instant) -> Result<(InferRequest, Option<Value>), ServeError> {
-    let bad = |m: String| ServeError::BadRequest(m);
+/// What the response repeats from the request: the id and the outputs asked for.
+#[derive(Debug)]
+struct Echo {
+    id: Option<Value>,
+    outputs: Vec<Requested>,
+}
+
+/// An output asked for, and whether it goes back as binary data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Requested {
+    members: bool,
+    binary: bool,
+}
+
+/// A KServe v2 inference request (JSON, or JSON and binary tensor data) → rows and
+/// options.
+fn decode(
+    headers: &HeaderMap,
+    body: &[u8],
+    received: Instant,
+) -> Result<(InferRequest, Echo), ServeError> {
+    let bad = ServeError::BadRequest;
+    let (json, mut binary) = binary::split(headers, body)?;
+    let parsed: Value = serde_json::from_slice(json)
+        .map_err(|e| bad(format!("the request body is not valid JSON: {e}")))?;
+    let body = parsed.as_object().ok_or_else(|| {
+        bad(format!(
+            "the request is {}; expected a JSON object",
+            quote(&parsed)
+        ))
+    })?;
     let id = body.get("id").cloned();
+    let parameters = object(body.get("parameters"), "the request's 'parameters'")?;
     let inputs = body
         .get("inputs")
         .and_then(Value::as_array)
         .ok_or_else(|| bad("the request has no 'inputs' array".into()))?;
-    let input = inputs
-        .iter()
-        .find(|i| i.get("name").and_then(Value::as_str) == Some("input"))
-        .ok_or_else(|| bad("the request has no input named 'input'".into()))?;
-    let datatype = input.get("datatype").and_then(Value::as_str).unwrap_or("");
-    if datatype != "FP32" && datatype != "FP64" {
-        return Err(bad(format!(
-            "input 'input' has datatype '{}'; expected FP32 or FP64",
-            crate::error::excerpt(datatype)
-        )));
+    let mut tensor = None;
+    for input in inputs {
+        let name = input
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad(format!("an input has no 'name': {}", quote(input))))?;
+        if name != INPUT {
+            return Err(bad(format!(
+                "unknown input '{}'; the model takes one input, '{INPUT}'",
+                excerpt(name)
+            )));
+        }
+        if tensor.is_some() {
+            return Err(bad(format!("input '{INPUT}' is given twice")));
+        }
+        tensor = Some(decode_input(input, &mut binary)?);
     }
-    let shape: Vec<usize> = input
-        .get("shape")
-        .and_then(Value::as_array)
-        .and_then(|s| s.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
-        .ok_or_else(|| bad("input 'input' has no 'shape' of non-negative integers".into()))?;
-    let [rows, cols] = shape[..] else {
-        return Err(bad(format!(
-            "input 'input' has shape {shape:?}; expected [rows, width]"
-        )));
-    };
-    let mut values = Vec::with_capacity(rows.saturating_mul(cols).min(1 << 24));
-    flatten(
-        input
-            .get("data")
-            .ok_or_else(|| bad("input 'input' has no 'data'".into()))?,
-        &mut values,
-    )?;
-    if values.len() != rows.saturating_mul(cols) {
-        return Err(bad(format!(
-            "input 'input' has {} values; its shape [{rows}, {cols}] needs {}",
-            values.len(),
-            rows.saturating_mul(cols)
-        )));
-    }
-    let tensor = Tensor::matrix(rows, cols, values).map_err(|e| bad(e.to_string()))?;
+    let tensor = tensor.ok_or_else(|| bad(format!("the request has no input named '{INPUT}'")))?;
+    binary.finish()?;
+
     let mut request = InferRequest::new(tensor);
     request.received = received;
-    if let Some(parameters) = body.get("parameters") {
-        if let Some(t) = parameters.get("timeout") {
-            let micros = t.as_u64().ok_or_else(|| {
-                bad("parameter 'timeout' is not a whole number of microseconds".into())
-            })?;
-            request.timeout = Some(Duration::from_micros(micros));
-        }
-        if let Some(q) = parameters.get("quorum") {
-            let n = q
-                .as_u64()
-                .ok_or_else(|| bad("parameter 'quorum' is not a positive integer".into()))?;
-            request.quorum = Some(n as usize);
-        }
+    if let Some(t) = parameters.get("timeout") {
+        let micros = t.as_u64().ok_or_else(|| {
+            bad(format!(
+                "parameter 'timeout' is {}; expected a whole number of microseconds",
+                quote(t)
+            ))
+        })?;
+        // 0 is no timeout, as in Triton.
+        request.timeout = (micros > 0).then(|| Duration::from_micros(micros));
     }
-    request.want_members = body
-        .get("outputs")
-        .and_then(Value::as_array)
-        .is_some_and(|o| {
-            o.iter()
-                .any(|o| o.get("name").and_then(Value::as_str) == Some("members"))
-        });
-    Ok((request, id))
+    if let Some(q) = parameters.get("quorum") {
+        let n = q
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| {
+                bad(format!(
+                    "parameter 'quorum' is {}; expected a positive integer",
+                    quote(q)
+                ))
+            })?;
+        request.quorum = Some(n);
+    }
+    let binary_default = flag(parameters.get("binary_data_output"), "binary_data_output")?;
+
+    let outputs = match body.get("outputs") {
+        None | Some(Value::Null) => vec![Requested {
+            members: false,
+            binary: binary_default,
+        }],
+        Some(Value::Array(asked)) => {
+            let mut outputs = Vec::new();
+            for output in asked {
+                let name = output.get("name").and_then(Value::as_str).ok_or_else(|| {
+                    bad(format!(
+                        "a requested output has no 'name': {}",
+                        quote(output)
+                    ))
+                })?;
+                let members = match name {
+                    OUTPUT => false,
+                    MEMBERS => true,
+                    other => {
+                        return Err(bad(format!(
+                        "unknown output '{}'; the model's outputs are '{OUTPUT}' and '{MEMBERS}'",
+                        excerpt(other)
+                    )))
+                    }
+                };
+                if outputs.iter().any(|o: &Requested| o.members == members) {
+                    return Err(bad(format!("output '{name}' is asked for twice")));
+                }
+                let params = object(
+                    output.get("parameters"),
+                    "a requested output's 'parameters'",
+                )?;
+                if params.contains_key("classification") {
+                    return Err(bad(format!(
+                        "output '{name}': the classification extension is not supported"
+                    )));
+                }
+                let binary = match params.get("binary_data") {
+                    None => binary_default,
+                    some => flag(some, "binary_data")?,
+                };
+                outputs.push(Requested { members, binary });
+            }
+            if outputs.is_empty() {
+                return Err(bad("the request's 'outputs' is empty".into()));
+            }
+            outputs
+        }
+        Some(other) => {
+            return Err(bad(format!(
+                "the request's 'outputs' is {}; expected a list",
+                quote(other)
+            )))
+        }
+    };
+    request.want_members = outputs.iter().any(|o| o.members);
+    Ok((request, Echo { id, outputs }))
 }
 
-/// `data`, flat or nested, row-major, into f32 values (finite, within f32's range).
-fn flatten(data: &Value, out: &mut Vec<f32>) -> Result<(), ServeError> {
-    match data {
-        Value::Array(items) => items.iter().try_for_each(|v| flatten(v, out)),
-        Value::Number(n) => {
-            let v = n.as_f64().unwrap_or(f64::NAN);
-            if !v.is_finite() || v.abs() > f64::from(f32::MAX) {
-                return Err(ServeError::BadRequest(format!(
-                    "input 'input' value {n} at index {} is not a finite float32",
-                    out.len()
-                )));
-            }
-            out.push(v as f32);
-            Ok(())
-        }
-        other => Err(ServeError::BadRequest(format!(
-            "input 'input' has a non-number {} at index {}",
-            crate::error::excerpt(&other.to_string()),
-            out.len()
+/// `parameters` objects are optional; when given they must be objects.
+fn object<'a>(value: Option<&'a Value>, what: &str) -> Result<&'a Map<String, Value>, ServeError> {
+    static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+    match value {
+        None | Some(Value::Null) => Ok(EMPTY.get_or_init(Map::new)),
+        Some(Value::Object(map)) => Ok(map),
+        Some(other) => Err(ServeError::BadRequest(format!(
+            "{what} is {}; expected an object",
+            quote(other)
         ))),
     }
 }
 
-fn response(answer: &InferAnswer, id: Option<Value>) -> Value {
+/// A boolean parameter (absent: false).
+fn flag(value: Option<&Value>, name: &str) -> Result<bool, ServeError> {
+    match value {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(ServeError::BadRequest(format!(
+            "parameter '{name}' is {}; expected true or false",
+            quote(other)
+        ))),
+    }
+}
+
+/// The input tensor: datatype, shape, and its values from `data` or the binary data.
+fn decode_input(input: &Value, binary: &mut Reader<'_>) -> Result<Tensor, ServeError> {
+    let bad = ServeError::BadRequest;
+    let datatype = input.get("datatype").and_then(Value::as_str).unwrap_or("");
+    let element = match datatype {
+        "FP32" => Element::Fp32,
+        "FP64" => Element::Fp64,
+        other => {
+            return Err(bad(format!(
+                "input '{INPUT}' has datatype '{}'; expected FP32 or FP64",
+                excerpt(other)
+            )))
+        }
+    };
+    let shape_value = input.get("shape").unwrap_or(&Value::Null);
+    let shape: Option<Vec<usize>> = shape_value.as_array().and_then(|s| {
+        s.iter()
+            .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+            .collect()
+    });
+    let (rows, cols) = match shape.as_deref() {
+        Some(&[rows, cols]) => (rows, cols),
+        _ => {
+            return Err(bad(format!(
+                "input '{INPUT}' has shape {}; expected [rows, width] of non-negative integers",
+                quote(shape_value)
+            )))
+        }
+    };
+    let count = rows.checked_mul(cols).ok_or_else(|| {
+        bad(format!(
+            "input '{INPUT}' has shape [{rows}, {cols}]: more values than can be addressed"
+        ))
+    })?;
+    let params = object(input.get("parameters"), "input 'input''s 'parameters'")?;
+    let values = match params.get("binary_data_size") {
+        Some(size) => {
+            if input.get("data").is_some_and(|d| !d.is_null()) {
+                return Err(bad(format!(
+                    "input '{INPUT}' has both 'data' and parameter 'binary_data_size'"
+                )));
+            }
+            let size = size
+                .as_u64()
+                .and_then(|s| usize::try_from(s).ok())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "input '{INPUT}' has binary_data_size {}; expected a number of bytes",
+                        quote(size)
+                    ))
+                })?;
+            let expected = count.checked_mul(element.size());
+            if expected != Some(size) {
+                return Err(bad(format!(
+                    "input '{INPUT}' has binary_data_size {size}; its shape [{rows}, {cols}] of \
+                     {datatype} needs {} bytes",
+                    expected.map_or_else(|| "more".to_string(), |e| e.to_string())
+                )));
+            }
+            binary::values(INPUT, element, binary.take(INPUT, size)?)?
+        }
+        None => {
+            let data = input.get("data").ok_or_else(|| {
+                bad(format!(
+                    "input '{INPUT}' has neither 'data' nor parameter 'binary_data_size'"
+                ))
+            })?;
+            json_values(data, rows, cols)?
+        }
+    };
+    Tensor::matrix(rows, cols, values).map_err(|e| bad(format!("input '{INPUT}': {e}")))
+}
+
+/// `data` of shape `[rows, cols]`, flat (`rows · cols` numbers) or nested (`rows` lists
+/// of `cols` numbers), row-major.
+fn json_values(data: &Value, rows: usize, cols: usize) -> Result<Vec<f32>, ServeError> {
+    let bad = ServeError::BadRequest;
+    let items = data.as_array().ok_or_else(|| {
+        bad(format!(
+            "input '{INPUT}' has 'data' {}; expected a list of numbers",
+            quote(data)
+        ))
+    })?;
+    let mut out = Vec::new();
+    let flat = items.iter().all(|v| !v.is_array());
+    if flat {
+        if items.len() != rows.saturating_mul(cols) {
+            return Err(bad(format!(
+                "input '{INPUT}' has {} values in 'data'; its shape [{rows}, {cols}] needs {}",
+                items.len(),
+                rows.saturating_mul(cols)
+            )));
+        }
+        for item in items {
+            out.push(number(item, out.len())?);
+        }
+        return Ok(out);
+    }
+    if items.len() != rows {
+        return Err(bad(format!(
+            "input '{INPUT}' has {} rows in 'data'; its shape [{rows}, {cols}] needs {rows}",
+            items.len()
+        )));
+    }
+    for (r, row) in items.iter().enumerate() {
+        let row = row.as_array().ok_or_else(|| {
+            bad(format!(
+                "input '{INPUT}' 'data' mixes numbers and lists: item {r} is {}",
+                quote(row)
+            ))
+        })?;
+        if row.len() != cols {
+            return Err(bad(format!(
+                "input '{INPUT}' 'data' row {r} has {} values; its shape [{rows}, {cols}] needs {cols}",
+                row.len()
+            )));
+        }
+        for item in row {
+            out.push(number(item, out.len())?);
+        }
+    }
+    Ok(out)
+}
+
+/// One JSON number, finite and within f32's range.
+fn number(item: &Value, index: usize) -> Result<f32, ServeError> {
+    match item.as_f64() {
+        Some(v) if item.is_number() => checked(INPUT, v, index),
+        _ => Err(ServeError::BadRequest(format!(
+            "input '{INPUT}' has {} at index {index}; expected a number",
+            quote(item)
+        ))),
+    }
+}
+
+/// The answer in KServe v2's format, with the outputs asked for in the order asked.
+fn response(answer: &InferAnswer, echo: Echo) -> binary::Body {
     let rows = answer.output.shape()[0];
     let classes = answer.output.shape().get(1).copied().unwrap_or(0);
-    let mut outputs = vec![json!({
-        "name": "output",
-        "datatype": "FP32",
-        "shape": [rows, classes],
-        "data": answer.output.as_slice(),
-    })];
-    if answer.members.iter().any(|m| m.output.is_some()) {
-        let mut data = Vec::new();
-        for m in &answer.members {
-            match &m.output {
-                Some(t) => data.extend_from_slice(t.as_slice()),
-                None => data.extend(std::iter::repeat_n(f32::NAN, rows * classes)),
+    let mut outputs = Vec::new();
+    let mut bytes = Vec::new();
+    let mut any = false;
+    for asked in &echo.outputs {
+        let (name, shape, values): (&str, Vec<usize>, Vec<f32>) = if asked.members {
+            let mut data = Vec::with_capacity(answer.members.len() * rows * classes);
+            for m in &answer.members {
+                match &m.output {
+                    Some(t) => data.extend_from_slice(t.as_slice()),
+                    // A missing member: NaN (null in JSON).
+                    None => data.extend(std::iter::repeat_n(f32::NAN, rows * classes)),
+                }
             }
+            (MEMBERS, vec![answer.members.len(), rows, classes], data)
+        } else {
+            (
+                OUTPUT,
+                vec![rows, classes],
+                answer.output.as_slice().to_vec(),
+            )
+        };
+        let mut output = json!({"name": name, "datatype": "FP32", "shape": shape});
+        if asked.binary {
+            let raw = binary::bytes(&values);
+            output["parameters"] = json!({"binary_data_size": raw.len()});
+            bytes.extend_from_slice(&raw);
+            any = true;
+        } else {
+            output["data"] = json!(values);
         }
-        outputs.push(json!({
-            "name": "members",
-            "datatype": "FP32",
-            "shape": [answer.members.len(), rows, classes],
-            "data": data,
-        }));
+        outputs.push(output);
     }
     let mut body = json!({
         "model_name": answer.model,
         "model_version": answer.version.to_string(),
         "outputs": outputs,
     });
-    if let Some(id) = id {
+    if let Some(id) = echo.id {
         body["id"] = id;
     }
     let missing: Vec<Value> = answer
@@ -312,8 +559,95 @@ fn response(answer: &InferAnswer, id: Option<Value>) -> Value {
         })
         .collect();
     if !missing.is_empty() {
-        body["parameters"] =
-            json!({ "missing_members": serde_json::to_string(&missing).unwrap_or_default() });
+        body["parameters"] = json!({
+            "missing_members": serde_json::to_string(&missing).unwrap_or_default(),
+            "members_answered": answer.members.len() - missing.len(),
+        });
     }
-    body
+    binary::Body {
+        json: body,
+        binary: bytes,
+        any,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(states: Vec<MemberState>) -> InferAnswer {
+        let members = states
+            .into_iter()
+            .enumerate()
+            .map(|(i, state)| crate::serve::types::MemberAnswer {
+                name: format!("m{i}"),
+                output: (state == MemberState::Finished)
+                    .then(|| Tensor::matrix(1, 2, vec![i as f32, 1.0]).unwrap()),
+                state,
+            })
+            .collect();
+        InferAnswer {
+            model: "digits".into(),
+            version: 3,
+            output: Tensor::matrix(1, 2, vec![0.25, 0.75]).unwrap(),
+            members,
+        }
+    }
+
+    #[test]
+    fn a_partial_answer_names_the_missing_members_and_why() {
+        let partial = answer(vec![
+            MemberState::Finished,
+            MemberState::Late,
+            MemberState::Failed("device lost".into()),
+        ]);
+        let echo = Echo {
+            id: Some(json!("7")),
+            outputs: vec![
+                Requested {
+                    members: true,
+                    binary: false,
+                },
+                Requested {
+                    members: false,
+                    binary: true,
+                },
+            ],
+        };
+        let body = response(&partial, echo);
+        assert!(body.any);
+        assert_eq!(body.binary, binary::bytes(&[0.25, 0.75]));
+        let json = body.json;
+        assert_eq!(json["id"], "7");
+        assert_eq!(json["model_version"], "3");
+        assert_eq!(json["outputs"][0]["name"], MEMBERS);
+        assert_eq!(json["outputs"][0]["shape"], json!([3, 1, 2]));
+        // The missing members' values are NaN: null in JSON.
+        assert_eq!(
+            json["outputs"][0]["data"],
+            json!([0.0, 1.0, null, null, null, null])
+        );
+        assert_eq!(json["outputs"][1]["parameters"]["binary_data_size"], 8);
+        assert_eq!(json["parameters"]["members_answered"], 1);
+        let missing: Value =
+            serde_json::from_str(json["parameters"]["missing_members"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            missing,
+            json!([{"member": "m1", "reason": "late"}, {"member": "m2", "reason": "failed: device lost"}])
+        );
+        // A whole answer has no parameters.
+        let whole = answer(vec![MemberState::Finished; 2]);
+        let echo = Echo {
+            id: None,
+            outputs: vec![Requested {
+                members: false,
+                binary: false,
+            }],
+        };
+        let json = response(&whole, echo).json;
+        assert!(
+            json.get("parameters").is_none() && json.get("id").is_none(),
+            "{json}"
+        );
+    }
 }

@@ -1,16 +1,25 @@
-//! The HTTP side: KServe v2 (Open Inference Protocol) and TensorFlow Serving REST on
-//! one port, and `GET /metrics`.
+//! The HTTP side: KServe v2 (Open Inference Protocol, with Triton's binary tensor data
+//! extension) and TensorFlow Serving REST on one port, and `GET /metrics`.
+//!
+//! Every error is an HTTP status with the body `{"error": "..."}` (both protocols'
+//! format): routes that do not exist, methods a route does not take and bodies over the
+//! limit included.
 
+mod binary;
 mod kserve;
+mod tfserving;
 
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::http::StatusCode;
+use axum::body::{Body, HttpBody};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 
 use super::metrics::Metrics;
 use super::repository::Repository;
@@ -30,11 +39,19 @@ impl AppState {
     }
 }
 
+/// The largest request body taken, in bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BodyLimit(pub usize);
+
 /// The routes of both protocols, with the body limit.
 pub(crate) fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .merge(kserve::routes())
+        .merge(tfserving::routes())
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(Extension(BodyLimit(max_body_bytes)))
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -46,6 +63,27 @@ async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn no_route(method: Method, uri: Uri) -> ServeError {
+    ServeError::NotFound(format!(
+        "no endpoint {method} {}; this server speaks KServe v2 (/v2/...) and TensorFlow \
+         Serving REST (/v1/models/...)",
+        crate::error::excerpt(uri.path())
+    ))
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(serde_json::json!({
+            "error": format!(
+                "{} does not take {method}",
+                crate::error::excerpt(uri.path())
+            )
+        })),
     )
         .into_response()
 }
@@ -79,4 +117,108 @@ pub(crate) fn counted<T>(
         .metrics
         .request(model, version, outcome, received.elapsed());
     result
+}
+
+/// Reads a request body of at most `limit` bytes. A larger one is refused with 413
+/// (JSON, as every error); its rest is read and dropped first when it is at most four
+/// times the limit (64 MiB at most), so that a client that sends the whole body before
+/// reading the answer gets the 413 rather than a reset connection.
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    mut body: Body,
+    limit: usize,
+) -> Result<Vec<u8>, ServeError> {
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
+        let encoding = String::from_utf8_lossy(encoding.as_bytes());
+        if !encoding.trim().eq_ignore_ascii_case("identity") {
+            return Err(ServeError::BadRequest(format!(
+                "Content-Encoding '{}' is not supported; send the body uncompressed",
+                crate::error::excerpt(&encoding)
+            )));
+        }
+    }
+    let drain_cap = limit.saturating_mul(4).clamp(1 << 20, 64 << 20);
+    let too_large = |size: Option<u64>| {
+        ServeError::PayloadTooLarge(match size {
+            Some(size) => format!("the request body is {size} bytes; the limit is {limit} bytes"),
+            None => format!("the request body is over the limit of {limit} bytes"),
+        })
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(declared) = declared.filter(|&d| d > limit as u64) {
+        if declared <= drain_cap as u64 {
+            drain(&mut body, drain_cap).await;
+        }
+        return Err(too_large(Some(declared)));
+    }
+    let mut out: Vec<u8> = Vec::new();
+    while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|e| {
+            ServeError::BadRequest(format!("the request body could not be read: {e}"))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if out.len() + data.len() > limit {
+            let got = out.len() + data.len();
+            drain(&mut body, drain_cap.saturating_sub(got)).await;
+            return Err(too_large(None));
+        }
+        out.extend_from_slice(&data);
+    }
+    Ok(out)
+}
+
+/// Reads and drops up to `cap` more bytes of `body`.
+async fn drain(body: &mut Body, cap: usize) {
+    let mut read = 0usize;
+    while read <= cap {
+        match poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    read += data.len();
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// The element types an input may have on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Element {
+    Fp32,
+    Fp64,
+}
+
+impl Element {
+    /// Bytes per value.
+    pub(crate) fn size(self) -> usize {
+        match self {
+            Element::Fp32 => 4,
+            Element::Fp64 => 8,
+        }
+    }
+}
+
+/// A value of input `input` at flat index `index` as f32: finite and within f32's
+/// range, or a 400 naming the index and the value.
+pub(crate) fn checked(input: &str, value: f64, index: usize) -> Result<f32, ServeError> {
+    if value.is_finite() && value.abs() <= f64::from(f32::MAX) {
+        return Ok(value as f32);
+    }
+    Err(ServeError::BadRequest(format!(
+        "input '{}' value {value} at index {index} is not a finite float32 \
+         (NaN, infinities and magnitudes over {:e} are refused)",
+        crate::error::excerpt(input),
+        f32::MAX
+    )))
+}
+
+/// A JSON value quoted in an error, at most 200 characters.
+pub(crate) fn quote(value: &serde_json::Value) -> String {
+    crate::error::excerpt(&value.to_string())
 }

@@ -7,6 +7,8 @@ use rand::{Rng, SeedableRng};
 use wgpu_ensemble::{Activation, Model, Tensor};
 
 mod devices;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 pub use devices::*;
 

@@ -1,0 +1,188 @@
+//! A server on 127.0.0.1 (port 0) over a model repository made in a tempdir from the
+//! golden fixtures, and a bounded HTTP client for it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use wgpu_ensemble::serve::{ServeConfig, Server};
+
+use super::golden;
+
+/// A running server and the repository it serves (removed when dropped, after the
+/// server has stopped).
+pub struct TestServer {
+    server: Option<Server>,
+    /// The model repository.
+    pub dir: tempfile::TempDir,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl TestServer {
+    /// Serves `models` (name, version, golden manifest such as `mean.toml`) with every
+    /// member on `device` (`cpu`, `adapter:0`, `auto`), polling every 50 ms.
+    pub fn start(models: &[(&str, u64, &str)], device: &str) -> Self {
+        Self::start_with(models, device, |c| c)
+    }
+
+    /// As [`TestServer::start`], with the configuration changed by `configure`.
+    pub fn start_with(
+        models: &[(&str, u64, &str)],
+        device: &str,
+        configure: impl FnOnce(ServeConfig) -> ServeConfig,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("a tempdir");
+        for (model, version, manifest) in models {
+            add_version(dir.path(), model, *version, manifest, device);
+        }
+        let config = configure(
+            ServeConfig::new(dir.path())
+                .addr(([127, 0, 0, 1], 0).into())
+                .poll_interval(Duration::from_millis(50)),
+        );
+        let server = Server::start(config).expect("the server starts");
+        let base = format!("http://{}", server.addr());
+        Self {
+            server: Some(server),
+            dir,
+            base,
+        }
+    }
+
+    /// The server.
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("running")
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stops the server (answering what it accepted) and keeps the repository.
+    pub fn shutdown(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Writes `root/<model>/<version>/` from the golden fixtures: every `*.safetensors`
+/// and `manifest` as `ensemble.toml` with each member's `device = "auto"` replaced by
+/// `device`. The folder is written under another name and renamed into place, so a
+/// polling server never sees it half-written.
+pub fn add_version(root: &Path, model: &str, version: u64, manifest: &str, device: &str) {
+    let model_dir = root.join(model);
+    let staging = model_dir.join(format!(".staging-{version}"));
+    std::fs::create_dir_all(&staging).expect("create the version folder");
+    let fixtures = golden("");
+    for entry in std::fs::read_dir(&fixtures).expect("the golden fixtures") {
+        let path = entry.expect("a fixture").path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            std::fs::copy(&path, staging.join(path.file_name().unwrap())).expect("copy");
+        }
+    }
+    let text = std::fs::read_to_string(golden(manifest)).expect("the manifest");
+    let text = text.replace("device = \"auto\"", &format!("device = \"{device}\""));
+    std::fs::write(staging.join("ensemble.toml"), text).expect("write the manifest");
+    std::fs::rename(&staging, model_dir.join(version.to_string())).expect("rename into place");
+}
+
+/// An HTTP client that returns every status as a response (no error for 4xx/5xx) and
+/// gives up after 30 s.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// A response's status, headers and body.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The body as JSON (panics, quoting the body, when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {}: the body is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body[..self.body.len().min(500)])
+            )
+        })
+    }
+
+    /// A header's value (names are case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The `error` of a JSON error body.
+    pub fn error(&self) -> String {
+        let body = self.json();
+        body.get("error")
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("status {}: no 'error' in {body}", self.status))
+            .to_string()
+    }
+}
+
+fn reply(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+    let mut response = response.expect("an HTTP response");
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_vec()
+        .expect("the body");
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `GET url`.
+pub fn get(url: &str) -> Reply {
+    reply(agent().get(url).call())
+}
+
+/// `POST url` with a JSON body.
+pub fn post_json(url: &str, body: &Value) -> Reply {
+    reply(agent().post(url).send_json(body))
+}
+
+/// `POST url` with raw bytes and extra headers.
+pub fn post_bytes(url: &str, headers: &[(&str, String)], body: &[u8]) -> Reply {
+    let mut request = agent().post(url);
+    for (name, value) in headers {
+        request = request.header(*name, value.as_str());
+    }
+    reply(request.send(body))
+}
