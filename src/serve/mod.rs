@@ -36,6 +36,7 @@ pub use types::{
 };
 
 use crate::error::{Error, Result};
+use crate::options::SessionOptions;
 use crate::precision::Precision;
 
 /// How to serve.
@@ -56,6 +57,9 @@ pub struct ServeConfig {
     pub precision: Precision,
     /// The largest request body taken; a larger one is refused with 413.
     pub max_body_bytes: usize,
+    /// The options every replica's session is made with (its precision is replaced
+    /// by [`ServeConfig::precision`]), a [`FaultPlan`](crate::FaultPlan) among them.
+    pub session: SessionOptions,
 }
 
 impl ServeConfig {
@@ -71,7 +75,14 @@ impl ServeConfig {
             replicas: Replicas::Manifest,
             precision: Precision::F32,
             max_body_bytes: 8 << 20,
+            session: SessionOptions::default(),
         }
+    }
+
+    /// Sets [`ServeConfig::session`].
+    pub fn session(mut self, options: SessionOptions) -> Self {
+        self.session = options;
+        self
     }
 
     /// Sets [`ServeConfig::addr`].
@@ -137,12 +148,11 @@ impl Server {
     pub fn start(config: ServeConfig) -> Result<Self> {
         let metrics = Metrics::new();
         let repository = Arc::new(Repository::open(
-            RepositoryConfig {
-                root: config.repository.clone(),
-                replicas: config.replicas,
-                precision: config.precision,
-                batch: config.batch.clone(),
-            },
+            RepositoryConfig::new(config.repository.clone())
+                .replicas(config.replicas)
+                .precision(config.precision)
+                .batch(config.batch.clone())
+                .session(config.session.clone()),
             metrics.clone(),
         )?);
         repository.poll();

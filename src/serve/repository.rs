@@ -63,6 +63,10 @@ pub struct RepositoryConfig {
     pub precision: Precision,
     /// Batching of every version (a model's `config.toml` may change it).
     pub batch: BatchConfig,
+    /// The options every replica's session is made with (its precision is replaced
+    /// by [`RepositoryConfig::precision`]): timeouts, tiles, device timing, and a
+    /// [`FaultPlan`](crate::FaultPlan) to try failures through the server.
+    pub session: SessionOptions,
 }
 
 impl RepositoryConfig {
@@ -74,7 +78,14 @@ impl RepositoryConfig {
             replicas: Replicas::Manifest,
             precision: Precision::F32,
             batch: BatchConfig::default(),
+            session: SessionOptions::default(),
         }
+    }
+
+    /// Sets [`RepositoryConfig::session`].
+    pub fn session(mut self, options: SessionOptions) -> Self {
+        self.session = options;
+        self
     }
 
     /// Sets [`RepositoryConfig::replicas`].
@@ -516,7 +527,7 @@ impl Repository {
                 let width = graph.input_width();
                 let session = Session::with_options(
                     graph,
-                    SessionOptions::default().precision(self.config.precision),
+                    self.config.session.clone().precision(self.config.precision),
                 )?;
                 // Warm: one run before the version is served.
                 session.run(&Tensor::zeros(1, width), &RunOptions::default())?;

@@ -53,7 +53,9 @@ fn start(root: &Path) -> (Child, String) {
 }
 
 fn infer_body(rows: usize) -> String {
-    let data: Vec<String> = (0..rows * 16).map(|i| format!("{}", (i % 7) as f32 / 7.0)).collect();
+    let data: Vec<String> = (0..rows * 16)
+        .map(|i| format!("{}", (i % 7) as f32 / 7.0))
+        .collect();
     format!(
         "{{\"inputs\":[{{\"name\":\"input\",\"datatype\":\"FP32\",\"shape\":[{rows},16],\"data\":[{}]}}]}}",
         data.join(",")
@@ -67,7 +69,9 @@ fn sigterm_answers_the_requests_accepted_then_exits_0() {
     slow_repository(dir.path());
     let (mut child, addr) = start(dir.path());
     let url = format!("http://{addr}/v2/models/slow/infer");
-    let live = ureq::get(&format!("http://{addr}/v2/health/live")).call().unwrap();
+    let live = ureq::get(&format!("http://{addr}/v2/health/live"))
+        .call()
+        .unwrap();
     assert_eq!(live.status(), 200);
 
     // Eight requests of 512 rows, sent at once: one runs, the others wait in the queue.
@@ -105,7 +109,8 @@ fn sigterm_answers_the_requests_accepted_then_exits_0() {
     let mut last = Duration::ZERO;
     for client in clients {
         let (answer, at) = client.join().unwrap();
-        let body = answer.unwrap_or_else(|e| panic!("a request accepted before SIGTERM failed: {e}"));
+        let body =
+            answer.unwrap_or_else(|e| panic!("a request accepted before SIGTERM failed: {e}"));
         assert!(body.contains("\"model_name\":\"slow\""), "{body}");
         last = last.max(at);
     }
@@ -126,13 +131,21 @@ fn sigterm_answers_the_requests_accepted_then_exits_0() {
     };
     assert_eq!(code, Some(0));
     // Nothing listens any more.
-    assert!(ureq::get(&format!("http://{addr}/v2/health/live")).call().is_err());
+    assert!(ureq::get(&format!("http://{addr}/v2/health/live"))
+        .call()
+        .is_err());
 }
 
 /// A repository that is not a folder is refused before anything listens, naming it.
 #[test]
 fn a_missing_repository_is_an_error() {
-    let out = crate::common::cli(&["serve", "--port", "0", "--model-repository", "/nonexistent/models"]);
+    let out = crate::common::cli(&[
+        "serve",
+        "--port",
+        "0",
+        "--model-repository",
+        "/nonexistent/models",
+    ]);
     assert!(!out.status.success());
     let err = crate::common::stderr(&out);
     assert!(err.contains("/nonexistent/models"), "{err}");

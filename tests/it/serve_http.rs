@@ -1034,3 +1034,88 @@ fn bad_requests_beside_good_ones_change_nothing_cpu() {
         }
     });
 }
+
+/// A member that fails (a `FaultPlan` through `ServeConfig::session`): with a quorum,
+/// the answer is the aggregate of the others — as `Session::run` gives it with the
+/// same fault — and its `parameters` name the missing member and why; without one,
+/// the request fails naming it. A member late at the deadline without a quorum: 504
+/// naming the late members.
+#[test]
+fn partial_answers_and_late_members_name_them_cpu() {
+    use wgpu_ensemble::{Fault, FaultPlan, QuorumPolicy, SessionOptions};
+    // Run 0 of every session is the warm-up; from run 1 on, `fc-f64` fails.
+    let plan = FaultPlan::new().from_run("fc-f64", 1, Fault::Fail);
+    let server = TestServer::start_with(&[("mean", 1, "mean.toml")], "cpu", |c| {
+        c.session(SessionOptions::default().faults(plan.clone()))
+    });
+    let x = x();
+    let manifest = Manifest::load(golden("mean.toml")).unwrap();
+    let session = Session::with_options(
+        manifest.graph(Some(&Placement::Cpu)).unwrap(),
+        SessionOptions::default().faults(plan.clone()),
+    )
+    .unwrap();
+    let warm = Tensor::zeros(1, x.shape()[1]);
+    session.run(&warm, &RunOptions::default()).unwrap();
+    let want: Vec<f64> = session
+        .run(&x, &RunOptions::default().quorum(QuorumPolicy::Quorum(4)))
+        .unwrap()
+        .aggregate
+        .as_slice()
+        .iter()
+        .map(|&v| f64::from(v))
+        .collect();
+
+    let mut body = infer_body(&x, false);
+    body["parameters"] = json!({"quorum": 4});
+    let reply = post_json(&server.url("/v2/models/mean/infer"), &body);
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let answer = reply.json();
+    assert_close(
+        "quorum 4 of 5",
+        &floats(&output(&answer, "output")["data"]),
+        &want,
+    );
+    let missing = answer["parameters"]["missing_members"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no missing_members in {answer}"));
+    assert!(
+        missing.contains("fc-f64") && missing.contains("fault injection"),
+        "{missing}"
+    );
+    assert!(!missing.contains("seq-relu"), "{missing}");
+
+    // Every member required: the request fails, naming the member.
+    body["parameters"] = json!({});
+    let reply = post_json(&server.url("/v2/models/mean/infer"), &body);
+    assert!(reply.status >= 500, "{}", reply.status);
+    assert!(reply.error().contains("fc-f64"), "{}", reply.error());
+
+    // Late: every CPU member sleeps 2 s from run 1 on; a 100 ms deadline passes.
+    let plan = FaultPlan::new().from_run(
+        "seq-relu",
+        1,
+        Fault::Sleep(std::time::Duration::from_secs(2)),
+    );
+    let late = TestServer::start_with(&[("mean", 1, "mean.toml")], "cpu", |c| {
+        c.session(SessionOptions::default().faults(plan))
+    });
+    body["parameters"] = json!({"timeout": 100_000});
+    let reply = post_json(&late.url("/v2/models/mean/infer"), &body);
+    assert_eq!(
+        reply.status,
+        504,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let error = reply.error();
+    assert!(
+        error.contains("seq-relu") && error.contains("bf16-gelu"),
+        "{error}"
+    );
+}
