@@ -205,6 +205,7 @@ impl Batcher {
             version,
             input_width,
             depth: AtomicUsize::new(0),
+            gauge: Mutex::new(()),
             metrics,
         });
         let (tx, rx) = crossbeam_channel::bounded::<Pending>(capacity);
@@ -393,15 +394,42 @@ impl Batcher {
     }
 
     /// Closes, then waits until every queued request is answered and the threads have
-    /// ended. A batch running waits for its run, which its requests' deadlines bound.
+    /// ended. A batch running waits for its run, which its requests' deadlines bound;
+    /// [`Batcher::drain_timeout`] bounds the wait itself.
     pub fn drain(&self) {
         self.close();
-        let threads = match self.threads.lock() {
+        for thread in self.take_threads() {
+            let _ = thread.join();
+        }
+    }
+
+    /// As [`Batcher::drain`], waiting at most `limit`: `true` when everything was
+    /// answered and the threads have ended; `false` when a run outlasted it (a member
+    /// stuck in a run without deadline), and then the threads are left to end alone.
+    pub fn drain_timeout(&self, limit: Duration) -> bool {
+        self.close();
+        let until = Instant::now().checked_add(limit);
+        let threads = self.take_threads();
+        while threads.iter().any(|t| !t.is_finished())
+            && until.is_none_or(|until| Instant::now() < until)
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut all = true;
+        for thread in threads {
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                all = false;
+            }
+        }
+        all
+    }
+
+    fn take_threads(&self) -> Vec<JoinHandle<()>> {
+        match self.threads.lock() {
             Ok(mut threads) => std::mem::take(&mut *threads),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        };
-        for thread in threads {
-            let _ = thread.join();
         }
     }
 }
@@ -420,11 +448,14 @@ struct Shared {
     input_width: usize,
     /// Requests taken and not yet running.
     depth: AtomicUsize,
+    /// Held while the depth gauge is set, so that the last setting is the last depth.
+    gauge: Mutex<()>,
     metrics: Metrics,
 }
 
 impl Shared {
     fn depth_changed(&self) {
+        let _one_at_a_time = self.gauge.lock().unwrap_or_else(|e| e.into_inner());
         self.metrics
             .queue_depth(&self.model, self.version, self.depth.load(Ordering::SeqCst));
     }
@@ -508,6 +539,8 @@ impl Shared {
             .batch(&self.model, self.version, batch.len(), total);
         self.metrics
             .replica(&self.model, self.version, &replica.name, 1, true);
+        self.metrics
+            .replica_requests(&self.model, self.version, &replica.name, batch.len());
         let started = Instant::now();
         let result = match self.merge(&batch, total) {
             Ok(input) => catch_unwind(AssertUnwindSafe(|| {
@@ -531,6 +564,8 @@ impl Shared {
             .compute_time(&self.model, self.version, started.elapsed());
         self.metrics
             .replica(&self.model, self.version, &replica.name, 0, false);
+        self.metrics
+            .replica_requests(&self.model, self.version, &replica.name, 0);
         match result {
             Ok(out) => self.answer(batch, &rows, out),
             Err(e) => {

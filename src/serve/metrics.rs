@@ -35,6 +35,8 @@ pub const DEGRADED: &str = "wgpu_ensemble_inference_degraded_total";
 pub const QUEUE_DEPTH: &str = "wgpu_ensemble_inference_queue_depth";
 /// Batches running on each replica.
 pub const REPLICA_IN_FLIGHT: &str = "wgpu_ensemble_replica_in_flight";
+/// Requests running on each replica (in its batch).
+pub const REPLICA_IN_FLIGHT_REQUESTS: &str = "wgpu_ensemble_replica_in_flight_requests";
 /// Batches run by each replica.
 pub const REPLICA_BATCHES: &str = "wgpu_ensemble_replica_batches_total";
 /// Each member's compute time per batch (its device's wall time), seconds.
@@ -92,7 +94,7 @@ impl Metrics {
         // The buckets are constants, non-empty: the builder cannot refuse them; were it
         // to, the histograms are summaries instead.
         let recorder = builder.unwrap_or_default().build_recorder();
-        let describe: [(&'static str, Option<Unit>, &'static str, u8); 16] = [
+        let describe: [(&'static str, Option<Unit>, &'static str, u8); 17] = [
             (
                 REQUESTS,
                 None,
@@ -140,6 +142,12 @@ impl Metrics {
                 1,
             ),
             (REPLICA_IN_FLIGHT, None, "Batches running on a replica", 1),
+            (
+                REPLICA_IN_FLIGHT_REQUESTS,
+                None,
+                "Requests running on a replica",
+                1,
+            ),
             (REPLICA_BATCHES, None, "Batches a replica ran", 0),
             (
                 MEMBER_SECONDS,
@@ -281,6 +289,24 @@ impl Metrics {
                 .register_counter(&key(REPLICA_BATCHES, &labels), &META)
                 .increment(1);
         }
+    }
+
+    /// Sets the requests running on a replica.
+    pub fn replica_requests(&self, model: &str, version: u64, replica: &str, requests: usize) {
+        let version = version.to_string();
+        self.recorder
+            .register_gauge(
+                &key(
+                    REPLICA_IN_FLIGHT_REQUESTS,
+                    &[
+                        ("model", model),
+                        ("version", version.as_str()),
+                        ("replica", replica),
+                    ],
+                ),
+                &META,
+            )
+            .set(requests as f64);
     }
 
     /// Records a member's part in a batch: its compute time when it finished, a late or

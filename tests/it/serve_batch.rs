@@ -611,3 +611,30 @@ fn dropping_a_batcher_does_not_wait_for_a_stuck_member_cpu() {
     );
     drop(reply);
 }
+
+/// `drain_timeout` answers what is queued and says so, or gives up on a stuck member
+/// after its limit and says that.
+#[test]
+fn drain_timeout_gives_up_on_a_stuck_member_cpu() {
+    let (quick, _metrics) = batcher(1, config(64, FOREVER, 64), &FaultPlan::new());
+    let reply = quick.submit(request(1, 1)).unwrap();
+    assert!(quick.drain_timeout(Duration::from_secs(60)));
+    wait(reply).unwrap();
+    let plan = FaultPlan::new().on_run("a", 0, Fault::Sleep(Duration::from_secs(600)));
+    let (stuck, metrics) = batcher(1, config(64, Duration::ZERO, 64), &plan);
+    let reply = stuck.submit(request(1, 1)).unwrap();
+    // Once its batch runs (the in-flight gauge says so), nothing can end it.
+    let running = || {
+        let text = metrics.render();
+        let name = "wgpu_ensemble_replica_in_flight_requests";
+        metric(&text, name, &[r#"replica="r0""#]) == 1.0
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !running() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(running(), "the batch never started:\n{}", metrics.render());
+    assert!(!stuck.drain_timeout(Duration::from_millis(50)));
+    assert!(stuck.is_closed());
+    drop(reply);
+}
