@@ -5,10 +5,10 @@
 
 use crate::common;
 
-use std::sync::{Arc, Barrier};
+use std::sync::Barrier;
 use std::time::Duration;
 
-use common::{assert_close, input};
+use common::{assert_close, input, placement_tests};
 use wgpu_ensemble::serve::{
     BatchConfig, Batcher, InferAnswer, InferRequest, MemberState, Metrics, Replica, Reply,
     ServeError,
@@ -25,29 +25,34 @@ const VERSION: u64 = 1;
 /// use it do not depend on timing.
 const FOREVER: Duration = Duration::from_secs(30);
 
-fn graph() -> Graph {
+fn graph(place: &Placement) -> Graph {
     Graph::builder(WIDTH)
         .member(
             "a",
             Model::random(&[WIDTH, 16, 4], &[Relu, Softmax], 31).unwrap(),
-            Placement::Cpu,
+            place.clone(),
         )
         .member(
             "b",
             Model::random(&[WIDTH, 8, 4], &[Tanh, Softmax], 32).unwrap(),
-            Placement::Cpu,
+            place.clone(),
         )
         .member(
             "c",
             Model::random(&[WIDTH, 4], &[Softmax], 33).unwrap(),
-            Placement::Cpu,
+            place.clone(),
         )
         .build()
         .unwrap()
 }
 
 fn session(plan: &FaultPlan) -> Session {
-    Session::with_options(graph(), SessionOptions::default().faults(plan.clone())).unwrap()
+    session_on(&Placement::Cpu, plan)
+}
+
+fn session_on(place: &Placement, plan: &FaultPlan) -> Session {
+    Session::with_options(graph(place), SessionOptions::default().faults(plan.clone()))
+        .unwrap_or_else(|e| panic!("{place:?}: {e}"))
 }
 
 fn config(max_batch_size: usize, max_queue_delay: Duration, queue_capacity: usize) -> BatchConfig {
@@ -58,13 +63,21 @@ fn config(max_batch_size: usize, max_queue_delay: Duration, queue_capacity: usiz
     }
 }
 
-/// A batcher of `replicas` replicas named `r0`, `r1`, ... and its metrics.
+/// A batcher of `replicas` replicas on the CPU named `r0`, `r1`, ... and its metrics.
 fn batcher(replicas: usize, config: BatchConfig, plan: &FaultPlan) -> (Batcher, Metrics) {
+    let places = vec![Placement::Cpu; replicas];
+    batcher_on(&places, config, plan)
+}
+
+/// A batcher of a replica on each of `places`, named `r0`, `r1`, ..., and its metrics.
+fn batcher_on(places: &[Placement], config: BatchConfig, plan: &FaultPlan) -> (Batcher, Metrics) {
     let metrics = Metrics::new();
-    let replicas = (0..replicas)
-        .map(|i| Replica {
+    let replicas = places
+        .iter()
+        .enumerate()
+        .map(|(i, place)| Replica {
             name: format!("r{i}"),
-            session: session(plan),
+            session: session_on(place, plan),
         })
         .collect();
     let batcher = Batcher::start(MODEL, VERSION, replicas, config, metrics.clone()).unwrap();
@@ -150,42 +163,47 @@ fn assert_alone(
 
 /// 64 clients at once, of 1 to 3 rows, some asking for member outputs: requests are
 /// merged (fewer runs than requests), and every answer equals its request run alone.
-#[test]
-fn concurrent_requests_are_batched_and_answered_as_alone_cpu() {
+fn concurrent_requests_are_batched_and_answered_as_alone(place: Placement, label: &str) {
     const CLIENTS: usize = 64;
-    let (batcher, metrics) = batcher(
-        1,
+    let (batcher, metrics) = batcher_on(
+        std::slice::from_ref(&place),
         config(64, Duration::from_millis(20), 128),
         &FaultPlan::new(),
     );
-    let batcher = Arc::new(batcher);
-    let start = Arc::new(Barrier::new(CLIENTS));
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|i| {
-            let batcher = Arc::clone(&batcher);
-            let start = Arc::clone(&start);
-            std::thread::spawn(move || {
-                let x = input(1 + i % 3, WIDTH, 1000 + i as u64);
-                let mut r = InferRequest::new(x.clone());
-                r.want_members = i % 4 != 0;
-                start.wait();
-                let reply = batcher
-                    .submit(r)
-                    .unwrap_or_else(|e| panic!("client {i}: {e}"));
-                (x, i % 4 != 0, wait(reply))
+    let start = Barrier::new(CLIENTS);
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let (batcher, start) = (&batcher, &start);
+                scope.spawn(move || {
+                    let x = input(1 + i % 3, WIDTH, 1000 + i as u64);
+                    let mut r = InferRequest::new(x.clone());
+                    r.want_members = i % 4 != 0;
+                    start.wait();
+                    let reply = batcher
+                        .submit(r)
+                        .unwrap_or_else(|e| panic!("{label}: client {i}: {e}"));
+                    (x, i % 4 != 0, wait(reply))
+                })
             })
-        })
-        .collect();
-    let answers: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
-    let reference = session(&FaultPlan::new());
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let reference = session_on(&place, &FaultPlan::new());
     let mut rows = 0;
     for (i, (x, members, answer)) in answers.iter().enumerate() {
         let answer = answer
             .as_ref()
-            .unwrap_or_else(|e| panic!("client {i}: {e}"));
+            .unwrap_or_else(|e| panic!("{label}: client {i}: {e}"));
         rows += x.shape()[0];
         let options = RunOptions::default().member_outputs(*members);
-        assert_alone(&format!("client {i}"), answer, x, &reference, &options);
+        assert_alone(
+            &format!("{label}: client {i}"),
+            answer,
+            x,
+            &reference,
+            &options,
+        );
     }
     batcher.drain();
     let text = metrics.render();
@@ -247,6 +265,12 @@ fn concurrent_requests_are_batched_and_answered_as_alone_cpu() {
         );
     }
 }
+
+placement_tests!(concurrent_requests_are_batched_and_answered_as_alone;
+    concurrent_requests_are_batched_and_answered_as_alone_cpu: Cpu,
+    concurrent_requests_are_batched_and_answered_as_alone_vulkan: Vulkan,
+    concurrent_requests_are_batched_and_answered_as_alone_gl: Gl,
+);
 
 /// Requests merge only when their options agree: the same quorum, the same member
 /// outputs, and deadlines near each other (a 1 s request does not run under a 60 s
