@@ -52,7 +52,10 @@ use crate::tensor::Tensor;
 pub struct BatchConfig {
     /// The most rows one batch run holds (a larger request runs alone).
     pub max_batch_size: usize,
-    /// How long the first request of a batch waits for others to join it.
+    /// How long the first request of a batch waits for others to join it. With zero,
+    /// a batch is what has queued by the time a replica is idle: requests still merge
+    /// under load (they wait while every replica is busy), and a lone request never
+    /// waits.
     pub max_queue_delay: Duration,
     /// The most requests waiting; one more is refused with 503.
     pub queue_capacity: usize,

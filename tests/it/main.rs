@@ -19,7 +19,6 @@ mod pipeline;
 mod placement;
 mod precision;
 mod reads;
-#[cfg(feature = "serve")]
 mod serve_batch;
 mod shaders;
 mod timing;

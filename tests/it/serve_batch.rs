@@ -2,6 +2,7 @@
 //! closing and draining, requests dropped before they run, replicas sharing the load,
 //! quorum and deadlines as `RunOptions` has them, and the metrics that show it all.
 //! Members run on the CPU, small, so that every test is quick.
+#![cfg(feature = "serve")]
 
 use crate::common;
 
