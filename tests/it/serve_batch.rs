@@ -493,11 +493,15 @@ fn an_expired_request_is_answered_504_without_running_cpu() {
     );
 }
 
-/// With two replicas and more batches than one can hold, both run batches (an idle
-/// replica takes the next batch), and the answers are right.
-#[test]
-fn two_replicas_share_the_batches_cpu() {
-    let (batcher, metrics) = batcher(2, config(1, Duration::ZERO, 64), &FaultPlan::new());
+/// With two replicas (the first on `place`, the second on the CPU) and more batches
+/// than one can hold, both run batches (an idle replica takes the next batch), and the
+/// answers are right whichever ran them.
+fn two_replicas_share_the_batches(place: Placement, label: &str) {
+    let (batcher, metrics) = batcher_on(
+        &[place, Placement::Cpu],
+        config(1, Duration::ZERO, 64),
+        &FaultPlan::new(),
+    );
     let reference = session(&FaultPlan::new());
     let sent: Vec<_> = (0..8)
         .map(|i| {
@@ -506,9 +510,9 @@ fn two_replicas_share_the_batches_cpu() {
         })
         .collect();
     for (i, (x, reply)) in sent.into_iter().enumerate() {
-        let answer = wait(reply).unwrap_or_else(|e| panic!("request {i}: {e}"));
+        let answer = wait(reply).unwrap_or_else(|e| panic!("{label}: request {i}: {e}"));
         assert_alone(
-            &format!("request {i}"),
+            &format!("{label}: request {i}"),
             &answer,
             &x,
             &reference,
@@ -525,7 +529,7 @@ fn two_replicas_share_the_batches_cpu() {
     assert_eq!(r0 + r1, 8.0, "{text}");
     assert!(
         r0 >= 1.0 && r1 >= 1.0,
-        "both replicas run batches: r0 {r0}, r1 {r1}\n{text}"
+        "{label}: both replicas run batches: r0 {r0}, r1 {r1}\n{text}"
     );
     for replica in ["r0", "r1"] {
         assert_eq!(
@@ -537,6 +541,61 @@ fn two_replicas_share_the_batches_cpu() {
             0.0
         );
     }
+}
+
+placement_tests!(two_replicas_share_the_batches;
+    two_replicas_share_the_batches_cpu: Cpu,
+    two_replicas_share_the_batches_vulkan: Vulkan,
+    two_replicas_share_the_batches_gl: Gl,
+);
+
+/// With no queue delay, requests still merge under load: those that queue while the
+/// replica is busy run as one batch once it is idle.
+#[test]
+fn requests_queued_behind_a_busy_replica_merge_without_a_delay_cpu() {
+    let plan = FaultPlan::new().on_run("a", 0, Fault::Sleep(Duration::from_millis(300)));
+    let (batcher, metrics) = batcher(1, config(64, Duration::ZERO, 64), &plan);
+    let first = batcher.submit(request(1, 1)).unwrap();
+    let running = || {
+        let text = metrics.render();
+        metric(&text, "wgpu_ensemble_replica_in_flight", &[]) == 1.0
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !running() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(running(), "the first batch never started");
+    let reference = session(&FaultPlan::new());
+    let queued: Vec<_> = (0..10)
+        .map(|i| {
+            let x = input(1, WIDTH, 400 + i);
+            (x.clone(), batcher.submit(InferRequest::new(x)).unwrap())
+        })
+        .collect();
+    wait(first).unwrap();
+    for (i, (x, reply)) in queued.into_iter().enumerate() {
+        let answer = wait(reply).unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_alone(
+            &format!("request {i}"),
+            &answer,
+            &x,
+            &reference,
+            &RunOptions::default(),
+        );
+    }
+    batcher.drain();
+    let text = metrics.render();
+    let batches = metric(&text, "wgpu_ensemble_inference_batch_requests_count", &[]);
+    assert_eq!(
+        metric(&text, "wgpu_ensemble_inference_batch_requests_sum", &[]),
+        11.0
+    );
+    // The first alone, then the ten that queued behind it together (unless this
+    // thread was held up for the whole of the first run).
+    assert!(
+        batches < 11.0,
+        "no request merged: {batches} batches\n{text}"
+    );
 }
 
 /// A member that fails: with a quorum the answer leaves it out (as `RunOptions` with the
