@@ -274,7 +274,7 @@ placement_tests!(concurrent_requests_are_batched_and_answered_as_alone;
 );
 
 /// Requests merge only when their options agree: the same quorum, the same member
-/// outputs, and deadlines near each other (a 1 s request does not run under a 60 s
+/// outputs, and deadlines near each other (a 5 s request does not run under a 60 s
 /// one's batch, nor a request without deadline under either).
 #[test]
 fn only_requests_with_the_same_options_merge_cpu() {
@@ -288,7 +288,7 @@ fn only_requests_with_the_same_options_merge_cpu() {
         (None, true, None),
         (None, false, Some(60)),
         (None, false, Some(60)),
-        (None, false, Some(1)),
+        (None, false, Some(5)),
     ]
     .into_iter()
     .enumerate()
