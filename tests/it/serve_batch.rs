@@ -274,8 +274,8 @@ placement_tests!(concurrent_requests_are_batched_and_answered_as_alone;
 );
 
 /// Requests merge only when their options agree: the same quorum, the same member
-/// outputs, and deadlines near each other (a 5 s request does not run under a 60 s
-/// one's batch, nor a request without deadline under either).
+/// outputs, and deadlines near each other (a 60 s request is not run under a 5 s one's
+/// deadline, nor a request without deadline under either).
 #[test]
 fn only_requests_with_the_same_options_merge_cpu() {
     let (batcher, metrics) = batcher(1, config(64, FOREVER, 64), &FaultPlan::new());
