@@ -25,7 +25,8 @@
 //!   member's output) back by rows. A batch goes to an idle replica — the one idle the
 //!   longest — so the least loaded one gets the work.
 //! - **Stopping.** [`Batcher::close`] refuses new requests; queued ones are still
-//!   answered. [`Batcher::drain`] closes and waits for the threads. Dropping a batcher
+//!   answered. [`Batcher::drain`] closes and waits for the threads
+//!   ([`Batcher::drain_timeout`] waits at most so long). Dropping a batcher
 //!   closes it and leaves its threads to answer what is queued and end on their own, so
 //!   that a drop (on an async runtime's thread, say) never waits for a slow member.
 
@@ -136,7 +137,15 @@ impl RunKey {
     }
 }
 
-/// A version's queue, batching thread and replica threads.
+/// A version's bounded queue, its batching thread and a thread per replica.
+///
+/// Requests that agree on their run options (quorum, member outputs, nearby deadlines)
+/// wait up to [`BatchConfig::max_queue_delay`] to be merged into one batch of at most
+/// [`BatchConfig::max_batch_size`] rows, run as one [`Session::run`] on an idle replica,
+/// and the output is split back by rows: a request gets the same numbers as alone. A
+/// full queue or a closed batcher refuses at once (503); a request whose client has
+/// gone is not run, one whose deadline has passed is answered 504 without running.
+/// Dropping it never waits: its threads answer what is queued and end on their own.
 pub struct Batcher {
     model: String,
     version: u64,
