@@ -45,6 +45,7 @@ use super::types::{InferAnswer, InferRequest, MemberAnswer, MemberState, ServeEr
 use crate::error::Error;
 use crate::options::{QuorumPolicy, RunOptions};
 use crate::report::{MemberStatus, RunOutput};
+use crate::runtime::check_quorum;
 use crate::session::Session;
 use crate::tensor::Tensor;
 
@@ -348,25 +349,21 @@ impl Batcher {
         }
     }
 
+    /// What the run would refuse, refused now, with the engine's words.
     fn check(&self, request: &InferRequest) -> Result<(), ServeError> {
         let got = request.input.shape();
-        if got.len() != 2 || got[1] != self.input_width || got[0] == 0 {
+        if got.len() != 2 || got[1] != self.input_width {
             return Err(ServeError::BadRequest(format!(
-                "input shape {got:?} does not fit model '{}' version {}: expected [rows, {}] \
-                 with at least one row",
+                "input shape {got:?} does not fit model '{}' version {}: expected [rows, {}]",
                 self.model, self.version, self.input_width
             )));
         }
+        if got[0] == 0 {
+            return Err(ServeError::BadRequest(Error::EmptyBatch.to_string()));
+        }
         if let Some(q) = request.quorum {
-            if q == 0 || q > self.members.len() {
-                return Err(ServeError::BadRequest(format!(
-                    "quorum {q} does not fit model '{}' version {}: expected 1 to {} (its \
-                     members)",
-                    self.model,
-                    self.version,
-                    self.members.len()
-                )));
-            }
+            check_quorum(QuorumPolicy::Quorum(q), self.members.len())
+                .map_err(|e| ServeError::BadRequest(e.to_string()))?;
         }
         Ok(())
     }

@@ -722,3 +722,47 @@ fn drain_timeout_gives_up_on_a_stuck_member_cpu() {
     assert!(stuck.is_closed());
     drop(reply);
 }
+
+/// A request the run would refuse is refused at once, 400, in the engine's words: no
+/// rows, a quorum of zero or of more members than there are. A wrong width names the
+/// width expected.
+#[test]
+fn requests_the_run_would_refuse_are_400_at_once_cpu() {
+    let (batcher, metrics) = batcher(1, config(64, FOREVER, 64), &FaultPlan::new());
+    let reference = session(&FaultPlan::new());
+    let empty = Tensor::matrix(0, WIDTH, Vec::new()).unwrap();
+    let e = batcher
+        .submit(InferRequest::new(empty.clone()))
+        .unwrap_err();
+    let alone = reference.run(&empty, &RunOptions::default()).unwrap_err();
+    assert_eq!(e.status(), 400, "{e}");
+    assert_eq!(e.to_string(), alone.to_string());
+    for quorum in [0, 4] {
+        let mut r = request(1, 1);
+        r.quorum = Some(quorum);
+        let e = batcher.submit(r).unwrap_err();
+        let options = RunOptions::default().quorum(QuorumPolicy::Quorum(quorum));
+        let alone = reference.run(&input(1, WIDTH, 1), &options).unwrap_err();
+        assert_eq!(e.status(), 400, "{e}");
+        assert_eq!(e.to_string(), alone.to_string());
+    }
+    let e = batcher
+        .submit(InferRequest::new(input(2, WIDTH + 1, 1)))
+        .unwrap_err();
+    assert_eq!(e.status(), 400, "{e}");
+    assert!(
+        e.to_string().contains(&format!("expected [rows, {WIDTH}]")),
+        "{e}"
+    );
+    let back = batcher
+        .try_submit(InferRequest::new(input(2, WIDTH + 1, 1)))
+        .unwrap_err();
+    assert!(!back.closed);
+    batcher.drain();
+    assert_eq!(batcher.queue_depth(), 0);
+    let text = metrics.render();
+    assert_eq!(
+        metric(&text, "wgpu_ensemble_inference_batch_requests_count", &[]),
+        0.0
+    );
+}
