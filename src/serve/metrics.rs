@@ -20,10 +20,23 @@ pub const QUEUE_SECONDS: &str = "wgpu_ensemble_inference_queue_duration_seconds"
 pub const BATCH_REQUESTS: &str = "wgpu_ensemble_inference_batch_requests";
 /// Rows in each batch run.
 pub const BATCH_ROWS: &str = "wgpu_ensemble_inference_batch_rows";
+/// Rows run (Triton's `nv_inference_count`).
+pub const INFERENCE_ROWS: &str = "wgpu_ensemble_inference_count";
+/// Batch runs (Triton's `nv_inference_exec_count`): rows / runs is the average batch.
+pub const INFERENCE_RUNS: &str = "wgpu_ensemble_inference_exec_count";
+/// Each batch run's wall time, from the run's start to its output, seconds.
+pub const COMPUTE_SECONDS: &str = "wgpu_ensemble_inference_compute_duration_seconds";
+/// Requests dropped before they ran, by reason (`cancelled`: the client had gone;
+/// `expired`: the deadline had passed, answered 504).
+pub const DROPPED: &str = "wgpu_ensemble_inference_dropped_total";
+/// Requests answered without every member (a quorum let the others be late or fail).
+pub const DEGRADED: &str = "wgpu_ensemble_inference_degraded_total";
 /// Requests waiting in a version's queue.
 pub const QUEUE_DEPTH: &str = "wgpu_ensemble_inference_queue_depth";
 /// Batches running on each replica.
 pub const REPLICA_IN_FLIGHT: &str = "wgpu_ensemble_replica_in_flight";
+/// Requests running on each replica (in its batch).
+pub const REPLICA_IN_FLIGHT_REQUESTS: &str = "wgpu_ensemble_replica_in_flight_requests";
 /// Batches run by each replica.
 pub const REPLICA_BATCHES: &str = "wgpu_ensemble_replica_batches_total";
 /// Each member's compute time per batch (its device's wall time), seconds.
@@ -81,7 +94,7 @@ impl Metrics {
         // The buckets are constants, non-empty: the builder cannot refuse them; were it
         // to, the histograms are summaries instead.
         let recorder = builder.unwrap_or_default().build_recorder();
-        let describe: [(&'static str, Option<Unit>, &'static str, u8); 11] = [
+        let describe: [(&'static str, Option<Unit>, &'static str, u8); 17] = [
             (
                 REQUESTS,
                 None,
@@ -107,6 +120,21 @@ impl Metrics {
                 2,
             ),
             (BATCH_ROWS, None, "Rows in each batch run", 2),
+            (INFERENCE_ROWS, None, "Rows run", 0),
+            (INFERENCE_RUNS, None, "Batch runs", 0),
+            (
+                COMPUTE_SECONDS,
+                Some(Unit::Seconds),
+                "A batch run's wall time",
+                2,
+            ),
+            (
+                DROPPED,
+                None,
+                "Requests dropped before they ran, by reason",
+                0,
+            ),
+            (DEGRADED, None, "Requests answered without every member", 0),
             (
                 QUEUE_DEPTH,
                 None,
@@ -114,6 +142,12 @@ impl Metrics {
                 1,
             ),
             (REPLICA_IN_FLIGHT, None, "Batches running on a replica", 1),
+            (
+                REPLICA_IN_FLIGHT_REQUESTS,
+                None,
+                "Requests running on a replica",
+                1,
+            ),
             (REPLICA_BATCHES, None, "Batches a replica ran", 0),
             (
                 MEMBER_SECONDS,
@@ -173,6 +207,52 @@ impl Metrics {
         self.recorder
             .register_histogram(&key(BATCH_ROWS, &labels), &META)
             .record(rows as f64);
+        self.recorder
+            .register_counter(&key(INFERENCE_ROWS, &labels), &META)
+            .increment(rows as u64);
+        self.recorder
+            .register_counter(&key(INFERENCE_RUNS, &labels), &META)
+            .increment(1);
+    }
+
+    /// Records a batch run's wall time.
+    pub fn compute_time(&self, model: &str, version: u64, took: Duration) {
+        let version = version.to_string();
+        self.recorder
+            .register_histogram(
+                &key(COMPUTE_SECONDS, &[("model", model), ("version", &version)]),
+                &META,
+            )
+            .record(took.as_secs_f64());
+    }
+
+    /// Counts a request dropped before it ran.
+    pub fn dropped(&self, model: &str, version: u64, why: Dropped) {
+        let version = version.to_string();
+        let reason = match why {
+            Dropped::Cancelled => "cancelled",
+            Dropped::Expired => "expired",
+        };
+        self.recorder
+            .register_counter(
+                &key(
+                    DROPPED,
+                    &[("model", model), ("version", &version), ("reason", reason)],
+                ),
+                &META,
+            )
+            .increment(1);
+    }
+
+    /// Counts `requests` answered without every member.
+    pub fn degraded(&self, model: &str, version: u64, requests: usize) {
+        let version = version.to_string();
+        self.recorder
+            .register_counter(
+                &key(DEGRADED, &[("model", model), ("version", &version)]),
+                &META,
+            )
+            .increment(requests as u64);
     }
 
     /// Sets a version's queue depth.
@@ -209,6 +289,24 @@ impl Metrics {
                 .register_counter(&key(REPLICA_BATCHES, &labels), &META)
                 .increment(1);
         }
+    }
+
+    /// Sets the requests running on a replica.
+    pub fn replica_requests(&self, model: &str, version: u64, replica: &str, requests: usize) {
+        let version = version.to_string();
+        self.recorder
+            .register_gauge(
+                &key(
+                    REPLICA_IN_FLIGHT_REQUESTS,
+                    &[
+                        ("model", model),
+                        ("version", version.as_str()),
+                        ("replica", replica),
+                    ],
+                ),
+                &META,
+            )
+            .set(requests as f64);
     }
 
     /// Records a member's part in a batch: its compute time when it finished, a late or
@@ -258,4 +356,13 @@ pub enum MemberOutcome {
     Late,
     /// It failed.
     Failed,
+}
+
+/// Why a request was dropped before it ran, for [`Metrics::dropped`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// Its client had gone.
+    Cancelled,
+    /// Its deadline had passed (it was answered 504).
+    Expired,
 }

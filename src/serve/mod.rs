@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use batcher::BatchConfig;
+pub use batcher::{BatchConfig, Batcher, Refused, Replica, Reply};
 pub use metrics::Metrics;
 pub use repository::{
     Replicas, Repository, RepositoryConfig, ServedVersion, VersionState, VersionStatus,

@@ -20,6 +20,8 @@ mod placement;
 mod precision;
 mod reads;
 #[cfg(feature = "serve")]
+mod serve_batch;
+#[cfg(feature = "serve")]
 mod serve_cli;
 #[cfg(feature = "serve")]
 mod serve_http;
