@@ -88,18 +88,30 @@ fn sigterm_answers_the_requests_accepted_then_exits_0() {
             })
         })
         .collect();
-    // Until the server counts them as queued or running.
+    // Until the server holds all eight: queued, or running on the replica.
     let metrics_url = format!("http://{addr}/metrics");
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = ureq::get(&metrics_url)
             .call()
             .and_then(|r| r.into_body().read_to_string())
             .unwrap_or_default();
-        if text.contains("wgpu_ensemble_inference_queue_depth") || Instant::now() > deadline {
+        let held: f64 = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("wgpu_ensemble_inference_queue_depth{")
+                    || l.starts_with("wgpu_ensemble_replica_in_flight_requests{")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if held >= 8.0 {
             break;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        assert!(
+            Instant::now() < deadline,
+            "the server held {held} of the 8 requests after 60 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
     }
     let signalled = started.elapsed();
     let pid = child.id().to_string();
