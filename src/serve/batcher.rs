@@ -7,7 +7,9 @@
 //!   replica, then takes the oldest request and gathers the requests that may run with
 //!   it until the batch holds [`BatchConfig::max_batch_size`] rows or
 //!   [`BatchConfig::max_queue_delay`] has passed since the first request was queued
-//!   (requests already waiting then still join). Since a batch is formed only when a
+//!   (requests already waiting then still join). The first request waits for others
+//!   only when there are others — requests already waiting, or a last batch that
+//!   merged several — so that a lone client is never delayed. Since a batch is formed only when a
 //!   replica can run it, the waiting requests stay in the queue while every replica is
 //!   busy, and batches grow with the load. A request of more rows than
 //!   `max_batch_size` runs alone.
@@ -256,6 +258,7 @@ impl Batcher {
             held: VecDeque::new(),
             ready: ready_rx,
             workers,
+            last_batch: 0,
         };
         threads.push(spawn(
             format!("serve-{model}-{version}-batch"),
@@ -822,6 +825,8 @@ struct Dispatcher {
     /// Idle replicas, longest idle first.
     ready: Receiver<usize>,
     workers: Vec<Sender<Vec<Pending>>>,
+    /// How many requests the last batch merged.
+    last_batch: usize,
 }
 
 impl Dispatcher {
@@ -869,7 +874,14 @@ impl Dispatcher {
                 break p;
             }
         };
-        let until = first.queued.checked_add(window);
+        // A lone client is not delayed: the first request waits for others only when
+        // there are others — some already waiting, or the last batch merged several.
+        let others = self.last_batch > 1 || !self.held.is_empty() || !self.queue.is_empty();
+        let until = if others {
+            first.queued.checked_add(window)
+        } else {
+            None
+        };
         let mut batch = Forming::new(first, window);
         // The oldest first: those held back from earlier batches.
         let mut i = 0;
@@ -917,6 +929,7 @@ impl Dispatcher {
                 Fit::Differs => self.held.push_back(p),
             }
         }
+        self.last_batch = batch.requests.len();
         Some(batch.requests)
     }
 }
