@@ -4,11 +4,12 @@
 //! without (batches of 1), next to a `Session::run` loop of one row in the same run.
 //! Two rounds, interleaved (the machines are shared and noisy).
 //!
-//!     cargo run --release --example loadtest -- [--device cpu|auto|adapter:N] [--seconds S] [--clients 1,16,64]
+//!     cargo run --release --example loadtest -- [--device cpu|auto|adapter:N] [--seconds S] [--clients 1,16,64] [--json]
 //!
-//! Every client is a thread with its own keep-alive connection that sends the KServe v2
-//! JSON request, waits for the answer and sends the next, until S seconds (default 3)
-//! or 200 000 requests have passed. A figure recorded with it belongs under
+//! Every client is a thread with its own keep-alive connection that sends a KServe v2
+//! request, waits for the answer and sends the next, until S seconds (default 3) or
+//! 200 000 requests have passed. Requests and answers use the binary tensor extension,
+//! as Triton's clients do by default; `--json` sends and asks for JSON data instead. A figure recorded with it belongs under
 //! `benches/results/<date>/`.
 
 use std::path::Path;
@@ -33,8 +34,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut device = "cpu".to_string();
     let mut seconds = 3.0f64;
     let mut clients = vec![1usize, 16, 64];
+    let mut json = false;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--json" {
+            json = true;
+            continue;
+        }
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--device" => device = value,
@@ -71,10 +77,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 queue_capacity: 4096,
             }),
     )?;
-    let body = request_body();
+    let body = if json {
+        json_request()
+    } else {
+        binary_request()
+    };
     let x = Tensor::matrix(1, WIDTHS[0], input_row())?;
     println!(
-        "loadtest: E1 ({MEMBERS} x 784-512-512-10) on {device}, 1 row per request, {seconds} s per cell, two rounds"
+        "loadtest: E1 ({MEMBERS} x 784-512-512-10) on {device}, 1 row per request ({}), {seconds} s per cell, two rounds",
+        if json { "JSON" } else { "binary tensor data" }
     );
     println!("| round | what | clients | requests | failed | requests/s | p50 ms | p99 ms |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
@@ -82,7 +93,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let f = session_loop(&session, &x, duration)?;
         print_row(round, "Session::run", 1, &f);
         for &n in &clients {
-            for (what, server) in [("server, batching", &batching), ("server, no batching", &single)] {
+            for (what, server) in [
+                ("server, batching", &batching),
+                ("server, no batching", &single),
+            ] {
                 let url = format!("http://{}/v2/models/e1/infer", server.addr());
                 let f = load(&url, &body, n, duration);
                 print_row(round, what, n, &f);
@@ -102,7 +116,10 @@ fn print_row(round: usize, what: &str, clients: usize, f: &Figures) {
 }
 
 /// E1's members as safetensors and a manifest placing them on `device`.
-fn write_repository(root: &Path, device: &str) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
+fn write_repository(
+    root: &Path,
+    device: &str,
+) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
     let version = root.join("e1").join("1");
     std::fs::create_dir_all(&version)?;
     let acts = [Activation::Relu, Activation::Relu, Activation::Softmax];
@@ -120,16 +137,43 @@ fn write_repository(root: &Path, device: &str) -> Result<std::path::PathBuf, Box
 }
 
 fn input_row() -> Vec<f32> {
-    (0..WIDTHS[0]).map(|i| ((i * 37) % 255) as f32 / 255.0).collect()
+    (0..WIDTHS[0])
+        .map(|i| ((i * 37) % 255) as f32 / 255.0)
+        .collect()
 }
 
-fn request_body() -> String {
+/// A request: its body and, for the binary extension, the JSON header's length.
+struct Request {
+    body: Vec<u8>,
+    header_length: Option<usize>,
+}
+
+fn json_request() -> Request {
     let data: Vec<String> = input_row().iter().map(|v| format!("{v}")).collect();
-    format!(
+    let body = format!(
         "{{\"inputs\":[{{\"name\":\"input\",\"datatype\":\"FP32\",\"shape\":[1,{}],\"data\":[{}]}}]}}",
         WIDTHS[0],
         data.join(",")
-    )
+    );
+    Request {
+        body: body.into_bytes(),
+        header_length: None,
+    }
+}
+
+fn binary_request() -> Request {
+    let raw: Vec<u8> = input_row().iter().flat_map(|v| v.to_le_bytes()).collect();
+    let header = format!(
+        "{{\"inputs\":[{{\"name\":\"input\",\"datatype\":\"FP32\",\"shape\":[1,{}],\"parameters\":{{\"binary_data_size\":{}}}}}],\"parameters\":{{\"binary_data_output\":true}}}}",
+        WIDTHS[0],
+        raw.len()
+    );
+    let mut body = header.clone().into_bytes();
+    body.extend(raw);
+    Request {
+        body,
+        header_length: Some(header.len()),
+    }
 }
 
 fn figures(mut latencies: Vec<Duration>, failed: usize, elapsed: Duration) -> Figures {
@@ -148,7 +192,11 @@ fn figures(mut latencies: Vec<Duration>, failed: usize, elapsed: Duration) -> Fi
     }
 }
 
-fn session_loop(session: &Session, x: &Tensor, duration: Duration) -> wgpu_ensemble::Result<Figures> {
+fn session_loop(
+    session: &Session,
+    x: &Tensor,
+    duration: Duration,
+) -> wgpu_ensemble::Result<Figures> {
     let started = Instant::now();
     let mut latencies = Vec::new();
     while started.elapsed() < duration && latencies.len() < MAX_REQUESTS {
@@ -160,7 +208,7 @@ fn session_loop(session: &Session, x: &Tensor, duration: Duration) -> wgpu_ensem
 }
 
 /// `clients` threads sending `body` to `url` one request after another.
-fn load(url: &str, body: &str, clients: usize, duration: Duration) -> Figures {
+fn load(url: &str, request: &Request, clients: usize, duration: Duration) -> Figures {
     let started = Instant::now();
     let per_client = MAX_REQUESTS / clients.max(1);
     let results: Vec<(Vec<Duration>, usize)> = std::thread::scope(|scope| {
@@ -172,11 +220,16 @@ fn load(url: &str, body: &str, clients: usize, duration: Duration) -> Figures {
                     let mut failed = 0;
                     while started.elapsed() < duration && latencies.len() + failed < per_client {
                         let t = Instant::now();
-                        let ok = agent
-                            .post(url)
-                            .header("content-type", "application/json")
-                            .send(body)
-                            .and_then(|r| r.into_body().read_to_string())
+                        let mut post = agent.post(url);
+                        post = match request.header_length {
+                            Some(n) => post
+                                .header("content-type", "application/octet-stream")
+                                .header("inference-header-content-length", n.to_string()),
+                            None => post.header("content-type", "application/json"),
+                        };
+                        let ok = post
+                            .send(&request.body[..])
+                            .and_then(|r| r.into_body().read_to_vec())
                             .is_ok();
                         if ok {
                             latencies.push(t.elapsed());
