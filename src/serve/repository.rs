@@ -646,6 +646,11 @@ impl Repository {
         read(&self.models).keys().cloned().collect()
     }
 
+    /// Whether `model` is one of [`Repository::models`].
+    pub fn knows(&self, model: &str) -> bool {
+        read(&self.models).contains_key(model)
+    }
+
     /// How many version loads were tried so far (a failed version is not tried again
     /// until its files change).
     pub fn load_attempts(&self) -> u64 {

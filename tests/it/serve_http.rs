@@ -1119,3 +1119,50 @@ fn partial_answers_and_late_members_name_them_cpu() {
         "{error}"
     );
 }
+
+/// Requests for made-up models and versions are counted without their names: 200 of
+/// them add no label value to `/metrics` (an unbounded set of names would grow the
+/// server's memory), and a known model's failures are labelled with it.
+#[test]
+fn metrics_labels_stay_bounded_under_made_up_names_cpu() {
+    let server = server();
+    let x = x();
+    for i in 0..100 {
+        let reply = post_json(
+            &server.url(&format!("/v2/models/nope-{i}/infer")),
+            &infer_body(&x, false),
+        );
+        assert_eq!(reply.status, 404);
+        let reply = post_json(
+            &server.url(&format!("/v2/models/mean/versions/{}/infer", 1000 + i)),
+            &infer_body(&x, false),
+        );
+        assert_eq!(reply.status, 404);
+        let reply = post_json(
+            &server.url(&format!("/v1/models/nope-{i}:predict")),
+            &json!({"instances": [vec![0.0; 12]]}),
+        );
+        assert_eq!(reply.status, 404);
+    }
+    assert_eq!(
+        post_json(&server.url("/v2/models/mean/infer"), &infer_body(&x, false)).status,
+        200
+    );
+    let text = String::from_utf8(get(&server.url("/metrics")).body).unwrap();
+    assert!(!text.contains("nope-"), "a made-up model is a label");
+    assert!(
+        !text.contains("version=\"10"),
+        "a made-up version is a label"
+    );
+    let requests = |outcome: &str, model: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("wgpu_ensemble_inference_requests_total{"))
+            .filter(|l| l.contains(&format!("outcome=\"{outcome}\"")))
+            .filter(|l| l.contains(&format!("model=\"{model}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(requests("not_found", ""), 200.0, "{text}");
+    assert_eq!(requests("not_found", "mean"), 100.0, "{text}");
+    assert_eq!(requests("success", "mean"), 1.0, "{text}");
+}

@@ -113,6 +113,14 @@ pub(crate) fn counted<T>(
         Ok(_) => "success",
         Err(e) => e.outcome(),
     };
+    // Labels come from the request's path: a failed request is labelled with its model
+    // only when the repository knows it, and with no version, so that requests for
+    // made-up names cannot grow the metrics without bound.
+    let (model, version) = match &result {
+        Ok(_) => (model, version),
+        Err(_) if state.repository.knows(model) => (model, ""),
+        Err(_) => ("", ""),
+    };
     state
         .metrics
         .request(model, version, outcome, received.elapsed());
