@@ -26,6 +26,8 @@ mod serve_cli;
 #[cfg(feature = "serve")]
 mod serve_http;
 #[cfg(feature = "serve")]
+mod serve_load;
+#[cfg(feature = "serve")]
 mod serve_repo;
 mod shaders;
 mod timing;
