@@ -60,6 +60,10 @@ pub struct ServeConfig {
     /// The options every replica's session is made with (its precision is replaced
     /// by [`ServeConfig::precision`]), a [`FaultPlan`](crate::FaultPlan) among them.
     pub session: SessionOptions,
+    /// How long a shutdown waits for the connections it has: requests accepted are
+    /// answered well within it; a client still sending a request, or not reading its
+    /// answer, when it is up is disconnected.
+    pub shutdown_timeout: Duration,
 }
 
 impl ServeConfig {
@@ -76,7 +80,14 @@ impl ServeConfig {
             precision: Precision::F32,
             max_body_bytes: 8 << 20,
             session: SessionOptions::default(),
+            shutdown_timeout: Duration::from_secs(20),
         }
+    }
+
+    /// Sets [`ServeConfig::shutdown_timeout`].
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
     }
 
     /// Sets [`ServeConfig::session`].
@@ -127,6 +138,7 @@ pub struct Server {
     addr: SocketAddr,
     repository: Arc<Repository>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    shutdown_timeout: Duration,
     polling: Arc<AtomicBool>,
     runtime: Option<tokio::runtime::Runtime>,
     serving: Option<tokio::task::JoinHandle<()>>,
@@ -143,8 +155,9 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Loads the repository (every model's versions, warmed), binds, and serves on
-    /// threads of its own. Returns once it answers requests.
+    /// Binds, loads the repository (every model's versions, warmed) and serves on
+    /// threads of its own. `GET /v2/health/live` answers from the start, `ready` once
+    /// the versions found at start are loaded; returns then.
     pub fn start(config: ServeConfig) -> Result<Self> {
         let metrics = Metrics::new();
         let repository = Arc::new(Repository::open(
@@ -155,7 +168,6 @@ impl Server {
                 .session(config.session.clone()),
             metrics.clone(),
         )?);
-        repository.poll();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("serve-http")
@@ -173,12 +185,14 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::invalid("address", &e.to_string(), "a bound address"))?;
+        // Listening before the first load: `live` answers at once, `ready` once the
+        // versions found at start are loaded and warmed.
         let state = Arc::new(http::AppState {
             repository: Arc::clone(&repository),
             metrics: metrics.clone(),
-            ready: AtomicBool::new(true),
+            ready: AtomicBool::new(false),
         });
-        let app = http::router(state, config.max_body_bytes);
+        let app = http::router(Arc::clone(&state), config.max_body_bytes);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = runtime.spawn(async move {
             let _ = axum::serve(listener, app)
@@ -187,6 +201,8 @@ impl Server {
                 })
                 .await;
         });
+        repository.poll();
+        state.ready.store(true, Ordering::SeqCst);
         let polling = Arc::new(AtomicBool::new(true));
         let poller = {
             let repository = Arc::clone(&repository);
@@ -211,6 +227,7 @@ impl Server {
             addr,
             repository,
             stop: Some(stop),
+            shutdown_timeout: config.shutdown_timeout,
             polling,
             runtime: Some(runtime),
             serving: Some(serving),
@@ -241,7 +258,15 @@ impl Server {
             let _ = stop.send(());
         }
         if let (Some(runtime), Some(serving)) = (self.runtime.as_ref(), self.serving.take()) {
-            let _ = runtime.block_on(serving);
+            // Every request accepted gets its answer; a connection that is still
+            // sending a request (or not reading its answer) when the time is up is
+            // closed.
+            let abort = serving.abort_handle();
+            let limit = self.shutdown_timeout;
+            let ended = runtime.block_on(async move { tokio::time::timeout(limit, serving).await });
+            if ended.is_err() {
+                abort.abort();
+            }
         }
         self.repository.shutdown();
         if let Some(poller) = self.poller.take() {

@@ -174,6 +174,9 @@ struct ModelEntry {
     /// Loads that failed, with what the folder held then: tried again only once that
     /// changes.
     failed: BTreeMap<u64, Fingerprint>,
+    /// What each served version's folder held when it was loaded: a version whose
+    /// files change while it is served (written in place) is loaded again.
+    sources: BTreeMap<u64, Fingerprint>,
     /// The last `config.toml` that parsed (the defaults when there is none); `None`
     /// while the file has never parsed.
     config: Option<ModelConfig>,
@@ -321,7 +324,7 @@ impl Repository {
             }
             None => Ok(ModelConfig::default()),
         };
-        let (config, mut failed, served_now) = {
+        let (config, mut failed, served_now, mut sources) = {
             let mut models = write(&self.models);
             let entry = models.entry(name.to_string()).or_default();
             match read_config {
@@ -338,8 +341,35 @@ impl Repository {
                 }
             }
             let served: BTreeSet<u64> = entry.served.keys().copied().collect();
-            (entry.config.clone(), entry.failed.clone(), served)
+            (
+                entry.config.clone(),
+                entry.failed.clone(),
+                served,
+                entry.sources.clone(),
+            )
         };
+        // A served version whose files changed since its load is loaded again; until the
+        // new load succeeds, the version loaded before goes on serving.
+        let mut reloaded: BTreeMap<u64, ServedVersion> = BTreeMap::new();
+        let mut reload_failed: BTreeMap<u64, (Fingerprint, String)> = BTreeMap::new();
+        for v in &served_now {
+            let (Some(folder), Some(then)) = (present.get(v), sources.get(v)) else {
+                continue;
+            };
+            let now = fingerprint(folder);
+            if now == *then || self.closed.load(Ordering::SeqCst) {
+                continue;
+            }
+            match self.load(name, *v, folder, config.as_ref()) {
+                Ok(served) => {
+                    sources.insert(*v, now);
+                    reloaded.insert(*v, served);
+                }
+                Err(e) => {
+                    reload_failed.insert(*v, (now, e));
+                }
+            }
+        }
         // A failed load stands while its folder holds what it held then.
         failed.retain(|v, then| present.get(v).is_some_and(|dir| fingerprint(dir) == *then));
         let mut loaded: BTreeMap<u64, ServedVersion> = BTreeMap::new();
@@ -369,6 +399,7 @@ impl Repository {
                 self.set_status(name, v, VersionState::Loading, None);
                 match self.load(name, v, folder, config.as_ref()) {
                     Ok(served) => {
+                        sources.insert(v, then);
                         loaded.insert(v, served);
                     }
                     Err(e) => {
@@ -382,20 +413,38 @@ impl Repository {
             let mut models = write(&self.models);
             let entry = models.entry(name.to_string()).or_default();
             entry.failed = failed;
-            for (v, served) in loaded {
-                entry.served.insert(v, Arc::new(served));
+            let mut replaced: Vec<Arc<ServedVersion>> = Vec::new();
+            for (v, served) in loaded.into_iter().chain(reloaded) {
+                replaced.extend(entry.served.insert(v, Arc::new(served)));
                 entry
                     .status
                     .insert(v, status(v, VersionState::Available, None));
             }
+            for (v, (now, e)) in reload_failed {
+                sources.insert(v, now);
+                entry.status.insert(
+                    v,
+                    status(
+                        v,
+                        VersionState::Available,
+                        Some(format!(
+                            "its files changed and loading them again failed: {e}; \
+                             the version loaded before goes on serving"
+                        )),
+                    ),
+                );
+            }
+            sources.retain(|v, _| entry.served.contains_key(v));
+            entry.sources = sources;
             let gone: Vec<u64> = entry
                 .served
                 .keys()
                 .copied()
                 .filter(|v| !wanted.contains(v))
                 .collect();
-            let leaving: Vec<Arc<ServedVersion>> =
+            let mut leaving: Vec<Arc<ServedVersion>> =
                 gone.iter().filter_map(|v| entry.served.remove(v)).collect();
+            leaving.extend(replaced);
             for v in &gone {
                 entry
                     .status

@@ -108,6 +108,9 @@ pub enum ServeError {
     /// A body over the limit: 413.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A body not received in time: 408.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The queue is full, the version is not ready, or the server is stopping: 503.
     #[error("{0}")]
     Unavailable(String),
@@ -126,6 +129,7 @@ impl ServeError {
             ServeError::BadRequest(_) => 400,
             ServeError::NotFound(_) => 404,
             ServeError::PayloadTooLarge(_) => 413,
+            ServeError::RequestTimeout(_) => 408,
             ServeError::Unavailable(_) => 503,
             ServeError::DeadlineExceeded(_) => 504,
             ServeError::Internal(_) => 500,
@@ -138,6 +142,7 @@ impl ServeError {
             ServeError::BadRequest(_) => "bad_request",
             ServeError::NotFound(_) => "not_found",
             ServeError::PayloadTooLarge(_) => "too_large",
+            ServeError::RequestTimeout(_) => "request_timeout",
             ServeError::Unavailable(_) => "unavailable",
             ServeError::DeadlineExceeded(_) => "deadline_exceeded",
             ServeError::Internal(_) => "internal",

@@ -1166,3 +1166,31 @@ fn metrics_labels_stay_bounded_under_made_up_names_cpu() {
     assert_eq!(requests("not_found", "mean"), 100.0, "{text}");
     assert_eq!(requests("success", "mean"), 1.0, "{text}");
 }
+
+/// A client that sends half a request and stops holds the shutdown no longer than
+/// `ServeConfig::shutdown_timeout` (it held it until the client left); the server
+/// answers `live` while it loads, and a request it accepted is still answered.
+#[test]
+fn a_stuck_client_does_not_hold_the_shutdown_cpu() {
+    use std::io::Write;
+    let mut server = TestServer::start_with(&[("mean", 1, "mean.toml")], "cpu", |c| {
+        c.shutdown_timeout(std::time::Duration::from_millis(500))
+    });
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut stuck = std::net::TcpStream::connect(&addr).unwrap();
+    stuck
+        .write_all(b"POST /v2/models/mean/infer HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    // A request that arrives whole is answered.
+    still_answers(&server, &reference(&x()).0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        server.shutdown();
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok(),
+        "the shutdown waited over 60 s for a client that sent half a request"
+    );
+    drop(stuck);
+}

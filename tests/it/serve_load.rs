@@ -223,3 +223,41 @@ fn concurrent_clients_are_batched_without_changing_answers_cpu() {
         "64 requests ran in {batches} batches: none merged"
     );
 }
+
+/// A served version whose manifest is written in place is loaded again once it
+/// changes: a manifest read half-written (two of its five members) was served so, for
+/// good; now the version follows its files, and answers equal `Session::run` of the
+/// whole manifest.
+#[test]
+fn a_version_written_in_place_is_loaded_again_when_its_files_change_cpu() {
+    let x = read_matrix(golden("x.npy")).unwrap();
+    let server = TestServer::start(&[("m", 1, "mean.toml")], "cpu");
+    let manifest = server.dir.path().join("m").join("1").join("ensemble.toml");
+    let whole = std::fs::read_to_string(&manifest).unwrap();
+    let third = whole.match_indices("[[member]]").nth(2).unwrap().0;
+    let members = || -> u64 {
+        get(&server.url("/v2/models/m")).json()["outputs"][1]["shape"][0]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let wait_for = |count: u64| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while members() != count {
+            assert!(Instant::now() < deadline, "not {count} members within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(5);
+    // Half-written: two members.
+    std::fs::write(&manifest, &whole[..third]).unwrap();
+    wait_for(2);
+    // Whole again.
+    std::fs::write(&manifest, &whole).unwrap();
+    wait_for(5);
+    let reply = post_json(&server.url("/v2/models/m/infer"), &body(&x));
+    assert_eq!(reply.status, 200);
+    let got = floats(&reply.json()["outputs"][0]["data"]);
+    if let Some((i, g, w)) = differs(&got, &run("mean.toml", &x)) {
+        panic!("index {i}: got {g}, want {w}");
+    }
+}

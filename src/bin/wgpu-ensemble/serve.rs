@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// The largest request body taken, in bytes (a larger one is answered 413).
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
+    /// On SIGTERM, how long to wait for the connections open: every request accepted is
+    /// answered; a client still sending one when the time is up is disconnected.
+    #[arg(long, default_value_t = 20)]
+    shutdown_timeout_s: u64,
 }
 
 pub fn serve(args: &ServeArgs) -> CliResult {
@@ -55,6 +59,18 @@ pub fn serve(args: &ServeArgs) -> CliResult {
     if args.max_batch_size == 0 {
         return Err(flag_error("--max-batch-size", "must be at least 1"));
     }
+    if args.max_queue_delay_us > 10_000_000 {
+        return Err(flag_error(
+            "--max-queue-delay-us",
+            format!(
+                "{} µs: at most 10 000 000 (10 s), which already holds every request that long",
+                args.max_queue_delay_us
+            ),
+        ));
+    }
+    if args.queue_capacity == 0 {
+        return Err(flag_error("--queue-capacity", "must be at least 1"));
+    }
     if args.poll_interval_ms == 0 {
         return Err(flag_error("--poll-interval-ms", "must be at least 1"));
     }
@@ -66,11 +82,12 @@ pub fn serve(args: &ServeArgs) -> CliResult {
         .batch(BatchConfig {
             max_batch_size: args.max_batch_size,
             max_queue_delay: Duration::from_micros(args.max_queue_delay_us),
-            queue_capacity: args.queue_capacity.max(1),
+            queue_capacity: args.queue_capacity,
         })
         .replicas(replicas)
         .precision(precision)
-        .max_body_bytes(args.max_body_bytes);
+        .max_body_bytes(args.max_body_bytes)
+        .shutdown_timeout(Duration::from_secs(args.shutdown_timeout_s));
     let stop = stop_signal()?;
     let server = Server::start(config)?;
     eprintln!("listening on http://{}", server.addr());

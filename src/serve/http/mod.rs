@@ -133,6 +133,24 @@ pub(crate) fn counted<T>(
 /// reading the answer gets the 413 rather than a reset connection.
 pub(crate) async fn read_body(
     headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Vec<u8>, ServeError> {
+    // A client that stops sending mid-body holds no task (and no shutdown) for long.
+    match tokio::time::timeout(BODY_TIMEOUT, read_body_now(headers, body, limit)).await {
+        Ok(result) => result,
+        Err(_) => Err(ServeError::RequestTimeout(format!(
+            "the request body was not received within {} s",
+            BODY_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// How long a request's body may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn read_body_now(
+    headers: &HeaderMap,
     mut body: Body,
     limit: usize,
 ) -> Result<Vec<u8>, ServeError> {
