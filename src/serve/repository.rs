@@ -333,6 +333,7 @@ impl Repository {
                     entry.config_error = None;
                 }
                 Err(e) => {
+                    tracing::warn!(model = name, "config.toml refused: {e}");
                     entry.config_error = Some(if entry.config.is_some() {
                         format!("{e}; the configuration before it stays in force")
                     } else {
@@ -362,10 +363,16 @@ impl Repository {
             }
             match self.load(name, *v, folder, config.as_ref()) {
                 Ok(served) => {
+                    tracing::info!(model = name, version = v, "its files changed: loaded again");
                     sources.insert(*v, now);
                     reloaded.insert(*v, served);
                 }
                 Err(e) => {
+                    tracing::warn!(
+                        model = name,
+                        version = v,
+                        "its files changed and loading them again failed (the version loaded before goes on serving): {e}"
+                    );
                     reload_failed.insert(*v, (now, e));
                 }
             }
@@ -399,10 +406,12 @@ impl Repository {
                 self.set_status(name, v, VersionState::Loading, None);
                 match self.load(name, v, folder, config.as_ref()) {
                     Ok(served) => {
+                        tracing::info!(model = name, version = v, "loaded and warmed; serving it");
                         sources.insert(v, then);
                         loaded.insert(v, served);
                     }
                     Err(e) => {
+                        tracing::warn!(model = name, version = v, "load failed: {e}");
                         self.set_status(name, v, VersionState::End, Some(e));
                         failed.insert(v, then);
                     }
@@ -471,6 +480,11 @@ impl Repository {
     /// its own waits for it to answer what it holds, then marks it `END`: neither a
     /// poll nor the request that drops it last waits for its queue.
     fn unload(&self, served: Arc<ServedVersion>) {
+        tracing::info!(
+            model = served.model.as_str(),
+            version = served.version,
+            "unloading: answering what it holds"
+        );
         served.batcher.close();
         let kept = Arc::clone(&served);
         let models = Arc::clone(&self.models);

@@ -407,6 +407,12 @@ fn kserve_bad_requests_get_their_status_and_message_cpu() {
         ),
         json_case("no inputs", json!({"id": "1"}), 400, &["'inputs'"]),
         json_case(
+            "an id that is not a string",
+            json!({"id": {"a": 1}, "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 12], "data": row}]}),
+            400,
+            &["'id'", "expected a string"],
+        ),
+        json_case(
             "wrong datatype",
             input(json!([1, 12]), "INT32", json!(row)),
             400,

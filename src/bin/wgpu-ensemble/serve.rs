@@ -88,6 +88,12 @@ pub fn serve(args: &ServeArgs) -> CliResult {
         .precision(precision)
         .max_body_bytes(args.max_body_bytes)
         .shutdown_timeout(Duration::from_secs(args.shutdown_timeout_s));
+    // The server's events (versions loaded, failed, unloaded) on stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false)
+        .try_init();
     let stop = stop_signal()?;
     let server = Server::start(config)?;
     eprintln!("listening on http://{}", server.addr());

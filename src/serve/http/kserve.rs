@@ -233,7 +233,17 @@ fn decode(
             quote(&parsed)
         ))
     })?;
-    let id = body.get("id").cloned();
+    // The protocol's `id` is a string, echoed as it came.
+    let id = match body.get("id") {
+        None => None,
+        Some(id @ Value::String(_)) => Some(id.clone()),
+        Some(other) => {
+            return Err(bad(format!(
+                "the request's 'id' is {}; expected a string",
+                quote(other)
+            )))
+        }
+    };
     let parameters = object(body.get("parameters"), "the request's 'parameters'")?;
     let inputs = body
         .get("inputs")
