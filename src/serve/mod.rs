@@ -191,6 +191,7 @@ impl Server {
             repository: Arc::clone(&repository),
             metrics: metrics.clone(),
             ready: AtomicBool::new(false),
+            bodies: tokio::sync::Semaphore::new(http::body_budget_kib(config.max_body_bytes)),
         });
         let app = http::router(Arc::clone(&state), config.max_body_bytes);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

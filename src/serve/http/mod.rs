@@ -31,11 +31,44 @@ pub(crate) struct AppState {
     pub metrics: Metrics,
     /// Set once the first poll has loaded what it could.
     pub ready: AtomicBool,
+    /// KiB of request bodies being read and decoded at once ([`body_budget_kib`]): a
+    /// decoded JSON body takes many times its size, so their sum is bounded.
+    pub bodies: tokio::sync::Semaphore,
+}
+
+/// The KiB of request bodies read and decoded at once: two bodies of the largest size
+/// taken, and at least 16 MiB (a JSON body decodes to about twenty times its size;
+/// decoding is bound by the cores anyway).
+pub(crate) fn body_budget_kib(max_body_bytes: usize) -> usize {
+    (max_body_bytes.saturating_mul(2).max(16 << 20) / 1024).min(u32::MAX as usize)
 }
 
 impl AppState {
     pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Room for one request's body (its declared length, or the limit) among the bodies
+    /// being read and decoded; held until the request is decoded. Waits up to the body
+    /// timeout, then 503.
+    pub(crate) async fn body_room(
+        &self,
+        headers: &HeaderMap,
+        limit: usize,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, ServeError> {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(limit, |d| d.min(limit as u64) as usize);
+        let kib = u32::try_from(declared.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        match tokio::time::timeout(BODY_TIMEOUT, self.bodies.acquire_many(kib)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ServeError::Unavailable(
+                "the server is reading as many request bodies as it holds at once; try again"
+                    .to_string(),
+            )),
+        }
     }
 }
 

@@ -215,8 +215,11 @@ async fn predict(
     limit: BodyLimit,
     received: Instant,
 ) -> Result<(u64, Value), ServeError> {
+    let room = state.body_room(headers, limit.0).await?;
     let body = read_body(headers, body, limit.0).await?;
     let (input, format) = decode(&body)?;
+    // Decoded: the body's room goes to the next request.
+    drop((room, body));
     let mut request = InferRequest::new(input);
     request.received = received;
     let (_served, reply) = state
