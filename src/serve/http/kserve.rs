@@ -548,7 +548,7 @@ fn response(answer: &InferAnswer, echo: Echo) -> binary::Body {
             bytes.extend_from_slice(&raw);
             any = true;
         } else {
-            output["data"] = json!(values);
+            output["data"] = super::f32_json(&values);
         }
         outputs.push(output);
     }

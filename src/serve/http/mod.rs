@@ -281,3 +281,49 @@ pub(crate) fn checked(input: &str, value: f64, index: usize) -> Result<f32, Serv
 pub(crate) fn quote(value: &serde_json::Value) -> String {
     crate::error::excerpt(&value.to_string())
 }
+
+/// f32 values as JSON numbers written with f32's shortest round-trip digits
+/// (`0.98962557`, not the f64 widening's `0.9896255731582642`), NaN and infinities as
+/// `null`.
+pub(crate) fn f32_json(values: &[f32]) -> serde_json::Value {
+    serde_json::Value::Array(
+        values
+            .iter()
+            .map(|v| {
+                // `Display` of an f32 is its shortest decimal that reads back as it;
+                // read as f64, serde_json writes that decimal again.
+                format!("{v}")
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                    .map_or(serde_json::Value::Null, serde_json::Value::Number)
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    /// f32's own shortest digits, not the f64 widening's; non-finite values as null;
+    /// every value reads back as the same f32.
+    #[test]
+    fn f32_values_are_written_with_f32_digits() {
+        let values = [
+            0.989_625_6_f32,
+            1e-7,
+            -3.5,
+            f32::MAX,
+            f32::NAN,
+            f32::INFINITY,
+        ];
+        let text = super::f32_json(&values).to_string();
+        assert_eq!(text, "[0.9896256,1e-7,-3.5,3.4028235e+38,null,null]");
+        let back: Vec<Option<f64>> = serde_json::from_str(&text).unwrap();
+        for (v, b) in values.iter().zip(back) {
+            match b {
+                Some(b) => assert_eq!(b as f32, *v),
+                None => assert!(!v.is_finite()),
+            }
+        }
+    }
+}

@@ -229,7 +229,12 @@ async fn predict(
         .await
         .map_err(|_| ServeError::Internal("the version stopped before answering".into()))??;
     let cols = answer.output.shape().get(1).copied().unwrap_or(0).max(1);
-    let rows: Vec<&[f32]> = answer.output.as_slice().chunks(cols).collect();
+    let rows: Vec<Value> = answer
+        .output
+        .as_slice()
+        .chunks(cols)
+        .map(super::f32_json)
+        .collect();
     let key = match format {
         Format::Rows => "predictions",
         Format::Columns => "outputs",
