@@ -618,8 +618,6 @@ impl Shared {
                 MemberStatus::Finished => MemberState::Finished,
                 MemberStatus::Late => MemberState::Late,
                 MemberStatus::Failed(e) => MemberState::Failed(e.to_string()),
-                #[allow(unreachable_patterns)]
-                _ => MemberState::Failed("unknown status".to_string()),
             };
             let outcome = match state {
                 MemberState::Finished => MemberOutcome::Finished(report.elapsed),

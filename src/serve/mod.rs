@@ -39,27 +39,20 @@ use crate::error::{Error, Result};
 use crate::options::SessionOptions;
 use crate::precision::Precision;
 
-/// How to serve.
+/// How to serve: where, and the repository's own configuration
+/// ([`RepositoryConfig`]: the folder, batching, replicas, precision, session options).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServeConfig {
-    /// The model repository: `<model>/<version>/ensemble.toml`.
-    pub repository: PathBuf,
+    /// The model repository (`<model>/<version>/ensemble.toml`) and how its versions
+    /// are loaded and served.
+    pub repository: RepositoryConfig,
     /// Where to listen (`127.0.0.1:8000`; port 0 picks a free one).
     pub addr: SocketAddr,
     /// How often the repository is polled for new and removed versions.
     pub poll_interval: Duration,
-    /// Batching of every model (a model's `config.toml` may change it).
-    pub batch: BatchConfig,
-    /// Where replicas run.
-    pub replicas: Replicas,
-    /// The kernels' precision.
-    pub precision: Precision,
     /// The largest request body taken; a larger one is refused with 413.
     pub max_body_bytes: usize,
-    /// The options every replica's session is made with (its precision is replaced
-    /// by [`ServeConfig::precision`]), a [`FaultPlan`](crate::FaultPlan) among them.
-    pub session: SessionOptions,
     /// How long a shutdown waits for the connections it has: requests accepted are
     /// answered well within it; a client still sending a request, or not reading its
     /// answer, when it is up is disconnected.
@@ -72,14 +65,10 @@ impl ServeConfig {
     /// to 8 MiB.
     pub fn new(repository: impl Into<PathBuf>) -> Self {
         Self {
-            repository: repository.into(),
+            repository: RepositoryConfig::new(repository),
             addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
             poll_interval: Duration::from_secs(1),
-            batch: BatchConfig::default(),
-            replicas: Replicas::Manifest,
-            precision: Precision::F32,
             max_body_bytes: 8 << 20,
-            session: SessionOptions::default(),
             shutdown_timeout: Duration::from_secs(20),
         }
     }
@@ -87,12 +76,6 @@ impl ServeConfig {
     /// Sets [`ServeConfig::shutdown_timeout`].
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
-        self
-    }
-
-    /// Sets [`ServeConfig::session`].
-    pub fn session(mut self, options: SessionOptions) -> Self {
-        self.session = options;
         self
     }
 
@@ -108,27 +91,34 @@ impl ServeConfig {
         self
     }
 
-    /// Sets [`ServeConfig::batch`].
-    pub fn batch(mut self, batch: BatchConfig) -> Self {
-        self.batch = batch;
-        self
-    }
-
-    /// Sets [`ServeConfig::replicas`].
-    pub fn replicas(mut self, replicas: Replicas) -> Self {
-        self.replicas = replicas;
-        self
-    }
-
-    /// Sets [`ServeConfig::precision`].
-    pub fn precision(mut self, precision: Precision) -> Self {
-        self.precision = precision;
-        self
-    }
-
     /// Sets [`ServeConfig::max_body_bytes`].
     pub fn max_body_bytes(mut self, bytes: usize) -> Self {
         self.max_body_bytes = bytes;
+        self
+    }
+
+    /// Sets the repository's [`RepositoryConfig::session`]: the options every
+    /// replica's session is made with, a [`FaultPlan`](crate::FaultPlan) among them.
+    pub fn session(mut self, options: SessionOptions) -> Self {
+        self.repository = self.repository.session(options);
+        self
+    }
+
+    /// Sets the repository's [`RepositoryConfig::batch`].
+    pub fn batch(mut self, batch: BatchConfig) -> Self {
+        self.repository = self.repository.batch(batch);
+        self
+    }
+
+    /// Sets the repository's [`RepositoryConfig::replicas`].
+    pub fn replicas(mut self, replicas: Replicas) -> Self {
+        self.repository = self.repository.replicas(replicas);
+        self
+    }
+
+    /// Sets the repository's [`RepositoryConfig::precision`].
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.repository = self.repository.precision(precision);
         self
     }
 }
@@ -161,11 +151,7 @@ impl Server {
     pub fn start(config: ServeConfig) -> Result<Self> {
         let metrics = Metrics::new();
         let repository = Arc::new(Repository::open(
-            RepositoryConfig::new(config.repository.clone())
-                .replicas(config.replicas)
-                .precision(config.precision)
-                .batch(config.batch.clone())
-                .session(config.session.clone()),
+            config.repository.clone(),
             metrics.clone(),
         )?);
         let runtime = tokio::runtime::Builder::new_multi_thread()

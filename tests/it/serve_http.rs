@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use wgpu_ensemble::io::{read_matrix, Manifest};
 use wgpu_ensemble::{Placement, RunOptions, Session, Tensor};
 
-use crate::common::serve::{get, post_bytes, post_json, TestServer};
+use crate::common::serve::{floats, get, post_bytes, post_json, TestServer};
 use crate::common::{assert_close, golden, read_f64};
 
 /// The golden input, `[33, 12]`.
@@ -34,16 +34,6 @@ fn reference(x: &Tensor) -> (Vec<f64>, Vec<Vec<f64>>) {
 
 fn server() -> TestServer {
     TestServer::start(&[("mean", 1, "mean.toml")], "cpu")
-}
-
-/// A JSON number list as f32.
-fn floats(value: &Value) -> Vec<f32> {
-    value
-        .as_array()
-        .unwrap_or_else(|| panic!("not a list: {value}"))
-        .iter()
-        .map(|v| v.as_f64().unwrap_or_else(|| panic!("not a number: {v}")) as f32)
-        .collect()
 }
 
 /// A KServe output of a response by name.

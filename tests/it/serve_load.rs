@@ -11,7 +11,7 @@ use wgpu_ensemble::serve::BatchConfig;
 use wgpu_ensemble::{Placement, RunOptions, Session, Tensor};
 
 use crate::common::golden;
-use crate::common::serve::{add_version, get, post_json, TestServer};
+use crate::common::serve::{add_version, floats, get, post_json, TestServer};
 
 /// `Session::run` of a golden manifest on the CPU.
 fn run(manifest: &str, x: &Tensor) -> Vec<f32> {
@@ -26,15 +26,6 @@ fn run(manifest: &str, x: &Tensor) -> Vec<f32> {
 
 fn body(x: &Tensor) -> Value {
     json!({"inputs": [{"name": "input", "shape": x.shape(), "datatype": "FP32", "data": x.as_slice()}]})
-}
-
-fn floats(value: &Value) -> Vec<f32> {
-    value
-        .as_array()
-        .unwrap_or_else(|| panic!("not a list: {value}"))
-        .iter()
-        .map(|v| v.as_f64().unwrap_or(f64::NAN) as f32)
-        .collect()
 }
 
 /// Index and both values of the first pair apart by more than abs 1e-5 + rel 1e-4.

@@ -228,14 +228,7 @@ fn decode(
 ) -> Result<(InferRequest, Echo), ServeError> {
     let bad = ServeError::BadRequest;
     let (json, mut binary) = binary::split(headers, body)?;
-    let parsed: Value = serde_json::from_slice(json)
-        .map_err(|e| bad(format!("the request body is not valid JSON: {e}")))?;
-    let body = parsed.as_object().ok_or_else(|| {
-        bad(format!(
-            "the request is {}; expected a JSON object",
-            quote(&parsed)
-        ))
-    })?;
+    let body = &super::json_object(json)?;
     // The protocol's `id` is a string, echoed as it came.
     let id = match body.get("id") {
         None => None,

@@ -277,6 +277,21 @@ pub(crate) fn checked(input: &str, value: f64, index: usize) -> Result<f32, Serv
     )))
 }
 
+/// A request body that must be one JSON object (both protocols' requests are).
+pub(crate) fn json_object(
+    body: &[u8],
+) -> Result<serde_json::Map<String, serde_json::Value>, ServeError> {
+    let parsed: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ServeError::BadRequest(format!("the request body is not valid JSON: {e}")))?;
+    match parsed {
+        serde_json::Value::Object(map) => Ok(map),
+        other => Err(ServeError::BadRequest(format!(
+            "the request is {}; expected a JSON object",
+            quote(&other)
+        ))),
+    }
+}
+
 /// A JSON value quoted in an error, at most 200 characters.
 pub(crate) fn quote(value: &serde_json::Value) -> String {
     crate::error::excerpt(&value.to_string())

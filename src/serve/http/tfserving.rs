@@ -254,14 +254,7 @@ enum Format {
 /// A predict request body → the input rows and its format.
 fn decode(body: &[u8]) -> Result<(Tensor, Format), ServeError> {
     let bad = ServeError::BadRequest;
-    let parsed: Value = serde_json::from_slice(body)
-        .map_err(|e| bad(format!("the request body is not valid JSON: {e}")))?;
-    let body = parsed.as_object().ok_or_else(|| {
-        bad(format!(
-            "the request is {}; expected a JSON object",
-            quote(&parsed)
-        ))
-    })?;
+    let body = &super::json_object(body)?;
     if let Some(name) = body.get("signature_name") {
         // Empty names the default signature, as in TensorFlow Serving.
         if !matches!(name.as_str(), Some("" | SIGNATURE)) {

@@ -186,3 +186,13 @@ pub fn post_bytes(url: &str, headers: &[(&str, String)], body: &[u8]) -> Reply {
     }
     reply(request.send(body))
 }
+
+/// A JSON number list as f32 (panics, quoting it, on anything else).
+pub fn floats(value: &Value) -> Vec<f32> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {value}"))
+        .iter()
+        .map(|v| v.as_f64().unwrap_or_else(|| panic!("not a number: {v}")) as f32)
+        .collect()
+}
