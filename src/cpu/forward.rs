@@ -1,6 +1,7 @@
 //! The forward pass on the host: each layer as dot products (one or two rows), the
-//! `gemm` crate's small-matrix kernels (up to 16 rows) or `matrixmultiply` (above),
-//! then the bias and activation with the WGSL kernels' formulas.
+//! `gemm` crate's small-matrix kernels (up to 8 rows) or `matrixmultiply` (above,
+//! single-threaded on blocks of columns), then the bias and activation with the WGSL
+//! kernels' formulas.
 
 use crate::model::{Activation, Dense, Model};
 
@@ -13,27 +14,28 @@ const DOT_ROWS: usize = 2;
 /// Outputs per task of the dot-product path.
 const DOT_CHUNK: usize = 64;
 
-/// Rows up to which a layer is a matrix-vector product in all but name: the `gemm`
-/// crate's small-matrix kernels read the weights once and beat `matrixmultiply`'s
-/// packing there; above, `matrixmultiply` is faster on the machines measured
-/// (benches/results/cpu-2026-11-26/NOTES.md).
-const SMALL_ROWS: usize = 16;
+/// Rows up to which the `gemm` crate's small-matrix kernels run a layer; above,
+/// `matrixmultiply`. Single-threaded, with the members side by side, they are even at
+/// 8 rows (E1's layers: 0.70 / 0.71 ms a run), `gemm` ahead below (0.59 / 0.77 ms at
+/// 3 rows) and `matrixmultiply` above (0.62 / 0.91 ms at 16 rows); 2-core Xeon,
+/// 2026-12-05.
+const SMALL_ROWS: usize = 8;
 
-fn threads() -> usize {
+pub(crate) fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// A model's forward pass on `rows` rows of `x`; `f16` rounds each layer's input to
 /// f16 first.
-pub(crate) fn forward(model: &Model, x: &[f32], rows: usize, f16: bool) -> Vec<f32> {
+pub(crate) fn forward(model: &Model, x: &[f32], rows: usize, f16: bool, parts: usize) -> Vec<f32> {
     let mut current: Option<Vec<f32>> = None;
     for layer in model.layers() {
         let input = current.as_deref().unwrap_or(x);
         current = Some(if f16 {
             let rounded: Vec<f32> = input.iter().map(|&v| round_f16(v)).collect();
-            dense(layer, &rounded, rows)
+            dense(layer, &rounded, rows, parts)
         } else {
-            dense(layer, input, rows)
+            dense(layer, input, rows, parts)
         });
     }
     current.unwrap_or_default()
@@ -44,8 +46,10 @@ pub(crate) fn round_f16(v: f32) -> f32 {
     half::f16::from_f32(v).to_f32()
 }
 
-/// `act(x · Wᵀ + b)` for one layer.
-fn dense(layer: &Dense, x: &[f32], rows: usize) -> Vec<f32> {
+/// `act(x · Wᵀ + b)` for one layer. `parts` is how many threads the GEMM paths may
+/// use: the session runs a device's members side by side, so each member's layer
+/// gets its share of the threads rather than all of them.
+fn dense(layer: &Dense, x: &[f32], rows: usize, parts: usize) -> Vec<f32> {
     let (k, n) = (layer.in_features(), layer.out_features());
     let mut y = Vec::with_capacity(rows * n);
     for _ in 0..rows {
@@ -56,10 +60,10 @@ fn dense(layer: &Dense, x: &[f32], rows: usize) -> Vec<f32> {
     if rows <= DOT_ROWS {
         dot_rows(layer, x, rows, &mut y);
     } else if rows <= SMALL_ROWS {
-        // SAFETY (both calls): x is [rows, k] row-major (row stride k), W is [n, k]
-        // row-major, read as Wᵀ [k, n] with row stride 1 and column stride k, y is
-        // [rows, n] row-major; the lengths are checked when the model and the input
-        // are built, so every access stays inside the three slices.
+        // SAFETY: x is [rows, k] row-major (row stride k), W is [n, k] row-major, read
+        // as Wᵀ [k, n] with row stride 1 and column stride k, y is [rows, n]
+        // row-major; the lengths are checked when the model and the input are built,
+        // so every access stays inside the three slices.
         // `gemm` takes (column, row) strides and computes dst = 1·dst + 1·lhs·rhs.
         unsafe {
             gemm::gemm(
@@ -81,31 +85,86 @@ fn dense(layer: &Dense, x: &[f32], rows: usize) -> Vec<f32> {
                 false,
                 false,
                 false,
-                gemm::Parallelism::Rayon(threads()),
+                if parts > 1 {
+                    gemm::Parallelism::Rayon(parts)
+                } else {
+                    gemm::Parallelism::None
+                },
             );
         }
     } else {
+        gemm_columns(w, x, rows, k, n, &mut y, parts);
+    }
+    activate(layer.activation(), &mut y, n);
+    y
+}
+
+/// Columns per block of [`gemm_columns`]: a multiple of the widest kernels' 16.
+const COLUMN_ALIGN: usize = 16;
+
+/// A pointer to `y` that blocks of columns share across threads; each block writes
+/// only its own columns.
+#[derive(Clone, Copy)]
+struct Columns(*mut f32);
+// SAFETY: the blocks of `gemm_columns` write disjoint columns of one buffer that
+// outlives them (the scope of the parallel loop).
+unsafe impl Send for Columns {}
+unsafe impl Sync for Columns {}
+
+impl Columns {
+    /// Column `c` of the first row (a method, so that closures take the whole `Columns`).
+    fn at(self, c: usize) -> *mut f32 {
+        self.0.wrapping_add(c)
+    }
+}
+
+/// `y += x · Wᵀ` by `matrixmultiply` (single-threaded), the outputs split into
+/// `parts` blocks of columns run side by side by `rayon`: a block's weights are rows
+/// `c0..c1` of W, contiguous, and it writes columns `c0..c1` of y.
+fn gemm_columns(
+    w: &[f32],
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    n: usize,
+    y: &mut [f32],
+    parts: usize,
+) {
+    use rayon::prelude::*;
+    let block = n
+        .div_ceil(parts.max(1))
+        .next_multiple_of(COLUMN_ALIGN)
+        .min(n)
+        .max(1);
+    let out = Columns(y.as_mut_ptr());
+    debug_assert!(y.len() == rows * n && w.len() == n * k && x.len() >= rows * k);
+    (0..n.div_ceil(block)).into_par_iter().for_each(|b| {
+        let c0 = b * block;
+        let cols = block.min(n - c0);
+        // SAFETY: x is [rows, k] row-major; W's rows c0..c0+cols are read as a
+        // [k, cols] matrix with row stride 1 and column stride k; y's columns
+        // c0..c0+cols of [rows, n] (row stride n) are written by this block only.
+        // Every access stays inside the slices, whose lengths are checked when the
+        // model and the input are built.
         unsafe {
             matrixmultiply::sgemm(
                 rows,
                 k,
-                n,
+                cols,
                 1.0,
                 x.as_ptr(),
                 k as isize,
                 1,
-                w.as_ptr(),
+                w.as_ptr().add(c0 * k),
                 1,
                 k as isize,
                 1.0,
-                y.as_mut_ptr(),
+                out.at(c0),
                 n as isize,
                 1,
             );
         }
-    }
-    activate(layer.activation(), &mut y, n);
-    y
+    });
 }
 
 /// `y[r, o] += x[r, ..] · W[o, ..]` for the few rows of `x`: every weight row is read
@@ -205,4 +264,55 @@ fn softmax(row: &mut [f32]) {
         sum += *v;
     }
     row.iter_mut().for_each(|v| *v /= sum);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `x · Wᵀ + b` in f64, the reference.
+    fn reference(layer: &Dense, x: &[f32], rows: usize) -> Vec<f64> {
+        let (k, n) = (layer.in_features(), layer.out_features());
+        let w = layer.weight().as_slice();
+        let mut y = vec![0.0f64; rows * n];
+        for r in 0..rows {
+            for o in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|i| f64::from(x[r * k + i]) * f64::from(w[o * k + i]))
+                    .sum();
+                y[r * n + o] = dot + f64::from(layer.bias()[o]);
+            }
+        }
+        y
+    }
+
+    /// Every path (dot products, `gemm`, column blocks of `matrixmultiply`) and every
+    /// split of the columns among threads agree with the f64 reference, with widths
+    /// that are not multiples of the blocks.
+    #[test]
+    fn every_path_and_split_matches_the_reference() {
+        let model = Model::random(&[19, 37], &[Activation::Identity], 3).expect("a valid model");
+        let layer = &model.layers()[0];
+        for rows in [1, 2, 3, 8, 9, 20] {
+            let x: Vec<f32> = (0..rows * 19)
+                .map(|i| ((i * 7) % 13) as f32 / 6.5 - 1.0)
+                .collect();
+            let want = reference(layer, &x, rows);
+            for parts in [1, 2, 3, 5, 64] {
+                let got = dense(layer, &x, rows, parts);
+                assert_eq!(got.len(), want.len());
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        approx::relative_eq!(
+                            f64::from(*g),
+                            *w,
+                            epsilon = 1e-5,
+                            max_relative = 1e-5
+                        ),
+                        "rows {rows}, parts {parts}, index {i}: got {g}, want {w}"
+                    );
+                }
+            }
+        }
+    }
 }

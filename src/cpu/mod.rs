@@ -1,14 +1,16 @@
-//! The host executor for [`Placement::Cpu`](crate::Placement::Cpu): the same member
-//! networks through multi-threaded GEMM crates (`matrixmultiply`, and `gemm` for
-//! batches of at most 16 rows), and for one or two rows as dot products of each
-//! weight row with the input, spread over threads by `rayon`.
+//! The host executor for [`Placement::Cpu`](crate::Placement::Cpu): the members run
+//! side by side on `rayon`'s threads, each layer through a GEMM crate (`gemm` for
+//! batches of at most 8 rows, `matrixmultiply` above, its columns split in blocks
+//! when a member has more than one thread to itself), and for one or two rows as dot
+//! products of each weight row with the input, spread over threads.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 mod forward;
 
-use forward::{forward, round_f16};
+use forward::{forward, round_f16, threads};
+use rayon::prelude::*;
 
 use crate::aggregate::{accumulate, Mode};
 use crate::error::Result;
@@ -70,8 +72,20 @@ impl Executor for CpuExecutor {
         let mut partial: Option<Vec<f32>> = None;
         let mut members = Vec::new();
         let mut present = Vec::new();
-        for m in self.members.iter().filter(|m| !skip.contains(&m.index)) {
-            let mut y = forward(&m.model, input, rows, self.f16);
+        // The members side by side, each with its share of the threads; their outputs
+        // are combined in the members' order, so the sums do not depend on timing.
+        let active: Vec<&CpuMember> = self
+            .members
+            .iter()
+            .filter(|m| !skip.contains(&m.index))
+            .collect();
+        let parts = (threads() / active.len().max(1)).max(1);
+        let f16 = self.f16;
+        let outputs: Vec<Vec<f32>> = active
+            .par_iter()
+            .map(|m| forward(&m.model, input, rows, f16, parts))
+            .collect();
+        for (m, mut y) in active.into_iter().zip(outputs) {
             present.push(m.index);
             match &mut partial {
                 // The first member's weighted output is the partial sum (0 + w·y is
