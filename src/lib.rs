@@ -64,6 +64,7 @@ mod pipeline;
 #[cfg(feature = "serve")]
 pub mod serve;
 mod session;
+pub mod train;
 
 pub use aggregate::Aggregate;
 pub use error::{Error, Result};

@@ -86,8 +86,8 @@ pub enum Placement {
     /// [`Error::InputsBeyondDriver`]: crate::Error::InputsBeyondDriver
     #[default]
     Auto,
-    /// The host CPU, through multi-threaded GEMM crates (`matrixmultiply`; `gemm` for
-    /// batches of at most 16 rows).
+    /// The host CPU: the members side by side on its threads, through GEMM crates
+    /// (`matrixmultiply`; `gemm` for batches of at most 8 rows).
     Cpu,
     /// Adapter `i` of [`adapters`](crate::adapters), on its first device/queue (the same as
     /// `Queue { adapter: i, slot: 0 }`).
