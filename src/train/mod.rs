@@ -1,20 +1,20 @@
-//! Training dense members: one member on a chosen placement ([`train_member`]), and
+//! Training dense members: one member on a chosen placement (`train_member`), and
 //! studies of many trials at once, one per device, whose best trials become an
-//! ensemble ([`study`]).
+//! ensemble (`study`).
 //!
 //! The pieces, lowest first:
 //! - [`Hyper`]: one trial's hyperparameters (architecture, optimizer, schedule,
 //!   mini-batches, early stopping, seed).
-//! - [`data`]: a data set ([`Data`]: features and [`Targets`]), its seeded validation
+//! - `data`: a data set (`Data`: features and `Targets`), its seeded validation
 //!   split and standardisation.
 //! - the engine contract (`engine.rs`): what a placement's trainer does — hold the
 //!   weights and the optimizer's state on its device for the whole training, run an
 //!   epoch of mini-batches (forward with the activations kept, backward, optimizer
 //!   step), evaluate, give the weights back. The CPU engine (`cpu.rs`) and the GPU
 //!   engine (`gpu.rs`, WGSL kernels) implement it.
-//! - [`train_member`]: the loop every engine shares — seeded shuffling every epoch,
+//! - `train_member`: the loop every engine shares — seeded shuffling every epoch,
 //!   the learning-rate schedule, early stopping keeping the best weights, progress once
-//!   per epoch — and the export of the trained member as a [`Model`] (standardisation
+//!   per epoch — and the export of the trained member as a `Model` (standardisation
 //!   folded into its first layer, softmax at the end for classification).
 
 use crate::model::Activation;
