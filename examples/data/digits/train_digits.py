@@ -1,7 +1,8 @@
 """Train the digits ensemble of `examples/digits.rs` with scikit-learn and export it.
 
 scikit-learn's digits data set (8x8 images, 1797 samples) is split into 1437 training
-and 360 test samples (stratified, seed 0); pixels are scaled to [0, 1]. Five
+and 360 test samples (stratified, seed 0); pixels are scaled to [0, 1]. Both splits
+are written as .npy (the training split for `wgpu-ensemble train`). Five
 MLPClassifier members of different architectures and activations are trained and each
 is written as safetensors in PyTorch's nn.Sequential layout (`0.weight` [out, in],
 `0.bias`, `2.weight`, ... with the activations in the metadata), with a manifest and
@@ -39,6 +40,9 @@ x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=360, stratif
 os.makedirs(OUT, exist_ok=True)
 np.save(os.path.join(OUT, "x_test.npy"), x_test)
 np.save(os.path.join(OUT, "y_test.npy"), y_test.astype(np.int64))
+# The training split, for `wgpu-ensemble train` (its tests, its benchmark).
+np.save(os.path.join(OUT, "x_train.npy"), x_train)
+np.save(os.path.join(OUT, "y_train.npy"), y_train.astype(np.int64))
 
 manifest = [
     "# The digits ensemble, made by examples/data/digits/train_digits.py (scikit-learn MLPClassifier).",
