@@ -633,6 +633,37 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    // Training studies (`train::study`): these variants together.
+    /// A study file, or one trial's parameters, could not be parsed, has an invalid
+    /// value, or does not fit the data or the output folder it is used with.
+    #[error("{path}: `{key}`: {message}")]
+    Study {
+        /// The study file (or the trial's parameters file).
+        path: PathBuf,
+        /// The key, with its section (`space.learning_rate`, `data.y`).
+        key: String,
+        /// What is wrong: what was expected, what was given.
+        message: String,
+    },
+    /// A study stopped (an interrupt, or its progress callback asked) before every
+    /// trial had run. Finished trials keep their records and weights.
+    #[error("the study stopped after {finished} of {trials} trials; their records and weights are kept in {}: run the same command again to resume", .out.display())]
+    StudyStopped {
+        /// Trials recorded (finished or failed), this run and earlier ones.
+        finished: usize,
+        /// Trials in the study.
+        trials: usize,
+        /// The study's output folder.
+        out: PathBuf,
+    },
+    /// No trial of a study finished: there is no ensemble to form.
+    #[error("no trial of the study finished ({failed} failed; their errors are in {})", .records.display())]
+    NoFinishedTrial {
+        /// Trials that failed.
+        failed: usize,
+        /// The study's records (`trials.jsonl`).
+        records: PathBuf,
+    },
 }
 
 impl Error {

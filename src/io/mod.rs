@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 pub use manifest::{Manifest, ManifestMember};
 pub use npy::{matrix_from_bytes, read_matrix, write_tensor};
+pub(crate) use npy::{read_array, Array};
 pub use weights::ACTIVATIONS_KEY;
 pub use weights::{load_model, model_from_bytes, save_model, LoadOptions};
 

@@ -233,24 +233,8 @@ fn quoted_shape<T: std::fmt::Debug>(shape: &[T]) -> String {
     excerpt(&format!("{shape:?}"))
 }
 
-/// Reads a `[rows, cols]` matrix of f32 or f64 (converted to f32) in C order.
-///
-/// Any other dtype, Fortran order, a number of dimensions other than 2, a shape
-/// with more values than the file holds, a header longer than the file (or than
-/// numpy's own limit of 10 000 bytes), a header other than the dict numpy writes, or an
-/// f64 value beyond f32's range is an [`Error::Npy`] that says what was found and what
-/// is expected. The file must be a regular file (or a symbolic link to one): anything
-/// else is [`Error::NotRegularFile`], refused before it is read.
-pub fn read_matrix(path: impl AsRef<Path>) -> Result<Tensor> {
-    let path = path.as_ref();
-    let bytes = read_regular(path, u64::MAX)?;
-    matrix_from_bytes(path, &bytes)
-}
-
-/// [`read_matrix`] of a `.npy` file's bytes already in memory; `path` only names the
-/// file in errors. Every check of [`read_matrix`] applies, none reads a file. The
-/// header is read by a strict parser of its own, in time linear in its length.
-pub fn matrix_from_bytes(path: &Path, bytes: &[u8]) -> Result<Tensor> {
+/// The header of a `.npy` file's bytes and the data after it.
+fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(Header, &'a [u8])> {
     let Some(range) = header_text(path, bytes)? else {
         return Err(npy_error(
             path,
@@ -283,6 +267,33 @@ pub fn matrix_from_bytes(path: &Path, bytes: &[u8]) -> Result<Tensor> {
             ),
         )
     })?;
+    Ok((header, data))
+}
+
+/// Reads a `[rows, cols]` matrix of f32 or f64 (converted to f32) in C order.
+///
+/// Any other dtype, Fortran order, a number of dimensions other than 2, a shape
+/// with more values than the file holds, a header longer than the file (or than
+/// numpy's own limit of 10 000 bytes), a header other than the dict numpy writes, or an
+/// f64 value beyond f32's range is an [`Error::Npy`] that says what was found and what
+/// is expected. The file must be a regular file (or a symbolic link to one): anything
+/// else is [`Error::NotRegularFile`], refused before it is read.
+pub fn read_matrix(path: impl AsRef<Path>) -> Result<Tensor> {
+    let path = path.as_ref();
+    let bytes = read_regular(path, u64::MAX)?;
+    matrix_from_bytes(path, &bytes)
+}
+
+/// [`read_matrix`] of a `.npy` file's bytes already in memory; `path` only names the
+/// file in errors. Every check of [`read_matrix`] applies, none reads a file. The
+/// header is read by a strict parser of its own, in time linear in its length.
+pub fn matrix_from_bytes(path: &Path, bytes: &[u8]) -> Result<Tensor> {
+    let (header, data) = parse(path, bytes)?;
+    float_matrix(path, &header, data)
+}
+
+/// The float matrix of a parsed header and its data.
+fn float_matrix(path: &Path, header: &Header, data: &[u8]) -> Result<Tensor> {
     let dims = &header.shape;
     let Some(count) = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d)) else {
         return Err(npy_error(
@@ -397,4 +408,132 @@ pub(crate) fn npy_bytes(path: &Path, tensor: &Tensor) -> Result<Vec<u8>> {
         .map_err(|e| io_error(path, e))?;
     writer.finish().map_err(|e| io_error(path, e))?;
     Ok(bytes)
+}
+
+/// A `.npy` array of one or two dimensions as training targets read it: integers
+/// (labels) or floats (values, converted to f32).
+#[derive(Debug)]
+pub(crate) enum Array {
+    /// Integer dtypes (`i1` … `i8`, `u1` … `u8`), as i64 (`u8` values above
+    /// `i64::MAX` are refused).
+    Int {
+        /// The shape, one or two dimensions.
+        shape: Vec<usize>,
+        /// The values in C order.
+        values: Vec<i64>,
+    },
+    /// float32 or float64 (converted to f32).
+    Float(Tensor),
+}
+
+/// Reads a `.npy` array of one or two dimensions, integer or float, in C order (a
+/// regular file, read whole): training targets, `[n]` labels or `[n, k]` values.
+pub(crate) fn read_array(path: &Path) -> Result<Array> {
+    let bytes = read_regular(path, u64::MAX)?;
+    let (header, data) = parse(path, &bytes)?;
+    if header.fortran_order && header.shape.len() > 1 {
+        return Err(npy_error(
+            path,
+            "array is in Fortran order; expected C order (numpy.ascontiguousarray)",
+        ));
+    }
+    let descr = header.descr.as_str();
+    let (order, kind, size) = match descr.as_bytes() {
+        [order @ (b'<' | b'>' | b'=' | b'|'), kind @ (b'i' | b'u' | b'f'), size] => {
+            (*order, *kind, usize::from(size.wrapping_sub(b'0')))
+        }
+        _ => (b'<', b'?', 0),
+    };
+    let known = match kind {
+        b'i' | b'u' => matches!(size, 1 | 2 | 4 | 8),
+        b'f' => matches!(size, 4 | 8),
+        _ => false,
+    };
+    if !known {
+        return Err(npy_error(
+            path,
+            format!(
+                "dtype '{}' is not supported; expected an integer (int8 … int64, uint8 … uint64) \
+                 or float32 / float64",
+                excerpt(descr)
+            ),
+        ));
+    }
+    if kind == b'f' {
+        if header.shape.len() == 1 {
+            // [n] floats: read as the [n, 1] matrix they are.
+            let column = Header {
+                descr: header.descr.clone(),
+                fortran_order: false,
+                shape: vec![header.shape[0], 1],
+            };
+            return float_matrix(path, &column, data).map(Array::Float);
+        }
+        return float_matrix(path, &header, data).map(Array::Float);
+    }
+    let dims = &header.shape;
+    if !matches!(dims.len(), 1 | 2) {
+        return Err(npy_error(
+            path,
+            format!(
+                "expected 1 or 2 dimensions, got {} with shape {}",
+                dims.len(),
+                quoted_shape(dims)
+            ),
+        ));
+    }
+    let count = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+    let needed = count.and_then(|c| c.checked_mul(size as u64));
+    let held = data.len() as u64;
+    let (Some(count), Some(needed)) = (count, needed) else {
+        return Err(npy_error(
+            path,
+            format!(
+                "shape {} has more values than can be addressed",
+                quoted_shape(dims)
+            ),
+        ));
+    };
+    if needed > held {
+        return Err(npy_error(
+            path,
+            format!(
+                "shape {} of '{descr}' needs {needed} bytes of data; the file holds {held}",
+                quoted_shape(dims)
+            ),
+        ));
+    }
+    let big = order == b'>';
+    let mut values = Vec::new();
+    values
+        .try_reserve_exact(count as usize)
+        .map_err(|_| npy_error(path, format!("cannot allocate {count} values")))?;
+    for (i, b) in data[..needed as usize].chunks_exact(size).enumerate() {
+        let mut le = [0u8; 8];
+        le[..size].copy_from_slice(b);
+        if big {
+            le[..size].reverse();
+        }
+        let negative = kind == b'i' && le[size - 1] & 0x80 != 0;
+        if negative {
+            le[size..].fill(0xff);
+        }
+        let raw = u64::from_le_bytes(le);
+        let value = if kind == b'i' {
+            raw as i64
+        } else {
+            i64::try_from(raw).map_err(|_| {
+                npy_error(
+                    path,
+                    format!("value {raw} at index {i} is beyond int64's range"),
+                )
+            })?
+        };
+        values.push(value);
+    }
+    let shape = dims
+        .iter()
+        .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+        .collect();
+    Ok(Array::Int { shape, values })
 }
