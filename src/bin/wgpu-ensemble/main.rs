@@ -6,6 +6,7 @@ mod devices;
 mod predict;
 #[cfg(feature = "serve")]
 mod serve;
+mod train;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,8 @@ enum Command {
     /// Serve a model repository over HTTP: KServe v2 and TensorFlow Serving REST, versions swapped while serving, dynamic batching, replicas, Prometheus metrics at /metrics.
     #[cfg(feature = "serve")]
     Serve(serve::ServeArgs),
+    /// Train a study: many trials of a study file's search space, one per device at a time, records in OUT/trials.jsonl, the best as an ensemble in OUT/ensemble.toml; or one configuration (--trial) for an orchestrator.
+    Train(train::TrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,8 +45,17 @@ fn main() -> ExitCode {
     let server = matches!(cli.command, Command::Serve(_));
     #[cfg(not(feature = "serve"))]
     let server = false;
+    let training = matches!(cli.command, Command::Train(_));
     #[cfg(unix)]
-    if !server {
+    if training {
+        // The study stops after the running epochs, keeping every finished trial.
+        if let Err(e) = train::stop_on_signals() {
+            eprintln!("wgpu-ensemble: error: cannot handle SIGINT, SIGTERM and SIGHUP: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    #[cfg(unix)]
+    if !server && !training {
         if let Err(e) = stop_on_signals() {
             eprintln!("wgpu-ensemble: error: cannot handle SIGINT, SIGTERM and SIGHUP: {e}");
             return ExitCode::FAILURE;
@@ -56,6 +68,7 @@ fn main() -> ExitCode {
         }
         Command::Predict(args) => predict::predict(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::Train(args) => train::train(&args),
         #[cfg(feature = "serve")]
         Command::Serve(args) => serve::serve(&args),
     };

@@ -632,13 +632,15 @@ fn choice<T>(
                         format!("int_uniform = [{a}, {b}]: bounds must be integers"),
                     ))
                 }
-                other => return Err(bad(
-                    key,
-                    format!(
+                other => {
+                    return Err(bad(
+                        key,
+                        format!(
                         "unknown distribution \"{}\": expected log_uniform, uniform or int_uniform",
                         excerpt(other)
                     ),
-                )),
+                    ))
+                }
             };
             // Both ends must be valid values of the key.
             for end in [a, b] {
