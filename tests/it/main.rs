@@ -31,3 +31,5 @@ mod serve_load;
 mod serve_repo;
 mod shaders;
 mod timing;
+mod train_cli;
+mod train_study;
