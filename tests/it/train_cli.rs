@@ -50,7 +50,14 @@ fn train_writes_records_and_an_ensemble_predict_runs() {
     let count = |kind: &str| lines.iter().filter(|l| l["event"] == kind).count();
     assert_eq!((count("epoch"), count("trial"), count("study")), (6, 2, 1));
     let epoch = lines.iter().find(|l| l["event"] == "epoch").unwrap();
-    for key in ["trial", "device", "epoch", "train_loss", "validation_loss", "accuracy"] {
+    for key in [
+        "trial",
+        "device",
+        "epoch",
+        "train_loss",
+        "validation_loss",
+        "accuracy",
+    ] {
         assert!(!epoch[key].is_null(), "{key} in {epoch}");
     }
     let trial = lines.iter().find(|l| l["event"] == "trial").unwrap();
@@ -63,7 +70,11 @@ fn train_writes_records_and_an_ensemble_predict_runs() {
         let r: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(r["accuracy"].as_f64().unwrap() > 0.5, "{r}");
     }
-    assert!(stderr(&run).contains("ensemble of the 2 best"), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("ensemble of the 2 best"),
+        "{}",
+        stderr(&run)
+    );
 
     // `predict` runs the ensemble as it is.
     let y = dir.path().join("y.npy");
@@ -136,4 +147,74 @@ fn a_bad_study_exits_non_zero_naming_the_key() {
     assert!(!run.status.success());
     assert!(stderr(&run).contains("search.keep"), "{}", stderr(&run));
     assert!(!out.exists(), "nothing written");
+}
+
+/// SIGINT stops the study after the running epochs: the finished trial keeps its
+/// record and weights, the command exits non-zero saying how to resume.
+#[cfg(unix)]
+#[test]
+fn sigint_keeps_finished_trials_and_says_how_to_resume() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    // Trial 0 runs 2 epochs, trial 1 a very long time.
+    let study = write_study(
+        dir.path(),
+        "strategy = \"grid\"\nkeep = 1",
+        "hidden = [[16]]\nbatch_size = 64\nepochs = [2, 1000000]\npatience = 0",
+    );
+    let out = dir.path().join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wgpu-ensemble"))
+        .args(["train", "--study", study.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap(), "--devices", "cpu", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    // Wait for the second trial's first epoch.
+    let mut seen = false;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("\"epoch\"") && line.contains("trial-001") {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "the second trial never ran an epoch");
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    // Drain stdout so that the command never blocks on a full pipe.
+    let drain = std::thread::spawn(move || lines.count());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("train still running 60 s after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = drain.join();
+    let mut message = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut message);
+    assert!(!status.success(), "{message}");
+    assert!(
+        message.contains("run the same command again to resume"),
+        "{message}"
+    );
+    let records = std::fs::read_to_string(out.join("trials.jsonl")).unwrap();
+    assert_eq!(records.lines().count(), 1, "{records}");
+    assert!(records.contains("\"trial-000\""), "{records}");
+    assert!(out.join("trial-000.safetensors").is_file());
+    assert!(!out.join("trial-001.safetensors").exists());
 }

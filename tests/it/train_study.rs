@@ -217,7 +217,11 @@ fn study_data_errors_name_the_key() {
     let x = read_matrix(digits().join("x_test.npy")).unwrap();
     let mut nan = x.to_vec();
     nan[3 * 64 + 5] = f32::NAN;
-    write_tensor(dir.path().join("x_nan.npy"), &Tensor::matrix(360, 64, nan).unwrap()).unwrap();
+    write_tensor(
+        dir.path().join("x_nan.npy"),
+        &Tensor::matrix(360, 64, nan).unwrap(),
+    )
+    .unwrap();
     write_tensor(dir.path().join("x.npy"), &x).unwrap();
     let mut labels: Vec<i64> = (0..360).map(|i| i % 10).collect();
     write_labels(&dir.path().join("y.npy"), &labels);
@@ -317,7 +321,10 @@ fn digits_study_reaches_95_percent_cpu() {
         )
         .unwrap();
     assert_eq!(result.trials.len(), 3);
-    assert!(result.trials.iter().all(|r| r.status == TrialStatus::Finished));
+    assert!(result
+        .trials
+        .iter()
+        .all(|r| r.status == TrialStatus::Finished));
     let best = result.best();
     assert_eq!(best.len(), 2);
     assert!(best[0].validation_loss <= best[1].validation_loss);
@@ -457,7 +464,10 @@ fn a_diverging_trial_is_recorded_as_failed_cpu() {
     assert_eq!(failed[0].params.learning_rate, 1e9);
     let error = failed[0].error.as_deref().unwrap_or("");
     assert!(error.contains("diverged"), "{error}");
-    assert!(!out.path().join(format!("{}.safetensors", failed[0].name)).exists());
+    assert!(!out
+        .path()
+        .join(format!("{}.safetensors", failed[0].name))
+        .exists());
     assert_eq!(result.best().len(), 1);
     assert!(result.best()[0].finished());
 }
@@ -489,7 +499,10 @@ fn one_trial_mode_trains_given_parameters_cpu() {
         .unwrap();
     assert!(record.finished());
     assert_eq!(record.epochs_run, 2);
-    assert!(out.path().join(format!("{}.safetensors", record.name)).is_file());
+    assert!(out
+        .path()
+        .join(format!("{}.safetensors", record.name))
+        .is_file());
     // Asked again, it is not trained again.
     let mut started = 0;
     let again = study

@@ -40,7 +40,16 @@ static STOP: AtomicBool = AtomicBool::new(false);
 #[cfg(unix)]
 pub(crate) fn stop_on_signals() -> std::io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    // A signal ignored when the process started (SIGHUP under `nohup`) stays ignored.
+    let ignored = crate::ignored_at_start();
+    let handled: Vec<i32> = [SIGINT, SIGTERM, SIGHUP]
+        .into_iter()
+        .filter(|&s| ignored & (1 << (s - 1)) == 0)
+        .collect();
+    if handled.is_empty() {
+        return Ok(());
+    }
+    let mut signals = signal_hook::iterator::Signals::new(&handled)?;
     std::thread::Builder::new()
         .name("signals".to_string())
         .spawn(move || {
