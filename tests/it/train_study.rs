@@ -369,10 +369,14 @@ fn digits_study_reaches_95_percent_cpu() {
 
 #[test]
 fn resume_skips_finished_trials() {
-    let text = digits_study(
-        "trials = 3\nseed = 5\nkeep = 1",
-        "hidden = [[16], [24]]\nlearning_rate = [0.01, 0.005]\nbatch_size = 64\nepochs = 3",
-    );
+    // Trial 0 runs 2 epochs, trials 1 and 2 long enough to be stopped in.
+    let grid = |epochs: &str| {
+        digits_study(
+            "strategy = \"grid\"\nseed = 5\nkeep = 1",
+            &format!("hidden = [[8]]\nbatch_size = 256\npatience = 0\nepochs = {epochs}"),
+        )
+    };
+    let text = grid("[2, 300, 301]");
     let study = Study::parse(&text, digits()).unwrap();
     let out = tempfile::tempdir().unwrap();
     let cpu = Devices::List(vec![Placement::Cpu]);
@@ -429,11 +433,7 @@ fn resume_skips_finished_trials() {
     assert_eq!(started, 0);
 
     // Another study on the same folder is refused.
-    let changed = digits_study(
-        "trials = 3\nseed = 5\nkeep = 1",
-        "hidden = [[16], [24]]\nlearning_rate = [0.02, 0.005]\nbatch_size = 64\nepochs = 3",
-    );
-    let changed = Study::parse(&changed, digits()).unwrap();
+    let changed = Study::parse(&grid("[2, 300, 302]"), digits()).unwrap();
     match changed.run(out.path(), &cpu, &mut no_progress) {
         Err(Error::Study { key, .. }) => assert_eq!(key, "space"),
         other => panic!("expected Error::Study, got {other:?}"),

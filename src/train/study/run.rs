@@ -450,8 +450,10 @@ impl Study {
         }
         let placements = devices.placements();
         if placements.is_empty() && !queue.is_empty() {
-            return Err(Error::DeviceSpec {
-                spec: String::new(),
+            return Err(Error::Study {
+                path: self.path.clone(),
+                key: "--devices".to_string(),
+                message: "no device given: name at least one (cpu, adapter:N, auto)".to_string(),
             });
         }
         let mut models: Vec<(String, f64, Model)> = Vec::new();
