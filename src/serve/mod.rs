@@ -181,12 +181,19 @@ impl Server {
         });
         let app = http::router(Arc::clone(&state), config.max_body_bytes);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = runtime.spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
+        let serving = runtime.spawn(http::serve(listener, app, stopped));
+        // Histogram samples wait in the recorder until an upkeep folds them in; a server
+        // nobody scrapes must not keep every one of them.
+        runtime.spawn({
+            let metrics = metrics.clone();
+            async move {
+                let mut every = tokio::time::interval(self::metrics::UPKEEP_INTERVAL);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    metrics.upkeep();
+                }
+            }
         });
         repository.poll();
         state.ready.store(true, Ordering::SeqCst);
@@ -268,5 +275,33 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ServeConfig, Server};
+    use std::time::{Duration, Instant};
+
+    /// The histograms' samples are folded into their buckets while nobody scrapes
+    /// `/metrics`: the recorder keeps every sample until an upkeep.
+    #[test]
+    fn histogram_samples_are_folded_in_without_a_scrape() {
+        let dir = tempfile::tempdir().unwrap();
+        let server =
+            Server::start(ServeConfig::new(dir.path()).addr(([127, 0, 0, 1], 0).into())).unwrap();
+        server
+            .metrics()
+            .request("m", "1", "success", Duration::from_millis(1));
+        let before = server.metrics().upkeeps();
+        let until = Instant::now() + Duration::from_secs(10);
+        while server.metrics().upkeeps() < before + 2 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            server.metrics().upkeeps() >= before + 2,
+            "no upkeep ran within 10 s without a scrape"
+        );
+        server.shutdown();
     }
 }

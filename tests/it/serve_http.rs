@@ -1190,3 +1190,44 @@ fn a_stuck_client_does_not_hold_the_shutdown_cpu() {
     );
     drop(stuck);
 }
+
+/// Sends `request` on a new connection to `server`, optionally shuts down the write
+/// side, and reads until the server closes (30 s at most).
+fn raw_exchange(server: &TestServer, request: &[u8], half_close: bool) -> String {
+    use std::io::{Read, Write};
+    let addr = server.base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    if half_close {
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A client that shuts down its write side once its request is sent (as `nc -N` and
+/// some health checkers do) still gets the answer; hyper's default closed the
+/// connection unanswered.
+#[test]
+fn a_client_that_half_closes_after_its_request_is_answered_cpu() {
+    let server = server();
+    let answer = raw_exchange(
+        &server,
+        b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n",
+        true,
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    let body = json!({"instances": [vec![0.5; 12]]}).to_string();
+    let request = format!(
+        "POST /v1/models/mean:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = raw_exchange(&server, request.as_bytes(), true);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.contains("\"predictions\""), "{answer:?}");
+}

@@ -7,6 +7,7 @@
 
 mod binary;
 mod kserve;
+mod listen;
 mod tfserving;
 
 use std::future::poll_fn;
@@ -24,6 +25,8 @@ use axum::{Extension, Json, Router};
 use super::metrics::Metrics;
 use super::repository::Repository;
 use super::types::ServeError;
+
+pub(crate) use listen::serve;
 
 /// What every handler shares.
 pub(crate) struct AppState {
