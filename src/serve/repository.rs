@@ -287,7 +287,9 @@ impl Repository {
 
     /// Scans the folder once: reads each model's `config.toml`, loads and warms the
     /// versions its policy selects that are not served yet, serves them, and unloads
-    /// the versions that left the policy or the folder. Polls run one at a time; after
+    /// the versions that left the policy or the folder. A model whose folder is gone
+    /// is forgotten (unknown, as if it had never been) at the first poll after its
+    /// versions are unloaded. Polls run one at a time; after
     /// [`Repository::shutdown`] a poll does nothing.
     pub fn poll(&self) {
         let _one_at_a_time = self.polling.lock().unwrap_or_else(|e| e.into_inner());
@@ -308,6 +310,13 @@ impl Repository {
                 None => self.poll_model(name, None),
             }
         }
+        // A model whose folder is gone is forgotten once nothing of it is served or
+        // being unloaded: its statuses and metadata answer 404 from then on.
+        write(&self.models).retain(|name, entry| {
+            found.contains_key(name)
+                || !entry.served.is_empty()
+                || entry.status.values().any(|s| s.state != VersionState::End)
+        });
         self.reap();
     }
 
