@@ -241,12 +241,15 @@ impl Server {
     }
 
     /// Stops accepting connections, answers every request already accepted, unloads
-    /// every version and returns.
+    /// every version and returns. It waits at most [`ServeConfig::shutdown_timeout`]
+    /// for its connections and a version being loaded together; such a version is
+    /// dropped on its own thread once its load ends.
     pub fn shutdown(mut self) {
         self.stop_now();
     }
 
     fn stop_now(&mut self) {
+        let deadline = std::time::Instant::now() + self.shutdown_timeout;
         self.polling.store(false, Ordering::SeqCst);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -264,7 +267,21 @@ impl Server {
         }
         self.repository.shutdown();
         if let Some(poller) = self.poller.take() {
-            let _ = poller.join();
+            // A poll loading a version (a slow device, a long warm-up) is waited for
+            // until the shutdown timeout, no longer: its thread then finishes the load
+            // on its own and drops what it loaded (the repository is closed).
+            let until = deadline.max(std::time::Instant::now() + Duration::from_millis(100));
+            while !poller.is_finished() && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if poller.is_finished() {
+                let _ = poller.join();
+            } else {
+                tracing::warn!(
+                    "a version was still loading when the shutdown timeout passed; \
+                     it is dropped once its load ends"
+                );
+            }
         }
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_timeout(Duration::from_secs(5));

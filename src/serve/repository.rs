@@ -410,6 +410,9 @@ impl Repository {
             }
             // Every pass loads or fails at least one version: the loop ends.
             for v in to_load {
+                if self.closed.load(Ordering::SeqCst) {
+                    break;
+                }
                 let folder = &present[&v];
                 let then = fingerprint(folder);
                 self.set_status(name, v, VersionState::Loading, None);
@@ -429,6 +432,16 @@ impl Repository {
         };
         let leaving: Vec<Arc<ServedVersion>> = {
             let mut models = write(&self.models);
+            if self.closed.load(Ordering::SeqCst) {
+                // A shutdown came while this poll was loading: it has taken every version
+                // served, and does not wait for this one; what was loaded is dropped.
+                drop(models);
+                for served in loaded.into_values().chain(reloaded.into_values()) {
+                    served.batcher.close();
+                    served.batcher.drain();
+                }
+                return;
+            }
             let entry = models.entry(name.to_string()).or_default();
             entry.failed = failed;
             let mut replaced: Vec<Arc<ServedVersion>> = Vec::new();
@@ -730,9 +743,12 @@ impl Repository {
     }
 
     /// Stops every version: no new request is taken, every queued one is answered, every
-    /// version unloaded (polls after it do nothing).
+    /// version unloaded (polls after it do nothing). A poll in progress is not waited
+    /// for: a version it is loading (a slow device can take long) is dropped, on the
+    /// poll's thread, once its load ends.
     pub fn shutdown(&self) {
-        let _no_poll = self.polling.lock().unwrap_or_else(|e| e.into_inner());
+        // Set before the served versions are taken (under the models' lock): a poll in
+        // progress sees it under that lock before it serves what it loaded.
         self.closed.store(true, Ordering::SeqCst);
         let all: Vec<Arc<ServedVersion>> = {
             let mut models = write(&self.models);

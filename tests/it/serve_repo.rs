@@ -947,3 +947,42 @@ fn a_repository_folder_that_cannot_be_listed_changes_nothing() {
     repo.poll();
     wait_state(&repo, "m", 1, VersionState::End);
 }
+
+/// A shutdown does not wait for a version being loaded longer than its shutdown
+/// timeout (it waited for the load to end: a slow device held the exit). The warm-up
+/// run of every load sleeps 20 s here (an injected fault); the load goes on on its own
+/// thread and is dropped when it ends.
+#[test]
+fn a_shutdown_does_not_wait_for_a_version_being_loaded() {
+    use crate::common::serve::{add_version, get, TestServer};
+    use wgpu_ensemble::{Fault, FaultPlan, SessionOptions};
+    let slow_warm_up =
+        FaultPlan::new().on_run("seq-relu", 0, Fault::Sleep(Duration::from_secs(20)));
+    let mut server = TestServer::start_with(&[], "cpu", |c| {
+        c.shutdown_timeout(Duration::from_millis(500))
+            .session(SessionOptions::default().faults(slow_warm_up))
+    });
+    add_version(server.dir.path(), "mean", 1, "mean.toml", "cpu");
+    let until = Instant::now() + Duration::from_secs(10);
+    let loading = loop {
+        let reply = get(&server.url("/v1/models/mean"));
+        let loading =
+            reply.status == 200 && reply.json()["model_version_status"][0]["state"] == "LOADING";
+        if loading || Instant::now() > until {
+            break loading;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(loading, "version 1 was not seen loading within 10 s");
+    let started = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        server.shutdown();
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(10)).is_ok(),
+        "the shutdown waited over 10 s for a load in progress"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
