@@ -127,6 +127,7 @@ impl ServeConfig {
 pub struct Server {
     addr: SocketAddr,
     repository: Arc<Repository>,
+    state: Arc<http::AppState>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     shutdown_timeout: Duration,
     polling: Arc<AtomicBool>,
@@ -149,6 +150,15 @@ impl Server {
     /// threads of its own. `GET /v2/health/live` answers from the start, `ready` once
     /// the versions found at start are loaded; returns then.
     pub fn start(config: ServeConfig) -> Result<Self> {
+        let server = Self::start_loading(config)?;
+        while !server.wait_ready(Duration::from_secs(1)) {}
+        Ok(server)
+    }
+
+    /// As [`Server::start`], returning once it listens, while the versions found at
+    /// start are being loaded ([`Server::wait_ready`] waits for them): a shutdown then
+    /// waits for their load at most [`ServeConfig::shutdown_timeout`].
+    pub fn start_loading(config: ServeConfig) -> Result<Self> {
         let metrics = Metrics::new();
         let repository = Arc::new(Repository::open(
             config.repository.clone(),
@@ -195,16 +205,19 @@ impl Server {
                 }
             }
         });
-        repository.poll();
-        state.ready.store(true, Ordering::SeqCst);
         let polling = Arc::new(AtomicBool::new(true));
         let poller = {
             let repository = Arc::clone(&repository);
             let polling = Arc::clone(&polling);
+            let state = Arc::clone(&state);
             let interval = config.poll_interval;
             std::thread::Builder::new()
                 .name("serve-poll".into())
                 .spawn(move || {
+                    // The first load, on this thread, so that a shutdown need not wait
+                    // for it.
+                    repository.poll();
+                    state.ready.store(true, Ordering::SeqCst);
                     while polling.load(Ordering::SeqCst) {
                         let until = std::time::Instant::now() + interval;
                         while polling.load(Ordering::SeqCst) && std::time::Instant::now() < until {
@@ -220,6 +233,7 @@ impl Server {
         Ok(Self {
             addr,
             repository,
+            state,
             stop: Some(stop),
             shutdown_timeout: config.shutdown_timeout,
             polling,
@@ -228,6 +242,24 @@ impl Server {
             poller: Some(poller),
             metrics,
         })
+    }
+
+    /// Waits up to `timeout` for the versions found at start to be loaded (or to fail):
+    /// whether they are, that is whether `GET /v2/health/ready` answers 200. Also true
+    /// once the loading thread has ended for any other reason, so that no wait is
+    /// endless.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            let ended = self.poller.as_ref().is_none_or(|p| p.is_finished());
+            if self.state.is_ready() || ended {
+                return true;
+            }
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The address it listens on (the port picked when asked for port 0).

@@ -986,3 +986,39 @@ fn a_shutdown_does_not_wait_for_a_version_being_loaded() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// The same while the versions found at start load: `Server::start_loading` returns
+/// once it listens (`live` 200, `ready` 503), and a shutdown then waits for the load at
+/// most its shutdown timeout (the command takes SIGTERM this way while it loads).
+#[test]
+fn a_shutdown_while_the_first_versions_load_does_not_wait_for_them() {
+    use crate::common::serve::{add_version, get};
+    use wgpu_ensemble::serve::{ServeConfig, Server};
+    use wgpu_ensemble::{Fault, FaultPlan, SessionOptions};
+    let dir = tempfile::tempdir().unwrap();
+    add_version(dir.path(), "mean", 1, "mean.toml", "cpu");
+    let slow_warm_up =
+        FaultPlan::new().on_run("seq-relu", 0, Fault::Sleep(Duration::from_secs(20)));
+    let server = Server::start_loading(
+        ServeConfig::new(dir.path())
+            .addr(([127, 0, 0, 1], 0).into())
+            .shutdown_timeout(Duration::from_millis(500))
+            .session(SessionOptions::default().faults(slow_warm_up)),
+    )
+    .unwrap();
+    let base = format!("http://{}", server.addr());
+    assert_eq!(get(&format!("{base}/v2/health/live")).status, 200);
+    let ready = get(&format!("{base}/v2/health/ready"));
+    assert_eq!(ready.status, 503);
+    assert!(ready.error().contains("loading"), "{}", ready.error());
+    assert!(!server.wait_ready(Duration::from_millis(200)));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        server.shutdown();
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(10)).is_ok(),
+        "the shutdown waited over 10 s for the first load"
+    );
+}
