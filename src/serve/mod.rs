@@ -53,9 +53,10 @@ pub struct ServeConfig {
     pub poll_interval: Duration,
     /// The largest request body taken; a larger one is refused with 413.
     pub max_body_bytes: usize,
-    /// How long a shutdown waits for the connections it has: requests accepted are
-    /// answered well within it; a client still sending a request, or not reading its
-    /// answer, when it is up is disconnected.
+    /// How long a shutdown waits for the connections it has and for a version being
+    /// loaded: requests accepted are answered well within it; a client still sending a
+    /// request, or not reading its answer, when it is up is disconnected, and a version
+    /// still loading is dropped once its load ends.
     pub shutdown_timeout: Duration,
 }
 

@@ -2,8 +2,10 @@
 //! extension) and TensorFlow Serving REST on one port, and `GET /metrics`.
 //!
 //! Every error is an HTTP status with the body `{"error": "..."}` (both protocols'
-//! format): routes that do not exist, methods a route does not take and bodies over the
-//! limit included.
+//! format): routes that do not exist, methods a route does not take (with `Allow`),
+//! bodies over the limit and the rejections of axum's own extractors included. Only
+//! what hyper refuses before routing (a request that does not parse, headers over its
+//! limits) is answered by hyper, without a body.
 
 mod binary;
 mod kserve;
