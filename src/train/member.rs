@@ -77,6 +77,8 @@ impl Trainer {
             .iter()
             .map(|l| l.out_features())
             .collect();
+        // The initial model's own activations are checked below.
+        check.activation = Activation::Identity;
         check.validate()?;
         let hidden: Vec<Activation> = layers[..layers.len() - 1]
             .iter()
