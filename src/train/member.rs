@@ -527,3 +527,19 @@ impl Hyper {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A study moves trainers to its device threads and shares the set among them.
+    #[test]
+    fn trainers_move_between_threads_and_sets_are_shared() {
+        fn send<T: Send>() {}
+        fn sync<T: Sync>() {}
+        send::<Trainer>();
+        send::<Trained>();
+        sync::<TrainSet>();
+        sync::<Hyper>();
+    }
+}
