@@ -19,6 +19,15 @@
 
 use crate::model::Activation;
 
+mod cpu;
+mod data;
+mod engine;
+mod member;
+
+pub use data::{Data, Standardizer, Targets, TrainSet};
+pub use engine::{Evaluation, Params};
+pub use member::{train_member, EpochReport, Trained, Trainer};
+
 /// What a member learns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -102,7 +111,8 @@ pub enum Schedule {
     /// Cosine annealing from the learning rate down to `min_lr` over the epochs
     /// (PyTorch's `CosineAnnealingLR` with `T_max` = epochs).
     Cosine {
-        /// The last epoch's learning rate, ≥ 0.
+        /// The learning rate the cosine reaches at epoch `epochs` (PyTorch's `eta_min`;
+        /// the last epoch run, `epochs − 1`, is a step above it), ≥ 0.
         min_lr: f32,
     },
 }
