@@ -302,10 +302,9 @@ fn grid_gives_every_combination() {
     assert_eq!(combos, want);
 }
 
-/// A small study of the digits on the CPU: its best trial and its exported
+/// A small study of the digits on `devices`: its best trial and its exported
 /// ensemble, loaded back through the manifest, reach 95 % test accuracy.
-#[test]
-fn digits_study_reaches_95_percent_cpu() {
+fn digits_study_reaches_95_percent(devices: Devices, label: &str) {
     let text = digits_study(
         "trials = 3\nseed = 11\nkeep = 2",
         "hidden = [[32], [64]]\nactivation = [\"relu\", \"tanh\"]\noptimizer = \"adam\"\n\
@@ -343,7 +342,10 @@ fn digits_study_reaches_95_percent_cpu() {
         .run(&x, &RunOptions::default())
         .unwrap();
     let best_accuracy = accuracy(&run.aggregate, &labels);
-    assert!(best_accuracy >= 0.95, "best trial: {best_accuracy}");
+    assert!(
+        best_accuracy >= 0.95,
+        "{label}: best trial: {best_accuracy}"
+    );
 
     // The exported ensemble, through the manifest path.
     let manifest = Manifest::load(out.path().join("ensemble.toml")).unwrap();
@@ -351,7 +353,10 @@ fn digits_study_reaches_95_percent_cpu() {
     let session = Session::new(manifest.graph(Some(&Placement::Cpu)).unwrap()).unwrap();
     let from_disk = session.run(&x, &RunOptions::default()).unwrap();
     let ensemble_accuracy = accuracy(&from_disk.aggregate, &labels);
-    assert!(ensemble_accuracy >= 0.95, "ensemble: {ensemble_accuracy}");
+    assert!(
+        ensemble_accuracy >= 0.95,
+        "{label}: ensemble: {ensemble_accuracy}"
+    );
     // The same ensemble in memory (members on `auto`) gives the same answers.
     let in_memory = Session::new(result.graph().unwrap())
         .unwrap()
@@ -364,7 +369,22 @@ fn digits_study_reaches_95_percent_cpu() {
         .zip(from_disk.aggregate.as_slice())
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
-    assert!(worst < 1e-4, "in memory and from disk differ by {worst}");
+    assert!(
+        worst < 1e-4,
+        "{label}: in memory and from disk differ by {worst}"
+    );
+}
+
+#[test]
+fn digits_study_reaches_95_percent_cpu() {
+    digits_study_reaches_95_percent(Devices::List(vec![Placement::Cpu]), "cpu");
+}
+
+/// `auto`: every usable adapter plus the CPU, trials side by side (an adapter that
+/// cannot train is dropped and its trial runs elsewhere).
+#[test]
+fn digits_study_reaches_95_percent_every_device() {
+    digits_study_reaches_95_percent(Devices::Auto, "auto");
 }
 
 #[test]
