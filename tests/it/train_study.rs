@@ -312,18 +312,12 @@ fn digits_study_reaches_95_percent(devices: Devices, label: &str) {
     );
     let study = Study::parse(&text, digits()).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let result = study
-        .run(
-            out.path(),
-            &Devices::List(vec![Placement::Cpu]),
-            &mut no_progress,
-        )
-        .unwrap();
-    assert_eq!(result.trials.len(), 3);
-    assert!(result
-        .trials
-        .iter()
-        .all(|r| r.status == TrialStatus::Finished));
+    let result = study.run(out.path(), &devices, &mut no_progress).unwrap();
+    assert_eq!(result.trials.len(), 3, "{label}");
+    for r in &result.trials {
+        assert_eq!(r.status, TrialStatus::Finished, "{label}: {r:?}");
+        println!("{label}: {} trained on {}", r.name, r.device);
+    }
     let best = result.best();
     assert_eq!(best.len(), 2);
     assert!(best[0].validation_loss <= best[1].validation_loss);
