@@ -100,6 +100,12 @@ fn study_errors_name_the_key() {
             "bogus",
         ),
         (
+            "a missing key",
+            digits_study(ok_search, ok_space).replace("task = \"classification\"\n", ""),
+            "data.task",
+        ),
+        ("no [data]", format!("[search]\n{ok_search}\n"), "data"),
+        (
             "empty space list",
             digits_study(ok_search, "activation = []"),
             "space.activation",

@@ -180,7 +180,18 @@ impl Study {
             message,
         };
         let format: FileFormat = toml::from_str(text).map_err(|e| {
-            let key = e.span().map(|s| key_at(text, s.start)).unwrap_or_default();
+            let mut key = e.span().map(|s| key_at(text, s.start)).unwrap_or_default();
+            // A missing key.
+            if let Some(missing) = e.message().strip_prefix("missing field ") {
+                let name = json_key(missing);
+                // `data` is the only section that must be there; its keys
+                // `x`, `y` and `task` the only keys.
+                key = if name == "data" {
+                    name
+                } else {
+                    format!("data.{name}")
+                };
+            }
             bad(&key, toml_error(text, &e))
         })?;
         let data = format.data;
