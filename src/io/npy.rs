@@ -430,7 +430,12 @@ pub(crate) enum Array {
 /// regular file, read whole): training targets, `[n]` labels or `[n, k]` values.
 pub(crate) fn read_array(path: &Path) -> Result<Array> {
     let bytes = read_regular(path, u64::MAX)?;
-    let (header, data) = parse(path, &bytes)?;
+    array_from_bytes(path, &bytes)
+}
+
+/// [`read_array`] of a file's bytes; `path` names it in errors.
+fn array_from_bytes(path: &Path, bytes: &[u8]) -> Result<Array> {
+    let (header, data) = parse(path, bytes)?;
     if header.fortran_order && header.shape.len() > 1 {
         return Err(npy_error(
             path,
@@ -536,4 +541,69 @@ pub(crate) fn read_array(path: &Path) -> Result<Array> {
         .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
         .collect();
     Ok(Array::Int { shape, values })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{array_from_bytes, Array};
+    use std::path::Path;
+
+    /// A version-1 `.npy` file of `descr` and `shape` holding `data`.
+    fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(data);
+        bytes
+    }
+
+    fn ints(bytes: &[u8]) -> (Vec<usize>, Vec<i64>) {
+        match array_from_bytes(Path::new("y.npy"), bytes) {
+            Ok(Array::Int { shape, values }) => (shape, values),
+            other => panic!("expected integers, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn integer_targets_of_every_width_and_order() {
+        let le: Vec<u8> = [3i64, -1, 7].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(ints(&npy("<i8", "(3,)", &le)), (vec![3], vec![3, -1, 7]));
+        let be: Vec<u8> = [3i32, -1].iter().flat_map(|v| v.to_be_bytes()).collect();
+        assert_eq!(ints(&npy(">i4", "(2,)", &be)), (vec![2], vec![3, -1]));
+        assert_eq!(
+            ints(&npy("|u1", "(2, 1)", &[255, 0])),
+            (vec![2, 1], vec![255, 0])
+        );
+        assert_eq!(ints(&npy("|i1", "(1,)", &[0x80])), (vec![1], vec![-128]));
+        let big = u64::MAX.to_le_bytes();
+        assert!(array_from_bytes(Path::new("y.npy"), &npy("<u8", "(1,)", &big)).is_err());
+    }
+
+    #[test]
+    fn float_targets_become_a_matrix() {
+        let data: Vec<u8> = [0.5f64, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        match array_from_bytes(Path::new("y.npy"), &npy("<f8", "(2,)", &data)) {
+            Ok(Array::Float(t)) => {
+                assert_eq!(t.shape(), &[2, 1]);
+                assert_eq!(t.as_slice(), &[0.5, 2.0]);
+            }
+            other => panic!("expected floats, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn other_arrays_are_refused() {
+        let y = Path::new("y.npy");
+        // Three dimensions, a truncated file, a dtype that is not a number.
+        assert!(array_from_bytes(y, &npy("<i8", "(1, 1, 1)", &[0; 8])).is_err());
+        assert!(array_from_bytes(y, &npy("<i8", "(2,)", &[0; 8])).is_err());
+        assert!(array_from_bytes(y, &npy("<U3", "(1,)", &[0; 12])).is_err());
+        assert!(array_from_bytes(y, &npy("|b1", "(1,)", &[1])).is_err());
+    }
 }
