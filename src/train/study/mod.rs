@@ -65,7 +65,7 @@ pub enum Strategy {
 }
 
 /// A parsed and checked study: its data (read and checked), its search and its space.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Study {
     pub(crate) path: PathBuf,
     pub(crate) x_path: PathBuf,
@@ -83,6 +83,27 @@ pub struct Study {
     pub(crate) space: Space,
     /// What the records of an output folder must agree with: the data settings.
     pub(crate) data_key: String,
+}
+
+impl std::fmt::Debug for Study {
+    /// The study without its data's values (their shapes).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let y = match &self.y {
+            Targets::Labels(l) => format!("{} labels", l.len()),
+            Targets::Values(t) => format!("values {:?}", t.shape()),
+        };
+        f.debug_struct("Study")
+            .field("path", &self.path)
+            .field("x", &self.x.shape())
+            .field("y", &y)
+            .field("task", &self.task)
+            .field("strategy", &self.strategy)
+            .field("trials", &self.trials)
+            .field("seed", &self.seed)
+            .field("keep", &self.keep)
+            .field("space", &self.space)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Deserialize)]
