@@ -1,0 +1,904 @@
+//! The GPU training engine: one member's training on one wgpu device, every buffer it
+//! needs resident there for the whole training.
+//!
+//! - Uploaded once: the training split (features, and labels or targets) and the
+//!   validation split; each layer's parameters (`w` then `b`), their gradients and
+//!   the optimizer's state (`shaders/train/params.wgsl` says the layouts).
+//! - Per call (an epoch, a step, a gradient, an evaluation): the row order (u32
+//!   indices into the training split) and one `Step` uniform per mini-batch (its
+//!   rows, learning rate, Adam's bias corrections), bound with a dynamic offset; the
+//!   batches are encoded into one command buffer per [`BATCHES_PER_SUBMIT`]; one
+//!   readback at the end: each batch's loss sum, correct rows and (for the L2 term)
+//!   sums of squared weights, a few floats per batch.
+//! - Per batch: `forward.wgsl` per layer (the first gathers its rows through the
+//!   order), `loss.wgsl` (softmax fused with cross-entropy, or squared error: the loss
+//!   sum and dz of the output layer), `sumsq.wgsl` per layer where the loss has an L2
+//!   term, then from the last layer down `backward.wgsl` (dz of the layer below,
+//!   through its activation's derivative, with the weights before the step) and
+//!   `update.wgsl` (dW = dzᵀ·A + λW, db = Σ dz, fused with the optimizer step).
+
+mod kernels;
+mod params;
+
+use std::time::Duration;
+
+use kernels::{TrainKernels, BACKWARD, FORWARD, LOSS, STEP_BYTES, SUMSQ, UPDATE};
+use params::{Step, TrainLayer};
+
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+use crate::model::Activation;
+use crate::train::{Optimizer, Task};
+
+/// Mini-batches encoded into one command buffer.
+pub(crate) const BATCHES_PER_SUBMIT: usize = 64;
+/// Rows of the validation (or training) split evaluated per pass.
+const EVAL_ROWS: usize = 1024;
+/// Workgroup tile of the GEMM kernels (`T` in `shaders/train/`).
+const TILE: usize = 16;
+/// On llvmpipe (lavapipe, GL llvmpipe), which ends an invocation after 65535 loop
+/// iterations, the most rows of a batch and inputs or outputs of a layer: the update
+/// kernel loops over a batch's rows in tiles of 16 with 17 iterations a tile, the
+/// forward and backward kernels over a layer's inputs and outputs alike.
+const LLVMPIPE_EXTENT: usize = 32_768;
+/// How long a readback waits for the device.
+const WAIT: Duration = Duration::from_secs(600);
+
+/// A split's targets as the kernels read them.
+pub(crate) enum RawTargets<'a> {
+    /// Class labels, one per row.
+    Labels(&'a [u32]),
+    /// Float targets `[rows, outputs]` (read as their bits).
+    Values(&'a [f32]),
+}
+
+/// A split as the engine uploads it: features `[rows, features]` and its targets.
+pub(crate) struct RawSplit<'a> {
+    pub(crate) x: &'a [f32],
+    pub(crate) y: RawTargets<'a>,
+    pub(crate) rows: usize,
+}
+
+/// What a [`GpuEngine`] trains: the initial layers, their activations, the optimizer,
+/// the task and the data.
+pub(crate) struct Spec<'a> {
+    /// Each layer's `w` `[out, in]` and `b` `[out]`.
+    pub(crate) layers: Vec<(&'a [f32], &'a [f32])>,
+    /// Each layer's activation (the last layer's is ignored: logits or identity).
+    pub(crate) activations: &'a [Activation],
+    pub(crate) optimizer: Optimizer,
+    pub(crate) weight_decay: f32,
+    pub(crate) task: Task,
+    pub(crate) features: usize,
+    pub(crate) train: RawSplit<'a>,
+    pub(crate) validation: Option<RawSplit<'a>>,
+}
+
+/// One layer's resident buffers.
+struct Layer {
+    inputs: usize,
+    outputs: usize,
+    /// The activation's `ACT` code (0 for the output layer).
+    act: u32,
+    params: wgpu::Buffer,
+    grads: wgpu::Buffer,
+    state: wgpu::Buffer,
+    uniform: wgpu::Buffer,
+}
+
+impl Layer {
+    fn values(&self) -> usize {
+        self.inputs * self.outputs + self.outputs
+    }
+}
+
+/// A split on the device.
+struct DataSplit {
+    x: wgpu::Buffer,
+    y: wgpu::Buffer,
+    rows: usize,
+}
+
+/// The buffers sized by a batch's rows: each layer's z, activation and dz.
+struct RowBuffers {
+    capacity: usize,
+    z: Vec<wgpu::Buffer>,
+    a: Vec<wgpu::Buffer>,
+    dz: Vec<wgpu::Buffer>,
+}
+
+/// What a pass over batches does after the forward pass and the loss.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Pass {
+    /// Backward and an optimizer step per batch.
+    Train { lr: f32 },
+    /// Backward without a step (the gradients stay in their buffers).
+    Gradients,
+    /// Nothing: loss and correct rows only.
+    Evaluate,
+}
+
+/// Which split a pass reads, and how.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Rows {
+    /// Training rows through the order buffer (`INPUT` 2).
+    Ordered,
+    /// The validation split's rows (or the training split's without one), in order
+    /// (`INPUT` 1).
+    Contiguous,
+}
+
+/// The loss and metric sums of an evaluation.
+pub(crate) struct EvalSums {
+    /// Mean loss over the rows (no L2 term).
+    pub(crate) loss: f64,
+    /// Accuracy (classification) or RMSE (regression).
+    pub(crate) metric: f64,
+}
+
+/// A member's training on one device.
+pub(crate) struct GpuEngine {
+    ctx: GpuContext,
+    kernels: TrainKernels,
+    task: Task,
+    optimizer: Optimizer,
+    weight_decay: f32,
+    features: usize,
+    layers: Vec<Layer>,
+    train: DataSplit,
+    validation: Option<DataSplit>,
+    rows: Option<RowBuffers>,
+    order: wgpu::Buffer,
+    order_capacity: usize,
+    steps: wgpu::Buffer,
+    steps_capacity: usize,
+    step_align: u64,
+    stats: wgpu::Buffer,
+    stats_capacity: usize,
+    /// Optimizer steps taken (Adam's t).
+    t: u64,
+    /// The most rows of a batch the device computes correctly.
+    max_rows: usize,
+}
+
+fn bytes(values: usize) -> u64 {
+    (values.max(4) as u64) * 4
+}
+
+fn groups(n: usize) -> u32 {
+    n.div_ceil(TILE) as u32
+}
+
+impl GpuEngine {
+    /// Uploads the data and the initial layers to `ctx`'s device.
+    pub(crate) fn from_spec(ctx: GpuContext, spec: &Spec<'_>) -> Result<Self> {
+        let device = &ctx.device;
+        let limits = device.limits();
+        let max_bytes = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            .min(u64::from(u32::MAX));
+        let llvmpipe = ctx.adapter.as_ref().is_some_and(|a| {
+            let info = a.get_info();
+            crate::placement::is_llvmpipe(&info.name, &info.driver)
+        });
+        let extent = if llvmpipe {
+            LLVMPIPE_EXTENT
+        } else {
+            usize::MAX
+        };
+        let max_rows = extent.min(limits.max_compute_workgroups_per_dimension as usize * TILE);
+        let too_large = |what: String, values: usize| -> Result<()> {
+            let need = bytes(values);
+            if need > max_bytes {
+                return Err(Error::BufferTooLarge {
+                    what,
+                    device: ctx.label.to_string(),
+                    bytes: need,
+                    limit: max_bytes,
+                });
+            }
+            Ok(())
+        };
+        let storage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        let upload = |label: &str, data: &[u8]| {
+            let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: (data.len() as u64).max(16).next_multiple_of(4),
+                usage: storage,
+                mapped_at_creation: false,
+            });
+            ctx.queue.write_buffer(&buffer, 0, data);
+            buffer
+        };
+        let empty = |label: &str, values: usize| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes(values),
+                usage: storage,
+                mapped_at_creation: false,
+            })
+        };
+        let count = spec.layers.len();
+        let stats_width = 2 + count as u32;
+        let (decay, decoupled, beta1, beta2, eps, nesterov) = match spec.optimizer {
+            Optimizer::Sgd { momentum, nesterov } => (
+                spec.weight_decay,
+                0.0,
+                momentum,
+                0.0,
+                0.0,
+                u32::from(nesterov),
+            ),
+            Optimizer::Adam { beta1, beta2, eps } => (spec.weight_decay, 0.0, beta1, beta2, eps, 0),
+            Optimizer::AdamW { beta1, beta2, eps } => {
+                (0.0, spec.weight_decay, beta1, beta2, eps, 0)
+            }
+        };
+        let mut layers = Vec::with_capacity(count);
+        let mut inputs = spec.features;
+        for (i, &(w, b)) in spec.layers.iter().enumerate() {
+            let outputs = b.len();
+            if w.len() != inputs * outputs {
+                return Err(Error::LayerShape {
+                    layer: i,
+                    what: "weight",
+                    expected: vec![outputs, inputs],
+                    got: vec![w.len()],
+                });
+            }
+            if inputs > extent || outputs > extent {
+                return Err(Error::InputsBeyondDriver {
+                    member: "trained member".to_string(),
+                    layer: i,
+                    inputs: inputs.max(outputs),
+                    limit: extent,
+                    device: ctx.label.to_string(),
+                });
+            }
+            let values = inputs * outputs + outputs;
+            too_large(format!("layer {i}'s optimizer state"), 2 * values)?;
+            let mut p = Vec::with_capacity(values);
+            p.extend_from_slice(w);
+            p.extend_from_slice(b);
+            let act = if i + 1 == count {
+                0
+            } else {
+                spec.activations.get(i).map_or(0, |a| a.shader_code())
+            };
+            let uniform = TrainLayer {
+                in_features: inputs as u32,
+                out_features: outputs as u32,
+                stats_width,
+                layer: i as u32,
+                decay,
+                decoupled,
+                beta1,
+                beta2,
+                eps,
+                nesterov,
+                _pad: [0; 2],
+            };
+            let uniform_buffer = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("train layer"),
+                size: std::mem::size_of::<TrainLayer>() as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            ctx.queue
+                .write_buffer(&uniform_buffer, 0, bytemuck::bytes_of(&uniform));
+            layers.push(Layer {
+                inputs,
+                outputs,
+                act,
+                params: upload("train params", bytemuck::cast_slice(&p)),
+                grads: empty("train grads", values),
+                state: empty("train optimizer state", 2 * values),
+                uniform: uniform_buffer,
+            });
+            inputs = outputs;
+        }
+        let split = |name: &str, s: &RawSplit<'_>| -> Result<DataSplit> {
+            too_large(format!("the {name} split's features"), s.x.len())?;
+            let y = match s.y {
+                RawTargets::Labels(l) => {
+                    too_large(format!("the {name} split's labels"), l.len())?;
+                    upload("train labels", bytemuck::cast_slice(l))
+                }
+                RawTargets::Values(v) => {
+                    too_large(format!("the {name} split's targets"), v.len())?;
+                    upload("train targets", bytemuck::cast_slice(v))
+                }
+            };
+            Ok(DataSplit {
+                x: upload("train features", bytemuck::cast_slice(s.x)),
+                y,
+                rows: s.rows,
+            })
+        };
+        let train = split("training", &spec.train)?;
+        let validation = spec
+            .validation
+            .as_ref()
+            .map(|v| split("validation", v))
+            .transpose()?;
+        let kernels = TrainKernels::new(device);
+        let step_align = u64::from(limits.min_uniform_buffer_offset_alignment).max(STEP_BYTES);
+        let order_capacity = train.rows.max(1);
+        let order = empty("train order", order_capacity);
+        let steps = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("train steps"),
+            size: step_align,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let stats = empty("train stats", stats_width as usize);
+        let engine = Self {
+            kernels,
+            task: spec.task,
+            optimizer: spec.optimizer,
+            weight_decay: spec.weight_decay,
+            features: spec.features,
+            layers,
+            train,
+            validation,
+            rows: None,
+            order,
+            order_capacity,
+            steps,
+            steps_capacity: 1,
+            step_align,
+            stats,
+            stats_capacity: 1,
+            t: 0,
+            max_rows,
+            ctx,
+        };
+        engine.check()?;
+        Ok(engine)
+    }
+
+    /// Where it runs.
+    pub(crate) fn device_name(&self) -> String {
+        self.ctx.label.to_string()
+    }
+
+    /// The first error the device's handlers caught, if any.
+    fn check(&self) -> Result<()> {
+        match self.ctx.take_error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn stats_width(&self) -> usize {
+        2 + self.layers.len()
+    }
+
+    /// Whether the loss has an L2 term (and the pass sums the squared weights).
+    fn l2(&self) -> bool {
+        self.weight_decay > 0.0 && !matches!(self.optimizer, Optimizer::AdamW { .. })
+    }
+
+    fn ensure_rows(&mut self, rows: usize) {
+        if self.rows.as_ref().is_some_and(|r| r.capacity >= rows) {
+            return;
+        }
+        let capacity = rows.next_power_of_two();
+        let device = &self.ctx.device;
+        let make = |label: &str, values: usize| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes(values),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            })
+        };
+        let per = |label: &str| -> Vec<wgpu::Buffer> {
+            self.layers
+                .iter()
+                .map(|l| make(label, capacity * l.outputs))
+                .collect()
+        };
+        self.rows = Some(RowBuffers {
+            capacity,
+            z: per("train z"),
+            a: per("train a"),
+            dz: per("train dz"),
+        });
+    }
+
+    fn ensure_slots(&mut self, slots: usize) {
+        let device = &self.ctx.device;
+        if self.steps_capacity < slots {
+            self.steps_capacity = slots.next_power_of_two();
+            self.steps = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("train steps"),
+                size: self.step_align * self.steps_capacity as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+        }
+        if self.stats_capacity < slots {
+            self.stats_capacity = slots.next_power_of_two();
+            self.stats = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("train stats"),
+                size: bytes(self.stats_capacity * self.stats_width()),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+        }
+    }
+
+    /// Uploads `order` (training row indices, each checked) as the pass's row order.
+    fn upload_order(&mut self, order: &[u32]) -> Result<()> {
+        let rows = self.train.rows;
+        if let Some(&bad) = order.iter().find(|&&r| r as usize >= rows) {
+            return Err(Error::InvalidValue {
+                what: "training row index",
+                value: bad.to_string(),
+                expected: "an index below the training split's row count",
+            });
+        }
+        if order.len() > self.order_capacity {
+            self.order_capacity = order.len().next_power_of_two();
+            self.order = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("train order"),
+                size: bytes(self.order_capacity),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+        }
+        if !order.is_empty() {
+            self.ctx
+                .queue
+                .write_buffer(&self.order, 0, bytemuck::cast_slice(order));
+        }
+        Ok(())
+    }
+
+    fn check_rows(&self, rows: usize) -> Result<()> {
+        if rows > self.max_rows {
+            return Err(Error::InvalidValue {
+                what: "batch size",
+                value: rows.to_string(),
+                expected:
+                    "at most 32768 rows on llvmpipe (it ends a shader after 65535 loop iterations)",
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `batches` (first position in the order or split, rows) through `pass`;
+    /// returns the stats of every batch, `stats_width` floats each.
+    fn run(&mut self, batches: &[(usize, usize)], rows_kind: Rows, pass: Pass) -> Result<Vec<f32>> {
+        let widest = batches.iter().map(|b| b.1).max().unwrap_or(0);
+        self.check_rows(widest)?;
+        self.ensure_rows(widest.max(1));
+        self.ensure_slots(batches.len().max(1));
+        let outputs = self.layers.last().map_or(1, |l| l.outputs);
+        // The per-batch uniforms.
+        let mut steps = vec![0u8; self.step_align as usize * batches.len()];
+        let (beta1, beta2) = match self.optimizer {
+            Optimizer::Adam { beta1, beta2, .. } | Optimizer::AdamW { beta1, beta2, .. } => {
+                (f64::from(beta1), f64::from(beta2))
+            }
+            Optimizer::Sgd { .. } => (0.0, 0.0),
+        };
+        for (slot, &(offset, rows)) in batches.iter().enumerate() {
+            let (lr, bc1, bc2) = match pass {
+                Pass::Train { lr } => {
+                    self.t += 1;
+                    let t = i32::try_from(self.t).unwrap_or(i32::MAX);
+                    (
+                        lr,
+                        (1.0 - beta1.powi(t)) as f32,
+                        (1.0 - beta2.powi(t)) as f32,
+                    )
+                }
+                _ => (0.0, 1.0, 1.0),
+            };
+            let scale = match self.task {
+                Task::Classification => 1.0 / rows as f32,
+                _ => 2.0 / (rows * outputs) as f32,
+            };
+            let step = Step {
+                offset: offset as u32,
+                rows: rows as u32,
+                slot: slot as u32,
+                _pad: 0,
+                scale,
+                lr,
+                bc1: if bc1 > 0.0 { bc1 } else { 1.0 },
+                bc2: if bc2 > 0.0 { bc2 } else { 1.0 },
+            };
+            let at = slot * self.step_align as usize;
+            steps[at..at + STEP_BYTES as usize].copy_from_slice(bytemuck::bytes_of(&step));
+        }
+        if !steps.is_empty() {
+            self.ctx.queue.write_buffer(&self.steps, 0, &steps);
+        }
+        let input_kind = match rows_kind {
+            Rows::Ordered => 2,
+            Rows::Contiguous => 1,
+        };
+        let opt = match (pass, self.optimizer) {
+            (Pass::Train { .. }, Optimizer::Sgd { .. }) => 1,
+            (Pass::Train { .. }, _) => 2,
+            _ => 0,
+        };
+        let loss_code = match self.task {
+            Task::Classification => 0,
+            _ => 1,
+        };
+        let data = match rows_kind {
+            Rows::Ordered => &self.train,
+            Rows::Contiguous => self.validation.as_ref().unwrap_or(&self.train),
+        };
+        let l2 = self.l2() && pass != Pass::Evaluate;
+        let device = &self.ctx.device;
+        let count = self.layers.len();
+        let Some(rb) = self.rows.as_ref() else {
+            return Err(Error::Gpu {
+                device: self.ctx.label.to_string(),
+                message: "training buffers missing".to_string(),
+            });
+        };
+        // Pipelines and bind groups, the same for every batch.
+        let kernels = &mut self.kernels;
+        let bind = |layout: &wgpu::BindGroupLayout, buffers: &[&wgpu::Buffer]| {
+            let entries: Vec<wgpu::BindGroupEntry> = buffers
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: i as u32,
+                    resource: b.as_entire_binding(),
+                })
+                .collect();
+            device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout,
+                entries: &entries,
+            })
+        };
+        let mut forward = Vec::with_capacity(count);
+        let mut backward = Vec::with_capacity(count);
+        let mut update = Vec::with_capacity(count);
+        let mut sumsq = Vec::with_capacity(count);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let input = if i == 0 { &data.x } else { &rb.a[i - 1] };
+            let kind = if i == 0 { input_kind } else { 0 };
+            forward.push((
+                kernels.pipeline(device, FORWARD, &[("ACT", layer.act), ("INPUT", kind)])?,
+                bind(
+                    kernels.layout(FORWARD)?,
+                    &[
+                        input,
+                        &self.order,
+                        &layer.params,
+                        &rb.z[i],
+                        &rb.a[i],
+                        &layer.uniform,
+                    ],
+                ),
+            ));
+            if pass == Pass::Evaluate {
+                continue;
+            }
+            if i > 0 {
+                let below = &self.layers[i - 1];
+                backward.push(Some((
+                    kernels.pipeline(device, BACKWARD, &[("ACT", below.act)])?,
+                    bind(
+                        kernels.layout(BACKWARD)?,
+                        &[
+                            &rb.dz[i],
+                            &layer.params,
+                            &rb.z[i - 1],
+                            &rb.a[i - 1],
+                            &rb.dz[i - 1],
+                            &layer.uniform,
+                        ],
+                    ),
+                )));
+            } else {
+                backward.push(None);
+            }
+            update.push((
+                kernels.pipeline(device, UPDATE, &[("OPT", opt), ("INPUT", kind)])?,
+                bind(
+                    kernels.layout(UPDATE)?,
+                    &[
+                        &rb.dz[i],
+                        input,
+                        &self.order,
+                        &layer.params,
+                        &layer.grads,
+                        &layer.state,
+                        &layer.uniform,
+                    ],
+                ),
+            ));
+            if l2 {
+                sumsq.push((
+                    kernels.pipeline(device, SUMSQ, &[])?,
+                    bind(
+                        kernels.layout(SUMSQ)?,
+                        &[&layer.params, &self.stats, &layer.uniform],
+                    ),
+                ));
+            }
+        }
+        let last = count - 1;
+        let loss = (
+            kernels.pipeline(device, LOSS, &[("LOSS", loss_code), ("INPUT", input_kind)])?,
+            bind(
+                kernels.layout(LOSS)?,
+                &[
+                    &rb.z[last],
+                    &self.order,
+                    &data.y,
+                    &rb.dz[last],
+                    &self.stats,
+                    &self.layers[last].uniform,
+                ],
+            ),
+        );
+        let step_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("train step"),
+            layout: &kernels.step_layout,
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &self.steps,
+                    offset: 0,
+                    size: wgpu::BufferSize::new(STEP_BYTES),
+                }),
+            }],
+        });
+        for (c, chunk) in batches.chunks(BATCHES_PER_SUBMIT).enumerate() {
+            let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("train batches"),
+            });
+            {
+                let mut cpass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("train batches"),
+                    timestamp_writes: None,
+                });
+                for (j, &(_, rows)) in chunk.iter().enumerate() {
+                    let slot = c * BATCHES_PER_SUBMIT + j;
+                    let dynamic = [(slot as u64 * self.step_align) as u32];
+                    cpass.set_bind_group(1, &step_group, &dynamic);
+                    for (i, (pipeline, group)) in forward.iter().enumerate() {
+                        cpass.set_pipeline(pipeline);
+                        cpass.set_bind_group(0, group, &[]);
+                        cpass.dispatch_workgroups(groups(self.layers[i].outputs), groups(rows), 1);
+                    }
+                    cpass.set_pipeline(&loss.0);
+                    cpass.set_bind_group(0, &loss.1, &[]);
+                    cpass.dispatch_workgroups(1, 1, 1);
+                    if pass == Pass::Evaluate {
+                        continue;
+                    }
+                    for (pipeline, group) in &sumsq {
+                        cpass.set_pipeline(pipeline);
+                        cpass.set_bind_group(0, group, &[]);
+                        cpass.dispatch_workgroups(1, 1, 1);
+                    }
+                    for i in (0..count).rev() {
+                        let layer = &self.layers[i];
+                        if let Some((pipeline, group)) = &backward[i] {
+                            cpass.set_pipeline(pipeline);
+                            cpass.set_bind_group(0, group, &[]);
+                            cpass.dispatch_workgroups(groups(layer.inputs), groups(rows), 1);
+                        }
+                        let (pipeline, group) = &update[i];
+                        cpass.set_pipeline(pipeline);
+                        cpass.set_bind_group(0, group, &[]);
+                        cpass.dispatch_workgroups(groups(layer.inputs), groups(layer.outputs), 1);
+                    }
+                }
+            }
+            self.ctx.queue.submit([encoder.finish()]);
+            self.check()?;
+        }
+        let width = self.stats_width();
+        let mut out = self.read(&[(&self.stats, batches.len() * width)])?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// Copies the first `values` floats of each buffer back.
+    fn read(&self, buffers: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
+        let device = &self.ctx.device;
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("train readback"),
+        });
+        let staging: Vec<(wgpu::Buffer, u64)> = buffers
+            .iter()
+            .map(|&(buffer, values)| {
+                let size = (values as u64 * 4).max(4);
+                let staging = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("train staging"),
+                    size,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                if values > 0 {
+                    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+                }
+                (staging, size)
+            })
+            .collect();
+        let submission = self.ctx.queue.submit([encoder.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (buffer, size) in &staging {
+            let tx = tx.clone();
+            buffer
+                .slice(..*size)
+                .map_async(wgpu::MapMode::Read, move |r| {
+                    let _ = tx.send(r);
+                });
+        }
+        let gpu_error = |message: String| Error::Gpu {
+            device: self.ctx.label.to_string(),
+            message,
+        };
+        let waited = device.poll(wgpu::PollType::Wait {
+            submission_index: Some(submission),
+            timeout: Some(WAIT),
+        });
+        self.check()?;
+        waited.map_err(|e| gpu_error(format!("waiting for training work: {e}")))?;
+        for _ in &staging {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(gpu_error(format!("mapping a result: {e}"))),
+                Err(_) => return Err(gpu_error("a result was never mapped".to_string())),
+            }
+        }
+        let mut out = Vec::with_capacity(staging.len());
+        for ((buffer, size), &(_, values)) in staging.iter().zip(buffers) {
+            let view = buffer
+                .slice(..*size)
+                .get_mapped_range()
+                .map_err(|e| gpu_error(format!("reading a result: {e}")))?;
+            let mut v = vec![0.0f32; values];
+            for (d, c) in v.iter_mut().zip(view.chunks_exact(4)) {
+                *d = f32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            drop(view);
+            buffer.unmap();
+            out.push(v);
+        }
+        self.check()?;
+        Ok(out)
+    }
+
+    /// The loss of batch `slot` of `rows` rows from `stats`: the mean of its rows'
+    /// losses (over rows × outputs for squared error), plus (λ/2)·Σ‖W‖² where the loss
+    /// has an L2 term.
+    fn batch_loss(&self, stats: &[f32], slot: usize, rows: usize) -> f64 {
+        let width = self.stats_width();
+        let s = &stats[slot * width..(slot + 1) * width];
+        let outputs = self.layers.last().map_or(1, |l| l.outputs);
+        let per = match self.task {
+            Task::Classification => rows,
+            _ => rows * outputs,
+        };
+        let mut loss = f64::from(s[0]) / per.max(1) as f64;
+        if self.l2() {
+            let sq: f64 = s[2..].iter().map(|&v| f64::from(v)).sum();
+            loss += 0.5 * f64::from(self.weight_decay) * sq;
+        }
+        loss
+    }
+
+    /// One epoch: the rows in `order`, batches of `batch_size`, a step each; the
+    /// losses of the batches and their rows.
+    pub(crate) fn epoch_losses(
+        &mut self,
+        order: &[u32],
+        batch_size: usize,
+        lr: f32,
+    ) -> Result<Vec<(f64, usize)>> {
+        let batch_size = batch_size.max(1);
+        self.upload_order(order)?;
+        let batches: Vec<(usize, usize)> = (0..order.len())
+            .step_by(batch_size)
+            .map(|start| (start, batch_size.min(order.len() - start)))
+            .collect();
+        let stats = self.run(&batches, Rows::Ordered, Pass::Train { lr })?;
+        Ok(batches
+            .iter()
+            .enumerate()
+            .map(|(slot, &(_, rows))| (self.batch_loss(&stats, slot, rows), rows))
+            .collect())
+    }
+
+    /// One step on `rows`; the batch's loss.
+    pub(crate) fn step_rows(&mut self, rows: &[u32], lr: f32) -> Result<f64> {
+        self.upload_order(rows)?;
+        let stats = self.run(&[(0, rows.len())], Rows::Ordered, Pass::Train { lr })?;
+        Ok(self.batch_loss(&stats, 0, rows.len()))
+    }
+
+    /// The loss and each layer's gradients (`w` then `b`) on `rows`, without a step.
+    pub(crate) fn gradients_rows(
+        &mut self,
+        rows: &[u32],
+    ) -> Result<(f64, Vec<(Vec<f32>, Vec<f32>)>)> {
+        self.upload_order(rows)?;
+        let stats = self.run(&[(0, rows.len())], Rows::Ordered, Pass::Gradients)?;
+        let loss = self.batch_loss(&stats, 0, rows.len());
+        let grads = self.read(
+            &self
+                .layers
+                .iter()
+                .map(|l| (&l.grads, l.values()))
+                .collect::<Vec<_>>(),
+        )?;
+        Ok((loss, self.split(grads)))
+    }
+
+    /// The current parameters (`w` then `b` per layer).
+    pub(crate) fn params_now(&mut self) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+        let params = self.read(
+            &self
+                .layers
+                .iter()
+                .map(|l| (&l.params, l.values()))
+                .collect::<Vec<_>>(),
+        )?;
+        Ok(self.split(params))
+    }
+
+    fn split(&self, values: Vec<Vec<f32>>) -> Vec<(Vec<f32>, Vec<f32>)> {
+        values
+            .into_iter()
+            .zip(&self.layers)
+            .map(|(mut v, l)| {
+                let b = v.split_off(l.inputs * l.outputs);
+                (v, b)
+            })
+            .collect()
+    }
+
+    /// Mean loss (without an L2 term) and metric over the validation split (the
+    /// training split without one).
+    pub(crate) fn evaluate_sums(&mut self) -> Result<EvalSums> {
+        let n = self.validation.as_ref().unwrap_or(&self.train).rows;
+        let chunk = EVAL_ROWS.min(self.max_rows).max(1);
+        let batches: Vec<(usize, usize)> = (0..n)
+            .step_by(chunk)
+            .map(|start| (start, chunk.min(n - start)))
+            .collect();
+        let stats = self.run(&batches, Rows::Contiguous, Pass::Evaluate)?;
+        let width = self.stats_width();
+        let (mut loss, mut correct) = (0.0f64, 0.0f64);
+        for slot in 0..batches.len() {
+            loss += f64::from(stats[slot * width]);
+            correct += f64::from(stats[slot * width + 1]);
+        }
+        let outputs = self.layers.last().map_or(1, |l| l.outputs);
+        Ok(match self.task {
+            Task::Classification => EvalSums {
+                loss: loss / n.max(1) as f64,
+                metric: correct / n.max(1) as f64,
+            },
+            _ => {
+                let mse = loss / (n * outputs).max(1) as f64;
+                EvalSums {
+                    loss: mse,
+                    metric: mse.sqrt(),
+                }
+            }
+        })
+    }
+
+    /// Input features of the first layer.
+    pub(crate) fn features(&self) -> usize {
+        self.features
+    }
+}
