@@ -558,6 +558,81 @@ pub enum Error {
         /// What it is.
         what: String,
     },
+    /// A training data set is not usable as given: a shape, the kind of targets for the
+    /// task, the number of classes.
+    #[error("training data '{key}': expected {expected}, got {got}")]
+    TrainData {
+        /// Which part of the data (`x`, `y`, `validation_fraction`, …).
+        key: &'static str,
+        /// What would have been valid.
+        expected: String,
+        /// What was given.
+        got: String,
+    },
+    /// The features and the targets of a training data set have different numbers of
+    /// rows.
+    #[error("training data: x has {x} rows but y has {y}; they must be equal")]
+    DataRows {
+        /// Rows of the features.
+        x: usize,
+        /// Rows of the targets.
+        y: usize,
+    },
+    /// A feature or target value of a training data set is NaN or infinite.
+    #[error("training data '{key}' has {value} at {index:?}: values must be finite")]
+    NonFiniteData {
+        /// `x` or `y`.
+        key: &'static str,
+        /// The value's position, `[row, column]`.
+        index: Vec<usize>,
+        /// The value.
+        value: f32,
+    },
+    /// A hyperparameter is outside its range.
+    #[error("hyperparameter '{field}': expected {expected}, got {got}")]
+    InvalidHyper {
+        /// The field of [`Hyper`](crate::train::Hyper) (`hidden[1]`, `batch_size`,
+        /// `optimizer.beta1`, …).
+        field: &'static str,
+        /// The range it must be in.
+        expected: &'static str,
+        /// The value that was given.
+        got: String,
+    },
+    /// A training batch names a row the training split does not have.
+    #[error("training row {row} does not exist: the training split has {rows} rows")]
+    TrainRow {
+        /// The row asked for.
+        row: usize,
+        /// Rows of the training split.
+        rows: usize,
+    },
+    /// The training loss became NaN or infinite.
+    #[error(
+        "training diverged at epoch {epoch}: the {what} loss is {loss}; lower the learning rate"
+    )]
+    TrainingDiverged {
+        /// The epoch (1-based).
+        epoch: usize,
+        /// `training` or `validation`.
+        what: &'static str,
+        /// The loss.
+        loss: f64,
+    },
+    /// Training was stopped by its caller (a callback asked to stop).
+    #[error("training was interrupted after epoch {epoch}")]
+    TrainingInterrupted {
+        /// The last epoch run (1-based).
+        epoch: usize,
+    },
+    /// A placement cannot train (yet): no engine runs there.
+    #[error("training on placement {placement} is not supported: {reason}")]
+    TrainingUnsupported {
+        /// The placement asked for.
+        placement: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Error {

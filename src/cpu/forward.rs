@@ -223,7 +223,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Applies an activation in place to `[rows, cols]` values, with the formulas of
 /// `shaders/lib/activation.wgsl` and `shaders/softmax.wgsl`.
-fn activate(act: Activation, y: &mut [f32], cols: usize) {
+pub(crate) fn activate(act: Activation, y: &mut [f32], cols: usize) {
     match act {
         Activation::Identity => {}
         Activation::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
@@ -247,7 +247,7 @@ fn sigmoid(v: f32) -> f32 {
 
 /// erf by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7), as in
 /// `shaders/lib/activation.wgsl`.
-fn erf(v: f32) -> f32 {
+pub(crate) fn erf(v: f32) -> f32 {
     let a = v.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly = t

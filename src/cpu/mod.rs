@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-mod forward;
+pub(crate) mod forward;
 
 use forward::{forward, round_f16, threads};
 use rayon::prelude::*;

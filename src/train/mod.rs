@@ -21,6 +21,18 @@ pub(crate) mod gpu;
 
 use crate::model::Activation;
 
+// Until `train_member` uses them.
+#[allow(dead_code)]
+mod cpu;
+mod data;
+#[allow(dead_code)]
+mod engine;
+
+pub use data::{Data, Standardizer, Targets, TrainSet};
+#[allow(unused_imports)]
+pub(crate) use engine::{engine, Engine};
+pub use engine::{Evaluation, Params};
+
 /// What a member learns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
