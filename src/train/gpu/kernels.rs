@@ -205,6 +205,7 @@ impl TrainKernels {
 }
 
 /// Every set of override constants the engine gives each kernel.
+#[cfg(test)]
 pub(crate) fn constant_sets() -> Vec<(TrainKernel, Vec<(&'static str, u32)>)> {
     let mut sets = Vec::new();
     for act in 0..=4u32 {

@@ -28,7 +28,9 @@ use params::{Step, TrainLayer};
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::model::Activation;
-use crate::train::{Optimizer, Task};
+use crate::train::data::{Data, Targets};
+use crate::train::engine::{Engine, Evaluation, Params};
+use crate::train::{Hyper, Optimizer, Task, TrainSet};
 
 /// Mini-batches encoded into one command buffer.
 pub(crate) const BATCHES_PER_SUBMIT: usize = 64;
@@ -143,7 +145,6 @@ pub(crate) struct GpuEngine {
     task: Task,
     optimizer: Optimizer,
     weight_decay: f32,
-    features: usize,
     layers: Vec<Layer>,
     train: DataSplit,
     validation: Option<DataSplit>,
@@ -340,7 +341,6 @@ impl GpuEngine {
             task: spec.task,
             optimizer: spec.optimizer,
             weight_decay: spec.weight_decay,
-            features: spec.features,
             layers,
             train,
             validation,
@@ -434,12 +434,14 @@ impl GpuEngine {
 
     /// Uploads `order` (training row indices, each checked) as the pass's row order.
     fn upload_order(&mut self, order: &[u32]) -> Result<()> {
+        if order.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
         let rows = self.train.rows;
         if let Some(&bad) = order.iter().find(|&&r| r as usize >= rows) {
-            return Err(Error::InvalidValue {
-                what: "training row index",
-                value: bad.to_string(),
-                expected: "an index below the training split's row count",
+            return Err(Error::TrainRow {
+                row: bad as usize,
+                rows,
             });
         }
         if order.len() > self.order_capacity {
@@ -825,10 +827,7 @@ impl GpuEngine {
     }
 
     /// The loss and each layer's gradients (`w` then `b`) on `rows`, without a step.
-    pub(crate) fn gradients_rows(
-        &mut self,
-        rows: &[u32],
-    ) -> Result<(f64, Vec<(Vec<f32>, Vec<f32>)>)> {
+    pub(crate) fn gradients_rows(&mut self, rows: &[u32]) -> Result<(f64, Vec<Params>)> {
         self.upload_order(rows)?;
         let stats = self.run(&[(0, rows.len())], Rows::Ordered, Pass::Gradients)?;
         let loss = self.batch_loss(&stats, 0, rows.len());
@@ -843,7 +842,7 @@ impl GpuEngine {
     }
 
     /// The current parameters (`w` then `b` per layer).
-    pub(crate) fn params_now(&mut self) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+    pub(crate) fn params_now(&mut self) -> Result<Vec<Params>> {
         let params = self.read(
             &self
                 .layers
@@ -854,13 +853,13 @@ impl GpuEngine {
         Ok(self.split(params))
     }
 
-    fn split(&self, values: Vec<Vec<f32>>) -> Vec<(Vec<f32>, Vec<f32>)> {
+    fn split(&self, values: Vec<Vec<f32>>) -> Vec<Params> {
         values
             .into_iter()
             .zip(&self.layers)
-            .map(|(mut v, l)| {
-                let b = v.split_off(l.inputs * l.outputs);
-                (v, b)
+            .map(|(mut weight, l)| {
+                let bias = weight.split_off(l.inputs * l.outputs);
+                Params { weight, bias }
             })
             .collect()
     }
@@ -896,9 +895,92 @@ impl GpuEngine {
             }
         })
     }
+}
 
-    /// Input features of the first layer.
-    pub(crate) fn features(&self) -> usize {
-        self.features
+/// A split's features and targets as the engine uploads them.
+fn raw(data: &Data) -> RawSplit<'_> {
+    RawSplit {
+        x: data.x().as_slice(),
+        y: match data.y() {
+            Targets::Labels(l) => RawTargets::Labels(l),
+            Targets::Values(v) => RawTargets::Values(v.as_slice()),
+        },
+        rows: data.rows(),
     }
 }
+
+impl GpuEngine {
+    /// An engine on `ctx`'s device starting from `init` (shapes chaining from the
+    /// set's features to its outputs), `activations` one per layer (the last
+    /// `Identity`), training `set` with `hyper`'s optimizer and weight decay.
+    pub(crate) fn new(
+        ctx: GpuContext,
+        init: &[Params],
+        activations: &[Activation],
+        hyper: &Hyper,
+        set: &TrainSet,
+    ) -> Result<Self> {
+        let last = init.last().map_or(0, |p| p.bias.len());
+        if init.is_empty() || last != set.outputs() || init.len() != activations.len() {
+            return Err(Error::LayerShape {
+                layer: init.len().saturating_sub(1),
+                what: "the last layer's outputs must equal the task's outputs, one activation per layer",
+                expected: vec![set.outputs()],
+                got: vec![last],
+            });
+        }
+        let spec = Spec {
+            layers: init
+                .iter()
+                .map(|p| (p.weight.as_slice(), p.bias.as_slice()))
+                .collect(),
+            activations,
+            optimizer: hyper.optimizer,
+            weight_decay: hyper.weight_decay,
+            task: set.task(),
+            features: set.features(),
+            train: raw(set.train()),
+            validation: set.validation().map(raw),
+        };
+        Self::from_spec(ctx, &spec)
+    }
+}
+
+impl Engine for GpuEngine {
+    fn epoch(&mut self, order: &[u32], batch_size: usize, lr: f32) -> Result<f64> {
+        if order.is_empty() || batch_size == 0 {
+            return Err(Error::EmptyBatch);
+        }
+        let losses = self.epoch_losses(order, batch_size, lr)?;
+        let total: f64 = losses.iter().map(|&(loss, rows)| loss * rows as f64).sum();
+        Ok(total / order.len() as f64)
+    }
+
+    fn evaluate(&mut self) -> Result<Evaluation> {
+        let sums = self.evaluate_sums()?;
+        Ok(Evaluation {
+            loss: sums.loss,
+            metric: sums.metric,
+        })
+    }
+
+    fn gradients(&mut self, rows: &[u32]) -> Result<(f64, Vec<Params>)> {
+        let (loss, grads) = self.gradients_rows(rows)?;
+        Ok((loss, grads))
+    }
+
+    fn step(&mut self, rows: &[u32], lr: f32) -> Result<f64> {
+        self.step_rows(rows, lr)
+    }
+
+    fn params(&mut self) -> Result<Vec<Params>> {
+        self.params_now()
+    }
+
+    fn device(&self) -> String {
+        self.device_name()
+    }
+}
+
+#[cfg(test)]
+mod tests;
