@@ -10,7 +10,7 @@
 @group(0) @binding(2) var<storage, read> params: array<f32>;
 @group(0) @binding(3) var<storage, read_write> z: array<f32>;
 @group(0) @binding(4) var<storage, read_write> a: array<f32>;
-@group(0) @binding(5) var<uniform> l: TrainLayer;
+@group(0) @binding(5) var<storage, read> l: TrainLayer;
 
 // Activation (lib/activation.wgsl): 0 identity, 1 relu, 2 tanh, 3 sigmoid, 4 gelu.
 override ACT: u32 = 0u;

@@ -14,7 +14,7 @@
 @group(0) @binding(2) var<storage, read> targets: array<u32>;
 @group(0) @binding(3) var<storage, read_write> dz: array<f32>;
 @group(0) @binding(4) var<storage, read_write> stats: array<f32>;
-@group(0) @binding(5) var<uniform> l: TrainLayer;
+@group(0) @binding(5) var<storage, read> l: TrainLayer;
 
 override LOSS: u32 = 0u;
 

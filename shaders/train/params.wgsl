@@ -1,4 +1,8 @@
-// The uniforms of the training kernels (the Rust side is src/train/gpu/params.rs).
+// The parameters of the training kernels (the Rust side is src/train/gpu/params.rs),
+// read from read-only storage buffers rather than uniforms: Mesa's lavapipe inlines
+// uniform values into a shader and compiles it again at dispatches after a pipeline
+// or bind group change, never freeing the old code (18 MB an epoch here, see
+// src/train/gpu/mod.rs); it inlines nothing from storage buffers.
 //
 // TrainLayer: one layer's shape and optimizer constants, fixed for the whole training.
 // A layer's parameters live in one buffer, w [out, in] row-major (PyTorch's nn.Linear
@@ -29,8 +33,8 @@ struct TrainLayer {
     _pad1: u32,
 }
 
-// Step: what changes from one mini-batch to the next, one 256-byte-aligned slot per
-// batch of an epoch in a uniform buffer bound with a dynamic offset.
+// Step: what changes from one mini-batch to the next, one slot per batch of an epoch
+// (aligned to the device's storage offset alignment), bound with a dynamic offset.
 struct Step {
     // The batch's first position in the row order (or first row, for contiguous rows).
     offset: u32,
@@ -48,4 +52,4 @@ struct Step {
     bc2: f32,
 }
 
-@group(1) @binding(0) var<uniform> s: Step;
+@group(1) @binding(0) var<storage, read> s: Step;

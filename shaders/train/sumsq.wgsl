@@ -4,7 +4,7 @@
 
 @group(0) @binding(0) var<storage, read> params: array<f32>;
 @group(0) @binding(1) var<storage, read_write> stats: array<f32>;
-@group(0) @binding(2) var<uniform> l: TrainLayer;
+@group(0) @binding(2) var<storage, read> l: TrainLayer;
 
 const WG: u32 = 256u;
 

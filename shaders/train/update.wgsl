@@ -15,7 +15,7 @@
 @group(0) @binding(3) var<storage, read_write> params: array<f32>;
 @group(0) @binding(4) var<storage, read_write> grads: array<f32>;
 @group(0) @binding(5) var<storage, read_write> state: array<f32>;
-@group(0) @binding(6) var<uniform> l: TrainLayer;
+@group(0) @binding(6) var<storage, read> l: TrainLayer;
 
 // 0 gradients only, 1 SGD (momentum, Nesterov), 2 Adam / AdamW.
 override OPT: u32 = 0u;

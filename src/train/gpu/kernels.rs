@@ -13,8 +13,9 @@ enum Slot {
     Read,
     /// A storage buffer the kernel writes.
     Write,
-    /// The layer's uniform (`TrainLayer`).
-    Uniform,
+    /// The layer's parameters (`TrainLayer`), read only (a storage buffer, not a
+    /// uniform: see `shaders/train/params.wgsl`).
+    Params,
 }
 
 /// One training kernel: its body's file under `shaders/train/`, its composed source,
@@ -35,7 +36,7 @@ macro_rules! wgsl {
     };
 }
 
-use Slot::{Read, Uniform, Write};
+use Slot::{Params, Read, Write};
 
 /// Forward pass of one layer keeping z and the activation (`ACT`, `INPUT`).
 pub(crate) const FORWARD: TrainKernel = TrainKernel {
@@ -46,21 +47,21 @@ pub(crate) const FORWARD: TrainKernel = TrainKernel {
         "lib/activation.wgsl",
         "train/forward.wgsl"
     ),
-    slots: &[Read, Read, Read, Write, Write, Uniform],
+    slots: &[Read, Read, Read, Write, Write, Params],
 };
 
 /// The batch's loss, correct rows and dz of the output layer (`LOSS`, `INPUT`).
 pub(crate) const LOSS: TrainKernel = TrainKernel {
     file: "train/loss.wgsl",
     source: wgsl!("train/params.wgsl", "train/rows.wgsl", "train/loss.wgsl"),
-    slots: &[Read, Read, Read, Write, Write, Uniform],
+    slots: &[Read, Read, Read, Write, Write, Params],
 };
 
 /// A layer's sum of squared weights (the loss's L2 term).
 pub(crate) const SUMSQ: TrainKernel = TrainKernel {
     file: "train/sumsq.wgsl",
     source: wgsl!("train/params.wgsl", "train/sumsq.wgsl"),
-    slots: &[Read, Write, Uniform],
+    slots: &[Read, Write, Params],
 };
 
 /// dz of the previous layer through its activation's derivative (`ACT`).
@@ -72,20 +73,20 @@ pub(crate) const BACKWARD: TrainKernel = TrainKernel {
         "lib/activation_grad.wgsl",
         "train/backward.wgsl"
     ),
-    slots: &[Read, Read, Read, Read, Write, Uniform],
+    slots: &[Read, Read, Read, Read, Write, Params],
 };
 
 /// A layer's gradients fused with its optimizer step (`OPT`, `INPUT`).
 pub(crate) const UPDATE: TrainKernel = TrainKernel {
     file: "train/update.wgsl",
     source: wgsl!("train/params.wgsl", "train/rows.wgsl", "train/update.wgsl"),
-    slots: &[Read, Read, Read, Write, Write, Write, Uniform],
+    slots: &[Read, Read, Read, Write, Write, Write, Params],
 };
 
 /// Every training kernel.
 pub(crate) const ALL: [TrainKernel; 5] = [FORWARD, LOSS, SUMSQ, BACKWARD, UPDATE];
 
-/// Bytes of the `Step` uniform (`shaders/train/params.wgsl`).
+/// Bytes of a `Step` (`shaders/train/params.wgsl`).
 pub(crate) const STEP_BYTES: u64 = 32;
 
 type Key = (&'static str, Vec<(&'static str, u32)>);
@@ -111,9 +112,10 @@ impl TrainKernels {
                         visibility: wgpu::ShaderStages::COMPUTE,
                         ty: wgpu::BindingType::Buffer {
                             ty: match slot {
-                                Read => wgpu::BufferBindingType::Storage { read_only: true },
+                                Read | Params => {
+                                    wgpu::BufferBindingType::Storage { read_only: true }
+                                }
                                 Write => wgpu::BufferBindingType::Storage { read_only: false },
-                                Uniform => wgpu::BufferBindingType::Uniform,
                             },
                             has_dynamic_offset: false,
                             min_binding_size: None,
@@ -134,7 +136,7 @@ impl TrainKernels {
                 binding: 0,
                 visibility: wgpu::ShaderStages::COMPUTE,
                 ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Uniform,
+                    ty: wgpu::BufferBindingType::Storage { read_only: true },
                     has_dynamic_offset: true,
                     min_binding_size: wgpu::BufferSize::new(STEP_BYTES),
                 },

@@ -277,3 +277,44 @@ fn bad_rows_are_typed_errors() {
         ));
     }
 }
+
+/// 40 epochs of mini-batches (shuffled alike) on the GPU end where the CPU's do: the
+/// same training loss within 1 %, the same validation loss and accuracy, and far
+/// below where they started.
+#[test]
+fn a_short_training_converges_like_the_cpu() {
+    for ctx in contexts("converges") {
+        let hyper = Hyper {
+            activation: Activation::Relu,
+            optimizer: Optimizer::ADAM,
+            ..Hyper::default()
+        };
+        let s = set(Task::Classification, 240, 5, 9);
+        let init = init(&[5, 16, 3], 4);
+        let acts = layer_activations(&[Activation::Relu], 2);
+        let mut cpu = CpuEngine::new(&init, &acts, &hyper, &s).unwrap();
+        let mut gpu = GpuEngine::new(ctx.clone(), &init, &acts, &hyper, &s).unwrap();
+        let start = gpu.evaluate().unwrap();
+        let mut order: Vec<u32> = (0..s.train().rows() as u32).collect();
+        let mut rng = StdRng::seed_from_u64(1);
+        let (mut lc, mut lg) = (0.0, 0.0);
+        for _ in 0..40 {
+            rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
+            lc = cpu.epoch(&order, 16, 0.01).unwrap();
+            lg = gpu.epoch(&order, 16, 0.01).unwrap();
+        }
+        let (ec, eg) = (cpu.evaluate().unwrap(), gpu.evaluate().unwrap());
+        let what = ctx.label.to_string();
+        close(&format!("{what} training loss"), lg, lc, 1e-4, 1e-2);
+        close(
+            &format!("{what} validation loss"),
+            eg.loss,
+            ec.loss,
+            1e-3,
+            2e-2,
+        );
+        close(&format!("{what} accuracy"), eg.metric, ec.metric, 0.02, 0.0);
+        assert!(eg.loss < start.loss * 0.5, "{what}: {start:?} -> {eg:?}");
+        assert!(eg.metric > 0.85, "{what}: accuracy {}", eg.metric);
+    }
+}
