@@ -358,9 +358,9 @@ pub fn train_member(
             validation,
             seconds: t0.elapsed().as_secs_f64(),
         };
-        let improved = best.as_ref().is_none_or(|(b, _)| {
-            validation.loss < b.validation.loss - f64::from(hyper.min_delta)
-        });
+        let improved = best
+            .as_ref()
+            .is_none_or(|(b, _)| validation.loss < b.validation.loss - f64::from(hyper.min_delta));
         if improved {
             best = Some((report.clone(), trainer.params()?));
             since_best = 0;
@@ -433,7 +433,11 @@ impl Hyper {
             })
         };
         if let Some(i) = self.hidden.iter().position(|&w| w == 0) {
-            return bad("hidden", "every hidden width >= 1", format!("0 at hidden[{i}]"));
+            return bad(
+                "hidden",
+                "every hidden width >= 1",
+                format!("0 at hidden[{i}]"),
+            );
         }
         if !trainable(self.activation) {
             return bad(
@@ -446,7 +450,11 @@ impl Hyper {
         match self.optimizer {
             Optimizer::Sgd { momentum, nesterov } => {
                 if !unit(momentum) {
-                    return bad("optimizer.momentum", "a value in [0, 1)", momentum.to_string());
+                    return bad(
+                        "optimizer.momentum",
+                        "a value in [0, 1)",
+                        momentum.to_string(),
+                    );
                 }
                 if nesterov && momentum == 0.0 {
                     return bad(
@@ -501,7 +509,11 @@ impl Hyper {
             return bad("patience", "at least 1 epoch, or none", "0".into());
         }
         if !(self.min_delta >= 0.0 && self.min_delta.is_finite()) {
-            return bad("min_delta", "a finite value >= 0", self.min_delta.to_string());
+            return bad(
+                "min_delta",
+                "a finite value >= 0",
+                self.min_delta.to_string(),
+            );
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             return bad(

@@ -21,17 +21,14 @@ pub(crate) mod gpu;
 
 use crate::model::Activation;
 
-// Until `train_member` uses them.
-#[allow(dead_code)]
 mod cpu;
 mod data;
-#[allow(dead_code)]
 mod engine;
+mod member;
 
 pub use data::{Data, Standardizer, Targets, TrainSet};
-#[allow(unused_imports)]
-pub(crate) use engine::{engine, Engine};
 pub use engine::{Evaluation, Params};
+pub use member::{train_member, EpochReport, Trained, Trainer};
 
 /// What a member learns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

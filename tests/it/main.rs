@@ -31,3 +31,6 @@ mod serve_load;
 mod serve_repo;
 mod shaders;
 mod timing;
+mod train_grad;
+mod train_member;
+mod train_optim;

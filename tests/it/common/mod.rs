@@ -9,6 +9,7 @@ use wgpu_ensemble::{Activation, Model, Tensor};
 mod devices;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod train;
 
 pub use devices::*;
 
