@@ -31,6 +31,7 @@ mod serve_load;
 mod serve_repo;
 mod shaders;
 mod timing;
+mod train_gpu;
 mod train_grad;
 mod train_member;
 mod train_optim;
