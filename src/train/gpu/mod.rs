@@ -304,7 +304,7 @@ impl GpuEngine {
                 params: upload("train params", bytemuck::cast_slice(&p)),
                 grads: empty("train grads", values),
                 state: empty("train optimizer state", 2 * values),
-                constants: constants,
+                constants,
             });
             inputs = outputs;
         }
