@@ -81,6 +81,8 @@ pub(crate) struct Spec<'a> {
     pub(crate) features: usize,
     pub(crate) train: RawSplit<'a>,
     pub(crate) validation: Option<RawSplit<'a>>,
+    /// A cap below the device's largest storage binding (tests of the refusal).
+    pub(crate) max_bytes: Option<u64>,
 }
 
 /// One layer's resident buffers.
@@ -185,7 +187,8 @@ impl GpuEngine {
         let max_bytes = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size)
-            .min(u64::from(u32::MAX));
+            .min(u64::from(u32::MAX))
+            .min(spec.max_bytes.unwrap_or(u64::MAX));
         let llvmpipe = ctx.adapter.as_ref().is_some_and(|a| {
             let info = a.get_info();
             crate::placement::is_llvmpipe(&info.name, &info.driver)
@@ -948,6 +951,7 @@ impl GpuEngine {
             features: set.features(),
             train: raw(set.train()),
             validation: set.validation().map(raw),
+            max_bytes: None,
         };
         Self::from_spec(ctx, &spec)
     }

@@ -318,3 +318,63 @@ fn a_short_training_converges_like_the_cpu() {
         assert!(eg.metric > 0.85, "{what}: accuracy {}", eg.metric);
     }
 }
+
+/// A lost device is a typed error from the next call, not a panic; on llvmpipe a
+/// batch longer than its loop limit allows is refused.
+#[test]
+fn a_lost_device_and_an_overlong_batch_are_typed_errors() {
+    for ctx in contexts("lost device") {
+        let (_, _, mut gpu) = engines(&ctx, Task::Classification, &Hyper::default(), &[5, 4, 3]);
+        if ctx.label.to_string().contains("llvmpipe") {
+            match gpu.step(&vec![0; super::LLVMPIPE_EXTENT + 1], 0.1) {
+                Err(crate::Error::InvalidValue {
+                    what: "batch size", ..
+                }) => {}
+                other => panic!("{}: {other:?}", ctx.label),
+            }
+        }
+        gpu.step(&[0, 1, 2], 0.1).unwrap();
+        ctx.lose();
+        match gpu.epoch(&[0, 1, 2, 3], 2, 0.1) {
+            Err(crate::Error::DeviceLost { .. }) => {}
+            other => panic!("{}: {other:?}", ctx.label),
+        }
+        assert!(matches!(gpu.params(), Err(crate::Error::DeviceLost { .. })));
+    }
+}
+
+/// A split larger than the device's largest storage binding is refused with a typed
+/// error naming it (here under a cap of 4 KB: 36 rows of 40 features are 5760 bytes).
+#[test]
+fn a_split_beyond_the_largest_binding_is_refused() {
+    for ctx in contexts("too large") {
+        let s = set(Task::Classification, 48, 40, 2);
+        let init = init(&[40, 3], 1);
+        let spec = super::Spec {
+            layers: init
+                .iter()
+                .map(|p| (p.weight.as_slice(), p.bias.as_slice()))
+                .collect(),
+            activations: &[Activation::Identity],
+            optimizer: Optimizer::ADAM,
+            weight_decay: 0.0,
+            task: Task::Classification,
+            features: 40,
+            train: super::raw(s.train()),
+            validation: s.validation().map(super::raw),
+            max_bytes: Some(4096),
+        };
+        match GpuEngine::from_spec(ctx.clone(), &spec) {
+            Err(crate::Error::BufferTooLarge {
+                what,
+                bytes: 5760,
+                limit: 4096,
+                ..
+            }) => {
+                assert!(what.contains("training split's features"), "{what}");
+            }
+            Err(other) => panic!("{}: {other:?}", ctx.label),
+            Ok(_) => panic!("{}: accepted", ctx.label),
+        }
+    }
+}
