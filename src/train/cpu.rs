@@ -38,6 +38,9 @@ pub(crate) struct CpuEngine {
     evaluation: Data,
 }
 
+/// One buffer per layer (its `z`, or its `act(z)`).
+type PerLayer = Vec<Vec<f32>>;
+
 /// A batch's targets.
 enum Batch {
     Labels(Vec<u32>),
@@ -138,7 +141,7 @@ impl CpuEngine {
     }
 
     /// The forward pass of `b` rows of `x`: every layer's `z` and `act(z)`.
-    fn forward(&self, x: &[f32], b: usize) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    fn forward(&self, x: &[f32], b: usize) -> Result<(PerLayer, PerLayer)> {
         let mut zs: Vec<Vec<f32>> = Vec::with_capacity(self.layers.len());
         let mut acts: Vec<Vec<f32>> = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {

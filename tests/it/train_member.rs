@@ -35,9 +35,9 @@ fn blobs(rows: usize, seed: u64) -> Data {
     let mut y = Vec::with_capacity(rows);
     for r in 0..rows {
         let c = r % 3;
-        for f in 0..4 {
+        for centre in centres[c] {
             let noise: f32 = rng.random_range(-0.6..0.6);
-            x.push(100.0 + 10.0 * (centres[c][f] + noise));
+            x.push(100.0 + 10.0 * (centre + noise));
         }
         y.push(c as u32);
     }
@@ -346,7 +346,8 @@ fn train_bad_inputs_are_typed_errors() {
             other => panic!("validation_fraction {fraction}: {other:?}"),
         }
     }
-    let cases: [(&str, fn(&mut Hyper)); 7] = [
+    type Change = fn(&mut Hyper);
+    let cases: [(&str, Change); 7] = [
         ("hidden", |h| h.hidden = vec![4, 0]),
         ("batch_size", |h| h.batch_size = 0),
         ("learning_rate", |h| h.learning_rate = 0.0),
