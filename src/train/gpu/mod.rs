@@ -2,7 +2,10 @@
 //! needs resident there for the whole training.
 //!
 //! - Uploaded once: the training split (features, and labels or targets) and the
-//!   validation split; each layer's parameters (`w` then `b`), their gradients and
+//!   validation split — or, for a split beyond the device's largest storage binding,
+//!   kept on the host and streamed: each command buffer's batches gathered in order
+//!   into a window buffer before it is submitted (a batch longer than the window is
+//!   refused with `Error::BufferTooLarge`); each layer's parameters (`w` then `b`), their gradients and
 //!   the optimizer's state (`shaders/train/params.wgsl` says the layouts).
 //! - Per call (an epoch, a step, a gradient, an evaluation): the row order (u32
 //!   indices into the training split) and one `Step` per mini-batch (its
@@ -108,6 +111,18 @@ struct DataSplit {
     x: wgpu::Buffer,
     y: wgpu::Buffer,
     rows: usize,
+    /// The split's features and targets (as u32 words, `y_width` a row) kept on the
+    /// host instead, when they exceed the device's largest storage binding: each pass
+    /// then streams its batches' rows through the [`Window`].
+    host: Option<(Vec<f32>, Vec<u32>)>,
+}
+
+/// Where the batches of a streamed split are copied, in order, a chunk of batches at
+/// a time: room for `rows` rows of features and of targets.
+struct Window {
+    x: wgpu::Buffer,
+    y: wgpu::Buffer,
+    rows: usize,
 }
 
 /// The buffers sized by a batch's rows: each layer's z, activation and dz.
@@ -169,6 +184,13 @@ pub(crate) struct GpuEngine {
     t: u64,
     /// The most rows of a batch the device computes correctly.
     max_rows: usize,
+    /// Where a streamed split's batches go (`None` when both splits are resident).
+    window: Option<Window>,
+    /// The last row order uploaded (a streamed split gathers its rows by it).
+    order_host: Vec<u32>,
+    features: usize,
+    /// u32 words of targets a row: 1 (a label) or the outputs.
+    y_width: usize,
 }
 
 fn bytes(values: usize) -> u64 {
@@ -311,7 +333,30 @@ impl GpuEngine {
             });
             inputs = outputs;
         }
+        let y_width = match spec.task {
+            Task::Classification => 1,
+            _ => spec.layers.last().map_or(1, |l| l.1.len()),
+        };
+        // Rows of a streamed split's window: as many as a binding holds, at most 2^16.
+        let window_rows =
+            (max_bytes / (spec.features.max(y_width) as u64 * 4)).min(1 << 16) as usize;
         let split = |name: &str, s: &RawSplit<'_>| -> Result<DataSplit> {
+            let y_len = match s.y {
+                RawTargets::Labels(l) => l.len(),
+                RawTargets::Values(v) => v.len(),
+            };
+            if (bytes(s.x.len()) > max_bytes || bytes(y_len) > max_bytes) && window_rows > 0 {
+                let y: Vec<u32> = match s.y {
+                    RawTargets::Labels(l) => l.to_vec(),
+                    RawTargets::Values(v) => v.iter().map(|f| f.to_bits()).collect(),
+                };
+                return Ok(DataSplit {
+                    x: empty("train features (streamed)", 1),
+                    y: empty("train targets (streamed)", 1),
+                    rows: s.rows,
+                    host: Some((s.x.to_vec(), y)),
+                });
+            }
             too_large(format!("the {name} split's features"), s.x.len())?;
             let y = match s.y {
                 RawTargets::Labels(l) => {
@@ -327,6 +372,7 @@ impl GpuEngine {
                 x: upload("train features", bytemuck::cast_slice(s.x)),
                 y,
                 rows: s.rows,
+                host: None,
             })
         };
         let train = split("training", &spec.train)?;
@@ -335,6 +381,13 @@ impl GpuEngine {
             .as_ref()
             .map(|v| split("validation", v))
             .transpose()?;
+        let streamed =
+            train.host.is_some() || validation.as_ref().is_some_and(|v| v.host.is_some());
+        let window = streamed.then(|| Window {
+            x: empty("train window features", window_rows * spec.features),
+            y: empty("train window targets", window_rows * y_width),
+            rows: window_rows,
+        });
         let kernels = TrainKernels::new(device);
         let step_align = u64::from(limits.min_storage_buffer_offset_alignment).max(STEP_BYTES);
         let order_capacity = train.rows.max(1);
@@ -364,6 +417,10 @@ impl GpuEngine {
             stats_capacity: 1,
             t: 0,
             max_rows,
+            window,
+            order_host: Vec::new(),
+            features: spec.features,
+            y_width,
             ctx,
         };
         engine.check()?;
@@ -468,6 +525,8 @@ impl GpuEngine {
                 .queue
                 .write_buffer(&self.order, 0, bytemuck::cast_slice(order));
         }
+        self.order_host.clear();
+        self.order_host.extend_from_slice(order);
         Ok(())
     }
 
@@ -491,6 +550,52 @@ impl GpuEngine {
         self.ensure_rows(widest.max(1));
         self.ensure_slots(batches.len().max(1));
         let outputs = self.layers.last().map_or(1, |l| l.outputs);
+        let streamed = match rows_kind {
+            Rows::Ordered => self.train.host.is_some(),
+            Rows::Contiguous => self
+                .validation
+                .as_ref()
+                .unwrap_or(&self.train)
+                .host
+                .is_some(),
+        };
+        // The command buffers' batches (index ranges), and each batch's first row in
+        // what its pass reads: the order or the split, or the window of its chunk.
+        let mut chunks: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut offsets: Vec<usize> = Vec::with_capacity(batches.len());
+        match (&self.window, streamed) {
+            (Some(window), true) => {
+                let mut start = 0;
+                let mut filled = 0;
+                for (b, &(_, rows)) in batches.iter().enumerate() {
+                    if rows > window.rows {
+                        return Err(Error::BufferTooLarge {
+                            what: format!("a streamed batch of {rows} rows"),
+                            device: self.ctx.label.to_string(),
+                            bytes: bytes(rows * self.features.max(self.y_width)),
+                            limit: bytes(window.rows * self.features.max(self.y_width)),
+                        });
+                    }
+                    if filled + rows > window.rows || b - start == BATCHES_PER_SUBMIT {
+                        chunks.push(start..b);
+                        start = b;
+                        filled = 0;
+                    }
+                    offsets.push(filled);
+                    filled += rows;
+                }
+                chunks.push(start..batches.len());
+            }
+            _ => {
+                offsets.extend(batches.iter().map(|b| b.0));
+                let mut start = 0;
+                while start < batches.len() {
+                    let end = (start + BATCHES_PER_SUBMIT).min(batches.len());
+                    chunks.push(start..end);
+                    start = end;
+                }
+            }
+        }
         // The per-batch steps.
         let mut steps = vec![0u8; self.step_align as usize * batches.len()];
         let (beta1, beta2) = match self.optimizer {
@@ -499,7 +604,7 @@ impl GpuEngine {
             }
             Optimizer::Sgd { .. } => (0.0, 0.0),
         };
-        for (slot, &(offset, rows)) in batches.iter().enumerate() {
+        for (slot, (&(_, rows), &offset)) in batches.iter().zip(&offsets).enumerate() {
             let (lr, bc1, bc2) = match pass {
                 Pass::Train { lr } => {
                     self.t += 1;
@@ -533,6 +638,7 @@ impl GpuEngine {
             self.ctx.queue.write_buffer(&self.steps, 0, &steps);
         }
         let input_kind = match rows_kind {
+            _ if streamed => 1,
             Rows::Ordered => 2,
             Rows::Contiguous => 1,
         };
@@ -545,9 +651,13 @@ impl GpuEngine {
             Task::Classification => 0,
             _ => 1,
         };
-        let data = match rows_kind {
+        let split = match rows_kind {
             Rows::Ordered => &self.train,
             Rows::Contiguous => self.validation.as_ref().unwrap_or(&self.train),
+        };
+        let (data_x, data_y) = match (&self.window, streamed) {
+            (Some(w), true) => (&w.x, &w.y),
+            _ => (&split.x, &split.y),
         };
         let l2 = self.l2() && pass != Pass::Evaluate;
         let device = &self.ctx.device;
@@ -580,7 +690,7 @@ impl GpuEngine {
         let mut update = Vec::with_capacity(count);
         let mut sumsq = Vec::with_capacity(count);
         for (i, layer) in self.layers.iter().enumerate() {
-            let input = if i == 0 { &data.x } else { &rb.a[i - 1] };
+            let input = if i == 0 { data_x } else { &rb.a[i - 1] };
             let kind = if i == 0 { input_kind } else { 0 };
             forward.push((
                 kernels.pipeline(device, FORWARD, &[("ACT", layer.act), ("INPUT", kind)])?,
@@ -651,7 +761,7 @@ impl GpuEngine {
                 &[
                     &rb.z[last],
                     &self.order,
-                    &data.y,
+                    data_y,
                     &rb.dz[last],
                     &self.stats,
                     &self.layers[last].constants,
@@ -670,7 +780,30 @@ impl GpuEngine {
                 }),
             }],
         });
-        for (c, chunk) in batches.chunks(BATCHES_PER_SUBMIT).enumerate() {
+        for range in chunks {
+            if let (Some(window), Some((x, y))) = (&self.window, &split.host) {
+                // The chunk's rows, batch after batch, into the window.
+                let (f, k) = (self.features, self.y_width);
+                let mut wx: Vec<f32> = Vec::new();
+                let mut wy: Vec<u32> = Vec::new();
+                for &(offset, rows) in &batches[range.clone()] {
+                    for p in offset..offset + rows {
+                        let r = match rows_kind {
+                            Rows::Ordered => self.order_host.get(p).map_or(0, |&r| r as usize),
+                            Rows::Contiguous => p,
+                        };
+                        wx.extend_from_slice(x.get(r * f..(r + 1) * f).unwrap_or_default());
+                        wy.extend_from_slice(y.get(r * k..(r + 1) * k).unwrap_or_default());
+                    }
+                }
+                self.ctx
+                    .queue
+                    .write_buffer(&window.x, 0, bytemuck::cast_slice(&wx));
+                self.ctx
+                    .queue
+                    .write_buffer(&window.y, 0, bytemuck::cast_slice(&wy));
+            }
+            let chunk = &batches[range.clone()];
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("train batches"),
             });
@@ -680,7 +813,7 @@ impl GpuEngine {
                     timestamp_writes: None,
                 });
                 for (j, &(_, rows)) in chunk.iter().enumerate() {
-                    let slot = c * BATCHES_PER_SUBMIT + j;
+                    let slot = range.start + j;
                     let dynamic = [(slot as u64 * self.step_align) as u32];
                     cpass.set_bind_group(1, &step_group, &dynamic);
                     for (i, (pipeline, group)) in forward.iter().enumerate() {
@@ -877,8 +1010,13 @@ impl GpuEngine {
     /// Mean loss (without an L2 term) and metric over the validation split (the
     /// training split without one).
     pub(crate) fn evaluate_sums(&mut self) -> Result<EvalSums> {
-        let n = self.validation.as_ref().unwrap_or(&self.train).rows;
-        let chunk = EVAL_ROWS.min(self.max_rows).max(1);
+        let split = self.validation.as_ref().unwrap_or(&self.train);
+        let n = split.rows;
+        let window = match (&self.window, &split.host) {
+            (Some(w), Some(_)) => w.rows,
+            _ => usize::MAX,
+        };
+        let chunk = EVAL_ROWS.min(self.max_rows).min(window).max(1);
         let batches: Vec<(usize, usize)> = (0..n)
             .step_by(chunk)
             .map(|start| (start, chunk.min(n - start)))

@@ -343,35 +343,114 @@ fn a_lost_device_and_an_overlong_batch_are_typed_errors() {
     }
 }
 
-/// A split larger than the device's largest storage binding is refused with a typed
-/// error naming it (here under a cap of 4 KB: 36 rows of 40 features are 5760 bytes).
+/// A GPU engine on `set` whose buffers are capped at `max_bytes` (splits beyond it are
+/// streamed), and the CPU engine, from the same initial layers.
+fn capped(
+    ctx: &GpuContext,
+    set: &TrainSet,
+    hyper: &Hyper,
+    sizes: &[usize],
+    max_bytes: u64,
+) -> (CpuEngine, crate::Result<GpuEngine>) {
+    let init = init(sizes, 5);
+    let acts = layer_activations(&vec![hyper.activation; sizes.len() - 2], sizes.len() - 1);
+    let cpu = CpuEngine::new(&init, &acts, hyper, set).unwrap();
+    let spec = super::Spec {
+        layers: init
+            .iter()
+            .map(|p| (p.weight.as_slice(), p.bias.as_slice()))
+            .collect(),
+        activations: &acts,
+        optimizer: hyper.optimizer,
+        weight_decay: hyper.weight_decay,
+        task: set.task(),
+        features: set.features(),
+        train: super::raw(set.train()),
+        validation: set.validation().map(super::raw),
+        max_bytes: Some(max_bytes),
+    };
+    (cpu, GpuEngine::from_spec(ctx.clone(), &spec))
+}
+
+/// A training split beyond the largest storage binding (capped at 512 bytes: 36 rows
+/// of 5 features are 720) is streamed through a window of 25 rows, a chunk of batches
+/// at a time, and trains as the CPU does: steps, epochs, evaluation (streamed too
+/// without a validation split); a batch longer than the window is refused.
 #[test]
-fn a_split_beyond_the_largest_binding_is_refused() {
+fn a_split_beyond_the_largest_binding_is_streamed() {
+    for ctx in contexts("streamed") {
+        for task in [Task::Classification, Task::Regression] {
+            for fraction in [0.25, 0.0] {
+                let what = format!("{} {task:?} validation {fraction}", ctx.label);
+                let hyper = Hyper {
+                    activation: Activation::Tanh,
+                    optimizer: Optimizer::ADAM,
+                    weight_decay: 0.01,
+                    ..Hyper::default()
+                };
+                let full = set(task, 48, 5, 3);
+                let s = TrainSet::new(task, full.train().clone(), fraction, false, 1).unwrap();
+                let (mut cpu, gpu) = capped(&ctx, &s, &hyper, &[5, 8, outputs(task)], 512);
+                let mut gpu = gpu.unwrap();
+                assert!(gpu.train.host.is_some(), "{what}: not streamed");
+                for rows in [
+                    &[1u32, 2, 3, 4, 5, 6][..],
+                    &[7, 9, 11],
+                    &[0, 2, 4, 6, 8, 10, 12],
+                ] {
+                    let (lc, lg) = (cpu.step(rows, 0.05).unwrap(), gpu.step(rows, 0.05).unwrap());
+                    close(&format!("{what} step loss"), lg, lc, 1e-5, 1e-4);
+                }
+                let n = s.train().rows() as u32;
+                let order: Vec<u32> = (0..n).rev().collect();
+                for epoch in 0..3 {
+                    let lc = cpu.epoch(&order, 5, 0.02).unwrap();
+                    let lg = gpu.epoch(&order, 5, 0.02).unwrap();
+                    close(&format!("{what} epoch {epoch} loss"), lg, lc, 1e-4, 1e-3);
+                }
+                close_params(
+                    &what,
+                    &gpu.params().unwrap(),
+                    &cpu.params().unwrap(),
+                    1e-4,
+                    1e-2,
+                );
+                let (ec, eg) = (cpu.evaluate().unwrap(), gpu.evaluate().unwrap());
+                close(
+                    &format!("{what} evaluation loss"),
+                    eg.loss,
+                    ec.loss,
+                    1e-4,
+                    1e-3,
+                );
+                close(
+                    &format!("{what} evaluation metric"),
+                    eg.metric,
+                    ec.metric,
+                    1e-4,
+                    1e-3,
+                );
+                match gpu.step(&[0; 26], 0.1) {
+                    Err(crate::Error::BufferTooLarge { what: w, .. }) => {
+                        assert!(w.contains("streamed batch of 26 rows"), "{w}");
+                    }
+                    other => panic!("{what}: 26 rows gave {other:?}"),
+                }
+            }
+        }
+    }
+}
+
+/// A row larger than the largest binding cannot be streamed: refused with a typed error
+/// naming the split (a cap of 8 bytes, below one row of 5 features).
+#[test]
+fn a_row_beyond_the_largest_binding_is_refused() {
     for ctx in contexts("too large") {
-        let s = set(Task::Classification, 48, 40, 2);
-        let init = init(&[40, 3], 1);
-        let spec = super::Spec {
-            layers: init
-                .iter()
-                .map(|p| (p.weight.as_slice(), p.bias.as_slice()))
-                .collect(),
-            activations: &[Activation::Identity],
-            optimizer: Optimizer::ADAM,
-            weight_decay: 0.0,
-            task: Task::Classification,
-            features: 40,
-            train: super::raw(s.train()),
-            validation: s.validation().map(super::raw),
-            max_bytes: Some(4096),
-        };
-        match GpuEngine::from_spec(ctx.clone(), &spec) {
-            Err(crate::Error::BufferTooLarge {
-                what,
-                bytes: 5760,
-                limit: 4096,
-                ..
-            }) => {
-                assert!(what.contains("training split's features"), "{what}");
+        let s = set(Task::Classification, 48, 5, 2);
+        let (_, gpu) = capped(&ctx, &s, &Hyper::default(), &[5, 3], 8);
+        match gpu {
+            Err(crate::Error::BufferTooLarge { what, .. }) => {
+                assert!(what.contains("layer 0") || what.contains("split"), "{what}");
             }
             Err(other) => panic!("{}: {other:?}", ctx.label),
             Ok(_) => panic!("{}: accepted", ctx.label),
