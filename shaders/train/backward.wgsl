@@ -2,7 +2,7 @@
 //     dzp[r, i] = (sum_o dz[r, o] * w[o, i]) * act'(zp[r, i], ap[r, i])
 // where dz is this layer's gradient with respect to its z, w its weights (before the
 // step, which runs after), zp and ap the previous layer's kept z and activation, and
-// ACT the previous layer's activation (lib/activation_grad.wgsl). Same 16 x 16 tiling
+// ACT the previous layer's activation (lib/activation_grad.wgsl). Same T x T tiling
 // as forward.wgsl, the reduction over this layer's outputs.
 
 @group(0) @binding(0) var<storage, read> dz: array<f32>;
@@ -15,12 +15,13 @@
 // The previous layer's activation: 0 identity, 1 relu, 2 tanh, 3 sigmoid, 4 gelu.
 override ACT: u32 = 0u;
 
-const T: u32 = 16u;
+// The tile edge (TILE in src/train/gpu/mod.rs: 16; 8 tested too).
+override T: u32 = 16u;
 
-var<workgroup> dz_tile: array<f32, 256>;
-var<workgroup> w_tile: array<f32, 256>;
+var<workgroup> dz_tile: array<f32, T * T>;
+var<workgroup> w_tile: array<f32, T * T>;
 
-@compute @workgroup_size(16, 16, 1)
+@compute @workgroup_size(T, T, 1)
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
     @builtin(local_invocation_id) local: vec3<u32>,

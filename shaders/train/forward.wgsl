@@ -2,7 +2,7 @@
 //     z[r, o] = sum_k in[row(r), k] * w[o, k] + b[o],   a[r, o] = act(z[r, o])
 // The first layer reads the data set's rows through the epoch's order (INPUT 2) or
 // contiguously (INPUT 1, evaluation); later layers read the previous layer's a.
-// A 16 x 16 workgroup computes a 16 x 16 tile of z, staging 16-deep slices of the
+// A T x T workgroup computes a T x T tile of z, staging T-deep slices of the
 // input and of w through workgroup memory; every load and store is bounds checked.
 
 @group(0) @binding(0) var<storage, read> input: array<f32>;
@@ -15,12 +15,13 @@
 // Activation (lib/activation.wgsl): 0 identity, 1 relu, 2 tanh, 3 sigmoid, 4 gelu.
 override ACT: u32 = 0u;
 
-const T: u32 = 16u;
+// The tile edge (TILE in src/train/gpu/mod.rs: 16; 8 tested too).
+override T: u32 = 16u;
 
-var<workgroup> in_tile: array<f32, 256>;
-var<workgroup> w_tile: array<f32, 256>;
+var<workgroup> in_tile: array<f32, T * T>;
+var<workgroup> w_tile: array<f32, T * T>;
 
-@compute @workgroup_size(16, 16, 1)
+@compute @workgroup_size(T, T, 1)
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
     @builtin(local_invocation_id) local: vec3<u32>,

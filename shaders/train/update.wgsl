@@ -5,7 +5,7 @@
 // - OPT 2, Adam: w -= lr·λ·w (AdamW's decoupled decay, λ = 0 for Adam);
 //   m = β₁m + (1-β₁)g, v = β₂v + (1-β₂)g², w -= lr·(m/bc1) / (sqrt(v/bc2) + ε).
 // The gradients are written in any case (`Engine::gradients` reads them back). A
-// 16 x 16 workgroup computes a 16 x 16 tile of gw, the reduction over the batch's rows
+// T x T workgroup computes a T x T tile of gw, the reduction over the batch's rows
 // staged through workgroup memory; the workgroups of the first column of tiles also
 // sum gb. Runs after backward.wgsl has read this layer's weights.
 
@@ -20,10 +20,11 @@
 // 0 gradients only, 1 SGD (momentum, Nesterov), 2 Adam / AdamW.
 override OPT: u32 = 0u;
 
-const T: u32 = 16u;
+// The tile edge (TILE in src/train/gpu/mod.rs: 16; 8 tested too).
+override T: u32 = 16u;
 
-var<workgroup> dz_tile: array<f32, 256>;
-var<workgroup> in_tile: array<f32, 256>;
+var<workgroup> dz_tile: array<f32, T * T>;
+var<workgroup> in_tile: array<f32, T * T>;
 
 // The new value of parameter `at` (of `total` in the layer) after its step with
 // gradient g, given its decoupled decay.
@@ -43,7 +44,7 @@ fn step(at: u32, total: u32, g: f32, decoupled: f32) -> f32 {
     return q - s.lr * (m / s.bc1) / (sqrt(v / s.bc2) + l.eps);
 }
 
-@compute @workgroup_size(16, 16, 1)
+@compute @workgroup_size(T, T, 1)
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
     @builtin(local_invocation_id) local: vec3<u32>,

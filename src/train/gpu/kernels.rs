@@ -38,7 +38,7 @@ macro_rules! wgsl {
 
 use Slot::{Params, Read, Write};
 
-/// Forward pass of one layer keeping z and the activation (`ACT`, `INPUT`).
+/// Forward pass of one layer keeping z and the activation (`ACT`, `INPUT`, `T`).
 pub(crate) const FORWARD: TrainKernel = TrainKernel {
     file: "train/forward.wgsl",
     source: wgsl!(
@@ -64,7 +64,7 @@ pub(crate) const SUMSQ: TrainKernel = TrainKernel {
     slots: &[Read, Write, Params],
 };
 
-/// dz of the previous layer through its activation's derivative (`ACT`).
+/// dz of the previous layer through its activation's derivative (`ACT`, `T`).
 pub(crate) const BACKWARD: TrainKernel = TrainKernel {
     file: "train/backward.wgsl",
     source: wgsl!(
@@ -76,7 +76,7 @@ pub(crate) const BACKWARD: TrainKernel = TrainKernel {
     slots: &[Read, Read, Read, Read, Write, Params],
 };
 
-/// A layer's gradients fused with its optimizer step (`OPT`, `INPUT`).
+/// A layer's gradients fused with its optimizer step (`OPT`, `INPUT`, `T`).
 pub(crate) const UPDATE: TrainKernel = TrainKernel {
     file: "train/update.wgsl",
     source: wgsl!("train/params.wgsl", "train/rows.wgsl", "train/update.wgsl"),
@@ -210,20 +210,22 @@ impl TrainKernels {
 #[cfg(test)]
 pub(crate) fn constant_sets() -> Vec<(TrainKernel, Vec<(&'static str, u32)>)> {
     let mut sets = Vec::new();
-    for act in 0..=4u32 {
-        for input in 0..=2u32 {
-            sets.push((FORWARD, vec![("ACT", act), ("INPUT", input)]));
+    for t in [8, 16] {
+        for act in 0..=4u32 {
+            for input in 0..=2u32 {
+                sets.push((FORWARD, vec![("ACT", act), ("INPUT", input), ("T", t)]));
+            }
+            sets.push((BACKWARD, vec![("ACT", act), ("T", t)]));
         }
-        sets.push((BACKWARD, vec![("ACT", act)]));
+        for input in 0..=2u32 {
+            for opt in 0..=2u32 {
+                sets.push((UPDATE, vec![("OPT", opt), ("INPUT", input), ("T", t)]));
+            }
+        }
     }
     for input in 1..=2u32 {
         for loss in 0..=1u32 {
             sets.push((LOSS, vec![("LOSS", loss), ("INPUT", input)]));
-        }
-    }
-    for input in 0..=2u32 {
-        for opt in 0..=2u32 {
-            sets.push((UPDATE, vec![("OPT", opt), ("INPUT", input)]));
         }
     }
     sets.push((SUMSQ, Vec::new()));

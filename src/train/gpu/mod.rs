@@ -46,12 +46,17 @@ use crate::train::{Hyper, Optimizer, Task, TrainSet};
 pub(crate) const BATCHES_PER_SUBMIT: usize = 64;
 /// Rows of the validation (or training) split evaluated per pass.
 const EVAL_ROWS: usize = 1024;
-/// Workgroup tile of the GEMM kernels (`T` in `shaders/train/`).
+/// The edge of the GEMM kernels' workgroup tiles (the override `T` in
+/// `shaders/train/`; 8 is the other value tested). On llvmpipe, under the load of
+/// other builds, 8 and 16 measured alike (an epoch of a 64-64-3 network on 1350 rows:
+/// 84 to 142 ms either way).
 const TILE: usize = 16;
 /// On llvmpipe (lavapipe, GL llvmpipe), which ends an invocation after 65535 loop
 /// iterations, the most rows of a batch and inputs or outputs of a layer: the update
-/// kernel loops over a batch's rows in tiles of 16 with 17 iterations a tile, the
-/// forward and backward kernels over a layer's inputs and outputs alike.
+/// kernel loops over a batch's rows in tiles of T with T + 1 iterations a tile (36 864
+/// for 32 768 rows in tiles of 8, 34 816 in tiles of 16), the forward and backward
+/// kernels over a layer's inputs and outputs alike; the loss kernel over at most
+/// 1024 rows (evaluation) or a batch, 256 at a time.
 const LLVMPIPE_EXTENT: usize = 32_768;
 /// How long a readback waits for the device.
 const WAIT: Duration = Duration::from_secs(600);
@@ -84,8 +89,10 @@ pub(crate) struct Spec<'a> {
     pub(crate) features: usize,
     pub(crate) train: RawSplit<'a>,
     pub(crate) validation: Option<RawSplit<'a>>,
-    /// A cap below the device's largest storage binding (tests of the refusal).
+    /// A cap below the device's largest storage binding (tests of streaming).
     pub(crate) max_bytes: Option<u64>,
+    /// The GEMM kernels' tile edge, 8 or 16 (`None`: [`TILE`]; tests of both).
+    pub(crate) tile: Option<usize>,
 }
 
 /// One layer's resident buffers.
@@ -184,6 +191,8 @@ pub(crate) struct GpuEngine {
     t: u64,
     /// The most rows of a batch the device computes correctly.
     max_rows: usize,
+    /// The GEMM kernels' tile edge.
+    tile: usize,
     /// Where a streamed split's batches go (`None` when both splits are resident).
     window: Option<Window>,
     /// The last row order uploaded (a streamed split gathers its rows by it).
@@ -197,8 +206,8 @@ fn bytes(values: usize) -> u64 {
     (values.max(4) as u64) * 4
 }
 
-fn groups(n: usize) -> u32 {
-    n.div_ceil(TILE) as u32
+fn groups(n: usize, tile: usize) -> u32 {
+    n.div_ceil(tile) as u32
 }
 
 impl GpuEngine {
@@ -220,7 +229,11 @@ impl GpuEngine {
         } else {
             usize::MAX
         };
-        let max_rows = extent.min(limits.max_compute_workgroups_per_dimension as usize * TILE);
+        let tile = match spec.tile {
+            Some(t @ (8 | 16)) => t,
+            _ => TILE,
+        };
+        let max_rows = extent.min(limits.max_compute_workgroups_per_dimension as usize * tile);
         let too_large = |what: String, values: usize| -> Result<()> {
             let need = bytes(values);
             if need > max_bytes {
@@ -417,6 +430,7 @@ impl GpuEngine {
             stats_capacity: 1,
             t: 0,
             max_rows,
+            tile,
             window,
             order_host: Vec::new(),
             features: spec.features,
@@ -660,6 +674,8 @@ impl GpuEngine {
             _ => (&split.x, &split.y),
         };
         let l2 = self.l2() && pass != Pass::Evaluate;
+        let tile = self.tile;
+        let t = tile as u32;
         let device = &self.ctx.device;
         let count = self.layers.len();
         let Some(rb) = self.rows.as_ref() else {
@@ -693,7 +709,11 @@ impl GpuEngine {
             let input = if i == 0 { data_x } else { &rb.a[i - 1] };
             let kind = if i == 0 { input_kind } else { 0 };
             forward.push((
-                kernels.pipeline(device, FORWARD, &[("ACT", layer.act), ("INPUT", kind)])?,
+                kernels.pipeline(
+                    device,
+                    FORWARD,
+                    &[("ACT", layer.act), ("INPUT", kind), ("T", t)],
+                )?,
                 bind(
                     kernels.layout(FORWARD)?,
                     &[
@@ -712,7 +732,7 @@ impl GpuEngine {
             if i > 0 {
                 let below = &self.layers[i - 1];
                 backward.push(Some((
-                    kernels.pipeline(device, BACKWARD, &[("ACT", below.act)])?,
+                    kernels.pipeline(device, BACKWARD, &[("ACT", below.act), ("T", t)])?,
                     bind(
                         kernels.layout(BACKWARD)?,
                         &[
@@ -729,7 +749,7 @@ impl GpuEngine {
                 backward.push(None);
             }
             update.push((
-                kernels.pipeline(device, UPDATE, &[("OPT", opt), ("INPUT", kind)])?,
+                kernels.pipeline(device, UPDATE, &[("OPT", opt), ("INPUT", kind), ("T", t)])?,
                 bind(
                     kernels.layout(UPDATE)?,
                     &[
@@ -819,7 +839,11 @@ impl GpuEngine {
                     for (i, (pipeline, group)) in forward.iter().enumerate() {
                         cpass.set_pipeline(pipeline);
                         cpass.set_bind_group(0, group, &[]);
-                        cpass.dispatch_workgroups(groups(self.layers[i].outputs), groups(rows), 1);
+                        cpass.dispatch_workgroups(
+                            groups(self.layers[i].outputs, tile),
+                            groups(rows, tile),
+                            1,
+                        );
                     }
                     cpass.set_pipeline(&loss.0);
                     cpass.set_bind_group(0, &loss.1, &[]);
@@ -837,12 +861,20 @@ impl GpuEngine {
                         if let Some((pipeline, group)) = &backward[i] {
                             cpass.set_pipeline(pipeline);
                             cpass.set_bind_group(0, group, &[]);
-                            cpass.dispatch_workgroups(groups(layer.inputs), groups(rows), 1);
+                            cpass.dispatch_workgroups(
+                                groups(layer.inputs, tile),
+                                groups(rows, tile),
+                                1,
+                            );
                         }
                         let (pipeline, group) = &update[i];
                         cpass.set_pipeline(pipeline);
                         cpass.set_bind_group(0, group, &[]);
-                        cpass.dispatch_workgroups(groups(layer.inputs), groups(layer.outputs), 1);
+                        cpass.dispatch_workgroups(
+                            groups(layer.inputs, tile),
+                            groups(layer.outputs, tile),
+                            1,
+                        );
                     }
                 }
             }
@@ -1090,6 +1122,7 @@ impl GpuEngine {
             train: raw(set.train()),
             validation: set.validation().map(raw),
             max_bytes: None,
+            tile: None,
         };
         Self::from_spec(ctx, &spec)
     }

@@ -351,6 +351,7 @@ fn capped(
     hyper: &Hyper,
     sizes: &[usize],
     max_bytes: u64,
+    tile: Option<usize>,
 ) -> (CpuEngine, crate::Result<GpuEngine>) {
     let init = init(sizes, 5);
     let acts = layer_activations(&vec![hyper.activation; sizes.len() - 2], sizes.len() - 1);
@@ -368,6 +369,7 @@ fn capped(
         train: super::raw(set.train()),
         validation: set.validation().map(super::raw),
         max_bytes: Some(max_bytes),
+        tile,
     };
     (cpu, GpuEngine::from_spec(ctx.clone(), &spec))
 }
@@ -375,13 +377,14 @@ fn capped(
 /// A training split beyond the largest storage binding (capped at 512 bytes: 36 rows
 /// of 5 features are 720) is streamed through a window of 25 rows, a chunk of batches
 /// at a time, and trains as the CPU does: steps, epochs, evaluation (streamed too
-/// without a validation split); a batch longer than the window is refused.
+/// without a validation split), with the kernels' tiles of 8 and of 16; a batch longer
+/// than the window is refused.
 #[test]
 fn a_split_beyond_the_largest_binding_is_streamed() {
     for ctx in contexts("streamed") {
         for task in [Task::Classification, Task::Regression] {
-            for fraction in [0.25, 0.0] {
-                let what = format!("{} {task:?} validation {fraction}", ctx.label);
+            for (fraction, tile) in [(0.25, 8), (0.0, 8), (0.25, 16), (0.0, 16)] {
+                let what = format!("{} {task:?} validation {fraction} tile {tile}", ctx.label);
                 let hyper = Hyper {
                     activation: Activation::Tanh,
                     optimizer: Optimizer::ADAM,
@@ -390,9 +393,11 @@ fn a_split_beyond_the_largest_binding_is_streamed() {
                 };
                 let full = set(task, 48, 5, 3);
                 let s = TrainSet::new(task, full.train().clone(), fraction, false, 1).unwrap();
-                let (mut cpu, gpu) = capped(&ctx, &s, &hyper, &[5, 8, outputs(task)], 512);
+                let (mut cpu, gpu) =
+                    capped(&ctx, &s, &hyper, &[5, 8, outputs(task)], 512, Some(tile));
                 let mut gpu = gpu.unwrap();
                 assert!(gpu.train.host.is_some(), "{what}: not streamed");
+                assert_eq!(gpu.tile, tile, "{what}");
                 for rows in [
                     &[1u32, 2, 3, 4, 5, 6][..],
                     &[7, 9, 11],
@@ -447,7 +452,7 @@ fn a_split_beyond_the_largest_binding_is_streamed() {
 fn a_row_beyond_the_largest_binding_is_refused() {
     for ctx in contexts("too large") {
         let s = set(Task::Classification, 48, 5, 2);
-        let (_, gpu) = capped(&ctx, &s, &Hyper::default(), &[5, 3], 8);
+        let (_, gpu) = capped(&ctx, &s, &Hyper::default(), &[5, 3], 8, None);
         match gpu {
             Err(crate::Error::BufferTooLarge { what, .. }) => {
                 assert!(what.contains("layer 0") || what.contains("split"), "{what}");
