@@ -46,6 +46,13 @@ pub const MEMBER_LATE: &str = "wgpu_ensemble_member_late_total";
 /// Batches a member failed.
 pub const MEMBER_FAILED: &str = "wgpu_ensemble_member_failed_total";
 
+/// How often a server folds its histograms' samples into their buckets (as
+/// `PrometheusBuilder`'s own upkeep task does; a scrape does it too).
+#[cfg(not(test))]
+pub(crate) const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+#[cfg(test)]
+pub(crate) const UPKEEP_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Buckets of the duration histograms: 50 µs to about 13 s.
 const SECONDS_BUCKETS: [f64; 19] = [
     0.000_05, 0.000_1, 0.000_2, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
@@ -61,6 +68,8 @@ const SIZE_BUCKETS: [f64; 12] = [
 pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
+    /// Upkeeps run (read by the tests).
+    upkeeps: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -169,6 +178,7 @@ impl Metrics {
         Self {
             recorder: Arc::new(recorder),
             handle,
+            upkeeps: Arc::default(),
         }
     }
 
@@ -336,8 +346,23 @@ impl Metrics {
 
     /// Everything, in Prometheus' text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
-        self.handle.run_upkeep();
+        self.upkeep();
         self.handle.render()
+    }
+
+    /// Folds the histogram samples recorded since the last upkeep into their buckets
+    /// (the recorder keeps each sample until then). A server runs it every
+    /// [`UPKEEP_INTERVAL`], whether or not `/metrics` is scraped.
+    pub(crate) fn upkeep(&self) {
+        self.handle.run_upkeep();
+        self.upkeeps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many upkeeps ran.
+    #[cfg(test)]
+    pub(crate) fn upkeeps(&self) -> u64 {
+        self.upkeeps.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

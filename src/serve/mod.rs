@@ -53,9 +53,10 @@ pub struct ServeConfig {
     pub poll_interval: Duration,
     /// The largest request body taken; a larger one is refused with 413.
     pub max_body_bytes: usize,
-    /// How long a shutdown waits for the connections it has: requests accepted are
-    /// answered well within it; a client still sending a request, or not reading its
-    /// answer, when it is up is disconnected.
+    /// How long a shutdown waits for the connections it has and for a version being
+    /// loaded: requests accepted are answered well within it; a client still sending a
+    /// request, or not reading its answer, when it is up is disconnected, and a version
+    /// still loading is dropped once its load ends.
     pub shutdown_timeout: Duration,
 }
 
@@ -127,6 +128,7 @@ impl ServeConfig {
 pub struct Server {
     addr: SocketAddr,
     repository: Arc<Repository>,
+    state: Arc<http::AppState>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     shutdown_timeout: Duration,
     polling: Arc<AtomicBool>,
@@ -149,6 +151,15 @@ impl Server {
     /// threads of its own. `GET /v2/health/live` answers from the start, `ready` once
     /// the versions found at start are loaded; returns then.
     pub fn start(config: ServeConfig) -> Result<Self> {
+        let server = Self::start_loading(config)?;
+        while !server.wait_ready(Duration::from_secs(1)) {}
+        Ok(server)
+    }
+
+    /// As [`Server::start`], returning once it listens, while the versions found at
+    /// start are being loaded ([`Server::wait_ready`] waits for them): a shutdown then
+    /// waits for their load at most [`ServeConfig::shutdown_timeout`].
+    pub fn start_loading(config: ServeConfig) -> Result<Self> {
         let metrics = Metrics::new();
         let repository = Arc::new(Repository::open(
             config.repository.clone(),
@@ -181,23 +192,33 @@ impl Server {
         });
         let app = http::router(Arc::clone(&state), config.max_body_bytes);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = runtime.spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
+        let serving = runtime.spawn(http::serve(listener, app, stopped));
+        // Histogram samples wait in the recorder until an upkeep folds them in; a server
+        // nobody scrapes must not keep every one of them.
+        runtime.spawn({
+            let metrics = metrics.clone();
+            async move {
+                let mut every = tokio::time::interval(self::metrics::UPKEEP_INTERVAL);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    metrics.upkeep();
+                }
+            }
         });
-        repository.poll();
-        state.ready.store(true, Ordering::SeqCst);
         let polling = Arc::new(AtomicBool::new(true));
         let poller = {
             let repository = Arc::clone(&repository);
             let polling = Arc::clone(&polling);
+            let state = Arc::clone(&state);
             let interval = config.poll_interval;
             std::thread::Builder::new()
                 .name("serve-poll".into())
                 .spawn(move || {
+                    // The first load, on this thread, so that a shutdown need not wait
+                    // for it.
+                    repository.poll();
+                    state.ready.store(true, Ordering::SeqCst);
                     while polling.load(Ordering::SeqCst) {
                         let until = std::time::Instant::now() + interval;
                         while polling.load(Ordering::SeqCst) && std::time::Instant::now() < until {
@@ -213,6 +234,7 @@ impl Server {
         Ok(Self {
             addr,
             repository,
+            state,
             stop: Some(stop),
             shutdown_timeout: config.shutdown_timeout,
             polling,
@@ -221,6 +243,24 @@ impl Server {
             poller: Some(poller),
             metrics,
         })
+    }
+
+    /// Waits up to `timeout` for the versions found at start to be loaded (or to fail):
+    /// whether they are, that is whether `GET /v2/health/ready` answers 200. Also true
+    /// once the loading thread has ended for any other reason, so that no wait is
+    /// endless.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            let ended = self.poller.as_ref().is_none_or(|p| p.is_finished());
+            if self.state.is_ready() || ended {
+                return true;
+            }
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The address it listens on (the port picked when asked for port 0).
@@ -234,12 +274,15 @@ impl Server {
     }
 
     /// Stops accepting connections, answers every request already accepted, unloads
-    /// every version and returns.
+    /// every version and returns. It waits at most [`ServeConfig::shutdown_timeout`]
+    /// for its connections and a version being loaded together; such a version is
+    /// dropped on its own thread once its load ends.
     pub fn shutdown(mut self) {
         self.stop_now();
     }
 
     fn stop_now(&mut self) {
+        let deadline = std::time::Instant::now() + self.shutdown_timeout;
         self.polling.store(false, Ordering::SeqCst);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -257,7 +300,21 @@ impl Server {
         }
         self.repository.shutdown();
         if let Some(poller) = self.poller.take() {
-            let _ = poller.join();
+            // A poll loading a version (a slow device, a long warm-up) is waited for
+            // until the shutdown timeout, no longer: its thread then finishes the load
+            // on its own and drops what it loaded (the repository is closed).
+            let until = deadline.max(std::time::Instant::now() + Duration::from_millis(100));
+            while !poller.is_finished() && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if poller.is_finished() {
+                let _ = poller.join();
+            } else {
+                tracing::warn!(
+                    "a version was still loading when the shutdown timeout passed; \
+                     it is dropped once its load ends"
+                );
+            }
         }
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_timeout(Duration::from_secs(5));
@@ -268,5 +325,33 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ServeConfig, Server};
+    use std::time::{Duration, Instant};
+
+    /// The histograms' samples are folded into their buckets while nobody scrapes
+    /// `/metrics`: the recorder keeps every sample until an upkeep.
+    #[test]
+    fn histogram_samples_are_folded_in_without_a_scrape() {
+        let dir = tempfile::tempdir().unwrap();
+        let server =
+            Server::start(ServeConfig::new(dir.path()).addr(([127, 0, 0, 1], 0).into())).unwrap();
+        server
+            .metrics()
+            .request("m", "1", "success", Duration::from_millis(1));
+        let before = server.metrics().upkeeps();
+        let until = Instant::now() + Duration::from_secs(10);
+        while server.metrics().upkeeps() < before + 2 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            server.metrics().upkeeps() >= before + 2,
+            "no upkeep ran within 10 s without a scrape"
+        );
+        server.shutdown();
     }
 }

@@ -287,7 +287,9 @@ impl Repository {
 
     /// Scans the folder once: reads each model's `config.toml`, loads and warms the
     /// versions its policy selects that are not served yet, serves them, and unloads
-    /// the versions that left the policy or the folder. Polls run one at a time; after
+    /// the versions that left the policy or the folder. A model whose folder is gone
+    /// is forgotten (unknown, as if it had never been) at the first poll after its
+    /// versions are unloaded. Polls run one at a time; after
     /// [`Repository::shutdown`] a poll does nothing.
     pub fn poll(&self) {
         let _one_at_a_time = self.polling.lock().unwrap_or_else(|e| e.into_inner());
@@ -308,6 +310,13 @@ impl Repository {
                 None => self.poll_model(name, None),
             }
         }
+        // A model whose folder is gone is forgotten once nothing of it is served or
+        // being unloaded: its statuses and metadata answer 404 from then on.
+        write(&self.models).retain(|name, entry| {
+            found.contains_key(name)
+                || !entry.served.is_empty()
+                || entry.status.values().any(|s| s.state != VersionState::End)
+        });
         self.reap();
     }
 
@@ -401,6 +410,9 @@ impl Repository {
             }
             // Every pass loads or fails at least one version: the loop ends.
             for v in to_load {
+                if self.closed.load(Ordering::SeqCst) {
+                    break;
+                }
                 let folder = &present[&v];
                 let then = fingerprint(folder);
                 self.set_status(name, v, VersionState::Loading, None);
@@ -420,6 +432,16 @@ impl Repository {
         };
         let leaving: Vec<Arc<ServedVersion>> = {
             let mut models = write(&self.models);
+            if self.closed.load(Ordering::SeqCst) {
+                // A shutdown came while this poll was loading: it has taken every version
+                // served, and does not wait for this one; what was loaded is dropped.
+                drop(models);
+                for served in loaded.into_values().chain(reloaded.into_values()) {
+                    served.batcher.close();
+                    served.batcher.drain();
+                }
+                return;
+            }
             let entry = models.entry(name.to_string()).or_default();
             entry.failed = failed;
             let mut replaced: Vec<Arc<ServedVersion>> = Vec::new();
@@ -721,9 +743,12 @@ impl Repository {
     }
 
     /// Stops every version: no new request is taken, every queued one is answered, every
-    /// version unloaded (polls after it do nothing).
+    /// version unloaded (polls after it do nothing). A poll in progress is not waited
+    /// for: a version it is loading (a slow device can take long) is dropped, on the
+    /// poll's thread, once its load ends.
     pub fn shutdown(&self) {
-        let _no_poll = self.polling.lock().unwrap_or_else(|e| e.into_inner());
+        // Set before the served versions are taken (under the models' lock): a poll in
+        // progress sees it under that lock before it serves what it loaded.
         self.closed.store(true, Ordering::SeqCst);
         let all: Vec<Arc<ServedVersion>> = {
             let mut models = write(&self.models);

@@ -489,3 +489,37 @@ fn sgemm(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every derivative equals the central difference of the forward formula (the
+    /// inference executor's, in f32) it is written from, evaluated in f64 steps.
+    #[test]
+    fn derivatives_match_the_forward_formulas() {
+        for act in [
+            Activation::Identity,
+            Activation::Relu,
+            Activation::Tanh,
+            Activation::Sigmoid,
+            Activation::Gelu,
+        ] {
+            for &z in &[-3.1f32, -1.2, -0.4, 0.3, 0.9, 2.7] {
+                let f = |v: f32| {
+                    let mut y = [v];
+                    activate(act, &mut y, 1);
+                    f64::from(y[0])
+                };
+                let h = 1e-2f32;
+                let numeric = (f(z + h) - f(z - h)) / (2.0 * f64::from(h));
+                let a = f(z) as f32;
+                let analytic = f64::from(derivative(act, z, a));
+                assert!(
+                    (numeric - analytic).abs() < 1e-3,
+                    "{act} at {z}: derivative {analytic}, central difference {numeric}"
+                );
+            }
+        }
+    }
+}

@@ -243,10 +243,11 @@ impl Standardizer {
     /// `x` `[rows, features]` standardised: `(x − mean) / std` (computed in f64).
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let (rows, features) = x.dims2("features to standardise")?;
-        if features != self.mean.len() {
-            return Err(Error::FeatureWidth {
-                expected: self.mean.len(),
-                got: features,
+        if features != self.mean.len() || features != self.std.len() {
+            return Err(Error::TrainData {
+                key: "standardizer",
+                expected: format!("a mean and a std for each of the {features} features"),
+                got: format!("{} means and {} stds", self.mean.len(), self.std.len()),
             });
         }
         let mut out = try_vec(x.len(), "x")?;

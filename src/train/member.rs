@@ -77,6 +77,8 @@ impl Trainer {
             .iter()
             .map(|l| l.out_features())
             .collect();
+        // The initial model's own activations are checked below.
+        check.activation = Activation::Identity;
         check.validate()?;
         let hidden: Vec<Activation> = layers[..layers.len() - 1]
             .iter()
@@ -523,5 +525,21 @@ impl Hyper {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A study moves trainers to its device threads and shares the set among them.
+    #[test]
+    fn trainers_move_between_threads_and_sets_are_shared() {
+        fn send<T: Send>() {}
+        fn sync<T: Sync>() {}
+        send::<Trainer>();
+        send::<Trained>();
+        sync::<TrainSet>();
+        sync::<Hyper>();
     }
 }

@@ -113,7 +113,8 @@ pub enum Schedule {
     /// Cosine annealing from the learning rate down to `min_lr` over the epochs
     /// (PyTorch's `CosineAnnealingLR` with `T_max` = epochs).
     Cosine {
-        /// The last epoch's learning rate, ≥ 0.
+        /// The learning rate the cosine reaches at epoch `epochs` (PyTorch's `eta_min`;
+        /// the last epoch run, `epochs − 1`, is a step above it), ≥ 0.
         min_lr: f32,
     },
 }

@@ -796,8 +796,8 @@ fn tf_predict_rows_and_columns_equal_session_run_cpu() {
             "no verb",
             "/v1/models/mean/versions/1",
             json!({"instances": [row]}),
-            404,
-            vec![":predict"],
+            405,
+            vec!["takes GET"],
         ),
         (
             "classify",
@@ -1189,4 +1189,193 @@ fn a_stuck_client_does_not_hold_the_shutdown_cpu() {
         "the shutdown waited over 60 s for a client that sent half a request"
     );
     drop(stuck);
+}
+
+/// Sends `request` on a new connection to `server`, optionally shuts down the write
+/// side, and reads until the server closes (30 s at most).
+fn raw_exchange(server: &TestServer, request: &[u8], half_close: bool) -> String {
+    use std::io::{Read, Write};
+    let addr = server.base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    if half_close {
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A client that shuts down its write side once its request is sent (as `nc -N` and
+/// some health checkers do) still gets the answer; hyper's default closed the
+/// connection unanswered.
+#[test]
+fn a_client_that_half_closes_after_its_request_is_answered_cpu() {
+    let server = server();
+    let answer = raw_exchange(
+        &server,
+        b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n",
+        true,
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    let body = json!({"instances": [vec![0.5; 12]]}).to_string();
+    let request = format!(
+        "POST /v1/models/mean:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = raw_exchange(&server, request.as_bytes(), true);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.contains("\"predictions\""), "{answer:?}");
+}
+
+/// Every method a route does not take is 405 with a JSON error and an `Allow` header
+/// naming the methods it takes, on both protocols (TensorFlow Serving's paths share one
+/// route, and answered 404 for a POST of the status and a GET of `:predict`).
+#[test]
+fn wrong_methods_are_405_with_allow_on_both_protocols_cpu() {
+    let server = server();
+    let cases: [(&str, &str, &str); 9] = [
+        ("POST", "/v2/models/mean", "GET"),
+        ("POST", "/v2/models/mean/versions/1", "GET"),
+        ("POST", "/v2/health/live", "GET"),
+        ("PUT", "/v2", "GET"),
+        ("GET", "/v2/models/mean/infer", "POST"),
+        ("POST", "/v1/models/mean", "GET"),
+        ("POST", "/v1/models/mean/versions/1/metadata", "GET"),
+        ("GET", "/v1/models/mean:predict", "POST"),
+        ("GET", "/v1/models/mean/labels/stable:predict", "POST"),
+    ];
+    for (method, path, allowed) in cases {
+        let request = crate::common::serve::agent()
+            .run(
+                ureq::http::Request::builder()
+                    .method(method)
+                    .uri(server.url(path))
+                    .body(())
+                    .unwrap(),
+            )
+            .expect("an HTTP response");
+        let status = request.status().as_u16();
+        let allow = request
+            .headers()
+            .get("allow")
+            .map(|v| v.to_str().unwrap_or("").to_string());
+        let mut request = request;
+        let body: Value = request
+            .body_mut()
+            .read_json()
+            .unwrap_or_else(|e| panic!("{method} {path}: {status}, the body is not JSON: {e}"));
+        assert_eq!(status, 405, "{method} {path}: {body}");
+        let allow = allow.unwrap_or_else(|| panic!("{method} {path}: no Allow header"));
+        assert!(
+            allow.split(',').any(|m| m.trim() == allowed),
+            "{method} {path}: Allow: {allow}"
+        );
+        let error = body["error"].as_str().unwrap_or_else(|| panic!("{body}"));
+        assert!(error.contains(method), "{method} {path}: {error}");
+    }
+    still_answers(&server, &reference(&x()).0);
+}
+
+/// The router's own errors are JSON too: a path segment that is not UTF-8 once
+/// percent-decoded is refused by axum's path extractor (it answered in plain text).
+#[test]
+fn path_rejections_and_unknown_routes_are_json_cpu() {
+    let server = server();
+    for (path, status) in [
+        ("/v2/models/%ff/ready", 400),
+        ("/v2/models/mean/versions/%ff", 400),
+        ("/v2/models/%ff%fe", 400),
+        ("/v3/nothing", 404),
+        ("/v1/nothing", 404),
+    ] {
+        let reply = get(&server.url(path));
+        assert_eq!(reply.status, status, "{path}: {:?}", reply.body);
+        assert!(
+            reply
+                .header("content-type")
+                .is_some_and(|t| t.starts_with("application/json")),
+            "{path}: {:?}",
+            reply.headers
+        );
+        assert!(!reply.error().is_empty(), "{path}");
+    }
+    let reply = post_json(
+        &server.url("/v2/models/%ff/infer"),
+        &infer_body(&x(), false),
+    );
+    assert_eq!(reply.status, 400);
+    assert!(reply.error().contains("UTF-8"), "{}", reply.error());
+}
+
+/// The bodies being read and decoded share a budget of twice `--max-body-bytes` (at
+/// least 16 MiB), counted by their declared length: with two bodies held half-sent
+/// that take all but 1 MiB of it, a small request is answered at once, and a body of
+/// the largest size waits until one of them goes, then is answered.
+#[test]
+fn bodies_beyond_the_shared_budget_wait_for_room_cpu() {
+    use std::io::Write;
+    use std::time::Duration;
+    const LIMIT: usize = 8 << 20; // the default; the budget is 16 MiB
+    let server = TestServer::start_with(&[("mean", 1, "mean.toml")], "cpu", |c| {
+        c.max_body_bytes(LIMIT)
+    });
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let hold = |length: usize| {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            stream,
+            "POST /v1/models/mean:predict HTTP/1.1\r\nHost: x\r\n\
+             Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{"
+        )
+        .unwrap();
+        stream
+    };
+    let first = hold(LIMIT);
+    let second = hold(LIMIT - (1 << 20));
+    std::thread::sleep(Duration::from_secs(1));
+    // A small body fits in the 1 MiB left.
+    let small = json!({"instances": [vec![0.5; 12]]});
+    let reply = post_json(&server.url("/v1/models/mean:predict"), &small);
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    // A body of the largest size (valid JSON padded with spaces) does not.
+    let mut big = small.to_string().into_bytes();
+    big.resize(LIMIT, b' ');
+    let (tx, rx) = std::sync::mpsc::channel();
+    let url = server.url("/v1/models/mean:predict");
+    std::thread::spawn(move || {
+        let _ = tx.send(post_bytes(
+            &url,
+            &[("Content-Type", "application/json".to_string())],
+            &big,
+        ));
+    });
+    if let Ok(reply) = rx.recv_timeout(Duration::from_secs(3)) {
+        panic!(
+            "a body beyond the budget was taken at once: {} {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    // One of the held bodies goes: its room is given back, the big one is answered.
+    drop(first);
+    let reply = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the waiting request answered once room was given back");
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    drop(second);
 }

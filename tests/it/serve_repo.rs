@@ -569,15 +569,105 @@ fn a_removed_version_is_unloaded() {
         1
     );
 
+    // The model's folder goes: its version is unloaded, then the model forgotten.
     std::fs::remove_dir_all(root.join("m")).unwrap();
     repo.poll();
-    wait_state(&repo, "m", 1, VersionState::End);
     let e = repo.resolve("m", &VersionSelector::Default).unwrap_err();
     assert_eq!(e.status(), 404);
+    let until = Instant::now() + Duration::from_secs(10);
+    while repo.knows("m") && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+        repo.poll();
+    }
+    assert!(!repo.knows("m"), "{:?}", repo.status("m", None));
+    assert!(repo.models().is_empty(), "{:?}", repo.models());
+    for e in [
+        repo.status("m", None).unwrap_err(),
+        repo.resolve("m", &VersionSelector::Default).unwrap_err(),
+    ] {
+        assert_eq!(e.status(), 404);
+        assert!(e.to_string().contains("unknown model 'm'"), "{e}");
+    }
     let e = repo
         .resolve("other", &VersionSelector::Default)
         .unwrap_err();
     assert!(e.to_string().contains("unknown model 'other'"), "{e}");
+}
+
+/// Over HTTP: a model whose folder is removed answers 404 on both protocols once its
+/// versions are unloaded (its `END` statuses were kept for ever), its later requests are
+/// counted as an unknown model's, and a folder of the same name served again is served.
+#[test]
+fn a_removed_model_is_forgotten_over_http() {
+    use crate::common::serve::{get, post_json, TestServer};
+    let server = TestServer::start(
+        &[("mean", 1, "mean.toml"), ("other", 1, "mean.toml")],
+        "cpu",
+    );
+    assert_eq!(get(&server.url("/v1/models/mean")).status, 200);
+    std::fs::remove_dir_all(server.dir.path().join("mean")).unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut status = get(&server.url("/v1/models/mean"));
+    while status.status != 404 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+        status = get(&server.url("/v1/models/mean"));
+    }
+    assert_eq!(
+        status.status,
+        404,
+        "{}",
+        String::from_utf8_lossy(&status.body)
+    );
+    assert!(
+        status.error().contains("unknown model 'mean'"),
+        "{}",
+        status.error()
+    );
+    for path in [
+        "/v2/models/mean",
+        "/v2/models/mean/ready",
+        "/v1/models/mean/metadata",
+    ] {
+        let reply = get(&server.url(path));
+        assert_eq!(reply.status, 404, "{path}");
+        assert!(
+            reply.error().contains("unknown model 'mean'"),
+            "{path}: {}",
+            reply.error()
+        );
+    }
+    let body = serde_json::json!({"instances": [vec![0.5; 12]]});
+    assert_eq!(
+        post_json(&server.url("/v1/models/mean:predict"), &body).status,
+        404
+    );
+    let metrics = String::from_utf8(get(&server.url("/metrics")).body).unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("wgpu_ensemble_inference_requests_total{")
+                && l.contains("model=\"\"")
+                && l.contains("outcome=\"not_found\"")),
+        "{metrics}"
+    );
+    // The other model is untouched; the removed one comes back with its folder.
+    assert_eq!(
+        post_json(&server.url("/v1/models/other:predict"), &body).status,
+        200
+    );
+    crate::common::serve::add_version(server.dir.path(), "mean", 2, "mean.toml", "cpu");
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut reply = post_json(&server.url("/v1/models/mean:predict"), &body);
+    while reply.status != 200 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+        reply = post_json(&server.url("/v1/models/mean:predict"), &body);
+    }
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
 }
 
 /// Sends `x` to `selector` from a thread of its own until `stop` (at most 20 000
@@ -856,4 +946,79 @@ fn a_repository_folder_that_cannot_be_listed_changes_nothing() {
     std::fs::remove_dir_all(root.join("m/1")).unwrap();
     repo.poll();
     wait_state(&repo, "m", 1, VersionState::End);
+}
+
+/// A shutdown does not wait for a version being loaded longer than its shutdown
+/// timeout (it waited for the load to end: a slow device held the exit). The warm-up
+/// run of every load sleeps 20 s here (an injected fault); the load goes on on its own
+/// thread and is dropped when it ends.
+#[test]
+fn a_shutdown_does_not_wait_for_a_version_being_loaded() {
+    use crate::common::serve::{add_version, get, TestServer};
+    use wgpu_ensemble::{Fault, FaultPlan, SessionOptions};
+    let slow_warm_up =
+        FaultPlan::new().on_run("seq-relu", 0, Fault::Sleep(Duration::from_secs(20)));
+    let mut server = TestServer::start_with(&[], "cpu", |c| {
+        c.shutdown_timeout(Duration::from_millis(500))
+            .session(SessionOptions::default().faults(slow_warm_up))
+    });
+    add_version(server.dir.path(), "mean", 1, "mean.toml", "cpu");
+    let until = Instant::now() + Duration::from_secs(10);
+    let loading = loop {
+        let reply = get(&server.url("/v1/models/mean"));
+        let loading =
+            reply.status == 200 && reply.json()["model_version_status"][0]["state"] == "LOADING";
+        if loading || Instant::now() > until {
+            break loading;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(loading, "version 1 was not seen loading within 10 s");
+    let started = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        server.shutdown();
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(10)).is_ok(),
+        "the shutdown waited over 10 s for a load in progress"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// The same while the versions found at start load: `Server::start_loading` returns
+/// once it listens (`live` 200, `ready` 503), and a shutdown then waits for the load at
+/// most its shutdown timeout (the command takes SIGTERM this way while it loads).
+#[test]
+fn a_shutdown_while_the_first_versions_load_does_not_wait_for_them() {
+    use crate::common::serve::{add_version, get};
+    use wgpu_ensemble::serve::{ServeConfig, Server};
+    use wgpu_ensemble::{Fault, FaultPlan, SessionOptions};
+    let dir = tempfile::tempdir().unwrap();
+    add_version(dir.path(), "mean", 1, "mean.toml", "cpu");
+    let slow_warm_up =
+        FaultPlan::new().on_run("seq-relu", 0, Fault::Sleep(Duration::from_secs(20)));
+    let server = Server::start_loading(
+        ServeConfig::new(dir.path())
+            .addr(([127, 0, 0, 1], 0).into())
+            .shutdown_timeout(Duration::from_millis(500))
+            .session(SessionOptions::default().faults(slow_warm_up)),
+    )
+    .unwrap();
+    let base = format!("http://{}", server.addr());
+    assert_eq!(get(&format!("{base}/v2/health/live")).status, 200);
+    let ready = get(&format!("{base}/v2/health/ready"));
+    assert_eq!(ready.status, 503);
+    assert!(ready.error().contains("loading"), "{}", ready.error());
+    assert!(!server.wait_ready(Duration::from_millis(200)));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        server.shutdown();
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(10)).is_ok(),
+        "the shutdown waited over 10 s for the first load"
+    );
 }

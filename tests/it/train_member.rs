@@ -381,3 +381,64 @@ fn train_bad_inputs_are_typed_errors() {
         other => panic!("row out of range: {other:?}"),
     }
 }
+
+/// The validation split is the seed's: the same seed the same rows, another seed other
+/// rows; stratified for labels; none with a fraction of 0, and then the evaluation is
+/// on the training rows.
+#[test]
+fn train_split_is_seeded_and_stratified() {
+    let rows_of = |set: &TrainSet| set.validation().expect("a split").x().as_slice().to_vec();
+    let data = labelled(40, 2, 4, 3);
+    let a = TrainSet::new(Task::Classification, data.clone(), 0.25, false, 1).expect("set");
+    let b = TrainSet::new(Task::Classification, data.clone(), 0.25, false, 1).expect("set");
+    let c = TrainSet::new(Task::Classification, data.clone(), 0.25, false, 2).expect("set");
+    assert_eq!(rows_of(&a), rows_of(&b));
+    assert_ne!(rows_of(&a), rows_of(&c));
+    assert_eq!(
+        (a.train().rows(), a.validation().map(Data::rows)),
+        (30, Some(10))
+    );
+    let Targets::Labels(held) = a.validation().expect("a split").y() else {
+        panic!("labels")
+    };
+    for class in 0..4 {
+        let n = held.iter().filter(|&&l| l == class).count();
+        assert!(
+            (2..=3).contains(&n),
+            "class {class}: {n} of 10 held-out rows"
+        );
+    }
+
+    let set = TrainSet::new(Task::Regression, valued(25, 3, 2, 4), 0.0, false, 0).expect("set");
+    assert!(set.validation().is_none());
+    let mut hyper = Hyper::default();
+    hyper.hidden = vec![4];
+    let mut trainer = Trainer::new(&hyper, &set, &Placement::Cpu).expect("trainer");
+    let all: Vec<u32> = (0..25).collect();
+    let eval = trainer.evaluate().expect("evaluation");
+    let mut reference = Trainer::new(&hyper, &set, &Placement::Cpu).expect("trainer");
+    let params = to_f64(&reference.params().expect("params"));
+    let (x, y) = crate::common::train::batch64(set.train(), &all);
+    let want = crate::common::train::loss64(&params, Activation::Relu, &x, 25, &y, 0.0);
+    assert!(
+        approx::relative_eq!(eval.loss, want, max_relative = 1e-5),
+        "evaluation on the training rows: {} vs {want}",
+        eval.loss
+    );
+    assert!(
+        (eval.metric - want.sqrt()).abs() < 1e-5,
+        "RMSE {}",
+        eval.metric
+    );
+
+    // One class is not a classification.
+    let one = Data::new(
+        Tensor::matrix(2, 1, vec![0.0, 1.0]).expect("x"),
+        Targets::Labels(vec![0, 0]),
+    )
+    .expect("data");
+    match TrainSet::new(Task::Classification, one, 0.0, false, 0) {
+        Err(Error::TrainData { key: "y", .. }) => {}
+        other => panic!("one class: {other:?}"),
+    }
+}

@@ -95,7 +95,16 @@ pub fn serve(args: &ServeArgs) -> CliResult {
         .with_ansi(false)
         .try_init();
     let stop = stop_signal()?;
-    let server = Server::start(config)?;
+    let server = Server::start_loading(config)?;
+    // A signal while the versions found at start load stops the server at once (their
+    // load is waited for at most --shutdown-timeout-s).
+    while !server.wait_ready(Duration::from_millis(50)) {
+        if stop.try_recv().is_ok() {
+            eprintln!("wgpu-ensemble: stopping while loading");
+            server.shutdown();
+            return Ok(());
+        }
+    }
     eprintln!("listening on http://{}", server.addr());
     // SIGTERM / SIGINT: stop accepting, answer what was accepted, unload, exit 0.
     let _ = stop.recv();

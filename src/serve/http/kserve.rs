@@ -56,11 +56,12 @@ async fn server_metadata() -> Json<Value> {
     }))
 }
 
-async fn ready(State(state): State<Arc<AppState>>) -> StatusCode {
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
     if state.is_ready() {
-        StatusCode::OK
+        StatusCode::OK.into_response()
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        ServeError::Unavailable("the server is loading the models found at start".to_string())
+            .into_response()
     }
 }
 

@@ -2,11 +2,14 @@
 //! extension) and TensorFlow Serving REST on one port, and `GET /metrics`.
 //!
 //! Every error is an HTTP status with the body `{"error": "..."}` (both protocols'
-//! format): routes that do not exist, methods a route does not take and bodies over the
-//! limit included.
+//! format): routes that do not exist, methods a route does not take (with `Allow`),
+//! bodies over the limit and the rejections of axum's own extractors included. Only
+//! what hyper refuses before routing (a request that does not parse, headers over its
+//! limits) is answered by hyper, without a body.
 
 mod binary;
 mod kserve;
+mod listen;
 mod tfserving;
 
 use std::future::poll_fn;
@@ -24,6 +27,8 @@ use axum::{Extension, Json, Router};
 use super::metrics::Metrics;
 use super::repository::Repository;
 use super::types::ServeError;
+
+pub(crate) use listen::serve;
 
 /// What every handler shares.
 pub(crate) struct AppState {
@@ -84,6 +89,7 @@ pub(crate) fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .merge(tfserving::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::map_response(json_errors))
         .layer(Extension(BodyLimit(max_body_bytes)))
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
@@ -108,6 +114,7 @@ async fn no_route(method: Method, uri: Uri) -> ServeError {
     ))
 }
 
+/// A method a route does not take: 405 (axum adds the route's `Allow`).
 async fn wrong_method(method: Method, uri: Uri) -> Response {
     (
         StatusCode::METHOD_NOT_ALLOWED,
@@ -119,6 +126,55 @@ async fn wrong_method(method: Method, uri: Uri) -> Response {
         })),
     )
         .into_response()
+}
+
+/// 405 for a path that one route serves for several endpoints (TensorFlow Serving's
+/// `/v1/models/...`): `Allow` names the method the endpoint takes.
+pub(crate) fn wrong_method_for(method: &Method, uri: &Uri, allow: &'static str) -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, allow)],
+        Json(serde_json::json!({
+            "error": format!(
+                "{} does not take {method}; it takes {allow}",
+                crate::error::excerpt(uri.path())
+            )
+        })),
+    )
+        .into_response()
+}
+
+/// Every error the router answers is `{"error": "..."}`: the rejections of axum's own
+/// extractors (a path segment that is not UTF-8 once percent-decoded) are plain text,
+/// so an error response that is not JSON gets its text (or its status' reason) as
+/// the `error`, with its status and its other headers (`Allow`) kept.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
+        .unwrap_or_default();
+    let error = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        crate::error::excerpt(&text)
+    };
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let mut answer = Json(serde_json::json!({ "error": error })).into_response();
+    *answer.status_mut() = status;
+    for (name, value) in parts.headers.iter() {
+        answer.headers_mut().insert(name.clone(), value.clone());
+    }
+    answer
 }
 
 /// An error as both protocols send it: its status and `{"error": "..."}`.

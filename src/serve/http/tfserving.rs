@@ -11,14 +11,14 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde_json::{json, Map, Value};
 
 use super::kserve::version_number;
-use super::{checked, counted, quote, read_body, AppState, BodyLimit};
+use super::{checked, counted, quote, read_body, wrong_method_for, AppState, BodyLimit};
 use crate::error::excerpt;
 use crate::serve::repository::VersionStatus;
 use crate::serve::types::{InferRequest, ServeError, VersionSelector};
@@ -28,6 +28,8 @@ use crate::tensor::Tensor;
 const INPUT: &str = "input";
 /// The one signature.
 const SIGNATURE: &str = "serving_default";
+/// TensorFlow Serving's verbs (`:predict`), all taken with POST.
+const VERBS: [&str; 3] = ["predict", "classify", "regress"];
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new().route("/v1/models/{*rest}", get(get_model).post(post_model))
@@ -86,7 +88,16 @@ impl Target {
     }
 }
 
-async fn get_model(State(state): State<Arc<AppState>>, Path(rest): Path<String>) -> Response {
+async fn get_model(
+    State(state): State<Arc<AppState>>,
+    Path(rest): Path<String>,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    if matches!(Target::parse(&rest), Ok(Target { verb: Some(ref verb), .. }) if VERBS.contains(&verb.as_str()))
+    {
+        return wrong_method_for(&method, &uri, "POST");
+    }
     match model_info(&state, &rest) {
         Ok(body) => Json(body).into_response(),
         Err(e) => e.into_response(),
@@ -166,6 +177,8 @@ async fn post_model(
     State(state): State<Arc<AppState>>,
     Extension(limit): Extension<BodyLimit>,
     Path(rest): Path<String>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -175,6 +188,8 @@ async fn post_model(
         Err(e) => return e.into_response(),
     };
     match target.verb.as_deref() {
+        // The status and the metadata are read with GET.
+        None => return wrong_method_for(&method, &uri, "GET"),
         Some("predict") => {}
         Some(verb @ ("classify" | "regress")) => {
             return ServeError::BadRequest(format!(
