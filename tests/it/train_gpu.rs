@@ -140,3 +140,37 @@ pub fn bad_requests_are_typed_errors(placement: Placement, label: &str) {
 
 placement_tests!(bad_requests_are_typed_errors;
     train_gpu_bad_requests_lavapipe: Vulkan, train_gpu_bad_requests_gl: Gl);
+
+/// The same seed trains to bit-identical weights on the same adapter twice: every sum
+/// on the device has one order (no atomics).
+pub fn same_seed_same_weights(placement: Placement, label: &str) {
+    let set = TrainSet::new(Task::Classification, labelled(80, 4, 3, 5), 0.25, true, 2)
+        .expect("a training set");
+    let mut hyper = Hyper::default();
+    hyper.hidden = vec![8];
+    hyper.batch_size = 16;
+    hyper.epochs = 5;
+    hyper.seed = 3;
+    let run = || {
+        let mut go = |_: &wgpu_ensemble::train::EpochReport| std::ops::ControlFlow::Continue(());
+        let trained = wgpu_ensemble::train::train_member(&hyper, &set, &placement, &mut go)
+            .expect("a training");
+        assert_ne!(trained.device, "cpu", "{label}");
+        trained
+            .model
+            .layers()
+            .iter()
+            .flat_map(|l| {
+                l.weight()
+                    .as_slice()
+                    .iter()
+                    .chain(l.bias())
+                    .map(|v| v.to_bits())
+            })
+            .collect::<Vec<u32>>()
+    };
+    assert_eq!(run(), run(), "{label}: two trainings with one seed differ");
+}
+
+placement_tests!(same_seed_same_weights;
+    train_gpu_same_seed_same_weights_lavapipe: Vulkan, train_gpu_same_seed_same_weights_gl: Gl);
