@@ -1,4 +1,5 @@
-//! The parameters of the training kernels (read-only storage, not uniforms), as `shaders/train/params.wgsl` declares them.
+//! The parameters of the training kernels (read-only storage, not uniforms), as
+//! `shaders/train/params.wgsl` declares them.
 
 use bytemuck::{Pod, Zeroable};
 
