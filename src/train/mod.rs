@@ -17,6 +17,8 @@
 //!   per epoch — and the export of the trained member as a `Model` (standardisation
 //!   folded into its first layer, softmax at the end for classification).
 
+pub(crate) mod gpu;
+
 use crate::model::Activation;
 
 mod cpu;

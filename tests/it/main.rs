@@ -32,6 +32,7 @@ mod serve_repo;
 mod shaders;
 mod timing;
 mod train_cli;
+mod train_gpu;
 mod train_grad;
 mod train_member;
 mod train_optim;

@@ -51,6 +51,7 @@ fn shared_functions_and_structs_are_declared_once() {
         "DenseParams",
         "AggregateParams",
         "activate",
+        "activate_grad",
         "erf_approx",
         "round_f16",
     ] {
@@ -67,4 +68,48 @@ fn shared_functions_and_structs_are_declared_once() {
             .collect();
         assert_eq!(declared_in.len(), 1, "{name} declared in {declared_in:?}");
     }
+}
+
+/// Every training kernel body under `shaders/train/`, composed from the pieces it uses
+/// (`params.wgsl` always; `rows.wgsl` where it binds the row `order`; the activation
+/// and its derivative from `shaders/lib/` where it calls them), parses and validates
+/// with naga. `src/train/gpu/kernels.rs` composes them for the engine and validates
+/// each with every override value it sets; this checks the files as they are, from
+/// their declarations alone. Needs no GPU.
+#[test]
+fn training_kernels_validate_with_naga() {
+    let shaders = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let read = |p: &str| std::fs::read_to_string(shaders.join(p)).unwrap();
+    let mut bodies = 0;
+    for file in wgsl_files(&shaders.join("train")) {
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        if name == "params.wgsl" || name == "rows.wgsl" {
+            continue;
+        }
+        let body = std::fs::read_to_string(&file).unwrap();
+        let mut source = read("train/params.wgsl");
+        if body.contains("var<storage, read> order") {
+            source += &read("train/rows.wgsl");
+        }
+        if body.contains("activate") {
+            source += &read("lib/activation.wgsl");
+        }
+        if body.contains("activate_grad") {
+            source += &read("lib/activation_grad.wgsl");
+        }
+        source += &body;
+        let module = naga::front::wgsl::parse_str(&source)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::default(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
+        bodies += 1;
+    }
+    assert!(
+        bodies >= 5,
+        "only {bodies} training kernels under shaders/train"
+    );
 }
