@@ -26,7 +26,7 @@ mod data;
 mod engine;
 mod member;
 
-pub use data::{Data, Standardizer, Targets, TrainSet};
+pub use data::{Data, Standardizer, Targets, TrainSet, MAX_CLASSES};
 pub use engine::{Evaluation, Params};
 pub use member::{train_member, EpochReport, Trained, Trainer};
 
