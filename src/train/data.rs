@@ -262,6 +262,11 @@ impl Standardizer {
     }
 }
 
+/// The most classes a classification trains (one output each): a label beyond is
+/// taken for a mistake (a `-1` stored as u32 would otherwise ask for an output layer of
+/// four billion units).
+pub const MAX_CLASSES: usize = 1 << 20;
+
 /// A task's data ready for training: the training split and the validation split
 /// (both standardised when asked, as the engines see them), the standardisation
 /// fitted on the training split, and the number of outputs.
@@ -285,7 +290,8 @@ impl TrainSet {
     /// both splits.
     ///
     /// Errors name the key: `y` when the targets do not suit the task (labels for
-    /// classification, with at least 2 classes; float values for regression),
+    /// classification, with at least 2 classes and at most [`MAX_CLASSES`]; float
+    /// values for regression),
     /// `validation_fraction` outside `[0, 1)` or leaving the training split empty.
     pub fn new(
         task: Task,
@@ -302,6 +308,13 @@ impl TrainSet {
                         key: "y",
                         expected: "labels of at least 2 classes (0 and 1 at least)".into(),
                         got: format!("{classes} class"),
+                    });
+                }
+                if classes > MAX_CLASSES {
+                    return Err(Error::TrainData {
+                        key: "y",
+                        expected: format!("class labels below {MAX_CLASSES}"),
+                        got: format!("label {}", classes - 1),
                     });
                 }
                 classes

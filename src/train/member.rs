@@ -57,12 +57,15 @@ impl Trainer {
         let hidden = vec![hyper.activation; hyper.hidden.len()];
         let activations = layer_activations(&hidden, widths.len() - 1);
         let model = Model::random(&widths, &activations, hyper.seed)?;
-        Self::start(&model, activations, hyper, set, placement)
+        Self::start(model_params(&model), activations, hyper, set, placement)
     }
 
     /// A member starting from the weights of `initial` (its architecture and hidden
     /// activations; `hyper.hidden` and `hyper.activation` are not used, and its output
-    /// layer's activation is replaced by the task's), trained with `hyper`'s other
+    /// layer's activation is replaced by the task's). `initial` takes raw features, as
+    /// exported members do: on a standardising set its first layer is unfolded
+    /// (`W = W'·σ`, `b = b' + W'·μ`) so that training starts from its function,
+    /// and [`Trainer::model`] before any step gives it back. Trained with `hyper`'s other
     /// settings on `placement`. An error when `initial` does not take the set's
     /// features, does not give its outputs, or has a softmax hidden layer.
     pub fn from_model(
@@ -106,24 +109,30 @@ impl Trainer {
             });
         }
         let activations = layer_activations(&hidden, layers.len());
-        Self::start(initial, activations, hyper, set, placement)
+        let mut init = model_params(initial);
+        // `initial` takes raw features; the engines see standardised ones: unfold the
+        // standardisation the export folds in (W = W'·σ, b = b' + W'·μ).
+        if let (Some(first), Some(s)) = (init.first_mut(), set.standardizer()) {
+            let inputs = set.features().max(1);
+            for (row, b) in first.weight.chunks_mut(inputs).zip(first.bias.iter_mut()) {
+                let mut shift = f64::from(*b);
+                for ((w, &m), &sd) in row.iter_mut().zip(&s.mean).zip(&s.std) {
+                    shift += f64::from(*w) * f64::from(m);
+                    *w = (f64::from(*w) * f64::from(sd)) as f32;
+                }
+                *b = shift as f32;
+            }
+        }
+        Self::start(init, activations, hyper, set, placement)
     }
 
     fn start(
-        model: &Model,
+        init: Vec<Params>,
         activations: Vec<Activation>,
         hyper: &Hyper,
         set: &TrainSet,
         placement: &Placement,
     ) -> Result<Trainer> {
-        let init: Vec<Params> = model
-            .layers()
-            .iter()
-            .map(|l| Params {
-                weight: l.weight().to_vec(),
-                bias: l.bias().to_vec(),
-            })
-            .collect();
         let engine = engine(&init, &activations, hyper, set, placement)?;
         Ok(Trainer {
             engine,
@@ -142,14 +151,17 @@ impl Trainer {
     }
 
     /// One optimizer step on the training rows `rows` as one batch at learning rate
-    /// `lr`; returns the batch's loss before the step.
+    /// `lr` (finite, `>= 0`, else [`Error::InvalidHyper`]); returns the batch's loss
+    /// before the step.
     pub fn step(&mut self, rows: &[u32], lr: f32) -> Result<f64> {
+        check_lr(lr)?;
         self.engine.step(rows, lr)
     }
 
     /// One epoch: the training rows in `order`, in mini-batches of the
     /// hyperparameters' `batch_size`, one step each at `lr`; returns the mean loss.
     pub fn epoch(&mut self, order: &[u32], lr: f32) -> Result<f64> {
+        check_lr(lr)?;
         self.engine.epoch(order, self.hyper.batch_size, lr)
     }
 
@@ -181,6 +193,30 @@ impl Trainer {
     pub fn device(&self) -> String {
         self.engine.device()
     }
+}
+
+/// A learning rate given to a step: finite and `>= 0` (0 leaves the weights).
+fn check_lr(lr: f32) -> Result<()> {
+    if lr >= 0.0 && lr.is_finite() {
+        return Ok(());
+    }
+    Err(Error::InvalidHyper {
+        field: "learning_rate",
+        expected: "a finite value >= 0",
+        got: lr.to_string(),
+    })
+}
+
+/// Every layer's weights and bias.
+fn model_params(model: &Model) -> Vec<Params> {
+    model
+        .layers()
+        .iter()
+        .map(|l| Params {
+            weight: l.weight().to_vec(),
+            bias: l.bias().to_vec(),
+        })
+        .collect()
 }
 
 /// Whether an activation has a backward pass in hidden layers.

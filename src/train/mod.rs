@@ -27,7 +27,7 @@ mod engine;
 mod member;
 pub mod study;
 
-pub use data::{Data, Standardizer, Targets, TrainSet};
+pub use data::{Data, Standardizer, Targets, TrainSet, MAX_CLASSES};
 pub use engine::{Evaluation, Params};
 pub use member::{train_member, EpochReport, Trained, Trainer};
 

@@ -174,3 +174,36 @@ pub fn same_seed_same_weights(placement: Placement, label: &str) {
 
 placement_tests!(same_seed_same_weights;
     train_gpu_same_seed_same_weights_lavapipe: Vulkan, train_gpu_same_seed_same_weights_gl: Gl);
+
+/// A batch's per-layer buffers are sized to the batch where a power of two of rows
+/// would exceed the device's largest storage binding (128 MiB on llvmpipe): 4100 rows
+/// through 4097 units (67 MB) train; 8192 rows (134 MB) are a typed error before any
+/// work, and the trainer goes on training afterwards.
+pub fn row_buffers_fit_the_binding(placement: Placement, label: &str) {
+    let rows = 8192;
+    let set = TrainSet::new(Task::Classification, labelled(rows, 1, 2, 4), 0.0, false, 0)
+        .expect("a training set");
+    let mut hyper = Hyper::default();
+    hyper.hidden = vec![4097];
+    let mut trainer = Trainer::new(&hyper, &set, &placement).expect("a trainer");
+    let all: Vec<u32> = (0..rows as u32).collect();
+    let loss = trainer.step(&all[..4100], 0.01);
+    assert!(
+        loss.as_ref().is_ok_and(|l| l.is_finite()),
+        "{label}: 4100 rows gave {loss:?}"
+    );
+    match trainer.step(&all, 0.01) {
+        Err(Error::BufferTooLarge { what, .. }) => {
+            assert!(what.contains("8192 rows"), "{label}: {what}")
+        }
+        other => panic!("{label}: 8192 rows through 4097 units gave {other:?}"),
+    }
+    let loss = trainer.step(&all[..64], 0.01);
+    assert!(
+        loss.as_ref().is_ok_and(|l| l.is_finite()),
+        "{label}: 64 rows after the refusal gave {loss:?}"
+    );
+}
+
+placement_tests!(row_buffers_fit_the_binding;
+    train_gpu_row_buffers_lavapipe: Vulkan, train_gpu_row_buffers_gl: Gl);

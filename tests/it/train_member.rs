@@ -442,3 +442,68 @@ fn train_split_is_seeded_and_stratified() {
         other => panic!("one class: {other:?}"),
     }
 }
+
+/// A trainer started from a model that takes raw features (an exported member) on a
+/// standardising set computes that model's function before any step: `model()` gives
+/// its weights back.
+#[test]
+fn train_from_model_round_trips_through_the_standardisation() {
+    let set = TrainSet::new(Task::Classification, blobs(60, 4), 0.2, true, 1).expect("set");
+    let initial =
+        Model::random(&[4, 5, 3], &[Activation::Tanh, Activation::Softmax], 9).expect("model");
+    let mut trainer =
+        Trainer::from_model(&initial, &Hyper::default(), &set, &Placement::Cpu).expect("trainer");
+    let back = trainer.model().expect("model");
+    for (l, (got, want)) in model_weights(&back)
+        .iter()
+        .zip(model_weights(&initial))
+        .enumerate()
+    {
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-4 + 1e-4 * w.abs(),
+                "part {l}: {g} after the round trip, {w} before"
+            );
+        }
+    }
+}
+
+/// A label far beyond the others (a `-1` cast to u32) is an error naming `y`, not an
+/// output layer of four billion classes.
+#[test]
+fn train_huge_label_is_refused() {
+    let x = Tensor::matrix(3, 1, vec![0.0, 1.0, 2.0]).expect("x");
+    let data = Data::new(x, Targets::Labels(vec![0, 1, u32::MAX])).expect("data");
+    match TrainSet::new(Task::Classification, data, 0.0, false, 0) {
+        Err(Error::TrainData { key: "y", .. }) => {}
+        other => panic!("label 4294967295: {other:?}"),
+    }
+}
+
+/// A learning rate given to a step or an epoch that is not finite or negative is an
+/// error naming it; the weights are left as they were.
+#[test]
+fn train_step_learning_rate_is_checked() {
+    let set = TrainSet::new(Task::Classification, blobs(30, 2), 0.0, true, 1).expect("set");
+    let mut trainer = Trainer::new(&Hyper::default(), &set, &Placement::Cpu).expect("trainer");
+    let before = trainer.params().expect("params");
+    let order: Vec<u32> = (0..30).collect();
+    for lr in [f32::NAN, f32::INFINITY, -0.1] {
+        match trainer.step(&[0, 1, 2], lr) {
+            Err(Error::InvalidHyper {
+                field: "learning_rate",
+                ..
+            }) => {}
+            other => panic!("a step at {lr}: {other:?}"),
+        }
+        match trainer.epoch(&order, lr) {
+            Err(Error::InvalidHyper {
+                field: "learning_rate",
+                ..
+            }) => {}
+            other => panic!("an epoch at {lr}: {other:?}"),
+        }
+    }
+    assert_eq!(trainer.params().expect("params"), before);
+    trainer.step(&[0, 1, 2], 0.0).expect("a step at 0");
+}

@@ -191,6 +191,8 @@ pub(crate) struct GpuEngine {
     t: u64,
     /// The most rows of a batch the device computes correctly.
     max_rows: usize,
+    /// The device's largest storage binding, in bytes (the row buffers' bound).
+    binding_bytes: u64,
     /// The GEMM kernels' tile edge.
     tile: usize,
     /// Where a streamed split's batches go (`None` when both splits are resident).
@@ -215,11 +217,11 @@ impl GpuEngine {
     pub(crate) fn from_spec(ctx: GpuContext, spec: &Spec<'_>) -> Result<Self> {
         let device = &ctx.device;
         let limits = device.limits();
-        let max_bytes = limits
+        let binding_bytes = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size)
-            .min(u64::from(u32::MAX))
-            .min(spec.max_bytes.unwrap_or(u64::MAX));
+            .min(u64::from(u32::MAX));
+        let max_bytes = binding_bytes.min(spec.max_bytes.unwrap_or(u64::MAX));
         let llvmpipe = ctx.adapter.as_ref().is_some_and(|a| {
             let info = a.get_info();
             crate::placement::is_llvmpipe(&info.name, &info.driver)
@@ -430,6 +432,7 @@ impl GpuEngine {
             stats_capacity: 1,
             t: 0,
             max_rows,
+            binding_bytes,
             tile,
             window,
             order_host: Vec::new(),
@@ -463,11 +466,28 @@ impl GpuEngine {
         self.weight_decay > 0.0 && !matches!(self.optimizer, Optimizer::AdamW { .. })
     }
 
-    fn ensure_rows(&mut self, rows: usize) {
+    /// The row buffers for batches of `rows` rows: a power of two of rows where that
+    /// fits the largest storage binding, else exactly `rows`; an error when even
+    /// those do not fit.
+    fn ensure_rows(&mut self, rows: usize) -> Result<()> {
         if self.rows.as_ref().is_some_and(|r| r.capacity >= rows) {
-            return;
+            return Ok(());
         }
-        let capacity = rows.next_power_of_two();
+        let widest = self.layers.iter().map(|l| l.outputs).max().unwrap_or(1);
+        let need = |r: usize| (r.max(1) as u64).saturating_mul(widest as u64 * 4);
+        if need(rows) > self.binding_bytes {
+            return Err(Error::BufferTooLarge {
+                what: format!("a batch of {rows} rows through a layer of {widest} outputs"),
+                device: self.ctx.label.to_string(),
+                bytes: need(rows),
+                limit: self.binding_bytes,
+            });
+        }
+        let capacity = if need(rows.next_power_of_two()) <= self.binding_bytes {
+            rows.next_power_of_two()
+        } else {
+            rows
+        };
         let device = &self.ctx.device;
         let make = |label: &str, values: usize| {
             device.create_buffer(&wgpu::BufferDescriptor {
@@ -489,6 +509,7 @@ impl GpuEngine {
             a: per("train a"),
             dz: per("train dz"),
         });
+        Ok(())
     }
 
     fn ensure_slots(&mut self, slots: usize) {
@@ -561,7 +582,7 @@ impl GpuEngine {
     fn run(&mut self, batches: &[(usize, usize)], rows_kind: Rows, pass: Pass) -> Result<Vec<f32>> {
         let widest = batches.iter().map(|b| b.1).max().unwrap_or(0);
         self.check_rows(widest)?;
-        self.ensure_rows(widest.max(1));
+        self.ensure_rows(widest.max(1))?;
         self.ensure_slots(batches.len().max(1));
         let outputs = self.layers.last().map_or(1, |l| l.outputs);
         let streamed = match rows_kind {
