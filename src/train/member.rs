@@ -43,6 +43,32 @@ impl std::fmt::Debug for Trainer {
     }
 }
 
+/// The most parameters (weights and biases) a trained member may have: 2^28, 1 GiB of
+/// f32 weights, four times that with the gradients and Adam's two moments.
+pub const MAX_PARAMETERS: usize = 1 << 28;
+
+/// An error naming `hidden` when the layers of `widths` hold more than
+/// [`MAX_PARAMETERS`] (rather than an allocation that the system grants and then
+/// kills the process for).
+fn check_size(widths: &[usize]) -> Result<()> {
+    let count = widths.windows(2).try_fold(0usize, |sum, w| {
+        w[0].checked_add(1)
+            .and_then(|inputs| inputs.checked_mul(w[1]))
+            .and_then(|layer| sum.checked_add(layer))
+    });
+    match count {
+        Some(n) if n <= MAX_PARAMETERS => Ok(()),
+        _ => Err(Error::InvalidHyper {
+            field: "hidden",
+            expected: "at most 268435456 (2^28) weights and biases in all",
+            got: format!(
+                "{} for the widths {widths:?}",
+                count.map_or("more than 2^64".to_string(), |n| n.to_string())
+            ),
+        }),
+    }
+}
+
 impl Trainer {
     /// A member of `hyper`'s architecture (the set's features, `hyper.hidden`, the
     /// set's outputs) initialised from `hyper.seed` as [`Model::random`], on
@@ -54,6 +80,7 @@ impl Trainer {
         widths.push(set.features());
         widths.extend_from_slice(&hyper.hidden);
         widths.push(set.outputs());
+        check_size(&widths)?;
         let hidden = vec![hyper.activation; hyper.hidden.len()];
         let activations = layer_activations(&hidden, widths.len() - 1);
         let model = Model::random(&widths, &activations, hyper.seed)?;

@@ -29,7 +29,7 @@ pub mod study;
 
 pub use data::{Data, Standardizer, Targets, TrainSet, MAX_CLASSES};
 pub use engine::{Evaluation, Params};
-pub use member::{train_member, EpochReport, Trained, Trainer};
+pub use member::{train_member, EpochReport, Trained, Trainer, MAX_PARAMETERS};
 
 /// What a member learns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

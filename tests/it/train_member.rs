@@ -347,8 +347,11 @@ fn train_bad_inputs_are_typed_errors() {
         }
     }
     type Change = fn(&mut Hyper);
-    let cases: [(&str, Change); 7] = [
+    let cases: [(&str, Change); 9] = [
         ("hidden", |h| h.hidden = vec![4, 0]),
+        // Beyond train::MAX_PARAMETERS: refused before anything is allocated.
+        ("hidden", |h| h.hidden = vec![2_000_000_000]),
+        ("hidden", |h| h.hidden = vec![usize::MAX, 2]),
         ("batch_size", |h| h.batch_size = 0),
         ("learning_rate", |h| h.learning_rate = 0.0),
         ("learning_rate", |h| h.learning_rate = -1e-3),
