@@ -141,19 +141,7 @@ impl DeviceState {
             mapped_at_creation: false,
         });
         let bind = |layout: &wgpu::BindGroupLayout, buffers: &[&wgpu::Buffer]| {
-            let entries: Vec<wgpu::BindGroupEntry> = buffers
-                .iter()
-                .enumerate()
-                .map(|(i, b)| wgpu::BindGroupEntry {
-                    binding: i as u32,
-                    resource: b.as_entire_binding(),
-                })
-                .collect();
-            device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout,
-                entries: &entries,
-            })
+            crate::gpu::bind_buffers(device, layout, buffers)
         };
         let stacks = self
             .stacks

@@ -327,34 +327,78 @@ impl Kernels {
         } else {
             device.create_shader_module(descriptor)
         };
-        let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(kernel.file),
-            bind_group_layouts: &[Some(self.layout_of(kernel))],
-            immediate_size: 0,
-        });
-        let values: Vec<(&str, f64)> = constants
-            .iter()
-            .map(|&(name, v)| (name, f64::from(v)))
-            .collect();
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(kernel.file),
-            layout: Some(&layout),
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &values,
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
-        if let Some(err) = pollster::block_on(scope.pop()) {
-            return Err(Error::Shader {
-                kernel: kernel.file,
-                message: err.to_string(),
-            });
-        }
+        let pipeline = compute_pipeline(
+            device,
+            kernel.file,
+            &module,
+            &[Some(self.layout_of(kernel))],
+            constants,
+            scope,
+        )?;
         self.pipelines.insert(key, pipeline.clone());
         Ok(pipeline)
+    }
+}
+
+/// A bind group of `layout` with `buffers`, whole, at bindings 0, 1, 2, … in order.
+pub(crate) fn bind_buffers(
+    device: &wgpu::Device,
+    layout: &wgpu::BindGroupLayout,
+    buffers: &[&wgpu::Buffer],
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = buffers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource: b.as_entire_binding(),
+        })
+        .collect();
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout,
+        entries: &entries,
+    })
+}
+
+/// The compute pipeline of `module`'s `main` on `layouts` with the override
+/// `constants` set; a validation error caught by `scope` (pushed before the module was
+/// made) is [`Error::Shader`] naming `file`. Shared by the inference and the training
+/// kernels' caches.
+pub(crate) fn compute_pipeline(
+    device: &wgpu::Device,
+    file: &'static str,
+    module: &wgpu::ShaderModule,
+    layouts: &[Option<&wgpu::BindGroupLayout>],
+    constants: &[(&'static str, u32)],
+    scope: wgpu::ErrorScopeGuard,
+) -> Result<wgpu::ComputePipeline> {
+    let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(file),
+        bind_group_layouts: layouts,
+        immediate_size: 0,
+    });
+    let values: Vec<(&str, f64)> = constants
+        .iter()
+        .map(|&(name, v)| (name, f64::from(v)))
+        .collect();
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(file),
+        layout: Some(&layout),
+        module,
+        entry_point: Some("main"),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &values,
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    });
+    match pollster::block_on(scope.pop()) {
+        Some(err) => Err(Error::Shader {
+            kernel: file,
+            message: err.to_string(),
+        }),
+        None => Ok(pipeline),
     }
 }
 

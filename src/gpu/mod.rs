@@ -30,5 +30,6 @@ pub(crate) use adapters::DevicePool;
 pub use adapters::{adapters, probe_adapters};
 pub(crate) use context::GpuContext;
 pub(crate) use executor::GpuExecutor;
+pub(crate) use kernels::{bind_buffers, compute_pipeline};
 pub(crate) use state::LLVMPIPE_SMALL_INPUTS;
 pub(crate) use tune::Tuner;

@@ -81,6 +81,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// SIGINT, SIGTERM and SIGHUP to be handled — those not ignored when the process
+/// started (SIGHUP under `nohup` stays ignored) — or `None` when every one was.
+#[cfg(unix)]
+pub(crate) fn handled_signals() -> std::io::Result<Option<signal_hook::iterator::Signals>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let ignored = ignored_at_start();
+    let handled: Vec<i32> = [SIGINT, SIGTERM, SIGHUP]
+        .into_iter()
+        .filter(|&s| ignored & (1 << (s - 1)) == 0)
+        .collect();
+    if handled.is_empty() {
+        return Ok(None);
+    }
+    signal_hook::iterator::Signals::new(&handled).map(Some)
+}
+
 /// Handles SIGINT, SIGTERM and SIGHUP on a thread of their own: the first one stops
 /// the output writes, removing every temporary file being written
 /// ([`wgpu_ensemble::io::stop_writes`]), and exits with 128 + the signal's number
@@ -88,17 +104,11 @@ fn main() -> ExitCode {
 /// the process started (SIGHUP under `nohup`) stays ignored.
 #[cfg(unix)]
 fn stop_on_signals() -> std::io::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGINT, SIGTERM};
     use std::io::Write;
-    let ignored = ignored_at_start();
-    let handled: Vec<i32> = [SIGINT, SIGTERM, SIGHUP]
-        .into_iter()
-        .filter(|&s| ignored & (1 << (s - 1)) == 0)
-        .collect();
-    if handled.is_empty() {
+    let Some(mut signals) = handled_signals()? else {
         return Ok(());
-    }
-    let mut signals = signal_hook::iterator::Signals::new(&handled)?;
+    };
     std::thread::Builder::new()
         .name("signals".to_string())
         .spawn(move || {

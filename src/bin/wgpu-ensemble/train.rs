@@ -39,17 +39,10 @@ static STOP: AtomicBool = AtomicBool::new(false);
 /// running epochs (every finished trial is kept); a second one exits at once.
 #[cfg(unix)]
 pub(crate) fn stop_on_signals() -> std::io::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     // A signal ignored when the process started (SIGHUP under `nohup`) stays ignored.
-    let ignored = crate::ignored_at_start();
-    let handled: Vec<i32> = [SIGINT, SIGTERM, SIGHUP]
-        .into_iter()
-        .filter(|&s| ignored & (1 << (s - 1)) == 0)
-        .collect();
-    if handled.is_empty() {
+    let Some(mut signals) = crate::handled_signals()? else {
         return Ok(());
-    }
-    let mut signals = signal_hook::iterator::Signals::new(&handled)?;
+    };
     std::thread::Builder::new()
         .name("signals".to_string())
         .spawn(move || {

@@ -175,32 +175,14 @@ impl TrainKernels {
             label: Some(kernel.file),
             source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
         });
-        let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(kernel.file),
-            bind_group_layouts: &[Some(self.layout(kernel)?), Some(&self.step_layout)],
-            immediate_size: 0,
-        });
-        let values: Vec<(&str, f64)> = constants
-            .iter()
-            .map(|&(name, v)| (name, f64::from(v)))
-            .collect();
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(kernel.file),
-            layout: Some(&layout),
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &values,
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
-        if let Some(err) = pollster::block_on(scope.pop()) {
-            return Err(Error::Shader {
-                kernel: kernel.file,
-                message: err.to_string(),
-            });
-        }
+        let pipeline = crate::gpu::compute_pipeline(
+            device,
+            kernel.file,
+            &module,
+            &[Some(self.layout(kernel)?), Some(&self.step_layout)],
+            constants,
+            scope,
+        )?;
         self.pipelines.insert(key, pipeline.clone());
         Ok(pipeline)
     }

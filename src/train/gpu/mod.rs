@@ -708,19 +708,7 @@ impl GpuEngine {
         // Pipelines and bind groups, the same for every batch.
         let kernels = &mut self.kernels;
         let bind = |layout: &wgpu::BindGroupLayout, buffers: &[&wgpu::Buffer]| {
-            let entries: Vec<wgpu::BindGroupEntry> = buffers
-                .iter()
-                .enumerate()
-                .map(|(i, b)| wgpu::BindGroupEntry {
-                    binding: i as u32,
-                    resource: b.as_entire_binding(),
-                })
-                .collect();
-            device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout,
-                entries: &entries,
-            })
+            crate::gpu::bind_buffers(device, layout, buffers)
         };
         let mut forward = Vec::with_capacity(count);
         let mut backward = Vec::with_capacity(count);
