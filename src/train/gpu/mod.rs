@@ -569,9 +569,12 @@ impl GpuEngine {
         if rows > self.max_rows {
             return Err(Error::InvalidValue {
                 what: "batch size",
-                value: rows.to_string(),
-                expected:
-                    "at most 32768 rows on llvmpipe (it ends a shader after 65535 loop iterations)",
+                value: format!("{rows} rows (this device takes at most {})", self.max_rows),
+                expected: if self.max_rows == LLVMPIPE_EXTENT {
+                    "at most 32768 rows on llvmpipe (it ends a shader after 65535 loop iterations)"
+                } else {
+                    "at most the rows the device's workgroup grid covers"
+                },
             });
         }
         Ok(())
