@@ -273,10 +273,20 @@ impl Space {
 
     /// The keys given as distributions (which a grid cannot enumerate).
     pub(crate) fn distributions(&self) -> Vec<&'static str> {
+        self.keys_where(|fixed, dist| !fixed && dist)
+    }
+
+    /// Every key of the space, named, with whether it is fixed and whether it is a
+    /// distribution, kept where `keep` says so.
+    fn keys_where(&self, keep: fn(bool, bool) -> bool) -> Vec<&'static str> {
         let mut keys = Vec::new();
         macro_rules! check {
             ($($key:ident),*) => {$(
-                if matches!(self.$key, Choice::Dist(_)) {
+                let (fixed, dist) = (
+                    matches!(self.$key, Choice::Fixed(_)),
+                    matches!(self.$key, Choice::Dist(_)),
+                );
+                if keep(fixed, dist) {
                     keys.push(stringify!($key));
                 }
             )*};
@@ -369,27 +379,6 @@ impl Space {
 impl Space {
     /// The keys given as a list or a distribution.
     pub(crate) fn searched(&self) -> Vec<&'static str> {
-        let mut keys = Vec::new();
-        macro_rules! check {
-            ($($key:ident),*) => {$(
-                if !matches!(self.$key, Choice::Fixed(_)) {
-                    keys.push(stringify!($key));
-                }
-            )*};
-        }
-        check!(
-            hidden,
-            activation,
-            optimizer,
-            learning_rate,
-            batch_size,
-            epochs,
-            patience,
-            min_delta,
-            weight_decay,
-            momentum,
-            schedule
-        );
-        keys
+        self.keys_where(|fixed, _| !fixed)
     }
 }
