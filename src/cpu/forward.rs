@@ -3,6 +3,9 @@
 //! single-threaded on blocks of columns), then the bias and activation with the WGSL
 //! kernels' formulas.
 
+use std::sync::Arc;
+
+use super::packed::{Isa, PackedLayer};
 use crate::model::{Activation, Dense, Model};
 
 /// Rows up to which a layer runs as dot products, each weight row with each input
@@ -20,6 +23,59 @@ const DOT_CHUNK: usize = 64;
 /// 3 rows) and `matrixmultiply` above (0.62 / 0.91 ms at 16 rows); 2-core Xeon,
 /// 2026-12-05.
 const SMALL_ROWS: usize = 8;
+
+/// A member's layers in the form the host runs them.
+pub(crate) enum Layers {
+    /// Packed for the AVX-512 kernel ([`packed`](super::packed)).
+    Packed(Vec<PackedLayer>),
+    /// As the model holds them, for the GEMM crates.
+    Plain(Arc<Model>),
+}
+
+impl Layers {
+    /// The packed form where the processor runs the packed kernel (AVX-512F, or AVX2
+    /// with FMA); else the model as it is. `WGPU_ENSEMBLE_CPU_KERNEL` chooses for a
+    /// comparison: `portable` (the GEMM crates), `avx2` (where it runs).
+    pub(crate) fn new(model: Arc<Model>) -> Self {
+        let choice = std::env::var("WGPU_ENSEMBLE_CPU_KERNEL").unwrap_or_default();
+        let isa = match choice.as_str() {
+            "portable" => None,
+            "avx2" => Some(Isa::Avx2).filter(|isa| isa.runs_here()),
+            _ => Isa::detect(),
+        };
+        match isa {
+            Some(isa) => Layers::Packed(
+                model
+                    .layers()
+                    .iter()
+                    .map(|l| PackedLayer::new(l, isa))
+                    .collect(),
+            ),
+            None => Layers::Plain(model),
+        }
+    }
+
+    /// The forward pass on `rows` rows of `x`; `f16` rounds each layer's input to f16
+    /// first; each layer's GEMM uses up to `parts` threads.
+    pub(crate) fn forward(&self, x: &[f32], rows: usize, f16: bool, parts: usize) -> Vec<f32> {
+        match self {
+            Layers::Plain(model) => forward(model, x, rows, f16, parts),
+            Layers::Packed(layers) => {
+                let mut current: Option<Vec<f32>> = None;
+                for layer in layers {
+                    let input = current.as_deref().unwrap_or(x);
+                    current = Some(if f16 {
+                        let rounded: Vec<f32> = input.iter().map(|&v| round_f16(v)).collect();
+                        layer.run(&rounded, rows, parts)
+                    } else {
+                        layer.run(input, rows, parts)
+                    });
+                }
+                current.unwrap_or_default()
+            }
+        }
+    }
+}
 
 pub(crate) fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

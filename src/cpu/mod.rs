@@ -8,21 +8,21 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub(crate) mod forward;
+pub(crate) mod packed;
 
-use forward::{forward, round_f16, threads};
+use forward::{round_f16, threads, Layers};
 use rayon::prelude::*;
 
 use crate::aggregate::{accumulate, Mode};
 use crate::error::Result;
 use crate::exec::{DeviceOutput, Executor, Loss, MemberSpec};
-use crate::model::Model;
 use crate::precision::Precision;
 use crate::tensor::Tensor;
 
 struct CpuMember {
     index: usize,
     weight: f32,
-    model: Arc<Model>,
+    layers: Layers,
 }
 
 /// Runs the members placed on the host CPU.
@@ -50,11 +50,11 @@ impl CpuExecutor {
                 .map(|s| CpuMember {
                     index: s.index,
                     weight: s.weight,
-                    model: if f16 {
+                    layers: Layers::new(if f16 {
                         Arc::new(s.model.map_weights(round_f16))
                     } else {
                         Arc::clone(&s.model)
-                    },
+                    }),
                 })
                 .collect(),
             mode,
@@ -83,7 +83,7 @@ impl Executor for CpuExecutor {
         let f16 = self.f16;
         let outputs: Vec<Vec<f32>> = active
             .par_iter()
-            .map(|m| forward(&m.model, input, rows, f16, parts))
+            .map(|m| m.layers.forward(input, rows, f16, parts))
             .collect();
         for (m, mut y) in active.into_iter().zip(outputs) {
             present.push(m.index);

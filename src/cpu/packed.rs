@@ -1,0 +1,527 @@
+//! A dense layer whose weights are packed once, when the session is built, for an
+//! AVX-512 kernel: panels of [`NR`] output columns, each panel `k` rows of `NR`
+//! weights (`W[j0..j0 + NR, kk]` for every `kk`), 64-byte aligned, the last panel
+//! padded with zeros. A run streams every panel once per block of rows, with the
+//! bias added as the accumulators start and ReLU applied as they are stored, so a
+//! layer is one pass over its weights and its output.
+//!
+//! The GEMM crates pack the weights again on every call, which on E2 (8 × 25 M
+//! weights, more than the last-level cache) cost as much memory traffic as the
+//! multiplication itself; ONNX Runtime packs its constant weights once, as here.
+
+use rayon::prelude::*;
+
+use crate::model::{Activation, Dense};
+
+/// Output columns per panel: two 16-lane registers.
+pub(crate) const NR: usize = 32;
+
+/// Depth of a block of the reduction when there is more than one tile of rows: a
+/// panel's block (`KC × NR` floats, 32 KiB) stays in the 48 KiB L1 cache while every
+/// tile of rows uses it. With one tile of rows there is no reuse and the whole depth
+/// runs at once, the accumulators never leaving the registers.
+const KC: usize = 256;
+
+/// How far ahead of the kernel the weights are prefetched, in floats (2 KiB): the
+/// panels stream from memory or the last-level cache when a layer's weights are
+/// larger than L2.
+const PREFETCH: usize = 512;
+
+/// Sixteen floats on a 64-byte boundary: the unit the panels are allocated in.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Lane([f32; 16]);
+
+/// The instruction sets the packed kernel is written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// AVX-512F: tiles of up to 12 rows × 2 registers of 16.
+    Avx512,
+    /// AVX2 with FMA: tiles of up to 3 rows × 4 registers of 8.
+    Avx2,
+}
+
+impl Isa {
+    /// The best this processor runs, if any.
+    pub(crate) fn detect() -> Option<Isa> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Some(Isa::Avx512);
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Some(Isa::Avx2);
+            }
+        }
+        None
+    }
+
+    /// Whether this processor runs `self`.
+    pub(crate) fn runs_here(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+                Isa::Avx2 => {
+                    std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// Rows per register tile.
+    fn rows(self) -> usize {
+        match self {
+            Isa::Avx512 => 12,
+            Isa::Avx2 => 3,
+        }
+    }
+}
+
+/// One layer in the packed form.
+pub(crate) struct PackedLayer {
+    k: usize,
+    n: usize,
+    /// `panels × k × NR` weights.
+    panels: Vec<Lane>,
+    /// The bias, padded with zeros to `panels × NR`.
+    bias: Vec<f32>,
+    activation: Activation,
+    isa: Isa,
+}
+
+impl PackedLayer {
+    /// Packs `layer`'s weights (`[n, k]` row-major) for `isa`, which the caller has
+    /// checked this processor runs ([`Isa::runs_here`]).
+    pub(crate) fn new(layer: &Dense, isa: Isa) -> Self {
+        let (k, n) = (layer.in_features(), layer.out_features());
+        let count = n.div_ceil(NR);
+        let w = layer.weight().as_slice();
+        let mut panels = vec![Lane([0.0; 16]); count * k * NR / 16];
+        let flat: &mut [f32] = bytemuck_lanes(&mut panels);
+        for p in 0..count {
+            let panel = &mut flat[p * k * NR..(p + 1) * k * NR];
+            for j in 0..NR.min(n - p * NR) {
+                let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
+                for (kk, &v) in row.iter().enumerate() {
+                    panel[kk * NR + j] = v;
+                }
+            }
+        }
+        let mut bias = layer.bias().to_vec();
+        bias.resize(count * NR, 0.0);
+        Self {
+            k,
+            n,
+            panels,
+            bias,
+            activation: layer.activation(),
+            isa,
+        }
+    }
+
+    /// `act(x · Wᵀ + b)` for `rows` rows of `x` (`[rows, k]`), the panels split into
+    /// `parts` blocks run side by side.
+    pub(crate) fn run(&self, x: &[f32], rows: usize, parts: usize) -> Vec<f32> {
+        let (k, n) = (self.k, self.n);
+        assert!(
+            x.len() >= rows * k,
+            "packed layer: input of {} values, {rows} rows of {k} expected",
+            x.len()
+        );
+        let mut y = vec![0.0f32; rows * n];
+        let count = n.div_ceil(NR);
+        let per = count.div_ceil(parts.clamp(1, count.max(1))).max(1);
+        let out = Out(y.as_mut_ptr());
+        let run = |p0: usize| {
+            let p1 = (p0 + per).min(count);
+            // SAFETY: the layer was packed for an instruction set this processor runs
+            // (`new`'s contract); x holds rows × k values (asserted above), the panels
+            // count × k × NR, the bias count × NR, and y rows × n, of which this block
+            // writes only the columns of panels p0..p1.
+            unsafe { self.block(x, rows, p0, p1, out) }
+        };
+        let starts: Vec<usize> = (0..count).step_by(per).collect();
+        if starts.len() > 1 {
+            starts.into_par_iter().for_each(run);
+        } else {
+            starts.into_iter().for_each(run);
+        }
+        if !matches!(self.activation, Activation::Relu | Activation::Identity) {
+            super::forward::activate(self.activation, &mut y, n);
+        }
+        y
+    }
+
+    /// Panels `p0..p1` of every row.
+    ///
+    /// # Safety
+    /// `self.isa` runs on this processor; `x` holds `rows × k` values and `out`
+    /// `rows × n`, of which this writes only the columns of panels `p0..p1`.
+    unsafe fn block(&self, x: &[f32], rows: usize, p0: usize, p1: usize, out: Out) {
+        let (k, n) = (self.k, self.n);
+        let relu = self.activation == Activation::Relu;
+        let mr = self.isa.rows();
+        let kc = if rows <= mr { k.max(1) } else { KC };
+        let panels = bytemuck_lanes_ref(&self.panels).as_ptr();
+        let tiles = tiles(self.isa);
+        let mut k0 = 0;
+        while k0 < k {
+            let depth = kc.min(k - k0);
+            let first = k0 == 0;
+            let last = k0 + depth == k;
+            for p in p0..p1 {
+                let w = panels.add(p * k * NR + k0 * NR);
+                let cols = NR.min(n - p * NR);
+                let bias = self.bias.as_ptr().add(p * NR);
+                let mut r0 = 0;
+                while r0 < rows {
+                    let t = Tile {
+                        x: x.as_ptr().add(r0 * k + k0),
+                        ldx: k,
+                        w,
+                        depth,
+                        y: out.0.add(r0 * n + p * NR),
+                        ldy: n,
+                        cols,
+                        bias: first.then_some(bias),
+                        relu: relu && last,
+                    };
+                    let m = mr.min(rows - r0);
+                    (tiles[m - 1])(&t);
+                    r0 += m;
+                }
+            }
+            k0 += depth;
+        }
+        // A layer with no inputs is its bias (and activation).
+        if k == 0 {
+            for r in 0..rows {
+                for c in 0..n {
+                    let b = self.bias[c];
+                    *out.0.add(r * n + c) = if relu { b.max(0.0) } else { b };
+                }
+            }
+        }
+    }
+}
+
+/// A register tile's kernel, by its number of rows (index 0: one row).
+type TileFn = unsafe fn(&Tile);
+
+#[cfg(target_arch = "x86_64")]
+fn tiles(isa: Isa) -> &'static [TileFn] {
+    match isa {
+        // With few rows, more sets of accumulators give more independent FMA chains
+        // (an FMA waits four cycles for the one before on its register).
+        Isa::Avx512 => &[
+            tile512::<1, 4>,
+            tile512::<2, 2>,
+            tile512::<3, 2>,
+            tile512::<4, 1>,
+            tile512::<5, 1>,
+            tile512::<6, 1>,
+            tile512::<7, 1>,
+            tile512::<8, 1>,
+            tile512::<9, 1>,
+            tile512::<10, 1>,
+            tile512::<11, 1>,
+            tile512::<12, 1>,
+        ],
+        Isa::Avx2 => &[tile256::<1, 2>, tile256::<2, 1>, tile256::<3, 1>],
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn tiles(_: Isa) -> &'static [TileFn] {
+    &[]
+}
+
+/// The output shared by the blocks of panels; each writes only its own columns.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: the blocks of `PackedLayer::run` write disjoint columns of one buffer that
+// outlives them (the scope of the parallel loop).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+fn bytemuck_lanes(lanes: &mut [Lane]) -> &mut [f32] {
+    bytemuck::cast_slice_mut(lanes)
+}
+
+fn bytemuck_lanes_ref(lanes: &[Lane]) -> &[f32] {
+    bytemuck::cast_slice(lanes)
+}
+
+// SAFETY: `Lane` is sixteen f32 with no padding (64 bytes, aligned to 64).
+unsafe impl bytemuck::Zeroable for Lane {}
+unsafe impl bytemuck::Pod for Lane {}
+
+/// One register tile's operands: `M` rows of `x` from `x` (row stride `ldx`), a
+/// panel's `depth` rows of `NR` weights from `w`, `M × cols` outputs at `y` (row
+/// stride `ldy`), started from the bias (the first block of the reduction) or from
+/// `y`, with ReLU as they are stored (the last block).
+struct Tile {
+    x: *const f32,
+    ldx: usize,
+    w: *const f32,
+    depth: usize,
+    y: *mut f32,
+    ldy: usize,
+    cols: usize,
+    bias: Option<*const f32>,
+    relu: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn tile512<const M: usize, const S: usize>(t: &Tile) {
+    use std::arch::x86_64::*;
+    let lo: __mmask16 = if t.cols >= 16 {
+        0xffff
+    } else {
+        ((1u32 << t.cols) - 1) as u16
+    };
+    let hi: __mmask16 = if t.cols >= 32 {
+        0xffff
+    } else if t.cols > 16 {
+        ((1u32 << (t.cols - 16)) - 1) as u16
+    } else {
+        0
+    };
+    // Accumulators: `S` sets of `M` rows × 2 registers, set `s` taking the steps
+    // `kk ≡ s (mod S)`.
+    let mut acc = [[[_mm512_setzero_ps(); 2]; M]; S];
+    match t.bias {
+        Some(b) => {
+            let (b0, b1) = (_mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16)));
+            for a in acc[0].iter_mut() {
+                *a = [b0, b1];
+            }
+        }
+        None => {
+            for (r, a) in acc[0].iter_mut().enumerate() {
+                let y = t.y.add(r * t.ldy);
+                *a = [
+                    _mm512_maskz_loadu_ps(lo, y),
+                    _mm512_maskz_loadu_ps(hi, y.add(16)),
+                ];
+            }
+        }
+    }
+    let mut w = t.w;
+    let mut x = t.x;
+    let steps = t.depth / S;
+    for _ in 0..steps {
+        for (s, set) in acc.iter_mut().enumerate() {
+            let ws = w.add(s * NR);
+            _mm_prefetch::<_MM_HINT_T0>(ws.add(PREFETCH).cast());
+            _mm_prefetch::<_MM_HINT_T0>(ws.add(PREFETCH + 16).cast());
+            let w0 = _mm512_load_ps(ws);
+            let w1 = _mm512_load_ps(ws.add(16));
+            for (r, a) in set.iter_mut().enumerate() {
+                let v = _mm512_set1_ps(*x.add(r * t.ldx + s));
+                a[0] = _mm512_fmadd_ps(v, w0, a[0]);
+                a[1] = _mm512_fmadd_ps(v, w1, a[1]);
+            }
+        }
+        w = w.add(S * NR);
+        x = x.add(S);
+    }
+    for _ in steps * S..t.depth {
+        let w0 = _mm512_load_ps(w);
+        let w1 = _mm512_load_ps(w.add(16));
+        for (r, a) in acc[0].iter_mut().enumerate() {
+            let v = _mm512_set1_ps(*x.add(r * t.ldx));
+            a[0] = _mm512_fmadd_ps(v, w0, a[0]);
+            a[1] = _mm512_fmadd_ps(v, w1, a[1]);
+        }
+        w = w.add(NR);
+        x = x.add(1);
+    }
+    let (sum, rest) = acc.split_at_mut(1);
+    for set in rest.iter() {
+        for (a, b) in sum[0].iter_mut().zip(set) {
+            a[0] = _mm512_add_ps(a[0], b[0]);
+            a[1] = _mm512_add_ps(a[1], b[1]);
+        }
+    }
+    let zero = _mm512_setzero_ps();
+    for (r, a) in acc[0].iter().enumerate() {
+        let y = t.y.add(r * t.ldy);
+        let (v0, v1) = if t.relu {
+            (_mm512_max_ps(a[0], zero), _mm512_max_ps(a[1], zero))
+        } else {
+            (a[0], a[1])
+        };
+        _mm512_mask_storeu_ps(y, lo, v0);
+        _mm512_mask_storeu_ps(y.add(16), hi, v1);
+    }
+}
+
+/// The AVX2 tile: `M` rows × 4 registers of 8, `S` sets of accumulators as in
+/// [`tile512`]; the four weight registers are loaded one at a time so that 3 rows
+/// (12 accumulators, 3 broadcasts, 1 weight register) fit the 16 registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn tile256<const M: usize, const S: usize>(t: &Tile) {
+    use std::arch::x86_64::*;
+    // Lane masks of the four registers (all ones where the column is in the layer).
+    let mask = |j: usize| {
+        let lanes: [i32; 8] = std::array::from_fn(|l| if 8 * j + l < t.cols { -1 } else { 0 });
+        _mm256_loadu_si256(lanes.as_ptr().cast())
+    };
+    let masks = [mask(0), mask(1), mask(2), mask(3)];
+    let mut acc = [[[_mm256_setzero_ps(); 4]; M]; S];
+    match t.bias {
+        Some(b) => {
+            let bias: [__m256; 4] = std::array::from_fn(|j| _mm256_loadu_ps(b.add(8 * j)));
+            for a in acc[0].iter_mut() {
+                *a = bias;
+            }
+        }
+        None => {
+            for (r, a) in acc[0].iter_mut().enumerate() {
+                let y = t.y.add(r * t.ldy);
+                *a = std::array::from_fn(|j| _mm256_maskload_ps(y.add(8 * j), masks[j]));
+            }
+        }
+    }
+    let mut w = t.w;
+    let mut x = t.x;
+    let steps = t.depth / S;
+    for _ in 0..steps {
+        for (s, set) in acc.iter_mut().enumerate() {
+            let ws = w.add(s * NR);
+            _mm_prefetch::<_MM_HINT_T0>(ws.add(PREFETCH).cast());
+            _mm_prefetch::<_MM_HINT_T0>(ws.add(PREFETCH + 16).cast());
+            let v: [__m256; M] =
+                std::array::from_fn(|r| _mm256_broadcast_ss(&*x.add(r * t.ldx + s)));
+            for j in 0..4 {
+                let wj = _mm256_load_ps(ws.add(8 * j));
+                for (r, a) in set.iter_mut().enumerate() {
+                    a[j] = _mm256_fmadd_ps(v[r], wj, a[j]);
+                }
+            }
+        }
+        w = w.add(S * NR);
+        x = x.add(S);
+    }
+    for _ in steps * S..t.depth {
+        let v: [__m256; M] = std::array::from_fn(|r| _mm256_broadcast_ss(&*x.add(r * t.ldx)));
+        for j in 0..4 {
+            let wj = _mm256_load_ps(w.add(8 * j));
+            for (r, a) in acc[0].iter_mut().enumerate() {
+                a[j] = _mm256_fmadd_ps(v[r], wj, a[j]);
+            }
+        }
+        w = w.add(NR);
+        x = x.add(1);
+    }
+    let (sum, rest) = acc.split_at_mut(1);
+    for set in rest.iter() {
+        for (a, b) in sum[0].iter_mut().zip(set) {
+            for (aj, bj) in a.iter_mut().zip(b) {
+                *aj = _mm256_add_ps(*aj, *bj);
+            }
+        }
+    }
+    let zero = _mm256_setzero_ps();
+    for (r, a) in acc[0].iter().enumerate() {
+        let y = t.y.add(r * t.ldy);
+        for j in 0..4 {
+            let v = if t.relu {
+                _mm256_max_ps(a[j], zero)
+            } else {
+                a[j]
+            };
+            _mm256_maskstore_ps(y.add(8 * j), masks[j], v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Model;
+
+    /// `act(x · Wᵀ + b)` in f64, the reference (ReLU or none).
+    fn reference(layer: &Dense, x: &[f32], rows: usize) -> Vec<f64> {
+        let (k, n) = (layer.in_features(), layer.out_features());
+        let w = layer.weight().as_slice();
+        let mut y = vec![0.0f64; rows * n];
+        for r in 0..rows {
+            for o in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|i| f64::from(x[r * k + i]) * f64::from(w[o * k + i]))
+                    .sum();
+                let v = dot + f64::from(layer.bias()[o]);
+                y[r * n + o] = match layer.activation() {
+                    Activation::Relu => v.max(0.0),
+                    _ => v,
+                };
+            }
+        }
+        y
+    }
+
+    /// Every tile height (1–12 rows and beyond), widths that are not multiples of a
+    /// panel or of a register, depths beyond one block of the reduction, every split of
+    /// the panels among threads, with and without ReLU: the f64 reference.
+    #[test]
+    fn every_tile_width_depth_and_split_matches_the_reference() {
+        let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .filter(|isa| {
+                let here = isa.runs_here();
+                if !here {
+                    eprintln!("skipped {isa:?}: this processor does not run its instructions");
+                }
+                here
+            })
+            .collect();
+        for (k, n, act) in [
+            (19, 37, Activation::Relu),
+            (300, 70, Activation::Identity),
+            (KC + 5, 16, Activation::Relu),
+            (1, 33, Activation::Identity),
+            (5, 1, Activation::Relu),
+        ] {
+            let model = Model::random(&[k, n], &[act], 7).expect("a valid model");
+            let layer = &model.layers()[0];
+            for &isa in &isas {
+                let packed = PackedLayer::new(layer, isa);
+                for rows in [1, 2, 3, 7, 11, 12, 13, 25, 40] {
+                    let x: Vec<f32> = (0..rows * k)
+                        .map(|i| ((i * 7) % 13) as f32 / 6.5 - 1.0)
+                        .collect();
+                    let want = reference(layer, &x, rows);
+                    for parts in [1, 2, 3, 64] {
+                        let got = packed.run(&x, rows, parts);
+                        assert_eq!(got.len(), want.len(), "k {k}, n {n}, rows {rows}");
+                        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                            assert!(
+                            approx::relative_eq!(
+                                f64::from(*g),
+                                *w,
+                                epsilon = 1e-4,
+                                max_relative = 1e-5
+                            ),
+                            "{isa:?}, k {k}, n {n}, rows {rows}, parts {parts}, index {i}: got {g}, want {w}"
+                        );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
