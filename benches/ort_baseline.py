@@ -48,6 +48,8 @@ WORKLOADS = {
     "E1": ([784, 512, 512, 10], 4),
     "E2": ([1024, 4096, 4096, 1024], 8),
 }
+# Raised whenever the models (graph, weights, seed) change: the cache's files carry it.
+MODEL_VERSION = 1
 PEERS = ("default", "all", "basic", "1thread", "numpy")
 
 
@@ -154,7 +156,9 @@ def model_path(workload, batch, cache):
     `cache` (weights as external data: E2's are 800 MB)."""
     import onnx
 
-    key = f"gemm{batch}" if workload == "gemm" else workload
+    # The key names what the file holds (the script's model version, the workload, the
+    # size), so that a cache made by another version of this script is not reused.
+    key = f"v{MODEL_VERSION}-" + (f"gemm{batch}" if workload == "gemm" else workload)
     path = os.path.join(cache, f"{key}.onnx")
     if not os.path.exists(path):
         os.makedirs(cache, exist_ok=True)
