@@ -212,12 +212,14 @@ def numpy_forward(workload, members):
 def check(workload, batch, peer, got, want):
     """The ONNX model computes what the numpy forward pass does (the graph is the
     workload), within f32 tolerance; exits naming the first index that differs."""
+    if got.shape != want.shape:
+        sys.exit(f"{workload} batch {batch} ort-{peer}: expected an output of shape {want.shape} "
+                 f"(numpy's), got {got.shape}")
     bad = ~np.isclose(got, want, rtol=1e-3, atol=1e-4)
-    if got.shape != want.shape or bad.any():
-        at = tuple(np.argwhere(bad)[0]) if got.shape == want.shape else "shape"
+    if bad.any():
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
         sys.exit(f"{workload} batch {batch} ort-{peer}: output differs from numpy's at {at}: "
-                 f"expected shape {want.shape}, got {got.shape}"
-                 + ("" if at == "shape" else f"; expected {want[at]}, got {got[at]}"))
+                 f"expected {want[at]}, got {got[at]}")
 
 
 def timeit(fn, runs, warmup):
