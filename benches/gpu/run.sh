@@ -87,8 +87,17 @@ for l in sys.stdin:
   cp "$target/release/examples/loadtest" .devbin/
   cp benches/torch_baseline.py .devbin/
   if [ -f ../shared/gpu/torch_anchor.py ]; then cp ../shared/gpu/torch_anchor.py .devbin/; fi
+  # The device call carries at most 64 MiB: the binaries go without their symbols.
+  if command -v strip >/dev/null; then
+    strip .devbin/wgpu-ensemble .devbin/it .devbin/loadtest
+  fi
   ls -la .gl .devbin
   du -sh .gl .devbin
+  local mib
+  mib=$(du -scm .gl .devbin | awk 'END { print $1 }')
+  if [ "$mib" -gt 60 ]; then
+    echo "WARNING: .gl and .devbin hold $mib MiB; a device call carries at most 64 MiB" >&2
+  fi
 }
 
 if [ "${1:-}" = prepare ]; then
