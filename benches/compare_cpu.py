@@ -10,7 +10,8 @@ CPU executor is at least as fast).
         [--warmup 3] [--rounds 2] [--peer default] [--out DIR]
 
 --python is an interpreter with onnx, onnxruntime and numpy (this script itself needs
-only the standard library). --bin defaults to $WGPU_ENSEMBLE_BIN, else
+only the standard library), e.g. a venv made by
+`python3 -m venv /tmp/ort-venv && /tmp/ort-venv/bin/pip install onnx onnxruntime numpy`. --bin defaults to $WGPU_ENSEMBLE_BIN, else
 $CARGO_TARGET_DIR/release/wgpu-ensemble, else target/release/wgpu-ensemble: build it
 with `cargo build --release --bin wgpu-ensemble`. A cell whose run costs more than
 --heavy-gflop GFLOP (default 10: E2 from batch 64) is timed --heavy-runs times on both
@@ -127,6 +128,13 @@ def main():
     if not os.access(args.bin, os.X_OK):
         ap.error(f"no executable at {args.bin}: build it with `cargo build --release --bin "
                  "wgpu-ensemble` or pass --bin")
+
+    probe = subprocess.run([args.python, "-c", "import onnx, onnxruntime, numpy"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        ap.error(f"{args.python} cannot import onnx, onnxruntime and numpy ({last}): pass "
+                 "--python with a venv that has them (see the header of this script)")
 
     cells = []
     for w in args.workloads:
