@@ -22,10 +22,11 @@
 #   quick    the headline figures: gemm 4096³ in f32 and f16-coop and E2 at batch 1024
 #            in f32 and f16-coop (autotuned, kernels alone and whole run), each twice;
 #            E1 at batch 1 with a spin-wait; a Pipeline and a session at batch 1 and
-#            64 with a spin-wait; gemm 4096³ and E2 at 1024 with input and output resident on the
-#            device, when the binary's bench has `--resident`; PyTorch on the same GPU
-#            for the same shapes in f32, f16 and bf16 (autocast, and weights cast once);
-#            then the server's load test (the `serve` suite).
+#            64 with a spin-wait; gemm 4096³ and E2 at 1024 with input and output
+#            resident on the device, when the binary's bench has `--resident`;
+#            PyTorch on the same GPU for the same shapes in f32, f16 and bf16
+#            (autocast, and weights cast once); then the server's load test (the
+#            `serve` suite).
 #   serve    the inference server on the GPU (examples/loadtest.rs, E1 one row per
 #            request, with and without dynamic batching, next to a Session::run loop):
 #            requests/s, p50 and p99 at 1, 16 and 64 clients, two rounds, into
@@ -56,7 +57,11 @@
 #   EXTRA_TILES= COOP_SHAPES= WARMUP_TILE= WGPU_ENSEMBLE_BIN=target/release/wgpu-ensemble \
 #   OUT=/tmp/gpu-smoke bash benches/gpu/run.sh --suite full
 # (or, with PyTorch on the CPU, TORCH_ARGS="--gemm 64 --batches 1 --runs 3" instead of
-# SKIP_TORCH).
+# SKIP_TORCH), and the server's load test on the CPU:
+#   WGPU_ENSEMBLE_BIN=target/release/wgpu-ensemble LOADTEST_SECONDS=0.3 DEVICE=cpu \
+#   WGPU_ENSEMBLE_LOADTEST=target/release/examples/loadtest OUT=/tmp/gpu-smoke \
+#   bash benches/gpu/run.sh --suite serve
+# `bash benches/gpu/check.sh` checks these scripts without a GPU (CI runs it).
 set -u
 cd "$(dirname "$0")/../.."
 
@@ -111,7 +116,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --suite) SUITES=${2:-}; shift 2 ;;
     --suite=*) SUITES=${1#--suite=}; shift ;;
-    -h | --help) sed -n '2,58p' "$0"; exit 0 ;;
+    -h | --help) awk 'NR > 1 && /^set -u/ { exit } NR > 1' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (usage: benches/gpu/run.sh prepare | --suite tests|quick|serve|full[,...])" >&2; exit 2 ;;
   esac
 done
