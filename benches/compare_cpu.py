@@ -7,17 +7,20 @@ CPU executor is at least as fast).
     python3 benches/compare_cpu.py --python /tmp/ort-venv/bin/python \\
         [--bin target/release/wgpu-ensemble] [--workloads gemm,E1,E2] [--gemm 256,512,1024] \\
         [--batches 1,16,64,256,1024] [--e2-max-batch N] [--runs 30] [--heavy-runs 5] \\
-        [--warmup 3] [--rounds 2] [--peer default] [--out DIR]
+        [--warmup 3] [--heavy-warmup 1] [--rounds 2] [--peer default] [--out DIR]
 
 --python is an interpreter with onnx, onnxruntime and numpy (this script itself needs
-only the standard library), e.g. a venv made by
-`python3 -m venv /tmp/ort-venv && /tmp/ort-venv/bin/pip install onnx onnxruntime numpy`. --bin defaults to $WGPU_ENSEMBLE_BIN, else
-$CARGO_TARGET_DIR/release/wgpu-ensemble, else target/release/wgpu-ensemble: build it
-with `cargo build --release --bin wgpu-ensemble`. A cell whose run costs more than
---heavy-gflop GFLOP (default 10: E2 from batch 64) is timed --heavy-runs times on both
-sides instead of --runs. Both sides get the same runs and warm-up. The ONNX model of each
-workload is made once and kept in ort_baseline.py's cache (E2's weights are 800 MB), and
-its output is compared with numpy's once, in the first round.
+only the standard library), e.g. a venv made by `python3 -m venv /tmp/ort-venv &&
+/tmp/ort-venv/bin/pip install onnx onnxruntime numpy`. --bin defaults to
+$WGPU_ENSEMBLE_BIN, else $CARGO_TARGET_DIR/release/wgpu-ensemble, else
+target/release/wgpu-ensemble: build it with `cargo build --release --bin wgpu-ensemble`.
+
+A cell whose run costs more than --heavy-gflop GFLOP (default 10: E2 from batch 64) is
+timed --heavy-runs times (default 5) after --heavy-warmup warm-up runs (default 1)
+instead of --runs and --warmup; E2 at batch 1024 takes seconds per run on two cores.
+Both sides get the same runs and warm-up. The ONNX model of each workload is made once
+and kept in ort_baseline.py's cache (E2's weights are 800 MB), and its output is
+compared with numpy's once, in the first round.
 
 With --out DIR: DIR/raw.jsonl (every JSON line of both sides, with "side" and "round"
 added) and DIR/table.md (what is printed). Nothing else is written.
@@ -116,6 +119,7 @@ def main():
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--heavy-runs", type=int, default=5)
     ap.add_argument("--heavy-gflop", type=float, default=10.0)
+    ap.add_argument("--heavy-warmup", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--peer", default="default", choices=("default", "all", "basic", "1thread"),
@@ -123,8 +127,9 @@ def main():
     ap.add_argument("--timeout", type=int, default=900, help="seconds per call of either side")
     ap.add_argument("--out", help="a folder for raw.jsonl and table.md")
     args = ap.parse_args()
-    if min(args.runs, args.heavy_runs, args.rounds) <= 0 or args.warmup < 0:
-        ap.error("--runs, --heavy-runs and --rounds must be positive, --warmup not negative")
+    if min(args.runs, args.heavy_runs, args.rounds) <= 0 or min(args.warmup, args.heavy_warmup) < 0:
+        ap.error("--runs, --heavy-runs and --rounds must be positive, --warmup and "
+                 "--heavy-warmup not negative")
     if not os.access(args.bin, os.X_OK):
         ap.error(f"no executable at {args.bin}: build it with `cargo build --release --bin "
                  "wgpu-ensemble` or pass --bin")
@@ -149,14 +154,16 @@ def main():
     errors = []
     ort_version = None
     for workload, batch in cells:
-        runs = args.heavy_runs if gflop(workload, batch) > args.heavy_gflop else args.runs
+        heavy = gflop(workload, batch) > args.heavy_gflop
+        runs = args.heavy_runs if heavy else args.runs
+        warmup = args.heavy_warmup if heavy else args.warmup
         cell = results.setdefault((workload, batch), {"ours": [], "ort": [], "runs": runs})
         for rnd in range(1, args.rounds + 1):
             ours_cmd = [args.bin, "bench", "--device", "cpu", "--json", "--workload", workload,
-                        "--batch", str(batch), "--runs", str(runs), "--warmup", str(args.warmup)]
+                        "--batch", str(batch), "--runs", str(runs), "--warmup", str(warmup)]
             size = ["--gemm", str(batch)] if workload == "gemm" else ["--batches", str(batch)]
             ort_cmd = [args.python, os.path.join(HERE, "ort_baseline.py"), "--workloads", workload,
-                       *size, "--peers", args.peer, "--runs", str(runs), "--warmup", str(args.warmup)]
+                       *size, "--peers", args.peer, "--runs", str(runs), "--warmup", str(warmup)]
             if rnd > 1:
                 ort_cmd.append("--no-check")
             for side, cmd in (("ours", ours_cmd), ("ort", ort_cmd)):
@@ -179,8 +186,9 @@ def main():
     rounds = " / ".join(f"r{r}" for r in range(1, args.rounds + 1))
     lines = [
         f"wgpu-ensemble CPU (`bench --device cpu`) against ONNX Runtime {ort_version or '?'} "
-        f"(CPU, `{args.peer}` session), {args.rounds} rounds interleaved "
-        f"(ours, ORT, ours, ORT per cell), warm-up {args.warmup}; "
+        f"(CPU, `{args.peer}` session), {args.rounds} round(s), the sides alternating in each "
+        f"cell (ours, ORT, ours, ORT, ...); warm-up runs {args.warmup} "
+        f"({args.heavy_warmup} for the cells of more than {args.heavy_gflop:g} GFLOP); "
         f"ratio = ORT p50 / ours p50 (>= 1.0: at least as fast).",
         "",
         f"| workload | batch | runs | ours p50 ms ({rounds}) | ORT p50 ms ({rounds}) "
