@@ -16,9 +16,10 @@
 #   tests    the integration tests that need the hardware, required to run there (not
 #            skip): `precision::` (every tile candidate and cooperative-matrix shape
 #            against the f64 reference, f16 rounding, long layers), `timing::` (the
-#            device timestamps the kernels-alone figures rest on), `pipeline::`
-#            (members sharing a device) and `device_tensor::` (tensors resident on
-#            the device). TEST_FILTERS replaces the filters.
+#            device timestamps the kernels-alone figures rest on), `pipeline::` and
+#            `pipeline_workers::` (members sharing a device and its worker) and
+#            `device_tensor::` (tensors resident on the device). TEST_FILTERS
+#            replaces the filters.
 #   quick    the headline figures: gemm 4096³ in f32 and f16-coop and E2 at batch 1024
 #            in f32 and f16-coop (autotuned, kernels alone and whole run), each twice;
 #            E1 at batch 1 with a spin-wait; a Pipeline and a session at batch 1 and
@@ -142,7 +143,7 @@ log_clocks "${CLOCK_MS:-100}"
 
 suite_tests() {
   # shellcheck disable=SC2086 # TEST_FILTERS is a list of filters
-  tests ${TEST_FILTERS:-precision:: timing:: pipeline:: device_tensor::}
+  tests ${TEST_FILTERS:-precision:: timing:: pipeline:: pipeline_workers:: device_tensor::}
 }
 
 suite_quick() {
