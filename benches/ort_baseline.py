@@ -44,7 +44,7 @@ import time
 import numpy as np
 
 WORKLOADS = {
-    # name: (widths, members, activations)
+    # name: (the layer widths, the number of members)
     "E1": ([784, 512, 512, 10], 4),
     "E2": ([1024, 4096, 4096, 1024], 8),
 }
