@@ -1,7 +1,8 @@
 # Sourced by benches/gpu/run.sh on the GPU machine, with the working folder as $1:
 # installs the Vulkan loader carried in .gl/ (the GPU machine has the NVIDIA ICD but no
 # loader), sets XDG_RUNTIME_DIR, B (the binary: .devbin's, or WGPU_ENSEMBLE_BIN), IT
-# (the integration-test binary: .devbin's, or WGPU_ENSEMBLE_IT) and DEVICE (the first
+# (the integration-test binary: .devbin's, or WGPU_ENSEMBLE_IT), LT (the load generator:
+# .devbin's, or WGPU_ENSEMBLE_LOADTEST) and DEVICE (the first
 # usable Vulkan adapter, unless set: the GL adapter of a headless NVIDIA machine is
 # listed but cannot open a device), and defines the helpers below.
 if compgen -G ".gl/*.deb" >/dev/null; then
@@ -12,6 +13,7 @@ export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
 W=$1
 B=${WGPU_ENSEMBLE_BIN:-.devbin/wgpu-ensemble}
 IT=${WGPU_ENSEMBLE_IT:-.devbin/it}
+LT=${WGPU_ENSEMBLE_LOADTEST:-.devbin/loadtest}
 "$B" devices > "$W/devices.txt" 2>&1
 DEVICE=${DEVICE:-$(awk -F'\t' '$2 == "Vulkan" && $5 == "usable" { print "adapter:" $1; exit }' "$W/devices.txt")}
 DEVICE=${DEVICE:-auto}
@@ -73,6 +75,16 @@ torch() {
   fi
 }
 
+# The server's load test (examples/loadtest.rs) with its members on $DEVICE, the
+# arguments given after, into loadtest.md (its markdown table; a failure into
+# errors.txt). It starts two servers on loopback and drives them from client threads.
+loadtest() {
+  [ -x "$LT" ] || { echo "no load generator at $LT" | tee -a "$W/errors.txt"; return; }
+  stamp "loadtest $*"
+  timeout "${LOADTEST_TIMEOUT:-240}" "$LT" --device "$DEVICE" "$@" >> "$W/loadtest.md" 2>> "$W/errors.txt" ||
+    echo "failed ($?): loadtest $*" >> "$W/errors.txt"
+}
+
 # Stops the clock log, writes report.md, packs the working folder into $OUT/$1.tar.gz
 # (a device call brings back few files: one archive holds everything), copies
 # report.md beside it and prints the failures, the errors and the report's targets.
@@ -85,5 +97,5 @@ finish() {
   cp "$W/report.md" "$OUT/$1-report.md"
   grep -hE "^test .*FAILED|: exit [0-9]|^test result" "$W/tests.txt" 2>/dev/null
   cat "$W/errors.txt" 2>/dev/null
-  head -12 "$W/report.md"
+  head -16 "$W/report.md"
 }

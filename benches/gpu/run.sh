@@ -6,8 +6,9 @@
 # 1. On the build machine (same x86-64 processor), from the repository root:
 #      bash benches/gpu/run.sh prepare
 #    fills .gl/ (Debian's Vulkan and EGL loader packages) and .devbin/ (the release
-#    binary, the release integration-test binary `it`, benches/torch_baseline.py and,
-#    when present, ../shared/gpu/torch_anchor.py). Both folders are ignored by git.
+#    binary, the release integration-test binary `it`, the release load generator
+#    `loadtest` (examples/loadtest.rs), benches/torch_baseline.py and, when present,
+#    ../shared/gpu/torch_anchor.py). Both folders are ignored by git.
 # 2. On the GPU machine, from the repository root, carrying .gl and .devbin:
 #      OUT=/some/folder bash benches/gpu/run.sh --suite SUITE[,SUITE...]
 #
@@ -15,12 +16,22 @@
 #   tests    the integration tests that need the hardware, required to run there (not
 #            skip): `precision::` (every tile candidate and cooperative-matrix shape
 #            against the f64 reference, f16 rounding, long layers), `timing::` (the
-#            device timestamps the kernels-alone figures rest on) and `pipeline::`
-#            (members sharing a device). TEST_FILTERS replaces the filters.
+#            device timestamps the kernels-alone figures rest on), `pipeline::` and
+#            `pipeline_workers::` (members sharing a device and its worker) and
+#            `device_tensor::` (tensors resident on the device). TEST_FILTERS
+#            replaces the filters.
 #   quick    the headline figures: gemm 4096³ in f32 and f16-coop and E2 at batch 1024
 #            in f32 and f16-coop (autotuned, kernels alone and whole run), each twice;
-#            E1 at batch 1 with a spin-wait; a Pipeline at batch 1 and 64 with a
-#            spin-wait; PyTorch on the same GPU for the same shapes.
+#            E1 at batch 1 with a spin-wait; a Pipeline and a session at batch 1 and
+#            64 with a spin-wait; gemm 4096³ and E2 at 1024 with input and output
+#            resident on the device, when the binary's bench has `--resident`;
+#            PyTorch on the same GPU for the same shapes in f32, f16 and bf16
+#            (autocast, and weights cast once); then the server's load test (the
+#            `serve` suite).
+#   serve    the inference server on the GPU (examples/loadtest.rs, E1 one row per
+#            request, with and without dynamic batching, next to a Session::run loop):
+#            requests/s, p50 and p99 at 1, 16 and 64 clients, two rounds, into
+#            loadtest.md (LOADTEST_SECONDS per cell, default 3; LOADTEST_CLIENTS).
 #   full     every measurement: the autotuned gemm 4096³ in f32, f16 and f16-coop,
 #            PyTorch, E1 and E2 at batch 1 with a spin-wait (with and without the
 #            kernels' timing), every workload, batch and precision autotuned, a sweep
@@ -34,18 +45,24 @@
 # $OUT/NAME.tar.gz, NAME the suites joined by `-`, with report.md also copied to
 # $OUT/NAME-report.md: devices.txt, tests.txt (the test runs), wgpu.jsonl (one object
 # per line from `wgpu-ensemble bench --json`), torch.jsonl (benches/torch_baseline.py),
+# loadtest.md (the load generator's table),
 # torch_anchor.json, tiles.toml (the tiles and coop shapes the autotune chose, per shape
 # class), clocks.csv (nvidia-smi every CLOCK_MS ms, default 100), log.txt (each step
 # with its time, to read against clocks.csv), errors.txt, and report.md
-# (benches/gpu/report.py: the targets next to PyTorch from the same run, then every
-# bench line). Results kept for the record go under benches/results/<machine>-<date>/.
+# (benches/gpu/report.py: the targets next to PyTorch from the same run, f16-coop next
+# to PyTorch's f16 / bf16, the server's figures, then every bench line). Results kept
+# for the record go under benches/results/<machine>-<date>/.
 #
 # Smaller runs (a smoke test on lavapipe, without the test binary's GPU requirements):
 #   GEMM_SIZES=64 BATCHES=1 WORKLOADS=E1 RUNS=2 SWEEP_RUNS=2 DEVICE=adapter:0 SKIP_TORCH=1 \
 #   EXTRA_TILES= COOP_SHAPES= WARMUP_TILE= WGPU_ENSEMBLE_BIN=target/release/wgpu-ensemble \
 #   OUT=/tmp/gpu-smoke bash benches/gpu/run.sh --suite full
 # (or, with PyTorch on the CPU, TORCH_ARGS="--gemm 64 --batches 1 --runs 3" instead of
-# SKIP_TORCH).
+# SKIP_TORCH), and the server's load test on the CPU:
+#   WGPU_ENSEMBLE_BIN=target/release/wgpu-ensemble LOADTEST_SECONDS=0.3 DEVICE=cpu \
+#   WGPU_ENSEMBLE_LOADTEST=target/release/examples/loadtest OUT=/tmp/gpu-smoke \
+#   bash benches/gpu/run.sh --suite serve
+# `bash benches/gpu/check.sh` checks these scripts without a GPU (CI runs it).
 set -u
 cd "$(dirname "$0")/../.."
 
@@ -73,10 +90,21 @@ for l in sys.stdin:
         print(m["executable"])')
   [ -n "$it" ] || { echo "cargo test --test it --no-run gave no executable" >&2; exit 1; }
   cp "$it" .devbin/it
+  cargo build --release --example loadtest
+  cp "$target/release/examples/loadtest" .devbin/
   cp benches/torch_baseline.py .devbin/
   if [ -f ../shared/gpu/torch_anchor.py ]; then cp ../shared/gpu/torch_anchor.py .devbin/; fi
+  # The device call carries at most 64 MiB: the binaries go without their symbols.
+  if command -v strip >/dev/null; then
+    strip .devbin/wgpu-ensemble .devbin/it .devbin/loadtest
+  fi
   ls -la .gl .devbin
   du -sh .gl .devbin
+  local mib
+  mib=$(du -scm .gl .devbin | awk 'END { print $1 }')
+  if [ "$mib" -gt 60 ]; then
+    echo "WARNING: .gl and .devbin hold $mib MiB; a device call carries at most 64 MiB" >&2
+  fi
 }
 
 if [ "${1:-}" = prepare ]; then
@@ -89,13 +117,13 @@ while [ $# -gt 0 ]; do
   case $1 in
     --suite) SUITES=${2:-}; shift 2 ;;
     --suite=*) SUITES=${1#--suite=}; shift ;;
-    -h | --help) sed -n '2,48p' "$0"; exit 0 ;;
-    *) echo "unknown argument: $1 (usage: benches/gpu/run.sh prepare | --suite tests|quick|full[,...])" >&2; exit 2 ;;
+    -h | --help) awk 'NR > 1 && /^set -u/ { exit } NR > 1' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (usage: benches/gpu/run.sh prepare | --suite tests|quick|serve|full[,...])" >&2; exit 2 ;;
   esac
 done
-[ -n "$SUITES" ] || { echo "usage: benches/gpu/run.sh prepare | --suite tests|quick|full[,...]" >&2; exit 2; }
+[ -n "$SUITES" ] || { echo "usage: benches/gpu/run.sh prepare | --suite tests|quick|serve|full[,...]" >&2; exit 2; }
 for s in ${SUITES//,/ }; do
-  case $s in tests | quick | full) ;; *) echo "unknown suite: $s (tests, quick, full)" >&2; exit 2 ;; esac
+  case $s in tests | quick | serve | full) ;; *) echo "unknown suite: $s (tests, quick, serve, full)" >&2; exit 2 ;; esac
 done
 
 OUT=${OUT:-/tmp/wgpu-ensemble-gpu}
@@ -115,7 +143,7 @@ log_clocks "${CLOCK_MS:-100}"
 
 suite_tests() {
   # shellcheck disable=SC2086 # TEST_FILTERS is a list of filters
-  tests ${TEST_FILTERS:-precision:: timing:: pipeline::}
+  tests ${TEST_FILTERS:-precision:: timing:: pipeline:: pipeline_workers:: device_tensor::}
 }
 
 suite_quick() {
@@ -129,9 +157,29 @@ suite_quick() {
     done
     NO_TIMING=1 bench --workload E1 --batch 1 --precision f32 --runs 100 --warmup 10 --trusted-kernels --spin-us 2000
   done
+  # A Pipeline on one GPU against Session::run at E1 batch 1 and 64 (the session's
+  # batch-1 lines are above).
+  NO_TIMING=1 bench --workload E1 --batch 64 --precision f32 --runs 100 --warmup 10 --trusted-kernels --spin-us 2000
   NO_TIMING=1 bench --workload E1 --batch 1 --mode pipeline --runs 100 --trusted-kernels --spin-us 2000
   NO_TIMING=1 bench --workload E1 --batch 64 --mode pipeline --runs 100 --trusted-kernels --spin-us 2000
-  torch --gemm 4096 --batches 1,1024
+  # Input and output left on the device between runs (a DeviceTensor), when this
+  # binary's bench has the flag: the whole run against the kernels alone.
+  if "$B" bench --help 2>/dev/null | grep -q -- "${RESIDENT_FLAG:---resident}"; then
+    for p in f32 f16-coop; do
+      bench --workload gemm --batch 4096 --precision "$p" --runs 30 --warmup 10 --trusted-kernels \
+        --autotune --autotune-cache "$W/tiles.toml" "${RESIDENT_FLAG:---resident}"
+      bench --workload E2 --batch 1024 --precision "$p" --runs 20 --warmup 10 --trusted-kernels \
+        --autotune --autotune-cache "$W/tiles.toml" "${RESIDENT_FLAG:---resident}"
+    done
+  else
+    echo "no ${RESIDENT_FLAG:---resident} in this binary's bench: resident lines skipped" >> "$W/errors.txt"
+  fi
+  torch --gemm 4096 --batches 1,1024 --precision f32,f16,bf16
+  suite_serve
+}
+
+suite_serve() {
+  loadtest --seconds "${LOADTEST_SECONDS:-3}" --clients "${LOADTEST_CLIENTS:-1,16,64}"
 }
 
 suite_full() {
