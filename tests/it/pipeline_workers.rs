@@ -2,13 +2,15 @@
 //! on an input as one job (one submission on a GPU) and answering for all of them;
 //! with `PipelineOptions::worker_per_member(true)` one per member, as before.
 //! What a shared worker changes is observable: a panic, a lost device or a straggler
-//! on one member reaches its device siblings, and only them.
+//! on one member reaches its device siblings, and only them; the late-member bench
+//! keeps a worker per member.
 
 use crate::common;
 
 use std::time::Duration;
 
 use common::{assert_close, input, placement_tests};
+use wgpu_ensemble::bench::{run_bench, BenchMode, Workload};
 use wgpu_ensemble::{
     Activation::*, Aggregate, Error, ExecutionDevice, Fault, FaultPlan, Graph, MemberStatus, Model,
     Pipeline, PipelineOptions, PipelineOutput, Placement, QuorumPolicy, SessionOptions, Tensor,
@@ -324,4 +326,29 @@ fn a_stream_through_the_shared_worker_of_one_device() {
             );
         }
     }
+}
+
+/// `bench --mode late-member` keeps a worker per member: its member 0 sleeps on every
+/// timed input, and the other members, all on the CPU with it, still meet the quorum
+/// (with one worker for the device they were late with it, and the bench failed).
+#[test]
+fn the_late_member_bench_isolates_the_late_member_cpu() {
+    let timeout = Duration::from_millis(40);
+    let report = run_bench(
+        Workload::E1,
+        2,
+        &Placement::Cpu,
+        SessionOptions::default(),
+        BenchMode::LateMember(timeout),
+        1,
+        3,
+    )
+    .unwrap_or_else(|e| panic!("late-member on the CPU: {e}"));
+    // Each timed input waits for the late member until the deadline.
+    assert!(
+        report.p50_ms >= 40.0,
+        "p50 {} ms with a member late past a 40 ms timeout",
+        report.p50_ms
+    );
+    assert!(report.baseline_p50_ms.is_some());
 }
