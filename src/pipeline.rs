@@ -156,11 +156,9 @@ struct Inlets {
 /// aggregator with a dequeue timeout.
 ///
 /// ```text
-///                                        members m0, m1 on GPU 0
-/// send(x) ──┬──> [input queue w0] ─> worker w0 ─> [prediction queue w0] ──┐
-///           ├──> [input queue w1] ─> worker w1 ─> [prediction queue w1] ──┼─> aggregator ─> [results] ─> recv()
-///           └──> [input queue w2] ─> worker w2 ─> [prediction queue w2] ──┘
-///                                        member m2 on GPU 1, m3 and m4 on the CPU
+/// send(x) ──┬──> [input queue w0] ─> worker w0: m0, m1 (GPU 0) ─> [prediction queue w0] ──┐
+///           ├──> [input queue w1] ─> worker w1: m2 (GPU 1)     ─> [prediction queue w1] ──┼─> aggregator ─> [results] ─> recv()
+///           └──> [input queue w2] ─> worker w2: m3, m4 (CPU)   ─> [prediction queue w2] ──┘
 /// ```
 ///
 /// Every input gets an id (0, 1, 2, ... in the order sent) and exactly one result,
