@@ -306,9 +306,12 @@ pub fn run_bench(
         BenchMode::LateMember(timeout) => {
             let late_from = warmup.saturating_add(runs) as u64;
             let plan = FaultPlan::new().from_run("m0", late_from, Fault::Sleep(timeout * 5));
+            // A worker per member: with the members of a device sharing one worker, m0's
+            // sleep would make its siblings late too, and no input would meet the quorum.
             let pipeline = Pipeline::new(
                 graph,
                 PipelineOptions::default()
+                    .worker_per_member(true)
                     .timeout(timeout)
                     .quorum(QuorumPolicy::Quorum(members.saturating_sub(1).max(1)))
                     .session(options.faults(plan)),

@@ -35,6 +35,11 @@ pub struct PipelineOptions {
     /// Device and kernel settings, and the [`FaultPlan`](crate::FaultPlan) (whose run
     /// numbers are input ids here).
     pub session: SessionOptions,
+    /// One worker (and executor) per member instead of one per device. Default
+    /// `false`: the members placed on one device share one worker, which runs them as
+    /// one submission per input as [`Session::run`](crate::Session::run) does. See
+    /// [`PipelineOptions::worker_per_member`].
+    pub worker_per_member: bool,
 }
 
 impl Default for PipelineOptions {
@@ -45,6 +50,7 @@ impl Default for PipelineOptions {
             quorum: QuorumPolicy::RequireAll,
             member_outputs: false,
             session: SessionOptions::default(),
+            worker_per_member: false,
         }
     }
 }
@@ -77,6 +83,31 @@ impl PipelineOptions {
     /// Sets [`PipelineOptions::session`].
     pub fn session(mut self, options: SessionOptions) -> Self {
         self.session = options;
+        self
+    }
+
+    /// Gives every member a worker and an executor of its own (`true`) instead of one
+    /// per device (`false`, the default).
+    ///
+    /// One worker per device runs its members as one submission per input (stacked,
+    /// as a [`Session`](crate::Session) does): on one GPU that is one upload, one
+    /// command buffer, one wait and one readback per input instead of one each per
+    /// member. The price is isolation: a member that is slow on an input (or sleeps
+    /// by fault injection) delays its device siblings on that input, so under a
+    /// timeout they are late with it, and a panic fails the input for all of them.
+    /// With a worker per member, each member of a device submits and waits on its own,
+    /// and a straggler delays only itself; members of one device then also overlap
+    /// across inputs (on the CPU, one worker per member runs several members at once).
+    ///
+    /// ```
+    /// use wgpu_ensemble::PipelineOptions;
+    ///
+    /// let isolated = PipelineOptions::default().worker_per_member(true);
+    /// assert!(isolated.worker_per_member);
+    /// assert!(!PipelineOptions::default().worker_per_member);
+    /// ```
+    pub fn worker_per_member(mut self, yes: bool) -> Self {
+        self.worker_per_member = yes;
         self
     }
 }
@@ -113,41 +144,48 @@ struct Ticket {
 /// A prediction: `None` when the worker skipped the input (its deadline had passed).
 type Prediction = (u64, Option<Result<DeviceOutput>>);
 
-/// The open ends of the queues `send` writes to: every member's input queue and the
+/// The open ends of the queues `send` writes to: every worker's input queue and the
 /// aggregator's.
 struct Inlets {
-    members: Vec<Sender<Item>>,
+    workers: Vec<Sender<Item>>,
     tickets: Sender<Ticket>,
 }
 
-/// Between-graph mode: a streaming pipeline with one worker per member, bounded
-/// queues, and an aggregator with a dequeue timeout.
+/// Between-graph mode: a streaming pipeline with one worker per device (or, with
+/// [`PipelineOptions::worker_per_member`], per member), bounded queues, and an
+/// aggregator with a dequeue timeout.
 ///
 /// ```text
-/// send(x) ──┬──> [input queue m0] ─> worker m0 ─> [prediction queue m0] ──┐
-///           ├──> [input queue m1] ─> worker m1 ─> [prediction queue m1] ──┼─> aggregator ─> [results] ─> recv()
-///           └──> [input queue m2] ─> worker m2 ─> [prediction queue m2] ──┘
+/// send(x) ──┬──> [input queue w0] ─> worker w0: m0, m1 (GPU 0) ─> [prediction queue w0] ──┐
+///           ├──> [input queue w1] ─> worker w1: m2 (GPU 1)     ─> [prediction queue w1] ──┼─> aggregator ─> [results] ─> recv()
+///           └──> [input queue w2] ─> worker w2: m3, m4 (CPU)   ─> [prediction queue w2] ──┘
 /// ```
 ///
 /// Every input gets an id (0, 1, 2, ... in the order sent) and exactly one result,
-/// in input order. The aggregator waits for each member's prediction until the
-/// input's deadline (send time + [`PipelineOptions::timeout`]), then applies the same
-/// [`QuorumPolicy`] and reports the same [`MemberStatus`](crate::MemberStatus) per
-/// member as [`Session::run`](crate::Session::run). A worker that dequeues an input
-/// whose deadline has passed skips it, so a straggler falls behind by at most the one
-/// input it is running. All queues are bounded by [`PipelineOptions::capacity`]:
-/// `send` blocks when a member's input queue is full, so receive results from another
-/// thread (or interleave `send` and `recv`) when streaming more than `capacity` inputs.
+/// in input order. A worker runs its members on the input as one job — on a GPU one
+/// upload, one submission (members of one shape stacked) and one readback, as in
+/// [`Session::run`](crate::Session::run) — and hands on one prediction covering them.
+/// The aggregator waits for each worker's prediction until the input's deadline (send
+/// time + [`PipelineOptions::timeout`]), then applies the same [`QuorumPolicy`] and
+/// reports the same [`MemberStatus`](crate::MemberStatus) per member as
+/// `Session::run`: the members of a worker whose prediction is late are all late. A
+/// worker that dequeues an input whose deadline has passed skips it, so a straggler
+/// falls behind by at most the one input it is running. All queues are bounded by
+/// [`PipelineOptions::capacity`]: `send` blocks when a worker's input queue is full,
+/// so receive results from another thread (or interleave `send` and `recv`) when
+/// streaming more than `capacity` inputs.
 ///
 /// `Pipeline` is `Send + Sync`; `send` from several threads is serialised so that ids
 /// and queue order agree.
 pub struct Pipeline {
     input_width: usize,
     devices: Vec<ExecutionDevice>,
+    /// The members of every worker, in worker order.
+    workers: Vec<Vec<usize>>,
     inputs: Mutex<Option<Inlets>>,
     next_id: AtomicU64,
     results: Receiver<PipelineOutput>,
-    /// The members' workers, then the aggregator.
+    /// The workers, then the aggregator.
     threads: Vec<WorkerThread>,
     /// Set when the pipeline is dropped: what is still queued is skipped.
     abandoned: Arc<AtomicBool>,
@@ -155,26 +193,32 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Compiles every member of `graph` into its own worker (members placed on one
-    /// device share the device, not the worker) and starts the aggregator.
+    /// Compiles the members of `graph` into one worker per device (or per member,
+    /// with [`PipelineOptions::worker_per_member`]) and starts the aggregator.
     pub fn new(graph: Graph, options: PipelineOptions) -> Result<Self> {
         check_quorum(options.quorum, graph.members.len())?;
         let capacity = options.capacity.max(1);
-        let compiled = compile(&graph, &options.session, true)?;
+        let compiled = compile(&graph, &options.session, options.worker_per_member)?;
         let names: Vec<String> = graph.members.iter().map(|m| m.name.clone()).collect();
         let plan = Arc::new(options.session.faults.clone());
         let mut devices = vec![ExecutionDevice::Cpu; names.len()];
+        let mut workers = Vec::new();
         let mut inputs = Vec::new();
-        let mut predictions = Vec::new();
+        let mut outlets = Vec::new();
         let mut threads = Vec::new();
         let abandoned = Arc::new(AtomicBool::new(false));
         for c in compiled {
-            let m = c.members[0];
-            devices[m] = c.device.clone();
+            for &m in &c.members {
+                devices[m] = c.device.clone();
+            }
+            let thread_name = match c.members.as_slice() {
+                [m] => format!("wgpu-ensemble member {}", names[*m]),
+                _ => format!("wgpu-ensemble {}", c.device),
+            };
             let (item_tx, item_rx) = bounded::<Item>(capacity);
             let (pred_tx, pred_rx) = bounded::<Prediction>(capacity);
             let cx = WorkerContext {
-                members: c.members,
+                members: c.members.clone(),
                 names: names.clone(),
                 plan: Arc::clone(&plan),
                 device: c.device.to_string(),
@@ -182,31 +226,34 @@ impl Pipeline {
             let mut executor = c.executor;
             let want = options.member_outputs;
             let stop = Arc::clone(&abandoned);
-            let thread =
-                WorkerThread::spawn(format!("wgpu-ensemble member {}", names[m]), move |busy| {
-                    while let Ok(item) = item_rx.recv() {
-                        if stop.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        // Busy while it runs the input and hands the prediction on
-                        // (which blocks while the aggregator's queue is full).
-                        let sent = busy.during(|| {
-                            let result = if item.deadline.is_some_and(|d| Instant::now() >= d) {
-                                None
-                            } else {
-                                Some(execute(executor.as_mut(), &item.input, want, item.id, &cx))
-                            };
-                            pred_tx.send((item.id, result)).is_ok()
-                        });
-                        if !sent {
-                            break;
-                        }
+            let thread = WorkerThread::spawn(thread_name, move |busy| {
+                while let Ok(item) = item_rx.recv() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
                     }
-                })
-                .map_err(|e| thread_error(&c.device, e))?;
+                    // Busy while it runs the input and hands the prediction on
+                    // (which blocks while the aggregator's queue is full).
+                    let sent = busy.during(|| {
+                        let result = if item.deadline.is_some_and(|d| Instant::now() >= d) {
+                            None
+                        } else {
+                            Some(execute(executor.as_mut(), &item.input, want, item.id, &cx))
+                        };
+                        pred_tx.send((item.id, result)).is_ok()
+                    });
+                    if !sent {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| thread_error(&c.device, e))?;
             threads.push(thread);
             inputs.push(item_tx);
-            predictions.push(pred_rx);
+            outlets.push(Outlet {
+                members: c.members.clone(),
+                predictions: pred_rx,
+            });
+            workers.push(c.members);
         }
         let (ticket_tx, ticket_rx) = bounded::<Ticket>(capacity);
         let (result_tx, result_rx) = bounded::<PipelineOutput>(capacity);
@@ -217,7 +264,7 @@ impl Pipeline {
             cols: graph.output_width,
             quorum: options.quorum,
             timeout: options.timeout,
-            predictions,
+            outlets,
         };
         let stop = Arc::clone(&abandoned);
         threads.push(
@@ -229,8 +276,9 @@ impl Pipeline {
         Ok(Self {
             input_width: graph.input_width,
             devices,
+            workers,
             inputs: Mutex::new(Some(Inlets {
-                members: inputs,
+                workers: inputs,
                 tickets: ticket_tx,
             })),
             next_id: AtomicU64::new(0),
@@ -251,14 +299,21 @@ impl Pipeline {
         self.devices.iter()
     }
 
-    /// Queues `input` (`[rows, input_width]`) for every member and returns its id.
+    /// The members (indexes in member order) of every worker: one worker per device,
+    /// or one per member with [`PipelineOptions::worker_per_member`]. Each worker runs
+    /// its members on an input as one job and answers for all of them at once.
+    pub fn workers(&self) -> impl Iterator<Item = &[usize]> {
+        self.workers.iter().map(Vec::as_slice)
+    }
+
+    /// Queues `input` (`[rows, input_width]`) for every worker and returns its id.
     /// Blocks while a queue is full (back-pressure). Fails on a bad input, or after
     /// [`Pipeline::close`].
     pub fn send(&self, input: &Tensor) -> Result<u64> {
         let rows = check_input(input, self.input_width)?;
         let guard = self.inputs.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(Inlets {
-            members: inputs,
+            workers: inputs,
             tickets,
         }) = guard.as_ref()
         else {
@@ -276,7 +331,7 @@ impl Pipeline {
             })
             .map_err(|_| Error::PipelineClosed)?;
         for queue in inputs {
-            // A worker that is gone shows up as a failed member in the result.
+            // A worker that is gone shows up as failed members in the result.
             let _ = queue.send(Item {
                 id,
                 input: input.clone(),
@@ -336,7 +391,14 @@ fn thread_error(device: &ExecutionDevice, e: std::io::Error) -> Error {
     }
 }
 
-/// Takes one prediction per member for each input, in input order.
+/// A worker's prediction queue and the members its predictions cover.
+struct Outlet {
+    members: Vec<usize>,
+    predictions: Receiver<Prediction>,
+}
+
+/// Takes one prediction per worker (covering its members) for each input, in input
+/// order.
 struct Aggregator {
     names: Vec<String>,
     devices: Vec<ExecutionDevice>,
@@ -344,7 +406,7 @@ struct Aggregator {
     cols: usize,
     quorum: QuorumPolicy,
     timeout: Option<Duration>,
-    predictions: Vec<Receiver<Prediction>>,
+    outlets: Vec<Outlet>,
 }
 
 impl Aggregator {
@@ -357,9 +419,9 @@ impl Aggregator {
         stop: &AtomicBool,
         busy: &crate::runtime::Busy,
     ) {
-        // The id each member's prediction queue will deliver next.
-        let mut cursor = vec![0u64; self.predictions.len()];
-        let mut gone = vec![false; self.predictions.len()];
+        // The id each worker's prediction queue will deliver next.
+        let mut cursor = vec![0u64; self.outlets.len()];
+        let mut gone = vec![false; self.outlets.len()];
         while let Ok(ticket) = tickets.recv() {
             if stop.load(Ordering::SeqCst) {
                 return;
@@ -371,7 +433,7 @@ impl Aggregator {
         }
     }
 
-    /// One ticket's predictions, each member's until the ticket's deadline, combined.
+    /// One ticket's predictions, each worker's until the ticket's deadline, combined.
     fn combine(&self, ticket: &Ticket, cursor: &mut [u64], gone: &mut [bool]) -> PipelineOutput {
         let mut combiner = Combiner::new(
             &self.names,
@@ -380,31 +442,32 @@ impl Aggregator {
             ticket.rows,
             self.cols,
         );
-        for (m, queue) in self.predictions.iter().enumerate() {
-            if gone[m] {
-                combiner.fail(&[m], self.worker_gone(m));
+        for (w, outlet) in self.outlets.iter().enumerate() {
+            let (members, queue) = (&outlet.members, &outlet.predictions);
+            if gone[w] {
+                combiner.fail(members, self.worker_gone(members));
                 continue;
             }
             // Drop predictions of earlier inputs that arrived after their deadline.
-            while cursor[m] <= ticket.id {
+            while cursor[w] <= ticket.id {
                 let message = match ticket.deadline {
                     Some(d) => queue.recv_deadline(d),
                     None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 };
                 match message {
                     Ok((id, prediction)) => {
-                        cursor[m] = id + 1;
+                        cursor[w] = id + 1;
                         if id == ticket.id {
                             if let Some(result) = prediction {
-                                combiner.add(&[m], result);
+                                combiner.add(members, result);
                             }
                         }
                     }
                     // Late: its status stays unanswered.
                     Err(RecvTimeoutError::Timeout) => break,
                     Err(RecvTimeoutError::Disconnected) => {
-                        gone[m] = true;
-                        combiner.fail(&[m], self.worker_gone(m));
+                        gone[w] = true;
+                        combiner.fail(members, self.worker_gone(members));
                         break;
                     }
                 }
@@ -419,10 +482,19 @@ impl Aggregator {
         }
     }
 
-    fn worker_gone(&self, m: usize) -> Error {
+    /// The failure of `members` (one worker's, never empty) once their worker is gone.
+    fn worker_gone(&self, members: &[usize]) -> Error {
+        let device = members
+            .first()
+            .map_or_else(String::new, |&m| self.devices[m].to_string());
+        let names: Vec<&str> = members.iter().map(|&m| self.names[m].as_str()).collect();
         Error::WorkerFailed {
-            device: self.devices[m].to_string(),
-            message: format!("the worker of member '{}' has stopped", self.names[m]),
+            device,
+            message: format!(
+                "the worker of member{} '{}' has stopped",
+                if names.len() == 1 { "" } else { "s" },
+                names.join("', '")
+            ),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Compiling a graph: every placement resolved to a device (creating the devices),
-//! and one executor built per device (the session) or per member (the pipeline).
+//! and one executor built per device (the session, and the pipeline by default) or per
+//! member (a pipeline with `PipelineOptions::worker_per_member`).
 
 use std::sync::Arc;
 
@@ -11,8 +12,8 @@ use crate::graph::{Graph, Member};
 use crate::options::SessionOptions;
 use crate::placement::{is_llvmpipe, ExecutionDevice, Placement};
 
-/// One compiled device (or member, for the pipeline): where it runs, which graph
-/// members it holds, and its executor.
+/// One compiled device (or member, for a pipeline with a worker per member): where it
+/// runs, which graph members it holds, and its executor.
 pub(crate) struct Compiled {
     pub(crate) device: ExecutionDevice,
     pub(crate) members: Vec<usize>,
@@ -25,13 +26,14 @@ enum Key {
     Cpu,
     Adapter(usize, usize),
     External(wgpu::Device),
-    /// One group per member (the pipeline's workers).
+    /// One group per member (a pipeline's workers with `worker_per_member`).
     Member(usize),
 }
 
 /// Resolves every placement, creates the devices, and builds one executor per device
-/// (`per_member == false`, the session) or per member (the pipeline, where members on
-/// one device share it but each has its own executor).
+/// (`per_member == false`: the session, and the pipeline by default) or per member (a
+/// pipeline with `worker_per_member`, where members on one device share the device but
+/// each has its own executor).
 pub(crate) fn compile(
     graph: &Graph,
     options: &SessionOptions,

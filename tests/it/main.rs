@@ -16,6 +16,7 @@ mod kernels;
 mod model_files;
 mod outputs;
 mod pipeline;
+mod pipeline_workers;
 mod placement;
 mod precision;
 mod reads;

@@ -104,9 +104,9 @@ fn same_answers_as_the_session() {
     }
 }
 
-/// Members that share one device run on their own workers, each waiting for its own
-/// results on the shared device: a stream of inputs sent from one thread and received
-/// on another gives the right answer for every input. (One worker's wait can fire
+/// Members that share one device run on their own workers (`worker_per_member`), each
+/// waiting for its own results on the shared device: a stream of inputs sent from one
+/// thread and received on another gives the right answer for every input. (One worker's wait can fire
 /// another's map callbacks: a worker that only looked for its callback after its own
 /// wait sometimes found none, "a result buffer was not mapped after the wait", on
 /// lavapipe within 40 inputs of E1.)
@@ -125,8 +125,10 @@ fn members_sharing_a_device_stream_many_inputs() {
     for (i, m) in models.iter().enumerate() {
         g = g.member(format!("m{i}"), m.clone(), Placement::Adapter(a.index));
     }
-    let pipeline =
-        Pipeline::new(g.build().unwrap(), PipelineOptions::default().capacity(4)).unwrap();
+    let options = PipelineOptions::default()
+        .capacity(4)
+        .worker_per_member(true);
+    let pipeline = Pipeline::new(g.build().unwrap(), options).unwrap();
     let inputs: Vec<Tensor> = (0..120).map(|i| input(1 + i % 3, 64, i as u64)).collect();
     // Every result is received before any is checked: a receiver that stopped early
     // would leave the sender blocked on a full queue.
@@ -210,7 +212,10 @@ fn a_thousand_inputs_while_one_member_fails_half_way() {
 #[test]
 fn a_late_member_under_quorum_then_normal_inputs() {
     let plan = FaultPlan::new().on_run("m2", 1, Fault::Sleep(Duration::from_millis(400)));
+    // A worker per member: with the CPU's members sharing one worker, m2's sleep would
+    // make its siblings late too (pipeline_workers checks that).
     let options = PipelineOptions::default()
+        .worker_per_member(true)
         .timeout(Duration::from_millis(150))
         .quorum(QuorumPolicy::Quorum(2))
         .session(SessionOptions::default().faults(plan));
