@@ -409,3 +409,65 @@ fn lost_device_tensors_are_errors_vulkan() {
         );
     }
 }
+
+/// `bench --resident` times `run_device` on an input uploaded once: its report says
+/// `resident`; it goes with `--mode session` only.
+fn resident_bench(placement: Placement, label: &str) {
+    use wgpu_ensemble::bench::{run_bench, BenchMode, Workload};
+    let report = run_bench(
+        Workload::Gemm,
+        24,
+        &placement,
+        SessionOptions::default(),
+        BenchMode::Resident,
+        1,
+        2,
+    )
+    .unwrap();
+    assert_eq!(report.mode, "resident", "{label}");
+    assert_eq!(report.runs, 2, "{label}");
+    assert!(report.p50_ms > 0.0, "{label}");
+}
+
+#[test]
+fn resident_bench_cpu() {
+    common::on_placement("resident_bench", Target::Cpu, resident_bench);
+    let out = common::cli(&[
+        "bench",
+        "--workload",
+        "gemm",
+        "--batch",
+        "8",
+        "--device",
+        "cpu",
+        "--runs",
+        "1",
+        "--mode",
+        "pipeline",
+        "--resident",
+    ]);
+    assert!(!out.status.success());
+    let stderr = common::stderr(&out);
+    assert!(stderr.contains("--resident"), "{stderr}");
+    let out = common::cli(&[
+        "bench",
+        "--workload",
+        "gemm",
+        "--batch",
+        "8",
+        "--device",
+        "cpu",
+        "--runs",
+        "1",
+        "--resident",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("\"mode\":\"resident\""), "{stdout}");
+}
+
+#[test]
+fn resident_bench_vulkan() {
+    common::on_placement("resident_bench", Target::Vulkan, resident_bench);
+}
