@@ -471,3 +471,46 @@ fn resident_bench_cpu() {
 fn resident_bench_vulkan() {
     common::on_placement("resident_bench", Target::Vulkan, resident_bench);
 }
+
+/// A member slower than the run's timeout: `run_device` gives `run`'s
+/// `DeadlineExceeded` naming it (on a GPU device, with the aggregate that would have
+/// stayed there never arriving), and the next run on the same input is right.
+fn run_device_deadline(placement: Placement, label: &str) {
+    use std::time::Duration;
+    let models = members();
+    let mut g = Graph::builder(10);
+    for (i, m) in models.iter().enumerate() {
+        g = g.member(format!("m{i}"), m.clone(), placement.clone());
+    }
+    let plan = FaultPlan::new().on_run("m0", 0, Fault::Sleep(Duration::from_millis(300)));
+    let session =
+        Session::with_options(g.build().unwrap(), SessionOptions::default().faults(plan)).unwrap();
+    let x = input(3, 10, 4);
+    let resident = session.upload(&x).unwrap();
+    let late = RunOptions::default().timeout(Duration::from_millis(30));
+    match session.run_device(&resident, &late) {
+        Err(Error::DeadlineExceeded { missing, .. }) => {
+            assert!(missing.iter().any(|m| m == "m0"), "{label}: {missing:?}")
+        }
+        other => panic!("{label}: expected DeadlineExceeded, got {other:?}"),
+    }
+    let out = session
+        .run_device(&resident, &RunOptions::default())
+        .unwrap();
+    let want = common::reference_present(&models, &[1.0, 1.0, 1.0], &x, &[0, 1, 2]);
+    assert_close(
+        &format!("{label} after the deadline"),
+        &host_values(&out.aggregate),
+        &want,
+    );
+}
+
+#[test]
+fn run_device_deadline_cpu() {
+    common::on_placement("run_device_deadline", Target::Cpu, run_device_deadline);
+}
+
+#[test]
+fn run_device_deadline_vulkan() {
+    common::on_placement("run_device_deadline", Target::Vulkan, run_device_deadline);
+}
