@@ -1,13 +1,17 @@
 //! [`DeviceTensor`]: a `[rows, cols]` f32 tensor with copies on devices, so that
 //! chained runs skip the host: [`Session::upload`](crate::Session::upload) makes one,
 //! [`Session::run_device`](crate::Session::run_device) takes one and returns one.
+//!
+//! Part of the executor contract (beside `exec.rs`): a device's copy is a
+//! [`DeviceCopy`], which the backend that made it implements (`gpu::Resident`) and
+//! finds again by its type; nothing here knows a backend.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::gpu::Resident;
 use crate::placement::ExecutionDevice;
 use crate::report::MemberReport;
 use crate::tensor::Tensor;
@@ -52,10 +56,24 @@ pub struct DeviceTensor {
     inner: Arc<Inner>,
 }
 
+/// A tensor's values on one device, held the way its backend holds them: the storage
+/// of a [`DeviceTensor`].
+pub(crate) trait DeviceCopy: Send + Sync {
+    /// The device holding the values.
+    fn device(&self) -> &ExecutionDevice;
+
+    /// The values, read back to the host waiting at most `timeout` for the device;
+    /// [`Error::DeviceLost`] naming it when the device has been lost since.
+    fn read(&self, timeout: Duration) -> Result<Vec<f32>>;
+
+    /// The backend's own type, for the backend to find its copies.
+    fn as_any(&self) -> &dyn Any;
+}
+
 struct Inner {
     shape: [usize; 2],
     host: Option<Tensor>,
-    copies: Vec<Resident>,
+    copies: Vec<Arc<dyn DeviceCopy>>,
     /// How long a readback waits for its device (the session's operation timeout).
     timeout: Duration,
 }
@@ -65,7 +83,7 @@ impl DeviceTensor {
     pub(crate) fn new(
         shape: [usize; 2],
         host: Option<Tensor>,
-        copies: Vec<Resident>,
+        copies: Vec<Arc<dyn DeviceCopy>>,
         timeout: Duration,
     ) -> Self {
         Self {
@@ -138,9 +156,9 @@ impl DeviceTensor {
         }))
     }
 
-    /// The copy on `ctx`'s device, if it has one.
-    pub(crate) fn copy_on(&self, ctx: &crate::gpu::GpuContext) -> Option<&Resident> {
-        self.inner.copies.iter().find(|c| c.is_on(ctx))
+    /// The copies on devices, for a backend to find its own.
+    pub(crate) fn copies(&self) -> impl Iterator<Item = &dyn DeviceCopy> {
+        self.inner.copies.iter().map(|c| c.as_ref())
     }
 }
 

@@ -16,9 +16,8 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::device_tensor::DeviceTensor;
+use crate::device_tensor::{DeviceCopy, DeviceTensor};
 use crate::error::{Error, Result};
-use crate::gpu::Resident;
 use crate::model::Model;
 use crate::tensor::Tensor;
 
@@ -84,7 +83,7 @@ pub(crate) trait Executor: Send {
         want_members: bool,
         skip: &[usize],
         keep_output: bool,
-    ) -> Result<(DeviceOutput, Option<Resident>)> {
+    ) -> Result<(DeviceOutput, Option<Arc<dyn DeviceCopy>>)> {
         let _ = keep_output;
         let host = input.to_host()?;
         Ok((self.run(&host, want_members, skip)?, None))
@@ -92,7 +91,7 @@ pub(crate) trait Executor: Send {
 
     /// A copy of `input` on the executor's device, `None` where there is no device
     /// (the host CPU, the default).
-    fn upload(&mut self, input: &Tensor) -> Result<Option<Resident>> {
+    fn upload(&mut self, input: &Tensor) -> Result<Option<Arc<dyn DeviceCopy>>> {
         let _ = input;
         Ok(None)
     }

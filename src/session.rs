@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::aggregate::Mode;
-use crate::device_tensor::{DeviceRunOutput, DeviceTensor};
+use crate::device_tensor::{DeviceCopy, DeviceRunOutput, DeviceTensor};
 use crate::error::{Error, Result};
 use crate::exec::{spin_until, DeviceOutput, Executor};
-use crate::gpu::Resident;
 use crate::graph::Graph;
 use crate::options::{QuorumPolicy, RunOptions, SessionOptions};
 use crate::placement::ExecutionDevice;
@@ -39,12 +38,15 @@ enum Work {
     Upload {
         worker: usize,
         tensor: Tensor,
-        reply: Sender<(usize, Result<Option<Resident>>)>,
+        reply: Sender<UploadReply>,
     },
 }
 
+/// An upload's result: the worker's copy (`None` on the CPU).
+type UploadReply = (usize, Result<Option<Arc<dyn DeviceCopy>>>);
+
 /// A job's result: the device's output, and the aggregate when kept on its device.
-type Reply = (usize, Result<(DeviceOutput, Option<Resident>)>);
+type Reply = (usize, Result<(DeviceOutput, Option<Arc<dyn DeviceCopy>>)>);
 
 struct Job {
     worker: usize,
@@ -218,7 +220,7 @@ impl Session {
             pending.push(w);
         }
         drop(reply);
-        let mut copies: Vec<(usize, Resident)> = Vec::with_capacity(pending.len());
+        let mut copies: Vec<(usize, Arc<dyn DeviceCopy>)> = Vec::with_capacity(pending.len());
         let waiting = Instant::now();
         for _ in 0..pending.len() {
             let left = self.operation_timeout.saturating_sub(waiting.elapsed());
@@ -335,7 +337,7 @@ impl Session {
         input: Payload,
         options: &RunOptions,
         started: Instant,
-    ) -> Result<(Combiner<'_>, Option<Resident>)> {
+    ) -> Result<(Combiner<'_>, Option<Arc<dyn DeviceCopy>>)> {
         check_quorum(options.quorum, self.names.len())?;
         let run = self.runs.fetch_add(1, Ordering::Relaxed);
         // A timeout too long to represent is no deadline.
@@ -511,7 +513,7 @@ fn upload(
     executor: &mut dyn Executor,
     tensor: &Tensor,
     cx: &WorkerContext,
-) -> Result<Option<Resident>> {
+) -> Result<Option<Arc<dyn DeviceCopy>>> {
     catch_unwind(AssertUnwindSafe(|| executor.upload(tensor))).unwrap_or_else(|_| {
         executor.reset();
         Err(Error::WorkerFailed {

@@ -33,6 +33,5 @@ pub use adapters::{adapters, probe_adapters};
 pub(crate) use context::GpuContext;
 pub(crate) use executor::GpuExecutor;
 pub(crate) use kernels::{bind_buffers, compute_pipeline};
-pub(crate) use resident::Resident;
 pub(crate) use state::LLVMPIPE_SMALL_INPUTS;
 pub(crate) use tune::Tuner;

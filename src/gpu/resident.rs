@@ -3,11 +3,13 @@
 //! aggregate, read by the runs of that device (a copy on the device, no upload) and
 //! read back to the host on demand.
 
+use std::any::Any;
 use std::time::{Duration, Instant};
 
 use super::context::GpuContext;
 use super::readback::{copy_f32, map_for_reading, read_mapped, wait_for, CALLBACK_GRACE};
 use super::stack::bytes_of;
+use crate::device_tensor::DeviceCopy;
 use crate::error::{Error, Result};
 use crate::placement::ExecutionDevice;
 
@@ -75,11 +77,6 @@ impl Resident {
         Ok(resident)
     }
 
-    /// The device the copy is on.
-    pub(crate) fn device(&self) -> &ExecutionDevice {
-        &self.ctx.label
-    }
-
     /// Whether the copy lives on `ctx`'s device (the same wgpu device, not only the
     /// same adapter: a device made again after a loss is another one).
     pub(crate) fn is_on(&self, ctx: &GpuContext) -> bool {
@@ -106,7 +103,7 @@ impl Resident {
 
     /// The values, read back through a staging buffer, waiting at most `timeout` for
     /// the device.
-    pub(crate) fn read(&self, timeout: Duration) -> Result<Vec<f32>> {
+    fn read_back(&self, timeout: Duration) -> Result<Vec<f32>> {
         self.check_alive()?;
         let values = self.rows * self.cols;
         let bytes = bytes_of(values);
@@ -158,4 +155,29 @@ impl Resident {
         read_mapped(&staging, bytes, |view| copy_f32(&mut out, view)).map_err(gpu)?;
         Ok(out)
     }
+}
+
+impl DeviceCopy for Resident {
+    fn device(&self) -> &ExecutionDevice {
+        &self.ctx.label
+    }
+
+    fn read(&self, timeout: Duration) -> Result<Vec<f32>> {
+        self.read_back(timeout)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// The copy of `tensor` that is a [`Resident`] on `ctx`'s device, if it has one.
+pub(crate) fn copy_on<'a>(
+    tensor: &'a crate::DeviceTensor,
+    ctx: &GpuContext,
+) -> Option<&'a Resident> {
+    tensor
+        .copies()
+        .filter_map(|c| c.as_any().downcast_ref::<Resident>())
+        .find(|r| r.is_on(ctx))
 }

@@ -4,11 +4,10 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use crate::device_tensor::DeviceTensor;
+use crate::device_tensor::{DeviceCopy, DeviceTensor};
 use crate::error::{Error, Result};
 use crate::exec::{DeviceOutput, Executor, Loss};
 use crate::fault::{Fault, FaultPlan};
-use crate::gpu::Resident;
 use crate::tensor::Tensor;
 
 /// A job's input.
@@ -41,7 +40,7 @@ pub(crate) fn execute_input(
     want_members: bool,
     run: u64,
     cx: &WorkerContext,
-) -> Result<(DeviceOutput, Option<Resident>)> {
+) -> Result<(DeviceOutput, Option<Arc<dyn DeviceCopy>>)> {
     let (members, names, plan, device) = (&cx.members, &cx.names, &cx.plan, &cx.device);
     let injected = |m: usize| {
         (
