@@ -194,4 +194,11 @@ impl DeviceRunOutput {
             .iter()
             .all(|m| matches!(m.status, crate::report::MemberStatus::Finished))
     }
+
+    /// The members that did not finish.
+    pub fn missing(&self) -> impl Iterator<Item = &MemberReport> {
+        self.members
+            .iter()
+            .filter(|m| !matches!(m.status, crate::report::MemberStatus::Finished))
+    }
 }

@@ -283,6 +283,8 @@ fn several_devices_and_quorum_vulkan() {
     assert!(out.aggregate.is_on_device());
     assert!(matches!(out.members[1].status, MemberStatus::Failed(_)));
     assert!(!out.is_complete());
+    let missing: Vec<&str> = out.missing().map(|m| m.name.as_str()).collect();
+    assert_eq!(missing, ["m1"]);
     let want = common::reference_present(&models, &weights, &x, &[0, 2]);
     assert_close("quorum on the device", &host_values(&out.aggregate), &want);
     // Requiring all members, the failure is the run's error.
