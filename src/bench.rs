@@ -135,9 +135,10 @@ impl Workload {
 pub struct BenchReport {
     /// `gemm`, `E1` or `E2`.
     pub workload: String,
-    /// `session` (`Session::run` in a loop), `pipeline` (a stream through
-    /// [`Pipeline`]) or `late-member` (one input at a time through a [`Pipeline`]
-    /// under a quorum, with one member always late).
+    /// `session` (`Session::run` in a loop), `resident` (`Session::run_device` in a
+    /// loop on an input uploaded once), `pipeline` (a stream through [`Pipeline`]) or
+    /// `late-member` (one input at a time through a [`Pipeline`] under a quorum, with
+    /// one member always late).
     pub mode: String,
     /// Rows per run (for `gemm`, also the layer's size).
     pub batch: usize,
@@ -181,6 +182,10 @@ pub struct BenchReport {
 pub enum BenchMode {
     /// `Session::run` in a loop; latency per run.
     Session,
+    /// `Session::run_device` in a loop on an input uploaded once (not timed); latency
+    /// per run, the aggregate left where the run leaves it (on the device when one GPU
+    /// device holds every member: the whole run without the host copies).
+    Resident,
     /// `runs` inputs streamed through a [`Pipeline`] (sent from one thread, received
     /// on another); latency from `send` to the result, throughput over the stream.
     Pipeline,
@@ -195,6 +200,7 @@ impl BenchMode {
     fn name(self) -> &'static str {
         match self {
             BenchMode::Session => "session",
+            BenchMode::Resident => "resident",
             BenchMode::Pipeline => "pipeline",
             BenchMode::LateMember(_) => "late-member",
         }
@@ -341,6 +347,22 @@ pub fn run_bench(
             started_all = Instant::now();
             for _ in 0..runs {
                 one(&mut times, &mut device_times)?;
+            }
+        }
+        BenchMode::Resident => {
+            let session = Session::with_options(graph, options)?;
+            check_devices(session.members().map(|(_, d)| d).collect())?;
+            let x = session.upload(&x)?;
+            for _ in 0..warmup {
+                session.run_device(&x, &RunOptions::default())?;
+            }
+            adapter = session.devices().map(ToString::to_string).collect();
+            started_all = Instant::now();
+            for _ in 0..runs {
+                let started = Instant::now();
+                let out = session.run_device(&x, &RunOptions::default())?;
+                times.push(started.elapsed());
+                device_times.extend(device_time(&out.members));
             }
         }
         BenchMode::Session => {

@@ -16,6 +16,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::device_tensor::{DeviceCopy, DeviceTensor};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::tensor::Tensor;
@@ -67,6 +68,33 @@ pub(crate) trait Executor: Send {
     /// input_width]`, validated by the caller) into one partial aggregate; each
     /// member's own output too when `want_members`.
     fn run(&mut self, input: &Tensor, want_members: bool, skip: &[usize]) -> Result<DeviceOutput>;
+
+    /// [`Executor::run`] on a [`DeviceTensor`] (`[rows, input_width]`, validated by
+    /// the caller): a backend reads its own device's copy without an upload. With
+    /// `keep_output`, a backend that can returns the aggregate itself (the partial
+    /// divided by the aggregate weight of the members present: the final weighted
+    /// mean) as a copy on its device, and `DeviceOutput::partial` is then empty.
+    ///
+    /// By default (the host CPU): the tensor's values on the host (its host copy, or
+    /// one readback), run as [`Executor::run`] does, nothing kept on a device.
+    fn run_resident(
+        &mut self,
+        input: &DeviceTensor,
+        want_members: bool,
+        skip: &[usize],
+        keep_output: bool,
+    ) -> Result<(DeviceOutput, Option<Arc<dyn DeviceCopy>>)> {
+        let _ = keep_output;
+        let host = input.to_host()?;
+        Ok((self.run(&host, want_members, skip)?, None))
+    }
+
+    /// A copy of `input` on the executor's device, `None` where there is no device
+    /// (the host CPU, the default).
+    fn upload(&mut self, input: &Tensor) -> Result<Option<Arc<dyn DeviceCopy>>> {
+        let _ = input;
+        Ok(None)
+    }
 
     /// Fault injection: destroys the device as a driver reset would; with
     /// `permanently`, recreating it fails from then on.

@@ -53,6 +53,7 @@ mod tensor;
 mod tile;
 // The graph, the executor contract, the backends, the runtime.
 mod cpu;
+mod device_tensor;
 mod exec;
 mod gpu;
 mod graph;
@@ -67,6 +68,7 @@ mod session;
 pub mod train;
 
 pub use aggregate::Aggregate;
+pub use device_tensor::{DeviceRunOutput, DeviceTensor};
 pub use error::{Error, Result};
 pub use fault::{Fault, FaultPlan};
 pub use gpu::{adapters, probe_adapters};

@@ -4,6 +4,7 @@
 //! made by the GPU backend (`gpu/adapters.rs`).
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 
@@ -138,6 +139,8 @@ pub struct ExternalDevice {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
     pub(crate) label: String,
+    /// This device's [`next_device_id`], shared by the clones.
+    pub(crate) id: u64,
 }
 
 impl ExternalDevice {
@@ -150,8 +153,17 @@ impl ExternalDevice {
             device,
             queue,
             label: label.into(),
+            id: next_device_id(),
         }
     }
+}
+
+/// A number no other device of this process gets: how the crate tells devices apart
+/// (wgpu's device handles compare their ids only, which devices of two wgpu instances
+/// can share).
+pub(crate) fn next_device_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// The device a member actually runs on, as reported by a session.

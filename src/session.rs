@@ -2,12 +2,15 @@
 //! the caller's thread is the aggregate node.
 
 use std::ops::ControlFlow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
+use crate::aggregate::Mode;
+use crate::device_tensor::{DeviceCopy, DeviceRunOutput, DeviceTensor};
 use crate::error::{Error, Result};
 use crate::exec::{spin_until, DeviceOutput, Executor};
 use crate::graph::Graph;
@@ -15,20 +18,46 @@ use crate::options::{QuorumPolicy, RunOptions, SessionOptions};
 use crate::placement::ExecutionDevice;
 use crate::report::RunOutput;
 use crate::runtime::{
-    check_input, check_quorum, compile, execute, Busy, Combiner, WorkerContext, WorkerThread,
+    check_input, check_quorum, compile, execute_input, Busy, Combiner, JobInput, WorkerContext,
+    WorkerThread,
 };
 use crate::tensor::Tensor;
+
+/// A job's input: a host tensor, or a device tensor with whether the worker should
+/// keep the aggregate on its device.
+#[derive(Clone)]
+enum Payload {
+    Host(Tensor),
+    Device(DeviceTensor, bool),
+}
+
+/// What a worker is asked to do, in arrival order.
+enum Work {
+    Run(Job),
+    /// Copy a tensor to the worker's device ([`Session::upload`]).
+    Upload {
+        worker: usize,
+        tensor: Tensor,
+        reply: Sender<UploadReply>,
+    },
+}
+
+/// An upload's result: the worker's copy (`None` on the CPU).
+type UploadReply = (usize, Result<Option<Arc<dyn DeviceCopy>>>);
+
+/// A job's result: the device's output, and the aggregate when kept on its device.
+type Reply = (usize, Result<(DeviceOutput, Option<Arc<dyn DeviceCopy>>)>);
 
 struct Job {
     worker: usize,
     run: u64,
-    input: Tensor,
+    input: Payload,
     want_members: bool,
     deadline: Option<Instant>,
     /// Set when the run has returned (an early error, its deadline, or done): a job
     /// still queued then is skipped.
     given_up: Arc<AtomicBool>,
-    reply: Sender<(usize, Result<DeviceOutput>)>,
+    reply: Sender<Reply>,
 }
 
 /// Sets its flag when dropped: whichever way `run` returns, its jobs still queued on
@@ -44,7 +73,7 @@ impl Drop for GiveUpOnReturn {
 struct Worker {
     device: ExecutionDevice,
     members: Vec<usize>,
-    jobs: Option<Sender<Job>>,
+    jobs: Option<Sender<Work>>,
     thread: WorkerThread,
 }
 
@@ -63,6 +92,10 @@ pub struct Session {
     runs: AtomicU64,
     /// [`SessionOptions::spin_wait`].
     spin: Duration,
+    /// What a member's output adds to the aggregate.
+    mode: Mode,
+    /// [`SessionOptions::operation_timeout`], for the readbacks of device tensors.
+    operation_timeout: Duration,
 }
 
 impl Session {
@@ -115,6 +148,8 @@ impl Session {
             workers,
             runs: AtomicU64::new(0),
             spin,
+            mode: graph.aggregate.mode(),
+            operation_timeout: options.operation_timeout,
         })
     }
 
@@ -150,6 +185,159 @@ impl Session {
     pub fn run(&self, input: &Tensor, options: &RunOptions) -> Result<RunOutput> {
         let started = Instant::now();
         let rows = check_input(input, self.input_width)?;
+        let (combiner, _) = self.gather(rows, Payload::Host(input.clone()), options, started)?;
+        combiner.finish(options.quorum, options.timeout, started.elapsed())
+    }
+
+    /// Copies `input` (`[rows, input_width]`) to every GPU device of the session, one
+    /// upload each, for [`Session::run_device`] to read there. The tensor's host values
+    /// are kept too (shared, not copied): the session's CPU members read them, and so
+    /// does a device made again after a loss.
+    ///
+    /// Each device makes its copy after the runs queued on it before; the wait is
+    /// bounded by [`SessionOptions::operation_timeout`] per device. A wrong width is
+    /// [`Error::FeatureWidth`], as for [`Session::run`].
+    pub fn upload(&self, input: &Tensor) -> Result<DeviceTensor> {
+        let rows = check_input(input, self.input_width)?;
+        let (reply, replies) = crossbeam_channel::unbounded();
+        let mut pending = Vec::new();
+        for (w, worker) in self.workers.iter().enumerate() {
+            if worker.device == ExecutionDevice::Cpu {
+                continue;
+            }
+            let work = Work::Upload {
+                worker: w,
+                tensor: input.clone(),
+                reply: reply.clone(),
+            };
+            let sent = worker
+                .jobs
+                .as_ref()
+                .is_some_and(|jobs| jobs.send(work).is_ok());
+            if !sent {
+                return Err(self.worker_failed(w));
+            }
+            pending.push(w);
+        }
+        drop(reply);
+        let mut copies: Vec<(usize, Arc<dyn DeviceCopy>)> = Vec::with_capacity(pending.len());
+        let waiting = Instant::now();
+        for _ in 0..pending.len() {
+            let left = self.operation_timeout.saturating_sub(waiting.elapsed());
+            match replies.recv_timeout(left) {
+                Ok((w, Ok(Some(copy)))) => copies.push((w, copy)),
+                Ok((_, Ok(None))) => {}
+                Ok((_, Err(e))) => return Err(e),
+                Err(RecvTimeoutError::Timeout) => {
+                    let late = pending
+                        .iter()
+                        .find(|w| !copies.iter().any(|(c, _)| c == *w))
+                        .map_or_else(String::new, |&w| self.workers[w].device.to_string());
+                    return Err(Error::OperationTimeout {
+                        device: late,
+                        timeout: self.operation_timeout,
+                    });
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let gone = pending
+                        .iter()
+                        .find(|w| !copies.iter().any(|(c, _)| c == *w))
+                        .copied()
+                        .unwrap_or(0);
+                    return Err(self.worker_failed(gone));
+                }
+            }
+        }
+        copies.sort_by_key(|(w, _)| *w);
+        Ok(DeviceTensor::new(
+            [rows, self.input_width],
+            Some(input.clone()),
+            copies.into_iter().map(|(_, c)| c).collect(),
+            self.operation_timeout,
+        ))
+    }
+
+    /// [`Session::run`] on a [`DeviceTensor`]: each GPU device reads its own copy of
+    /// the input (made by [`Session::upload`] or kept from a run of this session)
+    /// without an upload; a device without one gets the values through the host (see
+    /// [`DeviceTensor`]).
+    ///
+    /// The aggregate stays on the device when the session's members all run on one
+    /// GPU device and the aggregate is a (weighted) mean: then nothing is read back
+    /// unless [`RunOptions::member_outputs`] asks for the members' outputs. Otherwise
+    /// (several devices, the CPU, a vote) it is combined on the host as by
+    /// [`Session::run`] and returned as a `DeviceTensor` holding that host tensor.
+    /// Member statuses, quorum and deadline are those of [`Session::run`]; a wrong
+    /// width is [`Error::FeatureWidth`].
+    ///
+    /// ```
+    /// use wgpu_ensemble::{Graph, Model, Activation, Placement, RunOptions, Session, Tensor};
+    ///
+    /// # fn main() -> wgpu_ensemble::Result<()> {
+    /// let model = Model::random(&[3, 8, 2], &[Activation::Relu, Activation::Softmax], 7)?;
+    /// let graph = Graph::builder(3).member("m", model, Placement::Cpu).build()?;
+    /// let session = Session::new(graph)?;
+    /// let x = Tensor::matrix(1, 3, vec![0.1, 0.2, 0.3])?;
+    /// let resident = session.upload(&x)?;
+    /// let out = session.run_device(&resident, &RunOptions::default())?;
+    /// let host = session.run(&x, &RunOptions::default())?;
+    /// assert_eq!(out.aggregate.to_host()?, host.aggregate);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn run_device(
+        &self,
+        input: &DeviceTensor,
+        options: &RunOptions,
+    ) -> Result<DeviceRunOutput> {
+        let started = Instant::now();
+        if input.cols() != self.input_width {
+            return Err(Error::FeatureWidth {
+                expected: self.input_width,
+                got: input.cols(),
+            });
+        }
+        let rows = input.rows();
+        if rows == 0 {
+            return Err(Error::EmptyBatch);
+        }
+        let keep = self.mode == Mode::Values
+            && self.workers.len() == 1
+            && self.workers[0].device != ExecutionDevice::Cpu;
+        let payload = Payload::Device(input.clone(), keep);
+        let (combiner, kept) = self.gather(rows, payload, options, started)?;
+        let shape = [rows, self.output_width];
+        let (aggregate, members) = match kept {
+            Some(copy) => {
+                let (settled, members) = combiner.settle(options.quorum, options.timeout);
+                settled?;
+                let aggregate = DeviceTensor::new(shape, None, vec![copy], self.operation_timeout);
+                (aggregate, members)
+            }
+            None => {
+                let (aggregate, members) = combiner.finish_parts(options.quorum, options.timeout);
+                let aggregate =
+                    DeviceTensor::new(shape, Some(aggregate?), Vec::new(), self.operation_timeout);
+                (aggregate, members)
+            }
+        };
+        Ok(DeviceRunOutput {
+            aggregate,
+            members,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Sends `input` to every worker and combines their answers until all arrive, the
+    /// quorum policy gives up, or the deadline passes; the aggregate a worker kept on
+    /// its device comes back beside the combiner.
+    fn gather(
+        &self,
+        rows: usize,
+        input: Payload,
+        options: &RunOptions,
+        started: Instant,
+    ) -> Result<(Combiner<'_>, Option<Arc<dyn DeviceCopy>>)> {
         check_quorum(options.quorum, self.names.len())?;
         let run = self.runs.fetch_add(1, Ordering::Relaxed);
         // A timeout too long to represent is no deadline.
@@ -163,6 +351,7 @@ impl Session {
             rows,
             self.output_width,
         );
+        let mut kept = None;
         let mut pending = vec![false; self.workers.len()];
         for (w, worker) in self.workers.iter().enumerate() {
             let job = Job {
@@ -177,7 +366,7 @@ impl Session {
             let sent = worker
                 .jobs
                 .as_ref()
-                .is_some_and(|jobs| jobs.send(job).is_ok());
+                .is_some_and(|jobs| jobs.send(Work::Run(job)).is_ok());
             if sent {
                 pending[w] = true;
             } else {
@@ -196,6 +385,10 @@ impl Session {
             match message {
                 Ok((w, result)) => {
                     pending[w] = false;
+                    let result = result.map(|(out, copy)| {
+                        kept = kept.take().or(copy);
+                        out
+                    });
                     let failure = combiner.add(&self.workers[w].members, result);
                     if let (Some(e), QuorumPolicy::RequireAll) = (failure, options.quorum) {
                         return Err(e);
@@ -219,7 +412,7 @@ impl Session {
                 }
             }
         }
-        combiner.finish(options.quorum, options.timeout, started.elapsed())
+        Ok((combiner, kept))
     }
 
     fn worker_failed(&self, w: usize) -> Error {
@@ -272,7 +465,7 @@ fn spin_recv<T>(rx: &Receiver<T>, spin: Duration, deadline: Option<Instant>) -> 
 /// After a job it spins for up to `spin` for the next one before sleeping.
 fn work(
     executor: &mut dyn Executor,
-    jobs: Receiver<Job>,
+    jobs: Receiver<Work>,
     cx: &WorkerContext,
     spin: Duration,
     busy: &Busy,
@@ -283,8 +476,18 @@ fn work(
             Some(job) => Ok(job),
             None => jobs.recv(),
         };
-        let Ok(job) = next else {
-            break;
+        let job = match next {
+            Ok(Work::Run(job)) => job,
+            Ok(Work::Upload {
+                worker,
+                tensor,
+                reply,
+            }) => {
+                let copy = busy.during(|| upload(executor, &tensor, cx));
+                let _ = reply.send((worker, copy));
+                continue;
+            }
+            Err(_) => break,
         };
         after_job = true;
         // The caller has already given up on this run (its deadline passed, or it
@@ -294,10 +497,30 @@ fn work(
         {
             continue;
         }
-        let result = busy.during(|| execute(executor, &job.input, job.want_members, job.run, cx));
+        let input = match &job.input {
+            Payload::Host(x) => JobInput::Host(x),
+            Payload::Device(x, keep) => JobInput::Device(x, *keep),
+        };
+        let result = busy.during(|| execute_input(executor, input, job.want_members, job.run, cx));
         // A send fails only when the run already gave up; the result is dropped.
         let _ = job.reply.send((job.worker, result));
     }
+}
+
+/// A worker's copy of `tensor` on its device; a panic inside the executor becomes
+/// [`Error::WorkerFailed`] (the executor is reset and lives on).
+fn upload(
+    executor: &mut dyn Executor,
+    tensor: &Tensor,
+    cx: &WorkerContext,
+) -> Result<Option<Arc<dyn DeviceCopy>>> {
+    catch_unwind(AssertUnwindSafe(|| executor.upload(tensor))).unwrap_or_else(|_| {
+        executor.reset();
+        Err(Error::WorkerFailed {
+            device: cx.device.clone(),
+            message: "it panicked while uploading a device tensor".to_string(),
+        })
+    })
 }
 
 #[cfg(test)]

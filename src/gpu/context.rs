@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::Error;
-use crate::placement::ExecutionDevice;
+use crate::placement::{next_device_id, ExecutionDevice};
 
 /// A device, its queue, and what its error handlers caught.
 ///
@@ -19,6 +19,9 @@ pub(crate) struct GpuContext {
     /// The adapter the device was created on, to recreate it after a loss (`None`
     /// for a device the caller handed in).
     pub(crate) adapter: Option<wgpu::Adapter>,
+    /// Tells this device from every other of the process (see
+    /// [`next_device_id`]); the clones share it.
+    pub(crate) id: u64,
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
 }
@@ -48,9 +51,18 @@ impl GpuContext {
             queue,
             label,
             adapter,
+            id: next_device_id(),
             errors,
             lost,
         }
+    }
+
+    /// The context of a device the caller handed in, with that device's id: the
+    /// contexts two sessions make for one [`ExternalDevice`](crate::ExternalDevice)
+    /// are then known to be of the same device.
+    pub(crate) fn with_id(mut self, id: u64) -> Self {
+        self.id = id;
+        self
     }
 
     /// Whether the device has been lost.

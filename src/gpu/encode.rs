@@ -8,6 +8,7 @@ use super::kernels::MAX_STACK;
 use super::kernels::{SMALL_GROUPS_X, SMALL_ROWS};
 use super::params::{AggregateParams, DenseParams};
 use super::readback::{copy_f32, map_for_reading, read_mapped, wait_for, CALLBACK_GRACE};
+use super::resident::Resident;
 use super::stack::{bytes_of, stride};
 use super::state::{DeviceState, GpuStack, RowBuffers, StackRows};
 use super::timing::{self, PassTimer};
@@ -32,6 +33,23 @@ fn present_members<'a>(
         })
 }
 
+/// Where a run's input rows come from.
+pub(crate) enum Rows<'a> {
+    /// Values on the host (`[rows, input_width]`), written into the input buffer.
+    Host(&'a [f32]),
+    /// `rows` rows of `input_width` values at the start of a buffer of this device,
+    /// copied into the input buffer on the device.
+    Device(&'a wgpu::Buffer, usize),
+}
+
+/// Where a chunk's aggregate goes.
+enum Sink<'a> {
+    /// Read back into these values (the chunk's rows).
+    Host(&'a mut [f32]),
+    /// Copied into this buffer of the device, at the chunk's rows.
+    Device(&'a wgpu::Buffer),
+}
+
 impl DeviceState {
     /// Runs every member on `input` (`[rows, input_width]`, already validated) except
     /// the graph members listed in `skip`.
@@ -41,8 +59,28 @@ impl DeviceState {
         want_members: bool,
         skip: &[usize],
     ) -> Result<DeviceOutput> {
+        self.run_rows(Rows::Host(input), want_members, skip, false)
+            .map(|(out, _)| out)
+    }
+
+    /// [`DeviceState::run`] on rows from the host or from a buffer of this device.
+    /// With `keep_output` the aggregate is not read back: every member's aggregate
+    /// weight is divided by the weight of the members present, so the partial sum is
+    /// the weighted mean itself, and it is returned in a buffer of this device
+    /// (`DeviceOutput::partial` is then empty). Only for `Mode::Values`: a vote's
+    /// counts are not a mean.
+    pub(crate) fn run_rows(
+        &mut self,
+        input: Rows<'_>,
+        want_members: bool,
+        skip: &[usize],
+        keep_output: bool,
+    ) -> Result<(DeviceOutput, Option<Resident>)> {
         let started = Instant::now();
-        let rows = input.len() / self.input_width;
+        let rows = match input {
+            Rows::Host(x) => x.len() / self.input_width,
+            Rows::Device(_, rows) => rows,
+        };
         let out = self.output_width;
         // Bit z of present[s]: member z of stack s runs. A skipped member of a stack
         // is still computed with the others, but adds nothing and is not read back.
@@ -60,7 +98,30 @@ impl DeviceState {
         let included: Vec<usize> = present_members(&self.stacks, &present)
             .map(|(s, z)| self.stacks[s].members[z].0)
             .collect();
-        let mut partial = vec![0.0f32; rows * out];
+        // The aggregate kept on the device is the mean itself: each weight over the
+        // present members' total (which the runtime refuses when it is not positive).
+        let scale = if keep_output {
+            let total: f32 = present_members(&self.stacks, &present)
+                .map(|(s, z)| self.stacks[s].members[z].1)
+                .sum();
+            if total > 0.0 {
+                1.0 / total
+            } else {
+                1.0
+            }
+        } else {
+            1.0
+        };
+        let kept = if keep_output {
+            Some(Resident::empty(&self.ctx, rows, out, "aggregate")?)
+        } else {
+            None
+        };
+        let mut partial = if keep_output {
+            Vec::new()
+        } else {
+            vec![0.0f32; rows * out]
+        };
         let mut member_outputs: Vec<(usize, Vec<f32>)> = if want_members {
             included
                 .iter()
@@ -73,12 +134,21 @@ impl DeviceState {
         let mut start = 0;
         while start < rows {
             let n = self.chunk_rows.min(rows - start);
-            let x = &input[start * self.input_width..(start + n) * self.input_width];
+            let x = match input {
+                Rows::Host(x) => {
+                    Rows::Host(&x[start * self.input_width..(start + n) * self.input_width])
+                }
+                Rows::Device(buffer, _) => Rows::Device(buffer, start),
+            };
+            let sink = match &kept {
+                Some(kept) => Sink::Device(&kept.buffer),
+                None => Sink::Host(&mut partial[start * out..(start + n) * out]),
+            };
             let result = self.run_chunk(
                 x,
                 n,
-                &present,
-                &mut partial[start * out..(start + n) * out],
+                (&present, scale),
+                sink,
                 &mut member_outputs,
                 start * out,
             );
@@ -95,14 +165,15 @@ impl DeviceState {
             }
             start += n;
         }
-        Ok(DeviceOutput {
+        let output = DeviceOutput {
             partial,
             members: member_outputs,
             present: included,
             failed: Vec::new(),
             elapsed: started.elapsed(),
             device_time,
-        })
+        };
+        Ok((output, kept))
     }
 
     fn ensure_capacity(&mut self, rows: usize) {
@@ -206,18 +277,19 @@ impl DeviceState {
         });
     }
 
-    /// Writes every uniform buffer for `rows` rows, the row buffers' strides and the
-    /// `present` members, unless they already hold that.
-    fn write_uniforms(&mut self, rows: usize, present: &[u32]) {
+    /// Writes every uniform buffer for `rows` rows, the row buffers' strides, the
+    /// `present` members and their aggregate weights times `scale`, unless they
+    /// already hold that.
+    fn write_uniforms(&mut self, rows: usize, present: &[u32], scale: f32) {
         let Some(rb) = self.rows.as_ref() else {
             return;
         };
-        if let Some((r, c, p)) = &self.uniforms {
-            if (*r, *c, p.as_slice()) == (rows, rb.capacity, present) {
+        if let Some((r, c, p, k)) = &self.uniforms {
+            if (*r, *c, p.as_slice(), *k) == (rows, rb.capacity, present, scale.to_bits()) {
                 return;
             }
         }
-        let key = (rows, rb.capacity, present.to_vec());
+        let key = (rows, rb.capacity, present.to_vec(), scale.to_bits());
         let queue = &self.ctx.queue;
         for ((s, sr), &mask) in self.stacks.iter().zip(&rb.stacks).zip(present) {
             for (i, l) in s.layers.iter().enumerate() {
@@ -235,7 +307,7 @@ impl DeviceState {
             }
             let mut weights = [0.0; MAX_STACK];
             for (w, &(_, weight)) in weights.iter_mut().zip(&s.members) {
-                *w = weight;
+                *w = weight * scale;
             }
             let p = AggregateParams {
                 rows: rows as u32,
@@ -251,39 +323,61 @@ impl DeviceState {
         self.uniforms = Some(key);
     }
 
-    /// Runs one chunk of `rows` rows (`x`): encodes it, submits it, waits, and reads
-    /// the partial aggregate into `partial` and the wanted member outputs into
-    /// `member_outputs` at `offset`; the device's time for the kernels when timed.
+    /// Runs one chunk of `rows` rows (`x`; for rows on the device, `Rows::Device`
+    /// carries the chunk's first row): encodes it, submits it, waits, and puts the
+    /// aggregate in `sink` (at the chunk's first row for a device buffer) and the
+    /// wanted member outputs into `member_outputs` at `offset`; the device's time for
+    /// the kernels when timed. `present` holds the members' masks and the scale of
+    /// their weights.
     fn run_chunk(
         &mut self,
-        x: &[f32],
+        x: Rows<'_>,
         rows: usize,
-        present: &[u32],
-        partial: &mut [f32],
+        (present, scale): (&[u32], f32),
+        sink: Sink<'_>,
         member_outputs: &mut [(usize, Vec<f32>)],
         offset: usize,
     ) -> Result<Option<Duration>> {
         self.ensure_capacity(rows);
         if self.unprimed && rows > 1 && rows <= SMALL_ROWS {
-            self.prime_small(present)?;
+            self.prime_small(present, scale)?;
         }
-        self.write_uniforms(rows, present);
+        self.write_uniforms(rows, present, scale);
         let Some(rb) = self.rows.as_ref() else {
             return Err(self.gpu_error("row buffers missing after allocation"));
         };
-        self.ctx
-            .queue
-            .write_buffer(&rb.input, 0, bytemuck::cast_slice(x));
-        let bytes = bytes_of(rows * self.output_width);
         let mut encoder = self
             .ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        match x {
+            Rows::Host(x) => self
+                .ctx
+                .queue
+                .write_buffer(&rb.input, 0, bytemuck::cast_slice(x)),
+            Rows::Device(buffer, first) => encoder.copy_buffer_to_buffer(
+                buffer,
+                bytes_of(first * self.input_width),
+                &rb.input,
+                0,
+                bytes_of(rows * self.input_width),
+            ),
+        }
+        let bytes = bytes_of(rows * self.output_width);
         self.encode_pass(&mut encoder, rb, rows, present);
-        // The staging buffers read back: the aggregate's (with the timestamps after
-        // it, 8-byte aligned, when timed), then the members' in the order of
-        // `member_outputs`.
-        encoder.copy_buffer_to_buffer(&rb.acc, 0, &rb.staging_acc, 0, bytes);
+        // The aggregate goes to the device buffer kept, or to its staging buffer; the
+        // timestamps (when timed) follow in the staging buffer, 8-byte aligned.
+        let to_host = match sink {
+            Sink::Device(kept) => {
+                let at = bytes_of(offset);
+                encoder.copy_buffer_to_buffer(&rb.acc, 0, kept, at, bytes);
+                None
+            }
+            Sink::Host(partial) => {
+                encoder.copy_buffer_to_buffer(&rb.acc, 0, &rb.staging_acc, 0, bytes);
+                Some(partial)
+            }
+        };
         let stamps = bytes.next_multiple_of(8);
         let acc_bytes = match &self.timer {
             Some(timer) => {
@@ -292,7 +386,14 @@ impl DeviceState {
             }
             None => bytes,
         };
-        let mut staging: Vec<(&wgpu::Buffer, u64)> = vec![(&rb.staging_acc, acc_bytes)];
+        // The staging buffers read back: the aggregate's (unless it stays on the
+        // device and there are no timestamps), then the members' in the order of
+        // `member_outputs`.
+        let read_acc = to_host.is_some() || self.timer.is_some();
+        let mut staging: Vec<(&wgpu::Buffer, u64)> = Vec::new();
+        if read_acc {
+            staging.push((&rb.staging_acc, acc_bytes));
+        }
         if !member_outputs.is_empty() {
             for (s, z) in present_members(&self.stacks, present) {
                 let sr = &rb.stacks[s];
@@ -306,11 +407,17 @@ impl DeviceState {
         }
         let submission = self.ctx.queue.submit([encoder.finish()]);
         self.wait(submission, &staging)?;
-        // Copies the first `bytes` of a mapped staging buffer into `dst` and unmaps
-        // it; the device time from the timestamps after them, when there are some.
-        let read = |buf: &wgpu::Buffer, size: u64, dst: &mut [f32]| -> Result<Option<Duration>> {
+        // Copies the first `bytes` of a mapped staging buffer into `dst` (when given)
+        // and unmaps it; the device time from the timestamps after them, when there
+        // are some.
+        let read = |buf: &wgpu::Buffer,
+                    size: u64,
+                    dst: Option<&mut [f32]>|
+         -> Result<Option<Duration>> {
             read_mapped(buf, size, |view| {
-                copy_f32(dst, &view[..bytes as usize]);
+                if let Some(dst) = dst {
+                    copy_f32(dst, &view[..bytes as usize]);
+                }
                 match &self.timer {
                     Some(timer) if size > bytes => Some(timer.elapsed(&view[stamps as usize..])),
                     _ => None,
@@ -318,10 +425,15 @@ impl DeviceState {
             })
             .map_err(|e| self.gpu_error(&e))
         };
-        let time = read(&rb.staging_acc, acc_bytes, partial)?;
+        let time = if read_acc {
+            read(&rb.staging_acc, acc_bytes, to_host)?
+        } else {
+            None
+        };
         let len = rows * self.output_width;
-        for (&(buf, _), (_, dst)) in staging[1..].iter().zip(member_outputs.iter_mut()) {
-            read(buf, bytes, &mut dst[offset..offset + len])?;
+        let members = staging[usize::from(read_acc)..].iter();
+        for (&(buf, _), (_, dst)) in members.zip(member_outputs.iter_mut()) {
+            read(buf, bytes, Some(&mut dst[offset..offset + len]))?;
         }
         Ok(time)
     }
@@ -334,9 +446,9 @@ impl DeviceState {
     /// per run of E1 at batch 8. It stops inlining for good, per pipeline, the first
     /// time inlining shrinks the shader by less than half, which a one-row pass of the
     /// small-batch kernel does (its row loops are what inlining unrolls).
-    fn prime_small(&mut self, present: &[u32]) -> Result<()> {
+    fn prime_small(&mut self, present: &[u32], scale: f32) -> Result<()> {
         self.unprimed = false;
-        self.write_uniforms(1, present);
+        self.write_uniforms(1, present, scale);
         let Some(rb) = self.rows.as_ref() else {
             return Err(self.gpu_error("row buffers missing after allocation"));
         };

@@ -1,11 +1,16 @@
 //! [`GpuExecutor`]: the [`Executor`] of the members placed on one wgpu device,
 //! recreating the device on its adapter when it is lost.
 
+use std::sync::Arc;
+
 use super::adapters::open_device;
 use super::context::GpuContext;
+use super::encode::Rows;
+use super::resident::{copy_on, Resident};
 use super::state::{DeviceState, Shapes};
 use super::tune::Tuner;
 use crate::aggregate::Mode;
+use crate::device_tensor::{DeviceCopy, DeviceTensor};
 use crate::error::{Error, Result};
 use crate::exec::{DeviceOutput, Executor, Loss, MemberSpec};
 use crate::options::SessionOptions;
@@ -128,6 +133,51 @@ impl Executor for GpuExecutor {
             Some(state) => state.run(input.as_slice(), want_members, skip),
             None => Err(self.unavailable_error()),
         }
+    }
+
+    /// Reads the tensor's copy on this device when it has one (a copy made on this
+    /// adapter before its device was lost and made again is not: its values went with
+    /// the old device), else its values through the host. The aggregate is kept on the
+    /// device when asked and the aggregate is a mean.
+    fn run_resident(
+        &mut self,
+        input: &DeviceTensor,
+        want_members: bool,
+        skip: &[usize],
+        keep_output: bool,
+    ) -> Result<(DeviceOutput, Option<Arc<dyn DeviceCopy>>)> {
+        self.ensure_device()?;
+        let keep = keep_output && self.mode == Mode::Values;
+        let Some(state) = &mut self.state else {
+            return Err(self.unavailable_error());
+        };
+        let result = match copy_on(input, &state.ctx) {
+            Some(copy) => {
+                copy.check_alive()?;
+                state.run_rows(
+                    Rows::Device(&copy.buffer, input.rows()),
+                    want_members,
+                    skip,
+                    keep,
+                )
+            }
+            None => {
+                let host = input.to_host()?;
+                state.run_rows(Rows::Host(host.as_slice()), want_members, skip, keep)
+            }
+        };
+        result.map(|(out, kept)| (out, kept.map(|k| Arc::new(k) as Arc<dyn DeviceCopy>)))
+    }
+
+    /// First recreates the device if it was lost.
+    fn upload(&mut self, input: &Tensor) -> Result<Option<Arc<dyn DeviceCopy>>> {
+        self.ensure_device()?;
+        let Some(state) = &self.state else {
+            return Err(self.unavailable_error());
+        };
+        let (rows, cols) = input.dims2("input")?;
+        let copy = Resident::upload(&state.ctx, rows, cols, input.as_slice())?;
+        Ok(Some(Arc::new(copy)))
     }
 
     fn lose_device(&mut self, permanently: bool) -> Loss {

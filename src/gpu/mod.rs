@@ -7,7 +7,8 @@
 //! - `stack`: which members run together as one stacked dispatch;
 //! - `state`: a device's weights, pipelines and limits; `encode`: the buffers of a
 //!   batch and its one command buffer; `readback`: waiting for a submission and
-//!   reading results back (shared with the tuner);
+//!   reading results back (shared with the tuner); `resident`: a tensor's copy on a
+//!   device (the storage of a [`DeviceTensor`](crate::DeviceTensor));
 //! - `executor`: [`GpuExecutor`], the [`Executor`](crate::exec::Executor) of one device,
 //!   recreating it when lost;
 //! - `coop`, `timing`, `tune`: the cooperative-matrix tile, timestamp queries, and the
@@ -21,6 +22,7 @@ mod executor;
 mod kernels;
 mod params;
 mod readback;
+mod resident;
 mod stack;
 mod state;
 mod timing;

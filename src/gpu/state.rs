@@ -86,9 +86,10 @@ pub(crate) struct StackRows {
     pub(crate) staging: Vec<wgpu::Buffer>,
 }
 
-/// What the uniform buffers were last written for: rows, row capacity, and the
-/// present-member mask of every stack.
-pub(crate) type UniformKey = (usize, usize, Vec<u32>);
+/// What the uniform buffers were last written for: rows, row capacity, the
+/// present-member mask of every stack, and the scale of the aggregate weights (its
+/// bits).
+pub(crate) type UniformKey = (usize, usize, Vec<u32>, u32);
 
 /// The pipelines, weights and buffers of the members on one live device.
 pub(crate) struct DeviceState {

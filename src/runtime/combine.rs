@@ -113,6 +113,19 @@ impl<'a> Combiner<'a> {
         quorum: QuorumPolicy,
         timeout: Option<Duration>,
     ) -> (Result<Tensor>, Vec<MemberReport>) {
+        let (settled, reports) = self.settle(quorum, timeout);
+        (settled.and_then(Settled::aggregate), reports)
+    }
+
+    /// The run's verdict (the quorum met and the weights of the members that finished
+    /// positive, or why not) with the weighted sum to make the aggregate from, and
+    /// every member's report. A caller whose executor kept the aggregate on its device
+    /// takes the verdict alone.
+    pub(crate) fn settle(
+        self,
+        quorum: QuorumPolicy,
+        timeout: Option<Duration>,
+    ) -> (Result<Settled>, Vec<MemberReport>) {
         let status: Vec<MemberStatus> = self
             .status
             .into_iter()
@@ -124,8 +137,10 @@ impl<'a> Combiner<'a> {
             .filter(|s| matches!(s, MemberStatus::Finished))
             .count();
         let verdict = verdict(&status, self.names, quorum, timeout, finished);
-        let aggregate = verdict.and_then(|()| {
-            if self.present_weight <= 0.0 {
+        let (acc, present_weight, rows, cols) =
+            (self.acc, self.present_weight, self.rows, self.cols);
+        let settled = verdict.and_then(|()| {
+            if present_weight <= 0.0 {
                 return Err(Error::QuorumNotMet {
                     required: match quorum {
                         QuorumPolicy::Quorum(k) => k,
@@ -138,11 +153,12 @@ impl<'a> Combiner<'a> {
                     ],
                 });
             }
-            let scale = 1.0 / self.present_weight;
-            let mut values = self.acc;
-            values.resize(self.rows * self.cols, 0.0);
-            values.iter_mut().for_each(|a| *a *= scale);
-            Tensor::matrix(self.rows, self.cols, values)
+            Ok(Settled {
+                acc,
+                present_weight,
+                rows,
+                cols,
+            })
         });
         let reports = status
             .into_iter()
@@ -156,7 +172,27 @@ impl<'a> Combiner<'a> {
                 status,
             })
             .collect();
-        (aggregate, reports)
+        (settled, reports)
+    }
+}
+
+/// A run whose verdict is positive: the weighted sum of the partials that arrived and
+/// the aggregate weight of the members in it.
+pub(crate) struct Settled {
+    acc: Vec<f32>,
+    present_weight: f32,
+    rows: usize,
+    cols: usize,
+}
+
+impl Settled {
+    /// The aggregate on the host: the weighted sum over the members' total weight.
+    pub(crate) fn aggregate(self) -> Result<Tensor> {
+        let scale = 1.0 / self.present_weight;
+        let mut values = self.acc;
+        values.resize(self.rows * self.cols, 0.0);
+        values.iter_mut().for_each(|a| *a *= scale);
+        Tensor::matrix(self.rows, self.cols, values)
     }
 }
 

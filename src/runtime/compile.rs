@@ -195,7 +195,8 @@ impl Resolver<'_> {
                             label: ext.label.clone(),
                         },
                         None,
-                    );
+                    )
+                    .with_id(ext.id);
                     self.external.push(ctx.clone());
                     ctx
                 });

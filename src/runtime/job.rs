@@ -4,10 +4,20 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
+use crate::device_tensor::{DeviceCopy, DeviceTensor};
 use crate::error::{Error, Result};
 use crate::exec::{DeviceOutput, Executor, Loss};
 use crate::fault::{Fault, FaultPlan};
 use crate::tensor::Tensor;
+
+/// A job's input.
+pub(crate) enum JobInput<'a> {
+    /// On the host: [`Executor::run`].
+    Host(&'a Tensor),
+    /// A device tensor, and whether to keep the aggregate on the device:
+    /// [`Executor::run_resident`].
+    Device(&'a DeviceTensor, bool),
+}
 
 /// Runs one job on `executor` for run number `run`, applying the faults the plan in
 /// `cx` holds for its members. A panic inside the executor becomes
@@ -19,6 +29,18 @@ pub(crate) fn execute(
     run: u64,
     cx: &WorkerContext,
 ) -> Result<DeviceOutput> {
+    execute_input(executor, JobInput::Host(input), want_members, run, cx).map(|(out, _)| out)
+}
+
+/// [`execute`] on a host or device input; with a device input the executor may keep
+/// the aggregate on its device.
+pub(crate) fn execute_input(
+    executor: &mut dyn Executor,
+    input: JobInput<'_>,
+    want_members: bool,
+    run: u64,
+    cx: &WorkerContext,
+) -> Result<(DeviceOutput, Option<Arc<dyn DeviceCopy>>)> {
     let (members, names, plan, device) = (&cx.members, &cx.names, &cx.plan, &cx.device);
     let injected = |m: usize| {
         (
@@ -91,7 +113,12 @@ pub(crate) fn execute(
             // without the panic hook's message and backtrace.
             std::panic::resume_unwind(Box::new(format!("fault injection on run {run}")));
         }
-        executor.run(input, want_members, &skipped)
+        match input {
+            JobInput::Host(x) => executor
+                .run(x, want_members, &skipped)
+                .map(|out| (out, None)),
+            JobInput::Device(x, keep) => executor.run_resident(x, want_members, &skipped, keep),
+        }
     }));
     let result = result.unwrap_or_else(|panic| {
         executor.reset();
@@ -105,9 +132,9 @@ pub(crate) fn execute(
             message: format!("it panicked: {message}"),
         })
     });
-    result.map(|mut out| {
+    result.map(|(mut out, kept)| {
         out.failed = skip;
-        out
+        (out, kept)
     })
 }
 

@@ -9,7 +9,7 @@ mod thread;
 
 pub(crate) use combine::Combiner;
 pub(crate) use compile::compile;
-pub(crate) use job::{execute, WorkerContext};
+pub(crate) use job::{execute, execute_input, JobInput, WorkerContext};
 pub(crate) use thread::{Busy, WorkerThread};
 
 use crate::error::{Error, Result};

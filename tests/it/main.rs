@@ -6,6 +6,7 @@ mod common;
 mod cli;
 mod concurrency;
 mod deadline;
+mod device_tensor;
 mod digits;
 mod ensemble;
 mod errors;

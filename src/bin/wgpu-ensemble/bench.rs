@@ -31,6 +31,9 @@ pub(crate) struct BenchArgs {
     /// session (Session::run in a loop), pipeline (a stream through the between-graph Pipeline) or late-member (a quorum run while member 0 is always late).
     #[arg(long, default_value = "session")]
     mode: String,
+    /// With --mode session: time Session::run_device on an input uploaded once, the aggregate left on the device where one GPU device holds every member (the JSON's mode is `resident`).
+    #[arg(long)]
+    resident: bool,
     /// The run timeout of --mode late-member, in milliseconds.
     #[arg(long, default_value_t = 50)]
     late_timeout_ms: u64,
@@ -124,7 +127,17 @@ pub(crate) fn bench(args: &BenchArgs) -> CliResult {
         // SAFETY: asked for on the command line; see SessionOptions::trusted_kernels.
         options = unsafe { options.trusted_kernels() };
     }
+    if args.resident && args.mode != "session" {
+        return Err(flag_error(
+            "--resident",
+            format!(
+                "times Session::run_device: it goes with --mode session, not '{}'",
+                args.mode
+            ),
+        ));
+    }
     let mode = match args.mode.as_str() {
+        "session" if args.resident => BenchMode::Resident,
         "session" => BenchMode::Session,
         "pipeline" => BenchMode::Pipeline,
         "late-member" if workload == Workload::Gemm => {
