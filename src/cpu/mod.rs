@@ -91,7 +91,9 @@ impl Executor for CpuExecutor {
                 // The first member's weighted output is the partial sum (0 + w·y is
                 // w·y): no buffer of zeros and no pass to add to it.
                 None if self.mode == Mode::Values && !want_members => {
-                    y.iter_mut().for_each(|v| *v *= m.weight);
+                    if m.weight != 1.0 {
+                        y.iter_mut().for_each(|v| *v *= m.weight);
+                    }
                     partial = Some(y);
                 }
                 _ => {

@@ -16,9 +16,9 @@ use crate::model::{Activation, Dense};
 /// Output columns per panel: two 16-lane registers.
 pub(crate) const NR: usize = 32;
 
-/// Depth of a block of the reduction when there is more than one tile of rows: a
-/// panel's block (`KC × NR` floats, 32 KiB) stays in the 48 KiB L1 cache while every
-/// tile of rows uses it. With one tile of rows there is no reuse and the whole depth
+/// Greatest depth of a block of the reduction when there is more than one tile of
+/// rows: a panel's block (`KC × NR` floats, 32 KiB) stays in the 48 KiB L1 cache
+/// while every tile of rows uses it. With one tile of rows there is no reuse and the whole depth
 /// runs at once, the accumulators never leaving the registers.
 const KC: usize = 256;
 
@@ -169,7 +169,13 @@ impl PackedLayer {
         let (k, n) = (self.k, self.n);
         let relu = self.activation == Activation::Relu;
         let mr = self.isa.rows();
-        let kc = if rows <= mr { k.max(1) } else { KC };
+        // Blocks of at most KC, of equal depth: 784 is 3 × 262, not 3 × 256 and a
+        // block of 16 that would read and write the whole output once more.
+        let kc = if rows <= mr {
+            k.max(1)
+        } else {
+            k.div_ceil(k.div_ceil(KC).max(1)).max(1)
+        };
         let panels = bytemuck_lanes_ref(&self.panels).as_ptr();
         let tiles = tiles(self.isa);
         let mut k0 = 0;
