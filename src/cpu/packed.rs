@@ -22,6 +22,10 @@ pub(crate) const NR: usize = 32;
 /// runs at once, the accumulators never leaving the registers.
 const KC: usize = 256;
 
+/// Steps of the reduction per turn of the AVX-512 kernel's loop (a multiple of
+/// every number of accumulator sets).
+const UNROLL: usize = 4;
+
 /// How far ahead of the kernel the weights are prefetched, in floats (2 KiB): the
 /// panels stream from memory or the last-level cache when a layer's weights are
 /// larger than L2.
@@ -325,24 +329,27 @@ unsafe fn tile512<const M: usize, const S: usize>(t: &Tile) {
     }
     let mut w = t.w;
     let mut x = t.x;
-    let steps = t.depth / S;
+    // Four steps per turn of the loop, each with constant offsets from `x` and `w`:
+    // the row addresses are worked out once per four steps.
+    let steps = t.depth / UNROLL;
     for _ in 0..steps {
-        for (s, set) in acc.iter_mut().enumerate() {
-            let ws = w.add(s * NR);
-            _mm_prefetch::<_MM_HINT_T0>(ws.add(PREFETCH).cast());
-            _mm_prefetch::<_MM_HINT_T0>(ws.add(PREFETCH + 16).cast());
-            let w0 = _mm512_load_ps(ws);
-            let w1 = _mm512_load_ps(ws.add(16));
+        for u in 0..UNROLL {
+            let set = &mut acc[u % S];
+            let wu = w.add(u * NR);
+            _mm_prefetch::<_MM_HINT_T0>(wu.add(PREFETCH).cast());
+            _mm_prefetch::<_MM_HINT_T0>(wu.add(PREFETCH + 16).cast());
+            let w0 = _mm512_load_ps(wu);
+            let w1 = _mm512_load_ps(wu.add(16));
             for (r, a) in set.iter_mut().enumerate() {
-                let v = _mm512_set1_ps(*x.add(r * t.ldx + s));
+                let v = _mm512_set1_ps(*x.add(r * t.ldx + u));
                 a[0] = _mm512_fmadd_ps(v, w0, a[0]);
                 a[1] = _mm512_fmadd_ps(v, w1, a[1]);
             }
         }
-        w = w.add(S * NR);
-        x = x.add(S);
+        w = w.add(UNROLL * NR);
+        x = x.add(UNROLL);
     }
-    for _ in steps * S..t.depth {
+    for _ in steps * UNROLL..t.depth {
         let w0 = _mm512_load_ps(w);
         let w1 = _mm512_load_ps(w.add(16));
         for (r, a) in acc[0].iter_mut().enumerate() {
