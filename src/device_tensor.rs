@@ -29,7 +29,11 @@ use crate::tensor::Tensor;
 ///
 /// A run reads the copy on its own device without an upload. A device with no copy
 /// (another session's device, the CPU) gets the values through the host: the host copy
-/// when there is one, else one readback of a device copy. Values on a device that was
+/// when there is one, else a readback of a device copy (one per device that needs it).
+/// A device whose buffers cannot hold the tensor gets no copy from
+/// [`Session::upload`](crate::Session::upload) and reads the host values in chunks, as
+/// [`Session::run`](crate::Session::run) does; an aggregate larger than one buffer is
+/// read back rather than kept. Values on a device that was
 /// lost are gone: a run or [`DeviceTensor::to_host`] that needs them fails with
 /// [`Error::DeviceLost`] naming that device, never with other values.
 ///

@@ -87,7 +87,9 @@ pub enum Placement {
     /// [`Error::InputsBeyondDriver`]: crate::Error::InputsBeyondDriver
     #[default]
     Auto,
-    /// The host CPU: the members side by side on its threads, through GEMM crates
+    /// The host CPU: the members side by side on its threads. On x86-64 with AVX-512
+    /// or AVX2+FMA each layer's weights are packed once, when the session is built,
+    /// for the crate's own kernel; elsewhere each layer goes through a GEMM crate
     /// (`matrixmultiply`; `gemm` for batches of at most 8 rows).
     Cpu,
     /// Adapter `i` of [`adapters`](crate::adapters), on its first device/queue (the same as
@@ -148,6 +150,12 @@ impl ExternalDevice {
     ///
     /// The session installs its own uncaptured-error and device-lost handlers on the
     /// device, replacing any that were set.
+    ///
+    /// Wrap each device once and clone the `ExternalDevice` for every member placed on
+    /// it: members on clones share one executor (one submission per run). Two
+    /// `ExternalDevice`s are two devices to a session even when they wrap the same
+    /// `wgpu::Device`, since wgpu's device handles cannot tell devices of two wgpu
+    /// instances apart.
     pub fn new(device: wgpu::Device, queue: wgpu::Queue, label: impl Into<String>) -> Self {
         Self {
             device,

@@ -192,15 +192,19 @@ impl Session {
     /// Copies `input` (`[rows, input_width]`) to every GPU device of the session, one
     /// upload each, for [`Session::run_device`] to read there. The tensor's host values
     /// are kept too (shared, not copied): the session's CPU members read them, and so
-    /// does a device made again after a loss.
+    /// does a device that has no copy.
     ///
-    /// Each device makes its copy after the runs queued on it before; the wait is
-    /// bounded by [`SessionOptions::operation_timeout`] per device. A wrong width is
-    /// [`Error::FeatureWidth`], as for [`Session::run`].
+    /// Each device makes its copy after the runs queued on it before; the wait for all
+    /// of them together is bounded by [`SessionOptions::operation_timeout`]. A device
+    /// that makes none — unavailable or lost, its worker gone, a copy larger than its
+    /// largest buffer (or [`SessionOptions::max_buffer_bytes`]), no answer in time —
+    /// is left out: its runs read the host values, as [`Session::run`] does, split into
+    /// chunks where needed. So the only errors are those of the input: a wrong width
+    /// is [`Error::FeatureWidth`], as for [`Session::run`].
     pub fn upload(&self, input: &Tensor) -> Result<DeviceTensor> {
         let rows = check_input(input, self.input_width)?;
         let (reply, replies) = crossbeam_channel::unbounded();
-        let mut pending = Vec::new();
+        let mut pending = 0;
         for (w, worker) in self.workers.iter().enumerate() {
             if worker.device == ExecutionDevice::Cpu {
                 continue;
@@ -210,42 +214,24 @@ impl Session {
                 tensor: input.clone(),
                 reply: reply.clone(),
             };
-            let sent = worker
+            if worker
                 .jobs
                 .as_ref()
-                .is_some_and(|jobs| jobs.send(work).is_ok());
-            if !sent {
-                return Err(self.worker_failed(w));
+                .is_some_and(|jobs| jobs.send(work).is_ok())
+            {
+                pending += 1;
             }
-            pending.push(w);
         }
         drop(reply);
-        let mut copies: Vec<(usize, Arc<dyn DeviceCopy>)> = Vec::with_capacity(pending.len());
+        let mut copies: Vec<(usize, Arc<dyn DeviceCopy>)> = Vec::with_capacity(pending);
         let waiting = Instant::now();
-        for _ in 0..pending.len() {
+        for _ in 0..pending {
             let left = self.operation_timeout.saturating_sub(waiting.elapsed());
             match replies.recv_timeout(left) {
                 Ok((w, Ok(Some(copy)))) => copies.push((w, copy)),
-                Ok((_, Ok(None))) => {}
-                Ok((_, Err(e))) => return Err(e),
-                Err(RecvTimeoutError::Timeout) => {
-                    let late = pending
-                        .iter()
-                        .find(|w| !copies.iter().any(|(c, _)| c == *w))
-                        .map_or_else(String::new, |&w| self.workers[w].device.to_string());
-                    return Err(Error::OperationTimeout {
-                        device: late,
-                        timeout: self.operation_timeout,
-                    });
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let gone = pending
-                        .iter()
-                        .find(|w| !copies.iter().any(|(c, _)| c == *w))
-                        .copied()
-                        .unwrap_or(0);
-                    return Err(self.worker_failed(gone));
-                }
+                // No copy on that device: its runs take the host values.
+                Ok((_, Ok(None) | Err(_))) => {}
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
         copies.sort_by_key(|(w, _)| *w);
@@ -263,8 +249,10 @@ impl Session {
     /// [`DeviceTensor`]).
     ///
     /// The aggregate stays on the device when the session's members all run on one
-    /// GPU device and the aggregate is a (weighted) mean: then nothing is read back
-    /// unless [`RunOptions::member_outputs`] asks for the members' outputs. Otherwise
+    /// GPU device, the aggregate is a (weighted) mean and it fits in one buffer of the
+    /// device ([`SessionOptions::max_buffer_bytes`] included): then no output is read
+    /// back unless [`RunOptions::member_outputs`] asks for the members' outputs (with
+    /// [`SessionOptions::device_timing`] the timestamps still are). Otherwise
     /// (several devices, the CPU, a vote) it is combined on the host as by
     /// [`Session::run`] and returned as a `DeviceTensor` holding that host tensor.
     /// Member statuses, quorum and deadline are those of [`Session::run`]; a wrong

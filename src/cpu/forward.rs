@@ -35,13 +35,27 @@ pub(crate) enum Layers {
 impl Layers {
     /// The packed form where the processor runs the packed kernel (AVX-512F, or AVX2
     /// with FMA); else the model as it is. `WGPU_ENSEMBLE_CPU_KERNEL` chooses for a
-    /// comparison: `portable` (the GEMM crates), `avx2` (where it runs).
+    /// comparison: `portable` (the GEMM crates), `avx2` (where it runs), `auto` (the
+    /// default); another value is reported once on stderr and not taken.
     pub(crate) fn new(model: Arc<Model>) -> Self {
         let choice = std::env::var("WGPU_ENSEMBLE_CPU_KERNEL").unwrap_or_default();
         let isa = match choice.as_str() {
             "portable" => None,
-            "avx2" => Some(Isa::Avx2).filter(|isa| isa.runs_here()),
-            _ => Isa::detect(),
+            "avx2" if Isa::Avx2.runs_here() => Some(Isa::Avx2),
+            "" | "auto" => Isa::detect(),
+            other => {
+                // A knob for comparisons, read at every session build: say once that
+                // the value was not taken, rather than fail a session over it.
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    eprintln!(
+                        "wgpu-ensemble: WGPU_ENSEMBLE_CPU_KERNEL={other:?} not taken (expected \
+                         auto, portable, or avx2 on a processor with AVX2 and FMA); using \
+                         the best kernel this processor runs"
+                    );
+                });
+                Isa::detect()
+            }
         };
         match isa {
             Some(isa) => Layers::Packed(

@@ -322,7 +322,7 @@ unsafe fn tile512<const M: usize, const S: usize>(t: &Tile) {
                 let y = t.y.add(r * t.ldy);
                 *a = [
                     _mm512_maskz_loadu_ps(lo, y),
-                    _mm512_maskz_loadu_ps(hi, y.add(16)),
+                    _mm512_maskz_loadu_ps(hi, y.wrapping_add(16)),
                 ];
             }
         }
@@ -336,8 +336,8 @@ unsafe fn tile512<const M: usize, const S: usize>(t: &Tile) {
         for u in 0..UNROLL {
             let set = &mut acc[u % S];
             let wu = w.add(u * NR);
-            _mm_prefetch::<_MM_HINT_T0>(wu.add(PREFETCH).cast());
-            _mm_prefetch::<_MM_HINT_T0>(wu.add(PREFETCH + 16).cast());
+            _mm_prefetch::<_MM_HINT_T0>(wu.wrapping_add(PREFETCH).cast());
+            _mm_prefetch::<_MM_HINT_T0>(wu.wrapping_add(PREFETCH + 16).cast());
             let w0 = _mm512_load_ps(wu);
             let w1 = _mm512_load_ps(wu.add(16));
             for (r, a) in set.iter_mut().enumerate() {
@@ -376,7 +376,7 @@ unsafe fn tile512<const M: usize, const S: usize>(t: &Tile) {
             (a[0], a[1])
         };
         _mm512_mask_storeu_ps(y, lo, v0);
-        _mm512_mask_storeu_ps(y.add(16), hi, v1);
+        _mm512_mask_storeu_ps(y.wrapping_add(16), hi, v1);
     }
 }
 
@@ -405,7 +405,7 @@ unsafe fn tile256<const M: usize, const S: usize>(t: &Tile) {
         None => {
             for (r, a) in acc[0].iter_mut().enumerate() {
                 let y = t.y.add(r * t.ldy);
-                *a = std::array::from_fn(|j| _mm256_maskload_ps(y.add(8 * j), masks[j]));
+                *a = std::array::from_fn(|j| _mm256_maskload_ps(y.wrapping_add(8 * j), masks[j]));
             }
         }
     }
@@ -415,8 +415,8 @@ unsafe fn tile256<const M: usize, const S: usize>(t: &Tile) {
     for _ in 0..steps {
         for (s, set) in acc.iter_mut().enumerate() {
             let ws = w.add(s * NR);
-            _mm_prefetch::<_MM_HINT_T0>(ws.add(PREFETCH).cast());
-            _mm_prefetch::<_MM_HINT_T0>(ws.add(PREFETCH + 16).cast());
+            _mm_prefetch::<_MM_HINT_T0>(ws.wrapping_add(PREFETCH).cast());
+            _mm_prefetch::<_MM_HINT_T0>(ws.wrapping_add(PREFETCH + 16).cast());
             let v: [__m256; M] =
                 std::array::from_fn(|r| _mm256_broadcast_ss(&*x.add(r * t.ldx + s)));
             for j in 0..4 {
@@ -457,7 +457,7 @@ unsafe fn tile256<const M: usize, const S: usize>(t: &Tile) {
             } else {
                 a[j]
             };
-            _mm256_maskstore_ps(y.add(8 * j), masks[j], v);
+            _mm256_maskstore_ps(y.wrapping_add(8 * j), masks[j], v);
         }
     }
 }

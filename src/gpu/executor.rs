@@ -147,10 +147,14 @@ impl Executor for GpuExecutor {
         keep_output: bool,
     ) -> Result<(DeviceOutput, Option<Arc<dyn DeviceCopy>>)> {
         self.ensure_device()?;
-        let keep = keep_output && self.mode == Mode::Values;
         let Some(state) = &mut self.state else {
             return Err(self.unavailable_error());
         };
+        // An aggregate larger than one buffer may be is read back chunk by chunk.
+        let bytes = (input.rows() as u64)
+            .saturating_mul(state.output_width as u64)
+            .saturating_mul(4);
+        let keep = keep_output && self.mode == Mode::Values && bytes <= state.max_bytes;
         let result = match copy_on(input, &state.ctx) {
             Some(copy) => {
                 copy.check_alive()?;
@@ -176,6 +180,11 @@ impl Executor for GpuExecutor {
             return Err(self.unavailable_error());
         };
         let (rows, cols) = input.dims2("input")?;
+        // A copy larger than one buffer may be is not made: the runs of this device
+        // take the host values, in chunks.
+        if (input.len() as u64).saturating_mul(4) > state.max_bytes {
+            return Ok(None);
+        }
         let copy = Resident::upload(&state.ctx, rows, cols, input.as_slice())?;
         Ok(Some(Arc::new(copy)))
     }

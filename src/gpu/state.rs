@@ -103,6 +103,9 @@ pub(crate) struct DeviceState {
     pub(crate) output_width: usize,
     /// Most rows one submission handles (buffer size and dispatch limits).
     pub(crate) chunk_rows: usize,
+    /// The largest buffer a run may make: the device's limits and
+    /// `SessionOptions::max_buffer_bytes`.
+    pub(crate) max_bytes: u64,
     pub(crate) operation_timeout: Duration,
     pub(crate) spin_wait: Duration,
     pub(crate) uniforms: Option<UniformKey>,
@@ -214,6 +217,7 @@ impl DeviceState {
             input_width: shapes.input_width,
             output_width: shapes.output_width,
             chunk_rows,
+            max_bytes,
             operation_timeout: options.operation_timeout,
             spin_wait: options.spin_wait,
             uniforms: None,

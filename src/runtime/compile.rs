@@ -25,7 +25,10 @@ pub(crate) struct Compiled {
 enum Key {
     Cpu,
     Adapter(usize, usize),
-    External(wgpu::Device),
+    /// A device the caller handed in, by its process-unique id (`wgpu::Device`'s
+    /// own `==` compares per-instance handle ids: devices of two instances can be
+    /// equal by it).
+    External(u64),
     /// One group per member (a pipeline's workers with `worker_per_member`).
     Member(usize),
 }
@@ -182,11 +185,7 @@ impl Resolver<'_> {
             Placement::Device(ext) => {
                 // One context per device: creating it installs the device's error
                 // handlers, which must report to the context that is kept.
-                let existing = self
-                    .external
-                    .iter()
-                    .find(|c| c.device == ext.device)
-                    .cloned();
+                let existing = self.external.iter().find(|c| c.id == ext.id).cloned();
                 let ctx = existing.unwrap_or_else(|| {
                     let ctx = GpuContext::new(
                         ext.device.clone(),
@@ -200,7 +199,7 @@ impl Resolver<'_> {
                     self.external.push(ctx.clone());
                     ctx
                 });
-                (Key::External(ext.device.clone()), Some(ctx))
+                (Key::External(ext.id), Some(ctx))
             }
         })
     }

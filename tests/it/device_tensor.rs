@@ -412,6 +412,123 @@ fn lost_device_tensors_are_errors_vulkan() {
     }
 }
 
+/// A tensor larger than one of the device's buffers (`max_buffer_bytes` here) is not
+/// copied there by `upload`, and an aggregate that large is not kept: the runs read the
+/// host values in chunks and give `run`'s aggregate, a host tensor.
+#[test]
+fn tensors_larger_than_a_buffer_go_through_the_host_vulkan() {
+    for info in common::adapters_on(
+        "tensors_larger_than_a_buffer_go_through_the_host",
+        Target::Vulkan,
+    ) {
+        let graph = Graph::builder(10)
+            .member("m", members().remove(0), Placement::Adapter(info.index))
+            .build()
+            .unwrap();
+        // 500 rows: 20 000 bytes of input and 10 000 of output, beyond 8 KiB.
+        let session =
+            Session::with_options(graph, SessionOptions::default().max_buffer_bytes(8 << 10))
+                .unwrap();
+        let options = RunOptions::default();
+        let x = input(500, 10, 21);
+        let want = session.run(&x, &options).unwrap();
+        let uploaded = session.upload(&x).unwrap();
+        assert!(
+            uploaded
+                .devices()
+                .iter()
+                .all(|d| *d == ExecutionDevice::Cpu),
+            "{info}: a copy beyond the buffer limit was made: {:?}",
+            uploaded.devices()
+        );
+        let got = session.run_device(&uploaded, &options).unwrap();
+        assert!(
+            !got.aggregate.is_on_device(),
+            "{info}: an aggregate beyond the limit was kept"
+        );
+        assert_close(
+            &format!("{info} beyond one buffer"),
+            &host_values(&got.aggregate),
+            &as_f64(want.aggregate.as_slice()),
+        );
+        // A small batch of the same session still stays on the device.
+        let small = session
+            .run_device(&session.upload(&input(3, 10, 22)).unwrap(), &options)
+            .unwrap();
+        assert!(small.aggregate.is_on_device(), "{info}");
+    }
+}
+
+/// A device lost for good leaves `upload` working: the tensor has no copy there, and
+/// `run_device` under a quorum gives what `run` gives with that member failed.
+#[test]
+fn upload_leaves_out_a_device_lost_for_good_vulkan() {
+    for info in common::adapters_on("upload_leaves_out_a_device_lost_for_good", Target::Vulkan) {
+        let places = [
+            Placement::Cpu,
+            Placement::Cpu,
+            Placement::Adapter(info.index),
+        ];
+        let plan = FaultPlan::new().on_run("m2", 0, Fault::LoseDevicePermanently);
+        let mut g = Graph::builder(10);
+        for (i, (m, p)) in members().into_iter().zip(places).enumerate() {
+            g = g.member(format!("m{i}"), m, p);
+        }
+        let session =
+            Session::with_options(g.build().unwrap(), SessionOptions::default().faults(plan))
+                .unwrap();
+        let options = RunOptions::default().quorum(QuorumPolicy::Quorum(2));
+        let x = input(4, 10, 23);
+        session.run(&x, &options).unwrap();
+        let want = session.run(&x, &options).unwrap();
+        assert!(
+            !want.is_complete(),
+            "{info}: the lost member still answered"
+        );
+        let uploaded = session
+            .upload(&x)
+            .unwrap_or_else(|e| panic!("{info}: upload failed with one device gone: {e}"));
+        let got = session.run_device(&uploaded, &options).unwrap();
+        let statuses = |m: &[wgpu_ensemble::MemberReport]| {
+            m.iter()
+                .map(|r| format!("{:?}", r.status))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(statuses(&got.members), statuses(&want.members), "{info}");
+        assert_close(
+            &format!("{info} without the lost device"),
+            &host_values(&got.aggregate),
+            &as_f64(want.aggregate.as_slice()),
+        );
+    }
+}
+
+/// Devices of two wgpu instances, which wgpu's own `==` can take for one, are two
+/// devices to a session: each member runs on its own.
+#[test]
+fn devices_of_two_instances_stay_apart_vulkan() {
+    for info in common::adapters_on("devices_of_two_instances_stay_apart", Target::Vulkan) {
+        let a = external_device(&info.name, info.backend);
+        let b = external_device(&info.name, info.backend);
+        let graph = Graph::builder(10)
+            .member("on_a", members().remove(0), Placement::Device(a))
+            .member("on_b", members().remove(1), Placement::Device(b))
+            .build()
+            .unwrap();
+        let session = Session::new(graph).unwrap();
+        assert_eq!(
+            session.devices().count(),
+            2,
+            "{info}: {:?}",
+            session.devices().collect::<Vec<_>>()
+        );
+        let out = session
+            .run(&input(2, 10, 24), &RunOptions::default())
+            .unwrap();
+        assert!(out.is_complete(), "{info}");
+    }
+}
+
 /// `bench --resident` times `run_device` on an input uploaded once: its report says
 /// `resident`; it goes with `--mode session` only.
 fn resident_bench(placement: Placement, label: &str) {
