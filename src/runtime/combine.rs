@@ -191,7 +191,9 @@ impl Settled {
         let scale = 1.0 / self.present_weight;
         let mut values = self.acc;
         values.resize(self.rows * self.cols, 0.0);
-        values.iter_mut().for_each(|a| *a *= scale);
+        if scale != 1.0 {
+            values.iter_mut().for_each(|a| *a *= scale);
+        }
         Tensor::matrix(self.rows, self.cols, values)
     }
 }
