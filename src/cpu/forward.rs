@@ -337,11 +337,11 @@ fn softmax(row: &mut [f32]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// `x · Wᵀ + b` in f64, the reference.
-    fn reference(layer: &Dense, x: &[f32], rows: usize) -> Vec<f64> {
+    /// `act(x · Wᵀ + b)` in f64, the reference of the host's kernels (ReLU or none).
+    pub(crate) fn reference(layer: &Dense, x: &[f32], rows: usize) -> Vec<f64> {
         let (k, n) = (layer.in_features(), layer.out_features());
         let w = layer.weight().as_slice();
         let mut y = vec![0.0f64; rows * n];
@@ -350,7 +350,11 @@ mod tests {
                 let dot: f64 = (0..k)
                     .map(|i| f64::from(x[r * k + i]) * f64::from(w[o * k + i]))
                     .sum();
-                y[r * n + o] = dot + f64::from(layer.bias()[o]);
+                let v = dot + f64::from(layer.bias()[o]);
+                y[r * n + o] = match layer.activation() {
+                    Activation::Relu => v.max(0.0),
+                    _ => v,
+                };
             }
         }
         y

@@ -479,27 +479,8 @@ unsafe fn tile256<const M: usize, const S: usize>(t: &Tile) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::forward::tests::reference;
     use crate::model::Model;
-
-    /// `act(x · Wᵀ + b)` in f64, the reference (ReLU or none).
-    fn reference(layer: &Dense, x: &[f32], rows: usize) -> Vec<f64> {
-        let (k, n) = (layer.in_features(), layer.out_features());
-        let w = layer.weight().as_slice();
-        let mut y = vec![0.0f64; rows * n];
-        for r in 0..rows {
-            for o in 0..n {
-                let dot: f64 = (0..k)
-                    .map(|i| f64::from(x[r * k + i]) * f64::from(w[o * k + i]))
-                    .sum();
-                let v = dot + f64::from(layer.bias()[o]);
-                y[r * n + o] = match layer.activation() {
-                    Activation::Relu => v.max(0.0),
-                    _ => v,
-                };
-            }
-        }
-        y
-    }
 
     /// Every tile height (1–12 rows and beyond), widths that are not multiples of a
     /// panel or of a register, depths beyond one block of the reduction, every split of

@@ -8,9 +8,8 @@ use crate::common;
 
 use common::{assert_close, input, Target};
 use wgpu_ensemble::{
-    wgpu, Activation::*, Aggregate, DeviceTensor, Error, ExecutionDevice, ExternalDevice, Fault,
-    FaultPlan, Graph, MemberStatus, Model, Placement, QuorumPolicy, RunOptions, Session,
-    SessionOptions, Tensor,
+    Activation::*, Aggregate, DeviceTensor, Error, ExecutionDevice, Fault, FaultPlan, Graph,
+    MemberStatus, Model, Placement, QuorumPolicy, RunOptions, Session, SessionOptions, Tensor,
 };
 
 /// Three members of input width 10 and output width 5: two of one shape (one stack on
@@ -181,22 +180,6 @@ fn output_feeds_the_next_run_vulkan() {
     );
 }
 
-/// A device the test creates itself on the adapter with this name and backend.
-fn external_device(name: &str, backend: wgpu::Backend) -> ExternalDevice {
-    let backends = wgpu::Backends::from(backend);
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends,
-        ..wgpu::InstanceDescriptor::new_without_display_handle()
-    });
-    let adapter = pollster::block_on(instance.enumerate_adapters(backends))
-        .into_iter()
-        .find(|a| a.get_info().name == name)
-        .expect("the adapter the crate listed");
-    let (device, queue) =
-        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
-    ExternalDevice::new(device, queue, "shared device")
-}
-
 /// A first session's resident aggregate (width 8) is the input of a second session
 /// (width 8 in, 3 out): on the same adapter (its own device: through the host), on one
 /// device both sessions were given (read where it is), and on the CPU.
@@ -205,7 +188,11 @@ fn sessions_chain_on_device_tensors_vulkan() {
     for info in common::adapters_on("sessions_chain_on_device_tensors", Target::Vulkan) {
         let first_model = Model::random(&[5, 8], &[Sigmoid], 31).unwrap();
         let second_model = Model::random(&[8, 10, 3], &[Relu, Softmax], 32).unwrap();
-        let shared = Placement::Device(external_device(&info.name, info.backend));
+        let shared = Placement::Device(common::external_device(
+            &info.name,
+            info.backend,
+            "shared device",
+        ));
         let adapter = Placement::Adapter(info.index);
         let cases = [
             ("same adapter", adapter.clone(), adapter.clone()),
@@ -508,8 +495,8 @@ fn upload_leaves_out_a_device_lost_for_good_vulkan() {
 #[test]
 fn devices_of_two_instances_stay_apart_vulkan() {
     for info in common::adapters_on("devices_of_two_instances_stay_apart", Target::Vulkan) {
-        let a = external_device(&info.name, info.backend);
-        let b = external_device(&info.name, info.backend);
+        let a = common::external_device(&info.name, info.backend, "A");
+        let b = common::external_device(&info.name, info.backend, "B");
         let graph = Graph::builder(10)
             .member("on_a", members().remove(0), Placement::Device(a))
             .member("on_b", members().remove(1), Placement::Device(b))

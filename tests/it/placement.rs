@@ -5,25 +5,8 @@ use crate::common;
 
 use common::{assert_close, input, reference_forward, reference_mean};
 use wgpu_ensemble::{
-    wgpu, Activation::*, ExecutionDevice, ExternalDevice, Graph, Model, Placement, RunOptions,
-    Session,
+    wgpu, Activation::*, ExecutionDevice, Graph, Model, Placement, RunOptions, Session,
 };
-
-/// A device the test creates itself on the adapter with this name and backend.
-fn external_device(name: &str, backend: wgpu::Backend) -> ExternalDevice {
-    let backends = wgpu::Backends::from(backend);
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends,
-        ..wgpu::InstanceDescriptor::new_without_display_handle()
-    });
-    let adapter = pollster::block_on(instance.enumerate_adapters(backends))
-        .into_iter()
-        .find(|a| a.get_info().name == name)
-        .expect("the adapter the crate listed");
-    let (device, queue) =
-        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
-    ExternalDevice::new(device, queue, "caller's device")
-}
 
 #[test]
 fn members_on_two_adapters_two_queues_an_external_device_and_the_host() {
@@ -72,7 +55,11 @@ fn members_on_two_adapters_two_queues_an_external_device_and_the_host() {
         ("cpu", Placement::Cpu),
         (
             "external",
-            Placement::Device(external_device(&a.name, a.backend)),
+            Placement::Device(common::external_device(
+                &a.name,
+                a.backend,
+                "caller's device",
+            )),
         ),
         // Shares the first adapter's device (slot 0) with "first-adapter".
         (

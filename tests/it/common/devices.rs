@@ -10,7 +10,7 @@
 use std::sync::OnceLock;
 
 use wgpu_ensemble::wgpu::{self, Backend};
-use wgpu_ensemble::{probe_adapters, AdapterInfo, AdapterProbe, Placement};
+use wgpu_ensemble::{probe_adapters, AdapterInfo, AdapterProbe, ExternalDevice, Placement};
 
 /// Where a `#[test]` wrapper runs its body; the wrapper's name ends in its
 /// [`Target::name`].
@@ -269,4 +269,21 @@ pub mod quirks {
     pub fn fence_wait_runs_to_completion(info: &AdapterInfo) -> Option<&'static str> {
         (info.backend == Backend::Gl).then_some("GL waits cannot time out early")
     }
+}
+
+/// A device the test creates itself, in a wgpu instance of its own, on the adapter with
+/// this name and backend; `label` names it in reports.
+pub fn external_device(name: &str, backend: Backend, label: &str) -> ExternalDevice {
+    let backends = wgpu::Backends::from(backend);
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapter = pollster::block_on(instance.enumerate_adapters(backends))
+        .into_iter()
+        .find(|a| a.get_info().name == name)
+        .expect("the adapter the crate listed");
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+    ExternalDevice::new(device, queue, label)
 }
