@@ -437,6 +437,18 @@ pub enum Error {
         /// Members in the graph.
         members: usize,
     },
+    /// A member's [`Split`](crate::Split) cannot be applied to its model, or has an
+    /// invalid value; `key` names the manifest key (`devices`, `micro_batches`,
+    /// `boundaries`, `split`).
+    #[error("member '{member}': split `{key}`: {message}")]
+    Split {
+        /// The member.
+        member: String,
+        /// The key that is wrong.
+        key: &'static str,
+        /// What is wrong, expected against given.
+        message: String,
+    },
     /// A [`FaultPlan`](crate::FaultPlan) names a member the graph does not have.
     #[error("the fault plan names member '{member}', which the graph does not have; members: {}", .members.join(", "))]
     FaultUnknownMember {

@@ -100,6 +100,14 @@ pub(crate) trait Executor: Send {
     /// `permanently`, recreating it fails from then on.
     fn lose_device(&mut self, permanently: bool) -> Loss;
 
+    /// [`Executor::lose_device`] for the device of part `part` of a member split
+    /// across devices; an executor of one device has only part 0 (the default: its
+    /// device, whatever `part` says).
+    fn lose_part_device(&mut self, part: usize, permanently: bool) -> Loss {
+        let _ = part;
+        self.lose_device(permanently)
+    }
+
     /// Drops what a failed or interrupted run may have left in use (buffers still
     /// mapped or in flight); the next run makes them again.
     fn reset(&mut self);

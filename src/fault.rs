@@ -83,7 +83,8 @@ impl FromStr for Fault {
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct FaultPlan {
-    entries: Vec<(String, Range<u64>, Fault)>,
+    /// (member, part, runs, fault).
+    entries: Vec<(String, usize, Range<u64>, Fault)>,
 }
 
 impl FaultPlan {
@@ -103,8 +104,24 @@ impl FaultPlan {
     }
 
     /// `fault` strikes `member` on every run in `runs`.
-    pub fn on_runs(mut self, member: impl Into<String>, runs: Range<u64>, fault: Fault) -> Self {
-        self.entries.push((member.into(), runs, fault));
+    pub fn on_runs(self, member: impl Into<String>, runs: Range<u64>, fault: Fault) -> Self {
+        self.on_part_runs(member, 0, runs, fault)
+    }
+
+    /// `fault` strikes part `part` of a member split across devices
+    /// ([`Split`](crate::Split)) on every run in `runs`: [`Fault::LoseDevice`] and
+    /// [`Fault::LoseDevicePermanently`] lose that part's device (the device of a stage,
+    /// or of a range of columns, in the order of the split's devices); the other
+    /// faults strike the member as a whole, whatever the part. Part 0 is what the
+    /// other methods name; a member that is not split has only part 0.
+    pub fn on_part_runs(
+        mut self,
+        member: impl Into<String>,
+        part: usize,
+        runs: Range<u64>,
+        fault: Fault,
+    ) -> Self {
+        self.entries.push((member.into(), part, runs, fault));
         self
     }
 
@@ -117,20 +134,29 @@ impl FaultPlan {
     pub(crate) fn unknown_member<'a>(&'a self, members: &[&str]) -> Option<&'a str> {
         self.entries
             .iter()
-            .map(|(m, _, _)| m.as_str())
+            .map(|(m, _, _, _)| m.as_str())
             .find(|m| !members.contains(m))
     }
 
-    /// The faults that strike `member` on `run`.
+    /// The first (member, part) the plan names whose member has fewer parts
+    /// (`parts(member)`).
+    pub(crate) fn unknown_part(&self, parts: impl Fn(&str) -> usize) -> Option<(&str, usize)> {
+        self.entries
+            .iter()
+            .find(|(m, p, _, _)| *p >= parts(m))
+            .map(|(m, p, _, _)| (m.as_str(), *p))
+    }
+
+    /// The faults that strike `member` on `run`, with the part each names.
     pub(crate) fn faults<'a>(
         &'a self,
         member: &'a str,
         run: u64,
-    ) -> impl Iterator<Item = &'a Fault> + 'a {
+    ) -> impl Iterator<Item = (usize, &'a Fault)> + 'a {
         self.entries
             .iter()
-            .filter(move |(m, runs, _)| m == member && runs.contains(&run))
-            .map(|(_, _, f)| f)
+            .filter(move |(m, _, runs, _)| m == member && runs.contains(&run))
+            .map(|(_, p, _, f)| (*p, f))
     }
 }
 

@@ -8,6 +8,7 @@ use crate::aggregate::Aggregate;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::placement::Placement;
+use crate::split::Split;
 
 /// One member of the ensemble: a named model pinned to a device.
 #[derive(Clone, Debug)]
@@ -15,6 +16,9 @@ pub struct Member {
     pub(crate) name: String,
     pub(crate) model: Arc<Model>,
     pub(crate) placement: Placement,
+    /// Set for a member split across several devices (its `placement` is then the
+    /// first of them).
+    pub(crate) split: Option<Split>,
 }
 
 impl Member {
@@ -28,9 +32,15 @@ impl Member {
         &self.model
     }
 
-    /// Where the member was asked to run.
+    /// Where the member was asked to run (for a split member, its first device).
     pub fn placement(&self) -> &Placement {
         &self.placement
+    }
+
+    /// How the member is split across devices, for a member added with
+    /// [`GraphBuilder::split_member`].
+    pub fn split(&self) -> Option<&Split> {
+        self.split.as_ref()
     }
 }
 
@@ -97,6 +107,20 @@ impl GraphBuilder {
             name: name.into(),
             model: Arc::new(model),
             placement,
+            split: None,
+        });
+        self
+    }
+
+    /// Adds a member network split across several devices (model parallelism): by
+    /// layers or by columns, as [`Split`] describes. It is one member of the graph for
+    /// the aggregate, deadlines, quorum and reports.
+    pub fn split_member(mut self, name: impl Into<String>, model: Model, split: Split) -> Self {
+        self.members.push(Member {
+            name: name.into(),
+            model: Arc::new(model),
+            placement: split.devices().first().cloned().unwrap_or_default(),
+            split: Some(split),
         });
         self
     }
@@ -109,7 +133,8 @@ impl GraphBuilder {
 
     /// Checks the graph: at least one member, unique non-empty names of at most 200
     /// characters ([`Error::InvalidValue`] otherwise), every member takes the
-    /// input width, all members agree on the output width, aggregate weights valid.
+    /// input width, all members agree on the output width, aggregate weights valid,
+    /// every split fits its member's model ([`Error::Split`]).
     pub fn build(self) -> Result<Graph> {
         if self.input_width == 0 {
             return Err(Error::ZeroInputWidth);
@@ -140,6 +165,9 @@ impl GraphBuilder {
                     expected: self.input_width,
                     got: m.model.in_features(),
                 });
+            }
+            if let Some(split) = &m.split {
+                split.check(&m.name, &m.model)?;
             }
             if m.model.out_features() != output_width {
                 return Err(Error::MemberOutputWidth {

@@ -49,6 +49,7 @@ mod options;
 mod placement;
 mod precision;
 mod report;
+mod split;
 mod tensor;
 mod tile;
 // The graph, the executor contract, the backends, the runtime.
@@ -80,6 +81,7 @@ pub use placement::{AdapterInfo, AdapterProbe, ExecutionDevice, ExternalDevice, 
 pub use precision::Precision;
 pub use report::{MemberReport, MemberStatus, RunOutput};
 pub use session::Session;
+pub use split::{Split, SplitKind};
 pub use tensor::Tensor;
 pub use tile::{CoopShape, TileConfig};
 

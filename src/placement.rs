@@ -196,6 +196,15 @@ pub enum ExecutionDevice {
         /// The label given to [`ExternalDevice::new`].
         label: String,
     },
+    /// A member split across several devices
+    /// ([`GraphBuilder::split_member`](crate::GraphBuilder::split_member)): one
+    /// worker of its own, its parts on these devices.
+    Split {
+        /// By layers or by columns.
+        kind: crate::split::SplitKind,
+        /// Each part's device, in order.
+        parts: Vec<ExecutionDevice>,
+    },
 }
 
 impl fmt::Display for ExecutionDevice {
@@ -209,6 +218,16 @@ impl fmt::Display for ExecutionDevice {
                 name,
             } => write!(f, "adapter:{index}/queue:{slot} ({backend:?} {name})"),
             ExecutionDevice::External { label } => write!(f, "external ({label})"),
+            ExecutionDevice::Split { kind, parts } => {
+                write!(f, "split by {kind} over [")?;
+                for (i, p) in parts.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{p}")?;
+                }
+                f.write_str("]")
+            }
         }
     }
 }

@@ -12,6 +12,14 @@
 //! activations = ["relu", "softmax"]   # optional when the file's metadata has them
 //! layers = ["0", "2"]                 # optional explicit order
 //! device = "auto"                     # "auto" | "cpu" | "adapter:N" | "adapter:N/queue:K"
+//!
+//! [[member]]                          # one member split across devices
+//! name = "wide"
+//! file = "wide.safetensors"
+//! devices = ["adapter:0", "cpu"]      # instead of `device`
+//! split = "layers"                    # or "columns"
+//! micro_batches = 4                   # layers only (default: one per device)
+//! boundaries = [2]                    # layers only: first layer of each later stage
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -25,6 +33,7 @@ use crate::files::{excerpt, read_regular_to_string, toml_error, TEXT_FILE_LIMIT}
 use crate::graph::Graph;
 use crate::model::Activation;
 use crate::placement::Placement;
+use crate::split::{Split, SplitKind};
 
 /// The longest path a member's `file` may be (Linux's `PATH_MAX`); a longer one
 /// could not be opened, and would be quoted whole by the error that says so.
@@ -54,6 +63,10 @@ struct MemberFormat {
     activations: Option<Vec<String>>,
     layers: Option<Vec<String>>,
     device: Option<String>,
+    devices: Option<Vec<String>>,
+    split: Option<String>,
+    micro_batches: Option<usize>,
+    boundaries: Option<Vec<usize>>,
 }
 
 /// One `[[member]]` of a manifest, with its file path resolved.
@@ -66,8 +79,11 @@ pub struct ManifestMember {
     pub file: PathBuf,
     /// How to read its layers.
     pub options: LoadOptions,
-    /// Where it runs (`auto` when the manifest does not say).
+    /// Where it runs (`auto` when the manifest does not say; a split member's first
+    /// device).
     pub placement: Placement,
+    /// How it is split across devices, when the manifest lists `devices`.
+    pub split: Option<Split>,
 }
 
 /// A parsed and checked ensemble manifest.
@@ -196,14 +212,25 @@ impl Manifest {
                         "member \"{name}\": `layers` is empty; name the layers' prefixes in order, or leave it out"
                     )));
                 }
-                let placement = match &m.device {
-                    None => Placement::Auto,
-                    Some(spec) => spec.parse().map_err(|_: Error| {
+                let device = |spec: &String| {
+                    spec.parse::<Placement>().map_err(|_: Error| {
                         let e = Error::DeviceSpec {
                             spec: excerpt(spec),
                         };
                         bad(format!("member \"{name}\": {e}"))
-                    })?,
+                    })
+                };
+                let placement = match &m.device {
+                    None => Placement::Auto,
+                    Some(spec) => device(spec)?,
+                };
+                let split = split_of(&m, &name, device).map_err(|e| match e {
+                    Error::Manifest { .. } => e,
+                    other => bad(other.to_string()),
+                })?;
+                let placement = match &split {
+                    Some(s) => s.devices().first().cloned().unwrap_or_default(),
+                    None => placement,
                 };
                 Ok(ManifestMember {
                     file: base.join(&m.file),
@@ -213,6 +240,7 @@ impl Manifest {
                     },
                     name: m.name,
                     placement,
+                    split,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -246,12 +274,108 @@ impl Manifest {
                 other => other,
             })?;
             let b = builder.unwrap_or_else(|| Graph::builder(model.in_features()));
-            let placement = device.cloned().unwrap_or_else(|| m.placement.clone());
-            builder = Some(b.member(m.name.clone(), model, placement));
+            builder = Some(match (device, &m.split) {
+                (Some(d), _) => b.member(m.name.clone(), model, d.clone()),
+                (None, Some(split)) => b.split_member(m.name.clone(), model, split.clone()),
+                (None, None) => b.member(m.name.clone(), model, m.placement.clone()),
+            });
         }
         builder
             .ok_or(Error::NoMembers)?
             .aggregate(self.aggregate.clone())
             .build()
+            .map_err(|e| match e {
+                // A split that does not fit its model names the manifest too.
+                Error::Split { .. } => Error::Manifest {
+                    path: self.path.clone(),
+                    message: e.to_string(),
+                },
+                other => other,
+            })
     }
+}
+
+/// A member's split from its `devices`, `split`, `micro_batches` and `boundaries`
+/// (`None` without `devices`), each wrong combination an error naming the keys;
+/// `device` parses one device. What depends on the weights (boundaries beyond the
+/// layers, more devices than a layer has outputs) is checked by [`Manifest::graph`].
+fn split_of(
+    m: &MemberFormat,
+    name: &str,
+    device: impl Fn(&String) -> Result<Placement>,
+) -> Result<Option<Split>> {
+    let err = |key: &'static str, message: &str| Error::Split {
+        member: name.to_string(),
+        key,
+        message: message.to_string(),
+    };
+    let Some(devices) = &m.devices else {
+        for (key, given) in [
+            ("split", m.split.is_some()),
+            ("micro_batches", m.micro_batches.is_some()),
+            ("boundaries", m.boundaries.is_some()),
+        ] {
+            if given {
+                return Err(err(
+                    key,
+                    "given without `devices`; list the devices to split the member across",
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    if m.device.is_some() {
+        return Err(err(
+            "devices",
+            "given with `device`; give `device` for a whole member or `devices` for a split one, not both",
+        ));
+    }
+    if devices.is_empty() {
+        return Err(err(
+            "devices",
+            "an empty list; expected at least one device",
+        ));
+    }
+    let kind: SplitKind = match &m.split {
+        None => {
+            return Err(err(
+                "split",
+                "missing; `devices` needs split = \"layers\" or \"columns\"",
+            ))
+        }
+        Some(text) => text.parse().map_err(|_: Error| Error::Split {
+            member: name.to_string(),
+            key: "split",
+            message: format!("\"{}\"; expected \"layers\" or \"columns\"", excerpt(text)),
+        })?,
+    };
+    let placements = devices.iter().map(device).collect::<Result<Vec<_>>>()?;
+    let mut split = Split::new(kind, placements);
+    if let Some(n) = m.micro_batches {
+        if n == 0 {
+            return Err(err("micro_batches", "0; expected at least 1"));
+        }
+        split = split.micro_batches(n);
+    }
+    if let Some(b) = &m.boundaries {
+        if b.windows(2).any(|w| w[1] <= w[0]) {
+            return Err(Error::Split {
+                member: name.to_string(),
+                key: "boundaries",
+                message: format!("{}; expected increasing values", excerpt(&format!("{b:?}"))),
+            });
+        }
+        split = split.boundaries(b.clone());
+    }
+    if kind == SplitKind::Columns {
+        for (key, given) in [
+            ("micro_batches", m.micro_batches.is_some()),
+            ("boundaries", m.boundaries.is_some()),
+        ] {
+            if given {
+                return Err(err(key, "given; it is for split = \"layers\" only"));
+            }
+        }
+    }
+    Ok(Some(split))
 }

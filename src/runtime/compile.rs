@@ -4,13 +4,17 @@
 
 use std::sync::Arc;
 
+use crate::aggregate::Mode;
 use crate::cpu::CpuExecutor;
 use crate::error::{Error, Result};
 use crate::exec::{Executor, MemberSpec};
 use crate::gpu::{DevicePool, GpuContext, GpuExecutor, Tuner, LLVMPIPE_SMALL_INPUTS};
-use crate::graph::{Graph, Member};
+use crate::graph::Graph;
+use crate::model::Model;
 use crate::options::SessionOptions;
 use crate::placement::{is_llvmpipe, ExecutionDevice, Placement};
+use crate::runtime::split::{ColumnStep, Parts, SplitExecutor};
+use crate::split::{column_models, stage_models, SplitKind};
 
 /// One compiled device (or member, for a pipeline with a worker per member): where it
 /// runs, which graph members it holds, and its executor.
@@ -50,8 +54,22 @@ pub(crate) fn compile(
         external: Vec::new(),
     };
     let mut groups: Vec<(Key, Option<GpuContext>, Vec<usize>)> = Vec::new();
+    let mut splits: Vec<(usize, Vec<Option<GpuContext>>)> = Vec::new();
     for (index, member) in graph.members.iter().enumerate() {
-        let (key, ctx) = resolver.resolve(member)?;
+        if let Some(split) = &member.split {
+            let contexts = split
+                .devices()
+                .iter()
+                .map(|p| {
+                    resolver
+                        .resolve(&member.name, &member.model, p)
+                        .map(|r| r.1)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            splits.push((index, contexts));
+            continue;
+        }
+        let (key, ctx) = resolver.resolve(&member.name, &member.model, &member.placement)?;
         let key = if per_member { Key::Member(index) } else { key };
         match groups.iter_mut().find(|g| g.0 == key) {
             Some(group) => group.2.push(index),
@@ -72,34 +90,146 @@ pub(crate) fn compile(
                 weight: graph.weights[i],
             })
             .collect();
-        let (device, executor): (ExecutionDevice, Box<dyn Executor>) = match ctx {
-            None => (
-                ExecutionDevice::Cpu,
-                Box::new(CpuExecutor::new(
-                    &specs,
-                    mode,
-                    graph.output_width,
-                    options.precision,
-                )),
-            ),
-            Some(ctx) => (
-                ctx.label.clone(),
-                Box::new(GpuExecutor::new(
-                    ctx,
-                    &specs,
-                    (mode, graph.input_width, graph.output_width),
-                    options,
-                    &tuner,
-                )?),
-            ),
-        };
+        let (device, executor) = executor(
+            ctx,
+            &specs,
+            (mode, graph.input_width, graph.output_width),
+            options,
+            &tuner,
+        )?;
         compiled.push(Compiled {
             device,
             members,
             executor,
         });
     }
+    for (index, contexts) in splits {
+        compiled.push(split_executor(graph, index, contexts, options, &tuner)?);
+    }
+    // The workers in the members' order (a split member's worker was built last).
+    compiled.sort_by_key(|c| c.members.first().copied().unwrap_or(usize::MAX));
     Ok(compiled)
+}
+
+/// An executor of `specs` on `ctx`'s device, or on the host CPU without one.
+fn executor(
+    ctx: Option<GpuContext>,
+    specs: &[MemberSpec],
+    (mode, input_width, output_width): (Mode, usize, usize),
+    options: &SessionOptions,
+    tuner: &Tuner,
+) -> Result<(ExecutionDevice, Box<dyn Executor>)> {
+    Ok(match ctx {
+        None => (
+            ExecutionDevice::Cpu,
+            Box::new(CpuExecutor::new(
+                specs,
+                mode,
+                output_width,
+                options.precision,
+            )),
+        ),
+        Some(ctx) => (
+            ctx.label.clone(),
+            Box::new(GpuExecutor::new(
+                ctx,
+                specs,
+                (mode, input_width, output_width),
+                options,
+                tuner,
+            )?),
+        ),
+    })
+}
+
+/// The executor of member `index`, split across the devices of `contexts` (one per
+/// part, `None` for the CPU): an executor per stage, or per column step and part,
+/// each holding one sub-model as a member of weight 1 under a mean.
+fn split_executor(
+    graph: &Graph,
+    index: usize,
+    contexts: Vec<Option<GpuContext>>,
+    options: &SessionOptions,
+    tuner: &Tuner,
+) -> Result<Compiled> {
+    let member = &graph.members[index];
+    let Some(split) = &member.split else {
+        return Err(Error::WorkerFailed {
+            device: "split".into(),
+            message: format!("member '{}' is not split", member.name),
+        });
+    };
+    let sub = |model: Model, label: String| MemberSpec {
+        index: 0,
+        name: label,
+        model: Arc::new(model),
+        weight: 1.0,
+    };
+    let mut devices = vec![ExecutionDevice::Cpu; contexts.len()];
+    let parts = match split.kind() {
+        SplitKind::Layers => {
+            let stages = split.stages(&member.model);
+            let models = stage_models(&member.model, &stages)?;
+            let mut executors = Vec::with_capacity(models.len());
+            for (s, (model, ctx)) in models.into_iter().zip(&contexts).enumerate() {
+                let (inp, out) = (model.in_features(), model.out_features());
+                let spec = sub(model, format!("{} (stage {s})", member.name));
+                let (device, e) = executor(
+                    ctx.clone(),
+                    &[spec],
+                    (Mode::Values, inp, out),
+                    options,
+                    tuner,
+                )?;
+                devices[s] = device;
+                executors.push(e);
+            }
+            Parts::Layers {
+                stages: executors,
+                micro_batches: split.micro_batches_or_default(),
+            }
+        }
+        SplitKind::Columns => {
+            let steps = column_models(&member.model, contexts.len())?;
+            let mut out = Vec::with_capacity(steps.len());
+            for (s, step) in steps.into_iter().enumerate() {
+                let mut executors = Vec::with_capacity(step.parts.len());
+                for (p, (model, ctx)) in step.parts.into_iter().zip(&contexts).enumerate() {
+                    let (inp, width) = (model.in_features(), model.out_features());
+                    let spec = sub(model, format!("{} (step {s}, part {p})", member.name));
+                    let (device, e) = executor(
+                        ctx.clone(),
+                        &[spec],
+                        (Mode::Values, inp, width),
+                        options,
+                        tuner,
+                    )?;
+                    devices[p] = device;
+                    executors.push(e);
+                }
+                out.push(ColumnStep {
+                    parts: executors,
+                    join: step.join,
+                    output_width: step.output_width,
+                });
+            }
+            Parts::Columns(out)
+        }
+    };
+    Ok(Compiled {
+        device: ExecutionDevice::Split {
+            kind: split.kind(),
+            parts: devices,
+        },
+        members: vec![index],
+        executor: Box::new(SplitExecutor {
+            index,
+            weight: graph.weights[index],
+            mode: graph.aggregate.mode(),
+            output_width: graph.output_width,
+            parts,
+        }),
+    })
 }
 
 /// What is checked before any device is made: the fault plan names only members of
@@ -111,6 +241,23 @@ fn check(graph: &Graph, options: &SessionOptions) -> Result<()> {
             member: crate::error::excerpt(member),
             members: names.iter().map(|n| n.to_string()).collect(),
         });
+    }
+    let parts = |name: &str| {
+        graph
+            .members
+            .iter()
+            .find(|m| m.name == name)
+            .map_or(1, |m| m.split.as_ref().map_or(1, |s| s.devices().len()))
+    };
+    if let Some((member, part)) = options.faults.unknown_part(parts) {
+        return Err(Error::invalid(
+            "fault plan part",
+            &format!(
+                "part {part} of member '{member}', which has {}",
+                parts(member)
+            ),
+            "a part below the member's number of devices (0 for a member that is not split)",
+        ));
     }
     if options.precision.is_f16() {
         for m in &graph.members {
@@ -145,22 +292,28 @@ impl Resolver<'_> {
         })
     }
 
-    /// The group key of `member`'s device, and its context (`None` on the CPU).
-    fn resolve(&mut self, member: &Member) -> Result<(Key, Option<GpuContext>)> {
-        Ok(match &member.placement {
+    /// The group key of `placement`'s device for member `name` (of `model`), and its
+    /// context (`None` on the CPU).
+    fn resolve(
+        &mut self,
+        name: &str,
+        model: &Model,
+        placement: &Placement,
+    ) -> Result<(Key, Option<GpuContext>)> {
+        Ok(match placement {
             Placement::Cpu => (Key::Cpu, None),
             Placement::Adapter(a) => {
-                let ctx = self.pool().open(&member.name, *a, 0)?;
+                let ctx = self.pool().open(name, *a, 0)?;
                 (Key::Adapter(*a, 0), Some(ctx))
             }
             Placement::Queue { adapter, slot } => {
-                let ctx = self.pool().open(&member.name, *adapter, *slot)?;
+                let ctx = self.pool().open(name, *adapter, *slot)?;
                 (Key::Adapter(*adapter, *slot), Some(ctx))
             }
             Placement::Auto => {
                 // A layer longer than llvmpipe computes correctly runs on the CPU
                 // rather than there (see the GPU backend's LLVMPIPE_SMALL_INPUTS).
-                let too_long = member.model.longest_layer().1 > LLVMPIPE_SMALL_INPUTS;
+                let too_long = model.longest_layer().1 > LLVMPIPE_SMALL_INPUTS;
                 let pool = self.pool();
                 let usable: Vec<usize> = pool
                     .usable()
@@ -178,7 +331,7 @@ impl Resolver<'_> {
                 } else {
                     self.auto_next += 1;
                     let a = usable[(self.auto_next - 1) % usable.len()];
-                    let ctx = self.pool().open(&member.name, a, 0)?;
+                    let ctx = self.pool().open(name, a, 0)?;
                     (Key::Adapter(a, 0), Some(ctx))
                 }
             }

@@ -53,12 +53,14 @@ pub(crate) fn execute_input(
     };
     let mut skip: Vec<(usize, Error)> = Vec::new();
     let mut panic = false;
-    // The members whose own fault loses the device, and whether for good.
+    // The members whose own fault loses the device, the parts whose devices are lost
+    // (part 0 but for a split member), and whether for good.
     let mut losers: Vec<usize> = Vec::new();
+    let mut lost_parts: Vec<usize> = Vec::new();
     let mut permanently = false;
     if !plan.is_empty() {
         for &m in members.iter() {
-            for fault in plan.faults(&names[m], run) {
+            for (part, fault) in plan.faults(&names[m], run) {
                 match fault {
                     Fault::Sleep(d) => std::thread::sleep(*d),
                     Fault::Fail => skip.push(injected(m)),
@@ -68,13 +70,27 @@ pub(crate) fn execute_input(
                         if !losers.contains(&m) {
                             losers.push(m);
                         }
+                        if !lost_parts.contains(&part) {
+                            lost_parts.push(part);
+                        }
                     }
                 }
             }
         }
     }
     if !losers.is_empty() {
-        match executor.lose_device(permanently) {
+        let mut loss = Loss::Device(None);
+        for &part in &lost_parts {
+            match executor.lose_part_device(part, permanently) {
+                Loss::Device(None) => {}
+                other => {
+                    if matches!(loss, Loss::Device(None)) {
+                        loss = other;
+                    }
+                }
+            }
+        }
+        match loss {
             Loss::Device(Some(err)) => return Err(err),
             Loss::Device(None) => {}
             // The members the fault named fail by fault injection; the others on the

@@ -5,6 +5,7 @@
 mod combine;
 mod compile;
 mod job;
+mod split;
 mod thread;
 
 pub(crate) use combine::Combiner;
