@@ -32,6 +32,7 @@ mod serve_load;
 #[cfg(feature = "serve")]
 mod serve_repo;
 mod shaders;
+mod split;
 mod timing;
 mod train_cli;
 mod train_gpu;
