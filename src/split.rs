@@ -71,10 +71,12 @@ impl FromStr for SplitKind {
 ///   that exchanges fewer values — the second layer split by its inputs, so each
 ///   device computes a partial sum of the second layer's outputs, and the host adds
 ///   the parts, then the bias (once), then the activation (Megatron-LM's
-///   column-then-row pattern). A pair exchanges `devices × outputs₂` values per row
-///   instead of `(1 + devices) × outputs₁ + … `; it is chosen when
-///   `(devices + 1) × outputs₁ ≥ (devices − 1) × outputs₂`. A softmax is computed
-///   over the whole row, on the host, after the parts are gathered or added.
+///   column-then-row pattern). Counting the values read back and uploaded per row,
+///   a pair moves `2 × devices × outputs₂` where two gathered layers move
+///   `(devices + 1) × (outputs₁ + outputs₂)`, so it is chosen when
+///   `(devices + 1) × outputs₁ ≥ (devices − 1) × outputs₂` (and it waits for the
+///   devices once instead of twice). A softmax is computed over the whole row, on the
+///   host, after the parts are gathered or added.
 ///
 /// A split member is one member of the graph: its aggregate weight, deadline, quorum
 /// and status are a member's. It is late if any part is late, and it fails when any
