@@ -33,6 +33,7 @@ mod serve_load;
 mod serve_repo;
 mod shaders;
 mod split;
+mod split_review;
 mod timing;
 mod train_cli;
 mod train_gpu;
