@@ -112,7 +112,8 @@ fn review_f16_on_the_cpu_split_equals_the_f16_reference() {
 #[test]
 fn review_single_softmax_layer_and_wide_narrow_layers() {
     let soft = Model::random(&[9, 5], &[Softmax], 21).unwrap();
-    let narrow_wide = Model::random(&[9, 1, 600, 1, 4], &[Tanh, Relu, Identity, Softmax], 22).unwrap();
+    let narrow_wide =
+        Model::random(&[9, 1, 600, 1, 4], &[Tanh, Relu, Identity, Softmax], 22).unwrap();
     let wide_mid = Model::random(&[9, 3, 700, 3], &[Gelu, Sigmoid, Softmax], 23).unwrap();
     let mut places = vec![Placement::Cpu];
     places.extend(
@@ -126,10 +127,22 @@ fn review_single_softmax_layer_and_wide_narrow_layers() {
             ("soft x5", &soft, Split::columns(p(5))),
             ("soft x3", &soft, Split::columns(p(3))),
             ("soft x1", &soft, Split::columns(p(1))),
-            ("soft layers x1", &soft, Split::layers(p(1)).micro_batches(7)),
-            ("nw layers x4", &narrow_wide, Split::layers(p(4)).micro_batches(5)),
+            (
+                "soft layers x1",
+                &soft,
+                Split::layers(p(1)).micro_batches(7),
+            ),
+            (
+                "nw layers x4",
+                &narrow_wide,
+                Split::layers(p(4)).micro_batches(5),
+            ),
             ("wm columns x3", &wide_mid, Split::columns(p(3))),
-            ("wm layers x3", &wide_mid, Split::layers(p(3)).micro_batches(2)),
+            (
+                "wm layers x3",
+                &wide_mid,
+                Split::layers(p(3)).micro_batches(2),
+            ),
         ] {
             let g = Graph::builder(9)
                 .split_member(name, model.clone(), split)
@@ -158,7 +171,11 @@ fn review_weighted_mean_with_a_failing_split_member() {
     let w = [0.6f32, 0.3, 0.1];
     let g = Graph::builder(7)
         .split_member("cols", a.clone(), Split::columns(vec![Placement::Cpu; 3]))
-        .split_member("layers", b.clone(), Split::layers(vec![Placement::Cpu; 2]).micro_batches(3))
+        .split_member(
+            "layers",
+            b.clone(),
+            Split::layers(vec![Placement::Cpu; 2]).micro_batches(3),
+        )
         .member("whole", c.clone(), Placement::Cpu)
         .aggregate(Aggregate::WeightedMean(w.to_vec()))
         .build()
@@ -206,17 +223,44 @@ fn split_error(split: Split, model: &Model) -> Error {
 fn review_huge_values_are_errors_or_run() {
     let m = Model::random(&[7, 5, 4, 3], &[Relu, Tanh, Softmax], 11).unwrap();
     let g = Graph::builder(7)
-        .split_member("mb-max", m.clone(), Split::layers(vec![Placement::Cpu; 3]).micro_batches(usize::MAX))
+        .split_member(
+            "mb-max",
+            m.clone(),
+            Split::layers(vec![Placement::Cpu; 3]).micro_batches(usize::MAX),
+        )
         .build()
         .unwrap();
     let s = Session::new(g).unwrap();
-    check_members(&s, std::slice::from_ref(&m), &[1, 2, 33], reference_forward, (common::ABS, common::REL), "mb max");
+    check_members(
+        &s,
+        std::slice::from_ref(&m),
+        &[1, 2, 33],
+        reference_forward,
+        (common::ABS, common::REL),
+        "mb max",
+    );
 
     for (split, key, wants) in [
-        (Split::layers(vec![Placement::Cpu; 2]).boundaries(vec![usize::MAX]), "boundaries", "out of range"),
-        (Split::layers(vec![Placement::Cpu; 3]).boundaries(vec![1, usize::MAX]), "boundaries", "out of range"),
-        (Split::layers(vec![Placement::Cpu; 1000]), "devices", "1000 devices"),
-        (Split::columns(vec![Placement::Cpu; 1000]), "devices", "1000 devices"),
+        (
+            Split::layers(vec![Placement::Cpu; 2]).boundaries(vec![usize::MAX]),
+            "boundaries",
+            "out of range",
+        ),
+        (
+            Split::layers(vec![Placement::Cpu; 3]).boundaries(vec![1, usize::MAX]),
+            "boundaries",
+            "out of range",
+        ),
+        (
+            Split::layers(vec![Placement::Cpu; 1000]),
+            "devices",
+            "1000 devices",
+        ),
+        (
+            Split::columns(vec![Placement::Cpu; 1000]),
+            "devices",
+            "1000 devices",
+        ),
     ] {
         let e = split_error(split, &m);
         match &e {
@@ -247,15 +291,33 @@ fn review_huge_values_are_errors_or_run() {
 fn review_empty_batch_then_a_run() {
     let m = Model::random(&[7, 5, 4, 3], &[Relu, Tanh, Softmax], 11).unwrap();
     for split in kinds(vec![Placement::Cpu; 2]) {
-        let s = Session::new(Graph::builder(7).split_member("m", m.clone(), split).build().unwrap()).unwrap();
+        let s = Session::new(
+            Graph::builder(7)
+                .split_member("m", m.clone(), split)
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
         let empty = wgpu_ensemble::Tensor::zeros(0, 7);
-        assert!(matches!(s.run(&empty, &RunOptions::default()), Err(Error::EmptyBatch)));
-        check_members(&s, std::slice::from_ref(&m), &[3], reference_forward, (common::ABS, common::REL), "after empty");
+        assert!(matches!(
+            s.run(&empty, &RunOptions::default()),
+            Err(Error::EmptyBatch)
+        ));
+        check_members(
+            &s,
+            std::slice::from_ref(&m),
+            &[3],
+            reference_forward,
+            (common::ABS, common::REL),
+            "after empty",
+        );
     }
 }
 
 fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Many runs of split members (both kinds, CPU parts) leave no thread behind; nor does
@@ -268,8 +330,16 @@ fn review_threads_do_not_leak() {
     let m = Model::random(&[7, 5, 4, 3], &[Relu, Tanh, Softmax], 11).unwrap();
     let build = |plan: FaultPlan| {
         let g = Graph::builder(7)
-            .split_member("layers", m.clone(), Split::layers(vec![Placement::Cpu; 3]).micro_batches(4))
-            .split_member("columns", m.clone(), Split::columns(vec![Placement::Cpu; 3]))
+            .split_member(
+                "layers",
+                m.clone(),
+                Split::layers(vec![Placement::Cpu; 3]).micro_batches(4),
+            )
+            .split_member(
+                "columns",
+                m.clone(),
+                Split::columns(vec![Placement::Cpu; 3]),
+            )
             .build()
             .unwrap();
         Session::with_options(g, SessionOptions::default().faults(plan)).unwrap()
@@ -288,24 +358,43 @@ fn review_threads_do_not_leak() {
             s.run(&x, &RunOptions::default()).unwrap();
         }
         let during = threads();
-        assert!(during <= before + 2, "{before} threads before, {during} with a session of 2 workers");
+        assert!(
+            during <= before + 2,
+            "{before} threads before, {during} with a session of 2 workers"
+        );
     }
     std::thread::sleep(Duration::from_millis(200));
     let after = threads();
-    assert!(after <= before, "{before} threads before, {after} after 300 runs and the drop");
+    assert!(
+        after <= before,
+        "{before} threads before, {after} after 300 runs and the drop"
+    );
 
     // Late, then dropped.
-    let s = build(FaultPlan::new().on_runs("layers", 0..1, Fault::Sleep(Duration::from_millis(800))));
+    let s =
+        build(FaultPlan::new().on_runs("layers", 0..1, Fault::Sleep(Duration::from_millis(800))));
     let out = s
-        .run(&x, &RunOptions::default().timeout(Duration::from_millis(50)).quorum(QuorumPolicy::Quorum(1)))
+        .run(
+            &x,
+            &RunOptions::default()
+                .timeout(Duration::from_millis(50))
+                .quorum(QuorumPolicy::Quorum(1)),
+        )
         .unwrap();
     assert_eq!(status(&out, "layers"), "late");
     let t = Instant::now();
     drop(s);
-    assert!(t.elapsed() < Duration::from_millis(500), "drop took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "drop took {:?}",
+        t.elapsed()
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let last = threads();
-    assert!(last <= before, "{before} threads before, {last} after a late run's session was dropped");
+    assert!(
+        last <= before,
+        "{before} threads before, {last} after a late run's session was dropped"
+    );
 }
 
 /// `Session::upload` and `run_device` with split members: alone (one worker, the
@@ -338,13 +427,20 @@ fn review_upload_and_run_device_with_split_members() {
                 }
                 let w = vec![1.0; refs.len()];
                 assert_close(
-                    &format!("{place:?} {:?} whole {with_whole}: run_device", split.kind()),
+                    &format!(
+                        "{place:?} {:?} whole {with_whole}: run_device",
+                        split.kind()
+                    ),
                     host.as_slice(),
                     &reference_mean(&refs, &w),
                 );
                 // The aggregate of a run_device fed back in.
                 let again = s.run(&x, &RunOptions::default()).unwrap();
-                assert_close("run after run_device", again.aggregate.as_slice(), &reference_mean(&refs, &w));
+                assert_close(
+                    "run after run_device",
+                    again.aggregate.as_slice(),
+                    &reference_mean(&refs, &w),
+                );
             }
         }
     }
@@ -355,7 +451,9 @@ fn review_upload_and_run_device_with_split_members() {
 #[cfg(feature = "serve")]
 #[test]
 fn review_the_repository_serves_a_split_manifest() {
-    use wgpu_ensemble::serve::{InferRequest, Metrics, Repository, RepositoryConfig, VersionSelector, VersionState};
+    use wgpu_ensemble::serve::{
+        InferRequest, Metrics, Repository, RepositoryConfig, VersionSelector, VersionState,
+    };
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("split").join("1");
     std::fs::create_dir_all(&dir).unwrap();
@@ -377,7 +475,12 @@ fn review_the_repository_serves_a_split_manifest() {
         if st.state == VersionState::Available {
             break;
         }
-        assert!(Instant::now() < until, "state {:?}: {:?}", st.state, st.error);
+        assert!(
+            Instant::now() < until,
+            "state {:?}: {:?}",
+            st.state,
+            st.error
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let manifest = Manifest::load(dir.join("ensemble.toml")).unwrap();
@@ -385,7 +488,11 @@ fn review_the_repository_serves_a_split_manifest() {
     let x = input(5, whole.input_width(), 4);
     let want = whole.run(&x, &RunOptions::default()).unwrap().aggregate;
     let (_served, reply) = repo
-        .submit("split", &VersionSelector::Default, InferRequest::new(x.clone()))
+        .submit(
+            "split",
+            &VersionSelector::Default,
+            InferRequest::new(x.clone()),
+        )
         .unwrap();
     let answer = reply.blocking_recv().unwrap().unwrap();
     let want: Vec<f64> = want.as_slice().iter().map(|&v| f64::from(v)).collect();
@@ -445,7 +552,11 @@ fn review_predict_device_overrides_a_split_manifest() {
     assert!(out.status.success(), "{}", stderr(&out));
     let (_, want) = read_f64(&golden("expected_mean.npy"));
     let y = wgpu_ensemble::io::read_matrix(&output).unwrap();
-    assert_close("predict --device cpu over split members", y.as_slice(), &want);
+    assert_close(
+        "predict --device cpu over split members",
+        y.as_slice(),
+        &want,
+    );
     let out = run(None);
     assert!(!out.status.success());
     let e = stderr(&out);
@@ -456,7 +567,10 @@ fn review_predict_device_overrides_a_split_manifest() {
 /// issue asks of every bad split key), not only the member.
 #[test]
 fn review_a_bad_devices_entry_names_the_key() {
-    let file = golden("seq-relu.safetensors").display().to_string().replace('\\', "/");
+    let file = golden("seq-relu.safetensors")
+        .display()
+        .to_string()
+        .replace('\\', "/");
     let text = format!(
         "[[member]]\nname = \"m\"\nfile = \"{file}\"\ndevices = [\"cpu\", \"gpu:1\"]\nsplit = \"layers\"\n"
     );
@@ -465,7 +579,10 @@ fn review_a_bad_devices_entry_names_the_key() {
         .expect("refused")
         .to_string();
     assert!(e.contains("bad.toml") && e.contains("gpu:1"), "{e}");
-    assert!(e.contains("devices"), "the error does not name the key `devices`: {e}");
+    assert!(
+        e.contains("devices"),
+        "the error does not name the key `devices`: {e}"
+    );
 }
 
 /// A split member's part and a whole member share one adapter's device (the resolver
@@ -484,7 +601,11 @@ fn review_losing_a_part_device_shared_with_another_member() {
     let w = Model::random(&[7, 512, 512, 3], &[Relu, Relu, Identity], 12).unwrap();
     for kind in [SplitKind::Layers, SplitKind::Columns] {
         let g = Graph::builder(7)
-            .split_member("split", m.clone(), Split::new(kind, vec![Placement::Adapter(adapter), Placement::Cpu]))
+            .split_member(
+                "split",
+                m.clone(),
+                Split::new(kind, vec![Placement::Adapter(adapter), Placement::Cpu]),
+            )
             .member("whole", w.clone(), Placement::Adapter(adapter))
             .build()
             .unwrap();
@@ -527,9 +648,18 @@ fn review_repeated_part_device_loss_columns_many_steps() {
     else {
         return;
     };
-    let m = Model::random(&[7, 8, 2, 8, 2, 8, 2, 8, 3], &[Relu, Tanh, Relu, Tanh, Relu, Tanh, Relu, Softmax], 5).unwrap();
+    let m = Model::random(
+        &[7, 8, 2, 8, 2, 8, 2, 8, 3],
+        &[Relu, Tanh, Relu, Tanh, Relu, Tanh, Relu, Softmax],
+        5,
+    )
+    .unwrap();
     let g = Graph::builder(7)
-        .split_member("split", m.clone(), Split::columns(vec![Placement::Adapter(adapter), Placement::Cpu]))
+        .split_member(
+            "split",
+            m.clone(),
+            Split::columns(vec![Placement::Adapter(adapter), Placement::Cpu]),
+        )
         .build()
         .unwrap();
     let mut plan = FaultPlan::new();
@@ -543,7 +673,11 @@ fn review_repeated_part_device_loss_columns_many_steps() {
         if run % 2 == 0 {
             let out = out.unwrap();
             assert!(out.is_complete(), "run {run}: {:?}", out.members);
-            assert_close(&format!("run {run}"), out.aggregate.as_slice(), &reference_forward(&m, &x));
+            assert_close(
+                &format!("run {run}"),
+                out.aggregate.as_slice(),
+                &reference_forward(&m, &x),
+            );
         }
     }
 }
@@ -561,9 +695,20 @@ fn review_chunked_gpu_batches() {
             Split::columns(vec![place.clone(), Placement::Cpu, place.clone()]),
             Split::columns(vec![place.clone(); 2]),
         ] {
-            let g = Graph::builder(33).split_member("s", m.clone(), split).build().unwrap();
-            let s = Session::with_options(g, SessionOptions::default().max_buffer_bytes(16 * 1024)).unwrap();
-            check_members(&s, std::slice::from_ref(&m), &[1, 257, 3001], reference_forward, (common::ABS, common::REL), &format!("{a} chunked"));
+            let g = Graph::builder(33)
+                .split_member("s", m.clone(), split)
+                .build()
+                .unwrap();
+            let s = Session::with_options(g, SessionOptions::default().max_buffer_bytes(16 * 1024))
+                .unwrap();
+            check_members(
+                &s,
+                std::slice::from_ref(&m),
+                &[1, 257, 3001],
+                reference_forward,
+                (common::ABS, common::REL),
+                &format!("{a} chunked"),
+            );
         }
     }
 }
@@ -584,7 +729,12 @@ fn review_upload_does_not_wait_for_a_busy_split_member() {
         let s = Session::with_options(g, SessionOptions::default().faults(plan)).unwrap();
         let x = input(3, 7, 1);
         let out = s
-            .run(&x, &RunOptions::default().timeout(Duration::from_millis(50)).quorum(QuorumPolicy::Quorum(1)))
+            .run(
+                &x,
+                &RunOptions::default()
+                    .timeout(Duration::from_millis(50))
+                    .quorum(QuorumPolicy::Quorum(1)),
+            )
             .unwrap();
         assert_eq!(status(&out, "s"), "late");
         let t = Instant::now();
@@ -614,9 +764,20 @@ fn review_f16_across_an_adapter_and_the_cpu() {
             Split::layers(vec![place.clone(), Placement::Cpu, place.clone()]).micro_batches(4),
             Split::columns(vec![place.clone(), Placement::Cpu, place.clone()]),
         ] {
-            let g = Graph::builder(33).split_member("s", m.clone(), split).build().unwrap();
-            let s = Session::with_options(g, SessionOptions::default().precision(Precision::F16)).unwrap();
-            check_members(&s, std::slice::from_ref(&m), &[1, 17, 100], reference_forward_f16, (3e-4, 3e-3), &format!("{a} f16"));
+            let g = Graph::builder(33)
+                .split_member("s", m.clone(), split)
+                .build()
+                .unwrap();
+            let s = Session::with_options(g, SessionOptions::default().precision(Precision::F16))
+                .unwrap();
+            check_members(
+                &s,
+                std::slice::from_ref(&m),
+                &[1, 17, 100],
+                reference_forward_f16,
+                (3e-4, 3e-3),
+                &format!("{a} f16"),
+            );
         }
     }
 }
@@ -627,14 +788,20 @@ fn review_f16_across_an_adapter_and_the_cpu() {
 #[test]
 fn review_pipeline_with_faults_on_parts() {
     use wgpu_ensemble::{Pipeline, PipelineOptions};
-    let first = common::usable_adapters("review pipeline").first().map(|a| Placement::Adapter(a.index));
+    let first = common::usable_adapters("review pipeline")
+        .first()
+        .map(|a| Placement::Adapter(a.index));
     let place = first.unwrap_or(Placement::Cpu);
     let m = Model::random(&[7, 5, 4, 3], &[Relu, Tanh, Softmax], 11).unwrap();
     let c = Model::random(&[7, 3], &[Identity], 13).unwrap();
     for kind in [SplitKind::Layers, SplitKind::Columns] {
         for per_member in [false, true] {
             let split = Split::new(kind, vec![Placement::Cpu, place.clone()]);
-            let split = if kind == SplitKind::Layers { split.micro_batches(16) } else { split };
+            let split = if kind == SplitKind::Layers {
+                split.micro_batches(16)
+            } else {
+                split
+            };
             let g = Graph::builder(7)
                 .split_member("s", m.clone(), split)
                 .member("w", c.clone(), Placement::Cpu)
@@ -684,6 +851,13 @@ fn review_a_thousand_column_parts() {
         .unwrap();
     let s = Session::new(g).unwrap();
     let t = Instant::now();
-    check_members(&s, std::slice::from_ref(&m), &[1, 9], reference_forward, (common::ABS, common::REL), "1000 parts");
+    check_members(
+        &s,
+        std::slice::from_ref(&m),
+        &[1, 9],
+        reference_forward,
+        (common::ABS, common::REL),
+        "1000 parts",
+    );
     eprintln!("1000 column parts: 2 runs in {:?}", t.elapsed());
 }
