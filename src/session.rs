@@ -206,7 +206,13 @@ impl Session {
         let (reply, replies) = crossbeam_channel::unbounded();
         let mut pending = 0;
         for (w, worker) in self.workers.iter().enumerate() {
-            if worker.device == ExecutionDevice::Cpu {
+            // The host CPU makes no copy, and neither does a split member's worker (its
+            // parts read the host values): asking them would only wait for their
+            // queued runs.
+            if matches!(
+                worker.device,
+                ExecutionDevice::Cpu | ExecutionDevice::Split { .. }
+            ) {
                 continue;
             }
             let work = Work::Upload {
