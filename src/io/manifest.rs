@@ -224,7 +224,7 @@ impl Manifest {
                     None => Placement::Auto,
                     Some(spec) => device(spec)?,
                 };
-                let split = split_of(&m, &name, device).map_err(|e| match e {
+                let split = split_of(&m, &name).map_err(|e| match e {
                     Error::Manifest { .. } => e,
                     other => bad(other.to_string()),
                 })?;
@@ -296,14 +296,10 @@ impl Manifest {
 }
 
 /// A member's split from its `devices`, `split`, `micro_batches` and `boundaries`
-/// (`None` without `devices`), each wrong combination an error naming the keys;
-/// `device` parses one device. What depends on the weights (boundaries beyond the
+/// (`None` without `devices`), each wrong combination (and each entry of `devices`
+/// that is not a device) an error naming the key. What depends on the weights (boundaries beyond the
 /// layers, more devices than a layer has outputs) is checked by [`Manifest::graph`].
-fn split_of(
-    m: &MemberFormat,
-    name: &str,
-    device: impl Fn(&String) -> Result<Placement>,
-) -> Result<Option<Split>> {
+fn split_of(m: &MemberFormat, name: &str) -> Result<Option<Split>> {
     let err = |key: &'static str, message: &str| Error::Split {
         member: name.to_string(),
         key,
@@ -349,7 +345,22 @@ fn split_of(
             message: format!("\"{}\"; expected \"layers\" or \"columns\"", excerpt(text)),
         })?,
     };
-    let placements = devices.iter().map(device).collect::<Result<Vec<_>>>()?;
+    let placements = devices
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            spec.parse::<Placement>().map_err(|_: Error| Error::Split {
+                member: name.to_string(),
+                key: "devices",
+                message: format!(
+                    "entry {i}: {}",
+                    Error::DeviceSpec {
+                        spec: excerpt(spec)
+                    }
+                ),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut split = Split::new(kind, placements);
     if let Some(n) = m.micro_batches {
         if n == 0 {
