@@ -861,3 +861,93 @@ fn review_a_thousand_column_parts() {
     );
     eprintln!("1000 column parts: 2 runs in {:?}", t.elapsed());
 }
+
+/// A device lost in the middle of a split run (another member on the same device loses
+/// it 30 ms into the run, while the split's GPU stage is on one of its many
+/// micro-batches): the run ends (no hang), the split member fails or finishes, and the
+/// next runs are complete and right.
+#[test]
+fn review_a_device_lost_mid_micro_batches() {
+    let Some(adapter) = common::usable_adapters("review mid-run loss")
+        .first()
+        .map(|a| a.index)
+    else {
+        return;
+    };
+    let m = Model::random(&[7, 256, 256, 256, 3], &[Relu, Relu, Tanh, Softmax], 31).unwrap();
+    let w = Model::random(&[7, 3], &[Identity], 32).unwrap();
+    for split in [
+        Split::layers(vec![Placement::Cpu, Placement::Adapter(adapter)]).micro_batches(64),
+        Split::columns(vec![Placement::Cpu, Placement::Adapter(adapter)]),
+    ] {
+        let kind = split.kind();
+        let g = Graph::builder(7)
+            .split_member("split", m.clone(), split)
+            .member("whole", w.clone(), Placement::Adapter(adapter))
+            .build()
+            .unwrap();
+        let plan = FaultPlan::new()
+            .on_runs("whole", 1..2, Fault::Sleep(Duration::from_millis(30)))
+            .on_runs("whole", 1..2, Fault::LoseDevice);
+        let s = Session::with_options(g, SessionOptions::default().faults(plan)).unwrap();
+        for run in 0..4u64 {
+            let x = input(2048, 7, run);
+            let t = Instant::now();
+            let out = s.run(
+                &x,
+                &RunOptions::default()
+                    .quorum(QuorumPolicy::Quorum(1))
+                    .member_outputs(true)
+                    .timeout(Duration::from_secs(60)),
+            );
+            eprintln!(
+                "{kind} run {run} in {:?}: {:?}",
+                t.elapsed(),
+                out.as_ref().map(|o| (status(o, "split"), status(o, "whole")))
+            );
+            if run != 1 {
+                let out = out.unwrap();
+                assert!(out.is_complete(), "{kind} run {run}: {:?}", out.members);
+                let got = out.members[0].output.as_ref().unwrap();
+                assert_close(&format!("{kind} run {run}"), got.as_slice(), &reference_forward(&m, &x));
+            }
+        }
+    }
+}
+
+/// A session dropped while its split member is in the middle of a long run (stage
+/// threads busy on the GPU and the CPU): the drop returns at once, and the threads are
+/// gone once the run ends.
+#[test]
+#[ignore = "counts the process's threads: run alone"]
+fn review_drop_while_a_split_run_is_in_flight() {
+    let place = common::usable_adapters("review drop in flight")
+        .first()
+        .map_or(Placement::Cpu, |a| Placement::Adapter(a.index));
+    let m = Model::random(&[7, 512, 512, 512, 3], &[Relu, Relu, Tanh, Softmax], 31).unwrap();
+    let x = input(8192, 7, 1);
+    let build = |split: Split| {
+        Session::new(Graph::builder(7).split_member("s", m.clone(), split).build().unwrap()).unwrap()
+    };
+    // Warm.
+    build(Split::layers(vec![Placement::Cpu, place.clone()])).run(&input(1, 7, 1), &RunOptions::default()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = threads();
+    for split in [
+        Split::layers(vec![Placement::Cpu, place.clone(), Placement::Cpu]).micro_batches(32),
+        Split::columns(vec![place.clone(), Placement::Cpu, place.clone()]),
+    ] {
+        let s = build(split);
+        let out = s
+            .run(&x, &RunOptions::default().timeout(Duration::from_millis(20)).quorum(QuorumPolicy::Quorum(1)));
+        assert!(out.is_err() || status(out.as_ref().unwrap(), "s") == "late");
+        let t = Instant::now();
+        drop(s);
+        assert!(t.elapsed() < Duration::from_millis(500), "drop took {:?}", t.elapsed());
+    }
+    let until = Instant::now() + Duration::from_secs(60);
+    while threads() > before && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(threads() <= before, "{before} threads before, {} a minute after", threads());
+}
