@@ -951,3 +951,56 @@ fn review_drop_while_a_split_run_is_in_flight() {
     }
     assert!(threads() <= before, "{before} threads before, {} a minute after", threads());
 }
+
+/// The per-run cost of a split on the CPU (threads spawned for every run and step)
+/// against the whole member: printed, not asserted.
+#[test]
+#[ignore = "timing: run alone"]
+fn review_per_run_overhead_on_the_cpu() {
+    let m = Model::random(&[16, 32, 32, 32, 4], &[Relu, Relu, Relu, Softmax], 3).unwrap();
+    let x = input(4, 16, 1);
+    for (label, g) in [
+        ("whole", Graph::builder(16).member("m", m.clone(), Placement::Cpu)),
+        ("layers x1", Graph::builder(16).split_member("m", m.clone(), Split::layers(vec![Placement::Cpu]))),
+        ("layers x2", Graph::builder(16).split_member("m", m.clone(), Split::layers(vec![Placement::Cpu; 2]))),
+        ("layers x4", Graph::builder(16).split_member("m", m.clone(), Split::layers(vec![Placement::Cpu; 4]))),
+        ("columns x2", Graph::builder(16).split_member("m", m.clone(), Split::columns(vec![Placement::Cpu; 2]))),
+        ("columns x4", Graph::builder(16).split_member("m", m.clone(), Split::columns(vec![Placement::Cpu; 4]))),
+    ] {
+        let s = Session::new(g.build().unwrap()).unwrap();
+        for _ in 0..200 {
+            s.run(&x, &RunOptions::default()).unwrap();
+        }
+        let t = Instant::now();
+        let n = 2000;
+        for _ in 0..n {
+            s.run(&x, &RunOptions::default()).unwrap();
+        }
+        eprintln!("{label}: {:?} per run", t.elapsed() / n);
+    }
+}
+
+/// A manifest whose split does not fit its model (boundaries beyond the layers, more
+/// column parts than a layer has outputs) is refused by `graph(None)` but accepted by
+/// `graph(Some(device))` (`predict --device`, the server's per-device replicas): the
+/// same file is valid or not depending on the command line.
+#[test]
+fn review_a_device_override_skips_the_split_checks() {
+    let file = golden("seq-relu.safetensors").display().to_string().replace('\\', "/");
+    for keys in [
+        "devices = [\"cpu\", \"cpu\"]\nsplit = \"layers\"\nboundaries = [99]",
+        "devices = [\"cpu\", \"cpu\", \"cpu\"]\nsplit = \"layers\"",
+        "devices = [\"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\"]\nsplit = \"columns\"",
+    ] {
+        let text = format!("[[member]]\nname = \"m\"\nfile = \"{file}\"\n{keys}\n");
+        let manifest = Manifest::parse(std::path::Path::new("bad.toml"), &text).unwrap();
+        let whole = manifest.graph(Some(&Placement::Cpu)).map(|_| ()).map_err(|e| e.to_string());
+        let split = manifest.graph(None).map(|_| ()).map_err(|e| e.to_string());
+        assert!(split.is_err(), "{keys}: accepted without --device");
+        assert_eq!(
+            whole.is_err(),
+            split.is_err(),
+            "{keys}: with --device {whole:?}, without {split:?}"
+        );
+    }
+}
