@@ -1004,3 +1004,48 @@ fn review_a_device_override_skips_the_split_checks() {
         );
     }
 }
+
+/// A part that cannot be built on its adapter (buffers too small for its weights; f16
+/// on GL, which has no `SHADER_F16`): where the whole member's error names the member
+/// (`member 'the-member'`), the split member's names it too — not a sub-model
+/// (`'the-member (stage 1)'`, `'the-member (step 0, part 1)'`) that the graph does not
+/// have, with the sub-model's layer index and weight shape.
+#[test]
+fn review_part_build_errors_name_the_member() {
+    let m = Model::random(&[7, 512, 512, 3], &[Relu, Relu, Softmax], 11).unwrap();
+    for a in common::usable_adapters("review part build errors") {
+        let place = Placement::Adapter(a.index);
+        let mut options = vec![SessionOptions::default().max_buffer_bytes(256)];
+        if !common::quirks::shader_f16(&a) {
+            options.push(SessionOptions::default().precision(Precision::F16));
+        }
+        for o in options {
+            let whole = Graph::builder(7)
+                .member("the-member", m.clone(), place.clone())
+                .build()
+                .unwrap();
+            let whole = Session::with_options(whole, o.clone())
+                .err()
+                .expect("the whole member is refused")
+                .to_string();
+            for split in kinds(vec![Placement::Cpu, place.clone()]) {
+                let kind = split.kind();
+                let g = Graph::builder(7)
+                    .split_member("the-member", m.clone(), split.clone())
+                    .build()
+                    .unwrap();
+                let e = Session::with_options(g, o.clone())
+                    .err()
+                    .expect("the split member is refused")
+                    .to_string();
+                eprintln!("{a} whole: {whole}\n{a} {kind}: {e}");
+                if whole.contains("member 'the-member'") {
+                    assert!(
+                        e.contains("member 'the-member'"),
+                        "{a} {kind}: {e}\n(the whole member: {whole})"
+                    );
+                }
+            }
+        }
+    }
+}
