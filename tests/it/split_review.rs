@@ -903,13 +903,18 @@ fn review_a_device_lost_mid_micro_batches() {
             eprintln!(
                 "{kind} run {run} in {:?}: {:?}",
                 t.elapsed(),
-                out.as_ref().map(|o| (status(o, "split"), status(o, "whole")))
+                out.as_ref()
+                    .map(|o| (status(o, "split"), status(o, "whole")))
             );
             if run != 1 {
                 let out = out.unwrap();
                 assert!(out.is_complete(), "{kind} run {run}: {:?}", out.members);
                 let got = out.members[0].output.as_ref().unwrap();
-                assert_close(&format!("{kind} run {run}"), got.as_slice(), &reference_forward(&m, &x));
+                assert_close(
+                    &format!("{kind} run {run}"),
+                    got.as_slice(),
+                    &reference_forward(&m, &x),
+                );
             }
         }
     }
@@ -927,10 +932,18 @@ fn review_drop_while_a_split_run_is_in_flight() {
     let m = Model::random(&[7, 512, 512, 512, 3], &[Relu, Relu, Tanh, Softmax], 31).unwrap();
     let x = input(8192, 7, 1);
     let build = |split: Split| {
-        Session::new(Graph::builder(7).split_member("s", m.clone(), split).build().unwrap()).unwrap()
+        Session::new(
+            Graph::builder(7)
+                .split_member("s", m.clone(), split)
+                .build()
+                .unwrap(),
+        )
+        .unwrap()
     };
     // Warm.
-    build(Split::layers(vec![Placement::Cpu, place.clone()])).run(&input(1, 7, 1), &RunOptions::default()).unwrap();
+    build(Split::layers(vec![Placement::Cpu, place.clone()]))
+        .run(&input(1, 7, 1), &RunOptions::default())
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let before = threads();
     for split in [
@@ -938,18 +951,30 @@ fn review_drop_while_a_split_run_is_in_flight() {
         Split::columns(vec![place.clone(), Placement::Cpu, place.clone()]),
     ] {
         let s = build(split);
-        let out = s
-            .run(&x, &RunOptions::default().timeout(Duration::from_millis(20)).quorum(QuorumPolicy::Quorum(1)));
+        let out = s.run(
+            &x,
+            &RunOptions::default()
+                .timeout(Duration::from_millis(20))
+                .quorum(QuorumPolicy::Quorum(1)),
+        );
         assert!(out.is_err() || status(out.as_ref().unwrap(), "s") == "late");
         let t = Instant::now();
         drop(s);
-        assert!(t.elapsed() < Duration::from_millis(500), "drop took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "drop took {:?}",
+            t.elapsed()
+        );
     }
     let until = Instant::now() + Duration::from_secs(60);
     while threads() > before && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(threads() <= before, "{before} threads before, {} a minute after", threads());
+    assert!(
+        threads() <= before,
+        "{before} threads before, {} a minute after",
+        threads()
+    );
 }
 
 /// The per-run cost of a split on the CPU (threads spawned for every run and step)
@@ -960,12 +985,38 @@ fn review_per_run_overhead_on_the_cpu() {
     let m = Model::random(&[16, 32, 32, 32, 4], &[Relu, Relu, Relu, Softmax], 3).unwrap();
     let x = input(4, 16, 1);
     for (label, g) in [
-        ("whole", Graph::builder(16).member("m", m.clone(), Placement::Cpu)),
-        ("layers x1", Graph::builder(16).split_member("m", m.clone(), Split::layers(vec![Placement::Cpu]))),
-        ("layers x2", Graph::builder(16).split_member("m", m.clone(), Split::layers(vec![Placement::Cpu; 2]))),
-        ("layers x4", Graph::builder(16).split_member("m", m.clone(), Split::layers(vec![Placement::Cpu; 4]))),
-        ("columns x2", Graph::builder(16).split_member("m", m.clone(), Split::columns(vec![Placement::Cpu; 2]))),
-        ("columns x4", Graph::builder(16).split_member("m", m.clone(), Split::columns(vec![Placement::Cpu; 4]))),
+        (
+            "whole",
+            Graph::builder(16).member("m", m.clone(), Placement::Cpu),
+        ),
+        (
+            "layers x1",
+            Graph::builder(16).split_member("m", m.clone(), Split::layers(vec![Placement::Cpu])),
+        ),
+        (
+            "layers x2",
+            Graph::builder(16).split_member("m", m.clone(), Split::layers(vec![Placement::Cpu; 2])),
+        ),
+        (
+            "layers x4",
+            Graph::builder(16).split_member("m", m.clone(), Split::layers(vec![Placement::Cpu; 4])),
+        ),
+        (
+            "columns x2",
+            Graph::builder(16).split_member(
+                "m",
+                m.clone(),
+                Split::columns(vec![Placement::Cpu; 2]),
+            ),
+        ),
+        (
+            "columns x4",
+            Graph::builder(16).split_member(
+                "m",
+                m.clone(),
+                Split::columns(vec![Placement::Cpu; 4]),
+            ),
+        ),
     ] {
         let s = Session::new(g.build().unwrap()).unwrap();
         for _ in 0..200 {
@@ -986,7 +1037,10 @@ fn review_per_run_overhead_on_the_cpu() {
 /// same file is valid or not depending on the command line.
 #[test]
 fn review_a_device_override_skips_the_split_checks() {
-    let file = golden("seq-relu.safetensors").display().to_string().replace('\\', "/");
+    let file = golden("seq-relu.safetensors")
+        .display()
+        .to_string()
+        .replace('\\', "/");
     for keys in [
         "devices = [\"cpu\", \"cpu\"]\nsplit = \"layers\"\nboundaries = [99]",
         "devices = [\"cpu\", \"cpu\", \"cpu\"]\nsplit = \"layers\"",
@@ -1045,6 +1099,39 @@ fn review_part_build_errors_name_the_member() {
                         "{a} {kind}: {e}\n(the whole member: {whole})"
                     );
                 }
+            }
+        }
+    }
+}
+
+/// Session options that change the GPU executors — device timing, a tile, the
+/// autotune — with split members whose parts are on an adapter.
+#[test]
+fn review_gpu_session_options_with_split_members() {
+    let m = Model::random(&[33, 65, 64, 7], &[Relu, Identity, Softmax], 1).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    for a in common::usable_adapters("review gpu options") {
+        let place = Placement::Adapter(a.index);
+        for o in [
+            SessionOptions::default().device_timing(true),
+            SessionOptions::default()
+                .autotune(16)
+                .autotune_cache(cache.path().join("tune.toml")),
+        ] {
+            for split in kinds(vec![place.clone(), Placement::Cpu, place.clone()]) {
+                let g = Graph::builder(33)
+                    .split_member("s", m.clone(), split.clone())
+                    .build()
+                    .unwrap();
+                let s = Session::with_options(g, o.clone()).unwrap();
+                check_members(
+                    &s,
+                    std::slice::from_ref(&m),
+                    &[1, 17, 100],
+                    reference_forward,
+                    (common::ABS, common::REL),
+                    &format!("{a} {:?}", split.kind()),
+                );
             }
         }
     }
