@@ -440,7 +440,7 @@ pub enum Error {
     /// A member's [`Split`](crate::Split) cannot be applied to its model, or has an
     /// invalid value; `key` names the manifest key (`devices`, `micro_batches`,
     /// `boundaries`, `split`).
-    #[error("member '{member}': split `{key}`: {message}")]
+    #[error("member '{member}': `{key}`: {message}")]
     Split {
         /// The member.
         member: String,

@@ -30,6 +30,9 @@ pub(crate) struct MemberSpec {
     pub(crate) model: Arc<Model>,
     /// Its aggregate weight.
     pub(crate) weight: f32,
+    /// The member's index of `model`'s first layer: 0, but for a piece of a member
+    /// split by layers or columns, whose errors name the member's own layers.
+    pub(crate) first_layer: usize,
 }
 
 /// What an executor sends back: the weighted sum (or vote counts) of the members that

@@ -81,8 +81,12 @@ impl FromStr for SplitKind {
 /// A split member is one member of the graph: its aggregate weight, deadline, quorum
 /// and status are a member's. It is late if any part is late, and it fails when any
 /// part fails (a lost device included); the graph's other members are not affected.
-/// Its devices may be any placements, the CPU included, and may repeat; parts on one
-/// device run one after the other.
+/// Its devices may be any placements, the CPU included, and may repeat. Each part
+/// gets a device of its own on its adapter (not the one other members placed there
+/// share), so that losing it fails this member only; a
+/// [`Placement::Device`](crate::Placement::Device) is the caller's device, shared as
+/// given. Each part has a thread of its own for the session's life; parts run side
+/// by side, and parts on one adapter share its compute units.
 ///
 /// ```
 /// use wgpu_ensemble::{Placement, Split};
@@ -283,7 +287,7 @@ impl Split {
 
 /// The first layer of each stage after the first, for `parts` contiguous stages of at
 /// least one layer each whose largest count of floating-point operations is the least
-/// (the earliest such split among equals).
+/// (among equals, the one whose last stage starts earliest, and so on backwards).
 fn balanced(model: &Model, parts: usize) -> Vec<usize> {
     let cost: Vec<u128> = model
         .layers()
@@ -388,6 +392,8 @@ pub(crate) enum Join {
 
 /// A column step made concrete: each part's sub-model, and the join.
 pub(crate) struct ColumnStepModels {
+    /// The member's index of the step's first layer.
+    pub(crate) first: usize,
     pub(crate) parts: Vec<Model>,
     pub(crate) join: Join,
     pub(crate) output_width: usize,
@@ -413,6 +419,7 @@ pub(crate) fn column_models(model: &Model, parts: usize) -> Result<Vec<ColumnSte
                     .map(|r| Model::new(vec![rows_of(a, r.clone(), device_act(a.activation()))?]))
                     .collect::<Result<Vec<_>>>()?;
                 return Ok(ColumnStepModels {
+                    first: step.first,
                     parts: sub,
                     join: Join::Gather {
                         ranges: outs,
@@ -435,6 +442,7 @@ pub(crate) fn column_models(model: &Model, parts: usize) -> Result<Vec<ColumnSte
                 })
                 .collect::<Result<Vec<_>>>()?;
             Ok(ColumnStepModels {
+                first: step.first,
                 parts: sub,
                 join: Join::Sum {
                     bias: b.bias().to_vec(),

@@ -155,6 +155,20 @@ impl DevicePool {
         if let Some(ctx) = self.opened.get(&(index, slot)) {
             return Ok(ctx.clone());
         }
+        let ctx = self.open_own(member, index, slot)?;
+        self.opened.insert((index, slot), ctx.clone());
+        Ok(ctx)
+    }
+
+    /// A device of its own on adapter `index` (reported as `slot`), which no other
+    /// call returns: a part of a split member, so that losing it touches that member
+    /// only.
+    pub(crate) fn open_own(
+        &mut self,
+        member: &str,
+        index: usize,
+        slot: usize,
+    ) -> Result<GpuContext> {
         let (Some(adapter), Some(info)) = (self.adapters.get(index), self.infos.get(index)) else {
             return Err(Error::AdapterOutOfRange {
                 member: member.to_string(),
@@ -174,16 +188,12 @@ impl DevicePool {
             backend: info.backend,
             name: info.name.clone(),
         };
-        let ctx = open_device(adapter, label, self.precision).map_err(|message| {
-            Error::DeviceCreation {
-                index,
-                name: info.name.clone(),
-                message,
-                available: self.descriptions(),
-            }
-        })?;
-        self.opened.insert((index, slot), ctx.clone());
-        Ok(ctx)
+        open_device(adapter, label, self.precision).map_err(|message| Error::DeviceCreation {
+            index,
+            name: info.name.clone(),
+            message,
+            available: self.descriptions(),
+        })
     }
 
     /// Indices of the adapters `Placement::Auto` spreads over, probed once.

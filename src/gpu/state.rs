@@ -277,7 +277,11 @@ fn check_member_buffers(
             if bytes > max_bytes {
                 return Err(too_large(
                     ctx,
-                    format!("member '{}' layer {l} weight [{out_f}, {in_f}]", spec.name),
+                    format!(
+                        "member '{}' layer {} weight [{out_f}, {in_f}]",
+                        spec.name,
+                        l + spec.first_layer
+                    ),
                     bytes,
                     max_bytes,
                 ));
@@ -306,7 +310,7 @@ fn check_llvmpipe(ctx: &GpuContext, members: &[MemberSpec]) -> Result<(bool, usi
             if inputs > LLVMPIPE_SMALL_INPUTS {
                 return Err(Error::InputsBeyondDriver {
                     member: spec.name.clone(),
-                    layer,
+                    layer: layer + spec.first_layer,
                     inputs,
                     limit: LLVMPIPE_SMALL_INPUTS,
                     device: ctx.label.to_string(),
@@ -385,7 +389,11 @@ impl Uploader<'_> {
         let groups = (out_f as u64).div_ceil(u64::from(tile_cols));
         if groups > u64::from(self.limits.max_compute_workgroups_per_dimension) {
             return Err(Error::DispatchTooLarge {
-                what: format!("member '{}' layer {l} with {out_f} outputs", specs[0].name),
+                what: format!(
+                    "member '{}' layer {} with {out_f} outputs",
+                    specs[0].name,
+                    l + specs[0].first_layer
+                ),
                 device: ctx.label.to_string(),
                 groups,
                 limit: self.limits.max_compute_workgroups_per_dimension,

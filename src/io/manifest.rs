@@ -275,7 +275,16 @@ impl Manifest {
             })?;
             let b = builder.unwrap_or_else(|| Graph::builder(model.in_features()));
             builder = Some(match (device, &m.split) {
-                (Some(d), _) => b.member(m.name.clone(), model, d.clone()),
+                // The member whole on `d`; its split is still checked, so that a
+                // manifest is valid or not whatever the command line says.
+                (Some(d), Some(split)) => {
+                    split.check(&m.name, &model).map_err(|e| Error::Manifest {
+                        path: self.path.clone(),
+                        message: e.to_string(),
+                    })?;
+                    b.member(m.name.clone(), model, d.clone())
+                }
+                (Some(d), None) => b.member(m.name.clone(), model, d.clone()),
                 (None, Some(split)) => b.split_member(m.name.clone(), model, split.clone()),
                 (None, None) => b.member(m.name.clone(), model, m.placement.clone()),
             });

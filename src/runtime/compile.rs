@@ -13,7 +13,7 @@ use crate::graph::Graph;
 use crate::model::Model;
 use crate::options::SessionOptions;
 use crate::placement::{is_llvmpipe, ExecutionDevice, Placement};
-use crate::runtime::split::{ColumnStep, Parts, SplitExecutor};
+use crate::runtime::split::{ColumnJoin, PartWorker, Plan, SplitExecutor};
 use crate::split::{column_models, stage_models, SplitKind};
 
 /// One compiled device (or member, for a pipeline with a worker per member): where it
@@ -62,14 +62,14 @@ pub(crate) fn compile(
                 .iter()
                 .map(|p| {
                     resolver
-                        .resolve(&member.name, &member.model, p)
+                        .resolve(&member.name, &member.model, p, true)
                         .map(|r| r.1)
                 })
                 .collect::<Result<Vec<_>>>()?;
             splits.push((index, contexts));
             continue;
         }
-        let (key, ctx) = resolver.resolve(&member.name, &member.model, &member.placement)?;
+        let (key, ctx) = resolver.resolve(&member.name, &member.model, &member.placement, false)?;
         let key = if per_member { Key::Member(index) } else { key };
         match groups.iter_mut().find(|g| g.0 == key) {
             Some(group) => group.2.push(index),
@@ -88,6 +88,7 @@ pub(crate) fn compile(
                 name: graph.members[i].name.clone(),
                 model: Arc::clone(&graph.members[i].model),
                 weight: graph.weights[i],
+                first_layer: 0,
             })
             .collect();
         let (device, executor) = executor(
@@ -159,21 +160,24 @@ fn split_executor(
             message: format!("member '{}' is not split", member.name),
         });
     };
-    let sub = |model: Model, label: String| MemberSpec {
+    let sub = |model: Model, first_layer: usize| MemberSpec {
         index: 0,
-        name: label,
+        name: member.name.clone(),
         model: Arc::new(model),
         weight: 1.0,
+        first_layer,
     };
     let mut devices = vec![ExecutionDevice::Cpu; contexts.len()];
-    let parts = match split.kind() {
+    // Each part's executors: a stage's one, or one per column step.
+    let mut executors: Vec<Vec<Box<dyn Executor>>> =
+        (0..contexts.len()).map(|_| Vec::new()).collect();
+    let plan = match split.kind() {
         SplitKind::Layers => {
             let stages = split.stages(&member.model);
             let models = stage_models(&member.model, &stages)?;
-            let mut executors = Vec::with_capacity(models.len());
             for (s, (model, ctx)) in models.into_iter().zip(&contexts).enumerate() {
                 let (inp, out) = (model.in_features(), model.out_features());
-                let spec = sub(model, format!("{} (stage {s})", member.name));
+                let spec = sub(model, stages[s].start);
                 let (device, e) = executor(
                     ctx.clone(),
                     &[spec],
@@ -182,21 +186,19 @@ fn split_executor(
                     tuner,
                 )?;
                 devices[s] = device;
-                executors.push(e);
+                executors[s].push(e);
             }
-            Parts::Layers {
-                stages: executors,
+            Plan::Layers {
                 micro_batches: split.micro_batches_or_default(),
             }
         }
         SplitKind::Columns => {
             let steps = column_models(&member.model, contexts.len())?;
-            let mut out = Vec::with_capacity(steps.len());
-            for (s, step) in steps.into_iter().enumerate() {
-                let mut executors = Vec::with_capacity(step.parts.len());
+            let mut joins = Vec::with_capacity(steps.len());
+            for step in steps {
                 for (p, (model, ctx)) in step.parts.into_iter().zip(&contexts).enumerate() {
                     let (inp, width) = (model.in_features(), model.out_features());
-                    let spec = sub(model, format!("{} (step {s}, part {p})", member.name));
+                    let spec = sub(model, step.first);
                     let (device, e) = executor(
                         ctx.clone(),
                         &[spec],
@@ -205,17 +207,22 @@ fn split_executor(
                         tuner,
                     )?;
                     devices[p] = device;
-                    executors.push(e);
+                    executors[p].push(e);
                 }
-                out.push(ColumnStep {
-                    parts: executors,
+                joins.push(ColumnJoin {
                     join: step.join,
                     output_width: step.output_width,
                 });
             }
-            Parts::Columns(out)
+            Plan::Columns(joins)
         }
     };
+    let parts = executors
+        .into_iter()
+        .zip(&devices)
+        .enumerate()
+        .map(|(p, (e, device))| PartWorker::spawn(&member.name, p, device.to_string(), e))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Compiled {
         device: ExecutionDevice::Split {
             kind: split.kind(),
@@ -227,6 +234,7 @@ fn split_executor(
             weight: graph.weights[index],
             mode: graph.aggregate.mode(),
             output_width: graph.output_width,
+            plan,
             parts,
         }),
     })
@@ -293,21 +301,30 @@ impl Resolver<'_> {
     }
 
     /// The group key of `placement`'s device for member `name` (of `model`), and its
-    /// context (`None` on the CPU).
+    /// context (`None` on the CPU). With `own`, a device on an adapter is one of its
+    /// own (a split member's part), not the one other members there share.
     fn resolve(
         &mut self,
         name: &str,
         model: &Model,
         placement: &Placement,
+        own: bool,
     ) -> Result<(Key, Option<GpuContext>)> {
+        let open = |pool: &mut DevicePool, a: usize, slot: usize| {
+            if own {
+                pool.open_own(name, a, slot)
+            } else {
+                pool.open(name, a, slot)
+            }
+        };
         Ok(match placement {
             Placement::Cpu => (Key::Cpu, None),
             Placement::Adapter(a) => {
-                let ctx = self.pool().open(name, *a, 0)?;
+                let ctx = open(self.pool(), *a, 0)?;
                 (Key::Adapter(*a, 0), Some(ctx))
             }
             Placement::Queue { adapter, slot } => {
-                let ctx = self.pool().open(name, *adapter, *slot)?;
+                let ctx = open(self.pool(), *adapter, *slot)?;
                 (Key::Adapter(*adapter, *slot), Some(ctx))
             }
             Placement::Auto => {
@@ -331,7 +348,7 @@ impl Resolver<'_> {
                 } else {
                     self.auto_next += 1;
                     let a = usable[(self.auto_next - 1) % usable.len()];
-                    let ctx = self.pool().open(name, a, 0)?;
+                    let ctx = open(self.pool(), a, 0)?;
                     (Key::Adapter(a, 0), Some(ctx))
                 }
             }

@@ -138,20 +138,24 @@ pub(crate) fn execute_input(
     }));
     let result = result.unwrap_or_else(|panic| {
         executor.reset();
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_string());
         Err(Error::WorkerFailed {
             device: device.to_string(),
-            message: format!("it panicked: {message}"),
+            message: format!("it panicked: {}", panic_message(panic.as_ref())),
         })
     });
     result.map(|(mut out, kept)| {
         out.failed = skip;
         (out, kept)
     })
+}
+
+/// A panic's message (its payload when that is text).
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
 }
 
 /// What a worker knows besides its executor: its members, every member's name (for

@@ -1,16 +1,24 @@
-//! A member split across devices (`Split`): ordinary executors for its parts — one per
-//! stage (by layers), one per step and device (by columns) — driven as one executor,
-//! so that the session, the pipeline and the server see one member on one worker.
+//! A member split across devices (`Split`): ordinary executors for its pieces — one per
+//! stage (by layers), one per column step and device (by columns) — driven as one
+//! executor, so that the session, the pipeline and the server see one member on one
+//! worker.
 //!
-//! By layers, the stages after the first run on threads of their own for the run,
-//! joined by channels: stage 0 (on the worker's thread) runs micro-batch i while stage
-//! 1 runs micro-batch i − 1, and so on (GPipe's schedule). By columns, every step's
-//! parts run side by side (part 0 on the worker's thread, the others on threads of the
-//! run) and the host joins their outputs before the next step.
+//! Each part (device) of the split has a thread of its own for the executor's life,
+//! holding that part's executors and taking jobs from a queue. The member's worker
+//! coordinates: by layers it keeps every stage busy with the next micro-batch it has
+//! (stage s on micro-batch i while stage s + 1 is on micro-batch i − 1: GPipe's
+//! schedule) and collects the last stage's outputs in row order; by columns it hands
+//! each step's input to every part and joins their outputs on the host before the
+//! next step.
 
-use std::ops::Range;
-use std::time::Instant;
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Select, Sender};
+
+use super::job::panic_message;
+use super::thread::WorkerThread;
 use crate::aggregate::{accumulate, Mode};
 use crate::cpu::forward::activate;
 use crate::error::{Error, Result};
@@ -18,22 +26,139 @@ use crate::exec::{DeviceOutput, Executor, Loss};
 use crate::split::{ranges, Join};
 use crate::tensor::Tensor;
 
-/// One column step: each device's executor of its part, and the host's join.
-pub(crate) struct ColumnStep {
-    pub(crate) parts: Vec<Box<dyn Executor>>,
+/// What a part's thread is asked to do.
+enum Job {
+    /// Run executor `slot` (the stage's one, or a column step's) on the input and send
+    /// its output back.
+    Run {
+        slot: usize,
+        input: Tensor,
+        reply: Sender<Result<Vec<f32>>>,
+    },
+    /// Lose the part's device (every executor of the part).
+    Lose {
+        permanently: bool,
+        reply: Sender<Loss>,
+    },
+    /// Drop what a failed run may have left in use.
+    Reset,
+}
+
+/// One part of a split member: its executors on its thread.
+pub(crate) struct PartWorker {
+    jobs: Option<Sender<Job>>,
+    thread: WorkerThread,
+    label: String,
+}
+
+impl PartWorker {
+    /// Starts the thread of part `part` of member `member`, holding `executors`.
+    pub(crate) fn spawn(
+        member: &str,
+        part: usize,
+        label: String,
+        mut executors: Vec<Box<dyn Executor>>,
+    ) -> Result<Self> {
+        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+        let device = label.clone();
+        let thread = WorkerThread::spawn(
+            format!("wgpu-ensemble split {member} part {part}"),
+            move |busy| {
+                for job in queue.iter() {
+                    busy.during(|| serve(&mut executors, job, &device));
+                }
+            },
+        )
+        .map_err(|e| Error::WorkerFailed {
+            device: label.clone(),
+            message: format!("could not start the thread of part {part} of '{member}': {e}"),
+        })?;
+        Ok(Self {
+            jobs: Some(jobs),
+            thread,
+            label,
+        })
+    }
+
+    /// Queues `job`; an error when the thread is gone.
+    fn send(&self, job: Job) -> Result<()> {
+        self.jobs
+            .as_ref()
+            .and_then(|jobs| jobs.send(job).ok())
+            .ok_or_else(|| self.gone())
+    }
+
+    /// Runs executor `slot` on `input`: the receiver of its output.
+    fn start(&self, slot: usize, input: Tensor) -> Result<Receiver<Result<Vec<f32>>>> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.send(Job::Run { slot, input, reply })?;
+        Ok(answer)
+    }
+
+    fn gone(&self) -> Error {
+        Error::WorkerFailed {
+            device: self.label.clone(),
+            message: "the thread of this part of a split member is gone".into(),
+        }
+    }
+}
+
+impl Drop for PartWorker {
+    fn drop(&mut self) {
+        self.jobs = None;
+        self.thread.shut_down(|| {});
+    }
+}
+
+/// One job on a part's thread. A panic in an executor is that run's
+/// [`Error::WorkerFailed`] (the executor is reset and lives on).
+fn serve(executors: &mut [Box<dyn Executor>], job: Job, device: &str) {
+    match job {
+        Job::Run { slot, input, reply } => {
+            let out = match executors.get_mut(slot) {
+                None => Err(Error::WorkerFailed {
+                    device: device.to_string(),
+                    message: format!("no executor {slot} in this part"),
+                }),
+                Some(executor) => catch_unwind(AssertUnwindSafe(|| {
+                    // One member of weight 1 under a mean: its partial sum is its output.
+                    executor.run(&input, false, &[]).map(|o| o.partial)
+                }))
+                .unwrap_or_else(|panic| {
+                    executor.reset();
+                    Err(Error::WorkerFailed {
+                        device: device.to_string(),
+                        message: format!("it panicked: {}", panic_message(panic.as_ref())),
+                    })
+                }),
+            };
+            let _ = reply.send(out);
+        }
+        Job::Lose { permanently, reply } => {
+            let mut loss = None;
+            for executor in executors.iter_mut() {
+                let l = executor.lose_device(permanently);
+                loss.get_or_insert(l);
+            }
+            let _ = reply.send(loss.unwrap_or(Loss::NoDevice));
+        }
+        Job::Reset => executors.iter_mut().for_each(|e| e.reset()),
+    }
+}
+
+/// One column step: how the host joins the parts' outputs (each part's thread holds
+/// the step's executor in slot = the step's index).
+pub(crate) struct ColumnJoin {
     pub(crate) join: Join,
     pub(crate) output_width: usize,
 }
 
-/// The parts' executors, as the split's kind arranges them.
-pub(crate) enum Parts {
-    /// One executor per stage, in order; the batch cut into `micro_batches`.
-    Layers {
-        stages: Vec<Box<dyn Executor>>,
-        micro_batches: usize,
-    },
+/// How the parts' work is arranged.
+pub(crate) enum Plan {
+    /// Part s is stage s; the batch cut into `micro_batches`.
+    Layers { micro_batches: usize },
     /// The steps, in order.
-    Columns(Vec<ColumnStep>),
+    Columns(Vec<ColumnJoin>),
 }
 
 /// Runs one split member.
@@ -43,29 +168,16 @@ pub(crate) struct SplitExecutor {
     pub(crate) weight: f32,
     pub(crate) mode: Mode,
     pub(crate) output_width: usize,
-    pub(crate) parts: Parts,
+    pub(crate) plan: Plan,
+    pub(crate) parts: Vec<PartWorker>,
 }
 
 impl SplitExecutor {
     /// The member's `[rows, output_width]` output.
     fn forward(&mut self, input: &Tensor) -> Result<Vec<f32>> {
-        match &mut self.parts {
-            Parts::Layers {
-                stages,
-                micro_batches,
-            } => run_layers(stages, input, *micro_batches),
-            Parts::Columns(steps) => run_columns(steps, input),
-        }
-    }
-
-    /// Every executor of part `p` (its device).
-    fn part_executors(&mut self, p: usize) -> Vec<&mut Box<dyn Executor>> {
-        match &mut self.parts {
-            Parts::Layers { stages, .. } => stages.get_mut(p).into_iter().collect(),
-            Parts::Columns(steps) => steps
-                .iter_mut()
-                .filter_map(|s| s.parts.get_mut(p))
-                .collect(),
+        match &self.plan {
+            Plan::Layers { micro_batches } => run_layers(&self.parts, input, *micro_batches),
+            Plan::Columns(steps) => run_columns(&self.parts, steps, input),
         }
     }
 }
@@ -75,20 +187,22 @@ impl Executor for SplitExecutor {
         let started = Instant::now();
         let rows = input.shape().first().copied().unwrap_or(0);
         let mut out = DeviceOutput {
-            partial: Vec::new(),
+            partial: vec![0.0; rows * self.output_width],
             members: Vec::new(),
             present: Vec::new(),
             failed: Vec::new(),
-            elapsed: std::time::Duration::ZERO,
+            elapsed: Duration::ZERO,
             device_time: None,
         };
-        if skip.contains(&self.index) {
-            out.partial = vec![0.0; rows * self.output_width];
-        } else {
+        if !skip.contains(&self.index) {
             let y = self.forward(input)?;
-            let mut partial = vec![0.0; rows * self.output_width];
-            accumulate(&mut partial, &y, self.output_width, self.weight, self.mode);
-            out.partial = partial;
+            accumulate(
+                &mut out.partial,
+                &y,
+                self.output_width,
+                self.weight,
+                self.mode,
+            );
             out.present.push(self.index);
             if want_members {
                 out.members.push((self.index, y));
@@ -98,134 +212,154 @@ impl Executor for SplitExecutor {
         Ok(out)
     }
 
-    /// Loses the device of the first part (what [`Fault::LoseDevice`] on the member
+    /// Loses the device of the first part (what `Fault::LoseDevice` on the member
     /// does; [`Executor::lose_part_device`] names another part).
-    ///
-    /// [`Fault::LoseDevice`]: crate::Fault::LoseDevice
     fn lose_device(&mut self, permanently: bool) -> Loss {
         self.lose_part_device(0, permanently)
     }
 
     fn lose_part_device(&mut self, part: usize, permanently: bool) -> Loss {
-        let mut loss = None;
-        for executor in self.part_executors(part) {
-            let l = executor.lose_device(permanently);
-            loss.get_or_insert(l);
+        let Some(worker) = self.parts.get(part) else {
+            return Loss::NoDevice;
+        };
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        match worker.send(Job::Lose { permanently, reply }) {
+            Ok(()) => answer
+                .recv()
+                .unwrap_or_else(|_| Loss::Device(Some(worker.gone()))),
+            Err(e) => Loss::Device(Some(e)),
         }
-        loss.unwrap_or(Loss::NoDevice)
     }
 
     fn reset(&mut self) {
-        match &mut self.parts {
-            Parts::Layers { stages, .. } => stages.iter_mut().for_each(|s| s.reset()),
-            Parts::Columns(steps) => steps
-                .iter_mut()
-                .flat_map(|s| s.parts.iter_mut())
-                .for_each(|p| p.reset()),
+        for worker in &self.parts {
+            let _ = worker.send(Job::Reset);
         }
     }
 }
 
-/// One part's output on `input`: a sub-executor holds one member of weight 1 under a
-/// mean, so its partial sum is that member's output.
-fn run_part(executor: &mut dyn Executor, input: &Tensor) -> Result<Vec<f32>> {
-    Ok(executor.run(input, false, &[])?.partial)
+/// The answer on `answer`, or an error naming `worker` when its thread dropped it.
+fn receive(worker: &PartWorker, answer: &Receiver<Result<Vec<f32>>>) -> Result<Vec<f32>> {
+    answer.recv().unwrap_or_else(|_| Err(worker.gone()))
 }
 
 /// Rows `r` of the `[rows, cols]` values `x`.
-fn rows_of(x: &[f32], cols: usize, r: &Range<usize>) -> Tensor {
+fn rows_of(x: &[f32], cols: usize, r: &std::ops::Range<usize>) -> Tensor {
     Tensor::from_parts(
         vec![r.len(), cols],
         x[r.start * cols..r.end * cols].to_vec(),
     )
 }
 
-/// A micro-batch between stages: its rows and their `[rows, width]` values.
-type Batch = Result<(usize, Vec<f32>)>;
-
-/// By layers: the micro-batches through the stages, stage s + 1 on micro-batch i − 1
-/// while stage s is on micro-batch i; the outputs in row order.
-fn run_layers(
-    stages: &mut [Box<dyn Executor>],
-    input: &Tensor,
-    micro_batches: usize,
-) -> Result<Vec<f32>> {
+/// By layers: every idle stage given the next micro-batch waiting for it, the outputs
+/// of the last stage collected in row order. After an error no more work is started;
+/// the work in flight is waited for, then the first error is returned.
+fn run_layers(stages: &[PartWorker], input: &Tensor, micro_batches: usize) -> Result<Vec<f32>> {
     let (rows, cols) = (input.shape()[0], input.shape()[1]);
-    let Some((first, rest)) = stages.split_first_mut() else {
-        return Err(Error::WorkerFailed {
-            device: "split".into(),
-            message: "a split by layers without stages".into(),
-        });
-    };
-    if rest.is_empty() {
-        return run_part(first.as_mut(), input);
+    let count = stages.len();
+    if count == 1 {
+        return receive(&stages[0], &stages[0].start(0, input.clone())?);
     }
     let chunks = ranges(rows, micro_batches.clamp(1, rows.max(1)));
-    let expected = chunks.len();
-    std::thread::scope(|scope| {
-        let (first_tx, mut rx) = crossbeam_channel::unbounded::<Batch>();
-        for (s, stage) in rest.iter_mut().enumerate() {
-            let (tx, next) = crossbeam_channel::unbounded::<Batch>();
-            let input = rx;
-            std::thread::Builder::new()
-                .name(format!("wgpu-ensemble split stage {}", s + 1))
-                .spawn_scoped(scope, move || {
-                    for batch in input.iter() {
-                        let out = batch.and_then(|(n, values)| {
-                            let width = values.len() / n.max(1);
-                            let x = Tensor::from_parts(vec![n, width], values);
-                            run_part(stage.as_mut(), &x).map(|y| (n, y))
-                        });
-                        let failed = out.is_err();
-                        if tx.send(out).is_err() || failed {
+    let mut waiting: Vec<VecDeque<(usize, Tensor)>> = vec![VecDeque::new(); count];
+    waiting[0] = chunks
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i, rows_of(input.as_slice(), cols, r)))
+        .collect();
+    let mut outputs: Vec<Option<Vec<f32>>> = vec![None; chunks.len()];
+    // (stage, micro-batch, answer) of the work in flight, at most one per stage.
+    let mut running: Vec<(usize, usize, Receiver<Result<Vec<f32>>>)> = Vec::new();
+    let mut error: Option<Error> = None;
+    loop {
+        if error.is_none() {
+            for (s, stage) in stages.iter().enumerate() {
+                if running.iter().any(|r| r.0 == s) {
+                    continue;
+                }
+                if let Some((i, x)) = waiting[s].pop_front() {
+                    match stage.start(0, x) {
+                        Ok(answer) => running.push((s, i, answer)),
+                        Err(e) => {
+                            error.get_or_insert(e);
                             break;
                         }
                     }
-                })
-                .map_err(|e| Error::WorkerFailed {
-                    device: format!("split stage {}", s + 1),
-                    message: format!("could not start its thread: {e}"),
-                })?;
-            rx = next;
-        }
-        for r in &chunks {
-            let out =
-                run_part(first.as_mut(), &rows_of(input.as_slice(), cols, r)).map(|y| (r.len(), y));
-            let failed = out.is_err();
-            if first_tx.send(out).is_err() || failed {
-                break;
+                }
             }
         }
-        drop(first_tx);
-        let mut output = Vec::new();
-        let mut got = 0;
-        for batch in rx.iter() {
-            output.extend_from_slice(&batch?.1);
-            got += 1;
+        if running.is_empty() {
+            break;
         }
-        if got != expected {
-            return Err(Error::WorkerFailed {
-                device: "split stage".into(),
-                message: format!("{got} of {expected} micro-batches came through the stages"),
-            });
+        let (k, out) = {
+            let mut select = Select::new();
+            for (_, _, answer) in &running {
+                select.recv(answer);
+            }
+            let ready = select.select();
+            let k = ready.index();
+            (k, ready.recv(&running[k].2))
+        };
+        let (s, i, _) = running.swap_remove(k);
+        let out = out.unwrap_or_else(|_| Err(stages[s].gone()));
+        match out {
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+            Ok(y) if s + 1 < count => {
+                let n = chunks[i].len();
+                let width = y.len() / n.max(1);
+                waiting[s + 1].push_back((i, Tensor::from_parts(vec![n, width], y)));
+            }
+            Ok(y) => outputs[i] = Some(y),
         }
-        Ok(output)
-    })
+    }
+    if let Some(e) = error {
+        return Err(e);
+    }
+    let mut output = Vec::new();
+    for (i, y) in outputs.into_iter().enumerate() {
+        let y = y.ok_or_else(|| Error::WorkerFailed {
+            device: "split".into(),
+            message: format!("micro-batch {i} did not come through the stages"),
+        })?;
+        output.extend_from_slice(&y);
+    }
+    Ok(output)
 }
 
-/// By columns: each step's parts side by side on the step's input, joined on the host.
-fn run_columns(steps: &mut [ColumnStep], input: &Tensor) -> Result<Vec<f32>> {
+/// By columns: each step's input to every part at once, their outputs joined on the
+/// host (placed side by side, or added with the bias), then the activation.
+fn run_columns(parts: &[PartWorker], steps: &[ColumnJoin], input: &Tensor) -> Result<Vec<f32>> {
     let rows = input.shape()[0];
     let mut x = input.clone();
-    for step in steps.iter_mut() {
-        let outputs = run_side_by_side(&mut step.parts, &x)?;
+    for (k, step) in steps.iter().enumerate() {
+        let mut answers = Vec::with_capacity(parts.len());
+        let mut started = Ok(());
+        for part in parts {
+            match part.start(k, x.clone()) {
+                Ok(a) => answers.push(a),
+                Err(e) => {
+                    started = Err(e);
+                    break;
+                }
+            }
+        }
+        // Every answer is waited for, so that no part is still on this step when the
+        // next run starts; then the first error.
+        let outputs: Vec<Result<Vec<f32>>> = parts
+            .iter()
+            .zip(&answers)
+            .map(|(part, a)| receive(part, a))
+            .collect();
+        started?;
+        let outputs = outputs.into_iter().collect::<Result<Vec<_>>>()?;
         let width = step.output_width;
         let y = match &step.join {
             Join::Gather { ranges, activation } => {
                 let mut y = vec![0.0; rows * width];
                 for (part, r) in outputs.iter().zip(ranges) {
-                    let w = r.len();
-                    for (row, src) in y.chunks_mut(width).zip(part.chunks(w)) {
+                    for (row, src) in y.chunks_mut(width).zip(part.chunks(r.len())) {
                         row[r.clone()].copy_from_slice(src);
                     }
                 }
@@ -233,9 +367,9 @@ fn run_columns(steps: &mut [ColumnStep], input: &Tensor) -> Result<Vec<f32>> {
                 y
             }
             Join::Sum { bias, activation } => {
-                let mut parts = outputs.into_iter();
-                let mut y = parts.next().unwrap_or_else(|| vec![0.0; rows * width]);
-                for part in parts {
+                let mut outputs = outputs.into_iter();
+                let mut y = outputs.next().unwrap_or_else(|| vec![0.0; rows * width]);
+                for part in outputs {
                     y.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
                 }
                 for row in y.chunks_mut(width) {
@@ -248,38 +382,4 @@ fn run_columns(steps: &mut [ColumnStep], input: &Tensor) -> Result<Vec<f32>> {
         x = Tensor::from_parts(vec![rows, width], y);
     }
     Ok(x.into_vec())
-}
-
-/// Every part's output on `x`: part 0 on this thread, the others on threads of their
-/// own for the call; the first error, in part order.
-fn run_side_by_side(parts: &mut [Box<dyn Executor>], x: &Tensor) -> Result<Vec<Vec<f32>>> {
-    let Some((first, rest)) = parts.split_first_mut() else {
-        return Err(Error::WorkerFailed {
-            device: "split".into(),
-            message: "a split step without parts".into(),
-        });
-    };
-    std::thread::scope(|scope| {
-        let handles = rest
-            .iter_mut()
-            .enumerate()
-            .map(|(p, part)| {
-                std::thread::Builder::new()
-                    .name(format!("wgpu-ensemble split part {}", p + 1))
-                    .spawn_scoped(scope, move || run_part(part.as_mut(), x))
-                    .map_err(|e| Error::WorkerFailed {
-                        device: format!("split part {}", p + 1),
-                        message: format!("could not start its thread: {e}"),
-                    })
-            })
-            .collect::<Vec<_>>();
-        let mut outputs = vec![run_part(first.as_mut(), x)];
-        for handle in handles {
-            outputs.push(handle.and_then(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            }));
-        }
-        outputs.into_iter().collect()
-    })
 }
