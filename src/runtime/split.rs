@@ -26,6 +26,9 @@ use crate::exec::{DeviceOutput, Executor, Loss};
 use crate::split::{ranges, Join};
 use crate::tensor::Tensor;
 
+/// Where a part's thread sends the output of one run of an executor.
+type Answer = Receiver<Result<Vec<f32>>>;
+
 /// What a part's thread is asked to do.
 enum Job {
     /// Run executor `slot` (the stage's one, or a column step's) on the input and send
@@ -89,7 +92,7 @@ impl PartWorker {
     }
 
     /// Runs executor `slot` on `input`: the receiver of its output.
-    fn start(&self, slot: usize, input: Tensor) -> Result<Receiver<Result<Vec<f32>>>> {
+    fn start(&self, slot: usize, input: Tensor) -> Result<Answer> {
         let (reply, answer) = crossbeam_channel::bounded(1);
         self.send(Job::Run { slot, input, reply })?;
         Ok(answer)
@@ -239,7 +242,7 @@ impl Executor for SplitExecutor {
 }
 
 /// The answer on `answer`, or an error naming `worker` when its thread dropped it.
-fn receive(worker: &PartWorker, answer: &Receiver<Result<Vec<f32>>>) -> Result<Vec<f32>> {
+fn receive(worker: &PartWorker, answer: &Answer) -> Result<Vec<f32>> {
     answer.recv().unwrap_or_else(|_| Err(worker.gone()))
 }
 
@@ -269,7 +272,7 @@ fn run_layers(stages: &[PartWorker], input: &Tensor, micro_batches: usize) -> Re
         .collect();
     let mut outputs: Vec<Option<Vec<f32>>> = vec![None; chunks.len()];
     // (stage, micro-batch, answer) of the work in flight, at most one per stage.
-    let mut running: Vec<(usize, usize, Receiver<Result<Vec<f32>>>)> = Vec::new();
+    let mut running: Vec<(usize, usize, Answer)> = Vec::new();
     let mut error: Option<Error> = None;
     loop {
         if error.is_none() {
