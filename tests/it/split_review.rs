@@ -212,8 +212,7 @@ fn split_error(split: Split, model: &Model) -> Error {
     Graph::builder(model.in_features())
         .split_member("the-member", model.clone(), split)
         .build()
-        .err()
-        .expect("refused")
+        .expect_err("refused")
 }
 
 /// Huge values: micro_batches = usize::MAX runs (one per row); boundaries of usize::MAX
@@ -576,8 +575,7 @@ fn review_a_bad_devices_entry_names_the_key() {
         "[[member]]\nname = \"m\"\nfile = \"{file}\"\ndevices = [\"cpu\", \"gpu:1\"]\nsplit = \"layers\"\n"
     );
     let e = Manifest::parse(std::path::Path::new("bad.toml"), &text)
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(e.contains("bad.toml") && e.contains("gpu:1"), "{e}");
     assert!(
