@@ -90,19 +90,7 @@ pub(crate) fn bench(args: &BenchArgs) -> CliResult {
     }
     let placement: Placement = args.device.parse()?;
     let precision = args.precision.parse::<Precision>()?;
-    let coop = precision == Precision::F16CoopMatrix;
-    if args.tile.is_some() && coop {
-        return Err(flag_error(
-            "--tile",
-            "applies to f32 and f16; f16-coop takes --coop-shape",
-        ));
-    }
-    if args.coop_shape.is_some() && !coop {
-        return Err(flag_error(
-            "--coop-shape",
-            "applies to --precision f16-coop",
-        ));
-    }
+    tile_flags(args, precision)?;
     let shaped = args.tile.is_some() || args.coop_shape.is_some() || args.sweep;
     if shaped && matches!(placement, Placement::Cpu) {
         return Err(flag_error(
@@ -116,29 +104,10 @@ pub(crate) fn bench(args: &BenchArgs) -> CliResult {
             "the CPU executor has no device timing: --device-timing needs an adapter",
         ));
     }
-    let mut options = SessionOptions::default()
-        .precision(precision)
-        .device_timing(args.device_timing);
-    if args.autotune {
-        options = options.autotune(args.batch);
-    }
-    if let Some(path) = &args.autotune_cache {
-        options = options.autotune_cache(path);
-    }
-    options = options.spin_wait(Duration::from_micros(args.spin_us));
-    if let Some(text) = &args.tile {
-        options = options.tile(text.parse::<TileConfig>()?);
-    }
-    if let Some(text) = &args.coop_shape {
-        options = options.coop_shape(text.parse::<CoopShape>()?);
-    }
+    let options = session_options(args, precision)?;
     // A tile or shape no kernel takes (a zero field, too many accumulators) is refused
     // here, before any device is opened: on the CPU it would otherwise never be seen.
     check_shapes(&options, &args.device)?;
-    if args.trusted_kernels {
-        // SAFETY: asked for on the command line; see SessionOptions::trusted_kernels.
-        options = unsafe { options.trusted_kernels() };
-    }
     if args.resident && args.mode != "session" {
         return Err(flag_error(
             "--resident",
@@ -214,6 +183,53 @@ pub(crate) fn bench(args: &BenchArgs) -> CliResult {
     }
 }
 
+/// `--tile` goes with f32 and f16, `--coop-shape` with f16-coop.
+fn tile_flags(args: &BenchArgs, precision: Precision) -> CliResult {
+    let coop = precision == Precision::F16CoopMatrix;
+    if args.tile.is_some() && coop {
+        return Err(flag_error(
+            "--tile",
+            "applies to f32 and f16; f16-coop takes --coop-shape",
+        ));
+    }
+    if args.coop_shape.is_some() && !coop {
+        return Err(flag_error(
+            "--coop-shape",
+            "applies to --precision f16-coop",
+        ));
+    }
+    Ok(())
+}
+
+/// The session options the flags ask for: precision, device timing, autotune and its
+/// cache, spin-wait, a fixed tile or coop shape, trusted kernels.
+fn session_options(
+    args: &BenchArgs,
+    precision: Precision,
+) -> Result<SessionOptions, crate::CliError> {
+    let mut options = SessionOptions::default()
+        .precision(precision)
+        .device_timing(args.device_timing)
+        .spin_wait(Duration::from_micros(args.spin_us));
+    if args.autotune {
+        options = options.autotune(args.batch);
+    }
+    if let Some(path) = &args.autotune_cache {
+        options = options.autotune_cache(path);
+    }
+    if let Some(text) = &args.tile {
+        options = options.tile(text.parse::<TileConfig>()?);
+    }
+    if let Some(text) = &args.coop_shape {
+        options = options.coop_shape(text.parse::<CoopShape>()?);
+    }
+    if args.trusted_kernels {
+        // SAFETY: asked for on the command line; see SessionOptions::trusted_kernels.
+        options = unsafe { options.trusted_kernels() };
+    }
+    Ok(options)
+}
+
 /// `bench --split`: one member whole and split, interleaved (`run_split_bench`).
 fn split_bench(args: &BenchArgs, workload: Workload) -> CliResult {
     let (Some(split), Some(devices)) = (&args.split, &args.devices) else {
@@ -267,38 +283,8 @@ fn split_bench(args: &BenchArgs, workload: Workload) -> CliResult {
         return Err(flag_error(flag, format!("not with --split: {why}")));
     }
     let precision = args.precision.parse::<Precision>()?;
-    let coop = precision == Precision::F16CoopMatrix;
-    if args.tile.is_some() && coop {
-        return Err(flag_error(
-            "--tile",
-            "applies to f32 and f16; f16-coop takes --coop-shape",
-        ));
-    }
-    if args.coop_shape.is_some() && !coop {
-        return Err(flag_error(
-            "--coop-shape",
-            "applies to --precision f16-coop",
-        ));
-    }
-    let mut options = SessionOptions::default()
-        .precision(precision)
-        .spin_wait(Duration::from_micros(args.spin_us));
-    if args.autotune {
-        options = options.autotune(args.batch);
-    }
-    if let Some(path) = &args.autotune_cache {
-        options = options.autotune_cache(path);
-    }
-    if let Some(text) = &args.tile {
-        options = options.tile(text.parse::<TileConfig>()?);
-    }
-    if let Some(text) = &args.coop_shape {
-        options = options.coop_shape(text.parse::<CoopShape>()?);
-    }
-    if args.trusted_kernels {
-        // SAFETY: asked for on the command line; see SessionOptions::trusted_kernels.
-        options = unsafe { options.trusted_kernels() };
-    }
+    tile_flags(args, precision)?;
+    let options = session_options(args, precision)?;
     let reports = run_split_bench(
         workload,
         args.batch,
