@@ -16,6 +16,7 @@ use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::placement::{ExecutionDevice, Placement};
 use crate::report::MemberReport;
 use crate::session::Session;
+use crate::split::{Split, SplitKind};
 use crate::tensor::Tensor;
 use crate::tile::{CoopShape, TileConfig};
 
@@ -109,16 +110,22 @@ impl Workload {
     pub fn graph(self, batch: usize, placement: &Placement) -> Result<Graph> {
         self.check_host_memory(batch)?;
         let (widths, members) = self.shape(batch);
+        let mut g = Graph::builder(widths[0]).aggregate(Aggregate::Mean);
+        for i in 0..members {
+            let model = self.member_model(batch, i as u64)?;
+            g = g.member(format!("m{i}"), model, placement.clone());
+        }
+        g.build()
+    }
+
+    /// One member of this workload, its weights seeded by `seed`.
+    fn member_model(self, batch: usize, seed: u64) -> Result<Model> {
+        let (widths, _) = self.shape(batch);
         let activations: Vec<Activation> = match self {
             Workload::Gemm => vec![Activation::Identity],
             _ => vec![Activation::Relu, Activation::Relu, Activation::Softmax],
         };
-        let mut g = Graph::builder(widths[0]).aggregate(Aggregate::Mean);
-        for i in 0..members {
-            let model = Model::random(&widths, &activations, i as u64)?;
-            g = g.member(format!("m{i}"), model, placement.clone());
-        }
-        g.build()
+        Model::random(&widths, &activations, seed)
     }
 
     /// Floating-point operations of one run at `batch` rows.
@@ -243,14 +250,8 @@ pub fn run_bench(
     check_shapes(&options, &placement_name(placement))?;
     let precision = options.precision;
     let trusted_kernels = options.trusted_kernels;
-    let spin_us = u64::try_from(options.spin_wait.as_micros()).unwrap_or(u64::MAX);
-    let tile = match (options.tile, options.coop_shape) {
-        (Some(t), None) => format!("{t:?}"),
-        (None, Some(c)) => format!("{c:?}"),
-        (Some(t), Some(c)) => format!("{t:?}, {c:?}"),
-        (None, None) if options.autotune => "autotune".to_string(),
-        (None, None) => "default".to_string(),
-    };
+    let spin_us = spin_us(&options);
+    let tile = tile_name(&options);
     let graph = workload.graph(batch, placement)?;
     let members = graph.members().len();
     let names: Vec<String> = graph.members().iter().map(|m| m.name.clone()).collect();
@@ -415,6 +416,22 @@ pub fn run_bench(
     })
 }
 
+/// How the tiled kernels' shapes are chosen, as [`BenchReport::tile`] names it.
+fn tile_name(options: &SessionOptions) -> String {
+    match (options.tile, options.coop_shape) {
+        (Some(t), None) => format!("{t:?}"),
+        (None, Some(c)) => format!("{c:?}"),
+        (Some(t), Some(c)) => format!("{t:?}, {c:?}"),
+        (None, None) if options.autotune => "autotune".to_string(),
+        (None, None) => "default".to_string(),
+    }
+}
+
+/// [`SessionOptions::spin_wait`] in microseconds.
+fn spin_us(options: &SessionOptions) -> u64 {
+    u64::try_from(options.spin_wait.as_micros()).unwrap_or(u64::MAX)
+}
+
 /// Checks a fixed [`TileConfig`] or [`CoopShape`] in `options` against the kernels'
 /// own bounds, which need no device (every field positive; a tile at most 8 × 8
 /// accumulators per thread, 4 or 8 a side with `vec4`; a coop shape at most 4 × 4
@@ -499,4 +516,265 @@ fn quantile(times: &mut [Duration], q: f64) -> Option<Duration> {
 /// where any was measured.
 fn device_time(members: &[MemberReport]) -> Option<Duration> {
     members.iter().filter_map(|m| m.device_time).max()
+}
+
+/// The micro-batch counts [`run_split_bench`] times a split by layers with.
+pub const SPLIT_MICRO_BATCHES: [usize; 4] = [1, 2, 4, 8];
+
+/// What `wgpu-ensemble bench --split --json` prints: one line per variant of one
+/// member, the variants timed in one run, interleaved ([`run_split_bench`]).
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct SplitBenchReport {
+    /// `E1` or `E2`: one member of its shape.
+    pub workload: String,
+    /// `split`.
+    pub mode: String,
+    /// `whole` (the member on the first device), `layers-mb1` … `layers-mb8` (split by
+    /// layers into that many micro-batches) or `columns` (split by columns).
+    pub variant: String,
+    /// `layers` or `columns`; `None` for the whole member.
+    pub split: Option<String>,
+    /// The micro-batches a split by layers cuts the batch into; `None` otherwise.
+    pub micro_batches: Option<usize>,
+    /// A split by layers: each stage's layers, `[first, end)`, one stage per device.
+    pub stages: Option<Vec<[usize; 2]>>,
+    /// Rows per run.
+    pub batch: usize,
+    /// `f32`, `f16` or `f16-coop`.
+    pub precision: String,
+    /// How the tiled kernels' shapes were chosen, as [`BenchReport::tile`].
+    pub tile: String,
+    /// Whether the kernels ran without wgpu's runtime bounds checks.
+    pub trusted_kernels: bool,
+    /// [`SessionOptions::spin_wait`], in microseconds.
+    pub spin_us: u64,
+    /// The devices asked for, in order, as `--device` spells each.
+    pub devices: Vec<String>,
+    /// Where the variant ran: the whole member's device, or each part's.
+    pub adapter: Vec<String>,
+    /// Runs timed (after the warm-up runs).
+    pub runs: usize,
+    /// Median latency of one `Session::run`, in milliseconds.
+    pub p50_ms: f64,
+    /// 90th-percentile latency, in milliseconds.
+    pub p90_ms: f64,
+    /// 99th-percentile latency, in milliseconds.
+    pub p99_ms: f64,
+    /// Rows per second at the median latency.
+    pub throughput_rows_per_s: f64,
+    /// The member's FLOP per second at the median latency, in units of 10⁹.
+    pub gflops: f64,
+    /// The whole member's median latency over this variant's: above 1 the variant is
+    /// faster than the member whole on the first device (1 for `whole` itself).
+    pub speedup: f64,
+    /// The largest absolute difference between this variant's output and the whole
+    /// member's on the same input (their first runs); 0 for `whole`.
+    pub max_abs_diff: f64,
+}
+
+/// One variant of a split bench: its name and how its member is split (`None`: whole).
+struct SplitVariant {
+    name: String,
+    split: Option<Split>,
+}
+
+/// Times one member of `workload`'s shape (E1 or E2; `gemm` is refused) at `batch`
+/// rows, whole on the first of `devices` and split across all of them by each of
+/// `kinds` — by layers into each of [`SPLIT_MICRO_BATCHES`] micro-batches, by
+/// columns — every variant its own [`Session`], built once. After `warmup` untimed
+/// runs of each, the variants are timed `runs` times in turn (the whole member, then
+/// each split, then again), so that whatever else the machine does falls on all of
+/// them alike. One report per variant, the whole member's first.
+///
+/// Errors: `gemm` (a single layer, nothing to split), no devices, no kind, a split
+/// the member cannot take ([`Error::Split`]: more devices than layers by layers, than
+/// outputs by columns), and an option only an adapter honours (a tile, the autotune,
+/// device timing) with a part on the CPU ([`Error::NeedsAdapter`]); any run's error.
+pub fn run_split_bench(
+    workload: Workload,
+    batch: usize,
+    devices: &[Placement],
+    kinds: &[SplitKind],
+    options: SessionOptions,
+    warmup: usize,
+    runs: usize,
+) -> Result<Vec<SplitBenchReport>> {
+    if workload == Workload::Gemm {
+        return Err(Error::invalid(
+            "workload of a split bench",
+            workload.name(),
+            "E1 or E2 (gemm is a single layer)",
+        ));
+    }
+    if batch == 0 {
+        return Err(Error::EmptyBatch);
+    }
+    if runs == 0 {
+        return Err(Error::invalid("--runs", "0", "at least one timed run"));
+    }
+    let Some(first) = devices.first() else {
+        return Err(Error::invalid("--devices", "", "at least one device"));
+    };
+    if kinds.is_empty() {
+        return Err(Error::invalid("--split", "", "layers, columns or both"));
+    }
+    let device_names: Vec<String> = devices.iter().map(placement_name).collect();
+    check_shapes(&options, &device_names.join(","))?;
+    workload.check_host_memory(batch)?;
+    let model = workload.member_model(batch, 0)?;
+    let mut variants = vec![SplitVariant {
+        name: "whole".to_string(),
+        split: None,
+    }];
+    let mut seen: Vec<SplitKind> = Vec::new();
+    for &kind in kinds {
+        if seen.contains(&kind) {
+            continue;
+        }
+        seen.push(kind);
+        match kind {
+            SplitKind::Layers => {
+                variants.extend(SPLIT_MICRO_BATCHES.iter().map(|&n| SplitVariant {
+                    name: format!("layers-mb{n}"),
+                    split: Some(Split::layers(devices.to_vec()).micro_batches(n)),
+                }))
+            }
+            _ => variants.push(SplitVariant {
+                name: kind.name().to_string(),
+                split: Some(Split::new(kind, devices.to_vec())),
+            }),
+        }
+    }
+    let needs_adapter = needs_adapter(&options);
+    let mut sessions = Vec::with_capacity(variants.len());
+    for v in &variants {
+        let builder = Graph::builder(model.in_features()).aggregate(Aggregate::Mean);
+        let builder = match &v.split {
+            None => builder.member(v.name.clone(), model.clone(), first.clone()),
+            Some(split) => builder.split_member(v.name.clone(), model.clone(), split.clone()),
+        };
+        let session = Session::with_options(builder.build()?, options.clone())?;
+        let adapter: Vec<&ExecutionDevice> = session.devices().flat_map(parts_of).collect();
+        if let Some(asked) = &needs_adapter {
+            if adapter.iter().any(|d| matches!(d, ExecutionDevice::Cpu)) {
+                return Err(Error::NeedsAdapter {
+                    asked: asked.clone(),
+                    members: vec![v.name.clone()],
+                    placement: device_names.join(","),
+                });
+            }
+        }
+        let adapter = adapter.iter().map(ToString::to_string).collect();
+        sessions.push((session, adapter));
+    }
+    let x = input(batch, model.in_features())?;
+    let mut whole_output: Option<Tensor> = None;
+    let mut diffs = vec![0.0f64; variants.len()];
+    let mut compared = vec![false; variants.len()];
+    // Every variant's first run is checked against the whole member's (run first).
+    let mut run = |v: usize| -> Result<Duration> {
+        let started = Instant::now();
+        let out = sessions[v].0.run(&x, &RunOptions::default())?;
+        let elapsed = started.elapsed();
+        if !compared[v] {
+            compared[v] = true;
+            match &whole_output {
+                None => whole_output = Some(out.aggregate),
+                Some(whole) => diffs[v] = max_abs_diff(whole, &out.aggregate),
+            }
+        }
+        Ok(elapsed)
+    };
+    for _ in 0..warmup {
+        for v in 0..variants.len() {
+            run(v)?;
+        }
+    }
+    let mut times: Vec<Vec<Duration>> = (0..variants.len())
+        .map(|_| Vec::with_capacity(runs.min(MAX_RESERVED_RUNS)))
+        .collect();
+    for _ in 0..runs {
+        for (v, t) in times.iter_mut().enumerate() {
+            t.push(run(v)?);
+        }
+    }
+    let member_flops = workload.flops(batch) as f64 / workload.shape(batch).1 as f64;
+    let mut reports = Vec::with_capacity(variants.len());
+    let mut whole_p50 = None;
+    for ((v, (_, adapter)), (mut t, diff)) in variants
+        .iter()
+        .zip(sessions)
+        .zip(times.into_iter().zip(diffs))
+    {
+        let (Some(p50), Some(p90), Some(p99)) = (
+            quantile(&mut t, 0.5),
+            quantile(&mut t, 0.9),
+            quantile(&mut t, 0.99),
+        ) else {
+            return Err(Error::invalid("--runs", "0", "at least one timed run"));
+        };
+        let p50 = p50.as_secs_f64();
+        let whole = *whole_p50.get_or_insert(p50);
+        reports.push(SplitBenchReport {
+            workload: workload.name().to_string(),
+            mode: "split".to_string(),
+            variant: v.name.clone(),
+            split: v.split.as_ref().map(|s| s.kind().name().to_string()),
+            micro_batches: v
+                .split
+                .as_ref()
+                .filter(|s| s.kind() == SplitKind::Layers)
+                .and_then(Split::micro_batch_count),
+            stages: v
+                .split
+                .as_ref()
+                .filter(|s| s.kind() == SplitKind::Layers)
+                .map(|s| s.stages(&model).iter().map(|r| [r.start, r.end]).collect()),
+            batch,
+            precision: options.precision.name().to_string(),
+            tile: tile_name(&options),
+            trusted_kernels: options.trusted_kernels,
+            spin_us: spin_us(&options),
+            devices: device_names.clone(),
+            adapter,
+            runs: t.len(),
+            p50_ms: p50 * 1e3,
+            p90_ms: p90.as_secs_f64() * 1e3,
+            p99_ms: p99.as_secs_f64() * 1e3,
+            throughput_rows_per_s: batch as f64 / p50,
+            gflops: member_flops / p50 / 1e9,
+            speedup: if p50 > 0.0 { whole / p50 } else { 0.0 },
+            max_abs_diff: diff,
+        });
+    }
+    Ok(reports)
+}
+
+/// The devices a worker's device stands for: each part's, for a split member.
+fn parts_of(device: &ExecutionDevice) -> Vec<&ExecutionDevice> {
+    match device {
+        ExecutionDevice::Split { parts, .. } => parts.iter().collect(),
+        other => vec![other],
+    }
+}
+
+/// The largest absolute difference between two outputs (infinite where their shapes
+/// differ, or a value is not a number in one of them).
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    if a.shape() != b.shape() {
+        return f64::INFINITY;
+    }
+    a.as_slice()
+        .iter()
+        .zip(b.as_slice())
+        .map(|(&x, &y)| {
+            let d = (f64::from(x) - f64::from(y)).abs();
+            if d.is_nan() {
+                f64::INFINITY
+            } else {
+                d
+            }
+        })
+        .fold(0.0, f64::max)
 }

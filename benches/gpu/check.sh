@@ -34,6 +34,9 @@ expect "| E2 batch 1024, whole run (PyTorch: best of eager, vmap) | 100 | 123 | 
 expect "| gemm | 4096 | f32 | 4.4 | 4 | 1.1 | 3.12e+04 |"
 # The server's cells, both rounds.
 expect "| server, batching | 64 | 4512 / 7268 | 10.9 / 7.88 | 42.9 / 19.7 | 0 | 35.7 / 49.3 |"
+# One member split across two queues: the whole member's line, then the splits'.
+expect "| E2 | 1024 | f32 | adapter:0/queue:0, adapter:0/queue:1 | whole | 4 | 4.4 | 2.56e+05 | 1 | 0.0e+00 |"
+expect "| E2 | 1024 | f32 | adapter:0/queue:0, adapter:0/queue:1 | columns | 3.2 | 3.52 | 3.2e+05 | 1.25 | 2.4e-07 |"
 # Every bench line with PyTorch's figure of the same precision.
 expect "| E2 | 1024 | f16-coop | autotune | session | 5.27 | 5.8 | 7.82e+04 | 3.61 | 1.14e+05 | 3.34 |"
 echo "benches/gpu: scripts parse, report.py renders the fixture"

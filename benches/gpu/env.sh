@@ -44,6 +44,15 @@ bench() {
     echo "failed ($?): $*" >> "$W/errors.txt"
 }
 
+# One `wgpu-ensemble bench --split` run into wgpu.jsonl, a line per variant (a failure
+# into errors.txt): the devices are the arguments' --devices, so neither --device nor
+# --device-timing (a split member's parts report no device time) is added.
+split_bench() {
+  stamp "split_bench $*"
+  timeout "${BENCH_TIMEOUT:-120}" "$B" bench --json "$@" >> "$W/wgpu.jsonl" 2>> "$W/errors.txt" ||
+    echo "failed ($?): split_bench $*" >> "$W/errors.txt"
+}
+
 # The integration tests whose names match any of the filters given, on the GPU, one
 # thread, into tests.txt. A missing adapter or cooperative matrices fail rather than
 # skip; tests named for another placement (SKIP_TESTS, default `_cpu _gl`: the CPU is

@@ -1,6 +1,6 @@
 """Turns what benches/gpu/run.sh wrote into markdown: the speed targets next to
 PyTorch from the same run, the half-precision figures next to PyTorch's f16 and bf16,
-the server's figures, then every measurement.
+the server's figures, one member split across devices, then every measurement.
 
     python3 benches/gpu/report.py FOLDER
 
@@ -215,6 +215,7 @@ def main():
 
     half_precision(sessions, torch_rows)
     resident_table(resident)
+    split_table([r for r in ours if r.get("mode") == "split"])
     serving(*read_loadtest(os.path.join(out, "loadtest.md")))
 
     print(
@@ -224,6 +225,8 @@ def main():
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in ours:
+        if r.get("mode") == "split":
+            continue
         theirs = best(
             torch_rows,
             "p50_ms",
@@ -299,6 +302,24 @@ def resident_table(resident):
         ratio = whole / kernels if whole and kernels else None
         print(f"| {r.get('workload')} | {r.get('batch')} | {r.get('precision')} | {fmt(whole)} "
               f"| {fmt(kernels)} | {fmt(ratio)} | {fmt(r.get('gflops'))} |")
+
+
+def split_table(rows):
+    """`bench --split`: one member whole on one device against split across devices,
+    the variants of one run interleaved."""
+    if not rows:
+        return
+    print("\n## One member across devices (`bench --split`; speedup = whole p50 / p50)\n")
+    print("| workload | batch | precision | devices | variant | p50 ms | p90 ms | rows/s "
+          "| speedup | max abs diff |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        devices = ", ".join(r.get("devices") or [])
+        diff = r.get("max_abs_diff")
+        print(f"| {r.get('workload')} | {r.get('batch')} | {r.get('precision')} | {devices} "
+              f"| {r.get('variant')} | {fmt(r.get('p50_ms'))} | {fmt(r.get('p90_ms'))} "
+              f"| {fmt(r.get('throughput_rows_per_s'))} | {fmt(r.get('speedup'))} "
+              f"| {'—' if diff is None else f'{diff:.1e}'} |")
 
 
 def serving(rows, title):

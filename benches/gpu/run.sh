@@ -25,9 +25,14 @@
 #            E1 at batch 1 with a spin-wait; a Pipeline and a session at batch 1 and
 #            64 with a spin-wait; gemm 4096³ and E2 at 1024 with input and output
 #            resident on the device, when the binary's bench has `--resident`;
-#            PyTorch on the same GPU for the same shapes in f32, f16 and bf16
+#            the `split` suite; PyTorch on the same GPU for the same shapes in f32, f16 and bf16
 #            (autocast, and weights cast once); then the server's load test (the
 #            `serve` suite).
+#   split    model parallelism: one E2 member at batch 1024, whole on one device
+#            against split by layers (1, 2, 4 and 8 micro-batches) and by columns over
+#            two queues of the GPU (two devices of $DEVICE: `bench --split all`),
+#            interleaved in one run, twice (SPLIT_WORKLOAD, SPLIT_BATCH, SPLIT_RUNS
+#            change it); the quick suite runs it too.
 #   serve    the inference server on the GPU (examples/loadtest.rs, E1 one row per
 #            request, with and without dynamic batching, next to a Session::run loop):
 #            requests/s, p50 and p99 at 1, 16 and 64 clients, two rounds, into
@@ -118,12 +123,12 @@ while [ $# -gt 0 ]; do
     --suite) SUITES=${2:-}; shift 2 ;;
     --suite=*) SUITES=${1#--suite=}; shift ;;
     -h | --help) awk 'NR > 1 && /^set -u/ { exit } NR > 1' "$0"; exit 0 ;;
-    *) echo "unknown argument: $1 (usage: benches/gpu/run.sh prepare | --suite tests|quick|serve|full[,...])" >&2; exit 2 ;;
+    *) echo "unknown argument: $1 (usage: benches/gpu/run.sh prepare | --suite tests|quick|split|serve|full[,...])" >&2; exit 2 ;;
   esac
 done
-[ -n "$SUITES" ] || { echo "usage: benches/gpu/run.sh prepare | --suite tests|quick|serve|full[,...]" >&2; exit 2; }
+[ -n "$SUITES" ] || { echo "usage: benches/gpu/run.sh prepare | --suite tests|quick|split|serve|full[,...]" >&2; exit 2; }
 for s in ${SUITES//,/ }; do
-  case $s in tests | quick | serve | full) ;; *) echo "unknown suite: $s (tests, quick, serve, full)" >&2; exit 2 ;; esac
+  case $s in tests | quick | split | serve | full) ;; *) echo "unknown suite: $s (tests, quick, split, serve, full)" >&2; exit 2 ;; esac
 done
 
 OUT=${OUT:-/tmp/wgpu-ensemble-gpu}
@@ -174,8 +179,19 @@ suite_quick() {
   else
     echo "no ${RESIDENT_FLAG:---resident} in this binary's bench: resident lines skipped" >> "$W/errors.txt"
   fi
+  suite_split
   torch --gemm 4096 --batches 1,1024 --precision f32,f16,bf16
   suite_serve
+}
+
+suite_split() {
+  local i devices="$DEVICE/queue:0,$DEVICE/queue:1"
+  # Without a Vulkan adapter DEVICE is `auto`, which has no queues.
+  case $DEVICE in adapter:*) ;; *) devices="$DEVICE,$DEVICE" ;; esac
+  for i in 1 2; do
+    split_bench --workload "${SPLIT_WORKLOAD:-E2}" --batch "${SPLIT_BATCH:-1024}" --split all \
+      --devices "$devices" --runs "${SPLIT_RUNS:-10}" --warmup 3 --trusted-kernels
+  done
 }
 
 suite_serve() {

@@ -563,6 +563,203 @@ fn bench_sweeps_the_tile_candidates() {
     }
 }
 
+/// `wgpu-ensemble bench --workload E1 --batch 8 --split KIND --devices DEVICES --json`
+/// with `extra`: one JSON object per line of stdout.
+fn split_bench(kind: &str, devices: &str, extra: &[&str]) -> (Output, Vec<serde_json::Value>) {
+    let mut args = vec![
+        "bench",
+        "--workload",
+        "E1",
+        "--batch",
+        "8",
+        "--split",
+        kind,
+        "--devices",
+        devices,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = cli(&args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (out, lines)
+}
+
+/// `bench --split all`: one line per variant, the whole member first, every variant
+/// timed, each split's output equal to the whole member's.
+#[test]
+fn bench_split_reports_every_variant() {
+    let extra = ["--runs", "2", "--warmup", "1"];
+    let (out, lines) = split_bench("all", "cpu,cpu", &extra);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let variants: Vec<&str> = lines.iter().filter_map(|v| v["variant"].as_str()).collect();
+    assert_eq!(
+        variants,
+        [
+            "whole",
+            "layers-mb1",
+            "layers-mb2",
+            "layers-mb4",
+            "layers-mb8",
+            "columns"
+        ]
+    );
+    for v in &lines {
+        let name = &v["variant"];
+        assert_eq!(v["workload"], "E1", "{v}");
+        assert_eq!(v["mode"], "split", "{v}");
+        assert_eq!(v["batch"], 8, "{v}");
+        assert_eq!(v["runs"], 2, "{v}");
+        assert_eq!(v["devices"], serde_json::json!(["cpu", "cpu"]), "{v}");
+        for field in [
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "throughput_rows_per_s",
+            "gflops",
+        ] {
+            assert!(
+                v[field].as_f64().is_some_and(|x| x > 0.0),
+                "{name} {field}: {v}"
+            );
+        }
+        assert!(v["p90_ms"].as_f64() >= v["p50_ms"].as_f64(), "{v}");
+        let p50 = v["p50_ms"].as_f64().unwrap();
+        let rate = v["throughput_rows_per_s"].as_f64().unwrap();
+        assert!(
+            (rate * p50 / 1e3 - 8.0).abs() < 1e-6,
+            "rows/s = batch / p50: {v}"
+        );
+        let diff = v["max_abs_diff"].as_f64().unwrap();
+        assert!(
+            diff < 1e-5,
+            "{name} differs from the whole member by {diff}"
+        );
+        // The ratio is the whole member's p50 over this one's.
+        let whole = lines[0]["p50_ms"].as_f64().unwrap();
+        let speedup = v["speedup"].as_f64().unwrap();
+        assert!((speedup - whole / p50).abs() < 1e-9, "{v}");
+    }
+    let whole = &lines[0];
+    assert_eq!(whole["split"], serde_json::Value::Null);
+    assert_eq!(whole["adapter"], serde_json::json!(["cpu"]));
+    assert_eq!(whole["speedup"], 1.0);
+    assert_eq!(whole["max_abs_diff"], 0.0);
+    for (v, micro_batches) in lines[1..5].iter().zip([1, 2, 4, 8]) {
+        assert_eq!(v["split"], "layers", "{v}");
+        assert_eq!(v["micro_batches"], micro_batches, "{v}");
+        // E1's first layer (784 × 512) costs more than the other two together.
+        assert_eq!(v["stages"], serde_json::json!([[0, 1], [1, 3]]), "{v}");
+        assert_eq!(v["adapter"], serde_json::json!(["cpu", "cpu"]), "{v}");
+    }
+    assert_eq!(lines[5]["split"], "columns");
+    assert_eq!(lines[5]["micro_batches"], serde_json::Value::Null);
+
+    // One kind alone: the whole member and that kind's variants, on one device too.
+    let once = ["--runs", "1", "--warmup", "0"];
+    for (kind, want) in [
+        ("columns", &["whole", "columns"][..]),
+        (
+            "layers",
+            &[
+                "whole",
+                "layers-mb1",
+                "layers-mb2",
+                "layers-mb4",
+                "layers-mb8",
+            ][..],
+        ),
+    ] {
+        let (out, lines) = split_bench(kind, "cpu", &once);
+        assert!(out.status.success(), "{kind}: {}", stderr(&out));
+        let got: Vec<&str> = lines.iter().filter_map(|v| v["variant"].as_str()).collect();
+        assert_eq!(got, want, "{kind}");
+    }
+}
+
+/// `bench --split` and `--devices` refuse what they cannot run, naming the flag, and
+/// print nothing on stdout.
+#[test]
+fn bench_split_refuses_bad_flags() {
+    let e1 = ["bench", "--workload", "E1", "--batch", "4", "--runs", "1"];
+    let cases: [(&[&str], &str); 12] = [
+        (&["--split", "layers"], "--split: needs --devices"),
+        (&["--devices", "cpu,cpu"], "--devices: goes with --split"),
+        (&["--split", "rows", "--devices", "cpu"], "--split: 'rows'"),
+        (&["--split", "all", "--devices", ""], "--devices: no device"),
+        (
+            &["--split", "all", "--devices", " , "],
+            "--devices: no device",
+        ),
+        (
+            &["--split", "all", "--devices", "cpu,adapter:x"],
+            "--devices: device 2 of 'cpu,adapter:x'",
+        ),
+        (
+            &["--split", "all", "--devices", "cpu", "--device", "cpu"],
+            "--device: not with --split",
+        ),
+        (
+            &["--split", "all", "--devices", "cpu", "--mode", "pipeline"],
+            "--mode: not with --split",
+        ),
+        (
+            &["--split", "all", "--devices", "cpu", "--resident"],
+            "--resident: not with --split",
+        ),
+        (
+            &["--split", "all", "--devices", "cpu", "--device-timing"],
+            "--device-timing: not with --split",
+        ),
+        // E1 has three layers: four stages cannot be made.
+        (
+            &["--split", "layers", "--devices", "cpu,cpu,cpu,cpu"],
+            "split `devices`: 4 devices for a model of 3 layer(s)",
+        ),
+        // A tile only an adapter honours, with the member on the CPU.
+        (
+            &[
+                "--split",
+                "columns",
+                "--devices",
+                "cpu",
+                "--tile",
+                "16,16,4,4,16",
+            ],
+            "needs an adapter",
+        ),
+    ];
+    for (extra, want) in cases {
+        let mut args = e1.to_vec();
+        args.extend_from_slice(extra);
+        let out = cli(&args);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(want), "{extra:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{extra:?} printed a report");
+    }
+    // gemm is a single layer: nothing to split.
+    let out = cli(&[
+        "bench",
+        "--workload",
+        "gemm",
+        "--batch",
+        "4",
+        "--split",
+        "all",
+        "--devices",
+        "cpu",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--split: needs a member of several layers"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn predict_with_a_quorum_writes_the_members_present() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,10 +1,13 @@
 //! `wgpu-ensemble bench`: time a standard workload (session, pipeline or late-member
-//! mode), optionally sweeping the tile candidates.
+//! mode), optionally sweeping the tile candidates; or, with `--split`, one member whole
+//! against split across devices.
 
 use std::time::Duration;
 
-use wgpu_ensemble::bench::{check_shapes, run_bench, BenchMode, BenchReport, Workload};
-use wgpu_ensemble::{CoopShape, Placement, Precision, SessionOptions, TileConfig};
+use wgpu_ensemble::bench::{
+    check_shapes, run_bench, run_split_bench, BenchMode, BenchReport, SplitBenchReport, Workload,
+};
+use wgpu_ensemble::{CoopShape, Placement, Precision, SessionOptions, SplitKind, TileConfig};
 
 use crate::{flag_error, CliResult};
 
@@ -69,28 +72,25 @@ pub(crate) struct BenchArgs {
     /// Also time the kernels alone with timestamp queries and report device_p50_ms and device_gflops (SessionOptions::device_timing; needs TIMESTAMP_QUERY).
     #[arg(long)]
     device_timing: bool,
-    /// Print one JSON object instead of a line of text.
+    /// Time one member of the workload's shape (E1 or E2) whole on the first of --devices and split across all of them, interleaved in one run: layers (1, 2, 4 and 8 micro-batches), columns, or all (both).
+    #[arg(long, value_name = "layers|columns|all")]
+    split: Option<String>,
+    /// With --split: the devices, comma-separated (cpu, adapter:N, adapter:N/queue:K, auto); a device may repeat.
+    #[arg(long, value_name = "D1,D2,...")]
+    devices: Option<String>,
+    /// Print one JSON object instead of a line of text (with --split, one per variant).
     #[arg(long)]
     json: bool,
 }
 
 pub(crate) fn bench(args: &BenchArgs) -> CliResult {
     let workload: Workload = args.workload.parse()?;
+    if args.split.is_some() || args.devices.is_some() {
+        return split_bench(args, workload);
+    }
     let placement: Placement = args.device.parse()?;
     let precision = args.precision.parse::<Precision>()?;
-    let coop = precision == Precision::F16CoopMatrix;
-    if args.tile.is_some() && coop {
-        return Err(flag_error(
-            "--tile",
-            "applies to f32 and f16; f16-coop takes --coop-shape",
-        ));
-    }
-    if args.coop_shape.is_some() && !coop {
-        return Err(flag_error(
-            "--coop-shape",
-            "applies to --precision f16-coop",
-        ));
-    }
+    tile_flags(args, precision)?;
     let shaped = args.tile.is_some() || args.coop_shape.is_some() || args.sweep;
     if shaped && matches!(placement, Placement::Cpu) {
         return Err(flag_error(
@@ -104,29 +104,10 @@ pub(crate) fn bench(args: &BenchArgs) -> CliResult {
             "the CPU executor has no device timing: --device-timing needs an adapter",
         ));
     }
-    let mut options = SessionOptions::default()
-        .precision(precision)
-        .device_timing(args.device_timing);
-    if args.autotune {
-        options = options.autotune(args.batch);
-    }
-    if let Some(path) = &args.autotune_cache {
-        options = options.autotune_cache(path);
-    }
-    options = options.spin_wait(Duration::from_micros(args.spin_us));
-    if let Some(text) = &args.tile {
-        options = options.tile(text.parse::<TileConfig>()?);
-    }
-    if let Some(text) = &args.coop_shape {
-        options = options.coop_shape(text.parse::<CoopShape>()?);
-    }
+    let options = session_options(args, precision)?;
     // A tile or shape no kernel takes (a zero field, too many accumulators) is refused
     // here, before any device is opened: on the CPU it would otherwise never be seen.
     check_shapes(&options, &args.device)?;
-    if args.trusted_kernels {
-        // SAFETY: asked for on the command line; see SessionOptions::trusted_kernels.
-        options = unsafe { options.trusted_kernels() };
-    }
     if args.resident && args.mode != "session" {
         return Err(flag_error(
             "--resident",
@@ -202,6 +183,203 @@ pub(crate) fn bench(args: &BenchArgs) -> CliResult {
     }
 }
 
+/// `--tile` goes with f32 and f16, `--coop-shape` with f16-coop.
+fn tile_flags(args: &BenchArgs, precision: Precision) -> CliResult {
+    let coop = precision == Precision::F16CoopMatrix;
+    if args.tile.is_some() && coop {
+        return Err(flag_error(
+            "--tile",
+            "applies to f32 and f16; f16-coop takes --coop-shape",
+        ));
+    }
+    if args.coop_shape.is_some() && !coop {
+        return Err(flag_error(
+            "--coop-shape",
+            "applies to --precision f16-coop",
+        ));
+    }
+    Ok(())
+}
+
+/// The session options the flags ask for: precision, device timing, autotune and its
+/// cache, spin-wait, a fixed tile or coop shape, trusted kernels.
+fn session_options(
+    args: &BenchArgs,
+    precision: Precision,
+) -> Result<SessionOptions, crate::CliError> {
+    let mut options = SessionOptions::default()
+        .precision(precision)
+        .device_timing(args.device_timing)
+        .spin_wait(Duration::from_micros(args.spin_us));
+    if args.autotune {
+        options = options.autotune(args.batch);
+    }
+    if let Some(path) = &args.autotune_cache {
+        options = options.autotune_cache(path);
+    }
+    if let Some(text) = &args.tile {
+        options = options.tile(text.parse::<TileConfig>()?);
+    }
+    if let Some(text) = &args.coop_shape {
+        options = options.coop_shape(text.parse::<CoopShape>()?);
+    }
+    if args.trusted_kernels {
+        // SAFETY: asked for on the command line; see SessionOptions::trusted_kernels.
+        options = unsafe { options.trusted_kernels() };
+    }
+    Ok(options)
+}
+
+/// `bench --split`: one member whole and split, interleaved (`run_split_bench`).
+fn split_bench(args: &BenchArgs, workload: Workload) -> CliResult {
+    let (Some(split), Some(devices)) = (&args.split, &args.devices) else {
+        return Err(match args.split {
+            Some(_) => flag_error("--split", "needs --devices, the devices to split across"),
+            None => flag_error("--devices", "goes with --split (layers, columns or all)"),
+        });
+    };
+    let kinds = match split.trim().to_ascii_lowercase().as_str() {
+        "all" => vec![SplitKind::Layers, SplitKind::Columns],
+        other => match other.parse::<SplitKind>() {
+            Ok(kind) => vec![kind],
+            Err(_) => {
+                return Err(flag_error(
+                    "--split",
+                    format!("'{}': expected layers, columns or all", quote(split)),
+                ))
+            }
+        },
+    };
+    if workload == Workload::Gemm {
+        return Err(flag_error(
+            "--split",
+            "needs a member of several layers (E1 or E2); gemm is a single layer",
+        ));
+    }
+    let placements = parse_devices(devices)?;
+    // What times something else than Session::run of one member, or reports what a
+    // split member does not measure, is refused rather than ignored.
+    let session_only = "the variants are timed with Session::run (--mode session)";
+    let refused = [
+        (
+            args.device != "auto",
+            "--device",
+            "the devices are --devices",
+        ),
+        (args.mode != "session", "--mode", session_only),
+        (args.resident, "--resident", session_only),
+        (
+            args.sweep,
+            "--sweep",
+            "one tile for every variant; give --tile",
+        ),
+        (
+            args.device_timing,
+            "--device-timing",
+            "a split member's parts report no device time",
+        ),
+    ];
+    if let Some((_, flag, why)) = refused.iter().find(|r| r.0) {
+        return Err(flag_error(flag, format!("not with --split: {why}")));
+    }
+    let precision = args.precision.parse::<Precision>()?;
+    tile_flags(args, precision)?;
+    let options = session_options(args, precision)?;
+    let reports = run_split_bench(
+        workload,
+        args.batch,
+        &placements,
+        &kinds,
+        options,
+        args.warmup,
+        args.runs,
+    )?;
+    if args.json {
+        for report in &reports {
+            println!("{}", to_json(report)?);
+        }
+    } else {
+        print_split_table(&reports);
+    }
+    Ok(())
+}
+
+/// `--devices`: comma-separated placements, at least one, each named when it is wrong.
+fn parse_devices(text: &str) -> Result<Vec<Placement>, crate::CliError> {
+    let items: Vec<&str> = text.split(',').map(str::trim).collect();
+    if items.iter().all(|i| i.is_empty()) {
+        return Err(flag_error(
+            "--devices",
+            "no device given; expected at least one, comma-separated (e.g. cpu,adapter:0)",
+        ));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.parse::<Placement>().map_err(|e| {
+                flag_error(
+                    "--devices",
+                    format!("device {} of '{}': {e}", i + 1, quote(text)),
+                )
+            })
+        })
+        .collect()
+}
+
+/// At most 200 characters of what the user gave, for a message.
+fn quote(text: &str) -> String {
+    text.chars().take(200).collect()
+}
+
+/// The split bench's variants as a table, the whole member's first.
+fn print_split_table(reports: &[SplitBenchReport]) {
+    let Some(first) = reports.first() else {
+        return;
+    };
+    println!(
+        "{} one member, batch {}, {} ({}), devices [{}]; {} timed runs each, interleaved",
+        first.workload,
+        first.batch,
+        first.precision,
+        first.tile,
+        first.devices.join(", "),
+        first.runs
+    );
+    println!(
+        "{:<11} {:>11} {:>11} {:>12} {:>9} {:>10}  devices",
+        "variant", "p50 ms", "p90 ms", "rows/s", "speedup", "max diff"
+    );
+    for r in reports {
+        let stages = r
+            .stages
+            .as_ref()
+            .map(|s| {
+                let s: Vec<String> = s.iter().map(|[a, b]| format!("{a}..{b}")).collect();
+                format!(" (layers {})", s.join(" | "))
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<11} {:>11.3} {:>11.3} {:>12.1} {:>9.2} {:>10.1e}  {}{}",
+            r.variant,
+            r.p50_ms,
+            r.p90_ms,
+            r.throughput_rows_per_s,
+            r.speedup,
+            r.max_abs_diff,
+            r.adapter.join(", "),
+            stages
+        );
+    }
+}
+
+fn to_json(report: &impl serde::Serialize) -> wgpu_ensemble::Result<String> {
+    serde_json::to_string(report).map_err(|e| wgpu_ensemble::Error::Io {
+        path: "stdout".into(),
+        message: e.to_string(),
+    })
+}
+
 /// Whether `e` is `run_bench`'s refusal of tiles for members on the CPU.
 fn on_cpu(e: &wgpu_ensemble::Error) -> bool {
     matches!(e, wgpu_ensemble::Error::NeedsAdapter { .. })
@@ -209,11 +387,7 @@ fn on_cpu(e: &wgpu_ensemble::Error) -> bool {
 
 fn print_report(report: &BenchReport, json: bool) -> wgpu_ensemble::Result<()> {
     if json {
-        let text = serde_json::to_string(report).map_err(|e| wgpu_ensemble::Error::Io {
-            path: "stdout".into(),
-            message: e.to_string(),
-        })?;
-        println!("{text}");
+        println!("{}", to_json(report)?);
     } else {
         let device = match (report.device_p50_ms, report.device_gflops) {
             (Some(ms), Some(gflops)) => {
