@@ -62,7 +62,8 @@ impl FromStr for SplitKind {
 ///   [`Split::boundaries`] says where each stage starts). The batch is cut into
 ///   [`Split::micro_batches`] near-equal parts (at most one per row) that flow through
 ///   the stages, so that stage *s* works on micro-batch *i* while stage *s + 1* works
-///   on micro-batch *i − 1*. Outputs come back in row order.
+///   on micro-batch *i − 1*. Outputs come back in row order. Over a single device
+///   there is nothing to overlap and the batch is not cut.
 /// - [`Split::columns`]: every layer's outputs (its weight's rows) divided among the
 ///   devices in near-equal parts (the first `outputs % devices` parts one wider). Each
 ///   device computes its part of the layer on the whole input and the parts are
