@@ -317,7 +317,8 @@ fn a_fault_plan_names_parts_that_exist() {
     }
 }
 
-fn status(out: &RunOutput, name: &str) -> String {
+/// A member's status in one word (`failed: <error>` for a failure).
+pub(crate) fn status(out: &RunOutput, name: &str) -> String {
     let m = out.members.iter().find(|m| m.name == name).unwrap();
     match &m.status {
         MemberStatus::Finished => "finished".into(),

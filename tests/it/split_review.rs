@@ -8,25 +8,16 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
+use crate::split::status;
 use common::{
     assert_close, assert_close_tol, cli, golden, input, read_f64, reference_forward,
     reference_forward_f16, reference_mean, stderr,
 };
 use wgpu_ensemble::io::Manifest;
 use wgpu_ensemble::{
-    Activation::*, Aggregate, Error, Fault, FaultPlan, Graph, MemberStatus, Model, Placement,
-    Precision, QuorumPolicy, RunOptions, Session, SessionOptions, Split, SplitKind,
+    Activation::*, Aggregate, Error, Fault, FaultPlan, Graph, Model, Placement, Precision,
+    QuorumPolicy, RunOptions, Session, SessionOptions, Split, SplitKind,
 };
-
-fn status(out: &wgpu_ensemble::RunOutput, name: &str) -> String {
-    let m = out.members.iter().find(|m| m.name == name).unwrap();
-    match &m.status {
-        MemberStatus::Finished => "finished".into(),
-        MemberStatus::Late => "late".into(),
-        MemberStatus::Failed(e) => format!("failed: {e}"),
-        other => format!("{other:?}"),
-    }
-}
 
 fn kinds(devices: Vec<Placement>) -> [Split; 2] {
     [Split::layers(devices.clone()), Split::columns(devices)]
