@@ -717,7 +717,7 @@ fn bench_split_refuses_bad_flags() {
         // E1 has three layers: four stages cannot be made.
         (
             &["--split", "layers", "--devices", "cpu,cpu,cpu,cpu"],
-            "split `devices`: 4 devices for a model of 3 layer(s)",
+            "`devices`: 4 devices for a model of 3 layer(s)",
         ),
         // A tile only an adapter honours, with the member on the CPU.
         (
