@@ -52,6 +52,7 @@ mod report;
 mod split;
 mod tensor;
 mod tile;
+mod uncertainty;
 // The graph, the executor contract, the backends, the runtime.
 mod cpu;
 mod device_tensor;
@@ -84,6 +85,7 @@ pub use session::Session;
 pub use split::{Split, SplitKind};
 pub use tensor::Tensor;
 pub use tile::{CoopShape, TileConfig};
+pub use uncertainty::Uncertainty;
 
 /// The wgpu version this crate is built on, re-exported so that callers creating
 /// their own devices for [`Placement::Device`] use the same types.

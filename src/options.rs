@@ -195,6 +195,12 @@ pub struct RunOptions {
     pub member_outputs: bool,
     /// How many members must finish (default [`QuorumPolicy::RequireAll`]).
     pub quorum: QuorumPolicy,
+    /// Also return how much the members that answered disagree
+    /// ([`RunOutput::uncertainty`](crate::RunOutput::uncertainty): entropy, expected
+    /// entropy, mutual information, disagreement, variance). [`Session::run`] only.
+    ///
+    /// [`Session::run`]: crate::Session::run
+    pub uncertainty: bool,
 }
 
 impl RunOptions {
@@ -213,6 +219,12 @@ impl RunOptions {
     /// Sets [`RunOptions::quorum`].
     pub fn quorum(mut self, quorum: QuorumPolicy) -> Self {
         self.quorum = quorum;
+        self
+    }
+
+    /// Sets [`RunOptions::uncertainty`].
+    pub fn uncertainty(mut self, yes: bool) -> Self {
+        self.uncertainty = yes;
         self
     }
 }

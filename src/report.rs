@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::placement::ExecutionDevice;
 use crate::tensor::Tensor;
+use crate::uncertainty::Uncertainty;
 
 /// What a run returns.
 #[derive(Clone, Debug)]
@@ -18,6 +19,9 @@ pub struct RunOutput {
     pub members: Vec<MemberReport>,
     /// Wall time of the whole run, as the caller saw it.
     pub elapsed: Duration,
+    /// How much the members that answered disagree, when
+    /// [`RunOptions::uncertainty`](crate::RunOptions::uncertainty) asked.
+    pub uncertainty: Option<Uncertainty>,
 }
 
 impl RunOutput {

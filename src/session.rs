@@ -16,12 +16,13 @@ use crate::exec::{spin_until, DeviceOutput, Executor};
 use crate::graph::Graph;
 use crate::options::{QuorumPolicy, RunOptions, SessionOptions};
 use crate::placement::ExecutionDevice;
-use crate::report::RunOutput;
+use crate::report::{MemberStatus, RunOutput};
 use crate::runtime::{
     check_input, check_quorum, compile, execute_input, Busy, Combiner, JobInput, WorkerContext,
     WorkerThread,
 };
 use crate::tensor::Tensor;
+use crate::uncertainty::measure;
 
 /// A job's input: a host tensor, or a device tensor with whether the worker should
 /// keep the aggregate on its device.
@@ -185,8 +186,27 @@ impl Session {
     pub fn run(&self, input: &Tensor, options: &RunOptions) -> Result<RunOutput> {
         let started = Instant::now();
         let rows = check_input(input, self.input_width)?;
-        let (combiner, _) = self.gather(rows, Payload::Host(input.clone()), options, started)?;
-        combiner.finish(options.quorum, options.timeout, started.elapsed())
+        let want_members = options.member_outputs || options.uncertainty;
+        let payload = Payload::Host(input.clone());
+        let (combiner, _) = self.gather(rows, payload, options, want_members, started)?;
+        let mut out = combiner.finish(options.quorum, options.timeout, started.elapsed())?;
+        if options.uncertainty {
+            // Over the members that finished, with the aggregate's weights.
+            let present: Vec<(&[f32], f32)> = out
+                .members
+                .iter()
+                .zip(&self.weights)
+                .filter(|(m, &w)| matches!(m.status, MemberStatus::Finished) && w > 0.0)
+                .filter_map(|(m, &w)| m.output.as_ref().map(|y| (y.as_slice(), w)))
+                .collect();
+            if !present.is_empty() {
+                out.uncertainty = Some(measure(&present, rows, self.output_width));
+            }
+            if !options.member_outputs {
+                out.members.iter_mut().for_each(|m| m.output = None);
+            }
+        }
+        Ok(out)
     }
 
     /// Copies `input` (`[rows, input_width]`) to every GPU device of the session, one
@@ -299,7 +319,8 @@ impl Session {
             && self.workers.len() == 1
             && self.workers[0].device != ExecutionDevice::Cpu;
         let payload = Payload::Device(input.clone(), keep);
-        let (combiner, kept) = self.gather(rows, payload, options, started)?;
+        let (combiner, kept) =
+            self.gather(rows, payload, options, options.member_outputs, started)?;
         let shape = [rows, self.output_width];
         let (aggregate, members) = match kept {
             Some(copy) => {
@@ -324,12 +345,14 @@ impl Session {
 
     /// Sends `input` to every worker and combines their answers until all arrive, the
     /// quorum policy gives up, or the deadline passes; the aggregate a worker kept on
-    /// its device comes back beside the combiner.
+    /// its device comes back beside the combiner. With `want_members`, the workers
+    /// send every member's output too.
     fn gather(
         &self,
         rows: usize,
         input: Payload,
         options: &RunOptions,
+        want_members: bool,
         started: Instant,
     ) -> Result<(Combiner<'_>, Option<Arc<dyn DeviceCopy>>)> {
         check_quorum(options.quorum, self.names.len())?;
@@ -352,7 +375,7 @@ impl Session {
                 worker: w,
                 run,
                 input: input.clone(),
-                want_members: options.member_outputs,
+                want_members,
                 deadline,
                 given_up: Arc::clone(&given_up.0),
                 reply: reply.clone(),

@@ -104,6 +104,7 @@ impl<'a> Combiner<'a> {
             aggregate: aggregate?,
             members,
             elapsed,
+            uncertainty: None,
         })
     }
 

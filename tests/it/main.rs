@@ -41,3 +41,4 @@ mod train_grad;
 mod train_member;
 mod train_optim;
 mod train_study;
+mod uncertainty;

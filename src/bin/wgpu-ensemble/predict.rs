@@ -24,6 +24,12 @@ pub(crate) struct PredictArgs {
     /// Also write every member's output: .npy float32 [members, batch, outputs].
     #[arg(long)]
     members_output: Option<PathBuf>,
+    /// Also write how much the members that answered disagree: .npy float32 [batch, 4] (entropy, expected entropy, mutual information, disagreement; natural logarithms).
+    #[arg(long, value_name = "PATH")]
+    uncertainty_output: Option<PathBuf>,
+    /// Also write each class's variance across the members that answered: .npy float32 [batch, outputs].
+    #[arg(long, value_name = "PATH")]
+    variance_output: Option<PathBuf>,
     /// Fail when the members have not all answered within this many milliseconds.
     #[arg(long)]
     timeout_ms: Option<u64>,
@@ -70,13 +76,17 @@ pub(crate) fn predict(args: &PredictArgs) -> crate::CliResult {
     inputs.extend(manifest.members.iter().map(|m| m.file.as_path()));
     let mut outputs: Vec<&Path> = vec![args.output.as_path()];
     outputs.extend(args.members_output.as_deref());
+    outputs.extend(args.uncertainty_output.as_deref());
+    outputs.extend(args.variance_output.as_deref());
     check_outputs(&outputs, &inputs)?;
     let x = read_matrix(&args.input)?;
     let session_options = SessionOptions::default()
         .precision(args.precision.parse::<Precision>()?)
         .faults(fault_plan(&args.fault)?);
     let session = Session::with_options(manifest.graph(device.as_ref())?, session_options)?;
-    let mut options = RunOptions::default().member_outputs(args.members_output.is_some());
+    let mut options = RunOptions::default()
+        .member_outputs(args.members_output.is_some())
+        .uncertainty(args.uncertainty_output.is_some() || args.variance_output.is_some());
     if let Some(ms) = args.timeout_ms {
         options = options.timeout(Duration::from_millis(ms));
     }
@@ -114,6 +124,14 @@ pub(crate) fn predict(args: &PredictArgs) -> crate::CliResult {
             path.to_path_buf(),
             Tensor::new(vec![run.members.len(), rows, cols], all)?,
         ));
+    }
+    if let Some(u) = &run.uncertainty {
+        if let Some(path) = &args.uncertainty_output {
+            files.push((path.to_path_buf(), u.summary()));
+        }
+        if let Some(path) = &args.variance_output {
+            files.push((path.to_path_buf(), u.variance.clone()));
+        }
     }
     let staged = stage_tensors(&files, &inputs)?;
     pause_before_rename();

@@ -1,0 +1,325 @@
+//! The uncertainty outputs (`RunOptions::uncertainty`): entropy, expected entropy,
+//! mutual information, disagreement and variance against an f64 reference written from
+//! their definitions, over random softmax members, the golden members (`predict
+//! --uncertainty-output`) and the digits members; weighted and unweighted; under a
+//! quorum with a member missing; for one member and for identical members.
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+
+use common::{
+    assert_close_tol, cli, golden, input, placement_tests, read_f64, reference_forward, stderr,
+};
+use wgpu_ensemble::io::{read_matrix, Manifest};
+use wgpu_ensemble::{
+    Activation::*, Aggregate, Fault, FaultPlan, Graph, Model, Placement, QuorumPolicy, RunOptions,
+    RunOutput, Session, SessionOptions, Tensor,
+};
+
+/// Tolerances of the measures: each sums `classes` terms of the members' f32 outputs.
+const ABS: f64 = 2e-5;
+const REL: f64 = 1e-4;
+
+/// The measures from their definitions, in f64: per row entropy, expected entropy,
+/// mutual information, disagreement, then the `[rows, cols]` variances.
+struct Reference {
+    summary: Vec<f64>,
+    variance: Vec<f64>,
+}
+
+fn reference(members: &[Vec<f64>], weights: &[f64], rows: usize, cols: usize) -> Reference {
+    let total: f64 = weights.iter().sum();
+    let h = |p: &[f64]| -> f64 { p.iter().filter(|&&v| v > 0.0).map(|&v| -v * v.ln()).sum() };
+    let mut summary = Vec::new();
+    let mut variance = Vec::new();
+    for r in 0..rows {
+        let rowm = |m: &Vec<f64>| m[r * cols..(r + 1) * cols].to_vec();
+        let mut mean = vec![0.0; cols];
+        for (m, w) in members.iter().zip(weights) {
+            for (c, v) in rowm(m).iter().enumerate() {
+                mean[c] += w * v / total;
+            }
+        }
+        let expected: f64 = members
+            .iter()
+            .zip(weights)
+            .map(|(m, w)| w * h(&rowm(m)))
+            .sum::<f64>()
+            / total;
+        let mut votes = vec![0.0; cols];
+        for (m, w) in members.iter().zip(weights) {
+            let p = rowm(m);
+            // The first of the largest.
+            let mut best = 0;
+            for c in 1..cols {
+                if p[c] > p[best] {
+                    best = c;
+                }
+            }
+            votes[best] += w;
+        }
+        let modal = votes.iter().cloned().fold(0.0, f64::max);
+        let total_h = h(&mean);
+        summary.extend([
+            total_h,
+            expected,
+            (total_h - expected).max(0.0),
+            1.0 - modal / total,
+        ]);
+        for c in 0..cols {
+            variance.push(
+                members
+                    .iter()
+                    .zip(weights)
+                    .map(|(m, w)| w * (m[r * cols + c] - mean[c]).powi(2))
+                    .sum::<f64>()
+                    / total,
+            );
+        }
+    }
+    Reference { summary, variance }
+}
+
+fn check(label: &str, out: &RunOutput, want: &Reference) {
+    let u = out
+        .uncertainty
+        .as_ref()
+        .unwrap_or_else(|| panic!("{label}: no uncertainty"));
+    assert_close_tol(
+        &format!("{label}: entropy, expected entropy, mutual information, disagreement"),
+        u.summary().as_slice(),
+        &want.summary,
+        ABS,
+        REL,
+    );
+    assert_close_tol(
+        &format!("{label}: variance"),
+        u.variance.as_slice(),
+        &want.variance,
+        ABS,
+        REL,
+    );
+}
+
+const IN: usize = 6;
+const CLASSES: usize = 5;
+
+fn models() -> Vec<Model> {
+    vec![
+        Model::random(&[IN, 12, CLASSES], &[Relu, Softmax], 91).unwrap(),
+        Model::random(&[IN, 9, CLASSES], &[Tanh, Softmax], 92).unwrap(),
+        Model::random(&[IN, CLASSES], &[Softmax], 93).unwrap(),
+        Model::random(&[IN, 7, 7, CLASSES], &[Gelu, Sigmoid, Softmax], 94).unwrap(),
+    ]
+}
+
+/// Four softmax members under a mean, a weighted mean and a weighted vote (whose
+/// weights the measures use), at 1 and 13 rows; member outputs stay unreturned unless
+/// asked.
+fn measures_match_the_reference(place: Placement, label: &str) {
+    let weights = [0.4f32, 0.1, 0.3, 0.2];
+    for (aggregate, w) in [
+        (Aggregate::Mean, [1.0f32; 4]),
+        (Aggregate::WeightedMean(weights.to_vec()), weights),
+        (
+            Aggregate::Vote {
+                weights: Some(weights.to_vec()),
+            },
+            weights,
+        ),
+    ] {
+        let mut g = Graph::builder(IN).aggregate(aggregate.clone());
+        for (i, m) in models().into_iter().enumerate() {
+            g = g.member(format!("m{i}"), m, place.clone());
+        }
+        let session = Session::new(g.build().unwrap()).unwrap();
+        for rows in [1, 13] {
+            let x = input(rows, IN, rows as u64);
+            let out = session
+                .run(&x, &RunOptions::default().uncertainty(true))
+                .unwrap();
+            assert!(out.members.iter().all(|m| m.output.is_none()), "{label}");
+            let refs: Vec<Vec<f64>> = models().iter().map(|m| reference_forward(m, &x)).collect();
+            let w64: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
+            check(
+                &format!("{label} {} at {rows} rows", aggregate.name()),
+                &out,
+                &reference(&refs, &w64, rows, CLASSES),
+            );
+        }
+        let x = input(3, IN, 7);
+        let out = session.run(&x, &RunOptions::default()).unwrap();
+        assert!(out.uncertainty.is_none(), "{label}: not asked");
+    }
+}
+
+placement_tests!(measures_match_the_reference;
+    measures_match_the_reference_cpu: Cpu,
+    measures_match_the_reference_vulkan: Vulkan,
+    measures_match_the_reference_gl: Gl);
+
+/// A member failing under a quorum: the measures are over the three that answered,
+/// with their weights renormalised; the members' outputs are returned when asked.
+#[test]
+fn a_quorum_measures_the_members_present() {
+    let weights = [0.4f32, 0.1, 0.3, 0.2];
+    let mut g = Graph::builder(IN).aggregate(Aggregate::WeightedMean(weights.to_vec()));
+    for (i, m) in models().into_iter().enumerate() {
+        g = g.member(format!("m{i}"), m, Placement::Cpu);
+    }
+    let plan = FaultPlan::new().on_run("m2", 0, Fault::Fail);
+    let session =
+        Session::with_options(g.build().unwrap(), SessionOptions::default().faults(plan)).unwrap();
+    let x = input(9, IN, 3);
+    let out = session
+        .run(
+            &x,
+            &RunOptions::default()
+                .uncertainty(true)
+                .member_outputs(true)
+                .quorum(QuorumPolicy::Quorum(3)),
+        )
+        .unwrap();
+    assert!(!out.is_complete());
+    assert!(
+        out.members[0].output.is_some(),
+        "member outputs were asked for"
+    );
+    let present = [0, 1, 3];
+    let refs: Vec<Vec<f64>> = present
+        .iter()
+        .map(|&i| reference_forward(&models()[i], &x))
+        .collect();
+    let w: Vec<f64> = present.iter().map(|&i| f64::from(weights[i])).collect();
+    check("quorum of 3", &out, &reference(&refs, &w, 9, CLASSES));
+}
+
+/// One member: no mutual information, no disagreement, no variance; identical
+/// members: no mutual information either, and the entropy of their output.
+#[test]
+fn one_member_and_identical_members() {
+    let m = models().remove(0);
+    let x = input(8, IN, 4);
+    let y = reference_forward(&m, &x);
+    for copies in [1, 3] {
+        let mut g = Graph::builder(IN);
+        for i in 0..copies {
+            g = g.member(format!("m{i}"), m.clone(), Placement::Cpu);
+        }
+        let session = Session::new(g.build().unwrap()).unwrap();
+        let out = session
+            .run(&x, &RunOptions::default().uncertainty(true))
+            .unwrap();
+        let u = out.uncertainty.as_ref().unwrap();
+        for r in 0..8 {
+            assert!(u.mutual_information[r].abs() < 1e-5, "{copies}: {u:?}");
+            assert_eq!(u.disagreement[r], 0.0, "{copies}");
+        }
+        assert!(u.variance.as_slice().iter().all(|v| v.abs() < 1e-6));
+        let refs = vec![y.clone(); copies];
+        check(
+            &format!("{copies} identical"),
+            &out,
+            &reference(&refs, &vec![1.0; copies], 8, CLASSES),
+        );
+    }
+}
+
+fn digits(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/data/digits")
+        .join(file)
+}
+
+/// The digits members (scikit-learn's MLPs) on the 360 test digits: the measures from
+/// scikit-learn's own probabilities.
+fn digits_measures(place: Placement, label: &str) {
+    let manifest = Manifest::load(digits("digits.toml")).unwrap();
+    let x = read_matrix(digits("x_test.npy")).unwrap();
+    let file = std::fs::File::open(digits("sklearn_proba.npy")).unwrap();
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(file)).unwrap();
+    let all: Vec<f64> = npy
+        .into_vec::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    let per = 360 * 10;
+    let members: Vec<Vec<f64>> = all.chunks(per).map(<[f64]>::to_vec).collect();
+    let session = Session::new(manifest.graph(Some(&place)).unwrap()).unwrap();
+    let out = session
+        .run(&x, &RunOptions::default().uncertainty(true))
+        .unwrap();
+    check(
+        &format!("{label}: digits"),
+        &out,
+        &reference(&members, &[1.0; 5], 360, 10),
+    );
+    // Some digits split the members and some do not.
+    let u = out.uncertainty.unwrap();
+    assert!(u.disagreement.iter().any(|&d| d > 0.0), "{label}");
+    assert!(u.disagreement.iter().any(|&d| d == 0.0), "{label}");
+}
+
+placement_tests!(digits_measures;
+    digits_measures_cpu: Cpu,
+    digits_measures_vulkan: Vulkan,
+    digits_measures_gl: Gl);
+
+/// `predict --uncertainty-output U --variance-output V` on the golden members: U is
+/// `[rows, 4]`, V `[rows, classes]`, against the reference over the golden member
+/// outputs (the weighted mean's weights).
+#[test]
+fn predict_writes_the_uncertainty_of_the_golden_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let (y, u, v) = (
+        dir.path().join("y.npy"),
+        dir.path().join("u.npy"),
+        dir.path().join("v.npy"),
+    );
+    let manifest = golden("weighted_mean.toml");
+    let out = cli(&[
+        "predict",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--input",
+        golden("x_f64.npy").to_str().unwrap(),
+        "--output",
+        y.to_str().unwrap(),
+        "--uncertainty-output",
+        u.to_str().unwrap(),
+        "--variance-output",
+        v.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (shape, all) = read_f64(&golden("expected_members.npy"));
+    let (k, rows, cols) = (shape[0], shape[1], shape[2]);
+    let members: Vec<Vec<f64>> = all.chunks(rows * cols).map(<[f64]>::to_vec).collect();
+    let weights: Vec<f64> = match Manifest::load(&manifest).unwrap().aggregate {
+        Aggregate::WeightedMean(w) => w.iter().map(|&v| f64::from(v)).collect(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(weights.len(), k);
+    let want = reference(&members, &weights, rows, cols);
+    let got_u: Tensor = read_matrix(&u).unwrap();
+    assert_eq!(got_u.shape(), &[rows, 4]);
+    assert_close_tol(
+        "--uncertainty-output",
+        got_u.as_slice(),
+        &want.summary,
+        ABS,
+        REL,
+    );
+    let got_v = read_matrix(&v).unwrap();
+    assert_eq!(got_v.shape(), &[rows, cols]);
+    assert_close_tol(
+        "--variance-output",
+        got_v.as_slice(),
+        &want.variance,
+        ABS,
+        REL,
+    );
+}
