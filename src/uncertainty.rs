@@ -14,9 +14,9 @@ use crate::tensor::{argmax, Tensor};
 /// output of 0 or below adds nothing to an entropy, so other outputs give numbers
 /// without that meaning):
 ///
-/// - `entropy`: H[p̄] = −Σ_c p̄_c ln p̄_c, the total uncertainty;
-/// - `expected_entropy`: Σₘ wₘ H[pₘ] / Σₘ wₘ, the aleatoric part;
-/// - `mutual_information`: H[p̄] − expected entropy, clamped at 0, the epistemic part
+/// - `entropy`: H(p̄) = −Σ_c p̄_c ln p̄_c, the total uncertainty;
+/// - `expected_entropy`: Σₘ wₘ H(pₘ) / Σₘ wₘ, the aleatoric part;
+/// - `mutual_information`: H(p̄) − expected entropy, clamped at 0, the epistemic part
 ///   (BALD);
 /// - `variance`: per class, Σₘ wₘ (pₘ_c − p̄_c)² / Σₘ wₘ;
 /// - `disagreement`: 1 − (the weight of the members voting for the modal class) /
@@ -27,7 +27,7 @@ use crate::tensor::{argmax, Tensor};
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct Uncertainty {
-    /// H[p̄] per row, `[rows]`.
+    /// H(p̄) per row, `[rows]`.
     pub entropy: Vec<f32>,
     /// The weighted mean of the members' entropies per row, `[rows]`.
     pub expected_entropy: Vec<f32>,
