@@ -778,3 +778,96 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         })
         .fold(0.0, f64::max)
 }
+
+/// One variant of [`run_uncertainty_bench`]: the plain mean, or every uncertainty
+/// output with it.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct UncertaintyBenchReport {
+    /// `E1` or `E2`.
+    pub workload: String,
+    /// `uncertainty`.
+    pub mode: String,
+    /// `mean` (the plain run) or `uncertainty` (the run with
+    /// [`RunOptions::uncertainty`]).
+    pub variant: String,
+    /// Rows per run.
+    pub batch: usize,
+    /// Where every member runs.
+    pub device: String,
+    /// Timed runs.
+    pub runs: usize,
+    /// Median latency of a run.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// This variant's median over the plain mean's (1 for `mean` itself).
+    pub ratio_to_mean: f64,
+}
+
+/// Times `workload` (E1 or E2; `gemm` has no classes) at `batch` rows on `placement`,
+/// one [`Session`], without and with every uncertainty output
+/// ([`RunOptions::uncertainty`]), alternating run by run after `warmup` untimed runs of
+/// each. Two reports: the plain mean's, then the uncertainty's with its ratio to it.
+pub fn run_uncertainty_bench(
+    workload: Workload,
+    batch: usize,
+    placement: &Placement,
+    options: SessionOptions,
+    warmup: usize,
+    runs: usize,
+) -> Result<Vec<UncertaintyBenchReport>> {
+    if workload == Workload::Gemm {
+        return Err(Error::invalid(
+            "workload of an uncertainty bench",
+            workload.name(),
+            "E1 or E2 (gemm has no classes)",
+        ));
+    }
+    if batch == 0 {
+        return Err(Error::EmptyBatch);
+    }
+    let session = Session::with_options(workload.graph(batch, placement)?, options)?;
+    let x = input(batch, session.input_width())?;
+    let variants = [
+        ("mean", RunOptions::default()),
+        ("uncertainty", RunOptions::default().uncertainty(true)),
+    ];
+    let run = |o: &RunOptions| -> Result<Duration> {
+        let started = Instant::now();
+        session.run(&x, o)?;
+        Ok(started.elapsed())
+    };
+    for _ in 0..warmup {
+        for (_, o) in &variants {
+            run(o)?;
+        }
+    }
+    let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..runs {
+        for (t, (_, o)) in times.iter_mut().zip(&variants) {
+            t.push(run(o)?);
+        }
+    }
+    let mut reports = Vec::with_capacity(2);
+    let mut mean_p50 = None;
+    for ((name, _), mut t) in variants.iter().zip(times) {
+        let (Some(p50), Some(p90)) = (quantile(&mut t, 0.5), quantile(&mut t, 0.9)) else {
+            return Err(Error::invalid("--runs", "0", "at least one timed run"));
+        };
+        let p50 = p50.as_secs_f64();
+        let base = *mean_p50.get_or_insert(p50);
+        reports.push(UncertaintyBenchReport {
+            workload: workload.name().to_string(),
+            mode: "uncertainty".to_string(),
+            variant: name.to_string(),
+            batch,
+            device: placement_name(placement),
+            runs: t.len(),
+            p50_ms: p50 * 1e3,
+            p90_ms: p90.as_secs_f64() * 1e3,
+            ratio_to_mean: if base > 0.0 { p50 / base } else { 0.0 },
+        });
+    }
+    Ok(reports)
+}

@@ -323,3 +323,54 @@ fn predict_writes_the_uncertainty_of_the_golden_members() {
         REL,
     );
 }
+
+/// `bench --uncertainty`: the plain mean and the run with every uncertainty output,
+/// both timed, the second's ratio to the first; gemm refused by name.
+#[test]
+fn bench_times_the_uncertainty_against_the_plain_mean() {
+    let out = cli(&[
+        "bench",
+        "--workload",
+        "E1",
+        "--batch",
+        "3",
+        "--device",
+        "cpu",
+        "--uncertainty",
+        "--runs",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let variants: Vec<&str> = lines.iter().filter_map(|v| v["variant"].as_str()).collect();
+    assert_eq!(variants, ["mean", "uncertainty"]);
+    for v in &lines {
+        assert_eq!(v["mode"], "uncertainty", "{v}");
+        assert_eq!(v["runs"], 2, "{v}");
+        assert!(v["p50_ms"].as_f64().is_some_and(|t| t > 0.0), "{v}");
+        assert!(v["ratio_to_mean"].as_f64().is_some_and(|r| r > 0.0), "{v}");
+    }
+    assert_eq!(lines[0]["ratio_to_mean"], 1.0);
+    let out = cli(&[
+        "bench",
+        "--workload",
+        "gemm",
+        "--batch",
+        "4",
+        "--device",
+        "cpu",
+        "--uncertainty",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("gemm has no classes"),
+        "{}",
+        stderr(&out)
+    );
+}

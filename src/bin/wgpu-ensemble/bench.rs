@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use wgpu_ensemble::bench::{
-    check_shapes, run_bench, run_split_bench, BenchMode, BenchReport, SplitBenchReport, Workload,
+    check_shapes, run_bench, run_split_bench, run_uncertainty_bench, BenchMode, BenchReport,
+    SplitBenchReport, Workload,
 };
 use wgpu_ensemble::{CoopShape, Placement, Precision, SessionOptions, SplitKind, TileConfig};
 
@@ -78,7 +79,10 @@ pub(crate) struct BenchArgs {
     /// With --split: the devices, comma-separated (cpu, adapter:N, adapter:N/queue:K, auto); a device may repeat.
     #[arg(long, value_name = "D1,D2,...")]
     devices: Option<String>,
-    /// Print one JSON object instead of a line of text (with --split, one per variant).
+    /// Time the workload (E1 or E2) without and with every uncertainty output (RunOptions::uncertainty), alternating in one run; reports both and their ratio.
+    #[arg(long, conflicts_with_all = ["split", "devices", "sweep", "resident"])]
+    uncertainty: bool,
+    /// Print one JSON object instead of a line of text (with --split or --uncertainty, one per variant).
     #[arg(long)]
     json: bool,
 }
@@ -87,6 +91,9 @@ pub(crate) fn bench(args: &BenchArgs) -> CliResult {
     let workload: Workload = args.workload.parse()?;
     if args.split.is_some() || args.devices.is_some() {
         return split_bench(args, workload);
+    }
+    if args.uncertainty {
+        return uncertainty_bench(args, workload);
     }
     let placement: Placement = args.device.parse()?;
     let precision = args.precision.parse::<Precision>()?;
@@ -300,6 +307,41 @@ fn split_bench(args: &BenchArgs, workload: Workload) -> CliResult {
         }
     } else {
         print_split_table(&reports);
+    }
+    Ok(())
+}
+
+/// `bench --uncertainty`: the plain mean against every uncertainty output, alternating
+/// (`run_uncertainty_bench`).
+fn uncertainty_bench(args: &BenchArgs, workload: Workload) -> CliResult {
+    if args.mode != "session" {
+        return Err(flag_error(
+            "--mode",
+            "not with --uncertainty: the variants are timed with Session::run (--mode session)",
+        ));
+    }
+    let placement: Placement = args.device.parse()?;
+    let precision = args.precision.parse::<Precision>()?;
+    tile_flags(args, precision)?;
+    let options = session_options(args, precision)?;
+    check_shapes(&options, &args.device)?;
+    let reports = run_uncertainty_bench(
+        workload,
+        args.batch,
+        &placement,
+        options,
+        args.warmup,
+        args.runs,
+    )?;
+    for r in &reports {
+        if args.json {
+            println!("{}", to_json(r)?);
+        } else {
+            println!(
+                "{} batch {} on {}: {:<11} p50 {:.3} ms, p90 {:.3} ms, {:.2}x the plain mean ({} runs)",
+                r.workload, r.batch, r.device, r.variant, r.p50_ms, r.p90_ms, r.ratio_to_mean, r.runs
+            );
+        }
     }
     Ok(())
 }
