@@ -240,6 +240,9 @@ def main():
         mode = r.get("mode")
         if is_resident(r) and "resident" not in str(mode):
             mode = f"{mode}, resident"
+        if mode == "uncertainty":
+            # `bench --uncertainty`: the plain mean, then every uncertainty output.
+            mode = f"uncertainty: {r.get('variant')}, {fmt(r.get('ratio_to_mean'))}x the mean"
         print(
             f"| {r.get('workload')} | {r.get('batch')} | {r.get('precision')} | {r.get('tile')} "
             f"| {mode}{spin} | {fmt(r.get('p50_ms'))} | {fmt(r.get('p99_ms'))} "

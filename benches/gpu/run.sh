@@ -25,6 +25,7 @@
 #            E1 at batch 1 with a spin-wait; a Pipeline and a session at batch 1 and
 #            64 with a spin-wait; gemm 4096³ and E2 at 1024 with input and output
 #            resident on the device, when the binary's bench has `--resident`;
+#            E1 at 1 and 1024 rows without and with the uncertainty outputs, twice;
 #            the `split` suite; PyTorch on the same GPU for the same shapes in f32, f16 and bf16
 #            (autocast, and weights cast once); then the server's load test (the
 #            `serve` suite).
@@ -178,6 +179,14 @@ suite_quick() {
     done
   else
     echo "no ${RESIDENT_FLAG:---resident} in this binary's bench: resident lines skipped" >> "$W/errors.txt"
+  fi
+  # The uncertainty outputs against the plain mean, alternating (E1 at 1 and 1024
+  # rows), when this binary's bench has the flag.
+  if "$B" bench --help 2>/dev/null | grep -q -- "--uncertainty"; then
+    for i in 1 2; do
+      NO_TIMING=1 bench --workload E1 --batch 1 --uncertainty --runs 100 --warmup 10 --trusted-kernels
+      NO_TIMING=1 bench --workload E1 --batch 1024 --uncertainty --runs 30 --warmup 10 --trusted-kernels
+    done
   fi
   suite_split
   torch --gemm 4096 --batches 1,1024 --precision f32,f16,bf16
