@@ -127,8 +127,9 @@ fn device_timing(adapter: &AdapterInfo) {
             "{label} {what}: 131072 rows took no longer than one ({small:?})"
         );
     }
-    // A batch of eight chunks counts all eight: the best of three runs of 192 rows
-    // takes more than twice the best of three of 24 (one chunk).
+    // A batch of many chunks counts them all: the best of three runs of 768 rows (32
+    // chunks) takes more than twice the best of three of 24 (one chunk), a margin
+    // that a loaded machine's noise does not close.
     let chunked = session(&models, &place, chunked_options);
     let best = |rows: usize| {
         let x = input(rows, 24, 91);
@@ -137,10 +138,10 @@ fn device_timing(adapter: &AdapterInfo) {
             .min()
             .unwrap_or_default()
     };
-    let (one, eight) = (best(24), best(192));
+    let (one, many) = (best(24), best(768));
     assert!(
-        eight > one * 2,
-        "{label}: 8 chunks {eight:?}, 1 chunk {one:?}"
+        many > one * 2,
+        "{label}: 32 chunks {many:?}, 1 chunk {one:?}"
     );
 }
 
