@@ -598,6 +598,7 @@ mod tests {
             version: 3,
             output: Tensor::matrix(1, 2, vec![0.25, 0.75]).unwrap(),
             members,
+            uncertainty: None,
         }
     }
 
