@@ -18,13 +18,16 @@
 //!   the earliest deadline of its requests, and a request joins only if that moves its
 //!   own deadline earlier by at most its slack: the larger of `max_queue_delay` and a
 //!   tenth of its timeout. A request with a long deadline is thus never run under a much
-//!   shorter one; it waits for the next batch instead.
+//!   shorter one; it waits for the next batch instead. Whether a request asks for the
+//!   uncertainty measures does not keep it apart: a batch is run with them when any of
+//!   its requests asks, and only those get them (they are per row, so each gets what
+//!   it would alone).
 //! - **Dropped before running.** A request whose client has gone (its [`Reply`] was
 //!   dropped) is not run; one whose deadline has passed is answered 504 and not run.
 //!   Both are checked when a batch is formed and again just before it runs.
 //! - **Replicas.** Each replica (one [`Session`]) has a thread that runs one batch at a
-//!   time, as one [`Session::run`], and splits its output (the aggregate and every
-//!   member's output) back by rows. A batch goes to an idle replica — the one idle the
+//!   time, as one [`Session::run`], and splits its output (the aggregate, every
+//!   member's output and the uncertainty measures) back by rows. A batch goes to an idle replica — the one idle the
 //!   longest — so the least loaded one gets the work.
 //! - **Stopping.** [`Batcher::close`] refuses new requests; queued ones are still
 //!   answered. [`Batcher::drain`] closes and waits for the threads
@@ -50,6 +53,7 @@ use crate::report::{MemberStatus, RunOutput};
 use crate::runtime::check_quorum;
 use crate::session::Session;
 use crate::tensor::Tensor;
+use crate::uncertainty::Uncertainty;
 
 /// How a version's requests are queued and merged.
 #[derive(Clone, Debug)]
@@ -540,7 +544,13 @@ impl Shared {
             self.metrics
                 .queue_time(&self.model, self.version, p.request.received.elapsed());
         }
-        let mut options = RunOptions::default().member_outputs(key.want_members);
+        // The measures when any request asks: they are per row, so each request's rows
+        // of them are what it gets alone, and the others pay only the members' outputs
+        // being read back for this run.
+        let uncertainty = batch.iter().any(|p| p.request.want_uncertainty);
+        let mut options = RunOptions::default()
+            .member_outputs(key.want_members)
+            .uncertainty(uncertainty);
         if let Some(n) = key.quorum {
             options = options.quorum(QuorumPolicy::Quorum(n));
         }
@@ -636,6 +646,13 @@ impl Shared {
         if batch.len() == 1 {
             // Alone: the run's tensors are the answer, uncopied.
             if let Some(p) = batch.into_iter().next() {
+                let uncertainty = match self.uncertainty(&p.request, out.uncertainty) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        let _ = p.reply.send(Err(e));
+                        return;
+                    }
+                };
                 let members = out
                     .members
                     .into_iter()
@@ -651,6 +668,7 @@ impl Shared {
                     version: self.version,
                     output: out.aggregate,
                     members,
+                    uncertainty,
                 }));
             }
             return;
@@ -659,19 +677,48 @@ impl Shared {
         for (p, &n) in batch.into_iter().zip(rows) {
             let range = start..start + n;
             start += n;
-            let answer = self.split(&out, &states, range);
+            let answer = self.split(&out, &states, range, p.request.want_uncertainty);
             let _ = p.reply.send(answer);
         }
     }
 
-    /// One request's rows of a batch's output.
+    /// A request's measures: the run's when it asked for them (an error when the run
+    /// has none, which a run with [`RunOptions::uncertainty`] that succeeded always
+    /// has), `None` when it did not ask.
+    fn uncertainty(
+        &self,
+        request: &InferRequest,
+        measured: Option<Uncertainty>,
+    ) -> Result<Option<Uncertainty>, ServeError> {
+        if !request.want_uncertainty {
+            return Ok(None);
+        }
+        measured.map(Some).ok_or_else(|| self.no_measures())
+    }
+
+    fn no_measures(&self) -> ServeError {
+        ServeError::Internal(format!(
+            "model '{}' version {}: the run returned no uncertainty measures",
+            self.model, self.version
+        ))
+    }
+
+    /// One request's rows of a batch's output; the measures' rows too when it asked
+    /// for them.
     fn split(
         &self,
         out: &RunOutput,
         states: &[MemberState],
         range: std::ops::Range<usize>,
+        want_uncertainty: bool,
     ) -> Answer {
         let output = slice_rows(&out.aggregate, range.clone())?;
+        let uncertainty = if want_uncertainty {
+            let all = out.uncertainty.as_ref().ok_or_else(|| self.no_measures())?;
+            Some(slice_uncertainty(all, range.clone())?)
+        } else {
+            None
+        };
         let mut members = Vec::with_capacity(out.members.len());
         for (report, state) in out.members.iter().zip(states) {
             let output = match &report.output {
@@ -689,6 +736,7 @@ impl Shared {
             version: self.version,
             output,
             members,
+            uncertainty,
         })
     }
 
@@ -740,6 +788,30 @@ fn slice_rows(tensor: &Tensor, range: std::ops::Range<usize>) -> Result<Tensor, 
             "a batch's output of shape {shape:?} has no rows {}..{}",
             range.start, range.end
         ))
+    })
+}
+
+/// The rows `range` of every measure.
+fn slice_uncertainty(
+    all: &Uncertainty,
+    range: std::ops::Range<usize>,
+) -> Result<Uncertainty, ServeError> {
+    let rows = |v: &[f32], what: &str| {
+        v.get(range.clone()).map(<[f32]>::to_vec).ok_or_else(|| {
+            ServeError::Internal(format!(
+                "a batch's {what} of {} rows has no rows {}..{}",
+                v.len(),
+                range.start,
+                range.end
+            ))
+        })
+    };
+    Ok(Uncertainty {
+        entropy: rows(&all.entropy, "entropy")?,
+        expected_entropy: rows(&all.expected_entropy, "expected entropy")?,
+        mutual_information: rows(&all.mutual_information, "mutual information")?,
+        disagreement: rows(&all.disagreement, "disagreement")?,
+        variance: slice_rows(&all.variance, range)?,
     })
 }
 

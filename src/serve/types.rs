@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::tensor::Tensor;
+use crate::uncertainty::Uncertainty;
 
 /// One request's rows and run parameters, as the protocols decoded them.
 #[derive(Debug)]
@@ -18,18 +19,26 @@ pub struct InferRequest {
     pub quorum: Option<usize>,
     /// Also return every member's own output (`members` in KServe's outputs).
     pub want_members: bool,
+    /// Also return the measures of the members' disagreement ([`Uncertainty`]: KServe's
+    /// outputs `entropy`, `expected_entropy`, `mutual_information`, `disagreement` and
+    /// `variance`). Requests that differ in it still merge: a batch runs with
+    /// [`RunOptions::uncertainty`](crate::RunOptions::uncertainty) when any of its
+    /// requests asks, and only those get the measures.
+    pub want_uncertainty: bool,
     /// When the server received it: queue time and the deadline count from here.
     pub received: Instant,
 }
 
 impl InferRequest {
-    /// A request of `input` received now, with no deadline, no quorum, no member outputs.
+    /// A request of `input` received now, with no deadline, no quorum, no member outputs,
+    /// no uncertainty measures.
     pub fn new(input: Tensor) -> Self {
         Self {
             input,
             timeout: None,
             quorum: None,
             want_members: false,
+            want_uncertainty: false,
             received: Instant::now(),
         }
     }
@@ -73,6 +82,9 @@ pub struct InferAnswer {
     pub output: Tensor,
     /// Every member, in the manifest's order.
     pub members: Vec<MemberAnswer>,
+    /// The measures of the members' disagreement over this request's rows, when it
+    /// asked for them ([`InferRequest::want_uncertainty`]); `None` otherwise.
+    pub uncertainty: Option<Uncertainty>,
 }
 
 impl InferAnswer {

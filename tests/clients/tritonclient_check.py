@@ -60,6 +60,28 @@ def close(what: str, got: np.ndarray, want: np.ndarray, abs_tol=1e-5, rel_tol=1e
         raise AssertionError(f"{what}: index {i}: got {got[i]}, expected {want[i]}")
 
 
+def measures(members: np.ndarray) -> dict[str, np.ndarray]:
+    """The uncertainty measures of equally weighted members ([members, rows, classes]),
+    from their definitions: natural logarithms, values of 0 or below adding nothing to
+    an entropy, a member voting for its first largest output."""
+    def entropy(p: np.ndarray) -> np.ndarray:
+        safe = np.where(p > 0, p, 1.0)
+        return -np.sum(np.where(p > 0, p * np.log(safe), 0.0), axis=-1)
+
+    mean = members.mean(axis=0)
+    h = entropy(mean)
+    expected = entropy(members).mean(axis=0)
+    classes = members.shape[-1]
+    votes = np.stack([np.bincount(row, minlength=classes) for row in members.argmax(axis=-1).T])
+    return {
+        "entropy": h,
+        "expected_entropy": expected,
+        "mutual_information": np.maximum(h - expected, 0.0),
+        "disagreement": 1.0 - votes.max(axis=-1) / members.shape[0],
+        "variance": ((members - mean) ** 2).mean(axis=0),
+    }
+
+
 def checks(url: str) -> None:
     client = httpclient.InferenceServerClient(url=url, network_timeout=30.0)
     assert client.is_server_live(), "live"
@@ -72,6 +94,10 @@ def checks(url: str) -> None:
     model = client.get_model_metadata("mean")
     assert model["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 12]}], model
     assert model["outputs"][0]["name"] == "output", model
+    names = [o["name"] for o in model["outputs"]]
+    assert names == [
+        "output", "members", "entropy", "expected_entropy", "mutual_information", "disagreement", "variance"
+    ], model
 
     x = np.load(GOLDEN / "x.npy")
     x64 = np.load(GOLDEN / "x_f64.npy")
@@ -100,6 +126,18 @@ def checks(url: str) -> None:
     )
     close("output (JSON)", result.as_numpy("output"), want)
     close("members (binary)", result.as_numpy("members"), members)
+
+    # The uncertainty measures by name, binary and JSON, against their definitions
+    # over the members' reference outputs.
+    want_measures = measures(members)
+    outputs = [
+        httpclient.InferRequestedOutput(name, binary_data=(i % 2 == 0))
+        for i, name in enumerate(want_measures)
+    ]
+    result = client.infer("mean", [inp], outputs=outputs)
+    assert result.as_numpy("output") is None, "output was not asked for"
+    for name, want_measure in want_measures.items():
+        close(f"{name} (tritonclient)", result.as_numpy(name), want_measure, abs_tol=2e-5)
 
     # A bad request is an InferenceServerException with the server's message, and the
     # server answers afterwards.
@@ -144,7 +182,7 @@ def main() -> int:
                 server.kill()
                 code = "killed after 30 s"
         assert code == 0, f"the server exited with {code} after SIGTERM"
-    print("tritonclient check: ok (health, metadata, FP32/FP64 binary and JSON inputs, binary and JSON outputs, version, timeout, quorum, errors, compression)")
+    print("tritonclient check: ok (health, metadata, FP32/FP64 binary and JSON inputs, binary and JSON outputs, uncertainty measures, version, timeout, quorum, errors, compression)")
     return 0
 
 

@@ -31,6 +31,8 @@ mod serve_http;
 mod serve_load;
 #[cfg(feature = "serve")]
 mod serve_repo;
+#[cfg(feature = "serve")]
+mod serve_uncertainty;
 mod shaders;
 mod split;
 mod split_review;

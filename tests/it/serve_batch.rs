@@ -324,6 +324,80 @@ fn only_requests_with_the_same_options_merge_cpu() {
     );
 }
 
+/// Requests that differ only in asking for the uncertainty measures merge: a request
+/// that keeps the replica busy (run 0 sleeps; it asks for member outputs, so it runs
+/// alone) lets four queue behind it, and they run as one batch with the measures. The
+/// two that asked get their own rows' measures, equal to a run of their rows alone;
+/// the two that did not get none, and their aggregates are their own.
+#[test]
+fn requests_that_differ_in_the_measures_merge_and_get_what_they_asked_cpu() {
+    let plan = FaultPlan::new().on_run("a", 0, Fault::Sleep(Duration::from_millis(300)));
+    let (batcher, metrics) = batcher(1, config(64, FOREVER, 64), &plan);
+    let reference = session(&FaultPlan::new());
+    let mut blocker = request(1, 200);
+    blocker.want_members = true;
+    let blocker = batcher.submit(blocker).unwrap();
+    // The first of the batch does not ask: the batch still runs with the measures.
+    let sent: Vec<_> = [(false, 2), (true, 3), (false, 1), (true, 4)]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (asks, rows))| {
+            let x = input(rows, WIDTH, 210 + i as u64);
+            let mut r = InferRequest::new(x.clone());
+            r.want_uncertainty = asks;
+            (x, asks, batcher.submit(r).unwrap())
+        })
+        .collect();
+    batcher.close();
+    wait(blocker).unwrap();
+    for (i, (x, asks, reply)) in sent.into_iter().enumerate() {
+        let what = format!("request {i} (asks: {asks})");
+        let answer = wait(reply).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let options = RunOptions::default().uncertainty(asks);
+        assert_alone(&what, &answer, &x, &reference, &options);
+        let alone = reference.run(&x, &options).unwrap().uncertainty;
+        assert_eq!(answer.uncertainty.is_some(), asks, "{what}");
+        if let (Some(got), Some(want)) = (&answer.uncertainty, &alone) {
+            let f64s = |v: &[f32]| v.iter().map(|&v| f64::from(v)).collect::<Vec<f64>>();
+            for (name, g, w) in [
+                ("entropy", &got.entropy, &want.entropy),
+                (
+                    "expected entropy",
+                    &got.expected_entropy,
+                    &want.expected_entropy,
+                ),
+                (
+                    "mutual information",
+                    &got.mutual_information,
+                    &want.mutual_information,
+                ),
+                ("disagreement", &got.disagreement, &want.disagreement),
+            ] {
+                assert_close(&format!("{what}: {name}"), g, &f64s(w));
+            }
+            assert_eq!(got.variance.shape(), want.variance.shape(), "{what}");
+            assert_close(
+                &format!("{what}: variance"),
+                got.variance.as_slice(),
+                &f64s(want.variance.as_slice()),
+            );
+        }
+    }
+    batcher.drain();
+    let text = metrics.render();
+    // {blocker}, {0, 1, 2, 3}.
+    assert_eq!(
+        metric(&text, "wgpu_ensemble_inference_batch_requests_count", &[]),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "wgpu_ensemble_inference_batch_requests_sum", &[]),
+        5.0,
+        "{text}"
+    );
+}
+
 /// A request of more rows than the largest batch runs alone, and its neighbours still
 /// get their answers.
 #[test]

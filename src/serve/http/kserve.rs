@@ -1,6 +1,7 @@
 //! KServe v2 / Open Inference Protocol over HTTP: health, server and model metadata,
 //! and inference with JSON tensor data or Triton's binary tensor data extension.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,70 @@ const INPUT: &str = "input";
 const OUTPUT: &str = "output";
 /// Every member's output, `[members, rows, classes]`, when asked for by name.
 const MEMBERS: &str = "members";
+
+/// An output a request may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutputKind {
+    /// The aggregate, `[rows, classes]`.
+    Output,
+    /// Every member's output, `[members, rows, classes]`.
+    Members,
+    /// H(p̄) per row, `[rows]`.
+    Entropy,
+    /// The members' mean entropy per row, `[rows]`.
+    ExpectedEntropy,
+    /// Entropy − expected entropy per row, `[rows]`.
+    MutualInformation,
+    /// The variation ratio per row, `[rows]`.
+    Disagreement,
+    /// Each class's variance across the members, `[rows, classes]`.
+    Variance,
+}
+
+impl OutputKind {
+    /// Every output, in the order the model's metadata lists them.
+    const ALL: [OutputKind; 7] = [
+        OutputKind::Output,
+        OutputKind::Members,
+        OutputKind::Entropy,
+        OutputKind::ExpectedEntropy,
+        OutputKind::MutualInformation,
+        OutputKind::Disagreement,
+        OutputKind::Variance,
+    ];
+
+    /// Its name on the wire.
+    fn name(self) -> &'static str {
+        match self {
+            OutputKind::Output => OUTPUT,
+            OutputKind::Members => MEMBERS,
+            OutputKind::Entropy => "entropy",
+            OutputKind::ExpectedEntropy => "expected_entropy",
+            OutputKind::MutualInformation => "mutual_information",
+            OutputKind::Disagreement => "disagreement",
+            OutputKind::Variance => "variance",
+        }
+    }
+
+    fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// One of the measures of [`Uncertainty`](crate::Uncertainty).
+    fn is_uncertainty(self) -> bool {
+        !matches!(self, OutputKind::Output | OutputKind::Members)
+    }
+
+    /// Its shape in the model's metadata (`-1` for the rows).
+    fn metadata_shape(self, members: usize, classes: usize) -> Vec<i64> {
+        let (members, classes) = (members as i64, classes as i64);
+        match self {
+            OutputKind::Output | OutputKind::Variance => vec![-1, classes],
+            OutputKind::Members => vec![members, -1, classes],
+            _ => vec![-1],
+        }
+    }
+}
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -125,15 +190,23 @@ fn model_metadata(
         .map(|s| s.version.to_string())
         .collect();
     let batcher = &served.batcher;
+    // Every output a request may name; one that names none gets `output` only.
+    let outputs: Vec<Value> = OutputKind::ALL
+        .into_iter()
+        .map(|kind| {
+            json!({
+                "name": kind.name(),
+                "datatype": "FP32",
+                "shape": kind.metadata_shape(batcher.members().len(), batcher.output_width()),
+            })
+        })
+        .collect();
     Ok(Json(json!({
         "name": model,
         "versions": versions,
         "platform": "wgpu-ensemble",
         "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, batcher.input_width()]}],
-        "outputs": [
-            {"name": OUTPUT, "datatype": "FP32", "shape": [-1, batcher.output_width()]},
-            {"name": MEMBERS, "datatype": "FP32", "shape": [batcher.members().len(), -1, batcher.output_width()]},
-        ],
+        "outputs": outputs,
     })))
 }
 
@@ -178,8 +251,10 @@ async fn run_infer(
         Ok((_, answer)) => answer.version.to_string(),
         Err(_) => label,
     };
+    // An answer without the measures it asked for is counted as the error it is.
+    let result = result.and_then(|(echo, answer)| response(&answer, echo));
     match counted(&state, &model, &version, received, result) {
-        Ok((decoded, answer)) => response(&answer, decoded).into_response(),
+        Ok(body) => body.into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -216,7 +291,7 @@ struct Echo {
 /// An output asked for, and whether it goes back as binary data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Requested {
-    members: bool,
+    kind: OutputKind,
     binary: bool,
 }
 
@@ -294,7 +369,7 @@ fn decode(
 
     let outputs = match body.get("outputs") {
         None | Some(Value::Null) => vec![Requested {
-            members: false,
+            kind: OutputKind::Output,
             binary: binary_default,
         }],
         Some(Value::Array(asked)) => {
@@ -306,17 +381,18 @@ fn decode(
                         quote(output)
                     ))
                 })?;
-                let members = match name {
-                    OUTPUT => false,
-                    MEMBERS => true,
-                    other => {
-                        return Err(bad(format!(
-                        "unknown output '{}'; the model's outputs are '{OUTPUT}' and '{MEMBERS}'",
-                        excerpt(other)
-                    )))
-                    }
-                };
-                if outputs.iter().any(|o: &Requested| o.members == members) {
+                let kind = OutputKind::named(name).ok_or_else(|| {
+                    let known: Vec<String> = OutputKind::ALL
+                        .iter()
+                        .map(|k| format!("'{}'", k.name()))
+                        .collect();
+                    bad(format!(
+                        "unknown output '{}'; the model's outputs are {}",
+                        excerpt(name),
+                        known.join(", ")
+                    ))
+                })?;
+                if outputs.iter().any(|o: &Requested| o.kind == kind) {
                     return Err(bad(format!("output '{name}' is asked for twice")));
                 }
                 let params = object(
@@ -332,7 +408,7 @@ fn decode(
                     None => binary_default,
                     some => flag(some, "binary_data")?,
                 };
-                outputs.push(Requested { members, binary });
+                outputs.push(Requested { kind, binary });
             }
             if outputs.is_empty() {
                 return Err(bad("the request's 'outputs' is empty".into()));
@@ -346,7 +422,8 @@ fn decode(
             )))
         }
     };
-    request.want_members = outputs.iter().any(|o| o.members);
+    request.want_members = outputs.iter().any(|o| o.kind == OutputKind::Members);
+    request.want_uncertainty = outputs.iter().any(|o| o.kind.is_uncertainty());
     Ok((request, Echo { id, outputs }))
 }
 
@@ -510,15 +587,39 @@ fn number(item: &Value, index: usize) -> Result<f32, ServeError> {
     }
 }
 
-/// The answer in KServe v2's format, with the outputs asked for in the order asked.
-fn response(answer: &InferAnswer, echo: Echo) -> binary::Body {
-    let rows = answer.output.shape()[0];
+/// One output of an answer: its shape and values.
+fn output_values(
+    answer: &InferAnswer,
+    kind: OutputKind,
+) -> Result<(Vec<usize>, Cow<'_, [f32]>), ServeError> {
+    let rows = answer.output.shape().first().copied().unwrap_or(0);
     let classes = answer.output.shape().get(1).copied().unwrap_or(0);
-    let mut outputs = Vec::new();
-    let mut bytes = Vec::new();
-    let mut any = false;
-    for asked in &echo.outputs {
-        let (name, shape, values): (&str, Vec<usize>, Vec<f32>) = if asked.members {
+    let measures = || {
+        answer.uncertainty.as_ref().ok_or_else(|| {
+            ServeError::Internal(format!(
+                "output '{}' was asked for and the answer has no uncertainty measures",
+                kind.name()
+            ))
+        })
+    };
+    /// A per-row measure, `[rows]`.
+    fn per_row(
+        kind: OutputKind,
+        rows: usize,
+        values: &[f32],
+    ) -> Result<(Vec<usize>, Cow<'_, [f32]>), ServeError> {
+        if values.len() != rows {
+            return Err(ServeError::Internal(format!(
+                "output '{}' has {} values for {rows} rows",
+                kind.name(),
+                values.len()
+            )));
+        }
+        Ok((vec![rows], Cow::Borrowed(values)))
+    }
+    Ok(match kind {
+        OutputKind::Output => (vec![rows, classes], Cow::Borrowed(answer.output.as_slice())),
+        OutputKind::Members => {
             let mut data = Vec::with_capacity(answer.members.len() * rows * classes);
             for m in &answer.members {
                 match &m.output {
@@ -527,15 +628,33 @@ fn response(answer: &InferAnswer, echo: Echo) -> binary::Body {
                     None => data.extend(std::iter::repeat_n(f32::NAN, rows * classes)),
                 }
             }
-            (MEMBERS, vec![answer.members.len(), rows, classes], data)
-        } else {
-            (
-                OUTPUT,
-                vec![rows, classes],
-                answer.output.as_slice().to_vec(),
-            )
-        };
-        let mut output = json!({"name": name, "datatype": "FP32", "shape": shape});
+            (vec![answer.members.len(), rows, classes], Cow::Owned(data))
+        }
+        OutputKind::Entropy => per_row(kind, rows, &measures()?.entropy)?,
+        OutputKind::ExpectedEntropy => per_row(kind, rows, &measures()?.expected_entropy)?,
+        OutputKind::MutualInformation => per_row(kind, rows, &measures()?.mutual_information)?,
+        OutputKind::Disagreement => per_row(kind, rows, &measures()?.disagreement)?,
+        OutputKind::Variance => {
+            let variance = &measures()?.variance;
+            if variance.shape() != [rows, classes] {
+                return Err(ServeError::Internal(format!(
+                    "output 'variance' has shape {:?}; the answer is [{rows}, {classes}]",
+                    variance.shape()
+                )));
+            }
+            (vec![rows, classes], Cow::Borrowed(variance.as_slice()))
+        }
+    })
+}
+
+/// The answer in KServe v2's format, with the outputs asked for in the order asked.
+fn response(answer: &InferAnswer, echo: Echo) -> Result<binary::Body, ServeError> {
+    let mut outputs = Vec::new();
+    let mut bytes = Vec::new();
+    let mut any = false;
+    for asked in &echo.outputs {
+        let (shape, values) = output_values(answer, asked.kind)?;
+        let mut output = json!({"name": asked.kind.name(), "datatype": "FP32", "shape": shape});
         if asked.binary {
             let raw = binary::bytes(&values);
             output["parameters"] = json!({"binary_data_size": raw.len()});
@@ -571,11 +690,11 @@ fn response(answer: &InferAnswer, echo: Echo) -> binary::Body {
             "members_answered": answer.members.len() - missing.len(),
         });
     }
-    binary::Body {
+    Ok(binary::Body {
         json: body,
         binary: bytes,
         any,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -598,6 +717,7 @@ mod tests {
             version: 3,
             output: Tensor::matrix(1, 2, vec![0.25, 0.75]).unwrap(),
             members,
+            uncertainty: None,
         }
     }
 
@@ -612,16 +732,16 @@ mod tests {
             id: Some(json!("7")),
             outputs: vec![
                 Requested {
-                    members: true,
+                    kind: OutputKind::Members,
                     binary: false,
                 },
                 Requested {
-                    members: false,
+                    kind: OutputKind::Output,
                     binary: true,
                 },
             ],
         };
-        let body = response(&partial, echo);
+        let body = response(&partial, echo).unwrap();
         assert!(body.any);
         assert_eq!(body.binary, binary::bytes(&[0.25, 0.75]));
         let json = body.json;
@@ -647,14 +767,106 @@ mod tests {
         let echo = Echo {
             id: None,
             outputs: vec![Requested {
-                members: false,
+                kind: OutputKind::Output,
                 binary: false,
             }],
         };
-        let json = response(&whole, echo).json;
+        let json = response(&whole, echo).unwrap().json;
         assert!(
             json.get("parameters").is_none() && json.get("id").is_none(),
             "{json}"
+        );
+    }
+
+    #[test]
+    fn the_uncertainty_outputs_as_json_and_binary_or_an_error_when_missing() {
+        let mut two_rows = answer(vec![MemberState::Finished]);
+        two_rows.output = Tensor::matrix(2, 2, vec![0.25, 0.75, 0.5, 0.5]).unwrap();
+        two_rows.uncertainty = Some(crate::Uncertainty {
+            entropy: vec![0.5, 0.6],
+            expected_entropy: vec![0.25, 0.5],
+            mutual_information: vec![0.25, 0.1],
+            disagreement: vec![0.0, 1.0],
+            variance: Tensor::matrix(2, 2, vec![0.01, 0.02, 0.03, 0.04]).unwrap(),
+        });
+        let asked = |kind, binary| Requested { kind, binary };
+        let echo = Echo {
+            id: None,
+            outputs: vec![
+                asked(OutputKind::Variance, false),
+                asked(OutputKind::Entropy, true),
+                asked(OutputKind::Disagreement, false),
+                asked(OutputKind::MutualInformation, true),
+                asked(OutputKind::ExpectedEntropy, false),
+            ],
+        };
+        let body = response(&two_rows, echo).unwrap();
+        assert!(body.any);
+        // The binary outputs' bytes in the order asked: entropy, mutual information.
+        assert_eq!(body.binary, binary::bytes(&[0.5, 0.6, 0.25, 0.1]));
+        let json = body.json;
+        let outputs = json["outputs"].as_array().unwrap();
+        let names: Vec<&str> = outputs
+            .iter()
+            .map(|o| o["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "variance",
+                "entropy",
+                "disagreement",
+                "mutual_information",
+                "expected_entropy"
+            ]
+        );
+        assert_eq!(outputs[0]["shape"], json!([2, 2]));
+        assert_eq!(outputs[0]["data"], json!([0.01, 0.02, 0.03, 0.04]));
+        assert_eq!(outputs[1]["shape"], json!([2]));
+        assert_eq!(outputs[1]["parameters"]["binary_data_size"], 8);
+        assert!(outputs[1].get("data").is_none(), "{json}");
+        assert_eq!(outputs[2]["data"], json!([0.0, 1.0]));
+        assert_eq!(outputs[4]["data"], json!([0.25, 0.5]));
+        for o in outputs {
+            assert_eq!(o["datatype"], "FP32");
+        }
+
+        // Asked for and not in the answer: an internal error naming the output.
+        let without = answer(vec![MemberState::Finished]);
+        let echo = Echo {
+            id: None,
+            outputs: vec![
+                asked(OutputKind::Output, false),
+                asked(OutputKind::Entropy, false),
+            ],
+        };
+        match response(&without, echo) {
+            Err(ServeError::Internal(e)) => assert!(e.contains("'entropy'"), "{e}"),
+            Err(other) => panic!("expected an internal error, got {other:?}"),
+            Ok(_) => panic!("expected an internal error, got an answer"),
+        }
+    }
+
+    #[test]
+    fn output_names_round_trip_and_only_the_five_are_measures() {
+        for kind in OutputKind::ALL {
+            assert_eq!(OutputKind::named(kind.name()), Some(kind));
+        }
+        assert_eq!(OutputKind::named("Entropy"), None);
+        let measures: Vec<&str> = OutputKind::ALL
+            .into_iter()
+            .filter(|k| k.is_uncertainty())
+            .map(OutputKind::name)
+            .collect();
+        assert_eq!(
+            measures,
+            [
+                "entropy",
+                "expected_entropy",
+                "mutual_information",
+                "disagreement",
+                "variance"
+            ]
         );
     }
 }
