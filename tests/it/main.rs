@@ -34,6 +34,7 @@ mod serve_repo;
 mod shaders;
 mod split;
 mod split_review;
+mod stack;
 mod timing;
 mod train_cli;
 mod train_gpu;
