@@ -9,7 +9,10 @@
 //! - [`Aggregate::Vote`]: member `i` adds `w_i` (1 when unweighted) to the class of its
 //!   largest output, and the result is each class's share `Σ votes / Σ_i w_i`.
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
+use crate::model::Model;
 use crate::tensor::argmax;
 
 /// How the aggregate node combines the members' outputs.
@@ -33,6 +36,19 @@ pub enum Aggregate {
         /// Optional per-member weights, in member order.
         weights: Option<Vec<f32>>,
     },
+    /// Stacking: a dense `blender` model whose input is every member's output row
+    /// concatenated in member order (`members × output_width` wide) and whose output
+    /// is the aggregate (`output_width` wide). The aggregate node (the caller's
+    /// thread) runs it on the host after every member has answered.
+    ///
+    /// When a run under [`QuorumPolicy::Quorum`](crate::QuorumPolicy::Quorum) has members
+    /// missing, the blender cannot be applied: the aggregate is then the equal-weight
+    /// mean of the members that finished, and
+    /// [`RunOutput::stacked`](crate::RunOutput::stacked) is `Some(false)`.
+    Stack {
+        /// The blender: input `members × output_width`, output `output_width`.
+        blender: Arc<Model>,
+    },
 }
 
 /// What a member's output contributes to the weighted sum.
@@ -45,18 +61,29 @@ pub(crate) enum Mode {
 }
 
 impl Aggregate {
-    /// A short name: `mean`, `weighted_mean` or `vote`.
+    /// A short name: `mean`, `weighted_mean`, `vote` or `stack`.
     pub fn name(&self) -> &'static str {
         match self {
             Aggregate::Mean => "mean",
             Aggregate::WeightedMean(_) => "weighted_mean",
             Aggregate::Vote { .. } => "vote",
+            Aggregate::Stack { .. } => "stack",
         }
     }
 
+    /// The blender of a [`Aggregate::Stack`].
+    pub(crate) fn blender(&self) -> Option<&Arc<Model>> {
+        match self {
+            Aggregate::Stack { blender } => Some(blender),
+            _ => None,
+        }
+    }
+
+    /// What the workers sum: a stack's workers sum the values, for the mean that
+    /// stands in for the blender when members are missing.
     pub(crate) fn mode(&self) -> Mode {
         match self {
-            Aggregate::Mean | Aggregate::WeightedMean(_) => Mode::Values,
+            Aggregate::Mean | Aggregate::WeightedMean(_) | Aggregate::Stack { .. } => Mode::Values,
             Aggregate::Vote { .. } => Mode::Vote,
         }
     }
@@ -66,7 +93,9 @@ impl Aggregate {
     /// ([`Aggregate::normalise_weights`]).
     pub(crate) fn member_weights(&self, members: usize) -> Result<Vec<f32>> {
         let given = match self {
-            Aggregate::Mean | Aggregate::Vote { weights: None } => return Ok(vec![1.0; members]),
+            Aggregate::Mean | Aggregate::Vote { weights: None } | Aggregate::Stack { .. } => {
+                return Ok(vec![1.0; members])
+            }
             Aggregate::WeightedMean(w) | Aggregate::Vote { weights: Some(w) } => w,
         };
         if given.len() != members {
@@ -110,6 +139,25 @@ impl Aggregate {
             .map(|&w| (w / largest / total) as f32)
             .collect())
     }
+}
+
+/// The members' `[rows, cols]` outputs side by side, row by row in member order:
+/// `[rows, members × cols]`, a stack's blender input. [`Error::ShapeTooLarge`] when
+/// it cannot be allocated.
+pub(crate) fn side_by_side(outputs: &[&[f32]], rows: usize, cols: usize) -> Result<Vec<f32>> {
+    let width = outputs.len().saturating_mul(cols);
+    let too_large = || Error::ShapeTooLarge {
+        shape: vec![rows, width],
+    };
+    let total = rows.checked_mul(width).ok_or_else(too_large)?;
+    let mut values = Vec::new();
+    values.try_reserve_exact(total).map_err(|_| too_large())?;
+    for r in 0..rows {
+        for y in outputs {
+            values.extend_from_slice(&y[r * cols..(r + 1) * cols]);
+        }
+    }
+    Ok(values)
 }
 
 /// Adds `weight ×` one member's `[rows, cols]` output (or its one-hot votes) to `acc`.

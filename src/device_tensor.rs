@@ -189,6 +189,9 @@ pub struct DeviceRunOutput {
     pub members: Vec<MemberReport>,
     /// Wall time of the whole run, as the caller saw it.
     pub elapsed: Duration,
+    /// Whether a stack's blender made the aggregate, as
+    /// [`RunOutput::stacked`](crate::RunOutput::stacked) says.
+    pub stacked: Option<bool>,
 }
 
 impl DeviceRunOutput {

@@ -110,6 +110,28 @@ pub enum Error {
         /// This member's output width.
         got: usize,
     },
+    /// A stack's blender does not take the members' outputs side by side, or does not
+    /// produce the members' output width.
+    #[error("stack blender: {what} is {got}, expected {expected} ({reason})")]
+    BlenderWidth {
+        /// `input width` or `output width`.
+        what: &'static str,
+        /// The width the graph needs.
+        expected: usize,
+        /// The blender's width.
+        got: usize,
+        /// Where the expected width comes from.
+        reason: String,
+    },
+    /// A stack needs every member's output; this operation cannot give the blender
+    /// them.
+    #[error("{operation} cannot run a stack aggregate: {reason}")]
+    StackUnsupported {
+        /// What was asked.
+        operation: &'static str,
+        /// Why not, and what to use instead.
+        reason: &'static str,
+    },
     /// A member was given an empty name.
     #[error("a member name must not be empty")]
     EmptyMemberName,

@@ -134,7 +134,9 @@ impl GraphBuilder {
     /// Checks the graph: at least one member, unique non-empty names of at most 200
     /// characters ([`Error::InvalidValue`] otherwise), every member takes the
     /// input width, all members agree on the output width, aggregate weights valid,
-    /// every split fits its member's model ([`Error::Split`]).
+    /// every split fits its member's model ([`Error::Split`]), a stack's blender takes
+    /// `members × output_width` inputs and gives `output_width` outputs
+    /// ([`Error::BlenderWidth`]).
     pub fn build(self) -> Result<Graph> {
         if self.input_width == 0 {
             return Err(Error::ZeroInputWidth);
@@ -175,6 +177,32 @@ impl GraphBuilder {
                     first: first.name.clone(),
                     expected: output_width,
                     got: m.model.out_features(),
+                });
+            }
+        }
+        if let Some(blender) = self.aggregate.blender() {
+            let members = self.members.len();
+            let width = members
+                .checked_mul(output_width)
+                .ok_or(Error::ShapeTooLarge {
+                    shape: vec![members, output_width],
+                })?;
+            if blender.in_features() != width {
+                return Err(Error::BlenderWidth {
+                    what: "input width",
+                    expected: width,
+                    got: blender.in_features(),
+                    reason: format!(
+                        "{members} members × {output_width} outputs, side by side in member order"
+                    ),
+                });
+            }
+            if blender.out_features() != output_width {
+                return Err(Error::BlenderWidth {
+                    what: "output width",
+                    expected: output_width,
+                    got: blender.out_features(),
+                    reason: "the members' output width".to_string(),
                 });
             }
         }

@@ -194,8 +194,16 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Compiles the members of `graph` into one worker per device (or per member,
-    /// with [`PipelineOptions::worker_per_member`]) and starts the aggregator.
+    /// with [`PipelineOptions::worker_per_member`]) and starts the aggregator. A graph
+    /// with an [`Aggregate::Stack`](crate::Aggregate::Stack) is refused
+    /// ([`Error::StackUnsupported`]): run it with [`Session::run`](crate::Session::run).
     pub fn new(graph: Graph, options: PipelineOptions) -> Result<Self> {
+        if graph.aggregate.blender().is_some() {
+            return Err(Error::StackUnsupported {
+                operation: "a Pipeline",
+                reason: "its aggregator combines partial sums; run a stack with Session::run",
+            });
+        }
         check_quorum(options.quorum, graph.members.len())?;
         let capacity = options.capacity.max(1);
         let compiled = compile(&graph, &options.session, options.worker_per_member)?;

@@ -22,6 +22,11 @@ pub struct RunOutput {
     /// How much the members that answered disagree, when
     /// [`RunOptions::uncertainty`](crate::RunOptions::uncertainty) asked.
     pub uncertainty: Option<Uncertainty>,
+    /// For an [`Aggregate::Stack`](crate::Aggregate::Stack): `Some(true)` when the
+    /// blender made the aggregate (every member finished), `Some(false)` when members
+    /// were missing under a quorum and the aggregate is the equal-weight mean of those
+    /// that finished. `None` for every other aggregate.
+    pub stacked: Option<bool>,
 }
 
 impl RunOutput {

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
-use crate::aggregate::Mode;
+use crate::aggregate::{side_by_side, Mode};
+use crate::cpu::forward::{threads, Layers};
 use crate::device_tensor::{DeviceCopy, DeviceRunOutput, DeviceTensor};
 use crate::error::{Error, Result};
 use crate::exec::{spin_until, DeviceOutput, Executor};
@@ -97,6 +98,8 @@ pub struct Session {
     mode: Mode,
     /// [`SessionOptions::operation_timeout`], for the readbacks of device tensors.
     operation_timeout: Duration,
+    /// A stack's blender, run on the host by the aggregate node.
+    blender: Option<Layers>,
 }
 
 impl Session {
@@ -151,6 +154,10 @@ impl Session {
             spin,
             mode: graph.aggregate.mode(),
             operation_timeout: options.operation_timeout,
+            blender: graph
+                .aggregate
+                .blender()
+                .map(|b| Layers::new(Arc::clone(b))),
         })
     }
 
@@ -183,10 +190,15 @@ impl Session {
     ///
     /// Members on one device go into one submission. A batch larger than a device's
     /// buffers allow is split into chunks on that device.
+    ///
+    /// With an [`Aggregate::Stack`](crate::Aggregate::Stack) the workers send every
+    /// member's output and this thread runs the blender on them once all have
+    /// finished ([`RunOutput::stacked`] says whether it did); the members' outputs are
+    /// returned only when [`RunOptions::member_outputs`] asks.
     pub fn run(&self, input: &Tensor, options: &RunOptions) -> Result<RunOutput> {
         let started = Instant::now();
         let rows = check_input(input, self.input_width)?;
-        let want_members = options.member_outputs || options.uncertainty;
+        let want_members = options.member_outputs || options.uncertainty || self.blender.is_some();
         let payload = Payload::Host(input.clone());
         let (combiner, _) = self.gather(rows, payload, options, want_members, started)?;
         let mut out = combiner.finish(options.quorum, options.timeout, started.elapsed())?;
@@ -202,11 +214,39 @@ impl Session {
             if !present.is_empty() {
                 out.uncertainty = Some(measure(&present, rows, self.output_width));
             }
-            if !options.member_outputs {
-                out.members.iter_mut().for_each(|m| m.output = None);
+        }
+        if let Some(blender) = &self.blender {
+            let stacked = self.blend(blender, &out, rows)?;
+            out.stacked = Some(stacked.is_some());
+            if let Some(aggregate) = stacked {
+                out.aggregate = aggregate;
             }
+            out.elapsed = started.elapsed();
+        }
+        if !options.member_outputs {
+            out.members.iter_mut().for_each(|m| m.output = None);
         }
         Ok(out)
+    }
+
+    /// A stack's aggregate: every member's output row side by side in member order,
+    /// through the blender on the host. `None` when a member did not finish (the
+    /// aggregate is then the mean of those that did).
+    fn blend(&self, blender: &Layers, out: &RunOutput, rows: usize) -> Result<Option<Tensor>> {
+        let outputs: Option<Vec<&[f32]>> = out
+            .members
+            .iter()
+            .map(|m| match m.status {
+                MemberStatus::Finished => m.output.as_ref().map(Tensor::as_slice),
+                _ => None,
+            })
+            .collect();
+        let Some(outputs) = outputs else {
+            return Ok(None);
+        };
+        let stacked = side_by_side(&outputs, rows, self.output_width)?;
+        let y = blender.forward(&stacked, rows, false, threads());
+        Tensor::matrix(rows, self.output_width, y).map(Some)
     }
 
     /// Copies `input` (`[rows, input_width]`) to every GPU device of the session, one
@@ -282,7 +322,9 @@ impl Session {
     /// (several devices, the CPU, a vote) it is combined on the host as by
     /// [`Session::run`] and returned as a `DeviceTensor` holding that host tensor.
     /// Member statuses, quorum and deadline are those of [`Session::run`]; a wrong
-    /// width is [`Error::FeatureWidth`].
+    /// width is [`Error::FeatureWidth`]. With an
+    /// [`Aggregate::Stack`](crate::Aggregate::Stack) the input's host values (read back
+    /// when it has none) go through [`Session::run`], whose blender runs on the host.
     ///
     /// ```
     /// use wgpu_ensemble::{Graph, Model, Activation, Placement, RunOptions, Session, Tensor};
@@ -315,6 +357,21 @@ impl Session {
         if rows == 0 {
             return Err(Error::EmptyBatch);
         }
+        if self.blender.is_some() {
+            // The blender runs on the host: the input's host values go through `run`.
+            let out = self.run(&input.to_host()?, options)?;
+            return Ok(DeviceRunOutput {
+                aggregate: DeviceTensor::new(
+                    [rows, self.output_width],
+                    Some(out.aggregate),
+                    Vec::new(),
+                    self.operation_timeout,
+                ),
+                members: out.members,
+                elapsed: started.elapsed(),
+                stacked: out.stacked,
+            });
+        }
         let keep = self.mode == Mode::Values
             && self.workers.len() == 1
             && self.workers[0].device != ExecutionDevice::Cpu;
@@ -340,6 +397,7 @@ impl Session {
             aggregate,
             members,
             elapsed: started.elapsed(),
+            stacked: None,
         })
     }
 

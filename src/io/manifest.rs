@@ -3,8 +3,9 @@
 //!
 //! ```toml
 //! [aggregate]
-//! kind = "weighted_mean"          # "mean" | "weighted_mean" | "vote"
+//! kind = "weighted_mean"          # "mean" | "weighted_mean" | "vote" | "stack"
 //! weights = [0.6, 0.4]            # for weighted_mean and (optionally) vote
+//! # blender = "blender.safetensors"  # for stack (and only stack): the blender model
 //!
 //! [[member]]
 //! name = "relu-64"
@@ -53,6 +54,7 @@ struct AggregateFormat {
     kind: String,
     // Read as f64 so that a value beyond f32's range is reported as written.
     weights: Option<Vec<f64>>,
+    blender: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -92,8 +94,14 @@ pub struct ManifestMember {
 pub struct Manifest {
     /// The manifest file.
     pub path: PathBuf,
-    /// The aggregate node's rule (`mean` when the manifest has no `[aggregate]`).
+    /// The aggregate node's rule (`mean` when the manifest has no `[aggregate]`). For
+    /// `kind = "stack"` it is [`Aggregate::Mean`] (a stack's answer when members are
+    /// missing) until [`Manifest::graph`] reads [`Manifest::blender`] and makes it
+    /// [`Aggregate::Stack`].
     pub aggregate: Aggregate,
+    /// A stack's blender file (`kind = "stack"`, resolved against the manifest's
+    /// folder); `None` for other kinds. Its activations come from its metadata.
+    pub blender: Option<PathBuf>,
     /// The members, in file order.
     pub members: Vec<ManifestMember>,
 }
@@ -125,9 +133,53 @@ impl Manifest {
                 "no [[member]]: a manifest needs at least one".to_string()
             ));
         }
+        let base = path.parent().unwrap_or(Path::new(""));
+        let mut blender = None;
         let aggregate = match format.aggregate {
             None => Aggregate::Mean,
-            Some(AggregateFormat { kind, weights }) => {
+            Some(AggregateFormat {
+                kind,
+                blender: Some(_),
+                ..
+            }) if kind != "stack" => {
+                return Err(bad(format!(
+                    "aggregate `blender` is for kind \"stack\" only; kind is \"{}\"",
+                    excerpt(&kind)
+                )));
+            }
+            Some(AggregateFormat {
+                kind,
+                weights,
+                blender: file,
+            }) if kind == "stack" => {
+                if weights.is_some() {
+                    return Err(bad(
+                        "aggregate kind \"stack\" takes no `weights`: the blender weighs the members"
+                            .into(),
+                    ));
+                }
+                let Some(file) = file else {
+                    return Err(bad(
+                        "aggregate kind \"stack\" needs `blender`: the blender model's safetensors file"
+                            .into(),
+                    ));
+                };
+                if file.as_os_str().is_empty() {
+                    return Err(bad(
+                        "aggregate `blender` is empty; name the blender's safetensors file".into(),
+                    ));
+                }
+                if file.as_os_str().len() > MAX_PATH_BYTES {
+                    return Err(bad(format!(
+                        "aggregate `blender` has {} bytes, more than a path may have ({MAX_PATH_BYTES}): \"{}\"",
+                        file.as_os_str().len(),
+                        excerpt(&file.to_string_lossy())
+                    )));
+                }
+                blender = Some(base.join(file));
+                Aggregate::Mean
+            }
+            Some(AggregateFormat { kind, weights, .. }) => {
                 let weights = weights
                     .map(|w| {
                         // Normalised in f64 before narrowing, so that tiny and huge
@@ -154,7 +206,7 @@ impl Manifest {
                 ("vote", weights) => Aggregate::Vote { weights },
                 (other, _) => {
                     return Err(bad(format!(
-                        "unknown aggregate kind \"{}\": expected \"mean\", \"weighted_mean\" or \"vote\"",
+                        "unknown aggregate kind \"{}\": expected \"mean\", \"weighted_mean\", \"vote\" or \"stack\"",
                         excerpt(other)
                     )))
                 }
@@ -183,7 +235,6 @@ impl Manifest {
                 )));
             }
         }
-        let base = path.parent().unwrap_or(Path::new(""));
         let members = format
             .member
             .into_iter()
@@ -247,11 +298,12 @@ impl Manifest {
         Ok(Self {
             path: path.to_path_buf(),
             aggregate,
+            blender,
             members,
         })
     }
 
-    /// Loads every member's weights and builds the graph. `device` replaces every
+    /// Loads every member's weights (and a stack's blender) and builds the graph. `device` replaces every
     /// member's placement when given (the command line's `--device`). The input width
     /// is the first member's.
     pub fn graph(&self, device: Option<&Placement>) -> Result<Graph> {
@@ -289,11 +341,28 @@ impl Manifest {
                 (None, None) => b.member(m.name.clone(), model, m.placement.clone()),
             });
         }
+        let aggregate = match &self.blender {
+            Some(file) => Aggregate::Stack {
+                blender: std::sync::Arc::new(load_model(file, &LoadOptions::default())?),
+            },
+            None => self.aggregate.clone(),
+        };
         builder
             .ok_or(Error::NoMembers)?
-            .aggregate(self.aggregate.clone())
+            .aggregate(aggregate)
             .build()
             .map_err(|e| match e {
+                // A blender that does not fit names the manifest and the file.
+                Error::BlenderWidth { .. } => Error::Manifest {
+                    path: self.path.clone(),
+                    message: format!(
+                        "aggregate `blender` {}: {e}",
+                        self.blender
+                            .as_deref()
+                            .map(|b| excerpt(&b.to_string_lossy()))
+                            .unwrap_or_default()
+                    ),
+                },
                 // A split that does not fit its model names the manifest too.
                 Error::Split { .. } => Error::Manifest {
                     path: self.path.clone(),

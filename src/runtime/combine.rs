@@ -105,6 +105,7 @@ impl<'a> Combiner<'a> {
             members,
             elapsed,
             uncertainty: None,
+            stacked: None,
         })
     }
 

@@ -21,12 +21,14 @@ pub(crate) mod gpu;
 
 use crate::model::Activation;
 
+mod blender;
 mod cpu;
 mod data;
 mod engine;
 mod member;
 pub mod study;
 
+pub use blender::{fit_blender, read_labels, stack_outputs, BlenderFit};
 pub use data::{Data, Standardizer, Targets, TrainSet, MAX_CLASSES};
 pub use engine::{Evaluation, Params};
 pub use member::{train_member, EpochReport, Trained, Trainer, MAX_PARAMETERS};

@@ -36,6 +36,7 @@ mod serve_uncertainty;
 mod shaders;
 mod split;
 mod split_review;
+mod stack;
 mod timing;
 mod train_cli;
 mod train_gpu;

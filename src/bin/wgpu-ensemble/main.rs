@@ -7,6 +7,7 @@ mod predict;
 #[cfg(feature = "serve")]
 mod serve;
 mod train;
+mod train_blender;
 
 use std::process::ExitCode;
 
@@ -36,6 +37,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Train a study: many trials of a study file's search space, one per device at a time, records in OUT/trials.jsonl, the best as an ensemble in OUT/ensemble.toml; or one configuration (--trial) for an orchestrator.
     Train(train::TrainArgs),
+    /// Fit a stack's blender: run a manifest's members on held-out rows (--x, --y labels), fit a multinomial logistic regression on their outputs side by side (scikit-learn's LogisticRegression(C) objective) and save it as --out for `[aggregate] kind = "stack"`.
+    TrainBlender(train_blender::TrainBlenderArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Predict(args) => predict::predict(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::Train(args) => train::train(&args),
+        Command::TrainBlender(args) => train_blender::train_blender(&args),
         #[cfg(feature = "serve")]
         Command::Serve(args) => serve::serve(&args),
     };

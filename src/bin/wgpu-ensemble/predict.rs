@@ -74,6 +74,7 @@ pub(crate) fn predict(args: &PredictArgs) -> crate::CliResult {
     // The files this run reads, which no output may replace: refused before the run.
     let mut inputs: Vec<&Path> = vec![args.manifest.as_path(), args.input.as_path()];
     inputs.extend(manifest.members.iter().map(|m| m.file.as_path()));
+    inputs.extend(manifest.blender.as_deref());
     let mut outputs: Vec<&Path> = vec![args.output.as_path()];
     outputs.extend(args.members_output.as_deref());
     outputs.extend(args.uncertainty_output.as_deref());
@@ -103,6 +104,11 @@ pub(crate) fn predict(args: &PredictArgs) -> crate::CliResult {
         eprintln!(
             "wgpu-ensemble: member '{}' is missing from the aggregate: {why}",
             m.name
+        );
+    }
+    if run.stacked == Some(false) {
+        eprintln!(
+            "wgpu-ensemble: the stack's blender was not applied (members missing): the aggregate is the mean of the members that finished"
         );
     }
 

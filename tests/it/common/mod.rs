@@ -29,8 +29,13 @@ pub fn input(rows: usize, cols: usize, seed: u64) -> Tensor {
 
 /// The reference forward pass, in f64, written from the definitions.
 pub fn reference_forward(model: &Model, x: &Tensor) -> Vec<f64> {
-    let rows = x.shape()[0];
-    let mut cur: Vec<f64> = x.as_slice().iter().map(|&v| f64::from(v)).collect();
+    let values: Vec<f64> = x.as_slice().iter().map(|&v| f64::from(v)).collect();
+    reference_forward64(model, &values, x.shape()[0])
+}
+
+/// [`reference_forward`] on `rows` rows of f64 input.
+pub fn reference_forward64(model: &Model, x: &[f64], rows: usize) -> Vec<f64> {
+    let mut cur: Vec<f64> = x.to_vec();
     for layer in model.layers() {
         let (n, k) = (layer.out_features(), layer.in_features());
         let w = layer.weight().as_slice();
