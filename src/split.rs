@@ -180,6 +180,61 @@ impl Split {
     /// increasing, no stage without a layer, no split layer narrower than the parts.
     /// Each error is an [`Error::Split`] naming the key.
     pub(crate) fn check(&self, member: &str, model: &Model) -> Result<()> {
+        self.check_options(member)?;
+        let bad = |key: &'static str, message: String| Error::Split {
+            member: crate::error::excerpt(member),
+            key,
+            message,
+        };
+        let parts = self.devices.len();
+        let layers = model.layers().len();
+        match self.kind {
+            SplitKind::Layers => {
+                if parts > layers {
+                    return Err(bad(
+                        "devices",
+                        format!(
+                            "{parts} devices for a model of {layers} layer(s); expected at most one \
+                             device per layer"
+                        ),
+                    ));
+                }
+                if let Some(&first) = self
+                    .boundaries
+                    .iter()
+                    .flatten()
+                    .find(|&&first| first == 0 || first >= layers)
+                {
+                    return Err(bad(
+                        "boundaries",
+                        format!("{first} is out of range; expected a layer in 1..{layers}"),
+                    ));
+                }
+            }
+            SplitKind::Columns => {
+                for step in column_plan(model, parts) {
+                    let layer = &model.layers()[step.first];
+                    if layer.out_features() < parts {
+                        return Err(bad(
+                            "devices",
+                            format!(
+                                "{parts} devices for layer {} of {} output(s); expected at most one \
+                                 device per output",
+                                step.first,
+                                layer.out_features()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What [`Split::check`] can tell without the model (a manifest checks it before
+    /// reading any weights): devices listed, micro-batches at least 1, one boundary
+    /// per later stage and increasing, no option of the other kind.
+    pub(crate) fn check_options(&self, member: &str) -> Result<()> {
         let bad = |key: &'static str, message: String| Error::Split {
             member: crate::error::excerpt(member),
             key,
@@ -192,20 +247,10 @@ impl Split {
                 "an empty list; expected at least one device".into(),
             ));
         }
-        let layers = model.layers().len();
         match self.kind {
             SplitKind::Layers => {
                 if self.micro_batches == Some(0) {
                     return Err(bad("micro_batches", "0; expected at least 1".into()));
-                }
-                if parts > layers {
-                    return Err(bad(
-                        "devices",
-                        format!(
-                            "{parts} devices for a model of {layers} layer(s); expected at most one \
-                             device per layer"
-                        ),
-                    ));
                 }
                 if let Some(b) = &self.boundaries {
                     if b.len() != parts - 1 {
@@ -219,52 +264,24 @@ impl Split {
                             ),
                         ));
                     }
-                    let mut previous = 0;
-                    for &first in b {
-                        if first == 0 || first >= layers {
-                            return Err(bad(
-                                "boundaries",
-                                format!("{first} is out of range; expected a layer in 1..{layers}"),
-                            ));
-                        }
-                        if first <= previous {
-                            return Err(bad(
-                                "boundaries",
-                                format!(
-                                    "{}; expected increasing values",
-                                    crate::error::excerpt(&format!("{b:?}"))
-                                ),
-                            ));
-                        }
-                        previous = first;
+                    if b.windows(2).any(|w| w[1] <= w[0]) {
+                        return Err(bad(
+                            "boundaries",
+                            format!(
+                                "{}; expected increasing values",
+                                crate::error::excerpt(&format!("{b:?}"))
+                            ),
+                        ));
                     }
                 }
             }
             SplitKind::Columns => {
-                if self.micro_batches.is_some() {
-                    return Err(bad(
-                        "micro_batches",
-                        "given; it is for split = \"layers\" only".into(),
-                    ));
-                }
-                if self.boundaries.is_some() {
-                    return Err(bad(
-                        "boundaries",
-                        "given; it is for split = \"layers\" only".into(),
-                    ));
-                }
-                for step in column_plan(model, parts) {
-                    let layer = &model.layers()[step.first];
-                    if layer.out_features() < parts {
-                        return Err(bad(
-                            "devices",
-                            format!(
-                                "{parts} devices for layer {} of {} output(s); expected at most one \
-                                 device per output",
-                                step.first,
-                                layer.out_features()
-                            ),
-                        ));
+                for (key, given) in [
+                    ("micro_batches", self.micro_batches.is_some()),
+                    ("boundaries", self.boundaries.is_some()),
+                ] {
+                    if given {
+                        return Err(bad(key, "given; it is for split = \"layers\" only".into()));
                     }
                 }
             }

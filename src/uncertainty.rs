@@ -77,31 +77,25 @@ pub(crate) fn measure(members: &[(&[f32], f32)], rows: usize, cols: usize) -> Un
     let mut mean = vec![0.0f64; cols];
     let mut votes = vec![0.0f64; cols];
     for r in 0..rows {
-        let row = |y: &[f32]| -> Vec<f64> {
-            y[r * cols..(r + 1) * cols]
-                .iter()
-                .map(|&v| f64::from(v))
-                .collect()
-        };
+        let span = r * cols..(r + 1) * cols;
         mean.iter_mut().for_each(|m| *m = 0.0);
         votes.iter_mut().for_each(|v| *v = 0.0);
         let mut expected = 0.0;
         for (y, w) in members {
-            let w = f64::from(*w);
-            let p = row(y);
-            for (m, v) in mean.iter_mut().zip(&p) {
-                *m += w * v;
+            let (w, p) = (f64::from(*w), &y[span.clone()]);
+            for (m, &v) in mean.iter_mut().zip(p) {
+                *m += w * f64::from(v);
             }
-            expected += w * entropy(p.iter().copied());
-            votes[argmax(&y[r * cols..(r + 1) * cols])] += w;
+            expected += w * entropy(p.iter().map(|&v| f64::from(v)));
+            votes[argmax(p)] += w;
         }
         mean.iter_mut().for_each(|m| *m /= total);
         expected /= total;
         let h = entropy(mean.iter().copied());
         for (y, w) in members {
             let w = f64::from(*w);
-            for (c, v) in row(y).into_iter().enumerate() {
-                let d = v - mean[c];
+            for (c, &v) in y[span.clone()].iter().enumerate() {
+                let d = f64::from(v) - mean[c];
                 variance[r * cols + c] += (w * d * d / total) as f32;
             }
         }

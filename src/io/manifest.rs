@@ -441,30 +441,12 @@ fn split_of(m: &MemberFormat, name: &str) -> Result<Option<Split>> {
         .collect::<Result<Vec<_>>>()?;
     let mut split = Split::new(kind, placements);
     if let Some(n) = m.micro_batches {
-        if n == 0 {
-            return Err(err("micro_batches", "0; expected at least 1"));
-        }
         split = split.micro_batches(n);
     }
     if let Some(b) = &m.boundaries {
-        if b.windows(2).any(|w| w[1] <= w[0]) {
-            return Err(Error::Split {
-                member: name.to_string(),
-                key: "boundaries",
-                message: format!("{}; expected increasing values", excerpt(&format!("{b:?}"))),
-            });
-        }
         split = split.boundaries(b.clone());
     }
-    if kind == SplitKind::Columns {
-        for (key, given) in [
-            ("micro_batches", m.micro_batches.is_some()),
-            ("boundaries", m.boundaries.is_some()),
-        ] {
-            if given {
-                return Err(err(key, "given; it is for split = \"layers\" only"));
-            }
-        }
-    }
+    // What needs no weights is checked now, before any file is read.
+    split.check_options(name)?;
     Ok(Some(split))
 }
