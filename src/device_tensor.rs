@@ -192,6 +192,10 @@ pub struct DeviceRunOutput {
     /// Whether a stack's blender made the aggregate, as
     /// [`RunOutput::stacked`](crate::RunOutput::stacked) says.
     pub stacked: Option<bool>,
+    /// The uncertainty measures over the members that finished, when
+    /// [`RunOptions::uncertainty`](crate::RunOptions::uncertainty) asked (on the host:
+    /// each device's statistics are read back, not its members' outputs).
+    pub uncertainty: Option<crate::Uncertainty>,
 }
 
 impl DeviceRunOutput {

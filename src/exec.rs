@@ -20,6 +20,7 @@ use crate::device_tensor::{DeviceCopy, DeviceTensor};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::tensor::Tensor;
+use crate::uncertainty::Moments;
 
 /// What an executor is given for one member.
 #[derive(Clone)]
@@ -35,8 +36,19 @@ pub(crate) struct MemberSpec {
     pub(crate) first_layer: usize,
 }
 
+/// What a job asks an executor for besides the partial aggregate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Wants {
+    /// Every member's own output ([`DeviceOutput::members`]).
+    pub(crate) members: bool,
+    /// The uncertainty measures' statistics over the members that ran
+    /// ([`DeviceOutput::moments`]), computed where their outputs are.
+    pub(crate) moments: bool,
+}
+
 /// What an executor sends back: the weighted sum (or vote counts) of the members that
-/// ran, which they were, which failed, and their own outputs when asked.
+/// ran, which they were, which failed, and their own outputs and the uncertainty
+/// statistics when asked.
 pub(crate) struct DeviceOutput {
     /// `[rows, output_width]`: Σ weight · output (or weight · one-hot vote) over the
     /// members in `present`.
@@ -44,6 +56,9 @@ pub(crate) struct DeviceOutput {
     /// Each member's own `[rows, output_width]` output, with its graph index, when
     /// asked for.
     pub(crate) members: Vec<(usize, Vec<f32>)>,
+    /// When asked for: the statistics of the members in `present`, in groups (one per
+    /// stack of a GPU device), each `[rows, moments_width]` with its weight.
+    pub(crate) moments: Vec<Moments>,
     /// The graph indices of the members in `partial`.
     pub(crate) present: Vec<usize>,
     /// Members that failed this job (filled in by the runtime).
@@ -69,8 +84,8 @@ pub(crate) enum Loss {
 pub(crate) trait Executor: Send {
     /// Runs every member except the graph members in `skip` on `input` (`[rows,
     /// input_width]`, validated by the caller) into one partial aggregate; each
-    /// member's own output too when `want_members`.
-    fn run(&mut self, input: &Tensor, want_members: bool, skip: &[usize]) -> Result<DeviceOutput>;
+    /// member's own output and the uncertainty statistics too when `wants` says.
+    fn run(&mut self, input: &Tensor, wants: Wants, skip: &[usize]) -> Result<DeviceOutput>;
 
     /// [`Executor::run`] on a [`DeviceTensor`] (`[rows, input_width]`, validated by
     /// the caller): a backend reads its own device's copy without an upload. With
@@ -83,13 +98,13 @@ pub(crate) trait Executor: Send {
     fn run_resident(
         &mut self,
         input: &DeviceTensor,
-        want_members: bool,
+        wants: Wants,
         skip: &[usize],
         keep_output: bool,
     ) -> Result<(DeviceOutput, Option<Arc<dyn DeviceCopy>>)> {
         let _ = keep_output;
         let host = input.to_host()?;
-        Ok((self.run(&host, want_members, skip)?, None))
+        Ok((self.run(&host, wants, skip)?, None))
     }
 
     /// A copy of `input` on the executor's device, `None` where there is no device

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::error::{Error, Result};
-use crate::exec::DeviceOutput;
+use crate::exec::{DeviceOutput, Wants};
 use crate::graph::Graph;
 use crate::options::{QuorumPolicy, SessionOptions};
 use crate::placement::ExecutionDevice;
@@ -32,6 +32,10 @@ pub struct PipelineOptions {
     pub quorum: QuorumPolicy,
     /// Also return every member's own output.
     pub member_outputs: bool,
+    /// Also return the uncertainty measures ([`PipelineOutput::uncertainty`]), over
+    /// the members that answered, from the statistics each worker computes where its
+    /// members' outputs are (see [`RunOptions::uncertainty`](crate::RunOptions::uncertainty)).
+    pub uncertainty: bool,
     /// Device and kernel settings, and the [`FaultPlan`](crate::FaultPlan) (whose run
     /// numbers are input ids here).
     pub session: SessionOptions,
@@ -49,6 +53,7 @@ impl Default for PipelineOptions {
             timeout: None,
             quorum: QuorumPolicy::RequireAll,
             member_outputs: false,
+            uncertainty: false,
             session: SessionOptions::default(),
             worker_per_member: false,
         }
@@ -77,6 +82,12 @@ impl PipelineOptions {
     /// Sets [`PipelineOptions::member_outputs`].
     pub fn member_outputs(mut self, yes: bool) -> Self {
         self.member_outputs = yes;
+        self
+    }
+
+    /// Sets [`PipelineOptions::uncertainty`].
+    pub fn uncertainty(mut self, yes: bool) -> Self {
+        self.uncertainty = yes;
         self
     }
 
@@ -126,6 +137,9 @@ pub struct PipelineOutput {
     pub members: Vec<MemberReport>,
     /// Time from `send` to the result.
     pub elapsed: Duration,
+    /// The uncertainty measures over the members that answered, when
+    /// [`PipelineOptions::uncertainty`] asks and the aggregate was made.
+    pub uncertainty: Option<crate::Uncertainty>,
 }
 
 struct Item {
@@ -232,7 +246,10 @@ impl Pipeline {
                 device: c.device.to_string(),
             };
             let mut executor = c.executor;
-            let want = options.member_outputs;
+            let want = Wants {
+                members: options.member_outputs,
+                moments: options.uncertainty,
+            };
             let stop = Arc::clone(&abandoned);
             let thread = WorkerThread::spawn(thread_name, move |busy| {
                 while let Ok(item) = item_rx.recv() {
@@ -481,9 +498,11 @@ impl Aggregator {
                 }
             }
         }
+        let uncertainty = combiner.uncertainty();
         let (aggregate, members) = combiner.finish_parts(self.quorum, self.timeout);
         PipelineOutput {
             id: ticket.id,
+            uncertainty: uncertainty.filter(|_| aggregate.is_ok()),
             aggregate,
             members,
             elapsed: ticket.sent.elapsed(),

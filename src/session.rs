@@ -13,7 +13,7 @@ use crate::aggregate::{side_by_side, Mode};
 use crate::cpu::forward::{threads, Layers};
 use crate::device_tensor::{DeviceCopy, DeviceRunOutput, DeviceTensor};
 use crate::error::{Error, Result};
-use crate::exec::{spin_until, DeviceOutput, Executor};
+use crate::exec::{spin_until, DeviceOutput, Executor, Wants};
 use crate::graph::Graph;
 use crate::options::{QuorumPolicy, RunOptions, SessionOptions};
 use crate::placement::ExecutionDevice;
@@ -23,7 +23,6 @@ use crate::runtime::{
     WorkerThread,
 };
 use crate::tensor::Tensor;
-use crate::uncertainty::measure;
 
 /// A job's input: a host tensor, or a device tensor with whether the worker should
 /// keep the aggregate on its device.
@@ -54,7 +53,7 @@ struct Job {
     worker: usize,
     run: u64,
     input: Payload,
-    want_members: bool,
+    wants: Wants,
     deadline: Option<Instant>,
     /// Set when the run has returned (an early error, its deadline, or done): a job
     /// still queued then is skipped.
@@ -198,23 +197,16 @@ impl Session {
     pub fn run(&self, input: &Tensor, options: &RunOptions) -> Result<RunOutput> {
         let started = Instant::now();
         let rows = check_input(input, self.input_width)?;
-        let want_members = options.member_outputs || options.uncertainty || self.blender.is_some();
+        let wants = Wants {
+            members: options.member_outputs || self.blender.is_some(),
+            moments: options.uncertainty,
+        };
         let payload = Payload::Host(input.clone());
-        let (combiner, _) = self.gather(rows, payload, options, want_members, started)?;
+        let (combiner, _) = self.gather(rows, payload, options, wants, started)?;
+        // Over the members that finished, from the statistics their devices computed.
+        let uncertainty = combiner.uncertainty();
         let mut out = combiner.finish(options.quorum, options.timeout, started.elapsed())?;
-        if options.uncertainty {
-            // Over the members that finished, with the aggregate's weights.
-            let present: Vec<(&[f32], f32)> = out
-                .members
-                .iter()
-                .zip(&self.weights)
-                .filter(|(m, &w)| matches!(m.status, MemberStatus::Finished) && w > 0.0)
-                .filter_map(|(m, &w)| m.output.as_ref().map(|y| (y.as_slice(), w)))
-                .collect();
-            if !present.is_empty() {
-                out.uncertainty = Some(measure(&present, rows, self.output_width));
-            }
-        }
+        out.uncertainty = uncertainty;
         if let Some(blender) = &self.blender {
             let stacked = self.blend(blender, &out, rows)?;
             out.stacked = Some(stacked.is_some());
@@ -370,14 +362,19 @@ impl Session {
                 members: out.members,
                 elapsed: started.elapsed(),
                 stacked: out.stacked,
+                uncertainty: out.uncertainty,
             });
         }
         let keep = self.mode == Mode::Values
             && self.workers.len() == 1
             && self.workers[0].device != ExecutionDevice::Cpu;
         let payload = Payload::Device(input.clone(), keep);
-        let (combiner, kept) =
-            self.gather(rows, payload, options, options.member_outputs, started)?;
+        let wants = Wants {
+            members: options.member_outputs,
+            moments: options.uncertainty,
+        };
+        let (combiner, kept) = self.gather(rows, payload, options, wants, started)?;
+        let uncertainty = combiner.uncertainty();
         let shape = [rows, self.output_width];
         let (aggregate, members) = match kept {
             Some(copy) => {
@@ -398,19 +395,20 @@ impl Session {
             members,
             elapsed: started.elapsed(),
             stacked: None,
+            uncertainty,
         })
     }
 
     /// Sends `input` to every worker and combines their answers until all arrive, the
     /// quorum policy gives up, or the deadline passes; the aggregate a worker kept on
-    /// its device comes back beside the combiner. With `want_members`, the workers
-    /// send every member's output too.
+    /// its device comes back beside the combiner. The workers send what `wants` asks
+    /// for besides.
     fn gather(
         &self,
         rows: usize,
         input: Payload,
         options: &RunOptions,
-        want_members: bool,
+        wants: Wants,
         started: Instant,
     ) -> Result<(Combiner<'_>, Option<Arc<dyn DeviceCopy>>)> {
         check_quorum(options.quorum, self.names.len())?;
@@ -433,7 +431,7 @@ impl Session {
                 worker: w,
                 run,
                 input: input.clone(),
-                want_members,
+                wants,
                 deadline,
                 given_up: Arc::clone(&given_up.0),
                 reply: reply.clone(),
@@ -576,7 +574,7 @@ fn work(
             Payload::Host(x) => JobInput::Host(x),
             Payload::Device(x, keep) => JobInput::Device(x, *keep),
         };
-        let result = busy.during(|| execute_input(executor, input, job.want_members, job.run, cx));
+        let result = busy.during(|| execute_input(executor, input, job.wants, job.run, cx));
         // A send fails only when the run already gave up; the result is dropped.
         let _ = job.reply.send((job.worker, result));
     }

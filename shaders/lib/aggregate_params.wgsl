@@ -1,4 +1,4 @@
-// The uniform of aggregate.wgsl and softmax_aggregate.wgsl (the Rust side is
+// The uniform of aggregate.wgsl, softmax_aggregate.wgsl and moments.wgsl (the Rust side is
 // AggregateParams in src/gpu/).
 struct AggregateParams {
     rows: u32,

@@ -15,9 +15,10 @@ use rayon::prelude::*;
 
 use crate::aggregate::{accumulate, Mode};
 use crate::error::Result;
-use crate::exec::{DeviceOutput, Executor, Loss, MemberSpec};
+use crate::exec::{DeviceOutput, Executor, Loss, MemberSpec, Wants};
 use crate::precision::Precision;
 use crate::tensor::Tensor;
+use crate::uncertainty::Moments;
 
 struct CpuMember {
     index: usize,
@@ -65,7 +66,7 @@ impl CpuExecutor {
 }
 
 impl Executor for CpuExecutor {
-    fn run(&mut self, input: &Tensor, want_members: bool, skip: &[usize]) -> Result<DeviceOutput> {
+    fn run(&mut self, input: &Tensor, wants: Wants, skip: &[usize]) -> Result<DeviceOutput> {
         let started = Instant::now();
         let rows = input.shape().first().copied().unwrap_or(0);
         let input = input.as_slice();
@@ -85,12 +86,29 @@ impl Executor for CpuExecutor {
             .par_iter()
             .map(|m| m.layers.forward(input, rows, f16, parts))
             .collect();
+        // The uncertainty statistics of the members that ran (those of positive weight:
+        // a member of weight 0 adds nothing to the aggregate or to them).
+        let moments: Vec<Moments> = if wants.moments {
+            let weighted: Vec<(&[f32], f32)> = active
+                .iter()
+                .zip(&outputs)
+                .filter(|(m, _)| m.weight > 0.0)
+                .map(|(m, y)| (y.as_slice(), m.weight))
+                .collect();
+            if weighted.is_empty() {
+                Vec::new()
+            } else {
+                vec![Moments::of(&weighted, rows, self.output_width)]
+            }
+        } else {
+            Vec::new()
+        };
         for (m, mut y) in active.into_iter().zip(outputs) {
             present.push(m.index);
             match &mut partial {
                 // The first member's weighted output is the partial sum (0 + w·y is
                 // w·y): no buffer of zeros and no pass to add to it.
-                None if self.mode == Mode::Values && !want_members => {
+                None if self.mode == Mode::Values && !wants.members => {
                     if m.weight != 1.0 {
                         y.iter_mut().for_each(|v| *v *= m.weight);
                     }
@@ -99,7 +117,7 @@ impl Executor for CpuExecutor {
                 _ => {
                     let sum = partial.get_or_insert_with(|| vec![0.0; rows * self.output_width]);
                     accumulate(sum, &y, self.output_width, m.weight, self.mode);
-                    if want_members {
+                    if wants.members {
                         members.push((m.index, y));
                     }
                 }
@@ -108,6 +126,7 @@ impl Executor for CpuExecutor {
         Ok(DeviceOutput {
             partial: partial.unwrap_or_else(|| vec![0.0; rows * self.output_width]),
             members,
+            moments,
             present,
             failed: Vec::new(),
             elapsed: started.elapsed(),

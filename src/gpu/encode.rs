@@ -5,15 +5,16 @@
 use std::time::{Duration, Instant};
 
 use super::kernels::MAX_STACK;
-use super::kernels::{SMALL_GROUPS_X, SMALL_ROWS};
+use super::kernels::{MOMENTS, SMALL_GROUPS_X, SMALL_ROWS};
 use super::params::{AggregateParams, DenseParams};
 use super::readback::{copy_f32, map_for_reading, read_mapped, wait_for, CALLBACK_GRACE};
 use super::resident::Resident;
 use super::stack::{bytes_of, stride};
-use super::state::{DeviceState, GpuStack, RowBuffers, StackRows};
+use super::state::{DeviceState, GpuStack, MomentRows, RowBuffers, StackRows};
 use super::timing::{self, PassTimer};
 use crate::error::{Error, Result};
-use crate::exec::DeviceOutput;
+use crate::exec::{DeviceOutput, Wants};
+use crate::uncertainty::{moments_width, Moments};
 
 /// (stack, member in the stack) of every member `present` marks (bit z of
 /// `present[s]`), stack after stack: the order of a run's member outputs, each
@@ -32,6 +33,10 @@ fn present_members<'a>(
                 .map(move |z| (s, z))
         })
 }
+
+/// Values read back for one run, labelled: a member's output with its graph index, or
+/// a stack's statistics with the stack's index.
+type Labelled = (usize, Vec<f32>);
 
 /// Where a run's input rows come from.
 pub(crate) enum Rows<'a> {
@@ -56,10 +61,10 @@ impl DeviceState {
     pub(crate) fn run(
         &mut self,
         input: &[f32],
-        want_members: bool,
+        wants: Wants,
         skip: &[usize],
     ) -> Result<DeviceOutput> {
-        self.run_rows(Rows::Host(input), want_members, skip, false)
+        self.run_rows(Rows::Host(input), wants, skip, false)
             .map(|(out, _)| out)
     }
 
@@ -72,7 +77,7 @@ impl DeviceState {
     pub(crate) fn run_rows(
         &mut self,
         input: Rows<'_>,
-        want_members: bool,
+        wants: Wants,
         skip: &[usize],
         keep_output: bool,
     ) -> Result<(DeviceOutput, Option<Resident>)> {
@@ -122,10 +127,24 @@ impl DeviceState {
         } else {
             vec![0.0f32; rows * out]
         };
-        let mut member_outputs: Vec<(usize, Vec<f32>)> = if want_members {
+        let mut member_outputs: Vec<(usize, Vec<f32>)> = if wants.members {
             included
                 .iter()
                 .map(|&index| (index, vec![0.0f32; rows * out]))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        // The uncertainty statistics of every stack with members present, read back
+        // chunk by chunk.
+        let width = moments_width(out);
+        let mut moments: Vec<(usize, Vec<f32>)> = if wants.moments {
+            self.ensure_moments_pipeline()?;
+            present
+                .iter()
+                .enumerate()
+                .filter(|(_, &mask)| mask != 0)
+                .map(|(s, _)| (s, vec![0.0f32; rows * width]))
                 .collect()
         } else {
             Vec::new()
@@ -149,8 +168,8 @@ impl DeviceState {
                 n,
                 (&present, scale),
                 sink,
-                &mut member_outputs,
-                start * out,
+                (&mut member_outputs, &mut moments),
+                start,
             );
             match result {
                 Ok(time) => {
@@ -165,9 +184,24 @@ impl DeviceState {
             }
             start += n;
         }
+        // Each stack's group, weighed by its present members' own weights (not scaled).
+        let moments = moments
+            .into_iter()
+            .filter_map(|(s, values)| {
+                let weight: f64 = self.stacks[s]
+                    .members
+                    .iter()
+                    .enumerate()
+                    .filter(|(z, _)| present[s] >> z & 1 == 1)
+                    .map(|(_, &(_, w))| f64::from(w))
+                    .sum();
+                (weight > 0.0).then_some(Moments { weight, values })
+            })
+            .collect();
         let output = DeviceOutput {
             partial,
             members: member_outputs,
+            moments,
             present: included,
             failed: Vec::new(),
             elapsed: started.elapsed(),
@@ -265,6 +299,7 @@ impl DeviceState {
                     dense_groups,
                     softmax_groups,
                     aggregate_group,
+                    moments: None,
                 }
             })
             .collect();
@@ -275,6 +310,56 @@ impl DeviceState {
             staging_acc,
             stacks,
         });
+    }
+
+    /// Creates moments.wgsl's pipeline unless it exists.
+    fn ensure_moments_pipeline(&mut self) -> Result<()> {
+        if self.moments.is_none() {
+            let pipeline = self.kernels.pipeline(&self.ctx.device, MOMENTS, &[])?;
+            self.moments = Some(pipeline);
+        }
+        Ok(())
+    }
+
+    /// Makes the statistics buffers of every stack that has none, for the row buffers'
+    /// capacity.
+    fn ensure_moment_rows(&mut self) {
+        let Some(rb) = self.rows.as_mut() else {
+            return;
+        };
+        let device = &self.ctx.device;
+        let values = rb.capacity * moments_width(self.output_width);
+        let size = bytes_of(values).next_multiple_of(16);
+        for (s, sr) in self.stacks.iter().zip(rb.stacks.iter_mut()) {
+            if sr.moments.is_some() {
+                continue;
+            }
+            let Some(last) = sr.outputs.last() else {
+                continue;
+            };
+            let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("uncertainty statistics"),
+                size,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let staging = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("uncertainty statistics staging"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let group = crate::gpu::bind_buffers(
+                device,
+                &self.kernels.aggregate_layout,
+                &[last, &buffer, &s.aggregate_params],
+            );
+            sr.moments = Some(MomentRows {
+                buffer,
+                staging,
+                group,
+            });
+        }
     }
 
     /// Writes every uniform buffer for `rows` rows, the row buffers' strides, the
@@ -325,20 +410,25 @@ impl DeviceState {
 
     /// Runs one chunk of `rows` rows (`x`; for rows on the device, `Rows::Device`
     /// carries the chunk's first row): encodes it, submits it, waits, and puts the
-    /// aggregate in `sink` (at the chunk's first row for a device buffer) and the
-    /// wanted member outputs into `member_outputs` at `offset`; the device's time for
-    /// the kernels when timed. `present` holds the members' masks and the scale of
-    /// their weights.
+    /// aggregate in `sink` (at the chunk's first row for a device buffer), the wanted
+    /// member outputs into `member_outputs` and the statistics of the stacks listed in
+    /// `moments` into theirs, at the chunk's `first` row; the device's time for the
+    /// kernels when timed. `present` holds the members' masks and the scale of their
+    /// weights.
     fn run_chunk(
         &mut self,
         x: Rows<'_>,
         rows: usize,
         (present, scale): (&[u32], f32),
         sink: Sink<'_>,
-        member_outputs: &mut [(usize, Vec<f32>)],
-        offset: usize,
+        (member_outputs, moments): (&mut [Labelled], &mut [Labelled]),
+        first: usize,
     ) -> Result<Option<Duration>> {
+        let offset = first * self.output_width;
         self.ensure_capacity(rows);
+        if !moments.is_empty() {
+            self.ensure_moment_rows();
+        }
         if self.unprimed && rows > 1 && rows <= SMALL_ROWS {
             self.prime_small(present, scale)?;
         }
@@ -364,7 +454,10 @@ impl DeviceState {
             ),
         }
         let bytes = bytes_of(rows * self.output_width);
-        self.encode_pass(&mut encoder, rb, rows, present);
+        let statistics = (!moments.is_empty())
+            .then_some(self.moments.as_ref())
+            .flatten();
+        self.encode_pass(&mut encoder, rb, rows, present, statistics);
         // The aggregate goes to the device buffer kept, or to its staging buffer; the
         // timestamps (when timed) follow in the staging buffer, 8-byte aligned.
         let to_host = match sink {
@@ -405,6 +498,18 @@ impl DeviceState {
                 staging.push((&sr.staging[z], bytes));
             }
         }
+        // Then the statistics of the stacks in `moments`, in its order.
+        let width = moments_width(self.output_width);
+        let moment_bytes = bytes_of(rows * width);
+        let mut moment_buffers = Vec::with_capacity(moments.len());
+        for &(s, _) in moments.iter() {
+            let Some(m) = rb.stacks.get(s).and_then(|sr| sr.moments.as_ref()) else {
+                return Err(self.gpu_error("uncertainty statistics buffers missing"));
+            };
+            encoder.copy_buffer_to_buffer(&m.buffer, 0, &m.staging, 0, moment_bytes);
+            staging.push((&m.staging, moment_bytes));
+            moment_buffers.push(&m.staging);
+        }
         let submission = self.ctx.queue.submit([encoder.finish()]);
         self.wait(submission, &staging)?;
         // Copies the first `bytes` of a mapped staging buffer into `dst` (when given)
@@ -435,6 +540,16 @@ impl DeviceState {
         for (&(buf, _), (_, dst)) in members.zip(member_outputs.iter_mut()) {
             read(buf, bytes, Some(&mut dst[offset..offset + len]))?;
         }
+        let at = first * width;
+        for (buf, (_, dst)) in moment_buffers.into_iter().zip(moments.iter_mut()) {
+            read_mapped(buf, moment_bytes, |view| {
+                copy_f32(
+                    &mut dst[at..at + rows * width],
+                    &view[..moment_bytes as usize],
+                );
+            })
+            .map_err(|e| self.gpu_error(&e))?;
+        }
         Ok(time)
     }
 
@@ -456,20 +571,22 @@ impl DeviceState {
             .ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-        self.encode_pass(&mut encoder, rb, 1, present);
+        self.encode_pass(&mut encoder, rb, 1, present, None);
         let submission = self.ctx.queue.submit([encoder.finish()]);
         self.wait(submission, &[])
     }
 
     /// Records the members' compute pass: every running stack's layers (the small
     /// kernel for at most `SMALL_ROWS` rows, the tiled one above), hidden softmaxes,
-    /// and its aggregate into `rb.acc`, cleared first.
+    /// and its aggregate into `rb.acc`, cleared first; with `moments` (its pipeline),
+    /// then its uncertainty statistics.
     fn encode_pass(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         rb: &RowBuffers,
         rows: usize,
         present: &[u32],
+        moments: Option<&wgpu::ComputePipeline>,
     ) {
         // Every member adds its contribution to the partial sum.
         encoder.clear_buffer(&rb.acc, 0, Some(bytes_of(rows * self.output_width)));
@@ -513,6 +630,12 @@ impl DeviceState {
                 &self.aggregate
             });
             pass.dispatch_workgroups(n_rows, 1, 1);
+            // After the aggregate, which leaves a fused softmax's values in place.
+            if let (Some(pipeline), Some(m)) = (moments, &sr.moments) {
+                pass.set_bind_group(0, &m.group, &[]);
+                pass.set_pipeline(pipeline);
+                pass.dispatch_workgroups(n_rows, 1, 1);
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use super::tune::Tuner;
 use crate::aggregate::Mode;
 use crate::device_tensor::{DeviceCopy, DeviceTensor};
 use crate::error::{Error, Result};
-use crate::exec::{DeviceOutput, Executor, Loss, MemberSpec};
+use crate::exec::{DeviceOutput, Executor, Loss, MemberSpec, Wants};
 use crate::options::SessionOptions;
 use crate::placement::ExecutionDevice;
 use crate::tensor::Tensor;
@@ -127,10 +127,10 @@ impl GpuExecutor {
 
 impl Executor for GpuExecutor {
     /// First recreates the device if it was lost.
-    fn run(&mut self, input: &Tensor, want_members: bool, skip: &[usize]) -> Result<DeviceOutput> {
+    fn run(&mut self, input: &Tensor, wants: Wants, skip: &[usize]) -> Result<DeviceOutput> {
         self.ensure_device()?;
         match &mut self.state {
-            Some(state) => state.run(input.as_slice(), want_members, skip),
+            Some(state) => state.run(input.as_slice(), wants, skip),
             None => Err(self.unavailable_error()),
         }
     }
@@ -142,7 +142,7 @@ impl Executor for GpuExecutor {
     fn run_resident(
         &mut self,
         input: &DeviceTensor,
-        want_members: bool,
+        wants: Wants,
         skip: &[usize],
         keep_output: bool,
     ) -> Result<(DeviceOutput, Option<Arc<dyn DeviceCopy>>)> {
@@ -158,16 +158,11 @@ impl Executor for GpuExecutor {
         let result = match copy_on(input, &state.ctx) {
             Some(copy) => {
                 copy.check_alive()?;
-                state.run_rows(
-                    Rows::Device(&copy.buffer, input.rows()),
-                    want_members,
-                    skip,
-                    keep,
-                )
+                state.run_rows(Rows::Device(&copy.buffer, input.rows()), wants, skip, keep)
             }
             None => {
                 let host = input.to_host()?;
-                state.run_rows(Rows::Host(host.as_slice()), want_members, skip, keep)
+                state.run_rows(Rows::Host(host.as_slice()), wants, skip, keep)
             }
         };
         result.map(|(out, kept)| (out, kept.map(|k| Arc::new(k) as Arc<dyn DeviceCopy>)))

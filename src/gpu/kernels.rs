@@ -34,7 +34,8 @@ enum Layout {
     Dense,
     /// y (read-write), params.
     Softmax,
-    /// y (read), acc (read-write), params.
+    /// y (read), acc (read-write), params; moments.wgsl's too (its statistics in
+    /// place of acc).
     Aggregate,
     /// y, acc (read-write), params.
     SoftmaxAggregate,
@@ -199,6 +200,13 @@ kernel!(
     wgsl!("", "lib/aggregate_params.wgsl", "softmax_aggregate.wgsl"),
     SoftmaxAggregate,
     "A last-layer softmax fused with the member's contribution (`MODE`)."
+);
+kernel!(
+    MOMENTS,
+    "moments.wgsl",
+    wgsl!("", "lib/aggregate_params.wgsl", "moments.wgsl"),
+    Aggregate,
+    "The uncertainty statistics of a stack's outputs."
 );
 
 /// Rows up to which the small-batch dense kernel is used.
@@ -407,7 +415,7 @@ mod tests {
     use super::*;
 
     /// Every kernel as the crate compiles it, the 8×8×8 coop variant included.
-    fn all() -> [Kernel; 11] {
+    fn all() -> [Kernel; 12] {
         [
             DENSE,
             DENSE_VEC4,
@@ -420,6 +428,7 @@ mod tests {
             SOFTMAX,
             AGGREGATE,
             SOFTMAX_AGGREGATE,
+            MOMENTS,
         ]
     }
 
@@ -489,6 +498,7 @@ mod tests {
             }
         }
         sets.push((SOFTMAX, Vec::new()));
+        sets.push((MOMENTS, Vec::new()));
         for kernel in [AGGREGATE, SOFTMAX_AGGREGATE] {
             sets.extend((0..=1).map(|mode| (kernel, vec![("MODE", mode)])));
         }

@@ -22,6 +22,7 @@ use crate::model::{Activation, Model};
 use crate::options::SessionOptions;
 use crate::placement::is_llvmpipe;
 use crate::precision::Precision;
+use crate::uncertainty::moments_width;
 
 /// Inputs up to which llvmpipe computes a layer correctly with any tiled kernel (see
 /// benches/results/cpu-2026-11-26/NOTES.md for the bounds measured with Mesa 22.3).
@@ -84,6 +85,17 @@ pub(crate) struct StackRows {
     pub(crate) aggregate_group: wgpu::BindGroup,
     /// One per member, for its own output when asked.
     pub(crate) staging: Vec<wgpu::Buffer>,
+    /// The stack's uncertainty statistics, made by the first run that asks for them.
+    pub(crate) moments: Option<MomentRows>,
+}
+
+/// A stack's uncertainty statistics (moments.wgsl): `[capacity, moments_width]` on the
+/// device, its staging buffer, and the kernel's bind group (the stack's last output,
+/// the statistics, its aggregate params).
+pub(crate) struct MomentRows {
+    pub(crate) buffer: wgpu::Buffer,
+    pub(crate) staging: wgpu::Buffer,
+    pub(crate) group: wgpu::BindGroup,
 }
 
 /// What the uniform buffers were last written for: rows, row capacity, the
@@ -98,6 +110,8 @@ pub(crate) struct DeviceState {
     pub(crate) softmax: wgpu::ComputePipeline,
     pub(crate) aggregate: wgpu::ComputePipeline,
     pub(crate) softmax_aggregate: wgpu::ComputePipeline,
+    /// moments.wgsl's pipeline, created by the first run that asks for the statistics.
+    pub(crate) moments: Option<wgpu::ComputePipeline>,
     pub(crate) stacks: Vec<GpuStack>,
     pub(crate) input_width: usize,
     pub(crate) output_width: usize,
@@ -147,7 +161,10 @@ impl DeviceState {
             .min(options.max_buffer_bytes.unwrap_or(u64::MAX))
             .min(u64::from(u32::MAX));
         let weight_bytes = if precision.is_f16() { 2 } else { 4 };
-        let widest = check_member_buffers(&ctx, shapes, weight_bytes, max_bytes)?;
+        // A row of the uncertainty statistics is the widest row when the outputs are
+        // wider than every layer's.
+        let widest = check_member_buffers(&ctx, shapes, weight_bytes, max_bytes)?
+            .max(moments_width(shapes.output_width));
         let (llvmpipe, longest) = check_llvmpipe(&ctx, shapes.members)?;
         // 16 bytes of room for the rounding of buffer sizes (see `encode.rs`), and the
         // timestamps after the aggregate in its staging buffer.
@@ -213,6 +230,7 @@ impl DeviceState {
             softmax,
             aggregate,
             softmax_aggregate,
+            moments: None,
             stacks,
             input_width: shapes.input_width,
             output_width: shapes.output_width,

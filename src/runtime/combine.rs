@@ -9,6 +9,7 @@ use crate::options::QuorumPolicy;
 use crate::placement::ExecutionDevice;
 use crate::report::{MemberReport, MemberStatus, RunOutput};
 use crate::tensor::Tensor;
+use crate::uncertainty::{finish, Moments, Uncertainty};
 
 /// The aggregate node's bookkeeping for one run (or one pipeline input): member
 /// results as they arrive, then the aggregate under a quorum policy.
@@ -24,6 +25,8 @@ pub(crate) struct Combiner<'a> {
     elapsed: Vec<Duration>,
     device_time: Vec<Option<Duration>>,
     outputs: Vec<Option<Tensor>>,
+    /// The uncertainty statistics of the members that finished, when asked for.
+    moments: Vec<Moments>,
 }
 
 impl<'a> Combiner<'a> {
@@ -46,6 +49,7 @@ impl<'a> Combiner<'a> {
             elapsed: vec![Duration::ZERO; names.len()],
             device_time: vec![None; names.len()],
             outputs: vec![None; names.len()],
+            moments: Vec::new(),
         }
     }
 
@@ -68,6 +72,7 @@ impl<'a> Combiner<'a> {
                     self.elapsed[m] = out.elapsed;
                     self.device_time[m] = out.device_time;
                 }
+                self.moments.extend(out.moments);
                 for (m, y) in out.members {
                     self.outputs[m] = Tensor::matrix(self.rows, self.cols, y).ok();
                 }
@@ -82,6 +87,13 @@ impl<'a> Combiner<'a> {
                 Some(e)
             }
         }
+    }
+
+    /// The uncertainty measures over the members that finished so far, from the
+    /// statistics their executors sent (`None` when none did: not asked for, or no
+    /// member of positive weight finished).
+    pub(crate) fn uncertainty(&self) -> Option<Uncertainty> {
+        (!self.moments.is_empty()).then(|| finish(&self.moments, self.rows, self.cols))
     }
 
     /// Marks `members` failed with `error` (their worker is gone).

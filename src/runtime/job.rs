@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::device_tensor::{DeviceCopy, DeviceTensor};
 use crate::error::{Error, Result};
-use crate::exec::{DeviceOutput, Executor, Loss};
+use crate::exec::{DeviceOutput, Executor, Loss, Wants};
 use crate::fault::{Fault, FaultPlan};
 use crate::tensor::Tensor;
 
@@ -25,11 +25,11 @@ pub(crate) enum JobInput<'a> {
 pub(crate) fn execute(
     executor: &mut dyn Executor,
     input: &Tensor,
-    want_members: bool,
+    wants: Wants,
     run: u64,
     cx: &WorkerContext,
 ) -> Result<DeviceOutput> {
-    execute_input(executor, JobInput::Host(input), want_members, run, cx).map(|(out, _)| out)
+    execute_input(executor, JobInput::Host(input), wants, run, cx).map(|(out, _)| out)
 }
 
 /// [`execute`] on a host or device input; with a device input the executor may keep
@@ -37,7 +37,7 @@ pub(crate) fn execute(
 pub(crate) fn execute_input(
     executor: &mut dyn Executor,
     input: JobInput<'_>,
-    want_members: bool,
+    wants: Wants,
     run: u64,
     cx: &WorkerContext,
 ) -> Result<(DeviceOutput, Option<Arc<dyn DeviceCopy>>)> {
@@ -130,10 +130,8 @@ pub(crate) fn execute_input(
             std::panic::resume_unwind(Box::new(format!("fault injection on run {run}")));
         }
         match input {
-            JobInput::Host(x) => executor
-                .run(x, want_members, &skipped)
-                .map(|out| (out, None)),
-            JobInput::Device(x, keep) => executor.run_resident(x, want_members, &skipped, keep),
+            JobInput::Host(x) => executor.run(x, wants, &skipped).map(|out| (out, None)),
+            JobInput::Device(x, keep) => executor.run_resident(x, wants, &skipped, keep),
         }
     }));
     let result = result.unwrap_or_else(|panic| {

@@ -22,9 +22,10 @@ use super::thread::WorkerThread;
 use crate::aggregate::{accumulate, Mode};
 use crate::cpu::forward::activate;
 use crate::error::{Error, Result};
-use crate::exec::{DeviceOutput, Executor, Loss};
+use crate::exec::{DeviceOutput, Executor, Loss, Wants};
 use crate::split::{ranges, Join};
 use crate::tensor::Tensor;
+use crate::uncertainty::Moments;
 
 /// Where a part's thread sends the output of one run of an executor.
 type Answer = Receiver<Result<Vec<f32>>>;
@@ -125,7 +126,9 @@ fn serve(executors: &mut [Box<dyn Executor>], job: Job, device: &str) {
                 }),
                 Some(executor) => catch_unwind(AssertUnwindSafe(|| {
                     // One member of weight 1 under a mean: its partial sum is its output.
-                    executor.run(&input, false, &[]).map(|o| o.partial)
+                    executor
+                        .run(&input, Wants::default(), &[])
+                        .map(|o| o.partial)
                 }))
                 .unwrap_or_else(|panic| {
                     executor.reset();
@@ -186,12 +189,13 @@ impl SplitExecutor {
 }
 
 impl Executor for SplitExecutor {
-    fn run(&mut self, input: &Tensor, want_members: bool, skip: &[usize]) -> Result<DeviceOutput> {
+    fn run(&mut self, input: &Tensor, wants: Wants, skip: &[usize]) -> Result<DeviceOutput> {
         let started = Instant::now();
         let rows = input.shape().first().copied().unwrap_or(0);
         let mut out = DeviceOutput {
             partial: vec![0.0; rows * self.output_width],
             members: Vec::new(),
+            moments: Vec::new(),
             present: Vec::new(),
             failed: Vec::new(),
             elapsed: Duration::ZERO,
@@ -207,7 +211,11 @@ impl Executor for SplitExecutor {
                 self.mode,
             );
             out.present.push(self.index);
-            if want_members {
+            if wants.moments && self.weight > 0.0 {
+                out.moments
+                    .push(Moments::of(&[(&y, self.weight)], rows, self.output_width));
+            }
+            if wants.members {
                 out.members.push((self.index, y));
             }
         }

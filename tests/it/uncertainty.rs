@@ -13,8 +13,8 @@ use common::{
 };
 use wgpu_ensemble::io::{read_matrix, Manifest};
 use wgpu_ensemble::{
-    Activation::*, Aggregate, Fault, FaultPlan, Graph, Model, Placement, QuorumPolicy, RunOptions,
-    RunOutput, Session, SessionOptions, Tensor,
+    Activation::*, Aggregate, Fault, FaultPlan, Graph, Model, Pipeline, PipelineOptions, Placement,
+    QuorumPolicy, RunOptions, RunOutput, Session, SessionOptions, Split, Tensor, Uncertainty,
 };
 
 /// Tolerances of the measures: each sums `classes` terms of the members' f32 outputs.
@@ -82,10 +82,11 @@ fn reference(members: &[Vec<f64>], weights: &[f64], rows: usize, cols: usize) ->
 }
 
 fn check(label: &str, out: &RunOutput, want: &Reference) {
-    let u = out
-        .uncertainty
-        .as_ref()
-        .unwrap_or_else(|| panic!("{label}: no uncertainty"));
+    check_measures(label, out.uncertainty.as_ref(), want);
+}
+
+fn check_measures(label: &str, u: Option<&Uncertainty>, want: &Reference) {
+    let u = u.unwrap_or_else(|| panic!("{label}: no uncertainty"));
     assert_close_tol(
         &format!("{label}: entropy, expected entropy, mutual information, disagreement"),
         u.summary().as_slice(),
@@ -159,53 +160,72 @@ placement_tests!(measures_match_the_reference;
     measures_match_the_reference_vulkan: Vulkan,
     measures_match_the_reference_gl: Gl);
 
-/// A member failing under a quorum: the measures are over the three that answered,
-/// with their weights renormalised; the members' outputs are returned when asked.
-#[test]
-fn a_quorum_measures_the_members_present() {
-    let weights = [0.4f32, 0.1, 0.3, 0.2];
-    let mut g = Graph::builder(IN).aggregate(Aggregate::WeightedMean(weights.to_vec()));
-    for (i, m) in models().into_iter().enumerate() {
-        g = g.member(format!("m{i}"), m, Placement::Cpu);
-    }
-    let plan = FaultPlan::new().on_run("m2", 0, Fault::Fail);
-    let session =
-        Session::with_options(g.build().unwrap(), SessionOptions::default().faults(plan)).unwrap();
-    let x = input(9, IN, 3);
-    let out = session
-        .run(
-            &x,
-            &RunOptions::default()
-                .uncertainty(true)
-                .member_outputs(true)
-                .quorum(QuorumPolicy::Quorum(3)),
-        )
-        .unwrap();
-    assert!(!out.is_complete());
-    assert!(
-        out.members[0].output.is_some(),
-        "member outputs were asked for"
-    );
-    let present = [0, 1, 3];
-    let refs: Vec<Vec<f64>> = present
-        .iter()
-        .map(|&i| reference_forward(&models()[i], &x))
-        .collect();
-    let w: Vec<f64> = present.iter().map(|&i| f64::from(weights[i])).collect();
-    check("quorum of 3", &out, &reference(&refs, &w, 9, CLASSES));
+/// The four members of `models()` and a fifth of the first one's shape (so that on a
+/// GPU the first and the fifth run as one stack).
+fn five_models() -> Vec<Model> {
+    let mut all = models();
+    all.push(Model::random(&[IN, 12, CLASSES], &[Relu, Softmax], 95).unwrap());
+    all
 }
+
+/// A member failing under a quorum: the measures are over the members that answered,
+/// with their weights renormalised — on a GPU the failed member's stack sibling still
+/// counts — and the members' outputs are returned when asked.
+fn a_quorum_measures_the_members_present(place: Placement, label: &str) {
+    let weights = [0.4f32, 0.1, 0.3, 0.2, 0.25];
+    let mut g = Graph::builder(IN).aggregate(Aggregate::WeightedMean(weights.to_vec()));
+    for (i, m) in five_models().into_iter().enumerate() {
+        g = g.member(format!("m{i}"), m, place.clone());
+    }
+    for (failed, members_too) in [(0, true), (2, false)] {
+        let plan = FaultPlan::new().on_run(format!("m{failed}"), 0, Fault::Fail);
+        let graph = g.clone().build().unwrap();
+        let session = Session::with_options(graph, SessionOptions::default().faults(plan)).unwrap();
+        let x = input(9, IN, 3);
+        let out = session
+            .run(
+                &x,
+                &RunOptions::default()
+                    .uncertainty(true)
+                    .member_outputs(members_too)
+                    .quorum(QuorumPolicy::Quorum(4)),
+            )
+            .unwrap();
+        assert!(!out.is_complete(), "{label}");
+        let present: Vec<usize> = (0..5).filter(|&i| i != failed).collect();
+        assert_eq!(
+            out.members[present[0]].output.is_some(),
+            members_too,
+            "{label}: member outputs only when asked for"
+        );
+        let refs: Vec<Vec<f64>> = present
+            .iter()
+            .map(|&i| reference_forward(&five_models()[i], &x))
+            .collect();
+        let w: Vec<f64> = present.iter().map(|&i| f64::from(weights[i])).collect();
+        check(
+            &format!("{label}: quorum of 4 without m{failed}"),
+            &out,
+            &reference(&refs, &w, 9, CLASSES),
+        );
+    }
+}
+
+placement_tests!(a_quorum_measures_the_members_present;
+    a_quorum_measures_the_members_present_cpu: Cpu,
+    a_quorum_measures_the_members_present_vulkan: Vulkan,
+    a_quorum_measures_the_members_present_gl: Gl);
 
 /// One member: no mutual information, no disagreement, no variance; identical
 /// members: no mutual information either, and the entropy of their output.
-#[test]
-fn one_member_and_identical_members() {
+fn one_member_and_identical_members(place: Placement, label: &str) {
     let m = models().remove(0);
     let x = input(8, IN, 4);
     let y = reference_forward(&m, &x);
     for copies in [1, 3] {
         let mut g = Graph::builder(IN);
         for i in 0..copies {
-            g = g.member(format!("m{i}"), m.clone(), Placement::Cpu);
+            g = g.member(format!("m{i}"), m.clone(), place.clone());
         }
         let session = Session::new(g.build().unwrap()).unwrap();
         let out = session
@@ -213,18 +233,109 @@ fn one_member_and_identical_members() {
             .unwrap();
         let u = out.uncertainty.as_ref().unwrap();
         for r in 0..8 {
-            assert!(u.mutual_information[r].abs() < 1e-5, "{copies}: {u:?}");
-            assert_eq!(u.disagreement[r], 0.0, "{copies}");
+            assert!(
+                u.mutual_information[r].abs() < 1e-5,
+                "{label} {copies}: {u:?}"
+            );
+            assert_eq!(u.disagreement[r], 0.0, "{label} {copies}");
         }
-        assert!(u.variance.as_slice().iter().all(|v| v.abs() < 1e-6));
+        assert!(
+            u.variance.as_slice().iter().all(|v| v.abs() < 1e-6),
+            "{label} {copies}: {u:?}"
+        );
         let refs = vec![y.clone(); copies];
         check(
-            &format!("{copies} identical"),
+            &format!("{label}: {copies} identical"),
             &out,
             &reference(&refs, &vec![1.0; copies], 8, CLASSES),
         );
     }
 }
+
+placement_tests!(one_member_and_identical_members;
+    one_member_and_identical_members_cpu: Cpu,
+    one_member_and_identical_members_vulkan: Vulkan,
+    one_member_and_identical_members_gl: Gl);
+
+/// The same measures whichever way the members run: in chunks (a small
+/// `max_buffer_bytes`), through `Session::run_device` and through a `Pipeline`, and
+/// with the members spread over the host and `place`, two of them split across both.
+fn every_way_to_run_gives_the_same_measures(place: Placement, label: &str) {
+    let weights = [0.4f32, 0.1, 0.3, 0.2, 0.25];
+    let x = input(13, IN, 17);
+    let refs: Vec<Vec<f64>> = five_models()
+        .iter()
+        .map(|m| reference_forward(m, &x))
+        .collect();
+    let w: Vec<f64> = weights.iter().map(|&v| f64::from(v)).collect();
+    let want = reference(&refs, &w, 13, CLASSES);
+    let aggregate = Aggregate::WeightedMean(weights.to_vec());
+    let mut whole = Graph::builder(IN).aggregate(aggregate.clone());
+    for (i, m) in five_models().into_iter().enumerate() {
+        whole = whole.member(format!("m{i}"), m, place.clone());
+    }
+    let mut spread = Graph::builder(IN).aggregate(aggregate);
+    for (i, m) in five_models().into_iter().enumerate() {
+        spread = match i {
+            0 => spread.member("m0", m, Placement::Cpu),
+            2 => spread.split_member("m2", m, Split::columns(vec![place.clone(), Placement::Cpu])),
+            3 => spread.split_member(
+                "m3",
+                m,
+                Split::layers(vec![Placement::Cpu, place.clone()]).micro_batches(2),
+            ),
+            _ => spread.member(format!("m{i}"), m, place.clone()),
+        };
+    }
+    let asked = RunOptions::default().uncertainty(true);
+    // 512 bytes: chunks of 7 rows on a GPU.
+    let small = SessionOptions::default().max_buffer_bytes(512);
+    for (name, graph, options) in [
+        ("chunks", whole.clone(), small),
+        ("spread", spread, SessionOptions::default()),
+        ("whole", whole, SessionOptions::default()),
+    ] {
+        let session = Session::with_options(graph.clone().build().unwrap(), options.clone())
+            .unwrap_or_else(|e| panic!("{label} {name}: {e}"));
+        let out = session.run(&x, &asked).unwrap();
+        check(&format!("{label} {name}: run"), &out, &want);
+        let resident = session.upload(&x).unwrap();
+        let out = session.run_device(&resident, &asked).unwrap();
+        check_measures(
+            &format!("{label} {name}: run_device"),
+            out.uncertainty.as_ref(),
+            &want,
+        );
+        let plain = session
+            .run_device(&resident, &RunOptions::default())
+            .unwrap();
+        assert!(plain.uncertainty.is_none(), "{label} {name}: not asked");
+        let pipeline = Pipeline::new(
+            graph.build().unwrap(),
+            PipelineOptions::default()
+                .uncertainty(true)
+                .session(options),
+        )
+        .unwrap();
+        for _ in 0..2 {
+            pipeline.send(&x).unwrap();
+        }
+        for i in 0..2 {
+            let out = pipeline.recv().expect("a result per input");
+            assert!(out.aggregate.is_ok(), "{label} {name}: {:?}", out.aggregate);
+            check_measures(
+                &format!("{label} {name}: pipeline input {i}"),
+                out.uncertainty.as_ref(),
+                &want,
+            );
+        }
+    }
+}
+
+placement_tests!(every_way_to_run_gives_the_same_measures;
+    every_way_to_run_gives_the_same_measures_cpu: Cpu,
+    every_way_to_run_gives_the_same_measures_vulkan: Vulkan,
+    every_way_to_run_gives_the_same_measures_gl: Gl);
 
 fn digits(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
