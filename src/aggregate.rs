@@ -38,8 +38,11 @@ pub enum Aggregate {
     },
     /// Stacking: a dense `blender` model whose input is every member's output row
     /// concatenated in member order (`members × output_width` wide) and whose output
-    /// is the aggregate (`output_width` wide). The aggregate node (the caller's
-    /// thread) runs it on the host after every member has answered.
+    /// is the aggregate (`output_width` wide), applied once every member has answered.
+    /// Its first layer is linear in the members' outputs, so each device applies its
+    /// members' columns of that layer where their outputs are and sends the sums; the
+    /// aggregate node (the caller's thread) adds them, the bias and the activation and
+    /// runs the blender's other layers on the host.
     ///
     /// When a run under [`QuorumPolicy::Quorum`](crate::QuorumPolicy::Quorum) has members
     /// missing, the blender cannot be applied: the aggregate is then the equal-weight

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::device_tensor::{DeviceCopy, DeviceTensor};
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::model::{Dense, Model};
 use crate::tensor::Tensor;
 use crate::uncertainty::Moments;
 
@@ -31,6 +31,11 @@ pub(crate) struct MemberSpec {
     pub(crate) model: Arc<Model>,
     /// Its aggregate weight.
     pub(crate) weight: f32,
+    /// With an [`Aggregate::Stack`](crate::Aggregate::Stack): the member's share of the
+    /// blender's first layer (its columns of the weight, `[hidden, output_width]`,
+    /// linear, no bias), which the executor applies to the member's output where it
+    /// is ([`DeviceOutput::blend`]).
+    pub(crate) blend: Option<Arc<Dense>>,
     /// The member's index of `model`'s first layer: 0, but for a piece of a member
     /// split by layers or columns, whose errors name the member's own layers.
     pub(crate) first_layer: usize,
@@ -56,6 +61,9 @@ pub(crate) struct DeviceOutput {
     /// Each member's own `[rows, output_width]` output, with its graph index, when
     /// asked for.
     pub(crate) members: Vec<(usize, Vec<f32>)>,
+    /// `[rows, hidden]`: Σ over the members in `present` of their output times their
+    /// share of a stack's blender's first layer (empty without a blender).
+    pub(crate) blend: Vec<f32>,
     /// When asked for: the statistics of the members in `present`, in groups (one per
     /// stack of a GPU device), each `[rows, moments_width]` with its weight.
     pub(crate) moments: Vec<Moments>,

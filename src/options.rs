@@ -197,9 +197,12 @@ pub struct RunOptions {
     pub quorum: QuorumPolicy,
     /// Also return how much the members that answered disagree
     /// ([`RunOutput::uncertainty`](crate::RunOutput::uncertainty): entropy, expected
-    /// entropy, mutual information, disagreement, variance). [`Session::run`] only.
+    /// entropy, mutual information, disagreement, variance), from statistics each
+    /// device computes where its members' outputs are: [`Session::run`] and
+    /// [`Session::run_device`].
     ///
     /// [`Session::run`]: crate::Session::run
+    /// [`Session::run_device`]: crate::Session::run_device
     pub uncertainty: bool,
 }
 

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
-use crate::aggregate::{side_by_side, Mode};
-use crate::cpu::forward::{threads, Layers};
+use crate::aggregate::Mode;
+use crate::cpu::forward::{activate, threads, Layers};
 use crate::device_tensor::{DeviceCopy, DeviceRunOutput, DeviceTensor};
 use crate::error::{Error, Result};
 use crate::exec::{spin_until, DeviceOutput, Executor, Wants};
 use crate::graph::Graph;
+use crate::model::{Activation, Model};
 use crate::options::{QuorumPolicy, RunOptions, SessionOptions};
 use crate::placement::ExecutionDevice;
 use crate::report::{MemberStatus, RunOutput};
@@ -97,8 +98,61 @@ pub struct Session {
     mode: Mode,
     /// [`SessionOptions::operation_timeout`], for the readbacks of device tensors.
     operation_timeout: Duration,
-    /// A stack's blender, run on the host by the aggregate node.
-    blender: Option<Layers>,
+    /// A stack's blender, finished by the aggregate node from the executors' sums of
+    /// its first layer.
+    blender: Option<HostBlender>,
+}
+
+/// What the aggregate node does of a stacking blender: its first layer's bias and
+/// activation (the executors send the sums of the members' outputs times their
+/// columns of its weight), then its other layers, on the host.
+struct HostBlender {
+    bias: Vec<f32>,
+    activation: Activation,
+    rest: Option<Layers>,
+}
+
+impl HostBlender {
+    fn new(blender: &Model) -> Result<Self> {
+        let layers = blender.layers();
+        let Some(first) = layers.first() else {
+            return Err(Error::EmptyModel);
+        };
+        let rest = if layers.len() > 1 {
+            Some(Layers::new(Arc::new(Model::new(layers[1..].to_vec())?)))
+        } else {
+            None
+        };
+        Ok(Self {
+            bias: first.bias().to_vec(),
+            activation: first.activation(),
+            rest,
+        })
+    }
+
+    /// The blender's output on `rows` rows from the sums of its first layer
+    /// (`[rows, hidden]`), `output_width` wide.
+    fn finish(&self, mut sums: Vec<f32>, rows: usize, output_width: usize) -> Result<Tensor> {
+        let hidden = self.bias.len();
+        if sums.len() != rows * hidden {
+            return Err(Error::WorkerFailed {
+                device: "the aggregate node".to_string(),
+                message: format!(
+                    "the blender's first-layer sums hold {} values, not {rows} rows of {hidden}",
+                    sums.len()
+                ),
+            });
+        }
+        for row in sums.chunks_exact_mut(hidden) {
+            row.iter_mut().zip(&self.bias).for_each(|(z, b)| *z += b);
+        }
+        activate(self.activation, &mut sums, hidden);
+        let y = match &self.rest {
+            Some(rest) => rest.forward(&sums, rows, false, threads()),
+            None => sums,
+        };
+        Tensor::matrix(rows, output_width, y)
+    }
 }
 
 impl Session {
@@ -156,7 +210,8 @@ impl Session {
             blender: graph
                 .aggregate
                 .blender()
-                .map(|b| Layers::new(Arc::clone(b))),
+                .map(|b| HostBlender::new(b))
+                .transpose()?,
         })
     }
 
@@ -190,55 +245,38 @@ impl Session {
     /// Members on one device go into one submission. A batch larger than a device's
     /// buffers allow is split into chunks on that device.
     ///
-    /// With an [`Aggregate::Stack`](crate::Aggregate::Stack) the workers send every
-    /// member's output and this thread runs the blender on them once all have
-    /// finished ([`RunOutput::stacked`] says whether it did); the members' outputs are
-    /// returned only when [`RunOptions::member_outputs`] asks.
+    /// With an [`Aggregate::Stack`](crate::Aggregate::Stack) each device multiplies
+    /// its members' outputs, where they are, by their columns of the blender's first
+    /// layer and sends the sum (`hidden` values per row, not the outputs); this thread
+    /// adds the devices' sums, the bias and the activation and runs the blender's
+    /// other layers once every member has finished ([`RunOutput::stacked`] says
+    /// whether it did). The members' outputs are returned only when
+    /// [`RunOptions::member_outputs`] asks.
     pub fn run(&self, input: &Tensor, options: &RunOptions) -> Result<RunOutput> {
         let started = Instant::now();
         let rows = check_input(input, self.input_width)?;
         let wants = Wants {
-            members: options.member_outputs || self.blender.is_some(),
+            members: options.member_outputs,
             moments: options.uncertainty,
         };
         let payload = Payload::Host(input.clone());
-        let (combiner, _) = self.gather(rows, payload, options, wants, started)?;
+        let (mut combiner, _) = self.gather(rows, payload, options, wants, started)?;
+        let sums = combiner.take_blend();
         // Over the members that finished, from the statistics their devices computed.
         let uncertainty = combiner.uncertainty();
         let mut out = combiner.finish(options.quorum, options.timeout, started.elapsed())?;
         out.uncertainty = uncertainty;
+        // A stack's blender applies when every member finished; else the aggregate is
+        // the mean of those that did.
         if let Some(blender) = &self.blender {
-            let stacked = self.blend(blender, &out, rows)?;
-            out.stacked = Some(stacked.is_some());
-            if let Some(aggregate) = stacked {
-                out.aggregate = aggregate;
+            let complete = out.is_complete();
+            out.stacked = Some(complete);
+            if complete {
+                out.aggregate = blender.finish(sums, rows, self.output_width)?;
             }
             out.elapsed = started.elapsed();
         }
-        if !options.member_outputs {
-            out.members.iter_mut().for_each(|m| m.output = None);
-        }
         Ok(out)
-    }
-
-    /// A stack's aggregate: every member's output row side by side in member order,
-    /// through the blender on the host. `None` when a member did not finish (the
-    /// aggregate is then the mean of those that did).
-    fn blend(&self, blender: &Layers, out: &RunOutput, rows: usize) -> Result<Option<Tensor>> {
-        let outputs: Option<Vec<&[f32]>> = out
-            .members
-            .iter()
-            .map(|m| match m.status {
-                MemberStatus::Finished => m.output.as_ref().map(Tensor::as_slice),
-                _ => None,
-            })
-            .collect();
-        let Some(outputs) = outputs else {
-            return Ok(None);
-        };
-        let stacked = side_by_side(&outputs, rows, self.output_width)?;
-        let y = blender.forward(&stacked, rows, false, threads());
-        Tensor::matrix(rows, self.output_width, y).map(Some)
     }
 
     /// Copies `input` (`[rows, input_width]`) to every GPU device of the session, one
@@ -315,8 +353,9 @@ impl Session {
     /// [`Session::run`] and returned as a `DeviceTensor` holding that host tensor.
     /// Member statuses, quorum and deadline are those of [`Session::run`]; a wrong
     /// width is [`Error::FeatureWidth`]. With an
-    /// [`Aggregate::Stack`](crate::Aggregate::Stack) the input's host values (read back
-    /// when it has none) go through [`Session::run`], whose blender runs on the host.
+    /// [`Aggregate::Stack`](crate::Aggregate::Stack) each device reads its copy as
+    /// above and sends its sums of the blender's first layer, which the aggregate node
+    /// finishes on the host, as [`Session::run`] does.
     ///
     /// ```
     /// use wgpu_ensemble::{Graph, Model, Activation, Placement, RunOptions, Session, Tensor};
@@ -349,23 +388,9 @@ impl Session {
         if rows == 0 {
             return Err(Error::EmptyBatch);
         }
-        if self.blender.is_some() {
-            // The blender runs on the host: the input's host values go through `run`.
-            let out = self.run(&input.to_host()?, options)?;
-            return Ok(DeviceRunOutput {
-                aggregate: DeviceTensor::new(
-                    [rows, self.output_width],
-                    Some(out.aggregate),
-                    Vec::new(),
-                    self.operation_timeout,
-                ),
-                members: out.members,
-                elapsed: started.elapsed(),
-                stacked: out.stacked,
-                uncertainty: out.uncertainty,
-            });
-        }
+        // A stack's aggregate is finished on the host, from the devices' sums.
         let keep = self.mode == Mode::Values
+            && self.blender.is_none()
             && self.workers.len() == 1
             && self.workers[0].device != ExecutionDevice::Cpu;
         let payload = Payload::Device(input.clone(), keep);
@@ -373,9 +398,11 @@ impl Session {
             members: options.member_outputs,
             moments: options.uncertainty,
         };
-        let (combiner, kept) = self.gather(rows, payload, options, wants, started)?;
+        let (mut combiner, kept) = self.gather(rows, payload, options, wants, started)?;
         let uncertainty = combiner.uncertainty();
+        let sums = combiner.take_blend();
         let shape = [rows, self.output_width];
+        let mut stacked = None;
         let (aggregate, members) = match kept {
             Some(copy) => {
                 let (settled, members) = combiner.settle(options.quorum, options.timeout);
@@ -385,8 +412,18 @@ impl Session {
             }
             None => {
                 let (aggregate, members) = combiner.finish_parts(options.quorum, options.timeout);
+                let mut aggregate = aggregate?;
+                if let Some(blender) = &self.blender {
+                    let complete = members
+                        .iter()
+                        .all(|m| matches!(m.status, MemberStatus::Finished));
+                    stacked = Some(complete);
+                    if complete {
+                        aggregate = blender.finish(sums, rows, self.output_width)?;
+                    }
+                }
                 let aggregate =
-                    DeviceTensor::new(shape, Some(aggregate?), Vec::new(), self.operation_timeout);
+                    DeviceTensor::new(shape, Some(aggregate), Vec::new(), self.operation_timeout);
                 (aggregate, members)
             }
         };
@@ -394,7 +431,7 @@ impl Session {
             aggregate,
             members,
             elapsed: started.elapsed(),
-            stacked: None,
+            stacked,
             uncertainty,
         })
     }

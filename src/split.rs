@@ -493,7 +493,7 @@ fn rows_of(layer: &Dense, rows: Range<usize>, activation: Activation) -> Result<
 
 /// The layer restricted to its inputs `cols`, linear and without bias: a partial sum
 /// of its outputs before the bias.
-fn inputs_of(layer: &Dense, cols: Range<usize>) -> Result<Dense> {
+pub(crate) fn inputs_of(layer: &Dense, cols: Range<usize>) -> Result<Dense> {
     let (out, inp) = (layer.out_features(), layer.in_features());
     let src = layer.weight().as_slice();
     let mut w = Vec::with_capacity(out * cols.len());

@@ -1,7 +1,11 @@
 //! What an ensemble knows that one network does not: how much its members disagree.
 //! [`Uncertainty`] holds the measures of the uncertainty literature (and of its
-//! libraries, torch-uncertainty and Fortuna) over the members that answered a run;
-//! `measure` computes them from the members' outputs, in f64.
+//! libraries, torch-uncertainty and Fortuna) over the members that answered a run.
+//! Each executor reduces its members' outputs to a [`Moments`] group where they are
+//! (moments.wgsl on a GPU, [`Moments::of`] on the host); the aggregate node merges
+//! the groups and finishes the measures in f64 ([`finish`]).
+
+use rayon::prelude::*;
 
 use crate::tensor::{argmax, Tensor};
 
@@ -96,41 +100,50 @@ impl Moments {
         let width = moments_width(cols);
         let total: f64 = members.iter().map(|(_, w)| f64::from(*w)).sum();
         let mut values = vec![0.0f32; rows * width];
-        let mut mean = vec![0.0f64; cols];
-        let mut spread = vec![0.0f64; cols];
-        let mut votes = vec![0.0f64; cols];
-        for (r, out) in values.chunks_exact_mut(width).enumerate() {
-            let span = r * cols..(r + 1) * cols;
-            mean.iter_mut().for_each(|m| *m = 0.0);
-            spread.iter_mut().for_each(|v| *v = 0.0);
-            votes.iter_mut().for_each(|v| *v = 0.0);
-            let mut expected = 0.0;
-            for (y, w) in members {
-                let (w, p) = (f64::from(*w), &y[span.clone()]);
-                for (m, &v) in mean.iter_mut().zip(p) {
-                    *m += w * f64::from(v);
+        // Blocks of rows on rayon's threads (a logarithm per member and class is the
+        // cost): each block's rows in order, with its own scratch.
+        const BLOCK: usize = 64;
+        values
+            .par_chunks_mut(BLOCK * width)
+            .enumerate()
+            .for_each(|(block, out)| {
+                let mut mean = vec![0.0f64; cols];
+                let mut spread = vec![0.0f64; cols];
+                let mut votes = vec![0.0f64; cols];
+                for (i, out) in out.chunks_exact_mut(width).enumerate() {
+                    let r = block * BLOCK + i;
+                    let span = r * cols..(r + 1) * cols;
+                    mean.iter_mut().for_each(|m| *m = 0.0);
+                    spread.iter_mut().for_each(|v| *v = 0.0);
+                    votes.iter_mut().for_each(|v| *v = 0.0);
+                    let mut expected = 0.0;
+                    for (y, w) in members {
+                        let (w, p) = (f64::from(*w), &y[span.clone()]);
+                        for (m, &v) in mean.iter_mut().zip(p) {
+                            *m += w * f64::from(v);
+                        }
+                        expected += w * entropy(p.iter().map(|&v| f64::from(v)));
+                        votes[argmax(p)] += w;
+                    }
+                    mean.iter_mut().for_each(|m| *m /= total);
+                    for (y, w) in members {
+                        let w = f64::from(*w);
+                        for ((s, &v), m) in spread.iter_mut().zip(&y[span.clone()]).zip(&mean) {
+                            let d = f64::from(v) - m;
+                            *s += w * d * d;
+                        }
+                    }
+                    let (means, rest) = out.split_at_mut(cols);
+                    let (variances, rest) = rest.split_at_mut(cols);
+                    let (shares, last) = rest.split_at_mut(cols);
+                    for c in 0..cols {
+                        means[c] = mean[c] as f32;
+                        variances[c] = (spread[c] / total) as f32;
+                        shares[c] = (votes[c] / total) as f32;
+                    }
+                    last[0] = (expected / total) as f32;
                 }
-                expected += w * entropy(p.iter().map(|&v| f64::from(v)));
-                votes[argmax(p)] += w;
-            }
-            mean.iter_mut().for_each(|m| *m /= total);
-            for (y, w) in members {
-                let w = f64::from(*w);
-                for ((s, &v), m) in spread.iter_mut().zip(&y[span.clone()]).zip(&mean) {
-                    let d = f64::from(v) - m;
-                    *s += w * d * d;
-                }
-            }
-            let (means, rest) = out.split_at_mut(cols);
-            let (variances, rest) = rest.split_at_mut(cols);
-            let (shares, last) = rest.split_at_mut(cols);
-            for c in 0..cols {
-                means[c] = mean[c] as f32;
-                variances[c] = (spread[c] / total) as f32;
-                shares[c] = (votes[c] / total) as f32;
-            }
-            last[0] = (expected / total) as f32;
-        }
+            });
         Moments {
             weight: total,
             values,

@@ -1,4 +1,5 @@
-// The uniform of aggregate.wgsl, softmax_aggregate.wgsl and moments.wgsl (the Rust side is
+// The uniform of aggregate.wgsl, softmax_aggregate.wgsl, moments.wgsl and blend.wgsl (the
+// Rust side is
 // AggregateParams in src/gpu/).
 struct AggregateParams {
     rows: u32,
@@ -8,7 +9,8 @@ struct AggregateParams {
     present: u32,
     // Member z's rows start z * y_stride values into y.
     y_stride: u32,
-    _pad0: u32,
+    // blend.wgsl: the blender's first-layer outputs (0 without a blender).
+    hidden: u32,
     _pad1: u32,
     _pad2: u32,
     // Member z's weight is weights[z / 4][z % 4].

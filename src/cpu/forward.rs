@@ -119,7 +119,7 @@ pub(crate) fn round_f16(v: f32) -> f32 {
 /// `act(x · Wᵀ + b)` for one layer. `parts` is how many threads the GEMM paths may
 /// use: the session runs a device's members side by side, so each member's layer
 /// gets its share of the threads rather than all of them.
-fn dense(layer: &Dense, x: &[f32], rows: usize, parts: usize) -> Vec<f32> {
+pub(crate) fn dense(layer: &Dense, x: &[f32], rows: usize, parts: usize) -> Vec<f32> {
     let (k, n) = (layer.in_features(), layer.out_features());
     let mut y = Vec::with_capacity(rows * n);
     for _ in 0..rows {

@@ -10,12 +10,13 @@ use std::time::Instant;
 pub(crate) mod forward;
 pub(crate) mod packed;
 
-use forward::{round_f16, threads, Layers};
+use forward::{dense, round_f16, threads, Layers};
 use rayon::prelude::*;
 
 use crate::aggregate::{accumulate, Mode};
 use crate::error::Result;
 use crate::exec::{DeviceOutput, Executor, Loss, MemberSpec, Wants};
+use crate::model::Dense;
 use crate::precision::Precision;
 use crate::tensor::Tensor;
 use crate::uncertainty::Moments;
@@ -24,6 +25,8 @@ struct CpuMember {
     index: usize,
     weight: f32,
     layers: Layers,
+    /// Its share of a stack's blender (see `MemberSpec::blend`).
+    blend: Option<Arc<Dense>>,
 }
 
 /// Runs the members placed on the host CPU.
@@ -51,6 +54,7 @@ impl CpuExecutor {
                 .map(|s| CpuMember {
                     index: s.index,
                     weight: s.weight,
+                    blend: s.blend.clone(),
                     layers: Layers::new(if f16 {
                         Arc::new(s.model.map_weights(round_f16))
                     } else {
@@ -103,6 +107,18 @@ impl Executor for CpuExecutor {
         } else {
             Vec::new()
         };
+        // A stack's blender's first layer, summed over the members in their order.
+        let mut blend: Vec<f32> = Vec::new();
+        for (m, y) in active.iter().zip(&outputs) {
+            if let Some(block) = &m.blend {
+                let z = dense(block, y, rows, threads());
+                if blend.is_empty() {
+                    blend = z;
+                } else {
+                    blend.iter_mut().zip(&z).for_each(|(a, v)| *a += v);
+                }
+            }
+        }
         for (m, mut y) in active.into_iter().zip(outputs) {
             present.push(m.index);
             match &mut partial {
@@ -126,6 +142,7 @@ impl Executor for CpuExecutor {
         Ok(DeviceOutput {
             partial: partial.unwrap_or_else(|| vec![0.0; rows * self.output_width]),
             members,
+            blend,
             moments,
             present,
             failed: Vec::new(),

@@ -149,6 +149,10 @@ impl DeviceState {
         } else {
             Vec::new()
         };
+        // A stacking blender's first layer, summed over the stacks, read back chunk by
+        // chunk.
+        let hidden = self.blend.as_ref().map_or(0, |(_, h)| *h);
+        let mut blend = vec![0.0f32; rows * hidden];
         let mut device_time = self.timer.as_ref().map(|_| Duration::ZERO);
         let mut start = 0;
         while start < rows {
@@ -168,7 +172,7 @@ impl DeviceState {
                 n,
                 (&present, scale),
                 sink,
-                (&mut member_outputs, &mut moments),
+                (&mut member_outputs, &mut moments, &mut blend),
                 start,
             );
             match result {
@@ -201,6 +205,7 @@ impl DeviceState {
         let output = DeviceOutput {
             partial,
             members: member_outputs,
+            blend,
             moments,
             present: included,
             failed: Vec::new(),
@@ -244,6 +249,16 @@ impl DeviceState {
             size: bytes_of(capacity * self.output_width).next_multiple_of(16) + stamps,
             usage: staging,
             mapped_at_creation: false,
+        });
+        let blend = self.blend.as_ref().map(|(_, hidden)| {
+            (
+                buffer(
+                    "blender sums",
+                    capacity * hidden,
+                    storage | wgpu::BufferUsages::COPY_DST,
+                ),
+                buffer("blender sums staging", capacity * hidden, staging),
+            )
         });
         let bind = |layout: &wgpu::BindGroupLayout, buffers: &[&wgpu::Buffer]| {
             crate::gpu::bind_buffers(device, layout, buffers)
@@ -290,6 +305,13 @@ impl DeviceState {
                     &self.kernels.aggregate_layout
                 };
                 let aggregate_group = bind(layout, &[last, &acc, &s.aggregate_params]);
+                let blend_group = match (&blend, &s.blend) {
+                    (Some((sums, _)), Some(weights)) => Some(bind(
+                        &self.kernels.blend_layout,
+                        &[last, sums, &s.aggregate_params, weights],
+                    )),
+                    _ => None,
+                };
                 StackRows {
                     staging: (0..n)
                         .map(|_| buffer("member staging", capacity * self.output_width, staging))
@@ -299,6 +321,7 @@ impl DeviceState {
                     dense_groups,
                     softmax_groups,
                     aggregate_group,
+                    blend_group,
                     moments: None,
                 }
             })
@@ -308,6 +331,7 @@ impl DeviceState {
             input,
             acc,
             staging_acc,
+            blend,
             stacks,
         });
     }
@@ -400,7 +424,8 @@ impl DeviceState {
                 members: s.members.len() as u32,
                 present: mask,
                 y_stride: sr.y_strides[sr.y_strides.len() - 1],
-                _pad: [0; 3],
+                hidden: self.blend.as_ref().map_or(0, |(_, h)| *h as u32),
+                _pad: [0; 2],
                 weights,
             };
             queue.write_buffer(&s.aggregate_params, 0, bytemuck::bytes_of(&p));
@@ -421,7 +446,7 @@ impl DeviceState {
         rows: usize,
         (present, scale): (&[u32], f32),
         sink: Sink<'_>,
-        (member_outputs, moments): (&mut [Labelled], &mut [Labelled]),
+        (member_outputs, moments, blend): (&mut [Labelled], &mut [Labelled], &mut [f32]),
         first: usize,
     ) -> Result<Option<Duration>> {
         let offset = first * self.output_width;
@@ -498,6 +523,17 @@ impl DeviceState {
                 staging.push((&sr.staging[z], bytes));
             }
         }
+        // Then a blender's sums.
+        let hidden = self.blend.as_ref().map_or(0, |(_, h)| *h);
+        let blend_bytes = bytes_of(rows * hidden);
+        let blend_staging = match &rb.blend {
+            Some((sums, staging_sums)) if hidden > 0 => {
+                encoder.copy_buffer_to_buffer(sums, 0, staging_sums, 0, blend_bytes);
+                staging.push((staging_sums, blend_bytes));
+                Some(staging_sums)
+            }
+            _ => None,
+        };
         // Then the statistics of the stacks in `moments`, in its order.
         let width = moments_width(self.output_width);
         let moment_bytes = bytes_of(rows * width);
@@ -539,6 +575,16 @@ impl DeviceState {
         let members = staging[usize::from(read_acc)..].iter();
         for (&(buf, _), (_, dst)) in members.zip(member_outputs.iter_mut()) {
             read(buf, bytes, Some(&mut dst[offset..offset + len]))?;
+        }
+        if let Some(buf) = blend_staging {
+            let at = first * hidden;
+            read_mapped(buf, blend_bytes, |view| {
+                copy_f32(
+                    &mut blend[at..at + rows * hidden],
+                    &view[..blend_bytes as usize],
+                );
+            })
+            .map_err(|e| self.gpu_error(&e))?;
         }
         let at = first * width;
         for (buf, (_, dst)) in moment_buffers.into_iter().zip(moments.iter_mut()) {
@@ -590,6 +636,10 @@ impl DeviceState {
     ) {
         // Every member adds its contribution to the partial sum.
         encoder.clear_buffer(&rb.acc, 0, Some(bytes_of(rows * self.output_width)));
+        // And to a blender's sums.
+        if let (Some((sums, _)), Some((_, hidden))) = (&rb.blend, &self.blend) {
+            encoder.clear_buffer(sums, 0, Some(bytes_of(rows * hidden)));
+        }
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("members"),
             timestamp_writes: self.timer.as_ref().map(PassTimer::writes),
@@ -633,6 +683,11 @@ impl DeviceState {
             // After the aggregate, which leaves a fused softmax's values in place.
             if let (Some(pipeline), Some(m)) = (moments, &sr.moments) {
                 pass.set_bind_group(0, &m.group, &[]);
+                pass.set_pipeline(pipeline);
+                pass.dispatch_workgroups(n_rows, 1, 1);
+            }
+            if let (Some((pipeline, _)), Some(group)) = (&self.blend, &sr.blend_group) {
+                pass.set_bind_group(0, group, &[]);
                 pass.set_pipeline(pipeline);
                 pass.dispatch_workgroups(n_rows, 1, 1);
             }

@@ -39,6 +39,8 @@ enum Layout {
     Aggregate,
     /// y, acc (read-write), params.
     SoftmaxAggregate,
+    /// y (read), z (read-write), params, the blender's weights (read).
+    Blend,
 }
 
 /// One kernel: the file under `shaders/` that holds its body (followed by `(f16)` for
@@ -202,6 +204,13 @@ kernel!(
     "A last-layer softmax fused with the member's contribution (`MODE`)."
 );
 kernel!(
+    BLEND,
+    "blend.wgsl",
+    wgsl!("", "lib/aggregate_params.wgsl", "blend.wgsl"),
+    Blend,
+    "A stack's share of a stacking blender's first layer."
+);
+kernel!(
     MOMENTS,
     "moments.wgsl",
     wgsl!("", "lib/aggregate_params.wgsl", "moments.wgsl"),
@@ -228,6 +237,7 @@ pub(crate) struct Kernels {
     pub(crate) softmax_layout: wgpu::BindGroupLayout,
     pub(crate) aggregate_layout: wgpu::BindGroupLayout,
     pub(crate) softmax_aggregate_layout: wgpu::BindGroupLayout,
+    pub(crate) blend_layout: wgpu::BindGroupLayout,
     pipelines: HashMap<PipelineKey, wgpu::ComputePipeline>,
 }
 
@@ -286,6 +296,15 @@ impl Kernels {
                 "softmax_aggregate",
                 &[storage(0, false), storage(1, false), uniform(2)],
             ),
+            blend_layout: layout(
+                "blend",
+                &[
+                    storage(0, true),
+                    storage(1, false),
+                    uniform(2),
+                    storage(3, true),
+                ],
+            ),
             pipelines: HashMap::new(),
         }
     }
@@ -296,6 +315,7 @@ impl Kernels {
             Layout::Softmax => &self.softmax_layout,
             Layout::Aggregate => &self.aggregate_layout,
             Layout::SoftmaxAggregate => &self.softmax_aggregate_layout,
+            Layout::Blend => &self.blend_layout,
         }
     }
 
@@ -415,7 +435,7 @@ mod tests {
     use super::*;
 
     /// Every kernel as the crate compiles it, the 8×8×8 coop variant included.
-    fn all() -> [Kernel; 12] {
+    fn all() -> [Kernel; 13] {
         [
             DENSE,
             DENSE_VEC4,
@@ -429,6 +449,7 @@ mod tests {
             AGGREGATE,
             SOFTMAX_AGGREGATE,
             MOMENTS,
+            BLEND,
         ]
     }
 
@@ -499,6 +520,7 @@ mod tests {
         }
         sets.push((SOFTMAX, Vec::new()));
         sets.push((MOMENTS, Vec::new()));
+        sets.push((BLEND, Vec::new()));
         for kernel in [AGGREGATE, SOFTMAX_AGGREGATE] {
             sets.extend((0..=1).map(|mode| (kernel, vec![("MODE", mode)])));
         }

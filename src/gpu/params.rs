@@ -38,7 +38,8 @@ impl DenseParams {
     }
 }
 
-/// `AggregateParams` of aggregate.wgsl and softmax_aggregate.wgsl
+/// `AggregateParams` of aggregate.wgsl, softmax_aggregate.wgsl, moments.wgsl and
+/// blend.wgsl
 /// (`shaders/lib/aggregate_params.wgsl`).
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -49,6 +50,8 @@ pub(crate) struct AggregateParams {
     /// Bit z set: member z of the stack takes part in this run.
     pub(crate) present: u32,
     pub(crate) y_stride: u32,
-    pub(crate) _pad: [u32; 3],
+    /// blend.wgsl: the blender's first-layer outputs (0 without a blender).
+    pub(crate) hidden: u32,
+    pub(crate) _pad: [u32; 2],
     pub(crate) weights: [f32; MAX_STACK],
 }

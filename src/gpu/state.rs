@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::context::GpuContext;
 use super::coop::{check_precision, CoopTile};
 use super::kernels::{
-    dense_coop, Kernels, AGGREGATE, DENSE_SMALL, DENSE_SMALL_F16, SMALL_ROWS, SOFTMAX,
+    dense_coop, Kernels, AGGREGATE, BLEND, DENSE_SMALL, DENSE_SMALL_F16, SMALL_ROWS, SOFTMAX,
     SOFTMAX_AGGREGATE,
 };
 use super::params::{AggregateParams, DenseParams};
@@ -18,7 +18,7 @@ use super::tune::{tiled_kernel, Tuner};
 use crate::aggregate::Mode;
 use crate::error::{Error, Result};
 use crate::exec::MemberSpec;
-use crate::model::{Activation, Model};
+use crate::model::{Activation, Dense, Model};
 use crate::options::SessionOptions;
 use crate::placement::is_llvmpipe;
 use crate::precision::Precision;
@@ -61,6 +61,9 @@ pub(crate) struct GpuStack {
     /// The last layer ends in softmax: its softmax is fused with the aggregate.
     pub(crate) fused_softmax: bool,
     pub(crate) aggregate_params: wgpu::Buffer,
+    /// With a stacking blender: each member's share of its first layer
+    /// (`MemberSpec::blend`, `[hidden, output_width]`), member after member.
+    pub(crate) blend: Option<wgpu::Buffer>,
 }
 
 // Every count and stride cast to u32 in this backend is a number of values in one
@@ -73,6 +76,9 @@ pub(crate) struct RowBuffers {
     pub(crate) input: wgpu::Buffer,
     pub(crate) acc: wgpu::Buffer,
     pub(crate) staging_acc: wgpu::Buffer,
+    /// With a stacking blender: the sum of the stacks' shares of its first layer,
+    /// `[capacity, hidden]`, and its staging buffer.
+    pub(crate) blend: Option<(wgpu::Buffer, wgpu::Buffer)>,
     pub(crate) stacks: Vec<StackRows>,
 }
 
@@ -83,6 +89,8 @@ pub(crate) struct StackRows {
     pub(crate) dense_groups: Vec<wgpu::BindGroup>,
     pub(crate) softmax_groups: Vec<Option<wgpu::BindGroup>>,
     pub(crate) aggregate_group: wgpu::BindGroup,
+    /// blend.wgsl's bind group, with a stacking blender.
+    pub(crate) blend_group: Option<wgpu::BindGroup>,
     /// One per member, for its own output when asked.
     pub(crate) staging: Vec<wgpu::Buffer>,
     /// The stack's uncertainty statistics, made by the first run that asks for them.
@@ -112,6 +120,9 @@ pub(crate) struct DeviceState {
     pub(crate) softmax_aggregate: wgpu::ComputePipeline,
     /// moments.wgsl's pipeline, created by the first run that asks for the statistics.
     pub(crate) moments: Option<wgpu::ComputePipeline>,
+    /// With a stacking blender: blend.wgsl's pipeline and the blender's first-layer
+    /// outputs.
+    pub(crate) blend: Option<(wgpu::ComputePipeline, usize)>,
     pub(crate) stacks: Vec<GpuStack>,
     pub(crate) input_width: usize,
     pub(crate) output_width: usize,
@@ -163,8 +174,14 @@ impl DeviceState {
         let weight_bytes = if precision.is_f16() { 2 } else { 4 };
         // A row of the uncertainty statistics is the widest row when the outputs are
         // wider than every layer's.
+        let hidden = shapes
+            .members
+            .iter()
+            .find_map(|m| m.blend.as_ref())
+            .map(|b| b.out_features());
         let widest = check_member_buffers(&ctx, shapes, weight_bytes, max_bytes)?
-            .max(moments_width(shapes.output_width));
+            .max(moments_width(shapes.output_width))
+            .max(hidden.unwrap_or(0));
         let (llvmpipe, longest) = check_llvmpipe(&ctx, shapes.members)?;
         // 16 bytes of room for the rounding of buffer sizes (see `encode.rs`), and the
         // timestamps after the aggregate in its staging buffer.
@@ -199,6 +216,10 @@ impl DeviceState {
         let aggregate = kernels.pipeline(&ctx.device, AGGREGATE, &[("MODE", mode)])?;
         let softmax_aggregate =
             kernels.pipeline(&ctx.device, SOFTMAX_AGGREGATE, &[("MODE", mode)])?;
+        let blend = match hidden {
+            Some(hidden) => Some((kernels.pipeline(&ctx.device, BLEND, &[])?, hidden)),
+            None => None,
+        };
         let mut chunk_rows = unstacked_rows;
         let mut stacks = Vec::with_capacity(plan.len());
         {
@@ -231,6 +252,7 @@ impl DeviceState {
             aggregate,
             softmax_aggregate,
             moments: None,
+            blend,
             stacks,
             input_width: shapes.input_width,
             output_width: shapes.output_width,
@@ -369,7 +391,9 @@ impl Uploader<'_> {
             gpu_layer.softmax = layer.activation() == Activation::Softmax && l + 1 < count;
             layers.push(gpu_layer);
         }
+        let blend = self.blend(specs)?;
         let stack = GpuStack {
+            blend,
             members: specs.iter().map(|s| (s.index, s.weight)).collect(),
             layers,
             fused_softmax: model.layers()[count - 1].activation() == Activation::Softmax,
@@ -379,6 +403,41 @@ impl Uploader<'_> {
             ),
         };
         Ok((stack, rows))
+    }
+
+    /// The members' shares of a stacking blender's first layer in one buffer, member
+    /// after member (`None` without a blender).
+    fn blend(&self, specs: &[&MemberSpec]) -> Result<Option<wgpu::Buffer>> {
+        let blocks: Option<Vec<&Dense>> = specs.iter().map(|s| s.blend.as_deref()).collect();
+        let Some(blocks) = blocks else {
+            return Ok(None);
+        };
+        let values = blocks.first().map_or(0, |b| b.weight().len());
+        let bytes = bytes_of(values * blocks.len());
+        if bytes > self.max_bytes {
+            return Err(too_large(
+                self.ctx,
+                format!(
+                    "the blender's first-layer columns for the stack of member '{}'",
+                    specs[0].name
+                ),
+                bytes,
+                self.max_bytes,
+            ));
+        }
+        stacked_buffer(
+            &self.ctx.device,
+            "blender",
+            bytes.next_multiple_of(16),
+            blocks.iter().enumerate().map(|(z, b)| {
+                (
+                    bytes_of(z * values),
+                    Cow::Borrowed(bytemuck::cast_slice(b.weight().as_slice())),
+                )
+            }),
+        )
+        .map(Some)
+        .map_err(|e| gpu_error(self.ctx, &e))
     }
 
     /// Layer `l` of the stack of `specs`: its tile (fixed, default or tuned), its

@@ -27,6 +27,9 @@ pub(crate) struct Combiner<'a> {
     outputs: Vec<Option<Tensor>>,
     /// The uncertainty statistics of the members that finished, when asked for.
     moments: Vec<Moments>,
+    /// A stacking blender's first layer summed over the members that finished
+    /// (`[rows, hidden]`; empty without a blender).
+    blend: Vec<f32>,
 }
 
 impl<'a> Combiner<'a> {
@@ -50,6 +53,7 @@ impl<'a> Combiner<'a> {
             device_time: vec![None; names.len()],
             outputs: vec![None; names.len()],
             moments: Vec::new(),
+            blend: Vec::new(),
         }
     }
 
@@ -73,6 +77,13 @@ impl<'a> Combiner<'a> {
                     self.device_time[m] = out.device_time;
                 }
                 self.moments.extend(out.moments);
+                if self.blend.is_empty() {
+                    self.blend = out.blend;
+                } else {
+                    for (a, z) in self.blend.iter_mut().zip(&out.blend) {
+                        *a += z;
+                    }
+                }
                 for (m, y) in out.members {
                     self.outputs[m] = Tensor::matrix(self.rows, self.cols, y).ok();
                 }
@@ -94,6 +105,12 @@ impl<'a> Combiner<'a> {
     /// member of positive weight finished).
     pub(crate) fn uncertainty(&self) -> Option<Uncertainty> {
         (!self.moments.is_empty()).then(|| finish(&self.moments, self.rows, self.cols))
+    }
+
+    /// A stacking blender's first layer summed over the members that finished, before
+    /// its bias (empty without a blender).
+    pub(crate) fn take_blend(&mut self) -> Vec<f32> {
+        std::mem::take(&mut self.blend)
     }
 
     /// Marks `members` failed with `error` (their worker is gone).

@@ -10,11 +10,11 @@ use crate::error::{Error, Result};
 use crate::exec::{Executor, MemberSpec};
 use crate::gpu::{DevicePool, GpuContext, GpuExecutor, Tuner, LLVMPIPE_SMALL_INPUTS};
 use crate::graph::Graph;
-use crate::model::Model;
+use crate::model::{Dense, Model};
 use crate::options::SessionOptions;
 use crate::placement::{is_llvmpipe, ExecutionDevice, Placement};
 use crate::runtime::split::{ColumnJoin, PartWorker, Plan, SplitExecutor};
-use crate::split::{column_models, stage_models, SplitKind};
+use crate::split::{column_models, inputs_of, stage_models, SplitKind};
 
 /// One compiled device (or member, for a pipeline with a worker per member): where it
 /// runs, which graph members it holds, and its executor.
@@ -78,6 +78,7 @@ pub(crate) fn compile(
     }
 
     let mode = graph.aggregate.mode();
+    let blend = blend_blocks(graph)?;
     let tuner = Tuner::new(options)?;
     let mut compiled = Vec::with_capacity(groups.len());
     for (_, ctx, members) in groups {
@@ -88,6 +89,7 @@ pub(crate) fn compile(
                 name: graph.members[i].name.clone(),
                 model: Arc::clone(&graph.members[i].model),
                 weight: graph.weights[i],
+                blend: blend[i].clone(),
                 first_layer: 0,
             })
             .collect();
@@ -105,11 +107,33 @@ pub(crate) fn compile(
         });
     }
     for (index, contexts) in splits {
-        compiled.push(split_executor(graph, index, contexts, options, &tuner)?);
+        let blend = blend[index].clone();
+        compiled.push(split_executor(
+            graph,
+            (index, blend),
+            contexts,
+            options,
+            &tuner,
+        )?);
     }
     // The workers in the members' order (a split member's worker was built last).
     compiled.sort_by_key(|c| c.members.first().copied().unwrap_or(usize::MAX));
     Ok(compiled)
+}
+
+/// Each member's share of an [`Aggregate::Stack`](crate::Aggregate::Stack)'s blender:
+/// the columns of its first layer that the member's output meets (member `i`'s
+/// `i × output_width` onwards), linear, without the bias (the aggregate node adds it);
+/// `None` for every member without a blender.
+fn blend_blocks(graph: &Graph) -> Result<Vec<Option<Arc<Dense>>>> {
+    let n = graph.members.len();
+    let Some(first) = graph.aggregate.blender().and_then(|b| b.layers().first()) else {
+        return Ok(vec![None; n]);
+    };
+    let width = graph.output_width;
+    (0..n)
+        .map(|i| inputs_of(first, i * width..(i + 1) * width).map(|d| Some(Arc::new(d))))
+        .collect()
 }
 
 /// An executor of `specs` on `ctx`'s device, or on the host CPU without one.
@@ -143,12 +167,13 @@ fn executor(
     })
 }
 
-/// The executor of member `index`, split across the devices of `contexts` (one per
-/// part, `None` for the CPU): an executor per stage, or per column step and part,
-/// each holding one sub-model as a member of weight 1 under a mean.
+/// The executor of member `index` (with its share of a blender), split across the
+/// devices of `contexts` (one per part, `None` for the CPU): an executor per stage, or
+/// per column step and part, each holding one sub-model as a member of weight 1 under
+/// a mean.
 fn split_executor(
     graph: &Graph,
-    index: usize,
+    (index, blend): (usize, Option<Arc<Dense>>),
     contexts: Vec<Option<GpuContext>>,
     options: &SessionOptions,
     tuner: &Tuner,
@@ -165,6 +190,7 @@ fn split_executor(
         name: member.name.clone(),
         model: Arc::new(model),
         weight: 1.0,
+        blend: None,
         first_layer,
     };
     let mut devices = vec![ExecutionDevice::Cpu; contexts.len()];
@@ -234,6 +260,7 @@ fn split_executor(
             weight: graph.weights[index],
             mode: graph.aggregate.mode(),
             output_width: graph.output_width,
+            blend,
             plan,
             parts,
         }),

@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender};
@@ -20,9 +21,10 @@ use crossbeam_channel::{Receiver, Select, Sender};
 use super::job::panic_message;
 use super::thread::WorkerThread;
 use crate::aggregate::{accumulate, Mode};
-use crate::cpu::forward::activate;
+use crate::cpu::forward::{activate, dense, threads};
 use crate::error::{Error, Result};
 use crate::exec::{DeviceOutput, Executor, Loss, Wants};
+use crate::model::Dense;
 use crate::split::{ranges, Join};
 use crate::tensor::Tensor;
 use crate::uncertainty::Moments;
@@ -174,6 +176,8 @@ pub(crate) struct SplitExecutor {
     pub(crate) weight: f32,
     pub(crate) mode: Mode,
     pub(crate) output_width: usize,
+    /// The member's share of a stack's blender (see `MemberSpec::blend`).
+    pub(crate) blend: Option<Arc<Dense>>,
     pub(crate) plan: Plan,
     pub(crate) parts: Vec<PartWorker>,
 }
@@ -195,6 +199,7 @@ impl Executor for SplitExecutor {
         let mut out = DeviceOutput {
             partial: vec![0.0; rows * self.output_width],
             members: Vec::new(),
+            blend: Vec::new(),
             moments: Vec::new(),
             present: Vec::new(),
             failed: Vec::new(),
@@ -211,6 +216,9 @@ impl Executor for SplitExecutor {
                 self.mode,
             );
             out.present.push(self.index);
+            if let Some(block) = &self.blend {
+                out.blend = dense(block, &y, rows, threads());
+            }
             if wants.moments && self.weight > 0.0 {
                 out.moments
                     .push(Moments::of(&[(&y, self.weight)], rows, self.output_width));

@@ -115,6 +115,69 @@ placement_tests!(stack_matches_the_reference;
     stack_matches_the_reference_vulkan: Vulkan,
     stack_matches_the_reference_gl: Gl);
 
+/// Each device applies its members' columns of the blender's first layer where their
+/// outputs are and the aggregate node adds the devices' sums: the answer is the
+/// reference's with two members of one shape (one GPU stack), a member on the host, a
+/// member split by layers across the host and `place`, in chunks (a small
+/// `max_buffer_bytes`) and not, both blenders.
+fn a_stack_across_devices_and_chunks(place: Placement, label: &str) {
+    let models = [
+        Model::random(&[IN, 10, CLASSES], &[Relu, Softmax], 61).unwrap(),
+        Model::random(&[IN, 10, CLASSES], &[Relu, Softmax], 62).unwrap(),
+        Model::random(&[IN, 7, CLASSES], &[Tanh, Softmax], 63).unwrap(),
+        Model::random(&[IN, 9, CLASSES], &[Gelu, Softmax], 64).unwrap(),
+    ];
+    let blenders = [
+        Model::random(&[4 * CLASSES, CLASSES], &[Softmax], 65).unwrap(),
+        Model::random(&[4 * CLASSES, 70, CLASSES], &[Tanh, Softmax], 66).unwrap(),
+    ];
+    let x = input(13, IN, 9);
+    let outs: Vec<Vec<f64>> = models.iter().map(|m| reference_forward(m, &x)).collect();
+    for (b, blender) in blenders.into_iter().enumerate() {
+        let mut stacked = Vec::new();
+        for r in 0..13 {
+            for y in &outs {
+                stacked.extend_from_slice(&y[r * CLASSES..(r + 1) * CLASSES]);
+            }
+        }
+        let want = reference_forward64(&blender, &stacked, 13);
+        let mut g = Graph::builder(IN).aggregate(Aggregate::Stack {
+            blender: Arc::new(blender),
+        });
+        for (i, m) in models.iter().enumerate() {
+            let name = format!("m{i}");
+            g = match i {
+                2 => g.member(name, m.clone(), Placement::Cpu),
+                3 => g.split_member(
+                    name,
+                    m.clone(),
+                    wgpu_ensemble::Split::layers(vec![Placement::Cpu, place.clone()]),
+                ),
+                _ => g.member(name, m.clone(), place.clone()),
+            };
+        }
+        let graph = g.build().unwrap();
+        // 2.5 KiB: chunks of 9 rows on a GPU (a row of the blender's 70 sums is the widest).
+        for options in [
+            SessionOptions::default(),
+            SessionOptions::default().max_buffer_bytes(2560),
+        ] {
+            let what = format!("{label}: blender {b} {options:?}");
+            let session = Session::with_options(graph.clone(), options)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let out = session.run(&x, &RunOptions::default()).unwrap();
+            assert_eq!(out.stacked, Some(true), "{what}");
+            assert!(out.members.iter().all(|m| m.output.is_none()), "{what}");
+            assert_close_tol(&what, out.aggregate.as_slice(), &want, ABS, REL);
+        }
+    }
+}
+
+placement_tests!(a_stack_across_devices_and_chunks;
+    a_stack_across_devices_and_chunks_cpu: Cpu,
+    a_stack_across_devices_and_chunks_vulkan: Vulkan,
+    a_stack_across_devices_and_chunks_gl: Gl);
+
 /// A member failing under a quorum: the blender cannot be applied, the aggregate is
 /// the equal-weight mean of the two present and `stacked` is `Some(false)`; the next
 /// run, complete, is stacked again; without a quorum the failure is the run's error.

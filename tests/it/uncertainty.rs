@@ -13,8 +13,9 @@ use common::{
 };
 use wgpu_ensemble::io::{read_matrix, Manifest};
 use wgpu_ensemble::{
-    Activation::*, Aggregate, Fault, FaultPlan, Graph, Model, Pipeline, PipelineOptions, Placement,
-    QuorumPolicy, RunOptions, RunOutput, Session, SessionOptions, Split, Tensor, Uncertainty,
+    Activation::*, AdapterInfo, Aggregate, Fault, FaultPlan, Graph, Model, Pipeline,
+    PipelineOptions, Placement, QuorumPolicy, RunOptions, RunOutput, Session, SessionOptions,
+    Split, Tensor, Uncertainty,
 };
 
 /// Tolerances of the measures: each sums `classes` terms of the members' f32 outputs.
@@ -381,8 +382,7 @@ placement_tests!(digits_measures;
 /// `predict --uncertainty-output U --variance-output V` on the golden members: U is
 /// `[rows, 4]`, V `[rows, classes]`, against the reference over the golden member
 /// outputs (the weighted mean's weights).
-#[test]
-fn predict_writes_the_uncertainty_of_the_golden_members() {
+fn predict_writes_the_uncertainty_of_the_golden_members(device: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (y, u, v) = (
         dir.path().join("y.npy"),
@@ -403,9 +403,9 @@ fn predict_writes_the_uncertainty_of_the_golden_members() {
         "--variance-output",
         v.to_str().unwrap(),
         "--device",
-        "cpu",
+        device,
     ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{device}: {}", stderr(&out));
     let (shape, all) = read_f64(&golden("expected_members.npy"));
     let (k, rows, cols) = (shape[0], shape[1], shape[2]);
     let members: Vec<Vec<f64>> = all.chunks(rows * cols).map(<[f64]>::to_vec).collect();
@@ -418,7 +418,7 @@ fn predict_writes_the_uncertainty_of_the_golden_members() {
     let got_u: Tensor = read_matrix(&u).unwrap();
     assert_eq!(got_u.shape(), &[rows, 4]);
     assert_close_tol(
-        "--uncertainty-output",
+        &format!("{device}: --uncertainty-output"),
         got_u.as_slice(),
         &want.summary,
         ABS,
@@ -427,13 +427,26 @@ fn predict_writes_the_uncertainty_of_the_golden_members() {
     let got_v = read_matrix(&v).unwrap();
     assert_eq!(got_v.shape(), &[rows, cols]);
     assert_close_tol(
-        "--variance-output",
+        &format!("{device}: --variance-output"),
         got_v.as_slice(),
         &want.variance,
         ABS,
         REL,
     );
 }
+
+#[test]
+fn predict_writes_the_uncertainty_of_the_golden_members_cpu() {
+    predict_writes_the_uncertainty_of_the_golden_members("cpu");
+}
+
+fn predict_on_adapter(adapter: &AdapterInfo) {
+    predict_writes_the_uncertainty_of_the_golden_members(&format!("adapter:{}", adapter.index));
+}
+
+placement_tests!(adapters predict_on_adapter;
+    predict_writes_the_uncertainty_of_the_golden_members_vulkan: Vulkan,
+    predict_writes_the_uncertainty_of_the_golden_members_gl: Gl);
 
 /// `bench --uncertainty`: the plain mean and the run with every uncertainty output,
 /// both timed, the second's ratio to the first; gemm refused by name.
