@@ -669,6 +669,7 @@ impl Shared {
                     output: out.aggregate,
                     members,
                     uncertainty,
+                    stacked: out.stacked,
                 }));
             }
             return;
@@ -737,6 +738,7 @@ impl Shared {
             output,
             members,
             uncertainty,
+            stacked: out.stacked,
         })
     }
 

@@ -85,6 +85,11 @@ pub struct InferAnswer {
     /// The measures of the members' disagreement over this request's rows, when it
     /// asked for them ([`InferRequest::want_uncertainty`]); `None` otherwise.
     pub uncertainty: Option<Uncertainty>,
+    /// For a model whose aggregate is a stack: whether its blender made the answer
+    /// (`Some(false)`: members were missing under a quorum, and the answer is the mean
+    /// of those present), as [`RunOutput::stacked`](crate::RunOutput::stacked) says;
+    /// `None` for other aggregates.
+    pub stacked: Option<bool>,
 }
 
 impl InferAnswer {

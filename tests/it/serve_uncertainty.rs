@@ -8,10 +8,11 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use wgpu_ensemble::io::{read_matrix, Manifest};
+use wgpu_ensemble::io::{read_matrix, save_model, Manifest};
 use wgpu_ensemble::serve::BatchConfig;
 use wgpu_ensemble::{
-    Fault, FaultPlan, Placement, RunOptions, Session, SessionOptions, Tensor, Uncertainty,
+    Activation, Fault, FaultPlan, Model, Placement, QuorumPolicy, RunOptions, Session,
+    SessionOptions, Tensor, Uncertainty,
 };
 
 use crate::common::serve::{floats, get, post_bytes, post_json, Reply, TestServer};
@@ -485,4 +486,81 @@ fn kserve_requests_that_differ_in_the_measures_merge_and_get_what_they_asked_cpu
         33.0,
         "{text}"
     );
+}
+
+/// A stack served over KServe v2: a complete answer is the blender's, as
+/// `Session::run` gives it, with no parameters; with a member failed under a request's
+/// quorum the answer is the mean of the members present, and its parameters say
+/// `stacked: false` beside the missing member.
+#[test]
+fn kserve_a_stack_says_when_its_blender_was_not_applied_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::common::serve::add_version(dir.path(), "stack", 1, "mean.toml", "cpu");
+    let version = dir.path().join("stack").join("1");
+    let manifest = version.join("ensemble.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let classes = Manifest::load(golden("mean.toml"))
+        .unwrap()
+        .graph(Some(&Placement::Cpu))
+        .unwrap()
+        .output_width();
+    let blender = Model::random(&[5 * classes, classes], &[Activation::Softmax], 17).unwrap();
+    save_model(&blender, version.join("blender.safetensors")).unwrap();
+    // Rewritten in place before the server starts: it never sees the mean.
+    std::fs::write(
+        &manifest,
+        text.replace(
+            "kind = \"mean\"",
+            "kind = \"stack\"\nblender = \"blender.safetensors\"",
+        ),
+    )
+    .unwrap();
+    // The server's run 0 is its warm-up: run 1 answers the first request, run 2 the
+    // second, with a member failed; the local session's runs are 0 and 1.
+    let serving = FaultPlan::new().on_run("seq-relu", 2, Fault::Fail);
+    let local = FaultPlan::new().on_run("seq-relu", 1, Fault::Fail);
+    let server = wgpu_ensemble::serve::Server::start(
+        wgpu_ensemble::serve::ServeConfig::new(dir.path())
+            .addr(([127, 0, 0, 1], 0).into())
+            .session(SessionOptions::default().faults(serving)),
+    )
+    .unwrap();
+    let session = Session::with_options(
+        Manifest::load(&manifest)
+            .unwrap()
+            .graph(Some(&Placement::Cpu))
+            .unwrap(),
+        SessionOptions::default().faults(local),
+    )
+    .unwrap();
+    let x = x();
+    let url = format!("http://{}/v2/models/stack/infer", server.addr());
+    let whole = post_json(&url, &infer_body(&x, &["output"]));
+    ok(&whole);
+    let whole: Value = serde_json::from_slice(&whole.body).unwrap();
+    assert!(whole.get("parameters").is_none(), "{whole}");
+    let want = session.run(&x, &RunOptions::default()).unwrap();
+    assert_eq!(want.stacked, Some(true));
+    assert_close(
+        "the complete stack",
+        &floats(&output(&whole, "output")["data"]),
+        &f64s(want.aggregate.as_slice()),
+    );
+    let mut body = infer_body(&x, &["output"]);
+    body["parameters"] = json!({"quorum": 4});
+    let partial = post_json(&url, &body);
+    ok(&partial);
+    let partial: Value = serde_json::from_slice(&partial.body).unwrap();
+    assert_eq!(partial["parameters"]["stacked"], false, "{partial}");
+    assert_eq!(partial["parameters"]["members_answered"], 4, "{partial}");
+    let want = session
+        .run(&x, &RunOptions::default().quorum(QuorumPolicy::Quorum(4)))
+        .unwrap();
+    assert_eq!(want.stacked, Some(false));
+    assert_close(
+        "the mean of the members present",
+        &floats(&output(&partial, "output")["data"]),
+        &f64s(want.aggregate.as_slice()),
+    );
+    server.shutdown();
 }

@@ -689,6 +689,10 @@ fn response(answer: &InferAnswer, echo: Echo) -> Result<binary::Body, ServeError
             "missing_members": serde_json::to_string(&missing).unwrap_or_default(),
             "members_answered": answer.members.len() - missing.len(),
         });
+        // A stack without all its members answers with their mean and says so.
+        if answer.stacked == Some(false) {
+            body["parameters"]["stacked"] = json!(false);
+        }
     }
     Ok(binary::Body {
         json: body,
@@ -718,6 +722,7 @@ mod tests {
             output: Tensor::matrix(1, 2, vec![0.25, 0.75]).unwrap(),
             members,
             uncertainty: None,
+            stacked: None,
         }
     }
 
@@ -762,6 +767,19 @@ mod tests {
             missing,
             json!([{"member": "m1", "reason": "late"}, {"member": "m2", "reason": "failed: device lost"}])
         );
+        assert!(json["parameters"].get("stacked").is_none(), "{json}");
+        // A stack's partial answer (the mean of the members present) says so.
+        let mut stack = partial.clone();
+        stack.stacked = Some(false);
+        let echo = Echo {
+            id: None,
+            outputs: vec![Requested {
+                kind: OutputKind::Output,
+                binary: false,
+            }],
+        };
+        let json = response(&stack, echo).unwrap().json;
+        assert_eq!(json["parameters"]["stacked"], false, "{json}");
         // A whole answer has no parameters.
         let whole = answer(vec![MemberState::Finished; 2]);
         let echo = Echo {
