@@ -583,3 +583,100 @@ fn train_blender_on_the_digits_members() {
     );
     assert!(!bad.exists());
 }
+
+/// `train-blender --optimizer adam`: the training module's optimizer on the same
+/// objective (weight decay 1 / (C × rows) on the weights) comes near the L-BFGS fit,
+/// scikit-learn's probabilities, on the 360 test digits; `--hidden 16` trains a
+/// two-layer blender that runs as a stack; flags that cannot be honoured are errors
+/// naming them.
+#[test]
+fn train_blender_with_a_training_optimizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = Manifest::load(digits("digits.toml")).unwrap();
+    let x = read_matrix(digits("x_test.npy")).unwrap();
+    let (_, want) = read_f64(&fixture("proba.npy"));
+    let train = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "train-blender",
+            "--manifest",
+            digits("digits.toml").to_str().unwrap().to_string().leak(),
+            "--x",
+            fixture("x_fit.npy").to_str().unwrap().to_string().leak(),
+            "--y",
+            fixture("y_fit.npy").to_str().unwrap().to_string().leak(),
+            "--out",
+            out.to_str().unwrap().to_string().leak(),
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+    let stack_of = |blender: Model| {
+        let mean_graph = manifest.graph(Some(&Placement::Cpu)).unwrap();
+        let mut g = Graph::builder(64).aggregate(Aggregate::Stack {
+            blender: Arc::new(blender),
+        });
+        for m in mean_graph.members() {
+            g = g.member(m.name(), m.model().clone(), Placement::Cpu);
+        }
+        Session::new(g.build().unwrap()).unwrap()
+    };
+
+    let adam = dir.path().join("adam.safetensors");
+    let run = train(&adam, &["--optimizer", "adam", "--epochs", "300"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("trained with adam"),
+        "{}",
+        stderr(&run)
+    );
+    let blender = load_model(&adam, &LoadOptions::default()).unwrap();
+    assert_eq!(blender.layers().len(), 1);
+    assert_eq!(blender.layers()[0].weight().shape(), &[10, 50]);
+    let got = stack_of(blender).run(&x, &RunOptions::default()).unwrap();
+    // First-order steps stop near the optimum L-BFGS reaches, not on it (1.2e-2 at
+    // most here).
+    assert_close_tol(
+        "adam's blender vs scikit-learn's",
+        got.aggregate.as_slice(),
+        &want,
+        2e-2,
+        0.0,
+    );
+
+    let deep = dir.path().join("deep.safetensors");
+    let run = train(
+        &deep,
+        &["--optimizer", "adamw", "--hidden", "16", "--epochs", "100"],
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    let blender = load_model(&deep, &LoadOptions::default()).unwrap();
+    let shapes: Vec<&[usize]> = blender
+        .layers()
+        .iter()
+        .map(|l| l.weight().shape())
+        .collect();
+    assert_eq!(shapes, [&[16, 50][..], &[10, 16][..]]);
+    assert_eq!(blender.layers()[1].activation(), Softmax);
+    let held_x = read_matrix(fixture("x_held_out.npy")).unwrap();
+    let held_y = read_labels(&fixture("y_held_out.npy")).unwrap();
+    let out = stack_of(blender)
+        .run(&held_x, &RunOptions::default())
+        .unwrap();
+    assert_eq!(out.stacked, Some(true));
+    let acc = accuracy(out.aggregate.as_slice(), &held_y);
+    assert!(acc > 0.9, "a two-layer blender's held-out accuracy {acc}");
+
+    for (extra, flag) in [
+        (&["--hidden", "8"][..], "--hidden"),
+        (&["--optimizer", "rmsprop"][..], "--optimizer"),
+        (&["--optimizer", "adam", "--c", "0"][..], "--c"),
+    ] {
+        let bad = dir.path().join("bad.safetensors");
+        let run = train(&bad, extra);
+        assert!(!run.status.success(), "{extra:?} succeeded");
+        assert!(stderr(&run).contains(flag), "{extra:?}: {}", stderr(&run));
+        assert!(!bad.exists(), "{extra:?} wrote a blender");
+    }
+}
