@@ -5,9 +5,9 @@
 //     m[r, C + c]      = Σ_z w_z (y[z][r, c] − mean)² / W        (its variance)
 //     m[r, 2C + c]     = Σ_z w_z [argmax y[z][r, :] = c] / W     (its vote shares)
 //     m[r, 3C]         = Σ_z w_z H(y[z][r, :]) / W               (its mean entropy)
-// over the present members z, W = Σ_z w_z, C = cols, H(p) = −Σ_c p_c ln p_c over the
-// values above 0; the argmax is the first largest value, NaN never winning (the rule
-// of aggregate.wgsl and the host). Normalized by W, the values do not depend on a
+// over the present members z of positive weight, W = Σ_z w_z, C = cols,
+// H(p) = −Σ_c p_c ln p_c over the values above 0; the argmax is the first largest
+// value, NaN never winning (the rule of aggregate.wgsl and the host). Normalized by W, the values do not depend on a
 // common scale of the weights. Runs after the stack's aggregate (and its softmax).
 // One 64-thread workgroup per row (workgroup_id.x), its threads striding over the
 // columns; the values are written, not added.
@@ -29,8 +29,10 @@ fn weight_of(z: u32) -> f32 {
     return p.weights[z / 4u][z % 4u];
 }
 
-fn is_present(z: u32) -> bool {
-    return ((p.present >> z) & 1u) == 1u;
+// A member counts when it takes part and has a weight: one of weight 0 adds nothing,
+// not even a NaN of its output (the host leaves such members out too).
+fn counts(z: u32) -> bool {
+    return ((p.present >> z) & 1u) == 1u && weight_of(z) > 0.0;
 }
 
 @compute @workgroup_size(64, 1, 1)
@@ -44,7 +46,7 @@ fn main(
     let live = row < p.rows;
     var total = 0.0;
     for (var z = 0u; z < p.members; z++) {
-        if is_present(z) {
+        if counts(z) {
             total += weight_of(z);
         }
     }
@@ -58,7 +60,7 @@ fn main(
     // values over their columns, reduced across the workgroup.
     var expected = 0.0;
     for (var z = 0u; z < p.members; z++) {
-        if !is_present(z) {
+        if !counts(z) {
             continue;
         }
         let base = z * p.y_stride + row * cols;
@@ -115,7 +117,7 @@ fn main(
     for (var c = tid; c < cols; c += WG) {
         var sum = 0.0;
         for (var z = 0u; z < p.members; z++) {
-            if is_present(z) {
+            if counts(z) {
                 sum += weight_of(z) * y[z * p.y_stride + row * cols + c];
             }
         }
@@ -123,7 +125,7 @@ fn main(
         var spread = 0.0;
         var votes = 0.0;
         for (var z = 0u; z < p.members; z++) {
-            if is_present(z) {
+            if counts(z) {
                 let d = y[z * p.y_stride + row * cols + c] - mean;
                 spread += weight_of(z) * d * d;
                 if winners[z] == c {

@@ -233,6 +233,27 @@ pub enum Error {
         /// Device description.
         device: String,
     },
+    /// A stacking blender's first layer, applied on a device to a stack of members'
+    /// outputs, needs more loop iterations than the device's driver runs correctly
+    /// (llvmpipe ends a shader invocation after 65535 loop iterations, without an
+    /// error).
+    #[error("the blender's first layer ({hidden} units over member '{member}' and the {members} members stacked with it, {classes} classes each) needs {iterations} loop iterations per row on {device}, more than it computes correctly (at most {limit}: llvmpipe ends a shader after 65535 loop iterations); place the members on the CPU or use a blender with fewer units")]
+    BlenderBeyondDriver {
+        /// The first member of the stack.
+        member: String,
+        /// The members in the stack, that one included.
+        members: usize,
+        /// The blender's first-layer units.
+        hidden: usize,
+        /// The members' outputs.
+        classes: usize,
+        /// Loop iterations blend.wgsl would run per row.
+        iterations: usize,
+        /// The most it may run there.
+        limit: usize,
+        /// Device description.
+        device: String,
+    },
     /// A layer needs more workgroups along one dispatch dimension than the device
     /// allows.
     #[error("{what} needs {groups} workgroups along one dimension on {device}, which allows at most {limit}")]

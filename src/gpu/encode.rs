@@ -138,6 +138,20 @@ impl DeviceState {
         // The uncertainty statistics of every stack with members present, read back
         // chunk by chunk.
         let width = moments_width(out);
+        // A run with them goes in chunks whose statistics fit in one buffer.
+        let chunk_rows = if wants.moments {
+            self.moment_rows.min(self.chunk_rows)
+        } else {
+            self.chunk_rows
+        };
+        if chunk_rows == 0 {
+            return Err(Error::BufferTooLarge {
+                what: format!("one row of the uncertainty statistics ({width} values)"),
+                device: self.ctx.label.to_string(),
+                bytes: bytes_of(width),
+                limit: self.max_bytes,
+            });
+        }
         let mut moments: Vec<(usize, Vec<f32>)> = if wants.moments {
             self.ensure_moments_pipeline()?;
             present
@@ -156,7 +170,7 @@ impl DeviceState {
         let mut device_time = self.timer.as_ref().map(|_| Duration::ZERO);
         let mut start = 0;
         while start < rows {
-            let n = self.chunk_rows.min(rows - start);
+            let n = chunk_rows.min(rows - start);
             let x = match input {
                 Rows::Host(x) => {
                     Rows::Host(&x[start * self.input_width..(start + n) * self.input_width])
@@ -352,7 +366,8 @@ impl DeviceState {
             return;
         };
         let device = &self.ctx.device;
-        let values = rb.capacity * moments_width(self.output_width);
+        // The chunks of a run with statistics are at most `moment_rows` long.
+        let values = rb.capacity.min(self.moment_rows) * moments_width(self.output_width);
         let size = bytes_of(values).next_multiple_of(16);
         for (s, sr) in self.stacks.iter().zip(rb.stacks.iter_mut()) {
             if sr.moments.is_some() {

@@ -38,8 +38,9 @@ pub(crate) fn stack_rows(max_bytes: u64, members: usize, outputs: usize) -> usiz
 }
 
 /// Groups `models` into stacks of one shape, each at most `MAX_STACK` long and as long
-/// as its stacked buffers stay within `max_bytes`: weights (`weight_bytes` per value)
-/// and the activations of `rows` rows. A model joins the latest stack of its shape
+/// as its stacked buffers stay within `max_bytes`: weights (`weight_bytes` per value),
+/// the activations of `rows` rows, and `blend_bytes` per member of a stacking
+/// blender's first-layer columns (0 without a blender). A model joins the latest stack of its shape
 /// (wherever its members stand in the graph) while that one has room, else starts a
 /// new one; stacks are ordered by their first member, members within a stack by
 /// index. A model alone is always a stack (its own limits are checked elsewhere).
@@ -48,14 +49,16 @@ pub(crate) fn plan_stacks(
     weight_bytes: u64,
     max_bytes: u64,
     rows: usize,
+    blend_bytes: u64,
 ) -> Vec<Vec<usize>> {
     let fits = |model: &Model, n: u64| {
-        model.layers().iter().all(|l| {
-            let (out_f, in_f) = (l.out_features(), l.in_features());
-            n * stride(out_f * in_f) as u64 * weight_bytes <= max_bytes
-                && n * bytes_of(stride(out_f)) <= max_bytes
-                && stack_rows(max_bytes, n as usize, out_f) >= rows
-        })
+        n.saturating_mul(blend_bytes) <= max_bytes
+            && model.layers().iter().all(|l| {
+                let (out_f, in_f) = (l.out_features(), l.in_features());
+                n * stride(out_f * in_f) as u64 * weight_bytes <= max_bytes
+                    && n * bytes_of(stride(out_f)) <= max_bytes
+                    && stack_rows(max_bytes, n as usize, out_f) >= rows
+            })
     };
     let mut stacks: Vec<Vec<usize>> = Vec::new();
     for (i, model) in models.iter().enumerate() {
@@ -110,7 +113,7 @@ mod tests {
         let a = model(&[10, 10, 3], Activation::Relu);
         let b = model(&[10, 10, 3], Activation::Tanh);
         let c = model(&[10, 12, 3], Activation::Relu);
-        let plan = |models: &[&Model], max_bytes, rows| plan_stacks(models, 4, max_bytes, rows);
+        let plan = |models: &[&Model], max_bytes, rows| plan_stacks(models, 4, max_bytes, rows, 0);
         let ranges = |rs: &[std::ops::Range<usize>]| -> Vec<Vec<usize>> {
             rs.iter().map(|r| r.clone().collect()).collect()
         };
@@ -120,6 +123,11 @@ mod tests {
             [vec![0, 1, 3, 4, 5], vec![2]]
         );
         assert_eq!(plan(&[&a, &c, &c, &a], big, 1), [vec![0, 3], vec![1, 2]]);
+        // A blender's columns per member count too: two of 4 KiB fit in 8 KiB.
+        assert_eq!(
+            plan_stacks(&[&a, &a, &a, &a, &a], 4, 8192, 1, 4096),
+            [vec![0, 1], vec![2, 3], vec![4]]
+        );
         assert_eq!(
             plan(&[&a, &b, &c, &a, &b, &c], big, 1),
             [vec![0, 3], vec![1, 4], vec![2, 5]]
@@ -139,7 +147,7 @@ mod tests {
         // Activations of 100 rows of 10 values (the widest layer): 4000 bytes a member.
         assert_eq!(plan(&[&a; 3], 8000, 100), ranges(&[0..2, 2..3]));
         // f16 weights take half the room.
-        assert_eq!(plan_stacks(&[&a; 5], 2, 800, 1), ranges(&[0..4, 4..5]));
+        assert_eq!(plan_stacks(&[&a; 5], 2, 800, 1, 0), ranges(&[0..4, 4..5]));
         // A member too large for one buffer is still a stack of one (its own limits
         // are reported before stacks are planned).
         assert_eq!(plan(&[&a, &a], 100, 1), ranges(&[0..1, 1..2]));

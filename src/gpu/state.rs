@@ -128,6 +128,9 @@ pub(crate) struct DeviceState {
     pub(crate) output_width: usize,
     /// Most rows one submission handles (buffer size and dispatch limits).
     pub(crate) chunk_rows: usize,
+    /// Most rows of the uncertainty statistics one buffer holds (a run that asks for
+    /// them goes in chunks of at most this many rows; 0: not one row fits).
+    pub(crate) moment_rows: usize,
     /// The largest buffer a run may make: the device's limits and
     /// `SessionOptions::max_buffer_bytes`.
     pub(crate) max_bytes: u64,
@@ -179,9 +182,10 @@ impl DeviceState {
             .iter()
             .find_map(|m| m.blend.as_ref())
             .map(|b| b.out_features());
-        let widest = check_member_buffers(&ctx, shapes, weight_bytes, max_bytes)?
-            .max(moments_width(shapes.output_width))
-            .max(hidden.unwrap_or(0));
+        // Every run of a stack computes its blender's sums; the uncertainty statistics
+        // bound only the runs that ask for them (`DeviceState::moment_rows`).
+        let widest =
+            check_member_buffers(&ctx, shapes, weight_bytes, max_bytes)?.max(hidden.unwrap_or(0));
         let (llvmpipe, longest) = check_llvmpipe(&ctx, shapes.members)?;
         // 16 bytes of room for the rounding of buffer sizes (see `encode.rs`), and the
         // timestamps after the aggregate in its staging buffer.
@@ -208,7 +212,19 @@ impl DeviceState {
         // Stacks are for small batches: one never makes a chunk of up to 1024 rows
         // smaller than the members alone would.
         let models: Vec<&Model> = shapes.members.iter().map(|m| m.model.as_ref()).collect();
-        let plan = plan_stacks(&models, weight_bytes, max_bytes, unstacked_rows.min(1024));
+        // A blender's columns are one buffer per stack too.
+        let blend_bytes = shapes
+            .members
+            .iter()
+            .find_map(|m| m.blend.as_ref())
+            .map_or(0, |b| bytes_of(b.weight().len()));
+        let plan = plan_stacks(
+            &models,
+            weight_bytes,
+            max_bytes,
+            unstacked_rows.min(1024),
+            blend_bytes,
+        );
 
         let mut kernels = Kernels::new(&ctx.device, options.trusted_kernels);
         let mode = shapes.mode as u32;
@@ -231,6 +247,7 @@ impl DeviceState {
                 coop,
                 limits: &limits,
                 max_bytes,
+                llvmpipe,
             };
             for indices in plan {
                 let specs: Vec<&MemberSpec> = indices.iter().map(|&i| &shapes.members[i]).collect();
@@ -257,6 +274,10 @@ impl DeviceState {
             input_width: shapes.input_width,
             output_width: shapes.output_width,
             chunk_rows,
+            moment_rows: usize::try_from(
+                max_bytes.saturating_sub(16) / bytes_of(moments_width(shapes.output_width)),
+            )
+            .unwrap_or(usize::MAX),
             max_bytes,
             operation_timeout: options.operation_timeout,
             spin_wait: options.spin_wait,
@@ -370,7 +391,12 @@ struct Uploader<'a> {
     coop: Option<CoopTile>,
     limits: &'a wgpu::Limits,
     max_bytes: u64,
+    /// The device runs on llvmpipe (see `check_llvmpipe`).
+    llvmpipe: bool,
 }
+
+/// The most loop iterations blend.wgsl may run per row on llvmpipe.
+const LLVMPIPE_BLEND_ITERATIONS: usize = 65_535;
 
 impl Uploader<'_> {
     /// The stack of `specs` (members of one shape), and the most rows its activations
@@ -413,6 +439,27 @@ impl Uploader<'_> {
             return Ok(None);
         };
         let values = blocks.first().map_or(0, |b| b.weight().len());
+        if self.llvmpipe {
+            // Per row: for each hidden unit, each member's columns in steps of 64 and
+            // the workgroup's reduction (6 steps) and its barriers.
+            let (hidden, classes) = blocks
+                .first()
+                .map_or((0, 0), |b| (b.out_features(), b.in_features()));
+            let iterations = hidden
+                .saturating_mul(blocks.len() * classes.div_ceil(64) + 7)
+                .saturating_add(hidden);
+            if iterations > LLVMPIPE_BLEND_ITERATIONS {
+                return Err(Error::BlenderBeyondDriver {
+                    member: specs[0].name.clone(),
+                    members: specs.len(),
+                    hidden,
+                    classes,
+                    iterations,
+                    limit: LLVMPIPE_BLEND_ITERATIONS,
+                    device: self.ctx.label.to_string(),
+                });
+            }
+        }
         let bytes = bytes_of(values * blocks.len());
         if bytes > self.max_bytes {
             return Err(too_large(

@@ -15,6 +15,7 @@ mod golden;
 mod hardening;
 mod kernels;
 mod model_files;
+mod on_device;
 mod outputs;
 mod pipeline;
 mod pipeline_workers;
