@@ -58,6 +58,12 @@ pub struct ServeConfig {
     /// request, or not reading its answer, when it is up is disconnected, and a version
     /// still loading is dropped once its load ends.
     pub shutdown_timeout: Duration,
+    /// How long a connection may take to send a request's headers, counted from when
+    /// the server starts waiting for them (so an idle keep-alive connection is closed
+    /// after it too); `None` waits for ever. A client that sends its headers too
+    /// slowly (or holds a connection open without a request) is disconnected, so that
+    /// such connections cannot pile up. Default 30 s.
+    pub header_read_timeout: Option<Duration>,
 }
 
 impl ServeConfig {
@@ -71,7 +77,14 @@ impl ServeConfig {
             poll_interval: Duration::from_secs(1),
             max_body_bytes: 8 << 20,
             shutdown_timeout: Duration::from_secs(20),
+            header_read_timeout: Some(Duration::from_secs(30)),
         }
+    }
+
+    /// Sets [`ServeConfig::header_read_timeout`].
+    pub fn header_read_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.header_read_timeout = timeout;
+        self
     }
 
     /// Sets [`ServeConfig::shutdown_timeout`].
@@ -192,7 +205,12 @@ impl Server {
         });
         let app = http::router(Arc::clone(&state), config.max_body_bytes);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = runtime.spawn(http::serve(listener, app, stopped));
+        let serving = runtime.spawn(http::serve(
+            listener,
+            app,
+            stopped,
+            config.header_read_timeout,
+        ));
         // Histogram samples wait in the recorder until an upkeep folds them in; a server
         // nobody scrapes must not keep every one of them.
         runtime.spawn({

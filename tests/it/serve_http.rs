@@ -1191,6 +1191,47 @@ fn a_stuck_client_does_not_hold_the_shutdown_cpu() {
     drop(stuck);
 }
 
+/// A client that sends half a request's headers and stops, or opens a connection and
+/// sends nothing, is disconnected once `ServeConfig::header_read_timeout` has passed
+/// (without it, such connections stayed open as long as the client wanted); a request
+/// that arrives whole is answered meanwhile.
+#[test]
+fn a_client_too_slow_with_its_headers_is_disconnected_cpu() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let server = TestServer::start_with(&[("mean", 1, "mean.toml")], "cpu", |c| {
+        c.header_read_timeout(Some(Duration::from_millis(300)))
+    });
+    let addr = server.base.trim_start_matches("http://").to_string();
+    for sent in [
+        &b"POST /v2/models/mean/infer HTTP/1.1\r\nHost: x\r\n"[..],
+        b"",
+    ] {
+        let started = Instant::now();
+        let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        slow.write_all(sent).unwrap();
+        still_answers(&server, &reference(&x()).0);
+        // The server closes the connection (perhaps after a 408): the read ends well
+        // before the client's own 20 s.
+        let mut answer = Vec::new();
+        let read = slow.read_to_end(&mut answer);
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_secs(15),
+            "{:?}: still open after {waited:?} ({read:?})",
+            String::from_utf8_lossy(sent)
+        );
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "{:?}: {answer:?}",
+            String::from_utf8_lossy(sent)
+        );
+    }
+}
+
 /// Sends `request` on a new connection to `server`, optionally shuts down the write
 /// side, and reads until the server closes (30 s at most).
 fn raw_exchange(server: &TestServer, request: &[u8], half_close: bool) -> String {

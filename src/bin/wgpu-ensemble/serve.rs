@@ -47,6 +47,9 @@ pub struct ServeArgs {
     /// answered; a client still sending one when the time is up is disconnected.
     #[arg(long, default_value_t = 20)]
     shutdown_timeout_s: u64,
+    /// Seconds a connection may take to send a request's headers (an idle keep-alive connection is closed after them too); 0 waits for ever.
+    #[arg(long, default_value_t = 30)]
+    header_timeout_s: u64,
 }
 
 pub fn serve(args: &ServeArgs) -> CliResult {
@@ -87,7 +90,10 @@ pub fn serve(args: &ServeArgs) -> CliResult {
         .replicas(replicas)
         .precision(precision)
         .max_body_bytes(args.max_body_bytes)
-        .shutdown_timeout(Duration::from_secs(args.shutdown_timeout_s));
+        .shutdown_timeout(Duration::from_secs(args.shutdown_timeout_s))
+        .header_read_timeout(
+            (args.header_timeout_s > 0).then(|| Duration::from_secs(args.header_timeout_s)),
+        );
     // The server's events (versions loaded, failed, unloaded) on stderr.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

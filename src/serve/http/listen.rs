@@ -11,18 +11,21 @@
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 /// Serves `app` on `listener` until `stop` resolves (or its sender is dropped), then
 /// stops accepting and waits for every connection to finish the request it is
-/// answering. Dropping the returned future (aborting its task) drops every connection.
+/// answering. A connection that takes longer than `header_timeout` to send a request's
+/// headers (an idle keep-alive connection included) is closed. Dropping the returned
+/// future (aborting its task) drops every connection.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     mut stop: tokio::sync::oneshot::Receiver<()>,
+    header_timeout: Option<Duration>,
 ) {
     let (closing, closing_seen) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
@@ -48,6 +51,10 @@ pub(crate) async fn serve(
                     // A client that shuts down its write side once its request is sent
                     // still gets the answer.
                     http.half_close(true);
+                    // hyper's timer drives the header timeout (without one, hyper
+                    // would not apply it).
+                    http.timer(TokioTimer::new());
+                    http.header_read_timeout(header_timeout);
                     let connection = http.serve_connection(TokioIo::new(stream), service);
                     tokio::pin!(connection);
                     tokio::select! {
