@@ -642,11 +642,15 @@ impl GpuEngine {
             }
             Optimizer::Sgd { .. } => (0.0, 0.0),
         };
+        // Batch `slot` is Adam's step t0 + slot + 1; `self.t` counts a chunk's steps
+        // once its submission went through, so that a failed run does not advance it
+        // past the steps the device took.
+        let t0 = self.t;
         for (slot, (&(_, rows), &offset)) in batches.iter().zip(&offsets).enumerate() {
             let (lr, bc1, bc2) = match pass {
                 Pass::Train { lr } => {
-                    self.t += 1;
-                    let t = i32::try_from(self.t).unwrap_or(i32::MAX);
+                    let step = t0.saturating_add(slot as u64 + 1);
+                    let t = i32::try_from(step).unwrap_or(i32::MAX);
                     (
                         lr,
                         (1.0 - beta1.powi(t)) as f32,
@@ -892,6 +896,9 @@ impl GpuEngine {
             }
             self.ctx.queue.submit([encoder.finish()]);
             self.check()?;
+            if let Pass::Train { .. } = pass {
+                self.t = t0.saturating_add(range.end as u64);
+            }
         }
         let width = self.stats_width();
         let mut out = self.read(&[(&self.stats, batches.len() * width)])?;
