@@ -241,11 +241,12 @@ impl Model {
         let parts = widths
             .windows(2)
             .zip(activations)
-            .map(|(w, &act)| {
+            .enumerate()
+            .map(|(layer, (w, &act))| {
                 let (inp, out) = (w[0], w[1]);
                 if inp == 0 || out == 0 || inp.checked_mul(out).is_none() {
                     return Err(Error::LayerShape {
-                        layer: 0,
+                        layer,
                         what: "widths must be at least 1 and their products must fit in memory",
                         expected: vec![],
                         got: vec![out, inp],

@@ -419,6 +419,13 @@ fn shapes_whose_size_overflows_are_errors() {
     assert!(matches!(err, Error::ShapeTooLarge { .. }), "{err:?}");
     assert!(Model::random(&[usize::MAX / 2, 4], &[Relu], 0).is_err());
     assert!(Model::random(&[0, 4], &[Relu], 0).is_err());
+    // The error names the layer whose widths are wrong.
+    for (widths, layer) in [(&[3, 0, 4][..], 0), (&[3, 4, 0][..], 1)] {
+        match Model::random(widths, &[Relu, Relu], 0) {
+            Err(Error::LayerShape { layer: got, .. }) => assert_eq!(got, layer, "{widths:?}"),
+            other => panic!("{widths:?}: {other:?}"),
+        }
+    }
 }
 
 #[test]
