@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import tritonclient.http as httpclient
@@ -40,7 +41,10 @@ def repository(into: pathlib.Path) -> None:
 
 def start(binary: str, repo: pathlib.Path) -> tuple[subprocess.Popen, str]:
     server = subprocess.Popen(
-        [binary, "serve", "--model-repository", str(repo), "--port", "0", "--poll-interval-ms", "200"],
+        # A header timeout of 1 s, so that the idle connections of the client's pool
+        # are closed by the server while the checks pause (see `checks`).
+        [binary, "serve", "--model-repository", str(repo), "--port", "0", "--poll-interval-ms", "200",
+         "--header-timeout-s", "1"],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -163,6 +167,11 @@ def checks(url: str) -> None:
     result = client.infer("mean", [inp], response_compression_algorithm="gzip")
     close("answer to Accept-Encoding: gzip", result.as_numpy("output"), want)
     close("after the errors", client.infer("mean", [inp]).as_numpy("output"), want)
+    # The server closes a keep-alive connection idle past its header timeout; the
+    # client's next requests open new ones, unchanged.
+    time.sleep(2.5)
+    assert client.is_server_live(), "live after the idle connections were closed"
+    close("after an idle pause", client.infer("mean", [inp]).as_numpy("output"), want)
     client.close()
 
 
@@ -182,7 +191,7 @@ def main() -> int:
                 server.kill()
                 code = "killed after 30 s"
         assert code == 0, f"the server exited with {code} after SIGTERM"
-    print("tritonclient check: ok (health, metadata, FP32/FP64 binary and JSON inputs, binary and JSON outputs, uncertainty measures, version, timeout, quorum, errors, compression)")
+    print("tritonclient check: ok (health, metadata, FP32/FP64 binary and JSON inputs, binary and JSON outputs, uncertainty measures, version, timeout, quorum, errors, compression, idle connections closed)")
     return 0
 
 
