@@ -586,30 +586,24 @@ impl DeviceState {
         } else {
             None
         };
+        // A mapped staging buffer's values into `dst` (its whole length), unmapped.
+        let read_values = |buf: &wgpu::Buffer, dst: &mut [f32]| -> Result<()> {
+            let size = bytes_of(dst.len());
+            read_mapped(buf, size, |view| copy_f32(dst, &view[..size as usize]))
+                .map_err(|e| self.gpu_error(&e))
+        };
         let len = rows * self.output_width;
         let members = staging[usize::from(read_acc)..].iter();
         for (&(buf, _), (_, dst)) in members.zip(member_outputs.iter_mut()) {
-            read(buf, bytes, Some(&mut dst[offset..offset + len]))?;
+            read_values(buf, &mut dst[offset..offset + len])?;
         }
         if let Some(buf) = blend_staging {
             let at = first * hidden;
-            read_mapped(buf, blend_bytes, |view| {
-                copy_f32(
-                    &mut blend[at..at + rows * hidden],
-                    &view[..blend_bytes as usize],
-                );
-            })
-            .map_err(|e| self.gpu_error(&e))?;
+            read_values(buf, &mut blend[at..at + rows * hidden])?;
         }
         let at = first * width;
         for (buf, (_, dst)) in moment_buffers.into_iter().zip(moments.iter_mut()) {
-            read_mapped(buf, moment_bytes, |view| {
-                copy_f32(
-                    &mut dst[at..at + rows * width],
-                    &view[..moment_bytes as usize],
-                );
-            })
-            .map_err(|e| self.gpu_error(&e))?;
+            read_values(buf, &mut dst[at..at + rows * width])?;
         }
         Ok(time)
     }

@@ -177,11 +177,9 @@ impl DeviceState {
         let weight_bytes = if precision.is_f16() { 2 } else { 4 };
         // A row of the uncertainty statistics is the widest row when the outputs are
         // wider than every layer's.
-        let hidden = shapes
-            .members
-            .iter()
-            .find_map(|m| m.blend.as_ref())
-            .map(|b| b.out_features());
+        // A stacking blender's columns, the same shape for every member.
+        let blend_block = shapes.members.iter().find_map(|m| m.blend.as_deref());
+        let hidden = blend_block.map(Dense::out_features);
         // Every run of a stack computes its blender's sums; the uncertainty statistics
         // bound only the runs that ask for them (`DeviceState::moment_rows`).
         let widest =
@@ -213,11 +211,7 @@ impl DeviceState {
         // smaller than the members alone would.
         let models: Vec<&Model> = shapes.members.iter().map(|m| m.model.as_ref()).collect();
         // A blender's columns are one buffer per stack too.
-        let blend_bytes = shapes
-            .members
-            .iter()
-            .find_map(|m| m.blend.as_ref())
-            .map_or(0, |b| bytes_of(b.weight().len()));
+        let blend_bytes = blend_block.map_or(0, |b| bytes_of(b.weight().len()));
         let plan = plan_stacks(
             &models,
             weight_bytes,

@@ -8,7 +8,10 @@ use crate::common;
 
 use std::sync::Arc;
 
-use common::{assert_close_tol, input, placement_tests, reference_forward, reference_forward64};
+use common::{
+    assert_close_tol, input, placement_tests, reference_forward, reference_forward64,
+    reference_measures, reference_stack, ReferenceMeasures,
+};
 use wgpu_ensemble::{
     Activation::*, AdapterInfo, Aggregate, Error, Graph, Model, Placement, RunOptions, Session,
     SessionOptions, Tensor,
@@ -16,19 +19,6 @@ use wgpu_ensemble::{
 
 const IN: usize = 6;
 const CLASSES: usize = 4;
-
-/// The members' reference outputs side by side through the blender, in f64.
-fn reference_stack(members: &[Model], blender: &Model, x: &Tensor, cols: usize) -> Vec<f64> {
-    let rows = x.shape()[0];
-    let outs: Vec<Vec<f64>> = members.iter().map(|m| reference_forward(m, x)).collect();
-    let mut stacked = Vec::new();
-    for r in 0..rows {
-        for y in &outs {
-            stacked.extend_from_slice(&y[r * cols..(r + 1) * cols]);
-        }
-    }
-    reference_forward64(blender, &stacked, rows)
-}
 
 /// Four tiny members of one shape and a blender with 512 hidden units: each member's
 /// columns of its first layer are 8 KiB, the four together 32 KiB. Under
@@ -186,45 +176,6 @@ placement_tests!(a_member_of_weight_zero_does_not_change_the_measures;
     a_member_of_weight_zero_does_not_change_the_measures_vulkan: Vulkan,
     a_member_of_weight_zero_does_not_change_the_measures_gl: Gl);
 
-/// The f64 measures of `members` (weights `w`) from their definitions: per row
-/// entropy, expected entropy, mutual information, disagreement, then the variances.
-fn measures(outs: &[Vec<f64>], w: &[f64], rows: usize, cols: usize) -> (Vec<f64>, Vec<f64>) {
-    let total: f64 = w.iter().sum();
-    let h = |p: &[f64]| -> f64 { p.iter().filter(|&&v| v > 0.0).map(|&v| -v * v.ln()).sum() };
-    let (mut summary, mut variance) = (Vec::new(), Vec::new());
-    for r in 0..rows {
-        let row = |m: &Vec<f64>| m[r * cols..(r + 1) * cols].to_vec();
-        let mut mean = vec![0.0; cols];
-        let mut votes = vec![0.0; cols];
-        let mut expected = 0.0;
-        for (m, &wm) in outs.iter().zip(w) {
-            let p = row(m);
-            (0..cols).for_each(|c| mean[c] += wm * p[c] / total);
-            expected += wm * h(&p) / total;
-            let mut best = 0;
-            (1..cols).for_each(|c| {
-                if p[c] > p[best] {
-                    best = c
-                }
-            });
-            votes[best] += wm;
-        }
-        let modal = votes.iter().cloned().fold(0.0, f64::max);
-        let hm = h(&mean);
-        summary.extend([hm, expected, (hm - expected).max(0.0), 1.0 - modal / total]);
-        for c in 0..cols {
-            variance.push(
-                outs.iter()
-                    .zip(w)
-                    .map(|(m, &wm)| wm * (m[r * cols + c] - mean[c]).powi(2))
-                    .sum::<f64>()
-                    / total,
-            );
-        }
-    }
-    (summary, variance)
-}
-
 /// Five members in three GPU stacks on one device (shapes A, A, B, A, C), weighted,
 /// `max_buffer_bytes(512)` (chunks), a member of the first stack failing under a
 /// quorum on run 0 and the device lost (and recreated) on run 1: the measures of the
@@ -296,7 +247,7 @@ fn chunks_stacks_skips_and_device_loss_give_the_measures_of_the_members_present(
         }
         let o: Vec<Vec<f64>> = present.iter().map(|&i| outs[i].clone()).collect();
         let w: Vec<f64> = present.iter().map(|&i| f64::from(weights[i])).collect();
-        let (summary, variance) = measures(&o, &w, rows, CLASSES);
+        let ReferenceMeasures { summary, variance } = reference_measures(&o, &w, rows, CLASSES);
         let u = u.unwrap_or_else(|| panic!("{label} run {run}: no measures"));
         let what = format!("{label} run {run} (present {present:?})");
         assert_close_tol(&what, u.summary().as_slice(), &summary, 2e-5, 1e-4);
@@ -388,7 +339,8 @@ fn a_stack_with_outputs_measures_and_chunks_at_once(place: Placement, label: &st
             let y = members[i].output.as_ref().expect("asked");
             assert_close_tol(&format!("{what}: m{i}"), y.as_slice(), &outs[i], 2e-5, 1e-4);
         }
-        let (summary, variance) = measures(&o, &vec![1.0; o.len()], rows, CLASSES);
+        let ReferenceMeasures { summary, variance } =
+            reference_measures(&o, &vec![1.0; o.len()], rows, CLASSES);
         let u = u.expect("asked");
         assert_close_tol(&what, u.summary().as_slice(), &summary, 2e-5, 1e-4);
         assert_close_tol(&what, u.variance.as_slice(), &variance, 2e-5, 1e-4);
@@ -442,7 +394,7 @@ fn worker_per_member_pipeline_and_f16_stack(place: Placement, label: &str) {
         let present: Vec<usize> = if id == 1 { vec![1, 2] } else { vec![0, 1, 2] };
         let o: Vec<Vec<f64>> = present.iter().map(|&i| outs[i].clone()).collect();
         let w: Vec<f64> = present.iter().map(|&i| f64::from(weights[i])).collect();
-        let (summary, variance) = measures(&o, &w, rows, CLASSES);
+        let ReferenceMeasures { summary, variance } = reference_measures(&o, &w, rows, CLASSES);
         let u = out.uncertainty.expect("asked");
         let what = format!("{label} pipeline input {id}");
         assert_close_tol(&what, u.summary().as_slice(), &summary, 2e-5, 1e-4);
@@ -488,7 +440,8 @@ fn worker_per_member_pipeline_and_f16_stack(place: Placement, label: &str) {
         1e-3,
         1e-3,
     );
-    let (summary, variance) = measures(&f16, &[1.0; 3], rows, CLASSES);
+    let ReferenceMeasures { summary, variance } =
+        reference_measures(&f16, &[1.0; 3], rows, CLASSES);
     let u = out.uncertainty.expect("asked");
     assert_close_tol(
         &format!("{label} f16"),

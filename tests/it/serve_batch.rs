@@ -9,6 +9,7 @@ use crate::common;
 use std::sync::Barrier;
 use std::time::Duration;
 
+use common::serve::metric;
 use common::{assert_close, input, placement_tests};
 use wgpu_ensemble::serve::{
     BatchConfig, Batcher, InferAnswer, InferRequest, MemberState, Metrics, Replica, Reply,
@@ -93,21 +94,6 @@ fn wait(reply: Reply) -> Result<InferAnswer, ServeError> {
     reply
         .blocking_recv()
         .unwrap_or_else(|_| panic!("a queued request was dropped unanswered"))
-}
-
-/// The sum of the values of the lines of `name` whose labels include every one of
-/// `labels` (`key="value"`); 0 when there is none.
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            let (n, rest) = key.split_once('{').unwrap_or((key, ""));
-            (n == name && labels.iter().all(|want| rest.contains(want)))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
 }
 
 /// `answer` equals `input` run alone through `reference` with the same options: the

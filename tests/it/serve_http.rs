@@ -7,7 +7,9 @@ use serde_json::{json, Value};
 use wgpu_ensemble::io::{read_matrix, Manifest};
 use wgpu_ensemble::{Placement, RunOptions, Session, Tensor};
 
-use crate::common::serve::{floats, get, post_bytes, post_json, TestServer};
+use crate::common::serve::{
+    binary_request, binary_response, floats, get, post_bytes, post_json, TestServer,
+};
 use crate::common::{assert_close, golden, read_f64};
 
 /// The golden input, `[33, 12]`.
@@ -156,7 +158,7 @@ fn kserve_fp64_input_json_and_binary_cpu() {
     let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let header = json!({"inputs": [{"name": "input", "shape": shape, "datatype": "FP64",
         "parameters": {"binary_data_size": raw.len()}}]});
-    let reply = binary_request(&server, &header, &raw);
+    let reply = binary_request(&server, "mean", &header, &raw);
     assert_eq!(
         reply.status,
         200,
@@ -170,58 +172,6 @@ fn kserve_fp64_input_json_and_binary_cpu() {
     );
 }
 
-/// A request in the binary tensor data extension: the JSON header, then `raw`.
-fn binary_request(server: &TestServer, header: &Value, raw: &[u8]) -> crate::common::serve::Reply {
-    let json = serde_json::to_vec(header).unwrap();
-    let mut body = json.clone();
-    body.extend_from_slice(raw);
-    post_bytes(
-        &server.url("/v2/models/mean/infer"),
-        &[
-            ("Inference-Header-Content-Length", json.len().to_string()),
-            ("Content-Type", "application/octet-stream".to_string()),
-        ],
-        &body,
-    )
-}
-
-/// A binary response split into its JSON header and the outputs' values by name.
-fn binary_response(reply: &crate::common::serve::Reply) -> (Value, Vec<(String, Vec<f32>)>) {
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    assert_eq!(
-        reply.header("content-type"),
-        Some("application/octet-stream")
-    );
-    let json_len: usize = reply
-        .header("inference-header-content-length")
-        .expect("Inference-Header-Content-Length")
-        .parse()
-        .unwrap();
-    let header: Value = serde_json::from_slice(&reply.body[..json_len]).unwrap();
-    let mut at = json_len;
-    let mut binary = Vec::new();
-    for out in header["outputs"].as_array().unwrap() {
-        if let Some(size) = out["parameters"]["binary_data_size"].as_u64() {
-            assert!(out.get("data").is_none(), "binary output with data: {out}");
-            let size = size as usize;
-            let bytes = &reply.body[at..at + size];
-            at += size;
-            let values = bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            binary.push((out["name"].as_str().unwrap().to_string(), values));
-        }
-    }
-    assert_eq!(at, reply.body.len(), "bytes after the binary outputs");
-    (header, binary)
-}
-
 #[test]
 fn kserve_binary_extension_round_trip_cpu() {
     let server = server();
@@ -232,7 +182,7 @@ fn kserve_binary_extension_round_trip_cpu() {
     let header = json!({"id": "b1", "parameters": {"binary_data_output": true},
         "inputs": [{"name": "input", "shape": [33, 12], "datatype": "FP32",
                     "parameters": {"binary_data_size": raw.len()}}]});
-    let (json, binary) = binary_response(&binary_request(&server, &header, &raw));
+    let (json, binary) = binary_response(&binary_request(&server, "mean", &header, &raw));
     assert_eq!(json["id"], "b1");
     assert_eq!(
         json["outputs"][0]["parameters"]["binary_data_size"],
@@ -247,7 +197,7 @@ fn kserve_binary_extension_round_trip_cpu() {
                     "parameters": {"binary_data_size": raw.len()}}],
         "outputs": [{"name": "output", "parameters": {"binary_data": false}},
                     {"name": "members", "parameters": {"binary_data": true}}]});
-    let (json, binary) = binary_response(&binary_request(&server, &header, &raw));
+    let (json, binary) = binary_response(&binary_request(&server, "mean", &header, &raw));
     assert_close(
         "JSON output beside binary",
         &floats(&output(&json, "output")["data"]),
@@ -266,7 +216,7 @@ fn kserve_binary_extension_round_trip_cpu() {
     // Binary input, JSON answer (no binary output asked for): plain JSON.
     let header = json!({"inputs": [{"name": "input", "shape": [33, 12], "datatype": "FP32",
                     "parameters": {"binary_data_size": raw.len()}}]});
-    let reply = binary_request(&server, &header, &raw);
+    let reply = binary_request(&server, "mean", &header, &raw);
     assert_eq!(reply.status, 200);
     assert!(reply.header("inference-header-content-length").is_none());
     assert_close(

@@ -15,7 +15,9 @@ use wgpu_ensemble::{
     SessionOptions, Tensor, Uncertainty,
 };
 
-use crate::common::serve::{floats, get, post_bytes, post_json, Reply, TestServer};
+use crate::common::serve::{
+    binary_request, binary_response, floats, get, metric, post_json, Reply, TestServer,
+};
 use crate::common::{assert_close, golden};
 
 /// The five measures, in the order the metadata lists them.
@@ -133,53 +135,6 @@ fn check_json(what: &str, response: &Value, want: &Uncertainty, names: &[&str]) 
     }
 }
 
-/// A request in the binary tensor data extension: the JSON header, then `raw`.
-fn binary_request(server: &TestServer, header: &Value, raw: &[u8]) -> Reply {
-    let json = serde_json::to_vec(header).unwrap();
-    let mut body = json.clone();
-    body.extend_from_slice(raw);
-    post_bytes(
-        &server.url("/v2/models/mean/infer"),
-        &[
-            ("Inference-Header-Content-Length", json.len().to_string()),
-            ("Content-Type", "application/octet-stream".to_string()),
-        ],
-        &body,
-    )
-}
-
-/// A binary response's JSON header and its binary outputs' values by name, in order.
-fn binary_response(reply: &Reply) -> (Value, Vec<(String, Vec<f32>)>) {
-    ok(reply);
-    assert_eq!(
-        reply.header("content-type"),
-        Some("application/octet-stream")
-    );
-    let json_len: usize = reply
-        .header("inference-header-content-length")
-        .expect("Inference-Header-Content-Length")
-        .parse()
-        .unwrap();
-    let header: Value = serde_json::from_slice(&reply.body[..json_len]).unwrap();
-    let mut at = json_len;
-    let mut binary = Vec::new();
-    for out in header["outputs"].as_array().unwrap() {
-        if let Some(size) = out["parameters"]["binary_data_size"].as_u64() {
-            assert!(out.get("data").is_none(), "binary output with data: {out}");
-            let size = size as usize;
-            assert!(at + size <= reply.body.len(), "{out}: past the body's end");
-            let values = reply.body[at..at + size]
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            at += size;
-            binary.push((out["name"].as_str().unwrap().to_string(), values));
-        }
-    }
-    assert_eq!(at, reply.body.len(), "bytes after the binary outputs");
-    (header, binary)
-}
-
 /// All five asked for by name, as JSON and as binary tensor data: each equals
 /// `Session::run` with `uncertainty(true)` on the same rows, with its shape.
 #[test]
@@ -219,7 +174,7 @@ fn kserve_all_five_measures_json_and_binary_equal_session_run_cpu() {
     let header = json!({"id": "u1", "inputs": [{"name": "input", "shape": [33, 12],
         "datatype": "FP32", "parameters": {"binary_data_size": raw.len()}}],
         "outputs": outputs});
-    let (json, binary) = binary_response(&binary_request(&server, &header, &raw));
+    let (json, binary) = binary_response(&binary_request(&server, "mean", &header, &raw));
     assert_eq!(json["id"], "u1");
     assert_close(
         "JSON output beside binary",
@@ -247,7 +202,7 @@ fn kserve_all_five_measures_json_and_binary_equal_session_run_cpu() {
         "inputs": [{"name": "input", "shape": [33, 12], "datatype": "FP32",
                     "parameters": {"binary_data_size": raw.len()}}],
         "outputs": [{"name": "mutual_information"}, {"name": "output"}]});
-    let (_, binary) = binary_response(&binary_request(&server, &header, &raw));
+    let (_, binary) = binary_response(&binary_request(&server, "mean", &header, &raw));
     assert_eq!(binary.len(), 2);
     assert_eq!(binary[0].0, "mutual_information");
     assert_close(
@@ -361,21 +316,6 @@ fn metrics(url: &str) -> String {
     let reply = get(url);
     ok(&reply);
     String::from_utf8_lossy(&reply.body).into_owned()
-}
-
-/// The sum of the values of the lines of `name` whose labels include every one of
-/// `labels`; 0 when there is none.
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            let (n, rest) = key.split_once('{').unwrap_or((key, ""));
-            (n == name && labels.iter().all(|want| rest.contains(want)))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
 }
 
 /// Two requests batched together, one asking for the measures and one not: the first

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use common::{
     assert_close_tol, cli, input, placement_tests, read_f64, reference_forward,
-    reference_forward64, reference_mean, stderr,
+    reference_forward64, reference_mean, reference_stack, stderr,
 };
 use wgpu_ensemble::io::{load_model, read_matrix, save_model, LoadOptions, Manifest};
 use wgpu_ensemble::train::{fit_blender, read_labels};
@@ -53,20 +53,6 @@ fn graph(blender: Model, place: &Placement) -> wgpu_ensemble::Result<Graph> {
     g.build()
 }
 
-/// The members' reference outputs side by side in member order, through the blender,
-/// all in f64.
-fn reference_stack(blender: &Model, x: &Tensor) -> Vec<f64> {
-    let rows = x.shape()[0];
-    let outs: Vec<Vec<f64>> = members().iter().map(|m| reference_forward(m, x)).collect();
-    let mut stacked = Vec::new();
-    for r in 0..rows {
-        for y in &outs {
-            stacked.extend_from_slice(&y[r * CLASSES..(r + 1) * CLASSES]);
-        }
-    }
-    reference_forward64(blender, &stacked, rows)
-}
-
 /// Two blenders (one layer with a softmax; two layers ending in identity) at 1 and 13
 /// rows: the aggregate is the blender's output, `stacked` says so, the members'
 /// outputs come back only when asked; `run_device` answers the same.
@@ -80,7 +66,7 @@ fn stack_matches_the_reference(place: Placement, label: &str) {
             assert_eq!(out.stacked, Some(true), "{what}");
             assert!(out.members.iter().all(|m| m.output.is_none()), "{what}");
             assert_eq!(out.aggregate.shape(), &[rows, CLASSES], "{what}");
-            let want = reference_stack(&blender, &x);
+            let want = reference_stack(&members(), &blender, &x, CLASSES);
             assert_close_tol(&what, out.aggregate.as_slice(), &want, ABS, REL);
             // The mean would be another answer: the test tells them apart.
             let outs: Vec<Vec<f64>> = members().iter().map(|m| reference_forward(m, &x)).collect();
@@ -132,15 +118,8 @@ fn a_stack_across_devices_and_chunks(place: Placement, label: &str) {
         Model::random(&[4 * CLASSES, 70, CLASSES], &[Tanh, Softmax], 66).unwrap(),
     ];
     let x = input(13, IN, 9);
-    let outs: Vec<Vec<f64>> = models.iter().map(|m| reference_forward(m, &x)).collect();
     for (b, blender) in blenders.into_iter().enumerate() {
-        let mut stacked = Vec::new();
-        for r in 0..13 {
-            for y in &outs {
-                stacked.extend_from_slice(&y[r * CLASSES..(r + 1) * CLASSES]);
-            }
-        }
-        let want = reference_forward64(&blender, &stacked, 13);
+        let want = reference_stack(&models, &blender, &x, CLASSES);
         let mut g = Graph::builder(IN).aggregate(Aggregate::Stack {
             blender: Arc::new(blender),
         });
@@ -214,7 +193,7 @@ fn a_quorum_falls_back_to_the_mean_of_the_members_present() {
     assert_close_tol(
         "complete run",
         out.aggregate.as_slice(),
-        &reference_stack(&blender, &x),
+        &reference_stack(&members(), &blender, &x, CLASSES),
         ABS,
         REL,
     );
@@ -304,7 +283,7 @@ fn a_manifest_stack_and_its_errors() {
     assert_close_tol(
         "manifest stack",
         out.aggregate.as_slice(),
-        &reference_stack(&blender, &x),
+        &reference_stack(&members(), &blender, &x, CLASSES),
         ABS,
         REL,
     );
@@ -469,6 +448,42 @@ fn accuracy(p: &[f32], labels: &[i64]) -> f64 {
     hits as f64 / labels.len() as f64
 }
 
+/// `train-blender` on the digits members with `--x x_fit.npy`, `--y y` (a fixture), the
+/// CPU, `--out out` and `extra` flags.
+fn train_blender(y: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let (manifest, x) = (digits("digits.toml"), fixture("x_fit.npy"));
+    let mut args = vec![
+        "train-blender",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--x",
+        x.to_str().unwrap(),
+        "--y",
+        y.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ];
+    args.extend_from_slice(extra);
+    cli(&args)
+}
+
+/// A session of the digits members on the CPU stacked under `blender`.
+fn digits_stack(blender: Model) -> Session {
+    let mean_graph = Manifest::load(digits("digits.toml"))
+        .unwrap()
+        .graph(Some(&Placement::Cpu))
+        .unwrap();
+    let mut g = Graph::builder(64).aggregate(Aggregate::Stack {
+        blender: Arc::new(blender),
+    });
+    for m in mean_graph.members() {
+        g = g.member(m.name(), m.model().clone(), Placement::Cpu);
+    }
+    Session::new(g.build().unwrap()).unwrap()
+}
+
 /// `train-blender` on the digits members and the first 180 test digits: the saved
 /// blender, as a stack on all 360, gives scikit-learn's probabilities (the members
 /// here are this crate's f32 forward passes, scikit-learn's features its own);
@@ -481,19 +496,7 @@ fn accuracy(p: &[f32], labels: &[i64]) -> f64 {
 fn train_blender_on_the_digits_members() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("blender.safetensors");
-    let run = cli(&[
-        "train-blender",
-        "--manifest",
-        digits("digits.toml").to_str().unwrap(),
-        "--x",
-        fixture("x_fit.npy").to_str().unwrap(),
-        "--y",
-        fixture("y_fit.npy").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
+    let run = train_blender(&fixture("y_fit.npy"), &out, &[]);
     assert!(run.status.success(), "{}", stderr(&run));
     assert!(stderr(&run).contains("L-BFGS"), "{}", stderr(&run));
     let blender = load_model(&out, &LoadOptions::default()).unwrap();
@@ -501,16 +504,14 @@ fn train_blender_on_the_digits_members() {
     assert_eq!(blender.layers()[0].weight().shape(), &[10, 50]);
     assert_eq!(blender.layers()[0].activation(), Softmax);
 
-    let manifest = Manifest::load(digits("digits.toml")).unwrap();
-    let mean_graph = manifest.graph(Some(&Placement::Cpu)).unwrap();
-    let mut g = Graph::builder(64).aggregate(Aggregate::Stack {
-        blender: Arc::new(blender),
-    });
-    for m in mean_graph.members() {
-        g = g.member(m.name(), m.model().clone(), Placement::Cpu);
-    }
-    let stack = Session::new(g.build().unwrap()).unwrap();
-    let mean = Session::new(mean_graph).unwrap();
+    let stack = digits_stack(blender);
+    let mean = Session::new(
+        Manifest::load(digits("digits.toml"))
+            .unwrap()
+            .graph(Some(&Placement::Cpu))
+            .unwrap(),
+    )
+    .unwrap();
     let x = read_matrix(digits("x_test.npy")).unwrap();
     let stacked = stack.run(&x, &RunOptions::default()).unwrap();
     assert_eq!(stacked.stacked, Some(true));
@@ -562,19 +563,7 @@ fn train_blender_on_the_digits_members() {
 
     // Rows that do not match the labels: a clear error, nothing written.
     let bad = dir.path().join("bad.safetensors");
-    let run = cli(&[
-        "train-blender",
-        "--manifest",
-        digits("digits.toml").to_str().unwrap(),
-        "--x",
-        fixture("x_fit.npy").to_str().unwrap(),
-        "--y",
-        digits("y_test.npy").to_str().unwrap(),
-        "--out",
-        bad.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
+    let run = train_blender(&digits("y_test.npy"), &bad, &[]);
     assert!(!run.status.success());
     assert!(
         stderr(&run).contains("x has 180 rows but y has 360"),
@@ -592,36 +581,10 @@ fn train_blender_on_the_digits_members() {
 #[test]
 fn train_blender_with_a_training_optimizer() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = Manifest::load(digits("digits.toml")).unwrap();
     let x = read_matrix(digits("x_test.npy")).unwrap();
     let (_, want) = read_f64(&fixture("proba.npy"));
-    let train = |out: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "train-blender",
-            "--manifest",
-            digits("digits.toml").to_str().unwrap().to_string().leak(),
-            "--x",
-            fixture("x_fit.npy").to_str().unwrap().to_string().leak(),
-            "--y",
-            fixture("y_fit.npy").to_str().unwrap().to_string().leak(),
-            "--out",
-            out.to_str().unwrap().to_string().leak(),
-            "--device",
-            "cpu",
-        ];
-        args.extend_from_slice(extra);
-        cli(&args)
-    };
-    let stack_of = |blender: Model| {
-        let mean_graph = manifest.graph(Some(&Placement::Cpu)).unwrap();
-        let mut g = Graph::builder(64).aggregate(Aggregate::Stack {
-            blender: Arc::new(blender),
-        });
-        for m in mean_graph.members() {
-            g = g.member(m.name(), m.model().clone(), Placement::Cpu);
-        }
-        Session::new(g.build().unwrap()).unwrap()
-    };
+    let y = fixture("y_fit.npy");
+    let train = |out: &Path, extra: &[&str]| train_blender(&y, out, extra);
 
     let adam = dir.path().join("adam.safetensors");
     let run = train(&adam, &["--optimizer", "adam", "--epochs", "300"]);
@@ -634,7 +597,9 @@ fn train_blender_with_a_training_optimizer() {
     let blender = load_model(&adam, &LoadOptions::default()).unwrap();
     assert_eq!(blender.layers().len(), 1);
     assert_eq!(blender.layers()[0].weight().shape(), &[10, 50]);
-    let got = stack_of(blender).run(&x, &RunOptions::default()).unwrap();
+    let got = digits_stack(blender)
+        .run(&x, &RunOptions::default())
+        .unwrap();
     // First-order steps stop near the optimum L-BFGS reaches, not on it (1.2e-2 at
     // most here).
     assert_close_tol(
@@ -661,7 +626,7 @@ fn train_blender_with_a_training_optimizer() {
     assert_eq!(blender.layers()[1].activation(), Softmax);
     let held_x = read_matrix(fixture("x_held_out.npy")).unwrap();
     let held_y = read_labels(&fixture("y_held_out.npy")).unwrap();
-    let out = stack_of(blender)
+    let out = digits_stack(blender)
         .run(&held_x, &RunOptions::default())
         .unwrap();
     assert_eq!(out.stacked, Some(true));

@@ -9,7 +9,8 @@ use crate::common;
 use std::path::{Path, PathBuf};
 
 use common::{
-    assert_close_tol, cli, golden, input, placement_tests, read_f64, reference_forward, stderr,
+    assert_close_tol, cli, golden, input, placement_tests, read_f64, reference_forward,
+    reference_measures, stderr, ReferenceMeasures,
 };
 use wgpu_ensemble::io::{read_matrix, Manifest};
 use wgpu_ensemble::{
@@ -22,71 +23,11 @@ use wgpu_ensemble::{
 const ABS: f64 = 2e-5;
 const REL: f64 = 1e-4;
 
-/// The measures from their definitions, in f64: per row entropy, expected entropy,
-/// mutual information, disagreement, then the `[rows, cols]` variances.
-struct Reference {
-    summary: Vec<f64>,
-    variance: Vec<f64>,
-}
-
-fn reference(members: &[Vec<f64>], weights: &[f64], rows: usize, cols: usize) -> Reference {
-    let total: f64 = weights.iter().sum();
-    let h = |p: &[f64]| -> f64 { p.iter().filter(|&&v| v > 0.0).map(|&v| -v * v.ln()).sum() };
-    let mut summary = Vec::new();
-    let mut variance = Vec::new();
-    for r in 0..rows {
-        let rowm = |m: &Vec<f64>| m[r * cols..(r + 1) * cols].to_vec();
-        let mut mean = vec![0.0; cols];
-        for (m, w) in members.iter().zip(weights) {
-            for (c, v) in rowm(m).iter().enumerate() {
-                mean[c] += w * v / total;
-            }
-        }
-        let expected: f64 = members
-            .iter()
-            .zip(weights)
-            .map(|(m, w)| w * h(&rowm(m)))
-            .sum::<f64>()
-            / total;
-        let mut votes = vec![0.0; cols];
-        for (m, w) in members.iter().zip(weights) {
-            let p = rowm(m);
-            // The first of the largest.
-            let mut best = 0;
-            for c in 1..cols {
-                if p[c] > p[best] {
-                    best = c;
-                }
-            }
-            votes[best] += w;
-        }
-        let modal = votes.iter().cloned().fold(0.0, f64::max);
-        let total_h = h(&mean);
-        summary.extend([
-            total_h,
-            expected,
-            (total_h - expected).max(0.0),
-            1.0 - modal / total,
-        ]);
-        for c in 0..cols {
-            variance.push(
-                members
-                    .iter()
-                    .zip(weights)
-                    .map(|(m, w)| w * (m[r * cols + c] - mean[c]).powi(2))
-                    .sum::<f64>()
-                    / total,
-            );
-        }
-    }
-    Reference { summary, variance }
-}
-
-fn check(label: &str, out: &RunOutput, want: &Reference) {
+fn check(label: &str, out: &RunOutput, want: &ReferenceMeasures) {
     check_measures(label, out.uncertainty.as_ref(), want);
 }
 
-fn check_measures(label: &str, u: Option<&Uncertainty>, want: &Reference) {
+fn check_measures(label: &str, u: Option<&Uncertainty>, want: &ReferenceMeasures) {
     let u = u.unwrap_or_else(|| panic!("{label}: no uncertainty"));
     assert_close_tol(
         &format!("{label}: entropy, expected entropy, mutual information, disagreement"),
@@ -147,7 +88,7 @@ fn measures_match_the_reference(place: Placement, label: &str) {
             check(
                 &format!("{label} {} at {rows} rows", aggregate.name()),
                 &out,
-                &reference(&refs, &w64, rows, CLASSES),
+                &reference_measures(&refs, &w64, rows, CLASSES),
             );
         }
         let x = input(3, IN, 7);
@@ -207,7 +148,7 @@ fn a_quorum_measures_the_members_present(place: Placement, label: &str) {
         check(
             &format!("{label}: quorum of 4 without m{failed}"),
             &out,
-            &reference(&refs, &w, 9, CLASSES),
+            &reference_measures(&refs, &w, 9, CLASSES),
         );
     }
 }
@@ -248,7 +189,7 @@ fn one_member_and_identical_members(place: Placement, label: &str) {
         check(
             &format!("{label}: {copies} identical"),
             &out,
-            &reference(&refs, &vec![1.0; copies], 8, CLASSES),
+            &reference_measures(&refs, &vec![1.0; copies], 8, CLASSES),
         );
     }
 }
@@ -269,7 +210,7 @@ fn every_way_to_run_gives_the_same_measures(place: Placement, label: &str) {
         .map(|m| reference_forward(m, &x))
         .collect();
     let w: Vec<f64> = weights.iter().map(|&v| f64::from(v)).collect();
-    let want = reference(&refs, &w, 13, CLASSES);
+    let want = reference_measures(&refs, &w, 13, CLASSES);
     let aggregate = Aggregate::WeightedMean(weights.to_vec());
     let mut whole = Graph::builder(IN).aggregate(aggregate.clone());
     for (i, m) in five_models().into_iter().enumerate() {
@@ -366,7 +307,7 @@ fn digits_measures(place: Placement, label: &str) {
     check(
         &format!("{label}: digits"),
         &out,
-        &reference(&members, &[1.0; 5], 360, 10),
+        &reference_measures(&members, &[1.0; 5], 360, 10),
     );
     // Some digits split the members and some do not.
     let u = out.uncertainty.unwrap();
@@ -414,7 +355,7 @@ fn predict_writes_the_uncertainty_of_the_golden_members(device: &str) {
         other => panic!("{other:?}"),
     };
     assert_eq!(weights.len(), k);
-    let want = reference(&members, &weights, rows, cols);
+    let want = reference_measures(&members, &weights, rows, cols);
     let got_u: Tensor = read_matrix(&u).unwrap();
     assert_eq!(got_u.shape(), &[rows, 4]);
     assert_close_tol(

@@ -232,3 +232,83 @@ pub fn cli(args: &[&str]) -> std::process::Output {
 pub fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// The uncertainty measures of `members` (each `[rows, cols]`, weighted by `weights`)
+/// from their definitions, in f64: per row entropy, expected entropy, mutual
+/// information, disagreement, then the `[rows, cols]` variances.
+pub struct ReferenceMeasures {
+    pub summary: Vec<f64>,
+    pub variance: Vec<f64>,
+}
+
+pub fn reference_measures(
+    members: &[Vec<f64>],
+    weights: &[f64],
+    rows: usize,
+    cols: usize,
+) -> ReferenceMeasures {
+    let total: f64 = weights.iter().sum();
+    let h = |p: &[f64]| -> f64 { p.iter().filter(|&&v| v > 0.0).map(|&v| -v * v.ln()).sum() };
+    let mut summary = Vec::new();
+    let mut variance = Vec::new();
+    for r in 0..rows {
+        let rowm = |m: &Vec<f64>| m[r * cols..(r + 1) * cols].to_vec();
+        let mut mean = vec![0.0; cols];
+        for (m, w) in members.iter().zip(weights) {
+            for (c, v) in rowm(m).iter().enumerate() {
+                mean[c] += w * v / total;
+            }
+        }
+        let expected: f64 = members
+            .iter()
+            .zip(weights)
+            .map(|(m, w)| w * h(&rowm(m)))
+            .sum::<f64>()
+            / total;
+        let mut votes = vec![0.0; cols];
+        for (m, w) in members.iter().zip(weights) {
+            let p = rowm(m);
+            // The first of the largest.
+            let mut best = 0;
+            for c in 1..cols {
+                if p[c] > p[best] {
+                    best = c;
+                }
+            }
+            votes[best] += w;
+        }
+        let modal = votes.iter().cloned().fold(0.0, f64::max);
+        let total_h = h(&mean);
+        summary.extend([
+            total_h,
+            expected,
+            (total_h - expected).max(0.0),
+            1.0 - modal / total,
+        ]);
+        for c in 0..cols {
+            variance.push(
+                members
+                    .iter()
+                    .zip(weights)
+                    .map(|(m, w)| w * (m[r * cols + c] - mean[c]).powi(2))
+                    .sum::<f64>()
+                    / total,
+            );
+        }
+    }
+    ReferenceMeasures { summary, variance }
+}
+
+/// The members' reference outputs (each `cols` wide) side by side in member order,
+/// through `blender`, all in f64: a stack's aggregate.
+pub fn reference_stack(members: &[Model], blender: &Model, x: &Tensor, cols: usize) -> Vec<f64> {
+    let rows = x.shape()[0];
+    let outs: Vec<Vec<f64>> = members.iter().map(|m| reference_forward(m, x)).collect();
+    let mut stacked = Vec::new();
+    for r in 0..rows {
+        for y in &outs {
+            stacked.extend_from_slice(&y[r * cols..(r + 1) * cols]);
+        }
+    }
+    reference_forward64(blender, &stacked, rows)
+}

@@ -196,3 +196,73 @@ pub fn floats(value: &Value) -> Vec<f32> {
         .map(|v| v.as_f64().unwrap_or_else(|| panic!("not a number: {v}")) as f32)
         .collect()
 }
+
+/// A request to `model`'s KServe v2 `infer` in the binary tensor data extension: the
+/// JSON `header`, then `raw`.
+pub fn binary_request(server: &TestServer, model: &str, header: &Value, raw: &[u8]) -> Reply {
+    let json = serde_json::to_vec(header).expect("a JSON header");
+    let mut body = json.clone();
+    body.extend_from_slice(raw);
+    post_bytes(
+        &server.url(&format!("/v2/models/{model}/infer")),
+        &[
+            ("Inference-Header-Content-Length", json.len().to_string()),
+            ("Content-Type", "application/octet-stream".to_string()),
+        ],
+        &body,
+    )
+}
+
+/// A 200 binary response split into its JSON header and its binary outputs' values by
+/// name, in order; every byte after the header belongs to one of them.
+#[track_caller]
+pub fn binary_response(reply: &Reply) -> (Value, Vec<(String, Vec<f32>)>) {
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body[..reply.body.len().min(500)])
+    );
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/octet-stream")
+    );
+    let json_len: usize = reply
+        .header("inference-header-content-length")
+        .expect("Inference-Header-Content-Length")
+        .parse()
+        .expect("a length");
+    let header: Value = serde_json::from_slice(&reply.body[..json_len]).expect("a JSON header");
+    let mut at = json_len;
+    let mut binary = Vec::new();
+    for out in header["outputs"].as_array().expect("outputs") {
+        if let Some(size) = out["parameters"]["binary_data_size"].as_u64() {
+            assert!(out.get("data").is_none(), "binary output with data: {out}");
+            let size = size as usize;
+            assert!(at + size <= reply.body.len(), "{out}: past the body's end");
+            let values = reply.body[at..at + size]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            at += size;
+            binary.push((out["name"].as_str().expect("a name").to_string(), values));
+        }
+    }
+    assert_eq!(at, reply.body.len(), "bytes after the binary outputs");
+    (header, binary)
+}
+
+/// The sum of the values of the Prometheus lines of `name` whose labels include every
+/// one of `labels` (`key="value"`); 0 when there is none.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let (n, rest) = key.split_once('{').unwrap_or((key, ""));
+            (n == name && labels.iter().all(|want| rest.contains(want)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
