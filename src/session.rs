@@ -4,7 +4,7 @@
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -72,18 +72,26 @@ impl Drop for GiveUpOnReturn {
     }
 }
 
+/// A device's executor, which its worker locks for each job; where the caller may run
+/// a job itself ([`Session::inline_worker`]), the caller locks it instead.
+type SharedExecutor = Arc<Mutex<Box<dyn Executor>>>;
+
 struct Worker {
     device: ExecutionDevice,
     members: Vec<usize>,
     jobs: Option<Sender<Work>>,
     thread: WorkerThread,
+    executor: SharedExecutor,
+    context: Arc<WorkerContext>,
 }
 
 /// A compiled [`Graph`]: every member on its device, one worker thread per device,
 /// pipelines and buffers made once and reused.
 ///
 /// `Session` is `Send + Sync`: any number of threads may call [`Session::run`] at once;
-/// each device works through its runs in arrival order.
+/// each device works through its runs in arrival order. A session whose members are
+/// all on the host CPU runs a run without a deadline on the calling thread when its
+/// device is idle, saving the hand-off to its worker thread and back.
 pub struct Session {
     input_width: usize,
     output_width: usize,
@@ -175,15 +183,16 @@ impl Session {
                 member_devices[m] = c.device.clone();
             }
             let (tx, rx) = crossbeam_channel::unbounded();
-            let context = WorkerContext {
+            let context = Arc::new(WorkerContext {
                 members: c.members.clone(),
                 names: names.clone(),
                 plan: Arc::clone(&plan),
                 device: c.device.to_string(),
-            };
-            let mut executor = c.executor;
+            });
+            let executor: SharedExecutor = Arc::new(Mutex::new(c.executor));
+            let (shared, cx) = (Arc::clone(&executor), Arc::clone(&context));
             let thread = WorkerThread::spawn(format!("wgpu-ensemble {}", c.device), move |busy| {
-                work(executor.as_mut(), rx, &context, spin, &busy)
+                work(&shared, rx, &cx, spin, &busy)
             })
             .map_err(|e| Error::WorkerFailed {
                 device: c.device.to_string(),
@@ -194,6 +203,8 @@ impl Session {
                 members: c.members,
                 jobs: Some(tx),
                 thread,
+                executor,
+                context,
             });
         }
         Ok(Self {
@@ -461,6 +472,27 @@ impl Session {
             rows,
             self.output_width,
         );
+        if let (Payload::Host(x), None) = (&input, deadline) {
+            if let Some(worker) = self.inline_worker() {
+                // Nobody else is running or waiting on the only device: this thread runs
+                // the job itself, rather than wake the worker and wait to be woken.
+                if let Ok(mut executor) = worker.executor.try_lock() {
+                    let result = execute_input(
+                        executor.as_mut(),
+                        JobInput::Host(x),
+                        wants,
+                        run,
+                        &worker.context,
+                    );
+                    drop(executor);
+                    let failure = combiner.add(&worker.members, result.map(|(out, _)| out));
+                    if let (Some(e), QuorumPolicy::RequireAll) = (failure, options.quorum) {
+                        return Err(e);
+                    }
+                    return Ok((combiner, None));
+                }
+            }
+        }
         let mut kept = None;
         let mut pending = vec![false; self.workers.len()];
         for (w, worker) in self.workers.iter().enumerate() {
@@ -525,6 +557,23 @@ impl Session {
         Ok((combiner, kept))
     }
 
+    /// The worker whose jobs the caller may run on its own thread: the session's only
+    /// worker, on the host CPU (whose executor waits on no device, so that a run with
+    /// no deadline loses nothing by not being able to walk away from it), with no job
+    /// queued before. A job queued meanwhile, or one the worker is running, finds the
+    /// executor locked: the run then goes through the worker, in arrival order.
+    fn inline_worker(&self) -> Option<&Worker> {
+        match self.workers.as_slice() {
+            [worker]
+                if worker.device == ExecutionDevice::Cpu
+                    && worker.jobs.as_ref().is_some_and(|jobs| jobs.is_empty()) =>
+            {
+                Some(worker)
+            }
+            _ => None,
+        }
+    }
+
     fn worker_failed(&self, w: usize) -> Error {
         let worker = &self.workers[w];
         Error::WorkerFailed {
@@ -574,7 +623,7 @@ fn spin_recv<T>(rx: &Receiver<T>, spin: Duration, deadline: Option<Instant>) -> 
 /// A device worker: runs jobs in arrival order until the session closes its channel.
 /// After a job it spins for up to `spin` for the next one before sleeping.
 fn work(
-    executor: &mut dyn Executor,
+    executor: &Mutex<Box<dyn Executor>>,
     jobs: Receiver<Work>,
     cx: &WorkerContext,
     spin: Duration,
@@ -593,7 +642,7 @@ fn work(
                 tensor,
                 reply,
             }) => {
-                let copy = busy.during(|| upload(executor, &tensor, cx));
+                let copy = busy.during(|| upload(lock(executor).as_mut(), &tensor, cx));
                 let _ = reply.send((worker, copy));
                 continue;
             }
@@ -611,10 +660,17 @@ fn work(
             Payload::Host(x) => JobInput::Host(x),
             Payload::Device(x, keep) => JobInput::Device(x, *keep),
         };
-        let result = busy.during(|| execute_input(executor, input, job.wants, job.run, cx));
+        let result =
+            busy.during(|| execute_input(lock(executor).as_mut(), input, job.wants, job.run, cx));
         // A send fails only when the run already gave up; the result is dropped.
         let _ = job.reply.send((job.worker, result));
     }
+}
+
+/// The executor, whoever held it last: a job's panic is caught inside
+/// [`execute_input`] (the executor reset), so a poisoned lock holds a usable one.
+fn lock(executor: &Mutex<Box<dyn Executor>>) -> std::sync::MutexGuard<'_, Box<dyn Executor>> {
+    executor.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A worker's copy of `tensor` on its device; a panic inside the executor becomes

@@ -91,8 +91,11 @@ impl Layers {
     }
 }
 
+/// The threads a run on the host spreads over: those of `rayon`'s pool, which runs
+/// it. (Not `available_parallelism`, which reads the cgroup files on every call: 3 %
+/// of a run of E1 at batch 1.)
 pub(crate) fn threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    rayon::current_num_threads()
 }
 
 /// A model's forward pass on `rows` rows of `x`; `f16` rounds each layer's input to

@@ -2,10 +2,15 @@
 
 use crate::common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use common::{assert_close, input, reference_forward, reference_mean};
-use wgpu_ensemble::{Activation::*, Graph, Model, Placement, RunOptions, Session};
+use common::{assert_close, input, reference_forward, reference_mean, reference_present};
+use wgpu_ensemble::{
+    Activation::*, Error, Fault, FaultPlan, Graph, MemberStatus, Model, Placement, QuorumPolicy,
+    RunOptions, Session, SessionOptions,
+};
 
 #[test]
 fn session_is_send_and_sync() {
@@ -75,4 +80,102 @@ fn eight_threads_twenty_runs_each() {
     for t in threads {
         t.join().expect("a run thread failed");
     }
+}
+
+/// A session whose members are all on the host CPU runs a job on the caller's thread
+/// when nothing is queued and the run has no deadline, and through its worker
+/// otherwise: 8 threads at once, half their runs with a deadline, some runs with a
+/// failing member and two with a panic, every result checked against the members that
+/// finished, the panics answered as errors and the session working after them.
+#[test]
+fn cpu_only_session_from_eight_threads_with_faults() {
+    let models: Vec<Model> = [
+        (vec![8, 24, 5], vec![Relu, Softmax]),
+        (vec![8, 16, 5], vec![Tanh, Softmax]),
+        (vec![8, 5], vec![Softmax]),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (w, a))| Model::random(w, a, 400 + i as u64).unwrap())
+    .collect();
+    let panics = [5, 77];
+    let failing: Vec<u64> = (3..160)
+        .step_by(7)
+        .filter(|r| !panics.contains(r))
+        .collect();
+    let mut plan = FaultPlan::new();
+    for &r in &failing {
+        plan = plan.on_run("m1", r, Fault::Fail);
+    }
+    for &r in &panics {
+        plan = plan.on_run("m0", r, Fault::Panic);
+    }
+    let mut g = Graph::builder(8);
+    for (i, m) in models.iter().enumerate() {
+        g = g.member(format!("m{i}"), m.clone(), Placement::Cpu);
+    }
+    let options = SessionOptions::default().faults(plan);
+    let session = Arc::new(Session::with_options(g.build().unwrap(), options).unwrap());
+    let models = Arc::new(models);
+    let (errors, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let (session, models) = (Arc::clone(&session), Arc::clone(&models));
+            let (errors, failed) = (Arc::clone(&errors), Arc::clone(&failed));
+            std::thread::spawn(move || {
+                for r in 0..20 {
+                    let x = input(1 + (t * 20 + r) % 13, 8, (t * 1000 + r) as u64);
+                    let mut options = RunOptions::default().quorum(QuorumPolicy::Quorum(2));
+                    if r % 2 == 1 {
+                        options = options.timeout(Duration::from_secs(60));
+                    }
+                    let out = match session.run(&x, &options) {
+                        Ok(out) => out,
+                        Err(Error::QuorumNotMet { finished: 0, .. }) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        Err(e) => panic!("thread {t} run {r}: {e}"),
+                    };
+                    let present: Vec<usize> = out
+                        .members
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, m)| matches!(m.status, MemberStatus::Finished))
+                        .map(|(i, _)| i)
+                        .collect();
+                    if present.len() < 3 {
+                        assert_eq!(present, [0, 2], "thread {t} run {r}");
+                        assert!(
+                            matches!(
+                                &out.members[1].status,
+                                MemberStatus::Failed(Error::InjectedFault { .. })
+                            ),
+                            "thread {t} run {r}: {:?}",
+                            out.members[1].status
+                        );
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    assert_close(
+                        &format!("thread {t} run {r}"),
+                        out.aggregate.as_slice(),
+                        &reference_present(&models, &[1.0; 3], &x, &present),
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a run thread failed");
+    }
+    assert_eq!(errors.load(Ordering::Relaxed), panics.len());
+    assert_eq!(failed.load(Ordering::Relaxed), failing.len());
+    let x = input(4, 8, 9);
+    let out = session.run(&x, &RunOptions::default()).unwrap();
+    let refs: Vec<Vec<f64>> = models.iter().map(|m| reference_forward(m, &x)).collect();
+    assert_close(
+        "after the runs",
+        out.aggregate.as_slice(),
+        &reference_mean(&refs, &[1.0; 3]),
+    );
 }
