@@ -137,7 +137,19 @@ pub(crate) trait Executor: Send {
     /// Drops what a failed or interrupted run may have left in use (buffers still
     /// mapped or in flight); the next run makes them again.
     fn reset(&mut self);
+
+    /// Where a run changes nothing the executor holds and waits on no device (the host
+    /// CPU): a maker of handles on it, each an executor of its own that runs on any
+    /// thread at the same time as the others and the original, so that a caller can
+    /// run a job on its own thread with no lock held while it runs. `None` (the
+    /// default) for an executor with state of its own (a GPU's buffers).
+    fn concurrent(&self) -> Option<Handles> {
+        None
+    }
 }
+
+/// Makes handles on one executor ([`Executor::concurrent`]).
+pub(crate) type Handles = Arc<dyn Fn() -> Box<dyn Executor> + Send + Sync>;
 
 /// Calls `poll` until it breaks (with `Some` value, or `None` to give up) or `limit`
 /// has passed, yielding the core between calls so that the spin takes only time no

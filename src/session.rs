@@ -4,7 +4,7 @@
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -13,7 +13,7 @@ use crate::aggregate::Mode;
 use crate::cpu::forward::{activate, threads, Layers};
 use crate::device_tensor::{DeviceCopy, DeviceRunOutput, DeviceTensor};
 use crate::error::{Error, Result};
-use crate::exec::{spin_until, DeviceOutput, Executor, Wants};
+use crate::exec::{spin_until, DeviceOutput, Executor, Handles, Wants};
 use crate::graph::Graph;
 use crate::model::{Activation, Model};
 use crate::options::{QuorumPolicy, RunOptions, SessionOptions};
@@ -72,26 +72,23 @@ impl Drop for GiveUpOnReturn {
     }
 }
 
-/// A device's executor, which its worker locks for each job; where the caller may run
-/// a job itself ([`Session::inline_worker`]), the caller locks it instead.
-type SharedExecutor = Arc<Mutex<Box<dyn Executor>>>;
-
 struct Worker {
     device: ExecutionDevice,
     members: Vec<usize>,
     jobs: Option<Sender<Work>>,
     thread: WorkerThread,
-    executor: SharedExecutor,
-    context: Arc<WorkerContext>,
+    /// Handles on its executor that a caller may run on its own thread
+    /// ([`Executor::concurrent`]), with the worker's context.
+    inline: Option<(Handles, Arc<WorkerContext>)>,
 }
 
 /// A compiled [`Graph`]: every member on its device, one worker thread per device,
 /// pipelines and buffers made once and reused.
 ///
 /// `Session` is `Send + Sync`: any number of threads may call [`Session::run`] at once;
-/// each device works through its runs in arrival order. A session whose members are
-/// all on the host CPU runs a run without a deadline on the calling thread when its
-/// device is idle, saving the hand-off to its worker thread and back.
+/// each device works through its runs in arrival order. A session whose only device is
+/// the host CPU runs a run without a deadline on the calling thread instead, at the
+/// same time as any others, saving the hand-off to its worker thread and back.
 pub struct Session {
     input_width: usize,
     output_width: usize,
@@ -189,10 +186,10 @@ impl Session {
                 plan: Arc::clone(&plan),
                 device: c.device.to_string(),
             });
-            let executor: SharedExecutor = Arc::new(Mutex::new(c.executor));
-            let (shared, cx) = (Arc::clone(&executor), Arc::clone(&context));
+            let inline = c.executor.concurrent().map(|h| (h, Arc::clone(&context)));
+            let mut executor = c.executor;
             let thread = WorkerThread::spawn(format!("wgpu-ensemble {}", c.device), move |busy| {
-                work(&shared, rx, &cx, spin, &busy)
+                work(executor.as_mut(), rx, &context, spin, &busy)
             })
             .map_err(|e| Error::WorkerFailed {
                 device: c.device.to_string(),
@@ -203,8 +200,7 @@ impl Session {
                 members: c.members,
                 jobs: Some(tx),
                 thread,
-                executor,
-                context,
+                inline,
             });
         }
         Ok(Self {
@@ -472,25 +468,19 @@ impl Session {
             rows,
             self.output_width,
         );
-        if let (Payload::Host(x), None) = (&input, deadline) {
-            if let Some(worker) = self.inline_worker() {
-                // Nobody else is running or waiting on the only device: this thread runs
-                // the job itself, rather than wake the worker and wait to be woken.
-                if let Ok(mut executor) = worker.executor.try_lock() {
-                    let result = execute_input(
-                        executor.as_mut(),
-                        JobInput::Host(x),
-                        wants,
-                        run,
-                        &worker.context,
-                    );
-                    drop(executor);
-                    let failure = combiner.add(&worker.members, result.map(|(out, _)| out));
-                    if let (Some(e), QuorumPolicy::RequireAll) = (failure, options.quorum) {
-                        return Err(e);
-                    }
-                    return Ok((combiner, None));
+        if let (Payload::Host(x), None, [worker]) = (&input, deadline, self.workers.as_slice()) {
+            if let Some((handles, context)) = &worker.inline {
+                // The only device runs on any thread and the run has no deadline to
+                // walk away at: this thread runs the job itself, rather than wake the
+                // worker and wait to be woken, with no lock held while it runs.
+                let mut executor = handles();
+                let result =
+                    execute_input(executor.as_mut(), JobInput::Host(x), wants, run, context);
+                let failure = combiner.add(&worker.members, result.map(|(out, _)| out));
+                if let (Some(e), QuorumPolicy::RequireAll) = (failure, options.quorum) {
+                    return Err(e);
                 }
+                return Ok((combiner, None));
             }
         }
         let mut kept = None;
@@ -519,10 +509,7 @@ impl Session {
         while pending.iter().any(|&p| p) {
             let message = match spin_recv(&replies, self.spin, deadline) {
                 Some(message) => Ok(message),
-                None => match deadline {
-                    Some(d) => replies.recv_deadline(d),
-                    None => replies.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                },
+                None => recv_until(&replies, deadline),
             };
             match message {
                 Ok((w, result)) => {
@@ -555,23 +542,6 @@ impl Session {
             }
         }
         Ok((combiner, kept))
-    }
-
-    /// The worker whose jobs the caller may run on its own thread: the session's only
-    /// worker, on the host CPU (whose executor waits on no device, so that a run with
-    /// no deadline loses nothing by not being able to walk away from it), with no job
-    /// queued before. A job queued meanwhile, or one the worker is running, finds the
-    /// executor locked: the run then goes through the worker, in arrival order.
-    fn inline_worker(&self) -> Option<&Worker> {
-        match self.workers.as_slice() {
-            [worker]
-                if worker.device == ExecutionDevice::Cpu
-                    && worker.jobs.as_ref().is_some_and(|jobs| jobs.is_empty()) =>
-            {
-                Some(worker)
-            }
-            _ => None,
-        }
     }
 
     fn worker_failed(&self, w: usize) -> Error {
@@ -620,10 +590,43 @@ fn spin_recv<T>(rx: &Receiver<T>, spin: Duration, deadline: Option<Instant>) -> 
     })
 }
 
+/// How long a wait on one of `rayon`'s threads sleeps on its channel before it looks
+/// for the pool's pending jobs again ([`recv_until`]).
+const RAYON_PAUSE: Duration = Duration::from_micros(200);
+
+/// Waits for the next message until `deadline` (none: for as long as it takes). On one
+/// of `rayon`'s threads the wait runs the pool's pending jobs meanwhile: the host
+/// CPU's members run as jobs of the same pool, and callers that held every thread of
+/// it would otherwise wait for them for ever (a parallel loop calling
+/// [`Session::run`], say).
+fn recv_until<T>(rx: &Receiver<T>, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
+    if rayon::current_thread_index().is_none() {
+        return match deadline {
+            Some(d) => rx.recv_deadline(d),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+    }
+    loop {
+        match rx.try_recv() {
+            Ok(message) => return Ok(message),
+            Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+            Err(TryRecvError::Empty) => {}
+        }
+        if matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) {
+            continue;
+        }
+        let pause = Instant::now() + RAYON_PAUSE;
+        match rx.recv_deadline(deadline.map_or(pause, |d| d.min(pause))) {
+            Err(RecvTimeoutError::Timeout) if deadline.is_none_or(|d| Instant::now() < d) => {}
+            other => return other,
+        }
+    }
+}
+
 /// A device worker: runs jobs in arrival order until the session closes its channel.
 /// After a job it spins for up to `spin` for the next one before sleeping.
 fn work(
-    executor: &Mutex<Box<dyn Executor>>,
+    executor: &mut dyn Executor,
     jobs: Receiver<Work>,
     cx: &WorkerContext,
     spin: Duration,
@@ -642,7 +645,7 @@ fn work(
                 tensor,
                 reply,
             }) => {
-                let copy = busy.during(|| upload(lock(executor).as_mut(), &tensor, cx));
+                let copy = busy.during(|| upload(executor, &tensor, cx));
                 let _ = reply.send((worker, copy));
                 continue;
             }
@@ -660,17 +663,10 @@ fn work(
             Payload::Host(x) => JobInput::Host(x),
             Payload::Device(x, keep) => JobInput::Device(x, *keep),
         };
-        let result =
-            busy.during(|| execute_input(lock(executor).as_mut(), input, job.wants, job.run, cx));
+        let result = busy.during(|| execute_input(executor, input, job.wants, job.run, cx));
         // A send fails only when the run already gave up; the result is dropped.
         let _ = job.reply.send((job.worker, result));
     }
-}
-
-/// The executor, whoever held it last: a job's panic is caught inside
-/// [`execute_input`] (the executor reset), so a poisoned lock holds a usable one.
-fn lock(executor: &Mutex<Box<dyn Executor>>) -> std::sync::MutexGuard<'_, Box<dyn Executor>> {
-    executor.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A worker's copy of `tensor` on its device; a panic inside the executor becomes

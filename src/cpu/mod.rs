@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use crate::aggregate::{accumulate, Mode};
 use crate::error::Result;
-use crate::exec::{DeviceOutput, Executor, Loss, MemberSpec, Wants};
+use crate::exec::{DeviceOutput, Executor, Handles, Loss, MemberSpec, Wants};
 use crate::model::Dense;
 use crate::precision::Precision;
 use crate::tensor::Tensor;
@@ -29,9 +29,11 @@ struct CpuMember {
     blend: Option<Arc<Dense>>,
 }
 
-/// Runs the members placed on the host CPU.
+/// Runs the members placed on the host CPU. A run changes nothing it holds, so clones
+/// (which share the packed weights) run on any threads at once.
+#[derive(Clone)]
 pub(crate) struct CpuExecutor {
-    members: Vec<CpuMember>,
+    members: Arc<[CpuMember]>,
     mode: Mode,
     output_width: usize,
     /// Round layer inputs to f16 (weights are rounded once, at build).
@@ -61,7 +63,8 @@ impl CpuExecutor {
                         Arc::clone(&s.model)
                     }),
                 })
-                .collect(),
+                .collect::<Vec<_>>()
+                .into(),
             mode,
             output_width,
             f16,
@@ -149,6 +152,13 @@ impl Executor for CpuExecutor {
             elapsed: started.elapsed(),
             device_time: None,
         })
+    }
+
+    fn concurrent(&self) -> Option<Handles> {
+        let this = self.clone();
+        Some(Arc::new(move || {
+            Box::new(this.clone()) as Box<dyn Executor>
+        }))
     }
 
     /// The host cannot be lost: its members fail the job instead.

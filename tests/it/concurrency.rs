@@ -179,3 +179,41 @@ fn cpu_only_session_from_eight_threads_with_faults() {
         &reference_mean(&refs, &[1.0; 3]),
     );
 }
+
+/// `Session::run` called from `rayon`'s own threads (a parallel loop over inputs, more
+/// of them than threads) on a session whose members are on the host CPU, which runs
+/// them on the same pool: every run answers, with or without a deadline, and right.
+#[test]
+fn cpu_session_runs_from_rayons_threads() {
+    use rayon::prelude::*;
+    let models: Vec<Model> = (0..3)
+        .map(|i| Model::random(&[8, 32, 5], &[Relu, Softmax], 500 + i).unwrap())
+        .collect();
+    let mut g = Graph::builder(8);
+    for (i, m) in models.iter().enumerate() {
+        g = g.member(format!("m{i}"), m.clone(), Placement::Cpu);
+    }
+    let session = Arc::new(Session::new(g.build().unwrap()).unwrap());
+    let (done, finished) = std::sync::mpsc::channel();
+    let (session2, models2) = (Arc::clone(&session), models.clone());
+    std::thread::spawn(move || {
+        (0..64u64).into_par_iter().for_each(|i| {
+            let x = input(1 + (i as usize) % 9, 8, 600 + i);
+            let mut options = RunOptions::default();
+            if i % 3 == 0 {
+                options = options.timeout(Duration::from_secs(30));
+            }
+            let out = session2.run(&x, &options).unwrap();
+            let refs: Vec<Vec<f64>> = models2.iter().map(|m| reference_forward(m, &x)).collect();
+            assert_close(
+                &format!("input {i}"),
+                out.aggregate.as_slice(),
+                &reference_mean(&refs, &[1.0; 3]),
+            );
+        });
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("64 runs from rayon's threads did not all answer within 60 s");
+}
