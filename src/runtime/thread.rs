@@ -80,6 +80,42 @@ impl WorkerThread {
     }
 }
 
+/// How long a wait on one of `rayon`'s threads sleeps on its channel before it looks
+/// for the pool's pending jobs again ([`recv_until`]).
+const RAYON_PAUSE: Duration = Duration::from_micros(200);
+
+/// Waits for the next message until `deadline` (none: for as long as it takes). On one
+/// of `rayon`'s threads the wait runs the pool's pending jobs meanwhile: the host
+/// CPU's members run as jobs of the same pool, and callers that held every thread of
+/// it would otherwise wait for them for ever (a parallel loop calling
+/// `Session::run`, say).
+pub(crate) fn recv_until<T>(
+    rx: &Receiver<T>,
+    deadline: Option<Instant>,
+) -> Result<T, RecvTimeoutError> {
+    if rayon::current_thread_index().is_none() {
+        return match deadline {
+            Some(d) => rx.recv_deadline(d),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+    }
+    loop {
+        match rx.try_recv() {
+            Ok(message) => return Ok(message),
+            Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+            Err(TryRecvError::Empty) => {}
+        }
+        if matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) {
+            continue;
+        }
+        let pause = Instant::now() + RAYON_PAUSE;
+        match rx.recv_deadline(deadline.map_or(pause, |d| d.min(pause))) {
+            Err(RecvTimeoutError::Timeout) if deadline.is_none_or(|d| Instant::now() < d) => {}
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,41 +153,5 @@ mod tests {
         let t = Instant::now();
         assert!(!stuck.shut_down(|| {}), "a stuck worker was joined");
         assert!(t.elapsed() < Duration::from_secs(60));
-    }
-}
-
-/// How long a wait on one of `rayon`'s threads sleeps on its channel before it looks
-/// for the pool's pending jobs again ([`recv_until`]).
-const RAYON_PAUSE: Duration = Duration::from_micros(200);
-
-/// Waits for the next message until `deadline` (none: for as long as it takes). On one
-/// of `rayon`'s threads the wait runs the pool's pending jobs meanwhile: the host
-/// CPU's members run as jobs of the same pool, and callers that held every thread of
-/// it would otherwise wait for them for ever (a parallel loop calling
-/// `Session::run`, say).
-pub(crate) fn recv_until<T>(
-    rx: &Receiver<T>,
-    deadline: Option<Instant>,
-) -> Result<T, RecvTimeoutError> {
-    if rayon::current_thread_index().is_none() {
-        return match deadline {
-            Some(d) => rx.recv_deadline(d),
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
-    }
-    loop {
-        match rx.try_recv() {
-            Ok(message) => return Ok(message),
-            Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
-            Err(TryRecvError::Empty) => {}
-        }
-        if matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) {
-            continue;
-        }
-        let pause = Instant::now() + RAYON_PAUSE;
-        match rx.recv_deadline(deadline.map_or(pause, |d| d.min(pause))) {
-            Err(RecvTimeoutError::Timeout) if deadline.is_none_or(|d| Instant::now() < d) => {}
-            other => return other,
-        }
     }
 }
