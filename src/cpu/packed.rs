@@ -140,7 +140,7 @@ impl PackedLayer {
         );
         // Not zeroed: the first block of the reduction starts every tile from the bias
         // and writes all of its outputs, and a layer with no inputs writes its bias.
-        let mut y: Vec<f32> = Vec::with_capacity(rows * n);
+        let mut y: Vec<f32> = super::forward::spare::take(rows * n);
         let count = n.div_ceil(NR);
         let per = count.div_ceil(parts.clamp(1, count.max(1))).max(1);
         let out = Out(y.as_mut_ptr());
@@ -617,6 +617,38 @@ mod tests {
                     "{isa:?}, {rows} rows, parts {parts}, index {i}: got {g}, want {w}"
                 );
             }
+        }
+    }
+
+    /// A layer's output written into a kept buffer of an earlier run, larger and full
+    /// of NaN (`forward::spare`): every value is the layer's own, none left over.
+    #[test]
+    fn a_reused_buffer_leaves_nothing_of_its_last_run() {
+        use crate::cpu::forward::spare;
+        let Some(isa) = Isa::detect() else {
+            eprintln!("skipped: this processor runs neither AVX-512F nor AVX2 with FMA");
+            return;
+        };
+        let model = Model::random(&[40, 1000], &[Activation::Relu], 5).expect("a valid model");
+        let layer = &model.layers()[0];
+        let packed = PackedLayer::new(layer, isa);
+        let rows = 97;
+        let x: Vec<f32> = (0..rows * 40)
+            .map(|i| ((i * 3) % 11) as f32 / 5.5 - 1.0)
+            .collect();
+        let mut old = vec![f32::NAN; 2 * rows * 1000];
+        let at = old.as_ptr();
+        old.truncate(rows * 1000 + 7);
+        spare::give(old);
+        let got = packed.run(&x, rows, 2);
+        assert_eq!(got.as_ptr(), at, "the kept buffer was not the one used");
+        let want = reference(layer, &x, rows);
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                approx::relative_eq!(f64::from(*g), *w, epsilon = 1e-5, max_relative = 1e-5),
+                "index {i}: got {g}, want {w}"
+            );
         }
     }
 
