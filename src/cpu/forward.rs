@@ -76,13 +76,20 @@ impl Layers {
             Layers::Plain(model) => forward(model, x, rows, f16, parts),
             Layers::Packed(layers) => {
                 let mut current: Option<Vec<f32>> = None;
-                for layer in layers {
+                for (i, layer) in layers.iter().enumerate() {
                     let input = current.as_deref().unwrap_or(x);
+                    // A hidden layer's output goes into a kept buffer; the last layer's
+                    // leaves the executor, in one of its own size.
+                    let y = if i + 1 < layers.len() {
+                        spare::take(rows * layer.out_features())
+                    } else {
+                        Vec::new()
+                    };
                     let next = if f16 {
                         let rounded: Vec<f32> = input.iter().map(|&v| round_f16(v)).collect();
-                        layer.run(&rounded, rows, parts)
+                        layer.run_into(&rounded, rows, parts, y)
                     } else {
-                        layer.run(input, rows, parts)
+                        layer.run_into(input, rows, parts, y)
                     };
                     // The layer before's output is spent: the next run's layers reuse it.
                     if let Some(spent) = current.replace(next) {
@@ -112,7 +119,7 @@ pub(crate) mod spare {
     }
 
     /// An empty buffer with room for `len` values: the smallest kept one large
-    /// enough, else a new one.
+    /// enough, else an empty one (which the layer sizes).
     pub(crate) fn take(len: usize) -> Vec<f32> {
         if len * 4 >= MIN_BYTES {
             let kept = SPARE.with_borrow_mut(|spare| {
@@ -129,7 +136,7 @@ pub(crate) mod spare {
                 return buffer;
             }
         }
-        Vec::with_capacity(len)
+        Vec::new()
     }
 
     /// Keeps `buffer` for a later [`take`] on this thread (the largest [`KEPT`]).

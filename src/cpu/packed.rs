@@ -129,9 +129,29 @@ impl PackedLayer {
         }
     }
 
+    /// Values per output row.
+    pub(crate) fn out_features(&self) -> usize {
+        self.n
+    }
+
     /// `act(x · Wᵀ + b)` for `rows` rows of `x` (`[rows, k]`), the panels split into
     /// `parts` blocks run side by side.
+    #[cfg(test)]
     pub(crate) fn run(&self, x: &[f32], rows: usize, parts: usize) -> Vec<f32> {
+        self.run_into(x, rows, parts, Vec::new())
+    }
+
+    /// `act(x · Wᵀ + b)` for `rows` rows of `x` (`[rows, k]`), the panels split into
+    /// `parts` blocks run side by side, into `y`'s allocation (its values dropped,
+    /// grown where too small): a buffer kept from an earlier run
+    /// ([`forward::spare`](super::forward::spare)) or a new one.
+    pub(crate) fn run_into(
+        &self,
+        x: &[f32],
+        rows: usize,
+        parts: usize,
+        mut y: Vec<f32>,
+    ) -> Vec<f32> {
         let (k, n) = (self.k, self.n);
         assert!(
             x.len() >= rows * k,
@@ -140,7 +160,8 @@ impl PackedLayer {
         );
         // Not zeroed: the first block of the reduction starts every tile from the bias
         // and writes all of its outputs, and a layer with no inputs writes its bias.
-        let mut y: Vec<f32> = super::forward::spare::take(rows * n);
+        y.clear();
+        y.reserve_exact(rows * n);
         let count = n.div_ceil(NR);
         let per = count.div_ceil(parts.clamp(1, count.max(1))).max(1);
         let out = Out(y.as_mut_ptr());
@@ -640,7 +661,7 @@ mod tests {
         let at = old.as_ptr();
         old.truncate(rows * 1000 + 7);
         spare::give(old);
-        let got = packed.run(&x, rows, 2);
+        let got = packed.run_into(&x, rows, 2, spare::take(rows * 1000));
         assert_eq!(got.as_ptr(), at, "the kept buffer was not the one used");
         let want = reference(layer, &x, rows);
         assert_eq!(got.len(), want.len());
