@@ -13,7 +13,7 @@ use crate::options::{QuorumPolicy, SessionOptions};
 use crate::placement::ExecutionDevice;
 use crate::report::MemberReport;
 use crate::runtime::{
-    check_input, check_quorum, compile, execute, recv_until, Combiner, WorkerContext, WorkerThread,
+    check_input, check_quorum, compile, execute, Combiner, WorkerContext, WorkerThread,
 };
 use crate::tensor::Tensor;
 
@@ -368,17 +368,13 @@ impl Pipeline {
 
     /// The next result, in input order; `None` once the pipeline is closed and every
     /// result has been received.
-    ///
-    /// On one of `rayon`'s threads the wait runs the pool's pending jobs meanwhile (the
-    /// host CPU's members run as jobs of that pool).
     pub fn recv(&self) -> Option<PipelineOutput> {
-        recv_until(&self.results, None).ok()
+        self.results.recv().ok()
     }
 
-    /// The next result if one arrives within `timeout` (waiting as [`Pipeline::recv`]
-    /// does).
+    /// The next result if one arrives within `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<PipelineOutput> {
-        recv_until(&self.results, Instant::now().checked_add(timeout)).ok()
+        self.results.recv_timeout(timeout).ok()
     }
 
     /// Stops accepting inputs. Everything already sent is still processed: keep

@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::aggregate::Mode;
 use crate::cpu::forward::{activate, threads, Layers};
+use crate::cpu::on_pool;
 use crate::device_tensor::{DeviceCopy, DeviceRunOutput, DeviceTensor};
 use crate::error::{Error, Result};
 use crate::exec::{spin_until, DeviceOutput, Executor, Handles, Wants};
@@ -20,8 +21,8 @@ use crate::options::{QuorumPolicy, RunOptions, SessionOptions};
 use crate::placement::ExecutionDevice;
 use crate::report::{MemberStatus, RunOutput};
 use crate::runtime::{
-    check_input, check_quorum, compile, execute_input, recv_until, Busy, Combiner, JobInput,
-    WorkerContext, WorkerThread,
+    check_input, check_quorum, compile, execute_input, Busy, Combiner, JobInput, WorkerContext,
+    WorkerThread,
 };
 use crate::tensor::Tensor;
 
@@ -153,7 +154,7 @@ impl HostBlender {
         }
         activate(self.activation, &mut sums, hidden);
         let y = match &self.rest {
-            Some(rest) => rest.forward(&sums, rows, false, threads()),
+            Some(rest) => on_pool(|| rest.forward(&sums, rows, false, threads())),
             None => sums,
         };
         Tensor::matrix(rows, output_width, y)
@@ -509,7 +510,10 @@ impl Session {
         while pending.iter().any(|&p| p) {
             let message = match spin_recv(&replies, self.spin, deadline) {
                 Some(message) => Ok(message),
-                None => recv_until(&replies, deadline),
+                None => match deadline {
+                    Some(d) => replies.recv_deadline(d),
+                    None => replies.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                },
             };
             match message {
                 Ok((w, result)) => {

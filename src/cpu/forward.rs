@@ -102,9 +102,10 @@ impl Layers {
     }
 }
 
-/// Buffers of hidden layers' outputs kept for the next run on the same thread: a
-/// fresh buffer of megabytes comes from the system zeroed page by page as the kernel
-/// first writes it (5 % of a run of E1 at batch 1024, in page faults).
+/// Buffers of hidden layers' outputs kept for the next run on the same thread (a
+/// thread of the CPU pool, [`super::pool`]): a fresh buffer of megabytes comes from the
+/// system zeroed page by page as the kernel first writes it (5 % of a run of E1 at
+/// batch 1024, in page faults). They stay for the life of the process.
 pub(crate) mod spare {
     use std::cell::RefCell;
 
@@ -113,6 +114,10 @@ pub(crate) mod spare {
 
     /// Smaller buffers are left to the allocator, which keeps them itself.
     const MIN_BYTES: usize = 256 << 10;
+
+    /// Larger buffers are not kept: at most `KEPT` × 64 MiB stay on a thread of the
+    /// CPU pool (E2 at batch 1024 has hidden outputs of 16 MiB).
+    const MAX_BYTES: usize = 64 << 20;
 
     thread_local! {
         static SPARE: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
@@ -141,7 +146,7 @@ pub(crate) mod spare {
 
     /// Keeps `buffer` for a later [`take`] on this thread (the largest [`KEPT`]).
     pub(crate) fn give(buffer: Vec<f32>) {
-        if buffer.capacity() * 4 < MIN_BYTES {
+        if !(MIN_BYTES..=MAX_BYTES).contains(&(buffer.capacity() * 4)) {
             return;
         }
         SPARE.with_borrow_mut(|spare| {
@@ -154,11 +159,14 @@ pub(crate) mod spare {
     }
 }
 
-/// The threads a run on the host spreads over: those of `rayon`'s pool, which runs
-/// it. (Not `available_parallelism`, which reads the cgroup files on every call: 3 %
-/// of a run of E1 at batch 1.)
+/// The threads a run on the host spreads over: those of the pool that runs it
+/// ([`super::pool`]). (Not `available_parallelism`, which reads the cgroup files on
+/// every call: 3 % of a run of E1 at batch 1.)
 pub(crate) fn threads() -> usize {
-    rayon::current_num_threads()
+    super::pool().map_or_else(
+        rayon::current_num_threads,
+        rayon::ThreadPool::current_num_threads,
+    )
 }
 
 /// A model's forward pass on `rows` rows of `x`; `f16` rounds each layer's input to

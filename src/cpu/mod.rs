@@ -72,8 +72,9 @@ impl CpuExecutor {
     }
 }
 
-impl Executor for CpuExecutor {
-    fn run(&mut self, input: &Tensor, wants: Wants, skip: &[usize]) -> Result<DeviceOutput> {
+impl CpuExecutor {
+    /// [`Executor::run`] on this thread (on [`pool`], by `run`).
+    fn run_here(&self, input: &Tensor, wants: Wants, skip: &[usize]) -> Result<DeviceOutput> {
         let started = Instant::now();
         let rows = input.shape().first().copied().unwrap_or(0);
         let input = input.as_slice();
@@ -152,6 +153,38 @@ impl Executor for CpuExecutor {
             elapsed: started.elapsed(),
             device_time: None,
         })
+    }
+}
+
+/// The threads the host CPU's members run on: a `rayon` pool of the crate's own, as
+/// many threads as rayon's global pool would have (`RAYON_NUM_THREADS`, else one per
+/// core); `None` if it could not be started (the global pool then runs them). Not the
+/// global pool, where callers of [`Session::run`](crate::Session::run) or
+/// [`Pipeline::recv`](crate::Pipeline::recv) on rayon's threads (a parallel loop of
+/// runs) would block the very threads a CPU worker's layers wait for.
+pub(crate) fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("wgpu-ensemble cpu {i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
+/// Runs `job` on [`pool`] (at once when already on it), the caller waiting.
+pub(crate) fn on_pool<T: Send>(job: impl FnOnce() -> T + Send) -> T {
+    match pool() {
+        Some(pool) => pool.install(job),
+        None => job(),
+    }
+}
+
+impl Executor for CpuExecutor {
+    fn run(&mut self, input: &Tensor, wants: Wants, skip: &[usize]) -> Result<DeviceOutput> {
+        let this = &*self;
+        on_pool(|| this.run_here(input, wants, skip))
     }
 
     fn concurrent(&self) -> Option<Handles> {

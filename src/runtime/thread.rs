@@ -8,9 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::Duration;
 
 /// Set by a worker while it runs a job.
 #[derive(Clone, Default)]
@@ -76,42 +74,6 @@ impl WorkerThread {
             meanwhile();
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(5));
-        }
-    }
-}
-
-/// How long a wait on one of `rayon`'s threads sleeps on its channel before it looks
-/// for the pool's pending jobs again ([`recv_until`]).
-const RAYON_PAUSE: Duration = Duration::from_micros(200);
-
-/// Waits for the next message until `deadline` (none: for as long as it takes). On one
-/// of `rayon`'s threads the wait runs the pool's pending jobs meanwhile: the host
-/// CPU's members run as jobs of the same pool, and callers that held every thread of
-/// it would otherwise wait for them for ever (a parallel loop calling
-/// `Session::run`, say).
-pub(crate) fn recv_until<T>(
-    rx: &Receiver<T>,
-    deadline: Option<Instant>,
-) -> Result<T, RecvTimeoutError> {
-    if rayon::current_thread_index().is_none() {
-        return match deadline {
-            Some(d) => rx.recv_deadline(d),
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
-    }
-    loop {
-        match rx.try_recv() {
-            Ok(message) => return Ok(message),
-            Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
-            Err(TryRecvError::Empty) => {}
-        }
-        if matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) {
-            continue;
-        }
-        let pause = Instant::now() + RAYON_PAUSE;
-        match rx.recv_deadline(deadline.map_or(pause, |d| d.min(pause))) {
-            Err(RecvTimeoutError::Timeout) if deadline.is_none_or(|d| Instant::now() < d) => {}
-            other => return other,
         }
     }
 }

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{assert_close, input, reference_forward, reference_mean, reference_present};
+use std::time::Instant;
 use wgpu_ensemble::{
-    Activation::*, Error, Fault, FaultPlan, Graph, MemberStatus, Model, Placement, QuorumPolicy,
-    RunOptions, Session, SessionOptions,
+    Activation::*, Error, Fault, FaultPlan, Graph, MemberStatus, Model, Pipeline, PipelineOptions,
+    Placement, QuorumPolicy, RunOptions, Session, SessionOptions,
 };
 
 #[test]
@@ -216,4 +217,113 @@ fn cpu_session_runs_from_rayons_threads() {
     finished
         .recv_timeout(Duration::from_secs(60))
         .expect("64 runs from rayon's threads did not all answer within 60 s");
+}
+
+/// A run with a deadline called on one of `rayon`'s threads returns at its deadline,
+/// whatever other jobs the pool has pending: its wait runs none of them.
+#[test]
+fn a_deadline_holds_on_rayons_threads() {
+    let model = Model::random(&[8, 16, 5], &[Relu, Softmax], 510).unwrap();
+    let graph = Graph::builder(8)
+        .member("m", model, Placement::Cpu)
+        .build()
+        .unwrap();
+    let plan = FaultPlan::new().on_run("m", 0, Fault::Sleep(Duration::from_millis(300)));
+    let session = Session::with_options(graph, SessionOptions::default().faults(plan)).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let x = input(2, 8, 1);
+    let (elapsed, late) = pool.install(|| {
+        rayon::join(
+            || {
+                let started = Instant::now();
+                let out = session.run(
+                    &x,
+                    &RunOptions::default().timeout(Duration::from_millis(100)),
+                );
+                (
+                    started.elapsed(),
+                    matches!(out, Err(Error::DeadlineExceeded { .. })),
+                )
+            },
+            || std::thread::sleep(Duration::from_secs(2)),
+        )
+        .0
+    });
+    assert!(late, "the run past its deadline was not DeadlineExceeded");
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "a run with a 100 ms timeout took {elapsed:?}"
+    );
+}
+
+/// A pipeline fed and drained by the two halves of a `rayon::join` on a small pool
+/// (its queues shorter than the inputs) gets every result: a receiver's wait does not
+/// run the sender, which would then wait on the receiver below it on the same stack.
+#[test]
+fn a_pipeline_fed_and_drained_inside_rayon_join() {
+    let model = Model::random(&[8, 16, 5], &[Relu, Softmax], 520).unwrap();
+    let graph = Graph::builder(8)
+        .member("m", model, Placement::Cpu)
+        .build()
+        .unwrap();
+    let pipeline = Pipeline::new(graph, PipelineOptions::default().capacity(2)).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let received = pool.install(|| {
+            rayon::join(
+                || std::thread::sleep(Duration::from_millis(300)),
+                || {
+                    rayon::join(
+                        || std::iter::from_fn(|| pipeline.recv()).count(),
+                        || {
+                            for i in 0..50 {
+                                pipeline.send(&input(2, 8, i)).unwrap();
+                            }
+                            pipeline.close();
+                        },
+                    )
+                    .0
+                },
+            )
+            .1
+        });
+        let _ = done.send(received);
+    });
+    let received = finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the pipeline inside rayon::join did not finish within 60 s");
+    assert_eq!(received, 50);
+}
+
+/// A run's aggregate holds its own values, not a larger buffer kept from a hidden
+/// layer: three runs of 1024 rows through 1024-wide hidden layers to 64 outputs.
+#[test]
+fn an_output_is_not_a_kept_hidden_buffer() {
+    let model = Model::random(&[64, 1024, 1024, 64], &[Relu, Relu, Identity], 530).unwrap();
+    let graph = Graph::builder(64)
+        .member("m", model, Placement::Cpu)
+        .build()
+        .unwrap();
+    let session = Session::new(graph).unwrap();
+    let x = input(1024, 64, 2);
+    for run in 0..3 {
+        let out = session
+            .run(&x, &RunOptions::default())
+            .unwrap()
+            .aggregate
+            .into_vec();
+        assert!(
+            out.capacity() <= 2 * out.len(),
+            "run {run}: an output of {} values in a buffer of {}",
+            out.len(),
+            out.capacity()
+        );
+    }
 }
