@@ -611,6 +611,17 @@ mod tests {
     use crate::cpu::forward::tests::reference;
     use crate::model::Model;
 
+    /// `got` against the f64 reference, `epsilon` absolute and 1e-5 relative.
+    fn assert_matches(label: &str, got: &[f32], want: &[f64], epsilon: f64) {
+        assert_eq!(got.len(), want.len(), "{label}: lengths");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                approx::relative_eq!(f64::from(*g), *w, epsilon = epsilon, max_relative = 1e-5),
+                "{label}, index {i}: got {g}, want {w}"
+            );
+        }
+    }
+
     /// More rows than one block of rows holds ([`x_block_bytes`]), with several
     /// blocks of the reduction and panels, each panel's block fetched ahead while the
     /// one before runs: the f64 reference, whatever the split among threads.
@@ -631,13 +642,8 @@ mod tests {
         let want = reference(layer, &x, rows);
         for parts in [1, 2] {
             let got = packed.run(&x, rows, parts);
-            assert_eq!(got.len(), want.len());
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    approx::relative_eq!(f64::from(*g), *w, epsilon = 1e-4, max_relative = 1e-5),
-                    "{isa:?}, {rows} rows, parts {parts}, index {i}: got {g}, want {w}"
-                );
-            }
+            let label = format!("{isa:?}, {rows} rows, parts {parts}");
+            assert_matches(&label, &got, &want, 1e-4);
         }
     }
 
@@ -663,14 +669,7 @@ mod tests {
         spare::give(old);
         let got = packed.run_into(&x, rows, 2, spare::take(rows * 1000));
         assert_eq!(got.as_ptr(), at, "the kept buffer was not the one used");
-        let want = reference(layer, &x, rows);
-        assert_eq!(got.len(), want.len());
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                approx::relative_eq!(f64::from(*g), *w, epsilon = 1e-5, max_relative = 1e-5),
-                "index {i}: got {g}, want {w}"
-            );
-        }
+        assert_matches("a reused buffer", &got, &reference(layer, &x, rows), 1e-5);
     }
 
     /// Every tile height (1–12 rows and beyond), widths that are not multiples of a
@@ -706,18 +705,8 @@ mod tests {
                     let want = reference(layer, &x, rows);
                     for parts in [1, 2, 3, 64] {
                         let got = packed.run(&x, rows, parts);
-                        assert_eq!(got.len(), want.len(), "k {k}, n {n}, rows {rows}");
-                        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                            assert!(
-                            approx::relative_eq!(
-                                f64::from(*g),
-                                *w,
-                                epsilon = 1e-5,
-                                max_relative = 1e-5
-                            ),
-                            "{isa:?}, k {k}, n {n}, rows {rows}, parts {parts}, index {i}: got {g}, want {w}"
-                        );
-                        }
+                        let label = format!("{isa:?}, k {k}, n {n}, rows {rows}, parts {parts}");
+                        assert_matches(&label, &got, &want, 1e-5);
                     }
                 }
             }

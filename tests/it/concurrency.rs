@@ -138,13 +138,7 @@ fn cpu_only_session_from_eight_threads_with_faults() {
                         }
                         Err(e) => panic!("thread {t} run {r}: {e}"),
                     };
-                    let present: Vec<usize> = out
-                        .members
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, m)| matches!(m.status, MemberStatus::Finished))
-                        .map(|(i, _)| i)
-                        .collect();
+                    let present = common::finished(&out.members);
                     if present.len() < 3 {
                         assert_eq!(present, [0, 2], "thread {t} run {r}");
                         assert!(

@@ -241,13 +241,7 @@ fn a_late_member_under_quorum_then_normal_inputs() {
         } else if let Ok(aggregate) = &out.aggregate {
             // Inputs queued behind the sleeping member may also be late for it (their
             // deadlines run from `send`); whatever finished is aggregated correctly.
-            let present: Vec<usize> = out
-                .members
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| matches!(m.status, MemberStatus::Finished))
-                .map(|(i, _)| i)
-                .collect();
+            let present = common::finished(&out.members);
             assert!(present.len() >= 2);
             assert_close(
                 &format!("input {i}"),

@@ -312,3 +312,13 @@ pub fn reference_stack(members: &[Model], blender: &Model, x: &Tensor, cols: usi
     }
     reference_forward64(blender, &stacked, rows)
 }
+
+/// The indices of the members that finished, in member order.
+pub fn finished(members: &[wgpu_ensemble::MemberReport]) -> Vec<usize> {
+    members
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| matches!(m.status, wgpu_ensemble::MemberStatus::Finished))
+        .map(|(i, _)| i)
+        .collect()
+}
