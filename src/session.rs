@@ -477,10 +477,12 @@ impl Session {
                 let mut executor = handles();
                 let result =
                     execute_input(executor.as_mut(), JobInput::Host(x), wants, run, context);
-                let failure = combiner.add(&worker.members, result.map(|(out, _)| out));
-                if let (Some(e), QuorumPolicy::RequireAll) = (failure, options.quorum) {
-                    return Err(e);
-                }
+                admit(
+                    &mut combiner,
+                    &worker.members,
+                    result.map(|(out, _)| out),
+                    options,
+                )?;
                 return Ok((combiner, None));
             }
         }
@@ -522,10 +524,7 @@ impl Session {
                         kept = kept.take().or(copy);
                         out
                     });
-                    let failure = combiner.add(&self.workers[w].members, result);
-                    if let (Some(e), QuorumPolicy::RequireAll) = (failure, options.quorum) {
-                        return Err(e);
-                    }
+                    admit(&mut combiner, &self.workers[w].members, result, options)?;
                 }
                 // A worker that picks up a job after its deadline drops it unanswered,
                 // which can disconnect the channel before the timeout is seen.
@@ -577,6 +576,20 @@ impl Drop for Session {
         for w in &mut self.workers {
             w.thread.shut_down(|| {});
         }
+    }
+}
+
+/// Adds one device's result for `members` to the combiner; under
+/// [`QuorumPolicy::RequireAll`] a failed member fails the run at once.
+fn admit(
+    combiner: &mut Combiner<'_>,
+    members: &[usize],
+    result: Result<DeviceOutput>,
+    options: &RunOptions,
+) -> Result<()> {
+    match (combiner.add(members, result), options.quorum) {
+        (Some(e), QuorumPolicy::RequireAll) => Err(e),
+        _ => Ok(()),
     }
 }
 

@@ -217,11 +217,7 @@ fn cpu_session_runs_from_rayons_threads() {
 /// whatever other jobs the pool has pending: its wait runs none of them.
 #[test]
 fn a_deadline_holds_on_rayons_threads() {
-    let model = Model::random(&[8, 16, 5], &[Relu, Softmax], 510).unwrap();
-    let graph = Graph::builder(8)
-        .member("m", model, Placement::Cpu)
-        .build()
-        .unwrap();
+    let graph = one_cpu_member(510);
     let plan = FaultPlan::new().on_run("m", 0, Fault::Sleep(Duration::from_millis(300)));
     let session = Session::with_options(graph, SessionOptions::default().faults(plan)).unwrap();
     let pool = rayon::ThreadPoolBuilder::new()
@@ -258,11 +254,7 @@ fn a_deadline_holds_on_rayons_threads() {
 /// run the sender, which would then wait on the receiver below it on the same stack.
 #[test]
 fn a_pipeline_fed_and_drained_inside_rayon_join() {
-    let model = Model::random(&[8, 16, 5], &[Relu, Softmax], 520).unwrap();
-    let graph = Graph::builder(8)
-        .member("m", model, Placement::Cpu)
-        .build()
-        .unwrap();
+    let graph = one_cpu_member(520);
     let pipeline = Pipeline::new(graph, PipelineOptions::default().capacity(2)).unwrap();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
@@ -320,4 +312,13 @@ fn an_output_is_not_a_kept_hidden_buffer() {
             out.capacity()
         );
     }
+}
+
+/// A graph of one small member, "m", on the host CPU.
+fn one_cpu_member(seed: u64) -> Graph {
+    let model = Model::random(&[8, 16, 5], &[Relu, Softmax], seed).unwrap();
+    Graph::builder(8)
+        .member("m", model, Placement::Cpu)
+        .build()
+        .unwrap()
 }
