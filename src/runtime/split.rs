@@ -216,12 +216,17 @@ impl Executor for SplitExecutor {
                 self.mode,
             );
             out.present.push(self.index);
+            // The blender's share and the statistics run on rayon's threads: on the
+            // crate's CPU pool, as the CPU executor's do, not on rayon's global pool,
+            // whose threads may all be callers waiting for this run.
             if let Some(block) = &self.blend {
-                out.blend = dense(block, &y, rows, threads());
+                out.blend = crate::cpu::on_pool(|| dense(block, &y, rows, threads()));
             }
             if wants.moments && self.weight > 0.0 {
-                out.moments
-                    .push(Moments::of(&[(&y, self.weight)], rows, self.output_width));
+                let width = self.output_width;
+                out.moments.push(crate::cpu::on_pool(|| {
+                    Moments::of(&[(&y, self.weight)], rows, width)
+                }));
             }
             if wants.members {
                 out.members.push((self.index, y));

@@ -6,11 +6,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{assert_close, input, reference_forward, reference_mean, reference_present};
+use common::{
+    assert_close, input, reference_forward, reference_mean, reference_present, reference_stack,
+};
 use std::time::Instant;
 use wgpu_ensemble::{
-    Activation::*, Error, Fault, FaultPlan, Graph, MemberStatus, Model, Pipeline, PipelineOptions,
-    Placement, QuorumPolicy, RunOptions, Session, SessionOptions,
+    Activation::*, Aggregate, Error, Fault, FaultPlan, Graph, MemberStatus, Model, Pipeline,
+    PipelineOptions, Placement, QuorumPolicy, RunOptions, Session, SessionOptions, Split,
 };
 
 #[test]
@@ -211,6 +213,95 @@ fn cpu_session_runs_from_rayons_threads() {
     finished
         .recv_timeout(Duration::from_secs(60))
         .expect("64 runs from rayon's threads did not all answer within 60 s");
+}
+
+/// A stack whose member is split across two CPU parts, its share of the blender wide
+/// enough to be split across threads, run from `rayon`'s own threads: the split
+/// member's blender share runs on the crate's CPU pool, not on the global pool whose
+/// threads are all waiting for it (that hung), and every answer is right.
+#[test]
+fn a_split_members_blender_share_from_rayons_threads() {
+    use rayon::prelude::*;
+    let members = [
+        Model::random(&[8, 24, 5], &[Relu, Softmax], 520).unwrap(),
+        Model::random(&[8, 16, 5], &[Tanh, Softmax], 521).unwrap(),
+    ];
+    // 64 sums in the blender's first layer: two blocks of columns at 9 rows and more.
+    let blender = Model::random(&[10, 64, 5], &[Relu, Softmax], 522).unwrap();
+    let graph = Graph::builder(8)
+        .aggregate(Aggregate::Stack {
+            blender: Arc::new(blender.clone()),
+        })
+        .member("whole", members[0].clone(), Placement::Cpu)
+        .split_member(
+            "split",
+            members[1].clone(),
+            Split::layers(vec![Placement::Cpu, Placement::Cpu]),
+        )
+        .build()
+        .unwrap();
+    let session = Arc::new(Session::new(graph).unwrap());
+    let (done, finished) = std::sync::mpsc::channel();
+    let session2 = Arc::clone(&session);
+    std::thread::spawn(move || {
+        (0..64u64).into_par_iter().for_each(|i| {
+            let x = input(9 + (i as usize) % 7, 8, 700 + i);
+            let out = session2.run(&x, &RunOptions::default()).unwrap();
+            assert_eq!(out.stacked, Some(true), "input {i}");
+            assert_close(
+                &format!("input {i}"),
+                out.aggregate.as_slice(),
+                &reference_stack(&members, &blender, &x, 5),
+            );
+        });
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("64 stacked runs from rayon's threads did not all answer within 60 s");
+}
+
+/// The uncertainty statistics of a member split across two CPU parts, at more rows
+/// than one block of them (64), asked from `rayon`'s own threads: computed on the
+/// crate's CPU pool, not on the global pool whose threads wait for them (that hung).
+#[test]
+fn a_split_members_uncertainty_from_rayons_threads() {
+    use rayon::prelude::*;
+    let members = [
+        Model::random(&[8, 24, 5], &[Relu, Softmax], 530).unwrap(),
+        Model::random(&[8, 16, 5], &[Tanh, Softmax], 531).unwrap(),
+    ];
+    let graph = Graph::builder(8)
+        .member("whole", members[0].clone(), Placement::Cpu)
+        .split_member(
+            "split",
+            members[1].clone(),
+            Split::layers(vec![Placement::Cpu, Placement::Cpu]),
+        )
+        .build()
+        .unwrap();
+    let session = Arc::new(Session::new(graph).unwrap());
+    let (done, finished) = std::sync::mpsc::channel();
+    let session2 = Arc::clone(&session);
+    std::thread::spawn(move || {
+        (0..32u64).into_par_iter().for_each(|i| {
+            let x = input(65 + (i as usize) % 7, 8, 800 + i);
+            let out = session2
+                .run(&x, &RunOptions::default().uncertainty(true))
+                .unwrap();
+            assert!(out.uncertainty.is_some(), "input {i}: no uncertainty");
+            let refs: Vec<Vec<f64>> = members.iter().map(|m| reference_forward(m, &x)).collect();
+            assert_close(
+                &format!("input {i}"),
+                out.aggregate.as_slice(),
+                &reference_mean(&refs, &[1.0; 2]),
+            );
+        });
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("32 runs with uncertainty from rayon's threads did not all answer within 60 s");
 }
 
 /// A run with a deadline called on one of `rayon`'s threads returns at its deadline,
