@@ -3,9 +3,11 @@
 //! single-threaded on blocks of columns), then the bias and activation with the WGSL
 //! kernels' formulas.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use super::packed::{Isa, PackedLayer};
+use super::Alive;
 use crate::model::{Activation, Dense, Model};
 
 /// Rows up to which a layer runs as dot products, each weight row with each input
@@ -26,8 +28,13 @@ const SMALL_ROWS: usize = 8;
 
 /// A member's layers in the form the host runs them.
 pub(crate) enum Layers {
-    /// Packed for the AVX-512 kernel ([`packed`](super::packed)).
-    Packed(Vec<PackedLayer>),
+    /// Packed for the AVX-512 kernel ([`packed`](super::packed)), counted among the
+    /// packed models alive: when the last is dropped, the CPU pool's threads drop the
+    /// buffers they keep for their hidden outputs ([`spare`]).
+    Packed {
+        layers: Vec<PackedLayer>,
+        _alive: Alive,
+    },
     /// As the model holds them, for the GEMM crates.
     Plain(Arc<Model>),
 }
@@ -58,13 +65,14 @@ impl Layers {
             }
         };
         match isa {
-            Some(isa) => Layers::Packed(
-                model
+            Some(isa) => Layers::Packed {
+                layers: model
                     .layers()
                     .iter()
                     .map(|l| PackedLayer::new(l, isa))
                     .collect(),
-            ),
+                _alive: Alive::new(&PACKED, super::release_kept),
+            },
             None => Layers::Plain(model),
         }
     }
@@ -74,7 +82,7 @@ impl Layers {
     pub(crate) fn forward(&self, x: &[f32], rows: usize, f16: bool, parts: usize) -> Vec<f32> {
         match self {
             Layers::Plain(model) => forward(model, x, rows, f16, parts),
-            Layers::Packed(layers) => {
+            Layers::Packed { layers, .. } => {
                 let mut current: Option<Vec<f32>> = None;
                 for (i, layer) in layers.iter().enumerate() {
                     let input = current.as_deref().unwrap_or(x);
@@ -102,10 +110,15 @@ impl Layers {
     }
 }
 
+/// The packed models alive ([`Layers::Packed`]).
+static PACKED: AtomicUsize = AtomicUsize::new(0);
+
 /// Buffers of hidden layers' outputs kept for the next run on the same thread (a
 /// thread of the CPU pool, [`super::pool`]): a fresh buffer of megabytes comes from the
 /// system zeroed page by page as the kernel first writes it (5 % of a run of E1 at
-/// batch 1024, in page faults). They stay for the life of the process.
+/// batch 1024, in page faults). They stay while a packed model is alive: when the last
+/// is dropped, the pool's threads drop theirs ([`clear`], by
+/// [`release_kept`](super::release_kept)).
 pub(crate) mod spare {
     use std::cell::RefCell;
 
@@ -142,6 +155,17 @@ pub(crate) mod spare {
             }
         }
         Vec::new()
+    }
+
+    /// Drops the buffers kept on this thread.
+    pub(crate) fn clear() {
+        SPARE.with_borrow_mut(Vec::clear);
+    }
+
+    /// Bytes of the buffers kept on this thread.
+    #[cfg(test)]
+    pub(crate) fn kept_bytes() -> usize {
+        SPARE.with_borrow(|spare| spare.iter().map(|b| b.capacity() * 4).sum())
     }
 
     /// Keeps `buffer` for a later [`take`] on this thread (the largest [`KEPT`]).

@@ -4,6 +4,7 @@
 //! when a member has more than one thread to itself), and for one or two rows as dot
 //! products of each weight row with the input, spread over threads.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -68,6 +69,38 @@ impl CpuExecutor {
             mode,
             output_width,
             f16,
+        }
+    }
+}
+
+/// The pool's threads drop the hidden outputs' buffers they keep
+/// ([`forward::spare`]), called when the last packed model is dropped: the buffers
+/// are for the next run, and there is none. Queued, not waited for: a run that starts
+/// meanwhile only finds fewer buffers kept. (Where the pool could not be started,
+/// runs keep theirs on the threads that called them, which this does not reach.)
+pub(crate) fn release_kept() {
+    if let Some(pool) = pool() {
+        pool.spawn_broadcast(|_| forward::spare::clear());
+    }
+}
+
+/// One of `count` things alive: `last` is called when the last of them is dropped.
+pub(crate) struct Alive {
+    count: &'static AtomicUsize,
+    last: fn(),
+}
+
+impl Alive {
+    pub(crate) fn new(count: &'static AtomicUsize, last: fn()) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self { count, last }
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            (self.last)();
         }
     }
 }
@@ -201,4 +234,64 @@ impl Executor for CpuExecutor {
 
     /// Nothing outlives a run on the host.
     fn reset(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `last` is called each time the count of things alive goes back to zero, and
+    /// only then.
+    #[test]
+    fn the_last_one_dropped_calls_last() {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        fn last() {
+            CALLS.fetch_add(1, Ordering::SeqCst);
+        }
+        let a = Arc::new(Alive::new(&COUNT, last));
+        let b = Alive::new(&COUNT, last);
+        let a2 = Arc::clone(&a);
+        drop(a);
+        drop(b);
+        assert_eq!(CALLS.load(Ordering::SeqCst), 0, "called with a clone alive");
+        drop(a2);
+        assert_eq!(
+            CALLS.load(Ordering::SeqCst),
+            1,
+            "not called at the last drop"
+        );
+        drop(Alive::new(&COUNT, last));
+        assert_eq!(
+            CALLS.load(Ordering::SeqCst),
+            2,
+            "not called at the next last drop"
+        );
+    }
+
+    /// The pool's threads drop their kept buffers when asked; a buffer kept on a
+    /// thread is not another thread's.
+    #[test]
+    fn released_buffers_leave_the_pools_threads() {
+        let Some(pool) = pool() else {
+            eprintln!("skipped: the CPU pool could not be started");
+            return;
+        };
+        let before = pool.broadcast(|_| forward::spare::kept_bytes());
+        pool.broadcast(|_| forward::spare::give(Vec::with_capacity(1 << 18)));
+        let filled = pool.broadcast(|_| forward::spare::kept_bytes());
+        for (thread, (b, f)) in before.iter().zip(&filled).enumerate() {
+            assert!(
+                f >= &(b + (1 << 20)),
+                "thread {thread}: kept {b} then {f} bytes"
+            );
+        }
+        release_kept();
+        // Queued after the release on every thread, so run after it.
+        let after = pool.broadcast(|_| forward::spare::kept_bytes());
+        assert!(
+            after.iter().all(|&a| a == 0),
+            "kept after the release: {after:?} bytes"
+        );
+    }
 }
