@@ -6,7 +6,7 @@ CPU executor is at least as fast).
 
     python3 benches/compare_cpu.py --python /tmp/ort-venv/bin/python \\
         [--bin target/release/wgpu-ensemble] [--workloads gemm,E1,E2] [--gemm 256,512,1024] \\
-        [--batches 1,16,64,256,1024] [--e2-max-batch N] [--runs 30] [--heavy-runs 5] \\
+        [--batches 1,16,64,256,1024] [--e2-max-batch N] [--runs 200] [--heavy-runs 10] \\
         [--warmup 3] [--heavy-warmup 1] [--rounds 2] [--peer default] [--out DIR]
 
 --python is an interpreter with onnx, onnxruntime and numpy (this script itself needs
@@ -16,8 +16,10 @@ $WGPU_ENSEMBLE_BIN, else $CARGO_TARGET_DIR/release/wgpu-ensemble, else
 target/release/wgpu-ensemble: build it with `cargo build --release --bin wgpu-ensemble`.
 
 A cell whose run costs more than --heavy-gflop GFLOP (default 10: E2 from batch 64) is
-timed --heavy-runs times (default 5) after --heavy-warmup warm-up runs (default 1)
-instead of --runs and --warmup; E2 at batch 1024 takes seconds per run on two cores.
+timed --heavy-runs times (default 10) after --heavy-warmup warm-up runs (default 1)
+instead of --runs (default 200) and --warmup; E2 at batch 1024 takes about a second
+per run on two cores. 200 runs, not 30: on a shared machine the p50 of 30 runs of a
+light cell (0.1 ms) took one burst of another tenant's load for the cell's level.
 Both sides get the same runs and warm-up. The ONNX model of each workload is made once
 and kept in ort_baseline.py's cache (E2's weights are 800 MB), and its output is
 compared with numpy's once, in the first round.
@@ -116,8 +118,8 @@ def main():
     ap.add_argument("--batches", type=int_list, default=[1, 16, 64, 256, 1024])
     ap.add_argument("--e2-max-batch", type=int, default=0,
                     help="leave out E2 batches above this (0: none; E2 at 1024 is ~400 GFLOP a run)")
-    ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--heavy-runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--heavy-runs", type=int, default=10)
     ap.add_argument("--heavy-gflop", type=float, default=10.0)
     ap.add_argument("--heavy-warmup", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=3)
