@@ -3,11 +3,10 @@
 //! single-threaded on blocks of columns), then the bias and activation with the WGSL
 //! kernels' formulas.
 
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use super::packed::{Isa, PackedLayer};
-use super::Alive;
+use super::ReleaseKept;
 use crate::model::{Activation, Dense, Model};
 
 /// Rows up to which a layer runs as dot products, each weight row with each input
@@ -28,12 +27,11 @@ const SMALL_ROWS: usize = 8;
 
 /// A member's layers in the form the host runs them.
 pub(crate) enum Layers {
-    /// Packed for the AVX-512 kernel ([`packed`](super::packed)), counted among the
-    /// packed models alive: when the last is dropped, the CPU pool's threads drop the
-    /// buffers they keep for their hidden outputs ([`spare`]).
+    /// Packed for the AVX-512 kernel ([`packed`](super::packed)); when dropped, the
+    /// CPU pool's threads drop the buffers they keep for hidden outputs ([`spare`]).
     Packed {
         layers: Vec<PackedLayer>,
-        _alive: Alive,
+        _release: ReleaseKept,
     },
     /// As the model holds them, for the GEMM crates.
     Plain(Arc<Model>),
@@ -71,7 +69,7 @@ impl Layers {
                     .iter()
                     .map(|l| PackedLayer::new(l, isa))
                     .collect(),
-                _alive: Alive::new(&PACKED, super::release_kept),
+                _release: ReleaseKept,
             },
             None => Layers::Plain(model),
         }
@@ -110,15 +108,11 @@ impl Layers {
     }
 }
 
-/// The packed models alive ([`Layers::Packed`]).
-static PACKED: AtomicUsize = AtomicUsize::new(0);
-
 /// Buffers of hidden layers' outputs kept for the next run on the same thread (a
 /// thread of the CPU pool, [`super::pool`]): a fresh buffer of megabytes comes from the
 /// system zeroed page by page as the kernel first writes it (5 % of a run of E1 at
-/// batch 1024, in page faults). They stay while a packed model is alive: when the last
-/// is dropped, the pool's threads drop theirs ([`clear`], by
-/// [`release_kept`](super::release_kept)).
+/// batch 1024, in page faults). When a packed model is dropped, the pool's threads drop
+/// theirs ([`clear`], by [`release_kept`](super::release_kept)).
 pub(crate) mod spare {
     use std::cell::RefCell;
 

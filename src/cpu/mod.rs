@@ -4,7 +4,6 @@
 //! when a member has more than one thread to itself), and for one or two rows as dot
 //! products of each weight row with the input, spread over threads.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -74,34 +73,26 @@ impl CpuExecutor {
 }
 
 /// The pool's threads drop the hidden outputs' buffers they keep
-/// ([`forward::spare`]), called when the last packed model is dropped: the buffers
-/// are for the next run, and there is none. Queued, not waited for: a run that starts
-/// meanwhile only finds fewer buffers kept. (Where the pool could not be started,
-/// runs keep theirs on the threads that called them, which this does not reach.)
+/// ([`forward::spare`]), when a packed model is dropped ([`ReleaseKept`]): the buffers
+/// are sized for the models run so far, and one of them is gone; the next run of a
+/// model still alive keeps new ones. Queued, not waited for: a run that starts
+/// meanwhile only finds fewer buffers kept. Does not start the pool where it has not
+/// started; where it could not be started, runs keep their buffers on the threads
+/// that called them, which this does not reach.
 pub(crate) fn release_kept() {
-    if let Some(pool) = pool() {
+    #[cfg(test)]
+    tests::RELEASES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    if let Some(pool) = POOL.get().and_then(Option::as_ref) {
         pool.spawn_broadcast(|_| forward::spare::clear());
     }
 }
 
-/// One of `count` things alive: `last` is called when the last of them is dropped.
-pub(crate) struct Alive {
-    count: &'static AtomicUsize,
-    last: fn(),
-}
+/// Held by each packed model: its drop calls [`release_kept`].
+pub(crate) struct ReleaseKept;
 
-impl Alive {
-    pub(crate) fn new(count: &'static AtomicUsize, last: fn()) -> Self {
-        count.fetch_add(1, Ordering::AcqRel);
-        Self { count, last }
-    }
-}
-
-impl Drop for Alive {
+impl Drop for ReleaseKept {
     fn drop(&mut self) {
-        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            (self.last)();
-        }
+        release_kept();
     }
 }
 
@@ -189,6 +180,9 @@ impl CpuExecutor {
     }
 }
 
+/// [`pool`], once started (`None` in it: it could not be).
+static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+
 /// The threads the host CPU's members run on: a `rayon` pool of the crate's own, as
 /// many threads as rayon's global pool would have (`RAYON_NUM_THREADS`, else one per
 /// core); `None` if it could not be started (the global pool then runs them). Not the
@@ -196,7 +190,6 @@ impl CpuExecutor {
 /// [`Pipeline::recv`](crate::Pipeline::recv) on rayon's threads (a parallel loop of
 /// runs) would block the very threads a CPU worker's layers wait for.
 pub(crate) fn pool() -> Option<&'static rayon::ThreadPool> {
-    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
         rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("wgpu-ensemble cpu {i}"))
@@ -239,53 +232,99 @@ impl Executor for CpuExecutor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// `last` is called each time the count of things alive goes back to zero, and
-    /// only then.
-    #[test]
-    fn the_last_one_dropped_calls_last() {
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        static CALLS: AtomicUsize = AtomicUsize::new(0);
-        fn last() {
-            CALLS.fetch_add(1, Ordering::SeqCst);
-        }
-        let a = Arc::new(Alive::new(&COUNT, last));
-        let b = Alive::new(&COUNT, last);
-        let a2 = Arc::clone(&a);
-        drop(a);
-        drop(b);
-        assert_eq!(CALLS.load(Ordering::SeqCst), 0, "called with a clone alive");
-        drop(a2);
-        assert_eq!(
-            CALLS.load(Ordering::SeqCst),
-            1,
-            "not called at the last drop"
-        );
-        drop(Alive::new(&COUNT, last));
-        assert_eq!(
-            CALLS.load(Ordering::SeqCst),
-            2,
-            "not called at the next last drop"
-        );
-    }
+    /// The tests that fill and empty the pool's kept buffers, one at a time: each
+    /// would see the other's.
+    static KEPT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-    /// The pool's threads drop their kept buffers when asked; a buffer kept on a
-    /// thread is not another thread's.
+    /// Calls of [`release_kept`] in this process.
+    pub(super) static RELEASES: AtomicUsize = AtomicUsize::new(0);
+
+    /// Dropping a packed model has the pool's threads drop the buffers they kept for
+    /// its hidden outputs.
     #[test]
-    fn released_buffers_leave_the_pools_threads() {
+    fn dropping_a_packed_model_releases_the_kept_buffers() {
+        let _one = KEPT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(pool) = pool() else {
             eprintln!("skipped: the CPU pool could not be started");
             return;
         };
-        let before = pool.broadcast(|_| forward::spare::kept_bytes());
-        pool.broadcast(|_| forward::spare::give(Vec::with_capacity(1 << 18)));
-        let filled = pool.broadcast(|_| forward::spare::kept_bytes());
-        for (thread, (b, f)) in before.iter().zip(&filled).enumerate() {
+        let model = crate::Model::random(
+            &[64, 1024, 8],
+            &[crate::Activation::Relu, crate::Activation::Identity],
+            3,
+        )
+        .unwrap();
+        let model = Arc::new(model);
+        // Another test's packed model dropped meanwhile releases the buffers too: such
+        // a try (seen in the count of releases) is made again.
+        for _ in 0..50 {
+            let layers = Layers::new(Arc::clone(&model));
+            if !matches!(layers, Layers::Packed { .. }) {
+                eprintln!("skipped: no packed kernel for this processor");
+                return;
+            }
+            let releases = RELEASES.load(Ordering::SeqCst);
+            // 256 rows × 1024 hidden values: a 1 MiB buffer, kept by the thread that
+            // ran it.
+            let x = vec![0.5f32; 256 * 64];
+            on_pool(|| layers.forward(&x, 256, false, 2));
+            let kept: usize = pool
+                .broadcast(|_| forward::spare::kept_bytes())
+                .iter()
+                .sum();
+            if RELEASES.load(Ordering::SeqCst) != releases {
+                continue;
+            }
+            assert!(kept >= 1 << 20, "{kept} bytes kept after a run");
+            drop(layers);
+            // Queued after the release on every thread, so run after it.
+            let after = pool.broadcast(|_| forward::spare::kept_bytes());
             assert!(
-                f >= &(b + (1 << 20)),
-                "thread {thread}: kept {b} then {f} bytes"
+                after.iter().all(|&a| a == 0),
+                "kept after the model was dropped: {after:?} bytes"
             );
+            return;
         }
+        panic!("other tests released the kept buffers during each of 50 tries");
+    }
+
+    /// The pool's threads drop their kept buffers when asked.
+    #[test]
+    fn released_buffers_leave_the_pools_threads() {
+        let _one = KEPT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(pool) = pool() else {
+            eprintln!("skipped: the CPU pool could not be started");
+            return;
+        };
+        // As in the test above, a try during which another test released the buffers
+        // is made again.
+        let mut filled_once = false;
+        for _ in 0..50 {
+            let releases = RELEASES.load(Ordering::SeqCst);
+            pool.broadcast(|_| forward::spare::give(Vec::with_capacity(1 << 18)));
+            let filled = pool.broadcast(|_| forward::spare::kept_bytes());
+            if RELEASES.load(Ordering::SeqCst) != releases {
+                continue;
+            }
+            for (thread, f) in filled.iter().enumerate() {
+                assert!(
+                    *f >= 1 << 20,
+                    "thread {thread}: kept {f} bytes after a give"
+                );
+            }
+            filled_once = true;
+            break;
+        }
+        assert!(
+            filled_once,
+            "other tests released the kept buffers during each of 50 tries"
+        );
         release_kept();
         // Queued after the release on every thread, so run after it.
         let after = pool.broadcast(|_| forward::spare::kept_bytes());

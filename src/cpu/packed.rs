@@ -243,16 +243,27 @@ impl PackedLayer {
                         };
                         let m = mr.min(b1 - r0);
                         // The tile after this one: the next rows of this panel, else the
-                        // first of the next panel, else of the next block of rows.
+                        // first of the next panel, else of the next block of rows, else
+                        // of the next block of the reduction. None for shallow blocks,
+                        // whose tiles are short and whose outputs are mostly only
+                        // written once.
                         let (next_r, next_p, next_b1) = if r0 + m < b1 {
                             (r0 + m, p, b1)
                         } else if p + 1 < p1 {
                             (b0, p + 1, b1)
-                        } else {
+                        } else if b1 < rows {
                             (b1, p0, (b1 + block_rows).min(rows))
+                        } else if !last {
+                            (0, p0, block_rows.min(rows))
+                        } else {
+                            (rows, p0, rows)
                         };
                         let next_y = out.0.wrapping_add(next_r * n + next_p * NR);
-                        let next_rows = mr.min(next_b1 - next_r);
+                        let next_rows = if depth < 64 {
+                            0
+                        } else {
+                            mr.min(next_b1 - next_r)
+                        };
                         let t = Tile {
                             x: x.as_ptr().add(r0 * k + k0),
                             ldx: k,

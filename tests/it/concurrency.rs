@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    assert_close, input, reference_forward, reference_mean, reference_present, reference_stack,
+    assert_close, assert_close_tol, bounded, input, reference_forward, reference_mean,
+    reference_measures, reference_present, reference_stack,
 };
 use std::time::Instant;
 use wgpu_ensemble::{
@@ -191,9 +192,8 @@ fn cpu_session_runs_from_rayons_threads() {
         g = g.member(format!("m{i}"), m.clone(), Placement::Cpu);
     }
     let session = Arc::new(Session::new(g.build().unwrap()).unwrap());
-    let (done, finished) = std::sync::mpsc::channel();
     let (session2, models2) = (Arc::clone(&session), models.clone());
-    std::thread::spawn(move || {
+    bounded(move || {
         (0..64u64).into_par_iter().for_each(|i| {
             let x = input(1 + (i as usize) % 9, 8, 600 + i);
             let mut options = RunOptions::default();
@@ -208,11 +208,8 @@ fn cpu_session_runs_from_rayons_threads() {
                 &reference_mean(&refs, &[1.0; 3]),
             );
         });
-        let _ = done.send(());
-    });
-    finished
-        .recv_timeout(Duration::from_secs(60))
-        .expect("64 runs from rayon's threads did not all answer within 60 s");
+    })
+    .wait("64 runs from rayon's threads", Duration::from_secs(60));
 }
 
 /// A stack whose member is split across two CPU parts, its share of the blender wide
@@ -240,10 +237,12 @@ fn a_split_members_blender_share_from_rayons_threads() {
         )
         .build()
         .unwrap();
+    if rayon::current_num_threads() < 2 {
+        eprintln!("note: rayon's global pool has one thread here; the hang this guards needs two");
+    }
     let session = Arc::new(Session::new(graph).unwrap());
-    let (done, finished) = std::sync::mpsc::channel();
     let session2 = Arc::clone(&session);
-    std::thread::spawn(move || {
+    bounded(move || {
         (0..64u64).into_par_iter().for_each(|i| {
             let x = input(9 + (i as usize) % 7, 8, 700 + i);
             let out = session2.run(&x, &RunOptions::default()).unwrap();
@@ -254,11 +253,11 @@ fn a_split_members_blender_share_from_rayons_threads() {
                 &reference_stack(&members, &blender, &x, 5),
             );
         });
-        let _ = done.send(());
-    });
-    finished
-        .recv_timeout(Duration::from_secs(60))
-        .expect("64 stacked runs from rayon's threads did not all answer within 60 s");
+    })
+    .wait(
+        "64 stacked runs from rayon's threads",
+        Duration::from_secs(60),
+    );
 }
 
 /// The uncertainty statistics of a member split across two CPU parts, at more rows
@@ -281,27 +280,44 @@ fn a_split_members_uncertainty_from_rayons_threads() {
         .build()
         .unwrap();
     let session = Arc::new(Session::new(graph).unwrap());
-    let (done, finished) = std::sync::mpsc::channel();
     let session2 = Arc::clone(&session);
-    std::thread::spawn(move || {
+    bounded(move || {
         (0..32u64).into_par_iter().for_each(|i| {
             let x = input(65 + (i as usize) % 7, 8, 800 + i);
             let out = session2
                 .run(&x, &RunOptions::default().uncertainty(true))
                 .unwrap();
-            assert!(out.uncertainty.is_some(), "input {i}: no uncertainty");
             let refs: Vec<Vec<f64>> = members.iter().map(|m| reference_forward(m, &x)).collect();
             assert_close(
                 &format!("input {i}"),
                 out.aggregate.as_slice(),
                 &reference_mean(&refs, &[1.0; 2]),
             );
+            let u = out
+                .uncertainty
+                .unwrap_or_else(|| panic!("input {i}: no uncertainty"));
+            let want = reference_measures(&refs, &[1.0; 2], x.shape()[0], 5);
+            // The tolerances of the uncertainty tests: sums of the members' f32 outputs.
+            assert_close_tol(
+                &format!("input {i}: entropy, expected entropy, mutual information, disagreement"),
+                u.summary().as_slice(),
+                &want.summary,
+                2e-5,
+                1e-4,
+            );
+            assert_close_tol(
+                &format!("input {i}: variance"),
+                u.variance.as_slice(),
+                &want.variance,
+                2e-5,
+                1e-4,
+            );
         });
-        let _ = done.send(());
-    });
-    finished
-        .recv_timeout(Duration::from_secs(60))
-        .expect("32 runs with uncertainty from rayon's threads did not all answer within 60 s");
+    })
+    .wait(
+        "32 runs with uncertainty from rayon's threads",
+        Duration::from_secs(60),
+    );
 }
 
 /// A run with a deadline called on one of `rayon`'s threads returns at its deadline,
@@ -351,9 +367,8 @@ fn a_pipeline_fed_and_drained_inside_rayon_join() {
         .num_threads(2)
         .build()
         .unwrap();
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let received = pool.install(|| {
+    let received = bounded(move || {
+        pool.install(|| {
             rayon::join(
                 || std::thread::sleep(Duration::from_millis(300)),
                 || {
@@ -370,12 +385,9 @@ fn a_pipeline_fed_and_drained_inside_rayon_join() {
                 },
             )
             .1
-        });
-        let _ = done.send(received);
-    });
-    let received = finished
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the pipeline inside rayon::join did not finish within 60 s");
+        })
+    })
+    .wait("the pipeline inside rayon::join", Duration::from_secs(60));
     assert_eq!(received, 50);
 }
 

@@ -358,9 +358,8 @@ fn results_received_on_every_one_of_rayons_threads() {
     use rayon::prelude::*;
     let pipeline = Arc::new(Pipeline::new(graph(&cpu()), PipelineOptions::default()).unwrap());
     let n = 4 * rayon::current_num_threads() as u64;
-    let (done, finished) = std::sync::mpsc::channel();
     let receiver = Arc::clone(&pipeline);
-    std::thread::spawn(move || {
+    let received = common::bounded(move || {
         let mut got: Vec<(u64, Vec<f32>)> = (0..n)
             .into_par_iter()
             .filter_map(|_| receiver.recv())
@@ -374,16 +373,14 @@ fn results_received_on_every_one_of_rayons_threads() {
             })
             .collect();
         got.sort_by_key(|(id, _)| *id);
-        let _ = done.send(got);
+        got
     });
     // The receivers wait first, holding the pool's threads.
     std::thread::sleep(Duration::from_millis(100));
     for i in 0..n {
         pipeline.send(&input(2, 5, 700 + i)).unwrap();
     }
-    let got = finished
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the results received on rayon's threads did not all arrive within 60 s");
+    let got = received.wait("receiving on rayon's threads", Duration::from_secs(60));
     assert_eq!(
         got.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
         (0..n).collect::<Vec<_>>()

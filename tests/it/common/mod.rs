@@ -322,3 +322,28 @@ pub fn finished(members: &[wgpu_ensemble::MemberReport]) -> Vec<usize> {
         .map(|(i, _)| i)
         .collect()
 }
+
+/// A job on a thread of its own ([`bounded`]), awaited with a time limit.
+pub struct Bounded<T>(std::sync::mpsc::Receiver<std::thread::Result<T>>);
+
+/// Starts `job` on a thread of its own, so that a test can bound a wait that would
+/// hang if the code under test deadlocked.
+pub fn bounded<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Bounded<T> {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)));
+    });
+    Bounded(finished)
+}
+
+impl<T> Bounded<T> {
+    /// The job's result; a panic of the job is the test's (its own message, not a
+    /// timeout), and a job not finished within `limit` fails the test naming `what`.
+    pub fn wait(self, what: &str, limit: std::time::Duration) -> T {
+        match self.0.recv_timeout(limit) {
+            Ok(Ok(value)) => value,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => panic!("{what} did not finish within {limit:?}"),
+        }
+    }
+}
