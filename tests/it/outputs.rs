@@ -6,7 +6,7 @@
 
 #![cfg(unix)]
 
-use crate::common::{golden, stderr};
+use crate::common::{self, golden, stderr};
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileTypeExt;
@@ -408,22 +408,10 @@ fn send(signal: &str, child: &Child) {
     assert!(sent.success(), "kill -{signal}");
 }
 
-/// Whether this process ignores signal `number` (its children start ignoring it too,
-/// and `predict` leaves a signal ignored at its start ignored): Linux's SigIgn mask.
-fn ignored_here(number: i32) -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let mask = status
-        .lines()
-        .find_map(|line| line.strip_prefix("SigIgn:"))
-        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-        .unwrap_or(0);
-    mask & (1 << (number - 1)) != 0
-}
-
 /// `predict` held with both outputs partial, then sent `signal`: it exits with
 /// `code`, and neither a partial file nor an output is left.
 fn signal_while_outputs_are_partial(signal: &str, code: i32) {
-    if ignored_here(code - 128) {
+    if common::ignored_here(code - 128) {
         eprintln!("skipping SIG{signal}: the tests run with it ignored, as would predict");
         return;
     }

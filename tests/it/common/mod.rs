@@ -347,3 +347,17 @@ impl<T> Bounded<T> {
         }
     }
 }
+
+/// Whether this process ignores signal `number` (its children start ignoring it too,
+/// and the commands leave a signal ignored at their start ignored): Linux's SigIgn
+/// mask. Background jobs of a non-interactive shell start with SIGINT and SIGQUIT
+/// ignored, `nohup` adds SIGHUP.
+pub fn ignored_here(number: i32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mask = status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .unwrap_or(0);
+    mask & (1 << (number - 1)) != 0
+}
