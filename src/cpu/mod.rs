@@ -238,6 +238,22 @@ mod tests {
     /// would see the other's.
     static KEPT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+    /// The pool, for one of the tests of the kept buffers at a time (`None`, said, if
+    /// it could not be started).
+    fn kept_test() -> Option<(
+        std::sync::MutexGuard<'static, ()>,
+        &'static rayon::ThreadPool,
+    )> {
+        let one = KEPT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(pool) = pool() else {
+            eprintln!("skipped: the CPU pool could not be started");
+            return None;
+        };
+        Some((one, pool))
+    }
+
     /// Calls of [`release_kept`] in this process.
     pub(super) static RELEASES: AtomicUsize = AtomicUsize::new(0);
 
@@ -245,11 +261,7 @@ mod tests {
     /// its hidden outputs.
     #[test]
     fn dropping_a_packed_model_releases_the_kept_buffers() {
-        let _one = KEPT
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(pool) = pool() else {
-            eprintln!("skipped: the CPU pool could not be started");
+        let Some((_one, pool)) = kept_test() else {
             return;
         };
         let model = crate::Model::random(
@@ -295,11 +307,7 @@ mod tests {
     /// The pool's threads drop their kept buffers when asked.
     #[test]
     fn released_buffers_leave_the_pools_threads() {
-        let _one = KEPT
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(pool) = pool() else {
-            eprintln!("skipped: the CPU pool could not be started");
+        let Some((_one, pool)) = kept_test() else {
             return;
         };
         // As in the test above, a try during which another test released the buffers

@@ -12,8 +12,8 @@ use common::{
 };
 use std::time::Instant;
 use wgpu_ensemble::{
-    Activation::*, Aggregate, Error, Fault, FaultPlan, Graph, MemberStatus, Model, Pipeline,
-    PipelineOptions, Placement, QuorumPolicy, RunOptions, Session, SessionOptions, Split,
+    Activation::*, Aggregate, Error, Fault, FaultPlan, Graph, GraphBuilder, MemberStatus, Model,
+    Pipeline, PipelineOptions, Placement, QuorumPolicy, RunOptions, Session, SessionOptions, Split,
 };
 
 #[test]
@@ -225,18 +225,12 @@ fn a_split_members_blender_share_from_rayons_threads() {
     ];
     // 64 sums in the blender's first layer: two blocks of columns at 9 rows and more.
     let blender = Model::random(&[10, 64, 5], &[Relu, Softmax], 522).unwrap();
-    let graph = Graph::builder(8)
-        .aggregate(Aggregate::Stack {
+    let graph = whole_and_split(
+        Graph::builder(8).aggregate(Aggregate::Stack {
             blender: Arc::new(blender.clone()),
-        })
-        .member("whole", members[0].clone(), Placement::Cpu)
-        .split_member(
-            "split",
-            members[1].clone(),
-            Split::layers(vec![Placement::Cpu, Placement::Cpu]),
-        )
-        .build()
-        .unwrap();
+        }),
+        &members,
+    );
     if rayon::current_num_threads() < 2 {
         eprintln!("note: rayon's global pool has one thread here; the hang this guards needs two");
     }
@@ -270,15 +264,7 @@ fn a_split_members_uncertainty_from_rayons_threads() {
         Model::random(&[8, 24, 5], &[Relu, Softmax], 530).unwrap(),
         Model::random(&[8, 16, 5], &[Tanh, Softmax], 531).unwrap(),
     ];
-    let graph = Graph::builder(8)
-        .member("whole", members[0].clone(), Placement::Cpu)
-        .split_member(
-            "split",
-            members[1].clone(),
-            Split::layers(vec![Placement::Cpu, Placement::Cpu]),
-        )
-        .build()
-        .unwrap();
+    let graph = whole_and_split(Graph::builder(8), &members);
     let session = Arc::new(Session::new(graph).unwrap());
     let session2 = Arc::clone(&session);
     bounded(move || {
@@ -418,6 +404,20 @@ fn an_output_is_not_a_kept_hidden_buffer() {
 }
 
 /// A graph of one small member, "m", on the host CPU.
+/// `builder` with `members[0]` on the CPU and `members[1]` split by layers across two
+/// CPU parts.
+fn whole_and_split(builder: GraphBuilder, members: &[Model; 2]) -> Graph {
+    builder
+        .member("whole", members[0].clone(), Placement::Cpu)
+        .split_member(
+            "split",
+            members[1].clone(),
+            Split::layers(vec![Placement::Cpu, Placement::Cpu]),
+        )
+        .build()
+        .unwrap()
+}
+
 fn one_cpu_member(seed: u64) -> Graph {
     let model = Model::random(&[8, 16, 5], &[Relu, Softmax], seed).unwrap();
     Graph::builder(8)
