@@ -13,7 +13,7 @@ use crate::options::{QuorumPolicy, SessionOptions};
 use crate::placement::ExecutionDevice;
 use crate::report::MemberReport;
 use crate::runtime::{
-    check_input, check_quorum, compile, execute, Combiner, WorkerContext, WorkerThread,
+    check_input, check_quorum, compile, execute, recv_by, Combiner, WorkerContext, WorkerThread,
 };
 use crate::tensor::Tensor;
 
@@ -475,10 +475,7 @@ impl Aggregator {
             }
             // Drop predictions of earlier inputs that arrived after their deadline.
             while cursor[w] <= ticket.id {
-                let message = match ticket.deadline {
-                    Some(d) => queue.recv_deadline(d),
-                    None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                };
+                let message = recv_by(queue, ticket.deadline);
                 match message {
                     Ok((id, prediction)) => {
                         cursor[w] = id + 1;

@@ -21,8 +21,8 @@ use crate::options::{QuorumPolicy, RunOptions, SessionOptions};
 use crate::placement::ExecutionDevice;
 use crate::report::{MemberStatus, RunOutput};
 use crate::runtime::{
-    check_input, check_quorum, compile, execute_input, Busy, Combiner, JobInput, WorkerContext,
-    WorkerThread,
+    check_input, check_quorum, compile, execute_input, recv_by, Busy, Combiner, JobInput,
+    WorkerContext, WorkerThread,
 };
 use crate::tensor::Tensor;
 
@@ -512,10 +512,7 @@ impl Session {
         while pending.iter().any(|&p| p) {
             let message = match spin_recv(&replies, self.spin, deadline) {
                 Some(message) => Ok(message),
-                None => match deadline {
-                    Some(d) => replies.recv_deadline(d),
-                    None => replies.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                },
+                None => recv_by(&replies, deadline),
             };
             match message {
                 Ok((w, result)) => {

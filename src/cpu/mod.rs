@@ -257,6 +257,25 @@ mod tests {
     /// Calls of [`release_kept`] in this process.
     pub(super) static RELEASES: AtomicUsize = AtomicUsize::new(0);
 
+    /// `attempt`'s result from a try during which no other test released the kept
+    /// buffers (another test's packed model dropped meanwhile releases them too): up
+    /// to 50 tries.
+    fn undisturbed<T>(mut attempt: impl FnMut() -> T) -> T {
+        for _ in 0..50 {
+            let releases = RELEASES.load(Ordering::SeqCst);
+            let result = attempt();
+            if RELEASES.load(Ordering::SeqCst) == releases {
+                return result;
+            }
+        }
+        panic!("other tests released the kept buffers during each of 50 tries");
+    }
+
+    /// Bytes kept on each of the pool's threads.
+    fn kept(pool: &rayon::ThreadPool) -> Vec<usize> {
+        pool.broadcast(|_| forward::spare::kept_bytes())
+    }
+
     /// Dropping a packed model has the pool's threads drop the buffers they kept for
     /// its hidden outputs.
     #[test]
@@ -264,44 +283,35 @@ mod tests {
         let Some((_one, pool)) = kept_test() else {
             return;
         };
-        let model = crate::Model::random(
-            &[64, 1024, 8],
-            &[crate::Activation::Relu, crate::Activation::Identity],
-            3,
-        )
-        .unwrap();
-        let model = Arc::new(model);
-        // Another test's packed model dropped meanwhile releases the buffers too: such
-        // a try (seen in the count of releases) is made again.
-        for _ in 0..50 {
+        let model = Arc::new(
+            crate::Model::random(
+                &[64, 1024, 8],
+                &[crate::Activation::Relu, crate::Activation::Identity],
+                3,
+            )
+            .unwrap(),
+        );
+        if !matches!(Layers::new(Arc::clone(&model)), Layers::Packed { .. }) {
+            eprintln!("skipped: no packed kernel for this processor");
+            return;
+        }
+        let (layers, bytes) = undisturbed(|| {
             let layers = Layers::new(Arc::clone(&model));
-            if !matches!(layers, Layers::Packed { .. }) {
-                eprintln!("skipped: no packed kernel for this processor");
-                return;
-            }
-            let releases = RELEASES.load(Ordering::SeqCst);
             // 256 rows × 1024 hidden values: a 1 MiB buffer, kept by the thread that
             // ran it.
             let x = vec![0.5f32; 256 * 64];
             on_pool(|| layers.forward(&x, 256, false, 2));
-            let kept: usize = pool
-                .broadcast(|_| forward::spare::kept_bytes())
-                .iter()
-                .sum();
-            if RELEASES.load(Ordering::SeqCst) != releases {
-                continue;
-            }
-            assert!(kept >= 1 << 20, "{kept} bytes kept after a run");
-            drop(layers);
-            // Queued after the release on every thread, so run after it.
-            let after = pool.broadcast(|_| forward::spare::kept_bytes());
-            assert!(
-                after.iter().all(|&a| a == 0),
-                "kept after the model was dropped: {after:?} bytes"
-            );
-            return;
-        }
-        panic!("other tests released the kept buffers during each of 50 tries");
+            let bytes: usize = kept(pool).iter().sum();
+            (layers, bytes)
+        });
+        assert!(bytes >= 1 << 20, "{bytes} bytes kept after a run");
+        drop(layers);
+        // Queued after the release on every thread, so run after it.
+        let after = kept(pool);
+        assert!(
+            after.iter().all(|&a| a == 0),
+            "kept after the model was dropped: {after:?} bytes"
+        );
     }
 
     /// The pool's threads drop their kept buffers when asked.
@@ -310,32 +320,19 @@ mod tests {
         let Some((_one, pool)) = kept_test() else {
             return;
         };
-        // As in the test above, a try during which another test released the buffers
-        // is made again.
-        let mut filled_once = false;
-        for _ in 0..50 {
-            let releases = RELEASES.load(Ordering::SeqCst);
+        let filled = undisturbed(|| {
             pool.broadcast(|_| forward::spare::give(Vec::with_capacity(1 << 18)));
-            let filled = pool.broadcast(|_| forward::spare::kept_bytes());
-            if RELEASES.load(Ordering::SeqCst) != releases {
-                continue;
-            }
-            for (thread, f) in filled.iter().enumerate() {
-                assert!(
-                    *f >= 1 << 20,
-                    "thread {thread}: kept {f} bytes after a give"
-                );
-            }
-            filled_once = true;
-            break;
+            kept(pool)
+        });
+        for (thread, f) in filled.iter().enumerate() {
+            assert!(
+                *f >= 1 << 20,
+                "thread {thread}: kept {f} bytes after a give"
+            );
         }
-        assert!(
-            filled_once,
-            "other tests released the kept buffers during each of 50 tries"
-        );
         release_kept();
         // Queued after the release on every thread, so run after it.
-        let after = pool.broadcast(|_| forward::spare::kept_bytes());
+        let after = kept(pool);
         assert!(
             after.iter().all(|&a| a == 0),
             "kept after the release: {after:?} bytes"

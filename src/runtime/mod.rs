@@ -11,7 +11,7 @@ mod thread;
 pub(crate) use combine::Combiner;
 pub(crate) use compile::compile;
 pub(crate) use job::{execute, execute_input, JobInput, WorkerContext};
-pub(crate) use thread::{Busy, WorkerThread};
+pub(crate) use thread::{recv_by, Busy, WorkerThread};
 
 use crate::error::{Error, Result};
 use crate::options::QuorumPolicy;

@@ -217,16 +217,21 @@ impl Executor for SplitExecutor {
             );
             out.present.push(self.index);
             // The blender's share and the statistics run on rayon's threads: on the
-            // crate's CPU pool, as the CPU executor's do, not on rayon's global pool,
-            // whose threads may all be callers waiting for this run.
-            if let Some(block) = &self.blend {
-                out.blend = crate::cpu::on_pool(|| dense(block, &y, rows, threads()));
-            }
-            if wants.moments && self.weight > 0.0 {
-                let width = self.output_width;
-                out.moments.push(crate::cpu::on_pool(|| {
-                    Moments::of(&[(&y, self.weight)], rows, width)
-                }));
+            // crate's CPU pool (one hand-off for both), as the CPU executor's do, not on
+            // rayon's global pool, whose threads may all be callers waiting for this run.
+            let (blend, weight, width) = (&self.blend, self.weight, self.output_width);
+            let moments = wants.moments && weight > 0.0;
+            if blend.is_some() || moments {
+                let (z, m) = crate::cpu::on_pool(|| {
+                    (
+                        blend
+                            .as_ref()
+                            .map(|block| dense(block, &y, rows, threads())),
+                        moments.then(|| Moments::of(&[(&y, weight)], rows, width)),
+                    )
+                });
+                out.blend = z.unwrap_or_default();
+                out.moments.extend(m);
             }
             if wants.members {
                 out.members.push((self.index, y));

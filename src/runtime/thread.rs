@@ -78,6 +78,19 @@ impl WorkerThread {
     }
 }
 
+/// The next message of `rx`, waiting until `deadline` (none: for as long as it takes).
+pub(crate) fn recv_by<T>(
+    rx: &crossbeam_channel::Receiver<T>,
+    deadline: Option<std::time::Instant>,
+) -> Result<T, crossbeam_channel::RecvTimeoutError> {
+    match deadline {
+        Some(d) => rx.recv_deadline(d),
+        None => rx
+            .recv()
+            .map_err(|_| crossbeam_channel::RecvTimeoutError::Disconnected),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

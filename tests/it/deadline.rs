@@ -246,19 +246,11 @@ fn predict_exits_at_its_deadline_with_a_stuck_member() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let status = status.expect("predict was still running a minute after its 200 ms deadline");
+    let status = common::wait_bounded(
+        &mut child,
+        Duration::from_secs(60),
+        "predict a minute after its 200 ms deadline",
+    );
     let mut message = String::new();
     if let Some(mut err) = child.stderr.take() {
         use std::io::Read;

@@ -11,7 +11,7 @@ use crate::common::{self, golden, stderr};
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use wgpu_ensemble::io::{check_outputs, stage_tensors, write_tensor, write_tensors};
@@ -344,22 +344,6 @@ fn partial_files(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Waits at most `limit` for `child` to exit; kills it and fails past that.
-fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: still running after {limit:?}; killed");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Starts `predict` (by `wrapper`) held `pause_ms` by its test-only pause with both
 /// outputs written under temporary names, and waits until they are there.
 fn start_with_partial_outputs(run: &Run, wrapper: &[&str], pause_ms: u64) -> Child {
@@ -419,7 +403,7 @@ fn signal_while_outputs_are_partial(signal: &str, code: i32) {
     let before = run.snapshot();
     let mut child = start_with_partial_outputs(&run, &[], 60_000);
     send(signal, &child);
-    let status = wait_bounded(&mut child, Duration::from_secs(10), signal);
+    let status = common::wait_bounded(&mut child, Duration::from_secs(10), signal);
     let message = child_stderr(&mut child);
     assert_eq!(status.code(), Some(code), "{signal}: {status}: {message}");
     assert!(message.contains(&format!("SIG{signal}")), "{message}");
@@ -437,7 +421,7 @@ fn sighup_under_nohup_is_ignored() {
     let run = Run::new();
     let mut child = start_with_partial_outputs(&run, &["nohup"], 2_000);
     send("HUP", &child);
-    let status = wait_bounded(&mut child, Duration::from_secs(30), "nohup");
+    let status = common::wait_bounded(&mut child, Duration::from_secs(30), "nohup");
     let message = child_stderr(&mut child);
     assert!(status.success(), "{status}: {message}");
     assert!(partial_files(&run.dir).is_empty(), "{message}");
@@ -491,7 +475,7 @@ fn sigterm_during_a_run_stops_it_without_waiting_for_the_members() {
         std::thread::sleep(Duration::from_millis(10));
     }
     send("TERM", &child);
-    let status = wait_bounded(&mut child, Duration::from_secs(10), "TERM during a run");
+    let status = common::wait_bounded(&mut child, Duration::from_secs(10), "TERM during a run");
     let message = child_stderr(&mut child);
     assert_eq!(status.code(), Some(143), "{status}: {message}");
     assert_eq!(run.snapshot(), before, "something was written");

@@ -1,6 +1,8 @@
 //! `wgpu-ensemble serve` as a process: it says where it listens once ready, answers,
 //! and on SIGTERM answers every request it had accepted, then exits 0.
 
+use crate::common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -130,17 +132,12 @@ fn sigterm_answers_the_requests_accepted_then_exits_0() {
         last > signalled,
         "no request was still being answered when SIGTERM came ({last:?} <= {signalled:?}): the test proves nothing"
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the server did not exit within 60 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let code = common::wait_bounded(
+        &mut child,
+        Duration::from_secs(60),
+        "the server after SIGTERM",
+    )
+    .code();
     assert_eq!(code, Some(0));
     // Nothing listens any more.
     assert!(ureq::get(&format!("http://{addr}/v2/health/live"))

@@ -159,7 +159,7 @@ fn a_bad_study_exits_non_zero_naming_the_key() {
 fn sigint_keeps_finished_trials_and_says_how_to_resume() {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     let dir = tempfile::tempdir().unwrap();
     // Trial 0 runs 2 epochs, trial 1 a very long time.
@@ -201,18 +201,11 @@ fn sigint_keeps_finished_trials_and_says_how_to_resume() {
     assert!(sent.success());
     // Drain stdout so that the command never blocks on a full pipe.
     let drain = std::thread::spawn(move || lines.count());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("train still running 60 s after kill {signal}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = common::wait_bounded(
+        &mut child,
+        Duration::from_secs(60),
+        &format!("train after kill {signal}"),
+    );
     let _ = drain.join();
     let mut message = String::new();
     let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut message);

@@ -361,3 +361,24 @@ pub fn ignored_here(number: i32) -> bool {
         .unwrap_or(0);
     mask & (1 << (number - 1)) != 0
 }
+
+/// Waits at most `limit` for `child` to exit; kills it and fails past that, naming
+/// `what`.
+pub fn wait_bounded(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {limit:?}; killed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
