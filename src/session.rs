@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::aggregate::Mode;
-use crate::cpu::forward::{activate, threads, Layers};
-use crate::cpu::on_pool;
+use crate::cpu::forward::{activate, Layers};
 use crate::device_tensor::{DeviceCopy, DeviceRunOutput, DeviceTensor};
 use crate::error::{Error, Result};
 use crate::exec::{spin_until, DeviceOutput, Executor, Handles, Wants};
@@ -154,7 +153,7 @@ impl HostBlender {
         }
         activate(self.activation, &mut sums, hidden);
         let y = match &self.rest {
-            Some(rest) => on_pool(|| rest.forward(&sums, rows, false, threads())),
+            Some(rest) => rest.forward_all(&sums, rows),
             None => sums,
         };
         Tensor::matrix(rows, output_width, y)

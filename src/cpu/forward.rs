@@ -75,6 +75,16 @@ impl Layers {
         }
     }
 
+    /// The forward pass on `rows` rows of `x` with all of the host's threads: the
+    /// packed kernel's on this thread and the helpers ([`team`](super::team)), the
+    /// GEMM crates' on [`pool`](super::pool).
+    pub(crate) fn forward_all(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        match self {
+            Layers::Packed { .. } => self.forward(x, rows, false, super::team::width()),
+            Layers::Plain(_) => super::on_pool(|| self.forward(x, rows, false, threads())),
+        }
+    }
+
     /// The forward pass on `rows` rows of `x`; `f16` rounds each layer's input to f16
     /// first; each layer's GEMM uses up to `parts` threads.
     pub(crate) fn forward(&self, x: &[f32], rows: usize, f16: bool, parts: usize) -> Vec<f32> {
@@ -108,72 +118,86 @@ impl Layers {
     }
 }
 
-/// Buffers of hidden layers' outputs kept for the next run on the same thread (a
-/// thread of the CPU pool, [`super::pool`]): a fresh buffer of megabytes comes from the
-/// system zeroed page by page as the kernel first writes it (5 % of a run of E1 at
-/// batch 1024, in page faults). When a packed model is dropped, the pool's threads drop
-/// theirs ([`clear`], by [`release_kept`](super::release_kept)).
+/// Buffers of hidden layers' outputs kept for the next runs, of any thread: a fresh
+/// buffer of megabytes comes from the system zeroed page by page as the kernel first
+/// writes it (5 % of a run of E1 at batch 1024, in page faults). When a packed model
+/// is dropped, they are dropped ([`clear`], by
+/// [`release_kept`](super::release_kept)): they are sized for the models run so far.
 pub(crate) mod spare {
-    use std::cell::RefCell;
+    use std::sync::{Mutex, PoisonError};
 
-    /// Buffers kept per thread.
-    const KEPT: usize = 4;
+    /// Bytes kept in all: a run holds two buffers per member at work (a layer's
+    /// input and output), and E2 at batch 1024 has hidden outputs of 16 MiB.
+    const KEPT_BYTES: usize = 256 << 20;
 
     /// Smaller buffers are left to the allocator, which keeps them itself.
     const MIN_BYTES: usize = 256 << 10;
 
-    /// Larger buffers are not kept: at most `KEPT` × 64 MiB stay on a thread of the
-    /// CPU pool (E2 at batch 1024 has hidden outputs of 16 MiB).
-    const MAX_BYTES: usize = 64 << 20;
+    static SPARE: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
-    thread_local! {
-        static SPARE: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+    fn kept() -> std::sync::MutexGuard<'static, Vec<Vec<f32>>> {
+        SPARE.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// An empty buffer with room for `len` values: the smallest kept one large
     /// enough, else an empty one (which the layer sizes).
     pub(crate) fn take(len: usize) -> Vec<f32> {
-        if len * 4 >= MIN_BYTES {
-            let kept = SPARE.with_borrow_mut(|spare| {
-                let best = spare
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, b)| b.capacity() >= len)
-                    .min_by_key(|(_, b)| b.capacity())
-                    .map(|(i, _)| i);
-                best.map(|i| spare.swap_remove(i))
-            });
-            if let Some(mut buffer) = kept {
-                buffer.clear();
-                return buffer;
-            }
+        if len * 4 < MIN_BYTES {
+            return Vec::new();
         }
-        Vec::new()
+        let mut spare = kept();
+        let best = spare
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        match best {
+            Some(i) => {
+                let mut buffer = spare.swap_remove(i);
+                buffer.clear();
+                buffer
+            }
+            None => Vec::new(),
+        }
     }
 
-    /// Drops the buffers kept on this thread.
+    /// Drops the kept buffers.
     pub(crate) fn clear() {
-        SPARE.with_borrow_mut(Vec::clear);
+        // Dropped after the lock is let go.
+        let dropped = std::mem::take(&mut *kept());
+        drop(dropped);
     }
 
-    /// Bytes of the buffers kept on this thread.
+    /// Bytes of the kept buffers.
     #[cfg(test)]
     pub(crate) fn kept_bytes() -> usize {
-        SPARE.with_borrow(|spare| spare.iter().map(|b| b.capacity() * 4).sum())
+        kept().iter().map(|b| b.capacity() * 4).sum()
     }
 
-    /// Keeps `buffer` for a later [`take`] on this thread (the largest [`KEPT`]).
+    /// Keeps `buffer` for a later [`take`]: the largest buffers, up to
+    /// [`KEPT_BYTES`] in all.
     pub(crate) fn give(buffer: Vec<f32>) {
-        if !(MIN_BYTES..=MAX_BYTES).contains(&(buffer.capacity() * 4)) {
+        if !(MIN_BYTES..=KEPT_BYTES).contains(&(buffer.capacity() * 4)) {
             return;
         }
-        SPARE.with_borrow_mut(|spare| {
+        #[cfg(test)]
+        super::super::tests::GIVES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut dropped = Vec::new();
+        {
+            let mut spare = kept();
             spare.push(buffer);
-            if spare.len() > KEPT {
+            let mut bytes: usize = spare.iter().map(|b| b.capacity() * 4).sum();
+            if bytes > KEPT_BYTES {
                 spare.sort_by_key(|b| std::cmp::Reverse(b.capacity()));
-                spare.truncate(KEPT);
+                while bytes > KEPT_BYTES {
+                    let Some(last) = spare.pop() else { break };
+                    bytes -= last.capacity() * 4;
+                    dropped.push(last);
+                }
             }
-        });
+        }
+        drop(dropped);
     }
 }
 

@@ -1,14 +1,20 @@
-//! The host executor for [`Placement::Cpu`](crate::Placement::Cpu): the members run
-//! side by side on `rayon`'s threads, each layer through a GEMM crate (`gemm` for
-//! batches of at most 8 rows, `matrixmultiply` above, its columns split in blocks
-//! when a member has more than one thread to itself), and for one or two rows as dot
-//! products of each weight row with the input, spread over threads.
+//! The host executor for [`Placement::Cpu`](crate::Placement::Cpu). Where the
+//! processor has AVX-512F or AVX2 with FMA, each layer's weights are packed once for
+//! the crate's kernel ([`packed`]) and a run's work (the members, and a member's
+//! layers in blocks of columns where there are more threads than members) is shared
+//! by the calling thread and the executor's helper threads ([`team`]). Elsewhere
+//! the members run side by side on a `rayon` pool of the crate's own ([`pool`]),
+//! each layer through a GEMM crate (`gemm` for batches of at most 8 rows,
+//! `matrixmultiply` above, its columns split in blocks when a member has more than
+//! one thread to itself), and for one or two rows as dot products of each weight row
+//! with the input, spread over threads.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 pub(crate) mod forward;
 pub(crate) mod packed;
+pub(crate) mod team;
 
 use forward::{dense, round_f16, threads, Layers};
 use rayon::prelude::*;
@@ -38,6 +44,12 @@ pub(crate) struct CpuExecutor {
     output_width: usize,
     /// Round layer inputs to f16 (weights are rounded once, at build).
     f16: bool,
+    /// Every member's layers are packed ([`Layers::Packed`]): the run shares its
+    /// work with the helpers ([`team`]) on the calling thread; else it goes to
+    /// [`pool`], where the GEMM crates' rayon calls run.
+    packed: bool,
+    /// Some member has a share of a stack's blender.
+    blends: bool,
 }
 
 impl CpuExecutor {
@@ -50,21 +62,26 @@ impl CpuExecutor {
         precision: Precision,
     ) -> Self {
         let f16 = precision.is_f16();
+        let members: Arc<[CpuMember]> = members
+            .iter()
+            .map(|s| CpuMember {
+                index: s.index,
+                weight: s.weight,
+                blend: s.blend.clone(),
+                layers: Layers::new(if f16 {
+                    Arc::new(s.model.map_weights(round_f16))
+                } else {
+                    Arc::clone(&s.model)
+                }),
+            })
+            .collect::<Vec<_>>()
+            .into();
         Self {
-            members: members
+            packed: members
                 .iter()
-                .map(|s| CpuMember {
-                    index: s.index,
-                    weight: s.weight,
-                    blend: s.blend.clone(),
-                    layers: Layers::new(if f16 {
-                        Arc::new(s.model.map_weights(round_f16))
-                    } else {
-                        Arc::clone(&s.model)
-                    }),
-                })
-                .collect::<Vec<_>>()
-                .into(),
+                .all(|m| matches!(m.layers, Layers::Packed { .. })),
+            blends: members.iter().any(|m| m.blend.is_some()),
+            members,
             mode,
             output_width,
             f16,
@@ -72,19 +89,16 @@ impl CpuExecutor {
     }
 }
 
-/// The pool's threads drop the hidden outputs' buffers they keep
-/// ([`forward::spare`]), when a packed model is dropped ([`ReleaseKept`]): the buffers
-/// are sized for the models run so far, and one of them is gone; the next run of a
-/// model still alive keeps new ones. Queued, not waited for: a run that starts
-/// meanwhile only finds fewer buffers kept. Does not start the pool where it has not
-/// started; where it could not be started, runs keep their buffers on the threads
-/// that called them, which this does not reach.
+/// Drops the hidden outputs' buffers kept for later runs ([`forward::spare`]), when
+/// a packed model is dropped ([`ReleaseKept`]): the buffers are sized for the models
+/// run so far, and one of them is gone; the next runs of a model still alive keep
+/// new ones.
 pub(crate) fn release_kept() {
     #[cfg(test)]
+    tests::RELEASED_HERE.with(|n| n.set(n.get() + 1));
+    #[cfg(test)]
     tests::RELEASES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    if let Some(pool) = POOL.get().and_then(Option::as_ref) {
-        pool.spawn_broadcast(|_| forward::spare::clear());
-    }
+    forward::spare::clear();
 }
 
 /// Held by each packed model: its drop calls [`release_kept`].
@@ -97,7 +111,7 @@ impl Drop for ReleaseKept {
 }
 
 impl CpuExecutor {
-    /// [`Executor::run`] on this thread (on [`pool`], by `run`).
+    /// [`Executor::run`] on this thread (on [`pool`] for the GEMM crates, by `run`).
     fn run_here(&self, input: &Tensor, wants: Wants, skip: &[usize]) -> Result<DeviceOutput> {
         let started = Instant::now();
         let rows = input.shape().first().copied().unwrap_or(0);
@@ -112,41 +126,33 @@ impl CpuExecutor {
             .iter()
             .filter(|m| !skip.contains(&m.index))
             .collect();
-        let parts = (threads() / active.len().max(1)).max(1);
         let f16 = self.f16;
-        let outputs: Vec<Vec<f32>> = active
-            .par_iter()
-            .map(|m| m.layers.forward(input, rows, f16, parts))
-            .collect();
-        // The uncertainty statistics of the members that ran (those of positive weight:
-        // a member of weight 0 adds nothing to the aggregate or to them).
-        let moments: Vec<Moments> = if wants.moments {
-            let weighted: Vec<(&[f32], f32)> = active
-                .iter()
-                .zip(&outputs)
-                .filter(|(m, _)| m.weight > 0.0)
-                .map(|(m, y)| (y.as_slice(), m.weight))
-                .collect();
-            if weighted.is_empty() {
-                Vec::new()
-            } else {
-                vec![Moments::of(&weighted, rows, self.output_width)]
-            }
+        let outputs: Vec<Vec<f32>> = if self.packed {
+            let width = team::width();
+            let parts = (width / active.len().max(1)).max(1);
+            let slots: Vec<Mutex<Vec<f32>>> = active.iter().map(|_| Mutex::default()).collect();
+            team::for_each(active.len(), width, |i| {
+                let y = active[i].layers.forward(input, rows, f16, parts);
+                *slots[i].lock().unwrap_or_else(PoisonError::into_inner) = y;
+            });
+            slots
+                .into_iter()
+                .map(|s| s.into_inner().unwrap_or_else(PoisonError::into_inner))
+                .collect()
         } else {
-            Vec::new()
+            let parts = (threads() / active.len().max(1)).max(1);
+            active
+                .par_iter()
+                .map(|m| m.layers.forward(input, rows, f16, parts))
+                .collect()
         };
-        // A stack's blender's first layer, summed over the members in their order.
-        let mut blend: Vec<f32> = Vec::new();
-        for (m, y) in active.iter().zip(&outputs) {
-            if let Some(block) = &m.blend {
-                let z = dense(block, y, rows, threads());
-                if blend.is_empty() {
-                    blend = z;
-                } else {
-                    blend.iter_mut().zip(&z).for_each(|(a, v)| *a += v);
-                }
-            }
-        }
+        // The statistics and the blender's share go through rayon, so on its pool.
+        let host = || self.statistics_and_blend(&active, &outputs, rows, wants);
+        let (moments, blend) = if self.packed && (wants.moments || self.blends) {
+            on_pool(host)
+        } else {
+            host()
+        };
         for (m, mut y) in active.into_iter().zip(outputs) {
             present.push(m.index);
             match &mut partial {
@@ -178,17 +184,55 @@ impl CpuExecutor {
             device_time: None,
         })
     }
+
+    /// The uncertainty statistics of the members that ran (where `wants` asks; those
+    /// of positive weight: a member of weight 0 adds nothing to the aggregate or to
+    /// them), and a stack's blender's first layer summed over the members in their
+    /// order.
+    fn statistics_and_blend(
+        &self,
+        active: &[&CpuMember],
+        outputs: &[Vec<f32>],
+        rows: usize,
+        wants: Wants,
+    ) -> (Vec<Moments>, Vec<f32>) {
+        let weighted: Vec<(&[f32], f32)> = active
+            .iter()
+            .zip(outputs)
+            .filter(|(m, _)| wants.moments && m.weight > 0.0)
+            .map(|(m, y)| (y.as_slice(), m.weight))
+            .collect();
+        let moments = if weighted.is_empty() {
+            Vec::new()
+        } else {
+            vec![Moments::of(&weighted, rows, self.output_width)]
+        };
+        let mut blend: Vec<f32> = Vec::new();
+        for (m, y) in active.iter().zip(outputs) {
+            if let Some(block) = &m.blend {
+                let z = dense(block, y, rows, threads());
+                if blend.is_empty() {
+                    blend = z;
+                } else {
+                    blend.iter_mut().zip(&z).for_each(|(a, v)| *a += v);
+                }
+            }
+        }
+        (moments, blend)
+    }
 }
 
 /// [`pool`], once started (`None` in it: it could not be).
 static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
 
-/// The threads the host CPU's members run on: a `rayon` pool of the crate's own, as
-/// many threads as rayon's global pool would have (`RAYON_NUM_THREADS`, else one per
-/// core); `None` if it could not be started (the global pool then runs them). Not the
-/// global pool, where callers of [`Session::run`](crate::Session::run) or
-/// [`Pipeline::recv`](crate::Pipeline::recv) on rayon's threads (a parallel loop of
-/// runs) would block the very threads a CPU worker's layers wait for.
+/// The threads of the host's work that goes through rayon (the GEMM crates' path,
+/// a stack's blender's share, the uncertainty statistics): a `rayon` pool of the
+/// crate's own, as many threads as rayon's global pool would have
+/// (`RAYON_NUM_THREADS`, else one per core); `None` if it could not be started (the
+/// global pool then runs them). Not the global pool, where callers of
+/// [`Session::run`](crate::Session::run) or [`Pipeline::recv`](crate::Pipeline::recv)
+/// on rayon's threads (a parallel loop of runs) would block the very threads a CPU
+/// worker's layers wait for.
 pub(crate) fn pool() -> Option<&'static rayon::ThreadPool> {
     POOL.get_or_init(|| {
         rayon::ThreadPoolBuilder::new()
@@ -210,6 +254,9 @@ pub(crate) fn on_pool<T: Send>(job: impl FnOnce() -> T + Send) -> T {
 impl Executor for CpuExecutor {
     fn run(&mut self, input: &Tensor, wants: Wants, skip: &[usize]) -> Result<DeviceOutput> {
         let this = &*self;
+        if std::env::var_os("WE_TEAM").is_some() {
+            return this.run_here(input, wants, skip);
+        }
         on_pool(|| this.run_here(input, wants, skip))
     }
 
@@ -234,55 +281,54 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// The tests that fill and empty the pool's kept buffers, one at a time: each
-    /// would see the other's.
-    static KEPT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    /// The tests that fill and empty the kept buffers, one at a time: each would see
+    /// the other's.
+    static KEPT: Mutex<()> = Mutex::new(());
 
-    /// The pool, for one of the tests of the kept buffers at a time (`None`, said, if
-    /// it could not be started).
-    fn kept_test() -> Option<(
-        std::sync::MutexGuard<'static, ()>,
-        &'static rayon::ThreadPool,
-    )> {
-        let one = KEPT
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(pool) = pool() else {
-            eprintln!("skipped: the CPU pool could not be started");
-            return None;
-        };
-        Some((one, pool))
+    /// Calls of [`release_kept`] in this process, and buffers given to be kept (by
+    /// every test running).
+    pub(super) static RELEASES: AtomicUsize = AtomicUsize::new(0);
+    pub(super) static GIVES: AtomicUsize = AtomicUsize::new(0);
+
+    std::thread_local! {
+        /// Calls of [`release_kept`] on this thread.
+        pub(super) static RELEASED_HERE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
 
-    /// Calls of [`release_kept`] in this process.
-    pub(super) static RELEASES: AtomicUsize = AtomicUsize::new(0);
-
-    /// `attempt`'s result from a try during which no other test released the kept
-    /// buffers (another test's packed model dropped meanwhile releases them too): up
-    /// to 50 tries.
+    /// `attempt`'s result from a try during which no other test gave a buffer to be
+    /// kept or released the kept ones (other tests' runs and dropped models do):
+    /// up to 50 tries. Each try gives one buffer and releases once itself.
     fn undisturbed<T>(mut attempt: impl FnMut() -> T) -> T {
         for _ in 0..50 {
             let releases = RELEASES.load(Ordering::SeqCst);
+            let gives = GIVES.load(Ordering::SeqCst);
             let result = attempt();
-            if RELEASES.load(Ordering::SeqCst) == releases {
+            if RELEASES.load(Ordering::SeqCst) == releases + 1
+                && GIVES.load(Ordering::SeqCst) == gives + 1
+            {
                 return result;
             }
         }
-        panic!("other tests released the kept buffers during each of 50 tries");
+        panic!("other tests gave or released kept buffers during each of 50 tries");
     }
 
-    /// Bytes kept on each of the pool's threads.
-    fn kept(pool: &rayon::ThreadPool) -> Vec<usize> {
-        pool.broadcast(|_| forward::spare::kept_bytes())
+    /// A model packed for this processor (`None`, said, where it has no packed
+    /// kernel).
+    fn packed(model: &Arc<crate::Model>) -> Option<Layers> {
+        let layers = Layers::new(Arc::clone(model));
+        if matches!(layers, Layers::Packed { .. }) {
+            Some(layers)
+        } else {
+            eprintln!("skipped: no packed kernel for this processor");
+            None
+        }
     }
 
-    /// Dropping a packed model has the pool's threads drop the buffers they kept for
-    /// its hidden outputs.
+    /// A run keeps its hidden output's buffer, and dropping a packed model drops
+    /// the kept buffers.
     #[test]
     fn dropping_a_packed_model_releases_the_kept_buffers() {
-        let Some((_one, pool)) = kept_test() else {
-            return;
-        };
+        let _one = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
         let model = Arc::new(
             crate::Model::random(
                 &[64, 1024, 8],
@@ -291,51 +337,38 @@ mod tests {
             )
             .unwrap(),
         );
-        if !matches!(Layers::new(Arc::clone(&model)), Layers::Packed { .. }) {
-            eprintln!("skipped: no packed kernel for this processor");
-            return;
-        }
-        let (layers, bytes) = undisturbed(|| {
-            let layers = Layers::new(Arc::clone(&model));
-            // 256 rows × 1024 hidden values: a 1 MiB buffer, kept by the thread that
-            // ran it.
-            let x = vec![0.5f32; 256 * 64];
-            on_pool(|| layers.forward(&x, 256, false, 2));
-            let bytes: usize = kept(pool).iter().sum();
-            (layers, bytes)
-        });
-        assert!(bytes >= 1 << 20, "{bytes} bytes kept after a run");
-        drop(layers);
-        // Queued after the release on every thread, so run after it.
-        let after = kept(pool);
-        assert!(
-            after.iter().all(|&a| a == 0),
-            "kept after the model was dropped: {after:?} bytes"
-        );
-    }
-
-    /// The pool's threads drop their kept buffers when asked.
-    #[test]
-    fn released_buffers_leave_the_pools_threads() {
-        let Some((_one, pool)) = kept_test() else {
+        let Some(probe) = packed(&model) else {
             return;
         };
-        let filled = undisturbed(|| {
-            pool.broadcast(|_| forward::spare::give(Vec::with_capacity(1 << 18)));
-            kept(pool)
+        drop(probe);
+        let (kept, after) = undisturbed(|| {
+            let layers = Layers::new(Arc::clone(&model));
+            // 256 rows × 1024 hidden values: a 1 MiB buffer, given back after the
+            // second layer has read it.
+            let x = vec![0.5f32; 256 * 64];
+            layers.forward(&x, 256, false, 2);
+            let kept = forward::spare::kept_bytes();
+            let before = RELEASED_HERE.with(std::cell::Cell::get);
+            drop(layers);
+            let released = RELEASED_HERE.with(std::cell::Cell::get) - before;
+            assert_eq!(released, 1, "releases when one packed model was dropped");
+            (kept, forward::spare::kept_bytes())
         });
-        for (thread, f) in filled.iter().enumerate() {
-            assert!(
-                *f >= 1 << 20,
-                "thread {thread}: kept {f} bytes after a give"
-            );
-        }
-        release_kept();
-        // Queued after the release on every thread, so run after it.
-        let after = kept(pool);
-        assert!(
-            after.iter().all(|&a| a == 0),
-            "kept after the release: {after:?} bytes"
-        );
+        assert!(kept >= 1 << 20, "{kept} bytes kept after a run");
+        assert_eq!(after, 0, "bytes kept after the model was dropped");
+    }
+
+    /// A release drops every kept buffer.
+    #[test]
+    fn a_release_drops_the_kept_buffers() {
+        let _one = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
+        let (filled, after) = undisturbed(|| {
+            forward::spare::give(Vec::with_capacity(1 << 18));
+            let filled = forward::spare::kept_bytes();
+            release_kept();
+            (filled, forward::spare::kept_bytes())
+        });
+        assert!(filled >= 1 << 20, "kept {filled} bytes after a give");
+        assert_eq!(after, 0, "bytes kept after the release");
     }
 }

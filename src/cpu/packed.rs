@@ -9,8 +9,6 @@
 //! weights, more than the last-level cache) cost as much memory traffic as the
 //! multiplication itself; ONNX Runtime packs its constant weights once, as here.
 
-use rayon::prelude::*;
-
 use crate::model::{Activation, Dense};
 
 /// Output columns per panel: two 16-lane registers.
@@ -173,11 +171,7 @@ impl PackedLayer {
             // this block writes only the columns of panels p0..p1.
             unsafe { self.block(x, rows, p0, p1, out) }
         };
-        if per < count {
-            (0..count).into_par_iter().step_by(per).for_each(run);
-        } else {
-            run(0);
-        }
+        super::team::for_each(count.div_ceil(per), parts, |b| run(b * per));
         // SAFETY: the blocks above wrote every one of the rows × n values (each panel
         // of every row, the columns beyond n masked off).
         unsafe { y.set_len(rows * n) };

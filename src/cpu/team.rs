@@ -1,0 +1,456 @@
+//! Work shared between the calling thread and the CPU executor's helper threads: the
+//! caller runs tasks itself while the helpers join, rather than handing the whole run
+//! to a pool and sleeping until it is done (ONNX Runtime's scheme). A hand-off costs a
+//! wake-up at each end, about as long as a whole run of E1 at batch 1, and on a
+//! machine of two cores a pool of two threads plus the sleeping caller is three
+//! threads for two processors, which the system's scheduler took up to 70 ms to
+//! spread (benches/results/cpu-2026-12-06/NOTES.md, "The late second core").
+//!
+//! Tasks are claimed from a counter, so a helper that starts late, or not at all,
+//! costs nothing: the caller claims what is left. The caller waits only for tasks
+//! already claimed, which are running; it never waits for a thread to become free,
+//! so a run from any thread (a helper, rayon's pools, a server's) cannot deadlock.
+//!
+//! There is one helper fewer than the threads the host runs on ([`width`]): the
+//! caller is the last. A helper looks for work for [`HELPER_SPIN`] after its last
+//! task before it sleeps, and keeps to a processor of its own, other than the
+//! caller's (on Linux, where there are processors enough).
+
+use std::any::Any;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+/// How long the caller spins for the last claimed tasks before it parks: a helper's
+/// task at the light cells lasts tens of microseconds, and a wake-up from a park
+/// costs about as much.
+const SPIN: Duration = Duration::from_micros(50);
+
+/// The tasks of one [`for_each`], shared with its helpers.
+struct Shared {
+    /// The next task to claim (past `tasks`: none left).
+    next: AtomicUsize,
+    /// Tasks finished (run, or panicked).
+    done: AtomicUsize,
+    tasks: usize,
+    /// The tasks' body. Valid while `done < tasks`, which is as long as anyone may
+    /// claim a task: [`for_each`] returns only when every task is done, and a thread
+    /// calls it only for a task it has claimed.
+    job: *const (dyn Fn(usize) + Sync),
+    /// The caller, to wake when the last task is done.
+    caller: Thread,
+    /// The processor the caller ran on when it shared the tasks (`None` where the
+    /// caller is a helper, or it is not known).
+    caller_cpu: Option<usize>,
+    /// The first panic of a task, raised again on the caller.
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+// SAFETY: `job` is only dereferenced under the contract written on it, and what it
+// points to is `Sync`; everything else is.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// Claims and runs tasks until none is left.
+    fn work(&self) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            if i >= self.tasks {
+                return;
+            }
+            // SAFETY: task `i` is claimed and not done, so the caller of `for_each`
+            // has not returned and `job` is alive (see `job`).
+            let job = unsafe { &*self.job };
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| job(i))) {
+                let mut first = self.panic.lock().unwrap_or_else(|e| e.into_inner());
+                first.get_or_insert(panic);
+            }
+            // Release: the task's writes are seen by the caller, which reads `done`
+            // with Acquire.
+            if self.done.fetch_add(1, Ordering::Release) + 1 == self.tasks {
+                self.caller.unpark();
+            }
+        }
+    }
+}
+
+/// Runs `job(0)`, …, `job(tasks - 1)` on this thread and on up to `width - 1`
+/// helpers, and returns when all are done. A panic in a task is raised again here
+/// once every task has finished.
+pub(crate) fn for_each(tasks: usize, width: usize, job: impl Fn(usize) + Sync) {
+    let helpers = width.min(tasks).saturating_sub(1);
+    let queue = match &helpers_started().queue {
+        Some(queue) if helpers > 0 => queue,
+        _ => {
+            (0..tasks).for_each(job);
+            return;
+        }
+    };
+    let job: &(dyn Fn(usize) + Sync) = &job;
+    // SAFETY (of the lifetime's erasure): see `Shared::job`; the pointer is not
+    // dereferenced after this function returns.
+    let job: *const (dyn Fn(usize) + Sync + 'static) = unsafe { std::mem::transmute(job) };
+    let shared = Arc::new(Shared {
+        next: AtomicUsize::new(0),
+        done: AtomicUsize::new(0),
+        tasks,
+        job,
+        caller: std::thread::current(),
+        // A helper sharing a task's work stays where it is, and so do the others.
+        caller_cpu: if HELPER.get() { None } else { place::current() },
+        panic: Mutex::new(None),
+    });
+    for _ in 0..helpers {
+        // Only fails when every helper has ended, and then the caller runs every task.
+        let _ = queue.send(Arc::clone(&shared));
+    }
+    shared.work();
+    // The tasks the helpers claimed: spin a little, then park until the last one
+    // wakes this thread (a park may also end early: the count is read again).
+    let started = Instant::now();
+    while shared.done.load(Ordering::Acquire) < tasks {
+        if started.elapsed() < SPIN {
+            std::hint::spin_loop();
+        } else {
+            std::thread::park_timeout(Duration::from_millis(1));
+        }
+    }
+    let panic = shared
+        .panic
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(panic) = panic {
+        resume_unwind(panic);
+    }
+}
+
+/// How long a helper looks for work after its last task before it sleeps (a run
+/// of E1 at batch 1 lasts 50 µs; the next one in a loop comes within this).
+const HELPER_SPIN: Duration = Duration::from_micros(200);
+
+/// The helper threads, started with the first run that shares its tasks.
+struct Helpers {
+    /// Where tasks are sent (`None`: no helper, the caller runs every task).
+    queue: Option<crossbeam_channel::Sender<Arc<Shared>>>,
+    /// Helpers started.
+    count: usize,
+}
+
+static HELPERS: std::sync::OnceLock<Helpers> = std::sync::OnceLock::new();
+
+std::thread_local! {
+    /// This thread is a helper.
+    static HELPER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The threads the host runs a job on: the caller and the helpers. As many as rayon
+/// would start (`RAYON_NUM_THREADS`, else one per processor this process may use),
+/// fewer where a helper could not be started.
+pub(crate) fn width() -> usize {
+    helpers_started().count + 1
+}
+
+fn helpers_started() -> &'static Helpers {
+    HELPERS.get_or_init(|| {
+        let threads = std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+            .unwrap_or(1);
+        let (tx, rx) = crossbeam_channel::unbounded::<Arc<Shared>>();
+        let mut count = 0;
+        for i in 0..threads - 1 {
+            let rx = rx.clone();
+            let started = std::thread::Builder::new()
+                .name(format!("wgpu-ensemble cpu helper {i}"))
+                .spawn(move || help(i, threads - 1, &rx))
+                .is_ok();
+            count += usize::from(started);
+        }
+        Helpers {
+            queue: (count > 0).then_some(tx),
+            count,
+        }
+    })
+}
+
+/// Helper `i` of `helpers`: runs the tasks it is sent until the queue closes. Where
+/// the process may use more processors than there are helpers, each helper keeps to
+/// one, a different one for each and not the caller's: the `i + 1`th at the start,
+/// then the `i`th of those other than the processor of the caller whose tasks it
+/// takes. (Left to the system's scheduler, a helper started from the caller's
+/// processor stayed there, sharing it, for tens of milliseconds.)
+fn help(i: usize, helpers: usize, rx: &crossbeam_channel::Receiver<Arc<Shared>>) {
+    HELPER.set(true);
+    let allowed = place::allowed();
+    let pinned = allowed.len() > helpers;
+    let mut on = None;
+    if pinned {
+        on = allowed.get(i + 1).copied();
+        place::pin(on);
+    }
+    loop {
+        let spin = Instant::now();
+        let shared = loop {
+            match rx.try_recv() {
+                Ok(s) => break s,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return,
+                Err(_) if spin.elapsed() < HELPER_SPIN => std::hint::spin_loop(),
+                Err(_) => match rx.recv() {
+                    Ok(s) => break s,
+                    Err(_) => return,
+                },
+            }
+        };
+        if let (true, Some(caller)) = (pinned, shared.caller_cpu) {
+            // The `i`th of the processors other than the caller's: the helpers stay
+            // apart. The same as before while the caller stays where it is.
+            let wanted = allowed.iter().copied().filter(|&c| c != caller).nth(i);
+            if wanted != on {
+                on = wanted;
+                place::pin(on);
+            }
+        }
+        shared.work();
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod place {
+    /// The processors this thread may run on.
+    pub(super) fn allowed() -> Vec<usize> {
+        // SAFETY: cpu_set_t is plain data (zeroed: empty); the call writes only the
+        // set passed, of the size passed.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+                return Vec::new();
+            }
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .collect()
+        }
+    }
+
+    /// The processor this thread runs on.
+    pub(super) fn current() -> Option<usize> {
+        // SAFETY: no arguments; -1 on failure.
+        let cpu = unsafe { libc::sched_getcpu() };
+        usize::try_from(cpu).ok()
+    }
+
+    /// Keeps this thread to `cpu`.
+    pub(super) fn pin(cpu: Option<usize>) {
+        let Some(cpu) = cpu else { return };
+        // SAFETY: as in `allowed`; the call reads only the set passed.
+        unsafe {
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod place {
+    pub(super) fn allowed() -> Vec<usize> {
+        Vec::new()
+    }
+    pub(super) fn current() -> Option<usize> {
+        None
+    }
+    pub(super) fn pin(_: Option<usize>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::mpsc;
+
+    /// Runs `f` on a thread of its own and fails if it takes more than a minute (a
+    /// deadlock), raising its panic if it panicked.
+    fn bounded(what: &str, f: impl FnOnce() + Send + 'static) {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            f();
+            let _ = tx.send(());
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(()) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if let Err(panic) = thread.join() {
+                    resume_unwind(panic);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: not done after 60 s"),
+        }
+    }
+
+    fn counters(n: usize) -> Vec<AtomicUsize> {
+        (0..n).map(|_| AtomicUsize::new(0)).collect()
+    }
+
+    #[test]
+    fn every_task_runs_once() {
+        bounded("every_task_runs_once", || {
+            for tasks in [0, 1, 2, 3, 7, 64] {
+                for width in [1, 2, 3, 8] {
+                    let runs = counters(tasks);
+                    for_each(tasks, width, |i| {
+                        runs[i].fetch_add(1, Ordering::Relaxed);
+                    });
+                    for (i, r) in runs.iter().enumerate() {
+                        let r = r.load(Ordering::Relaxed);
+                        assert_eq!(r, 1, "{tasks} tasks, width {width}: task {i} ran {r} times");
+                    }
+                }
+            }
+        });
+    }
+
+    /// While the caller is held in a task, the helpers run the others.
+    #[test]
+    fn helpers_run_the_tasks_the_caller_does_not() {
+        if width() < 2 {
+            eprintln!("skipped: one thread for the host (no helper)");
+            return;
+        }
+        bounded("helpers_run_the_tasks_the_caller_does_not", || {
+            let caller = std::thread::current().id();
+            let elsewhere = AtomicUsize::new(0);
+            let waited_out = AtomicBool::new(false);
+            for_each(8, width(), |_| {
+                if std::thread::current().id() != caller {
+                    elsewhere.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                // The caller waits for the other tasks (all of them, since it holds
+                // this one), up to 20 s, once.
+                if waited_out.load(Ordering::SeqCst) {
+                    return;
+                }
+                let start = Instant::now();
+                while elsewhere.load(Ordering::SeqCst) < 7 {
+                    if start.elapsed() > Duration::from_secs(20) {
+                        waited_out.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    std::thread::yield_now();
+                }
+            });
+            let elsewhere = elsewhere.load(Ordering::SeqCst);
+            assert!(
+                !waited_out.load(Ordering::SeqCst) && elsewhere == 7,
+                "tasks run by helpers while the caller held one: {elsewhere} of 7 in 20 s"
+            );
+        });
+    }
+
+    /// A task's panic reaches the caller once every other task has run.
+    #[test]
+    fn a_tasks_panic_is_raised_on_the_caller_after_the_others() {
+        bounded(
+            "a_tasks_panic_is_raised_on_the_caller_after_the_others",
+            || {
+                let runs = counters(16);
+                let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    for_each(16, width(), |i| {
+                        runs[i].fetch_add(1, Ordering::SeqCst);
+                        if i == 3 {
+                            panic!("task 3 fails");
+                        }
+                    });
+                }));
+                let panic = result.expect_err("the task's panic was not raised");
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .unwrap_or("(not a &str)");
+                assert_eq!(message, "task 3 fails");
+                for (i, r) in runs.iter().enumerate() {
+                    let r = r.load(Ordering::SeqCst);
+                    assert_eq!(r, 1, "task {i} ran {r} times");
+                }
+            },
+        );
+    }
+
+    /// Tasks that share their own work (a member's layers split in blocks), from
+    /// several callers at once: every task runs, none waits for a thread that is
+    /// waiting for it.
+    #[test]
+    fn nested_tasks_from_several_callers_all_run() {
+        bounded("nested_tasks_from_several_callers_all_run", || {
+            let runs = Arc::new(AtomicUsize::new(0));
+            let callers: Vec<_> = (0..4)
+                .map(|_| {
+                    let runs = Arc::clone(&runs);
+                    std::thread::spawn(move || {
+                        for _ in 0..50 {
+                            for_each(8, width(), |_| {
+                                for_each(4, width(), |_| {
+                                    runs.fetch_add(1, Ordering::Relaxed);
+                                });
+                            });
+                        }
+                    })
+                })
+                .collect();
+            for c in callers {
+                if let Err(panic) = c.join() {
+                    resume_unwind(panic);
+                }
+            }
+            assert_eq!(runs.load(Ordering::Relaxed), 4 * 50 * 8 * 4);
+        });
+    }
+
+    /// A helper keeps to one processor where there are more than helpers; the
+    /// caller's processors are left as they were.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn helpers_keep_to_one_processor_and_leave_the_caller_alone() {
+        let before = place::allowed();
+        if before.len() <= helpers_started().count || width() < 2 {
+            eprintln!(
+                "skipped: {} processors for {} helpers",
+                before.len(),
+                helpers_started().count
+            );
+            return;
+        }
+        bounded(
+            "helpers_keep_to_one_processor_and_leave_the_caller_alone",
+            move || {
+                let caller = std::thread::current().id();
+                let helpers_sets = Mutex::new(Vec::new());
+                // Enough tasks, each long enough, that a helper takes some.
+                for _ in 0..100 {
+                    for_each(16, width(), |_| {
+                        if std::thread::current().id() != caller {
+                            let set = place::allowed();
+                            helpers_sets.lock().unwrap().push(set);
+                        } else {
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                    });
+                    if !helpers_sets.lock().unwrap().is_empty() {
+                        break;
+                    }
+                }
+                let sets = helpers_sets.into_inner().unwrap();
+                assert!(!sets.is_empty(), "no helper took a task in 100 runs");
+                for set in &sets {
+                    assert_eq!(set.len(), 1, "a helper may run on processors {set:?}");
+                }
+                assert_eq!(place::allowed(), before, "the caller's processors changed");
+            },
+        );
+    }
+}
