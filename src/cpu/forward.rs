@@ -27,8 +27,8 @@ const SMALL_ROWS: usize = 8;
 
 /// A member's layers in the form the host runs them.
 pub(crate) enum Layers {
-    /// Packed for the AVX-512 kernel ([`packed`](super::packed)); when dropped, the
-    /// CPU pool's threads drop the buffers they keep for hidden outputs ([`spare`]).
+    /// Packed for the AVX-512 or AVX2 kernel ([`packed`](super::packed)); when
+    /// dropped, the buffers kept for hidden outputs ([`spare`]) are dropped.
     Packed {
         layers: Vec<PackedLayer>,
         _release: ReleaseKept,
@@ -146,6 +146,8 @@ pub(crate) mod spare {
             return Vec::new();
         }
         let mut spare = kept();
+        #[cfg(test)]
+        super::super::tests::TAKES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let best = spare
             .iter()
             .enumerate()
@@ -164,8 +166,13 @@ pub(crate) mod spare {
 
     /// Drops the kept buffers.
     pub(crate) fn clear() {
+        let dropped = {
+            let mut spare = kept();
+            #[cfg(test)]
+            super::super::tests::RELEASES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::mem::take(&mut *spare)
+        };
         // Dropped after the lock is let go.
-        let dropped = std::mem::take(&mut *kept());
         drop(dropped);
     }
 
@@ -181,11 +188,11 @@ pub(crate) mod spare {
         if !(MIN_BYTES..=KEPT_BYTES).contains(&(buffer.capacity() * 4)) {
             return;
         }
-        #[cfg(test)]
-        super::super::tests::GIVES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut dropped = Vec::new();
         {
             let mut spare = kept();
+            #[cfg(test)]
+            super::super::tests::GIVES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             spare.push(buffer);
             let mut bytes: usize = spare.iter().map(|b| b.capacity() * 4).sum();
             if bytes > KEPT_BYTES {

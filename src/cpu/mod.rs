@@ -96,8 +96,6 @@ impl CpuExecutor {
 pub(crate) fn release_kept() {
     #[cfg(test)]
     tests::RELEASED_HERE.with(|n| n.set(n.get() + 1));
-    #[cfg(test)]
-    tests::RELEASES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     forward::spare::clear();
 }
 
@@ -254,10 +252,13 @@ pub(crate) fn on_pool<T: Send>(job: impl FnOnce() -> T + Send) -> T {
 impl Executor for CpuExecutor {
     fn run(&mut self, input: &Tensor, wants: Wants, skip: &[usize]) -> Result<DeviceOutput> {
         let this = &*self;
-        if std::env::var_os("WE_TEAM").is_some() {
-            return this.run_here(input, wants, skip);
+        if this.packed {
+            // The packed kernel's work is shared by this thread and the helpers
+            // (`team`), with no hand-off.
+            this.run_here(input, wants, skip)
+        } else {
+            on_pool(|| this.run_here(input, wants, skip))
         }
-        on_pool(|| this.run_here(input, wants, skip))
     }
 
     fn concurrent(&self) -> Option<Handles> {
@@ -285,31 +286,31 @@ mod tests {
     /// the other's.
     static KEPT: Mutex<()> = Mutex::new(());
 
-    /// Calls of [`release_kept`] in this process, and buffers given to be kept (by
-    /// every test running).
+    /// The kept buffers' releases, buffers given to be kept and takes from them in
+    /// this process (by every test running), each counted under the list's lock.
     pub(super) static RELEASES: AtomicUsize = AtomicUsize::new(0);
     pub(super) static GIVES: AtomicUsize = AtomicUsize::new(0);
+    pub(super) static TAKES: AtomicUsize = AtomicUsize::new(0);
 
     std::thread_local! {
         /// Calls of [`release_kept`] on this thread.
         pub(super) static RELEASED_HERE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
 
-    /// `attempt`'s result from a try during which no other test gave a buffer to be
-    /// kept or released the kept ones (other tests' runs and dropped models do):
-    /// up to 50 tries. Each try gives one buffer and releases once itself.
-    fn undisturbed<T>(mut attempt: impl FnMut() -> T) -> T {
-        for _ in 0..50 {
-            let releases = RELEASES.load(Ordering::SeqCst);
-            let gives = GIVES.load(Ordering::SeqCst);
+    /// `attempt`'s result from a try during which no other test gave, took or
+    /// released kept buffers (other tests' runs and dropped models do): up to 200
+    /// tries. Each try gives one buffer, takes `takes` and releases once itself.
+    fn undisturbed<T>(takes: usize, mut attempt: impl FnMut() -> T) -> T {
+        let counts = || [&RELEASES, &GIVES, &TAKES].map(|c| c.load(Ordering::SeqCst));
+        for _ in 0..200 {
+            let [releases, gives, taken] = counts();
             let result = attempt();
-            if RELEASES.load(Ordering::SeqCst) == releases + 1
-                && GIVES.load(Ordering::SeqCst) == gives + 1
-            {
+            if counts() == [releases + 1, gives + 1, taken + takes] {
                 return result;
             }
+            std::thread::yield_now();
         }
-        panic!("other tests gave or released kept buffers during each of 50 tries");
+        panic!("other tests gave, took or released kept buffers during each of 200 tries");
     }
 
     /// A model packed for this processor (`None`, said, where it has no packed
@@ -341,7 +342,7 @@ mod tests {
             return;
         };
         drop(probe);
-        let (kept, after) = undisturbed(|| {
+        let (kept, after) = undisturbed(1, || {
             let layers = Layers::new(Arc::clone(&model));
             // 256 rows × 1024 hidden values: a 1 MiB buffer, given back after the
             // second layer has read it.
@@ -362,7 +363,7 @@ mod tests {
     #[test]
     fn a_release_drops_the_kept_buffers() {
         let _one = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
-        let (filled, after) = undisturbed(|| {
+        let (filled, after) = undisturbed(0, || {
             forward::spare::give(Vec::with_capacity(1 << 18));
             let filled = forward::spare::kept_bytes();
             release_kept();
@@ -370,5 +371,44 @@ mod tests {
         });
         assert!(filled >= 1 << 20, "kept {filled} bytes after a give");
         assert_eq!(after, 0, "bytes kept after the release");
+    }
+
+    /// With the packed kernel, the thread that calls a run works on it (rather than
+    /// hand it to a pool and wait).
+    #[test]
+    fn a_packed_run_works_on_the_calling_thread() {
+        let model = Arc::new(
+            crate::Model::random(
+                &[32, 64, 4],
+                &[crate::Activation::Relu, crate::Activation::Identity],
+                7,
+            )
+            .unwrap(),
+        );
+        if packed(&model).is_none() || team::width() < 2 {
+            eprintln!("skipped: no packed kernel, or one thread for the host");
+            return;
+        }
+        let specs: Vec<MemberSpec> = (0..4)
+            .map(|index| MemberSpec {
+                index,
+                name: format!("m{index}"),
+                model: Arc::clone(&model),
+                weight: 1.0,
+                blend: None,
+                first_layer: 0,
+            })
+            .collect();
+        let mut executor = CpuExecutor::new(&specs, Mode::Values, 4, Precision::F32);
+        let x = Tensor::matrix(8, 32, vec![0.25; 8 * 32]).unwrap();
+        let before = team::TASKS_HERE.get();
+        for _ in 0..20 {
+            executor.run(&x, Wants::default(), &[]).unwrap();
+        }
+        let here = team::TASKS_HERE.get() - before;
+        assert!(
+            here > 0,
+            "no member of 20 runs of 4 ran on the calling thread"
+        );
     }
 }

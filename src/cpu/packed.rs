@@ -694,11 +694,11 @@ mod tests {
         }
     }
 
-    /// A layer's output written into a kept buffer of an earlier run, larger and full
-    /// of NaN (`forward::spare`): every value is the layer's own, none left over.
+    /// A layer's output written into a buffer of an earlier run (as those kept by
+    /// `forward::spare`), larger and full of NaN: every value is the layer's own, none
+    /// left over.
     #[test]
     fn a_reused_buffer_leaves_nothing_of_its_last_run() {
-        use crate::cpu::forward::spare;
         let Some(isa) = Isa::detect() else {
             eprintln!("skipped: this processor runs neither AVX-512F nor AVX2 with FMA");
             return;
@@ -713,9 +713,8 @@ mod tests {
         let mut old = vec![f32::NAN; 2 * rows * 1000];
         let at = old.as_ptr();
         old.truncate(rows * 1000 + 7);
-        spare::give(old);
-        let got = packed.run_into(&x, rows, 2, spare::take(rows * 1000));
-        assert_eq!(got.as_ptr(), at, "the kept buffer was not the one used");
+        let got = packed.run_into(&x, rows, 2, old);
+        assert_eq!(got.as_ptr(), at, "the buffer given was not the one used");
         assert_matches("a reused buffer", &got, &reference(layer, &x, rows), 1e-5);
     }
 
