@@ -221,8 +221,9 @@ fn help(rx: &crossbeam_channel::Receiver<Arc<Shared>>) {
                 },
             }
         };
-        let left = shared.next.load(Ordering::Relaxed) < shared.tasks;
-        if let (true, Some(caller)) = (left, shared.caller_cpu) {
+        // Also for tasks all claimed already: a helper on a busy caller's processor
+        // gets to run only when the caller's time is up, and finds them so.
+        if let Some(caller) = shared.caller_cpu {
             if place::current() == Some(caller) {
                 place::avoid(caller);
             }
