@@ -208,9 +208,10 @@ pub(crate) mod spare {
     }
 }
 
-/// The threads a run on the host spreads over: those of the pool that runs it
-/// ([`super::pool`]). (Not `available_parallelism`, which reads the cgroup files on
-/// every call: 3 % of a run of E1 at batch 1.)
+/// The threads of [`pool`](super::pool), over which the GEMM crates' path spreads a
+/// run (the packed kernel's spreads over [`team::width`](super::team::width)). (Not
+/// `available_parallelism`, which reads the cgroup files on every call: 3 % of a run
+/// of E1 at batch 1.)
 pub(crate) fn threads() -> usize {
     super::pool().map_or_else(
         rayon::current_num_threads,

@@ -48,8 +48,6 @@ pub(crate) struct CpuExecutor {
     /// work with the helpers ([`team`]) on the calling thread; else it goes to
     /// [`pool`], where the GEMM crates' rayon calls run.
     packed: bool,
-    /// Some member has a share of a stack's blender.
-    blends: bool,
 }
 
 impl CpuExecutor {
@@ -80,7 +78,6 @@ impl CpuExecutor {
             packed: members
                 .iter()
                 .all(|m| matches!(m.layers, Layers::Packed { .. })),
-            blends: members.iter().any(|m| m.blend.is_some()),
             members,
             mode,
             output_width,
@@ -146,7 +143,10 @@ impl CpuExecutor {
         };
         // The statistics and the blender's share go through rayon, so on its pool.
         let host = || self.statistics_and_blend(&active, &outputs, rows, wants);
-        let (moments, blend) = if self.packed && (wants.moments || self.blends) {
+        let rayon = active
+            .iter()
+            .any(|m| m.blend.is_some() || (wants.moments && m.weight > 0.0));
+        let (moments, blend) = if self.packed && rayon {
             on_pool(host)
         } else {
             host()
@@ -298,11 +298,12 @@ mod tests {
     }
 
     /// `attempt`'s result from a try during which no other test gave, took or
-    /// released kept buffers (other tests' runs and dropped models do): up to 200
-    /// tries. Each try gives one buffer, takes `takes` and releases once itself.
+    /// released kept buffers (other tests' runs and dropped models do): tries for
+    /// up to 20 s. Each try gives one buffer, takes `takes` and releases once itself.
     fn undisturbed<T>(takes: usize, mut attempt: impl FnMut() -> T) -> T {
         let counts = || [&RELEASES, &GIVES, &TAKES].map(|c| c.load(Ordering::SeqCst));
-        for _ in 0..200 {
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(20) {
             let [releases, gives, taken] = counts();
             let result = attempt();
             if counts() == [releases + 1, gives + 1, taken + takes] {
@@ -310,7 +311,7 @@ mod tests {
             }
             std::thread::yield_now();
         }
-        panic!("other tests gave, took or released kept buffers during each of 200 tries");
+        panic!("other tests gave, took or released kept buffers during every try for 20 s");
     }
 
     /// A model packed for this processor (`None`, said, where it has no packed

@@ -3,7 +3,7 @@
 //! to a pool and sleeping until it is done (ONNX Runtime's scheme). A hand-off costs a
 //! wake-up at each end, about as long as a whole run of E1 at batch 1, and on a
 //! machine of two cores a pool of two threads plus the sleeping caller is three
-//! threads for two processors, which the system's scheduler took up to 70 ms to
+//! threads for two processors, which the system's scheduler took 60–100 ms to
 //! spread (benches/results/cpu-2026-12-06/NOTES.md, "The late second core").
 //!
 //! Tasks are claimed from a counter, so a helper that starts late, or not at all,
@@ -68,20 +68,47 @@ impl Shared {
             #[cfg(test)]
             TASKS_HERE.set(TASKS_HERE.get() + 1);
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| job(i))) {
-                let mut first = self.panic.lock().unwrap_or_else(|e| e.into_inner());
-                match &*first {
-                    None => *first = Some(panic),
-                    // A later panic's payload is dropped here, where a panic in its
-                    // drop cannot unwind past the count below.
-                    Some(_) => {
-                        let _ = catch_unwind(AssertUnwindSafe(|| drop(panic)));
-                    }
-                }
+                keep_first(
+                    &mut self.panic.lock().unwrap_or_else(|e| e.into_inner()),
+                    panic,
+                );
             }
             // Release: the task's writes are seen by the caller, which reads `done`
             // with Acquire.
-            if self.done.fetch_add(1, Ordering::Release) + 1 == self.tasks {
+            if self.done.fetch_add(1, Ordering::Release) + 1 == self.tasks
+                && std::thread::current().id() != self.caller.id()
+            {
                 self.caller.unpark();
+            }
+        }
+    }
+}
+
+/// Keeps `panic` in `first` if it is the first; else drops it, where a panic in its
+/// drop is caught (and its own payload forgotten) rather than unwinding past a task's
+/// count.
+fn keep_first(first: &mut Option<Box<dyn Any + Send>>, panic: Box<dyn Any + Send>) {
+    if first.is_none() {
+        *first = Some(panic);
+    } else if let Err(again) = catch_unwind(AssertUnwindSafe(|| drop(panic))) {
+        std::mem::forget(again);
+    }
+}
+
+/// Waits, when dropped, until every task of its `Shared` is done: `for_each` cannot
+/// return, by any path, while a helper may still run a task.
+struct WaitAll<'a>(&'a Shared);
+
+impl Drop for WaitAll<'_> {
+    fn drop(&mut self) {
+        // Spin a little, then park until the last task wakes this thread (a park may
+        // also end early: the count is read again).
+        let started = Instant::now();
+        while self.0.done.load(Ordering::Acquire) < self.0.tasks {
+            if started.elapsed() < SPIN {
+                std::hint::spin_loop();
+            } else {
+                std::thread::park_timeout(Duration::from_millis(1));
             }
         }
     }
@@ -89,8 +116,8 @@ impl Shared {
 
 /// Runs `job(0)`, …, `job(tasks - 1)` on this thread and on up to `width - 1`
 /// helpers, and returns when all are done. A panic in a task is raised again here
-/// once every task has finished. The tasks must not wait for one another: any of
-/// them may run after the others, on this thread.
+/// once every task has run. The tasks must not wait for one another: any of them may
+/// run after the others, on this thread.
 pub(crate) fn for_each(tasks: usize, width: usize, job: impl Fn(usize) + Sync) {
     let team = (width > 1 && tasks > 1).then(helpers_started);
     let (queue, helpers) = match team {
@@ -99,7 +126,15 @@ pub(crate) fn for_each(tasks: usize, width: usize, job: impl Fn(usize) + Sync) {
             count,
         }) => (queue, width.min(tasks).min(count + 1) - 1),
         _ => {
-            (0..tasks).for_each(job);
+            let mut first = None;
+            for i in 0..tasks {
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| job(i))) {
+                    keep_first(&mut first, panic);
+                }
+            }
+            if let Some(panic) = first {
+                resume_unwind(panic);
+            }
             return;
         }
     };
@@ -126,17 +161,10 @@ pub(crate) fn for_each(tasks: usize, width: usize, job: impl Fn(usize) + Sync) {
         // Only fails when every helper has ended, and then the caller runs every task.
         let _ = queue.send(Arc::clone(&shared));
     }
+    let wait = WaitAll(&shared);
     shared.work();
-    // The tasks the helpers claimed: spin a little, then park until the last one
-    // wakes this thread (a park may also end early: the count is read again).
-    let started = Instant::now();
-    while shared.done.load(Ordering::Acquire) < tasks {
-        if started.elapsed() < SPIN {
-            std::hint::spin_loop();
-        } else {
-            std::thread::park_timeout(Duration::from_millis(1));
-        }
-    }
+    // The tasks the helpers claimed.
+    drop(wait);
     let panic = shared
         .panic
         .lock()
@@ -203,11 +231,14 @@ fn helpers_started() -> &'static Helpers {
 
 /// A helper: runs the tasks it is sent until the queue closes. When it finds itself
 /// on the processor of the caller whose tasks it takes, it moves off it (on Linux):
-/// it may then run on any of the process's processors but that one. (Left to the
-/// system's scheduler, a helper started from the caller's processor stayed there,
-/// sharing it, for tens of milliseconds.)
+/// it may then run on any of the main thread's processors but that one, until it
+/// next sleeps. (Left to the system's scheduler, a helper started from the caller's
+/// processor stayed there, sharing it, for tens of milliseconds.)
 fn help(rx: &crossbeam_channel::Receiver<Arc<Shared>>) {
     HELPER.set(true);
+    // Not the processors of the caller that started it, which may be one.
+    place::widen();
+    let mut moved = false;
     loop {
         let spin = Instant::now();
         let shared = loop {
@@ -215,17 +246,23 @@ fn help(rx: &crossbeam_channel::Receiver<Arc<Shared>>) {
                 Ok(s) => break s,
                 Err(crossbeam_channel::TryRecvError::Disconnected) => return,
                 Err(_) if spin.elapsed() < HELPER_SPIN => std::hint::spin_loop(),
-                Err(_) => match rx.recv() {
-                    Ok(s) => break s,
-                    Err(_) => return,
-                },
+                Err(_) => {
+                    // Asleep, it may run anywhere again when woken.
+                    if std::mem::take(&mut moved) {
+                        place::widen();
+                    }
+                    match rx.recv() {
+                        Ok(s) => break s,
+                        Err(_) => return,
+                    }
+                }
             }
         };
         // Also for tasks all claimed already: a helper on a busy caller's processor
         // gets to run only when the caller's time is up, and finds them so.
         if let Some(caller) = shared.caller_cpu {
             if place::current() == Some(caller) {
-                place::avoid(caller);
+                moved |= place::avoid(caller);
             }
         }
         shared.work();
@@ -272,13 +309,23 @@ mod place {
         }
     }
 
-    /// Keeps this thread to the process's processors (the main thread's, read again
-    /// each time: `taskset -a` changes them) but `cpu`, where there are others.
-    pub(super) fn avoid(cpu: usize) {
+    /// The main thread's processors (read again each time: `taskset -a` changes
+    /// them).
+    fn main_threads() -> Vec<usize> {
         // SAFETY: no arguments.
-        let process = unsafe { libc::getpid() };
-        let others: Vec<usize> = allowed(process).into_iter().filter(|&c| c != cpu).collect();
-        keep_to(&others);
+        allowed(unsafe { libc::getpid() })
+    }
+
+    /// Keeps this thread to the main thread's processors but `cpu`, where there are
+    /// others; whether it did.
+    pub(super) fn avoid(cpu: usize) -> bool {
+        let others: Vec<usize> = main_threads().into_iter().filter(|&c| c != cpu).collect();
+        keep_to(&others)
+    }
+
+    /// Lets this thread run on all of the main thread's processors.
+    pub(super) fn widen() {
+        keep_to(&main_threads());
     }
 }
 
@@ -287,7 +334,10 @@ mod place {
     pub(super) fn current() -> Option<usize> {
         None
     }
-    pub(super) fn avoid(_: usize) {}
+    pub(super) fn avoid(_: usize) -> bool {
+        false
+    }
+    pub(super) fn widen() {}
 }
 
 #[cfg(test)]
