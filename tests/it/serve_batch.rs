@@ -261,11 +261,27 @@ placement_tests!(concurrent_requests_are_batched_and_answered_as_alone;
 
 /// Requests merge only when their options agree: the same quorum, the same member
 /// outputs, and deadlines near each other (a 60 s request is not run under a 5 s one's
-/// deadline, nor a request without deadline under either).
+/// deadline, nor a request without deadline under either). They queue behind a
+/// request that keeps the replica busy (run 0 sleeps; its quorum is its own, so it
+/// runs alone): a first request that found the replica idle and the queue empty
+/// would run at once, alone.
 #[test]
 fn only_requests_with_the_same_options_merge_cpu() {
-    let (batcher, metrics) = batcher(1, config(64, FOREVER, 64), &FaultPlan::new());
+    let plan = FaultPlan::new().on_run("a", 0, Fault::Sleep(Duration::from_millis(300)));
+    let (batcher, metrics) = batcher(1, config(64, FOREVER, 64), &plan);
     let reference = session(&FaultPlan::new());
+    let mut blocker = request(1, 49);
+    blocker.quorum = Some(3);
+    let blocker = batcher.submit(blocker).unwrap();
+    let running = || {
+        let text = metrics.render();
+        metric(&text, "wgpu_ensemble_replica_in_flight", &[]) == 1.0
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !running() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(running(), "the blocking request never started");
     let mut sent = Vec::new();
     for (i, (quorum, members, timeout)) in [
         (None, false, None),
@@ -292,21 +308,22 @@ fn only_requests_with_the_same_options_merge_cpu() {
     }
     // Closing runs what is queued without waiting for the batch delay.
     batcher.close();
+    wait(blocker).unwrap();
     for (i, (x, options, reply)) in sent.into_iter().enumerate() {
         let answer = wait(reply).unwrap_or_else(|e| panic!("request {i}: {e}"));
         assert_alone(&format!("request {i}"), &answer, &x, &reference, &options);
     }
     batcher.drain();
     let text = metrics.render();
-    // {0, 2}, {1}, {3}, {4, 5}, {6}.
+    // {blocker}, {0, 2}, {1}, {3}, {4, 5}, {6}.
     assert_eq!(
         metric(&text, "wgpu_ensemble_inference_batch_requests_count", &[]),
-        5.0,
+        6.0,
         "{text}"
     );
     assert_eq!(
         metric(&text, "wgpu_ensemble_inference_batch_requests_sum", &[]),
-        7.0
+        8.0
     );
 }
 
