@@ -90,6 +90,19 @@ fn request(rows: usize, seed: u64) -> InferRequest {
     InferRequest::new(input(rows, WIDTH, seed))
 }
 
+/// Waits until the (one) replica runs a batch; fails, naming `what`, after 60 s.
+fn wait_running(metrics: &Metrics, what: &str) {
+    let running = || {
+        let text = metrics.render();
+        metric(&text, "wgpu_ensemble_replica_in_flight", &[]) == 1.0
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !running() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(running(), "{what} never started");
+}
+
 fn wait(reply: Reply) -> Result<InferAnswer, ServeError> {
     reply
         .blocking_recv()
@@ -273,15 +286,7 @@ fn only_requests_with_the_same_options_merge_cpu() {
     let mut blocker = request(1, 49);
     blocker.quorum = Some(3);
     let blocker = batcher.submit(blocker).unwrap();
-    let running = || {
-        let text = metrics.render();
-        metric(&text, "wgpu_ensemble_replica_in_flight", &[]) == 1.0
-    };
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    while !running() && std::time::Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert!(running(), "the blocking request never started");
+    wait_running(&metrics, "the blocking request");
     let mut sent = Vec::new();
     for (i, (quorum, members, timeout)) in [
         (None, false, None),
@@ -633,15 +638,7 @@ fn requests_queued_behind_a_busy_replica_merge_without_a_delay_cpu() {
     let plan = FaultPlan::new().on_run("a", 0, Fault::Sleep(Duration::from_millis(300)));
     let (batcher, metrics) = batcher(1, config(64, Duration::ZERO, 64), &plan);
     let first = batcher.submit(request(1, 1)).unwrap();
-    let running = || {
-        let text = metrics.render();
-        metric(&text, "wgpu_ensemble_replica_in_flight", &[]) == 1.0
-    };
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    while !running() && std::time::Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert!(running(), "the first batch never started");
+    wait_running(&metrics, "the first batch");
     let reference = session(&FaultPlan::new());
     let queued: Vec<_> = (0..10)
         .map(|i| {
