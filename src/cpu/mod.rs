@@ -9,7 +9,7 @@
 //! one thread to itself), and for one or two rows as dot products of each weight row
 //! with the input, spread over threads.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 pub(crate) mod forward;
@@ -125,14 +125,14 @@ impl CpuExecutor {
         let outputs: Vec<Vec<f32>> = if self.packed {
             let width = team::width();
             let parts = (width / active.len().max(1)).max(1);
-            let slots: Vec<Mutex<Vec<f32>>> = active.iter().map(|_| Mutex::default()).collect();
+            let slots: Vec<OnceLock<Vec<f32>>> = active.iter().map(|_| OnceLock::new()).collect();
             team::for_each(active.len(), width, |i| {
-                let y = active[i].layers.forward(input, rows, f16, parts);
-                *slots[i].lock().unwrap_or_else(PoisonError::into_inner) = y;
+                let _ = slots[i].set(active[i].layers.forward(input, rows, f16, parts));
             });
+            // Every task ran (a panic would have been raised again above).
             slots
                 .into_iter()
-                .map(|s| s.into_inner().unwrap_or_else(PoisonError::into_inner))
+                .map(|s| s.into_inner().unwrap_or_default())
                 .collect()
         } else {
             let parts = (threads() / active.len().max(1)).max(1);
@@ -141,16 +141,14 @@ impl CpuExecutor {
                 .map(|m| m.layers.forward(input, rows, f16, parts))
                 .collect()
         };
-        // The statistics and the blender's share go through rayon, so on its pool.
-        let host = || self.statistics_and_blend(&active, &outputs, rows, wants);
-        let rayon = active
+        let shares: Vec<Share> = active
             .iter()
-            .any(|m| m.blend.is_some() || (wants.moments && m.weight > 0.0));
-        let (moments, blend) = if self.packed && rayon {
-            on_pool(host)
-        } else {
-            host()
-        };
+            .zip(&outputs)
+            .map(|(m, y)| (y.as_slice(), m.weight, m.blend.as_deref()))
+            .collect();
+        let (blend, moments) =
+            blend_and_statistics(&shares, rows, self.output_width, wants.moments);
+        let moments: Vec<Moments> = moments.into_iter().collect();
         for (m, mut y) in active.into_iter().zip(outputs) {
             present.push(m.index);
             match &mut partial {
@@ -182,32 +180,34 @@ impl CpuExecutor {
             device_time: None,
         })
     }
+}
 
-    /// The uncertainty statistics of the members that ran (where `wants` asks; those
-    /// of positive weight: a member of weight 0 adds nothing to the aggregate or to
-    /// them), and a stack's blender's first layer summed over the members in their
-    /// order.
-    fn statistics_and_blend(
-        &self,
-        active: &[&CpuMember],
-        outputs: &[Vec<f32>],
-        rows: usize,
-        wants: Wants,
-    ) -> (Vec<Moments>, Vec<f32>) {
-        let weighted: Vec<(&[f32], f32)> = active
-            .iter()
-            .zip(outputs)
-            .filter(|(m, _)| wants.moments && m.weight > 0.0)
-            .map(|(m, y)| (y.as_slice(), m.weight))
-            .collect();
-        let moments = if weighted.is_empty() {
-            Vec::new()
-        } else {
-            vec![Moments::of(&weighted, rows, self.output_width)]
-        };
+/// A member's output, its aggregate weight and its share of a stack's blender.
+pub(crate) type Share<'a> = (&'a [f32], f32, Option<&'a Dense>);
+
+/// What a device sends besides its members' sum: a stack's blender's first layer
+/// summed over the members in their order, and (where `moments`) the uncertainty
+/// statistics of those of positive weight (a member of weight 0 adds nothing to the
+/// aggregate or to them). Both go through rayon, so on [`pool`]: handed off only
+/// when there is any, and at once from the pool's own threads.
+pub(crate) fn blend_and_statistics(
+    shares: &[Share],
+    rows: usize,
+    output_width: usize,
+    moments: bool,
+) -> (Vec<f32>, Option<Moments>) {
+    let weighted: Vec<(&[f32], f32)> = shares
+        .iter()
+        .filter(|(_, w, _)| moments && *w > 0.0)
+        .map(|&(y, w, _)| (y, w))
+        .collect();
+    if weighted.is_empty() && shares.iter().all(|(_, _, b)| b.is_none()) {
+        return (Vec::new(), None);
+    }
+    on_pool(|| {
         let mut blend: Vec<f32> = Vec::new();
-        for (m, y) in active.iter().zip(outputs) {
-            if let Some(block) = &m.blend {
+        for &(y, _, block) in shares {
+            if let Some(block) = block {
                 let z = dense(block, y, rows, threads());
                 if blend.is_empty() {
                     blend = z;
@@ -216,8 +216,9 @@ impl CpuExecutor {
                 }
             }
         }
-        (moments, blend)
-    }
+        let statistics = (!weighted.is_empty()).then(|| Moments::of(&weighted, rows, output_width));
+        (blend, statistics)
+    })
 }
 
 /// [`pool`], once started (`None` in it: it could not be).
@@ -234,11 +235,24 @@ static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLoc
 pub(crate) fn pool() -> Option<&'static rayon::ThreadPool> {
     POOL.get_or_init(|| {
         rayon::ThreadPoolBuilder::new()
+            .num_threads(host_threads())
             .thread_name(|i| format!("wgpu-ensemble cpu {i}"))
             .build()
             .ok()
     })
     .as_ref()
+}
+
+/// The threads the host runs on, [`pool`]'s and the caller's with the helpers
+/// ([`team::width`]): `RAYON_NUM_THREADS` where it is a positive number (as rayon
+/// reads it), else one per processor this process may use.
+pub(crate) fn host_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1)
 }
 
 /// Runs `job` on [`pool`] (at once when already on it), the caller waiting.
@@ -281,6 +295,7 @@ impl Executor for CpuExecutor {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Mutex, PoisonError};
 
     /// The tests that fill and empty the kept buffers, one at a time: each would see
     /// the other's.

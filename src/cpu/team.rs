@@ -197,21 +197,15 @@ std::thread_local! {
     pub(crate) static TASKS_HERE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// The threads the host runs a job on: the caller and the helpers. As many as rayon
-/// would start (`RAYON_NUM_THREADS`, else one per processor this process may use),
-/// fewer where a helper could not be started.
+/// The threads the host runs a job on: the caller and the helpers. As many as
+/// [`host_threads`](super::host_threads), fewer where a helper could not be started.
 pub(crate) fn width() -> usize {
     helpers_started().count + 1
 }
 
 fn helpers_started() -> &'static Helpers {
     HELPERS.get_or_init(|| {
-        let threads = std::env::var("RAYON_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
-            .unwrap_or(1);
+        let threads = super::host_threads();
         let (tx, rx) = crossbeam_channel::unbounded::<Arc<Shared>>();
         let mut count = 0;
         for i in 0..threads - 1 {

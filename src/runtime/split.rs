@@ -21,13 +21,12 @@ use crossbeam_channel::{Receiver, Select, Sender};
 use super::job::panic_message;
 use super::thread::WorkerThread;
 use crate::aggregate::{accumulate, Mode};
-use crate::cpu::forward::{activate, dense, threads};
+use crate::cpu::forward::activate;
 use crate::error::{Error, Result};
 use crate::exec::{DeviceOutput, Executor, Loss, Wants};
 use crate::model::Dense;
 use crate::split::{ranges, Join};
 use crate::tensor::Tensor;
-use crate::uncertainty::Moments;
 
 /// Where a part's thread sends the output of one run of an executor.
 type Answer = Receiver<Result<Vec<f32>>>;
@@ -216,23 +215,12 @@ impl Executor for SplitExecutor {
                 self.mode,
             );
             out.present.push(self.index);
-            // The blender's share and the statistics run on rayon's threads: on the
-            // crate's CPU pool (one hand-off for both), as the CPU executor's do, not on
-            // rayon's global pool, whose threads may all be callers waiting for this run.
-            let (blend, weight, width) = (&self.blend, self.weight, self.output_width);
-            let moments = wants.moments && weight > 0.0;
-            if blend.is_some() || moments {
-                let (z, m) = crate::cpu::on_pool(|| {
-                    (
-                        blend
-                            .as_ref()
-                            .map(|block| dense(block, &y, rows, threads())),
-                        moments.then(|| Moments::of(&[(&y, weight)], rows, width)),
-                    )
-                });
-                out.blend = z.unwrap_or_default();
-                out.moments.extend(m);
-            }
+            // The blender's share and the statistics, as the CPU executor's are made.
+            let share = (y.as_slice(), self.weight, self.blend.as_deref());
+            let (blend, moments) =
+                crate::cpu::blend_and_statistics(&[share], rows, self.output_width, wants.moments);
+            out.blend = blend;
+            out.moments.extend(moments);
             if wants.members {
                 out.members.push((self.index, y));
             }
