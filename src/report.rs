@@ -75,7 +75,10 @@ pub struct MemberReport {
     /// Its GPU device's time for the kernels of this run (every member on that
     /// device, summed over the submissions of a batch split into chunks), measured
     /// with timestamp queries when [`SessionOptions::device_timing`](crate::SessionOptions::device_timing) is set; `None`
-    /// otherwise, on the CPU, and when it did not finish.
+    /// otherwise, on the CPU, and when it did not finish. A member split across
+    /// devices ([`Split`](crate::Split)) reports the sum of its parts' times (every
+    /// stage and micro-batch, every column step and part), which can exceed its wall
+    /// time since the parts work side by side; `None` when no part is a timed GPU.
     pub device_time: Option<Duration>,
     /// Its `[rows, output_width]` output, when [`RunOptions::member_outputs`](crate::RunOptions::member_outputs) was set
     /// and it finished.

@@ -28,8 +28,13 @@ use crate::model::Dense;
 use crate::split::{ranges, Join};
 use crate::tensor::Tensor;
 
+/// What one run of a part's executor gives back: its output, and its GPU device's
+/// kernel time when that device times its kernels
+/// ([`SessionOptions::device_timing`](crate::SessionOptions::device_timing)).
+type PartOutput = (Vec<f32>, Option<Duration>);
+
 /// Where a part's thread sends the output of one run of an executor.
-type Answer = Receiver<Result<Vec<f32>>>;
+type Answer = Receiver<Result<PartOutput>>;
 
 /// What a part's thread is asked to do.
 enum Job {
@@ -38,7 +43,7 @@ enum Job {
     Run {
         slot: usize,
         input: Tensor,
-        reply: Sender<Result<Vec<f32>>>,
+        reply: Sender<Result<PartOutput>>,
     },
     /// Lose the part's device (every executor of the part).
     Lose {
@@ -129,7 +134,7 @@ fn serve(executors: &mut [Box<dyn Executor>], job: Job, device: &str) {
                     // One member of weight 1 under a mean: its partial sum is its output.
                     executor
                         .run(&input, Wants::default(), &[])
-                        .map(|o| o.partial)
+                        .map(|o| (o.partial, o.device_time))
                 }))
                 .unwrap_or_else(|panic| {
                     executor.reset();
@@ -182,8 +187,9 @@ pub(crate) struct SplitExecutor {
 }
 
 impl SplitExecutor {
-    /// The member's `[rows, output_width]` output.
-    fn forward(&mut self, input: &Tensor) -> Result<Vec<f32>> {
+    /// The member's `[rows, output_width]` output, and its parts' device time (see
+    /// [`DeviceClock`]).
+    fn forward(&mut self, input: &Tensor) -> Result<PartOutput> {
         match &self.plan {
             Plan::Layers { micro_batches } => run_layers(&self.parts, input, *micro_batches),
             Plan::Columns(steps) => run_columns(&self.parts, steps, input),
@@ -206,7 +212,8 @@ impl Executor for SplitExecutor {
             device_time: None,
         };
         if !skip.contains(&self.index) {
-            let y = self.forward(input)?;
+            let (y, device_time) = self.forward(input)?;
+            out.device_time = device_time;
             accumulate(
                 &mut out.partial,
                 &y,
@@ -256,8 +263,24 @@ impl Executor for SplitExecutor {
 }
 
 /// The answer on `answer`, or an error naming `worker` when its thread dropped it.
-fn receive(worker: &PartWorker, answer: &Answer) -> Result<Vec<f32>> {
+fn receive(worker: &PartWorker, answer: &Answer) -> Result<PartOutput> {
     answer.recv().unwrap_or_else(|_| Err(worker.gone()))
+}
+
+/// A split member's device time: the kernel time of every part's runs in one run of
+/// the member (every stage and micro-batch, every column step and part), summed, as
+/// a device's time is summed over the submissions of a batch split into chunks. The
+/// parts' devices work side by side, so the sum can exceed the member's wall time.
+/// `None` when no part reported one (CPU parts, or timing off).
+#[derive(Default)]
+struct DeviceClock(Option<Duration>);
+
+impl DeviceClock {
+    fn add(&mut self, time: Option<Duration>) {
+        if let Some(t) = time {
+            self.0 = Some(self.0.unwrap_or_default() + t);
+        }
+    }
 }
 
 /// Rows `r` of the `[rows, cols]` values `x`.
@@ -271,12 +294,13 @@ fn rows_of(x: &[f32], cols: usize, r: &std::ops::Range<usize>) -> Tensor {
 /// By layers: every idle stage given the next micro-batch waiting for it, the outputs
 /// of the last stage collected in row order. After an error no more work is started;
 /// the work in flight is waited for, then the first error is returned.
-fn run_layers(stages: &[PartWorker], input: &Tensor, micro_batches: usize) -> Result<Vec<f32>> {
+fn run_layers(stages: &[PartWorker], input: &Tensor, micro_batches: usize) -> Result<PartOutput> {
     let (rows, cols) = (input.shape()[0], input.shape()[1]);
     let count = stages.len();
     if count == 1 {
         return receive(&stages[0], &stages[0].start(0, input.clone())?);
     }
+    let mut clock = DeviceClock::default();
     let chunks = ranges(rows, micro_batches.clamp(1, rows.max(1)));
     let mut waiting: Vec<VecDeque<(usize, Tensor)>> = vec![VecDeque::new(); count];
     waiting[0] = chunks
@@ -323,12 +347,16 @@ fn run_layers(stages: &[PartWorker], input: &Tensor, micro_batches: usize) -> Re
             Err(e) => {
                 error.get_or_insert(e);
             }
-            Ok(y) if s + 1 < count => {
+            Ok((y, time)) if s + 1 < count => {
+                clock.add(time);
                 let n = chunks[i].len();
                 let width = y.len() / n.max(1);
                 waiting[s + 1].push_back((i, Tensor::from_parts(vec![n, width], y)));
             }
-            Ok(y) => outputs[i] = Some(y),
+            Ok((y, time)) => {
+                clock.add(time);
+                outputs[i] = Some(y);
+            }
         }
     }
     if let Some(e) = error {
@@ -342,14 +370,15 @@ fn run_layers(stages: &[PartWorker], input: &Tensor, micro_batches: usize) -> Re
         })?;
         output.extend_from_slice(&y);
     }
-    Ok(output)
+    Ok((output, clock.0))
 }
 
 /// By columns: each step's input to every part at once, their outputs joined on the
 /// host (placed side by side, or added with the bias), then the activation.
-fn run_columns(parts: &[PartWorker], steps: &[ColumnJoin], input: &Tensor) -> Result<Vec<f32>> {
+fn run_columns(parts: &[PartWorker], steps: &[ColumnJoin], input: &Tensor) -> Result<PartOutput> {
     let rows = input.shape()[0];
     let mut x = input.clone();
+    let mut clock = DeviceClock::default();
     for (k, step) in steps.iter().enumerate() {
         let mut answers = Vec::with_capacity(parts.len());
         let mut started = Ok(());
@@ -364,13 +393,21 @@ fn run_columns(parts: &[PartWorker], steps: &[ColumnJoin], input: &Tensor) -> Re
         }
         // Every answer is waited for, so that no part is still on this step when the
         // next run starts; then the first error.
-        let outputs: Vec<Result<Vec<f32>>> = parts
+        let outputs: Vec<Result<PartOutput>> = parts
             .iter()
             .zip(&answers)
             .map(|(part, a)| receive(part, a))
             .collect();
         started?;
-        let outputs = outputs.into_iter().collect::<Result<Vec<_>>>()?;
+        let outputs = outputs
+            .into_iter()
+            .map(|o| {
+                o.map(|(y, time)| {
+                    clock.add(time);
+                    y
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let width = step.output_width;
         let y = match &step.join {
             Join::Gather { ranges, activation } => {
@@ -398,5 +435,5 @@ fn run_columns(parts: &[PartWorker], steps: &[ColumnJoin], input: &Tensor) -> Re
         };
         x = Tensor::from_parts(vec![rows, width], y);
     }
-    Ok(x.into_vec())
+    Ok((x.into_vec(), clock.0))
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{assert_close, input, placement_tests, quirks, reference_forward, reference_mean};
 use wgpu_ensemble::{
     wgpu, Activation::*, AdapterInfo, Error, ExternalDevice, Graph, Model, Placement, RunOptions,
-    Session, SessionOptions,
+    Session, SessionOptions, Split,
 };
 
 /// Two members of one shape and one of another on `place`, a fourth on the CPU.
@@ -148,6 +148,82 @@ fn device_timing(adapter: &AdapterInfo) {
 placement_tests!(adapters device_timing;
     device_timing_reports_each_devices_kernel_time_vulkan: Vulkan,
     device_timing_reports_each_devices_kernel_time_gl: Gl,
+);
+
+/// A member split across devices reports its parts' kernel time, summed over parts,
+/// stages and micro-batches: by layers over two devices of one adapter, by columns
+/// over them, and with one part on the CPU (which adds none); a split wholly on the
+/// CPU, or run without timing, reports none. Timing leaves the output's bits alone.
+fn split_device_time(adapter: &AdapterInfo) {
+    let label = adapter.to_string();
+    if !quirks::timestamps(adapter) {
+        eprintln!("{label}: skipped, no TIMESTAMP_QUERY (the refusal is tested above)");
+        return;
+    }
+    let model = &members()[2];
+    let queue = |slot| Placement::Queue {
+        adapter: adapter.index,
+        slot,
+    };
+    let splits = [
+        (
+            "layers",
+            Split::layers(vec![queue(0), queue(1)]).micro_batches(3),
+            true,
+        ),
+        ("columns", Split::columns(vec![queue(0), queue(1)]), true),
+        (
+            "layers, cpu first",
+            Split::layers(vec![Placement::Cpu, queue(0)]),
+            true,
+        ),
+        (
+            "columns, cpu",
+            Split::columns(vec![Placement::Cpu; 2]),
+            false,
+        ),
+    ];
+    let x = input(7, 24, 12);
+    let refs = [reference_forward(model, &x)];
+    for (what, split, timed_parts) in splits {
+        let session = |options: SessionOptions| {
+            let g = Graph::builder(24)
+                .split_member("s", model.clone(), split.clone())
+                .build()
+                .unwrap();
+            Session::with_options(g, options).unwrap()
+        };
+        let ctx = format!("{label}, split by {what}");
+        let timed = session(SessionOptions::default().device_timing(true));
+        let plain = session(SessionOptions::default());
+        let run = timed.run(&x, &RunOptions::default()).unwrap();
+        let base = plain.run(&x, &RunOptions::default()).unwrap();
+        assert_eq!(
+            run.aggregate.as_slice(),
+            base.aggregate.as_slice(),
+            "{ctx}: timing changed the output"
+        );
+        assert_close(
+            &ctx,
+            run.aggregate.as_slice(),
+            &reference_mean(&refs, &[1.0]),
+        );
+        assert_eq!(base.members[0].device_time, None, "{ctx}: untimed");
+        let time = run.members[0].device_time;
+        if timed_parts {
+            assert!(
+                time.is_some_and(|t| t > Duration::ZERO),
+                "{ctx}: device time {time:?}"
+            );
+        } else {
+            assert_eq!(time, None, "{ctx}: CPU parts only");
+        }
+    }
+}
+
+placement_tests!(adapters split_device_time;
+    a_split_member_reports_its_parts_device_time_vulkan: Vulkan,
+    a_split_member_reports_its_parts_device_time_gl: Gl,
 );
 
 /// A device without `TIMESTAMP_QUERY` (one the caller made with no features) refuses
