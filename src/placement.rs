@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Error, Result};
 
@@ -143,13 +144,30 @@ pub struct ExternalDevice {
     pub(crate) label: String,
     /// This device's [`next_device_id`], shared by the clones.
     pub(crate) id: u64,
+    /// Where its error handlers report: installed by the first session or trainer
+    /// that uses it, shared by every later one.
+    pub(crate) reports: Arc<OnceLock<DeviceReports>>,
+}
+
+/// What a device's uncaptured-error handler and device-lost callback caught (the
+/// GPU backend installs them).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DeviceReports {
+    /// Validation and out-of-memory errors not yet returned.
+    pub(crate) errors: Arc<Mutex<Vec<String>>>,
+    /// Why the device was lost, once it is.
+    pub(crate) lost: Arc<Mutex<Option<String>>>,
 }
 
 impl ExternalDevice {
     /// Wraps a device and its queue; `label` names it in reports and errors.
     ///
-    /// The session installs its own uncaptured-error and device-lost handlers on the
-    /// device, replacing any that were set.
+    /// The first session or trainer that uses it installs the crate's
+    /// uncaptured-error and device-lost handlers on the device, replacing any that
+    /// were set. Every session and trainer on it (through any clone) then shares
+    /// what they catch: a validation or out-of-memory error is returned by the next
+    /// run or step on the device that looks, whichever made it, and a lost device is
+    /// lost to all of them.
     ///
     /// Wrap each device once and clone the `ExternalDevice` for every member placed on
     /// it: members on clones share one executor (one submission per run). Two
@@ -162,6 +180,7 @@ impl ExternalDevice {
             queue,
             label: label.into(),
             id: next_device_id(),
+            reports: Arc::default(),
         }
     }
 }

@@ -3,7 +3,26 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::Error;
-use crate::placement::{next_device_id, ExecutionDevice};
+use crate::placement::{next_device_id, DeviceReports, ExecutionDevice, ExternalDevice};
+
+/// Installs `device`'s uncaptured-error handler and device-lost callback, replacing
+/// any set before, to report to new stores.
+fn install(device: &wgpu::Device) -> DeviceReports {
+    let reports = DeviceReports::default();
+    let errors = Arc::clone(&reports.errors);
+    device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+        errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(e.to_string());
+    }));
+    let lost = Arc::clone(&reports.lost);
+    device.set_device_lost_callback(move |reason, message| {
+        *lost.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(format!("{reason:?}: {message}"));
+    });
+    reports
+}
 
 /// A device, its queue, and what its error handlers caught.
 ///
@@ -33,36 +52,36 @@ impl GpuContext {
         label: ExecutionDevice,
         adapter: Option<wgpu::Adapter>,
     ) -> Self {
-        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
-        let lost: Arc<Mutex<Option<String>>> = Arc::default();
-        let sink = Arc::clone(&errors);
-        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            sink.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(e.to_string());
-        }));
-        let lost_sink = Arc::clone(&lost);
-        device.set_device_lost_callback(move |reason, message| {
-            *lost_sink.lock().unwrap_or_else(PoisonError::into_inner) =
-                Some(format!("{reason:?}: {message}"));
-        });
+        let sinks = install(&device);
         Self {
             device,
             queue,
             label,
             adapter,
             id: next_device_id(),
-            errors,
-            lost,
+            errors: sinks.errors,
+            lost: sinks.lost,
         }
     }
 
-    /// The context of a device the caller handed in, with that device's id: the
-    /// contexts two sessions make for one [`ExternalDevice`](crate::ExternalDevice)
-    /// are then known to be of the same device.
-    pub(crate) fn with_id(mut self, id: u64) -> Self {
-        self.id = id;
-        self
+    /// The context of a device the caller handed in. Every context made for it (by
+    /// any session or trainer, through any clone of `ext`) reports to the same
+    /// stores: its handlers are installed once, with the first, since a device has
+    /// one uncaptured-error handler and one device-lost callback, and a second
+    /// installation would take the reports away from the users of the first.
+    pub(crate) fn external(ext: &ExternalDevice) -> Self {
+        let sinks = ext.reports.get_or_init(|| install(&ext.device)).clone();
+        Self {
+            device: ext.device.clone(),
+            queue: ext.queue.clone(),
+            label: ExecutionDevice::External {
+                label: ext.label.clone(),
+            },
+            adapter: None,
+            id: ext.id,
+            errors: sinks.errors,
+            lost: sinks.lost,
+        }
     }
 
     /// Whether the device has been lost.

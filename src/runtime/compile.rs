@@ -384,15 +384,7 @@ impl Resolver<'_> {
                 // handlers, which must report to the context that is kept.
                 let existing = self.external.iter().find(|c| c.id == ext.id).cloned();
                 let ctx = existing.unwrap_or_else(|| {
-                    let ctx = GpuContext::new(
-                        ext.device.clone(),
-                        ext.queue.clone(),
-                        ExecutionDevice::External {
-                            label: ext.label.clone(),
-                        },
-                        None,
-                    )
-                    .with_id(ext.id);
+                    let ctx = GpuContext::external(ext);
                     self.external.push(ctx.clone());
                     ctx
                 });

@@ -19,7 +19,7 @@
 use crate::error::Result;
 use crate::gpu::{DevicePool, GpuContext};
 use crate::model::Activation;
-use crate::placement::{ExecutionDevice, Placement};
+use crate::placement::Placement;
 use crate::precision::Precision;
 use crate::train::cpu::CpuEngine;
 use crate::train::gpu::GpuEngine;
@@ -126,13 +126,6 @@ pub(crate) fn engine(
         Placement::Queue { adapter, slot } => {
             gpu(DevicePool::new(Precision::F32).open("trained member", *adapter, *slot)?)
         }
-        Placement::Device(ext) => gpu(GpuContext::new(
-            ext.device.clone(),
-            ext.queue.clone(),
-            ExecutionDevice::External {
-                label: ext.label.clone(),
-            },
-            None,
-        )),
+        Placement::Device(ext) => gpu(GpuContext::external(ext)),
     }
 }

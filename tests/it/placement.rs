@@ -174,3 +174,80 @@ fn auto_spreads_round_robin_over_usable_adapters() {
         }
     }
 }
+
+/// Every session and trainer on one `ExternalDevice` shares what the device's error
+/// handlers catch: a second session, or a trainer, built on the device does not take
+/// the first session's error reports away (the device has one handler of each kind,
+/// and each used to install its own). An error made on the device after them is
+/// returned by the first session's next run, which then runs again.
+fn sharing_an_external_device_keeps_the_error_reports(target: common::Target) {
+    use wgpu_ensemble::train::{Hyper, Task, TrainSet, Trainer};
+    let test = "an external device's error reports";
+    let Some(info) = common::adapters_on(test, target).into_iter().next() else {
+        return;
+    };
+    for second in ["a session", "a trainer"] {
+        let backends = wgpu::Backends::from(info.backend);
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let adapter = pollster::block_on(instance.enumerate_adapters(backends))
+            .into_iter()
+            .find(|a| a.get_info().name == info.name)
+            .expect("the adapter the crate listed");
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+        let ext = wgpu_ensemble::ExternalDevice::new(device.clone(), queue, "shared");
+        let model = Model::random(&[6, 5, 3], &[Relu, Softmax], 4).unwrap();
+        let graph = Graph::builder(6)
+            .member("m", model.clone(), Placement::Device(ext.clone()))
+            .build()
+            .unwrap();
+        let first = Session::new(graph.clone()).unwrap();
+        let x = input(3, 6, 9);
+        first.run(&x, &RunOptions::default()).unwrap();
+        let _kept: Box<dyn std::any::Any> = match second {
+            "a session" => Box::new(Session::new(graph).unwrap()),
+            _ => {
+                let data = common::train::labelled(12, 6, 3, 1);
+                let set = TrainSet::new(Task::Classification, data, 0.0, false, 0).unwrap();
+                let hyper = Hyper::default();
+                Box::new(Trainer::new(&hyper, &set, &Placement::Device(ext.clone())).unwrap())
+            }
+        };
+        // A validation error outside any error scope: a mappable buffer for reading
+        // that is also a storage buffer.
+        let _bad = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("invalid on purpose"),
+            size: 16,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        match first.run(&x, &RunOptions::default()) {
+            Err(e @ wgpu_ensemble::Error::Gpu { .. }) => {
+                assert!(e.to_string().contains("shared"), "{second}: {e}")
+            }
+            other => panic!(
+                "{info} with {second} on the device: the first session's run after an error gave {:?}",
+                other.map(|o| o.aggregate)
+            ),
+        }
+        let again = first.run(&x, &RunOptions::default()).unwrap();
+        assert_close(
+            &format!("{second}: the run after"),
+            again.aggregate.as_slice(),
+            &reference_mean(&[reference_forward(&model, &x)], &[1.0]),
+        );
+    }
+}
+
+#[test]
+fn sharing_an_external_device_keeps_the_error_reports_vulkan() {
+    sharing_an_external_device_keeps_the_error_reports(common::Target::Vulkan);
+}
+
+#[test]
+fn sharing_an_external_device_keeps_the_error_reports_gl() {
+    sharing_an_external_device_keeps_the_error_reports(common::Target::Gl);
+}
