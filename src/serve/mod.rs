@@ -264,7 +264,8 @@ impl Server {
     }
 
     /// Waits up to `timeout` for the versions found at start to be loaded (or to fail):
-    /// whether they are, that is whether `GET /v2/health/ready` answers 200. Also true
+    /// whether they are (`GET /v2/health/ready` then answers 200 if every model serves
+    /// a version, 400 naming those that serve none). Also true
     /// once the loading thread has ended for any other reason, so that no wait is
     /// endless.
     pub fn wait_ready(&self, timeout: Duration) -> bool {

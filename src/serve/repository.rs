@@ -731,6 +731,16 @@ impl Repository {
         read(&self.models).keys().cloned().collect()
     }
 
+    /// The models known that serve no version (every version failed to load, or is
+    /// still loading, or was removed): while there is one, the server is not ready.
+    pub fn unserved(&self) -> Vec<String> {
+        read(&self.models)
+            .iter()
+            .filter(|(_, entry)| entry.served.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Whether `model` is one of [`Repository::models`].
     pub fn knows(&self, model: &str) -> bool {
         read(&self.models).contains_key(model)

@@ -988,7 +988,7 @@ fn a_shutdown_does_not_wait_for_a_version_being_loaded() {
 }
 
 /// The same while the versions found at start load: `Server::start_loading` returns
-/// once it listens (`live` 200, `ready` 503), and a shutdown then waits for the load at
+/// once it listens (`live` 200, `ready` 400), and a shutdown then waits for the load at
 /// most its shutdown timeout (the command takes SIGTERM this way while it loads).
 #[test]
 fn a_shutdown_while_the_first_versions_load_does_not_wait_for_them() {
@@ -1009,7 +1009,8 @@ fn a_shutdown_while_the_first_versions_load_does_not_wait_for_them() {
     let base = format!("http://{}", server.addr());
     assert_eq!(get(&format!("{base}/v2/health/live")).status, 200);
     let ready = get(&format!("{base}/v2/health/ready"));
-    assert_eq!(ready.status, 503);
+    assert_eq!(ready.status, 400);
+    assert_eq!(ready.json()["ready"], false);
     assert!(ready.error().contains("loading"), "{}", ready.error());
     assert!(!server.wait_ready(Duration::from_millis(200)));
     let (tx, rx) = std::sync::mpsc::channel();
@@ -1021,4 +1022,50 @@ fn a_shutdown_while_the_first_versions_load_does_not_wait_for_them() {
         rx.recv_timeout(Duration::from_secs(10)).is_ok(),
         "the shutdown waited over 10 s for the first load"
     );
+}
+
+/// Server readiness is every model's (KServe v2: "the server is ready ... if all the
+/// models are ready"): a model whose only version fails to load keeps
+/// `GET /v2/health/ready` at 400, naming it, while the other model serves; once it
+/// has a version that loads, 200. The bodies are `{"live": true}` and
+/// `{"ready": bool}`, which the KServe Python client reads.
+#[test]
+fn the_server_is_ready_when_every_model_serves_a_version() {
+    use crate::common::serve::{add_version, get};
+    use wgpu_ensemble::serve::{ServeConfig, Server};
+    let dir = tempfile::tempdir().unwrap();
+    add_version(dir.path(), "good", 1, "mean.toml", "cpu");
+    let broken = dir.path().join("broken").join("1");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("ensemble.toml"), "not a manifest [").unwrap();
+    let server = Server::start(
+        ServeConfig::new(dir.path())
+            .addr(([127, 0, 0, 1], 0).into())
+            .poll_interval(Duration::from_millis(50)),
+    )
+    .unwrap();
+    let base = format!("http://{}", server.addr());
+    let live = get(&format!("{base}/v2/health/live"));
+    assert_eq!(
+        (live.status, live.json()["live"].clone()),
+        (200, true.into())
+    );
+    let ready = get(&format!("{base}/v2/health/ready"));
+    assert_eq!(ready.status, 400, "a model with no version served");
+    assert_eq!(ready.json()["ready"], false);
+    assert!(ready.error().contains("'broken'"), "{}", ready.error());
+    assert_eq!(get(&format!("{base}/v2/models/good/ready")).status, 200);
+    assert_eq!(get(&format!("{base}/v2/models/broken/ready")).status, 404);
+    add_version(dir.path(), "broken", 2, "mean.toml", "cpu");
+    let started = std::time::Instant::now();
+    let ready = loop {
+        let ready = get(&format!("{base}/v2/health/ready"));
+        if ready.status == 200 || started.elapsed() > Duration::from_secs(30) {
+            break ready;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(ready.status, 200, "version 2 loaded: {:?}", ready.json());
+    assert_eq!(ready.json()["ready"], true);
+    server.shutdown();
 }

@@ -94,7 +94,10 @@ impl OutputKind {
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route(
+            "/v2/health/live",
+            get(|| async { Json(json!({ "live": true })) }),
+        )
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/{model}/ready", get(model_ready))
         .route(
@@ -121,12 +124,41 @@ async fn server_metadata() -> Json<Value> {
     }))
 }
 
+/// Server readiness, as the specification has it: 200 when every model is ready
+/// (the versions found at start loaded, and every model known serving a version),
+/// else 400 ("a 4xx status code indicates false"). The bodies are the Open
+/// Inference Protocol's `{"ready": bool}` (the KServe Python client reads it), with
+/// the reason when not ready.
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    if state.is_ready() {
-        StatusCode::OK.into_response()
+    let why = if !state.is_ready() {
+        Some("the server is loading the models found at start".to_string())
     } else {
-        ServeError::Unavailable("the server is loading the models found at start".to_string())
-            .into_response()
+        let unserved = state.repository.unserved();
+        (!unserved.is_empty()).then(|| {
+            let names: Vec<String> = unserved
+                .iter()
+                .take(8)
+                .map(|m| format!("'{}'", excerpt(m)))
+                .collect();
+            let more = unserved.len().saturating_sub(names.len());
+            format!(
+                "no version served of {}{}",
+                names.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            )
+        })
+    };
+    match why {
+        None => Json(json!({ "ready": true })).into_response(),
+        Some(error) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "ready": false, "error": error })),
+        )
+            .into_response(),
     }
 }
 
@@ -147,7 +179,7 @@ pub(super) fn version_number(version: &str) -> Result<VersionSelector, ServeErro
 
 async fn model_ready(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
     match state.repository.resolve(&model, &VersionSelector::Default) {
-        Ok(_) => StatusCode::OK.into_response(),
+        Ok(_) => Json(json!({ "name": model, "ready": true })).into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -157,7 +189,7 @@ async fn version_ready(
     Path((model, version)): Path<(String, String)>,
 ) -> Response {
     match version_number(&version).and_then(|v| state.repository.resolve(&model, &v)) {
-        Ok(_) => StatusCode::OK.into_response(),
+        Ok(_) => Json(json!({ "name": model, "ready": true })).into_response(),
         Err(e) => e.into_response(),
     }
 }
