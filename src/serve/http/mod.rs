@@ -319,15 +319,17 @@ impl Element {
     }
 }
 
-/// A value of input `input` at flat index `index` as f32: finite and within f32's
-/// range, or a 400 naming the index and the value.
+/// A value of input `input` at flat index `index` as f32: a finite value that rounds
+/// to a finite float32 (the shortest decimal of `f32::MAX`, `3.4028235e38`, is a
+/// little above it and rounds to it), or a 400 naming the index and the value.
 pub(crate) fn checked(input: &str, value: f64, index: usize) -> Result<f32, ServeError> {
-    if value.is_finite() && value.abs() <= f64::from(f32::MAX) {
-        return Ok(value as f32);
+    let rounded = value as f32;
+    if value.is_finite() && rounded.is_finite() {
+        return Ok(rounded);
     }
     Err(ServeError::BadRequest(format!(
         "input '{}' value {value} at index {index} is not a finite float32 \
-         (NaN, infinities and magnitudes over {:e} are refused)",
+         (NaN, infinities and magnitudes that round beyond {:e} are refused)",
         crate::error::excerpt(input),
         f32::MAX
     )))
@@ -395,6 +397,21 @@ mod tests {
                 Some(b) => assert_eq!(b as f32, *v),
                 None => assert!(!v.is_finite()),
             }
+        }
+    }
+
+    /// What the server writes it reads: the shortest decimal of `f32::MAX` (above
+    /// it in f64) is accepted as `f32::MAX`; a value that rounds to infinity, and
+    /// non-finite ones, are refused.
+    #[test]
+    fn values_that_round_to_a_finite_f32_are_accepted() {
+        let max: f64 = "3.4028235e38".parse().unwrap();
+        assert!(max > f64::from(f32::MAX));
+        assert_eq!(super::checked("x", max, 0).unwrap(), f32::MAX);
+        assert_eq!(super::checked("x", -max, 0).unwrap(), -f32::MAX);
+        for bad in [3.5e38, f64::NAN, f64::INFINITY, -1e39] {
+            let e = super::checked("x", bad, 7).unwrap_err().to_string();
+            assert!(e.contains("index 7"), "{bad}: {e}");
         }
     }
 }
