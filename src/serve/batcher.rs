@@ -542,7 +542,7 @@ impl Shared {
         let total: usize = rows.iter().sum();
         for p in &batch {
             self.metrics
-                .queue_time(&self.model, self.version, p.request.received.elapsed());
+                .queue_time(&self.model, self.version, p.queued.elapsed());
         }
         // The measures when any request asks: they are per row, so each request's rows
         // of them are what it gets alone, and the others pay only the members' outputs

@@ -8,7 +8,7 @@ use wgpu_ensemble::io::{read_matrix, Manifest};
 use wgpu_ensemble::{Placement, RunOptions, Session, Tensor};
 
 use crate::common::serve::{
-    binary_request, binary_response, floats, get, post_bytes, post_json, TestServer,
+    binary_request, binary_response, floats, get, metric, post_bytes, post_json, TestServer,
 };
 use crate::common::{assert_close, golden, read_f64};
 
@@ -1369,4 +1369,54 @@ fn bodies_beyond_the_shared_budget_wait_for_room_cpu() {
         String::from_utf8_lossy(&reply.body)
     );
     drop(second);
+}
+
+/// The queue-duration metric is the time a request waited in its version's queue, not
+/// the time its body took to arrive: a body sent 1.5 s after its headers adds 1.5 s to
+/// the request's duration and nothing to its queue time.
+#[test]
+fn queue_time_excludes_a_slow_upload_cpu() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let server = server();
+    let body = serde_json::to_vec(&infer_body(&x(), false)).unwrap();
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let head = format!(
+        "POST /v2/models/mean/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let started = Instant::now();
+    stream.write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    stream.write_all(&body).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    let text = String::from_utf8(get(&server.url("/metrics")).body).unwrap();
+    let labels = [r#"model="mean""#];
+    let request = metric(
+        &text,
+        "wgpu_ensemble_inference_request_duration_seconds_sum",
+        &labels,
+    );
+    let queued = metric(
+        &text,
+        "wgpu_ensemble_inference_queue_duration_seconds_sum",
+        &labels,
+    );
+    assert!(request >= 1.4, "request duration {request} s:\n{text}");
+    assert!(
+        queued < 1.0,
+        "queue duration {queued} s for a slow upload:\n{text}"
+    );
 }
