@@ -333,6 +333,15 @@ impl Engine for CpuEngine {
         if order.is_empty() || batch_size == 0 {
             return Err(Error::EmptyBatch);
         }
+        // Every row checked before the first step, so that a refused order changes
+        // nothing (as on the GPU, which checks it as it uploads it).
+        let n = self.train.rows();
+        if let Some(&bad) = order.iter().find(|&&r| r as usize >= n) {
+            return Err(Error::TrainRow {
+                row: bad as usize,
+                rows: n,
+            });
+        }
         let mut total = 0.0f64;
         for batch in order.chunks(batch_size) {
             total += self.step(batch, lr)? * batch.len() as f64;

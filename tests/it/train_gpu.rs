@@ -207,3 +207,39 @@ pub fn row_buffers_fit_the_binding(placement: Placement, label: &str) {
 
 placement_tests!(row_buffers_fit_the_binding;
     train_gpu_row_buffers_lavapipe: Vulkan, train_gpu_row_buffers_gl: Gl);
+
+/// An epoch whose order holds a row beyond the training rows, in its last batch
+/// only, is refused before any step: the parameters (and the optimizer's state, seen
+/// through the next epoch's loss) are as before.
+pub fn a_refused_epoch_changes_nothing(placement: Placement, label: &str) {
+    let set = TrainSet::new(Task::Classification, labelled(20, 3, 2, 1), 0.0, false, 0)
+        .expect("a training set");
+    let mut hyper = Hyper::default();
+    hyper.batch_size = 4;
+    let mut trainer = Trainer::new(&hyper, &set, &placement).expect("a trainer");
+    let mut twin = Trainer::new(&hyper, &set, &placement).expect("a trainer");
+    let before = trainer.params().expect("the parameters");
+    let mut order: Vec<u32> = (0..20).collect();
+    order.push(20);
+    match trainer.epoch(&order, 0.1) {
+        Err(Error::TrainRow { row: 20, rows: 20 }) => {}
+        other => panic!("{label}: row 20 of 20 in the last batch gave {other:?}"),
+    }
+    let after = trainer.params().expect("the parameters");
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b.weight, a.weight, "{label}: the weights changed");
+        assert_eq!(b.bias, a.bias, "{label}: the biases changed");
+    }
+    let good: Vec<u32> = (0..20).collect();
+    let (l, t) = (trainer.epoch(&good, 0.1), twin.epoch(&good, 0.1));
+    assert_eq!(
+        l.expect("an epoch").to_bits(),
+        t.expect("an epoch").to_bits(),
+        "{label}: the next epoch differs from a trainer that was never refused"
+    );
+}
+
+placement_tests!(a_refused_epoch_changes_nothing;
+    a_refused_epoch_changes_nothing_cpu: Cpu,
+    a_refused_epoch_changes_nothing_lavapipe: Vulkan,
+    a_refused_epoch_changes_nothing_gl: Gl);
