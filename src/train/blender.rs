@@ -44,6 +44,9 @@ pub struct BlenderFit {
     pub converged: bool,
 }
 
+/// The most parameters (`classes × (features + 1)`) [`fit_blender`] fits: 2^22.
+pub const MAX_BLENDER_PARAMETERS: usize = 1 << 22;
+
 /// Fits a multinomial logistic regression of `labels` (each `0..classes`) on `x`
 /// (`[rows, features]`, the members' outputs side by side) with inverse
 /// regularisation strength `c`, as scikit-learn's `LogisticRegression(C=c)` does.
@@ -51,7 +54,8 @@ pub struct BlenderFit {
 /// Errors: [`Error::Rank`] for an `x` that is not a matrix, [`Error::EmptyBatch`] for
 /// no rows, [`Error::DataRows`] when `labels` has another length,
 /// [`Error::NonFiniteData`] for a NaN or infinite feature, [`Error::TrainData`] for
-/// fewer than 2 classes or a label out of range, [`Error::InvalidHyper`] for a `c`
+/// fewer than 2 classes, a label out of range or more than
+/// [`MAX_BLENDER_PARAMETERS`] parameters, [`Error::InvalidHyper`] for a `c`
 /// that is not finite and positive.
 pub fn fit_blender(x: &Tensor, labels: &[i64], classes: usize, c: f64) -> Result<BlenderFit> {
     let (rows, features) = x.dims2("blender features")?;
@@ -76,6 +80,18 @@ pub fn fit_blender(x: &Tensor, labels: &[i64], classes: usize, c: f64) -> Result
             field: "c",
             expected: "a finite value > 0",
             got: c.to_string(),
+        });
+    }
+    // L-BFGS keeps about 24 vectors of the parameters in f64: the limit bounds that
+    // to 768 MiB, rather than an allocation the system grants and then kills for.
+    let parameters = features.checked_add(1).and_then(|f| f.checked_mul(classes));
+    if parameters.is_none_or(|n| n > MAX_BLENDER_PARAMETERS) {
+        return Err(Error::TrainData {
+            key: "x",
+            expected: format!(
+                "at most {MAX_BLENDER_PARAMETERS} (2^22) blender parameters, classes × (features + 1)"
+            ),
+            got: format!("{classes} classes × ({features} + 1) features"),
         });
     }
     if let Some((i, &v)) = x

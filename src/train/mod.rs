@@ -28,7 +28,7 @@ mod engine;
 mod member;
 pub mod study;
 
-pub use blender::{fit_blender, read_labels, stack_outputs, BlenderFit};
+pub use blender::{fit_blender, read_labels, stack_outputs, BlenderFit, MAX_BLENDER_PARAMETERS};
 pub use data::{Data, Standardizer, Targets, TrainSet, MAX_CLASSES};
 pub use engine::{Evaluation, Params};
 pub use member::{train_member, EpochReport, Trained, Trainer, MAX_PARAMETERS};

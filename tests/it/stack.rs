@@ -645,3 +645,28 @@ fn train_blender_with_a_training_optimizer() {
         assert!(!bad.exists(), "{extra:?} wrote a blender");
     }
 }
+
+/// `fit_blender` refuses a problem beyond `MAX_BLENDER_PARAMETERS` (classes ×
+/// (features + 1)) with an error naming both, before it allocates L-BFGS's vectors;
+/// a number of classes whose product overflows is refused the same way.
+#[test]
+fn a_blender_fit_too_large_is_refused_before_it_allocates() {
+    use wgpu_ensemble::train::MAX_BLENDER_PARAMETERS;
+    let features = MAX_BLENDER_PARAMETERS / 2;
+    let x = Tensor::matrix(1, features, vec![0.5; features]).unwrap();
+    for classes in [2, usize::MAX] {
+        match fit_blender(&x, &[1], classes, 1.0) {
+            Err(e @ Error::TrainData { key: "x", .. }) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains(&format!("{classes} classes")) && text.contains("2^22"),
+                    "{text}"
+                );
+            }
+            other => panic!(
+                "{classes} classes × {features} features: {:?}",
+                other.map(|f| f.iterations)
+            ),
+        }
+    }
+}
