@@ -536,3 +536,52 @@ fn one_trial_mode_trains_given_parameters_cpu() {
     assert_eq!(started, 0);
     assert_eq!(again, record);
 }
+
+/// A study whose `trials` grew past a power of ten names its trials with more digits
+/// (`trial-0007` where there were `trial-007`): the trials recorded under the
+/// narrower names are still recognised by their number and skipped. (Simulated here
+/// the other way round: a study of 2 trials recorded under 4-digit names, as a study
+/// of a thousand would have, then run with 3.)
+#[test]
+fn resume_recognises_trials_recorded_with_other_zero_padding() {
+    let study_of = |trials: usize| {
+        let text = digits_study(
+            &format!("strategy = \"random\"\nseed = 5\nkeep = 1\ntrials = {trials}"),
+            "hidden = [[8]]\nbatch_size = 256\npatience = 0\nepochs = [2]",
+        );
+        Study::parse(&text, digits()).unwrap()
+    };
+    let out = tempfile::tempdir().unwrap();
+    let cpu = Devices::List(vec![Placement::Cpu]);
+    study_of(2)
+        .run(out.path(), &cpu, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    let records = out.path().join("trials.jsonl");
+    let mut lines = std::fs::read_to_string(&records).unwrap();
+    for i in 0..2 {
+        let (old, new) = (format!("trial-00{i}"), format!("trial-000{i}"));
+        assert!(lines.contains(&format!("\"{old}\"")), "{lines}");
+        lines = lines.replace(&format!("\"{old}\""), &format!("\"{new}\""));
+        std::fs::rename(
+            out.path().join(format!("{old}.safetensors")),
+            out.path().join(format!("{new}.safetensors")),
+        )
+        .unwrap();
+    }
+    std::fs::write(&records, lines).unwrap();
+    let (mut skipped, mut trained) = (Vec::new(), Vec::new());
+    let result = study_of(3)
+        .run(out.path(), &cpu, &mut |e| {
+            match e {
+                StudyEvent::Skipped(r) => skipped.push(r.name.clone()),
+                StudyEvent::Started { trial, .. } => trained.push(trial.clone()),
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    skipped.sort();
+    assert_eq!(skipped, ["trial-0000", "trial-0001"]);
+    assert_eq!(trained, ["trial-002"]);
+    assert_eq!(result.trials.len(), 3);
+}

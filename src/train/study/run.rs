@@ -375,7 +375,10 @@ impl Study {
                 continue;
             }
             let planned = self.params(i);
-            let same = r.name == self.trial_name(i)
+            // The name's zero-padding follows the number of trials (`trial-007` of a
+            // thousand, `trial-0007` of more), so a study whose `trials` grew names its
+            // trial i otherwise than the record does: the number is what must agree.
+            let same = trial_number(&r.name) == Some(i)
                 && match (r.params.hyper(), planned.hyper()) {
                     (Ok(a), Ok(b)) => a == b,
                     _ => false,
@@ -682,4 +685,13 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
+}
+
+/// The number of a trial named `trial-` and decimal digits (any zero-padding).
+fn trial_number(name: &str) -> Option<usize> {
+    let digits = name.strip_prefix("trial-")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
