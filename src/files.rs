@@ -205,7 +205,11 @@ impl StagedOutputs {
                 }
             }
         };
-        file.write_all(bytes).map_err(|e| io_error(path, e))
+        // On the disk before the rename makes it the target: else a crash of the
+        // system could leave the target's name on a file cut short.
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| io_error(path, e))
     }
 
     /// Renames every staged file into place. Each target is checked again first (a
@@ -231,6 +235,22 @@ impl StagedOutputs {
                 let _ = std::fs::remove_file(tmp);
             }
             registry.retain(|p| p != tmp);
+        }
+        if result.is_ok() {
+            // The renames themselves on the disk (best effort: not every system can
+            // sync a folder).
+            let mut folders: Vec<&Path> = parts.iter().filter_map(|(_, t)| t.parent()).collect();
+            folders.dedup();
+            for folder in folders {
+                let folder = if folder.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    folder
+                };
+                if let Ok(dir) = std::fs::File::open(folder) {
+                    let _ = dir.sync_all();
+                }
+            }
         }
         result
     }

@@ -585,3 +585,36 @@ fn resume_recognises_trials_recorded_with_other_zero_padding() {
     assert_eq!(trained, ["trial-002"]);
     assert_eq!(result.trials.len(), 3);
 }
+
+/// A finished trial whose weights file is cut short (a crash of the system after the
+/// record was written) is trained again when the study resumes, rather than failing
+/// the study when its ensemble is written.
+#[test]
+fn resume_trains_again_a_trial_whose_weights_do_not_load() {
+    let text = digits_study(
+        "strategy = \"random\"\nseed = 5\nkeep = 2\ntrials = 2",
+        "hidden = [[8]]\nbatch_size = 256\npatience = 0\nepochs = [2]",
+    );
+    let study = Study::parse(&text, digits()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let cpu = Devices::List(vec![Placement::Cpu]);
+    study
+        .run(out.path(), &cpu, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    let weights = out.path().join("trial-001.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::remove_file(out.path().join("ensemble.toml")).unwrap();
+    let mut trained = Vec::new();
+    study
+        .run(out.path(), &cpu, &mut |e| {
+            if let StudyEvent::Started { trial, .. } = e {
+                trained.push(trial.clone());
+            }
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(trained, ["trial-001"]);
+    assert_eq!(std::fs::read(&weights).unwrap().len(), bytes.len());
+    assert!(out.path().join("ensemble.toml").is_file());
+}

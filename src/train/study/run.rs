@@ -393,8 +393,10 @@ impl Study {
                     ),
                 });
             }
-            // A finished trial whose weights are gone is trained again.
-            if r.finished() && !out.join(format!("{}.safetensors", r.name)).is_file() {
+            // A finished trial whose weights are gone, or do not load (a file cut short
+            // by a crash of the system), is trained again.
+            let weights = out.join(format!("{}.safetensors", r.name));
+            if r.finished() && load_model(&weights, &LoadOptions::default()).is_err() {
                 continue;
             }
             done[i] = Some(r);
