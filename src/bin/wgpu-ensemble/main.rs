@@ -41,7 +41,30 @@ enum Command {
     TrainBlender(train_blender::TrainBlenderArgs),
 }
 
-fn main() -> ExitCode {
+fn main() {
+    let code = run();
+    finish(code)
+}
+
+/// Ends the process with `code` once stdout and stderr are flushed, without the exit
+/// handlers of the shared libraries. A member that missed the run's deadline (or the
+/// quorum's) may still be at work on a thread of its own, inside a driver — lavapipe
+/// compiling a shader in LLVM — and a driver's exit handler (libEGL's) tears down what
+/// that thread uses: `predict --timeout-ms` crashed with SIGSEGV or SIGABRT after
+/// reporting its error, in about one run in seven with the shader cache off. Every
+/// output was written, synced and put in place before this point.
+fn finish(code: ExitCode) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    let code = if code == ExitCode::SUCCESS { 0 } else { 1 };
+    #[cfg(unix)]
+    signal_hook::low_level::exit(code);
+    #[cfg(not(unix))]
+    std::process::exit(code);
+}
+
+fn run() -> ExitCode {
     let cli = Cli::parse();
     // The server handles the signals itself: it stops gracefully.
     #[cfg(feature = "serve")]
