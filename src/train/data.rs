@@ -199,15 +199,19 @@ pub struct Standardizer {
     /// The mean of each feature over the training rows.
     pub mean: Vec<f32>,
     /// The (population) standard deviation of each feature over the training rows;
-    /// `1` where it is 0 (a constant feature is only centred).
+    /// `1` where the feature is constant: a deviation of 0, below 1e-30, or below
+    /// the f32 rounding of its mean (`|mean| × f32::EPSILON`), which dividing by would
+    /// only blow up noise (and the exported first layer's weights) — such a feature is
+    /// only centred.
     pub std: Vec<f32>,
 }
 
 impl Standardizer {
     /// Fits the mean and standard deviation of every feature of `x` `[rows, features]`
-    /// (computed in f64).
+    /// (computed in f64); [`Error::TrainData`] for no features.
     pub fn fit(x: &Tensor) -> Result<Standardizer> {
         let (rows, features) = x.dims2("features to standardise")?;
+        no_features(features)?;
         let mut sum = vec![0.0f64; features];
         for row in x.as_slice().chunks_exact(features) {
             for (s, &v) in sum.iter_mut().zip(row) {
@@ -225,12 +229,14 @@ impl Standardizer {
         }
         let std = sq
             .iter()
-            .map(|s| {
-                let sd = (s / n).sqrt() as f32;
-                if sd > 0.0 && sd.is_finite() {
-                    sd
-                } else {
+            .zip(&mean)
+            .map(|(s, m)| {
+                let sd = (s / n).sqrt();
+                let constant = !(sd > 1e-30 && sd > m.abs() * f64::from(f32::EPSILON));
+                if constant || !(sd as f32).is_finite() {
                     1.0
+                } else {
+                    sd as f32
                 }
             })
             .collect();
@@ -243,6 +249,7 @@ impl Standardizer {
     /// `x` `[rows, features]` standardised: `(x − mean) / std` (computed in f64).
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let (rows, features) = x.dims2("features to standardise")?;
+        no_features(features)?;
         if features != self.mean.len() || features != self.std.len() {
             return Err(Error::TrainData {
                 key: "standardizer",
@@ -260,6 +267,18 @@ impl Standardizer {
         }
         Tensor::matrix(rows, features, out)
     }
+}
+
+/// [`Error::TrainData`] for a matrix of no features (`chunks_exact(0)` panics).
+fn no_features(features: usize) -> Result<()> {
+    if features == 0 {
+        return Err(Error::TrainData {
+            key: "x",
+            expected: "at least one feature".to_string(),
+            got: "0 features".to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// The most classes a classification trains (one output each): a label beyond is
@@ -489,6 +508,33 @@ mod tests {
             panic!("labels")
         };
         assert_eq!(l.iter().filter(|&&c| c == 1).count(), 5);
+    }
+
+    /// No features is a typed error, not a panic; a feature whose deviation is
+    /// tiny (1e-39, or f32 noise around a large mean) is treated as constant, so that
+    /// the export's division by it stays finite; an ordinary one is kept.
+    #[test]
+    fn standardizer_edges() {
+        let empty = Tensor::matrix(5, 0, vec![]).expect("shape");
+        for r in [
+            Standardizer::fit(&empty).map(|_| ()),
+            Standardizer {
+                mean: vec![],
+                std: vec![],
+            }
+            .apply(&empty)
+            .map(|_| ()),
+        ] {
+            assert!(matches!(r, Err(Error::TrainData { key: "x", .. })), "{r:?}");
+        }
+        let x = Tensor::matrix(2, 3, vec![0.0, 1000.0, 1.0, 1e-39, 1000.0001, 4.0]).expect("shape");
+        let s = Standardizer::fit(&x).expect("fit");
+        assert_eq!(s.std[0], 1.0, "a deviation of 5e-40");
+        assert_eq!(s.std[1], 1.0, "f32 noise around 1000: {}", s.std[1]);
+        assert_eq!(s.std[2], 1.5f32, "the deviation of 1 and 4");
+        let y = Tensor::matrix(2, 3, vec![0.0, 1000.0, 1.0, 1e-39, 1000.0, 2.5]).expect("shape");
+        let t = Standardizer::fit(&y).expect("fit");
+        assert!((t.std[2] - 0.75).abs() < 1e-6, "{}", t.std[2]);
     }
 
     #[test]

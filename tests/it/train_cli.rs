@@ -220,3 +220,37 @@ fn sigint_keeps_finished_trials_and_says_how_to_resume() {
     assert!(out.join("trial-000.safetensors").is_file());
     assert!(!out.join("trial-001.safetensors").exists());
 }
+
+/// `--trial` reads a regular file within the text limit: a device (which would be
+/// read until memory runs out) is refused naming it, and a file that is not JSON is
+/// refused naming the `trial` key.
+#[cfg(unix)]
+#[test]
+fn trial_parameters_come_from_a_regular_json_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let study = write_study(dir.path(), "trials = 2", "epochs = 1");
+    let out = dir.path().join("out");
+    let junk = dir.path().join("junk.json");
+    std::fs::write(&junk, "not json").unwrap();
+    for (params, words) in [
+        ("/dev/zero", &["/dev/zero", "not a regular file"][..]),
+        (junk.to_str().unwrap(), &["`trial`", "not JSON"][..]),
+    ] {
+        let run = cli(&[
+            "train",
+            "--trial",
+            params,
+            "--study",
+            study.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--devices",
+            "cpu",
+        ]);
+        assert!(!run.status.success(), "{params}");
+        let err = stderr(&run);
+        for w in words {
+            assert!(err.contains(w), "{params}: no {w:?} in {err}");
+        }
+    }
+}

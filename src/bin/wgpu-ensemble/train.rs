@@ -249,9 +249,7 @@ pub(crate) fn train(args: &TrainArgs) -> crate::CliResult {
         }
     };
     if let Some(params_path) = &args.trial {
-        let text = std::fs::read_to_string(params_path)
-            .map_err(|e| crate::flag_error("--trial", format!("{}: {e}", params_path.display())))?;
-        let params = study.trial_params(params_path, &text)?;
+        let params = study.trial_params_file(params_path)?;
         let placement = match devices {
             Devices::List(list) => list.into_iter().next().unwrap_or(Placement::Cpu),
             _ => Placement::Auto,

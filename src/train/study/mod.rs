@@ -472,6 +472,14 @@ impl Study {
         }
     }
 
+    /// [`Study::trial_params`] of the JSON file at `path`: a regular file of at most
+    /// 1 MiB ([`Error::NotRegularFile`], [`Error::FileTooLarge`] otherwise; a device
+    /// or a pipe is not read).
+    pub fn trial_params_file(&self, path: &Path) -> Result<TrialParams> {
+        let text = crate::files::read_regular_to_string(path, crate::files::TEXT_FILE_LIMIT)?;
+        self.trial_params(path, &text)
+    }
+
     /// Parameters for the one-trial mode: a JSON object with keys of [`TrialParams`];
     /// a key the object leaves out takes the study's value when the study fixes it
     /// (the seed: the study's), and is an error when the study searches over it.
@@ -482,9 +490,12 @@ impl Study {
             message,
         };
         let value: serde_json::Value =
-            serde_json::from_str(json).map_err(|e| bad("", format!("not JSON: {e}")))?;
+            serde_json::from_str(json).map_err(|e| bad("trial", format!("not JSON: {e}")))?;
         let serde_json::Value::Object(given) = value else {
-            return Err(bad("", "expected a JSON object of parameters".to_string()));
+            return Err(bad(
+                "trial",
+                "expected a JSON object of parameters".to_string(),
+            ));
         };
         let fixed = self.space.sample(self.seed, 0);
         let mut full = match serde_json::to_value(&fixed) {
