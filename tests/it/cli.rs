@@ -842,3 +842,29 @@ fn the_same_path_for_both_outputs_is_refused() {
     assert!(stderr(&out).contains("two outputs"), "{}", stderr(&out));
     assert!(!both.exists());
 }
+
+/// `devices` whose reader has gone (`wgpu-ensemble devices | head -0`) ends quietly
+/// with status 0 (`println!` panicked on the broken pipe, status 101).
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wgpu-ensemble"))
+        .arg("devices")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader gone before the command writes (it enumerates the adapters first).
+    drop(child.stdout.take());
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let status = common::wait_bounded(
+        &mut child,
+        std::time::Duration::from_secs(60),
+        "devices with a closed stdout",
+    );
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

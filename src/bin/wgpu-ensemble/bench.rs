@@ -303,7 +303,7 @@ fn split_bench(args: &BenchArgs, workload: Workload) -> CliResult {
     )?;
     if args.json {
         for report in &reports {
-            println!("{}", to_json(report)?);
+            outln!("{}", to_json(report)?);
         }
     } else {
         print_split_table(&reports);
@@ -335,9 +335,9 @@ fn uncertainty_bench(args: &BenchArgs, workload: Workload) -> CliResult {
     )?;
     for r in &reports {
         if args.json {
-            println!("{}", to_json(r)?);
+            outln!("{}", to_json(r)?);
         } else {
-            println!(
+            outln!(
                 "{} batch {} on {}: {:<11} p50 {:.3} ms, p90 {:.3} ms, {:.2}x the plain mean ({} runs)",
                 r.workload, r.batch, r.device, r.variant, r.p50_ms, r.p90_ms, r.ratio_to_mean, r.runs
             );
@@ -379,7 +379,7 @@ fn print_split_table(reports: &[SplitBenchReport]) {
     let Some(first) = reports.first() else {
         return;
     };
-    println!(
+    outln!(
         "{} one member, batch {}, {} ({}), devices [{}]; {} timed runs each, interleaved",
         first.workload,
         first.batch,
@@ -388,9 +388,14 @@ fn print_split_table(reports: &[SplitBenchReport]) {
         first.devices.join(", "),
         first.runs
     );
-    println!(
+    outln!(
         "{:<11} {:>11} {:>11} {:>12} {:>9} {:>10}  devices",
-        "variant", "p50 ms", "p90 ms", "rows/s", "speedup", "max diff"
+        "variant",
+        "p50 ms",
+        "p90 ms",
+        "rows/s",
+        "speedup",
+        "max diff"
     );
     for r in reports {
         let stages = r
@@ -401,7 +406,7 @@ fn print_split_table(reports: &[SplitBenchReport]) {
                 format!(" (layers {})", s.join(" | "))
             })
             .unwrap_or_default();
-        println!(
+        outln!(
             "{:<11} {:>11.3} {:>11.3} {:>12.1} {:>9.2} {:>10.1e}  {}{}",
             r.variant,
             r.p50_ms,
@@ -429,7 +434,7 @@ fn on_cpu(e: &wgpu_ensemble::Error) -> bool {
 
 fn print_report(report: &BenchReport, json: bool) -> wgpu_ensemble::Result<()> {
     if json {
-        println!("{}", to_json(report)?);
+        outln!("{}", to_json(report)?);
     } else {
         let device = match (report.device_p50_ms, report.device_gflops) {
             (Some(ms), Some(gflops)) => {
@@ -438,7 +443,7 @@ fn print_report(report: &BenchReport, json: bool) -> wgpu_ensemble::Result<()> {
             (Some(ms), None) => format!("; kernels alone p50 {ms:.3} ms"),
             _ => String::new(),
         };
-        println!(
+        outln!(
             "{} {} batch {} {} ({}) on [{}]: p50 {:.3} ms, p99 {:.3} ms, {:.1} rows/s, {:.2} GFLOP/s{}",
             report.workload,
             report.mode,

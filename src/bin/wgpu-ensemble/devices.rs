@@ -7,7 +7,7 @@ use wgpu_ensemble::wgpu::Features;
 pub(crate) fn devices() {
     let probes = probe_adapters();
     if probes.is_empty() {
-        println!("no adapters found; members placed on `auto` run on the CPU");
+        outln!("no adapters found; members placed on `auto` run on the CPU");
     }
     for p in probes {
         let usable = match &p.usable {
@@ -33,7 +33,7 @@ pub(crate) fn devices() {
                 p.info.subgroup_sizes.0, p.info.subgroup_sizes.1
             ));
         }
-        println!(
+        outln!(
             "{}\t{:?}\t{:?}\t{}\t{}\t{}",
             p.info.index,
             p.info.backend,
@@ -43,5 +43,5 @@ pub(crate) fn devices() {
             extras.join(", ")
         );
     }
-    println!("cpu\t-\tCpu\thost CPU\tusable");
+    outln!("cpu\t-\tCpu\thost CPU\tusable");
 }

@@ -1,6 +1,14 @@
 //! The `wgpu-ensemble` command-line tool: list devices, run an ensemble manifest on a
 //! `.npy` input, time the standard workloads. One module per subcommand.
 
+/// `println!` for the command's output on stdout, without its panic when stdout is
+/// closed ([`stdout_line`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::stdout_line(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod devices;
 mod predict;
@@ -62,6 +70,26 @@ fn finish(code: ExitCode) -> ! {
     signal_hook::low_level::exit(code);
     #[cfg(not(unix))]
     std::process::exit(code);
+}
+
+/// Writes `line` and a newline to stdout. When the reader has gone (`| head`), the
+/// command ends at once with status 0, as what it had to say is no longer wanted
+/// (`println!` panicked); another error writing stdout (a full disk) ends it with
+/// status 1, saying why on stderr.
+pub(crate) fn stdout_line(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        drop(out);
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            finish(ExitCode::SUCCESS);
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "wgpu-ensemble: error: writing stdout: {e}"
+        );
+        finish(ExitCode::FAILURE);
+    }
 }
 
 fn run() -> ExitCode {
