@@ -301,8 +301,8 @@ async fn answer(
     limit: BodyLimit,
     received: Instant,
 ) -> Result<(Echo, InferAnswer), ServeError> {
-    let room = state.body_room(headers, limit.0).await?;
     let body = read_body(headers, body, limit.0).await?;
+    let room = state.body_room(body.len()).await?;
     let (request, echo) = decode(headers, &body, received)?;
     // Decoded: the body's room goes to the next request.
     drop((room, body));

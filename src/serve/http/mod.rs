@@ -36,12 +36,12 @@ pub(crate) struct AppState {
     pub metrics: Metrics,
     /// Set once the first poll has loaded what it could.
     pub ready: AtomicBool,
-    /// KiB of request bodies being read and decoded at once ([`body_budget_kib`]): a
-    /// decoded JSON body takes many times its size, so their sum is bounded.
+    /// KiB of request bodies being decoded at once ([`body_budget_kib`]): a decoded
+    /// JSON body takes many times its size, so their sum is bounded.
     pub bodies: tokio::sync::Semaphore,
 }
 
-/// The KiB of request bodies read and decoded at once: two bodies of the largest size
+/// The KiB of request bodies decoded at once: two bodies of the largest size
 /// taken, and at least 16 MiB (a JSON body decodes to about twenty times its size;
 /// decoding is bound by the cores anyway).
 pub(crate) fn body_budget_kib(max_body_bytes: usize) -> usize {
@@ -53,20 +53,15 @@ impl AppState {
         self.ready.load(Ordering::SeqCst)
     }
 
-    /// Room for one request's body (its declared length, or the limit) among the bodies
-    /// being read and decoded; held until the request is decoded. Waits up to the body
-    /// timeout, then 503.
+    /// Room for decoding a body of `bytes` bytes, which has arrived, among the bodies
+    /// being decoded; held until the request is decoded. Waits up to the body timeout,
+    /// then 503. (Taken once the body is in: a client that declares a large body and
+    /// sends it slowly, or not at all, holds none of the room meanwhile.)
     pub(crate) async fn body_room(
         &self,
-        headers: &HeaderMap,
-        limit: usize,
+        bytes: usize,
     ) -> Result<tokio::sync::SemaphorePermit<'_>, ServeError> {
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(limit, |d| d.min(limit as u64) as usize);
-        let kib = u32::try_from(declared.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
         match tokio::time::timeout(BODY_TIMEOUT, self.bodies.acquire_many(kib)).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(ServeError::Unavailable(
