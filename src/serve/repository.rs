@@ -684,17 +684,31 @@ impl Repository {
         model: &str,
         version: Option<u64>,
     ) -> Result<Vec<VersionStatus>, ServeError> {
+        let (statuses, notes) = self.own_status(model, version)?;
+        Ok(statuses
+            .into_iter()
+            .map(|mut s| {
+                if !notes.is_empty() {
+                    let all: Vec<String> =
+                        s.error.take().into_iter().chain(notes.clone()).collect();
+                    s.error = Some(all.join("; "));
+                }
+                s
+            })
+            .collect())
+    }
+
+    /// As [`Repository::status`], with each version's own error only, and the
+    /// model's own problems apart (TensorFlow Serving's status gives a version an
+    /// error code, which a served version's must not take from the model's notes).
+    pub fn own_status(
+        &self,
+        model: &str,
+        version: Option<u64>,
+    ) -> Result<(Vec<VersionStatus>, Vec<String>), ServeError> {
         let models = read(&self.models);
         let entry = known(&models, model)?;
         let notes = entry.notes();
-        let noted = |s: &VersionStatus| {
-            let mut s = s.clone();
-            if !notes.is_empty() {
-                let all: Vec<String> = s.error.take().into_iter().chain(notes.clone()).collect();
-                s.error = Some(all.join("; "));
-            }
-            s
-        };
         let also = if notes.is_empty() {
             String::new()
         } else {
@@ -705,13 +719,14 @@ impl Repository {
                 "model '{}' has no version{also}",
                 excerpt(model)
             ))),
-            None => Ok(entry.status.values().map(noted).collect()),
-            Some(v) => entry.status.get(&v).map(|s| vec![noted(s)]).ok_or_else(|| {
-                ServeError::NotFound(format!(
+            None => Ok((entry.status.values().cloned().collect(), notes)),
+            Some(v) => match entry.status.get(&v) {
+                Some(s) => Ok((vec![s.clone()], notes)),
+                None => Err(ServeError::NotFound(format!(
                     "model '{}' has no version {v}{also}",
                     excerpt(model)
-                ))
-            }),
+                ))),
+            },
         }
     }
 

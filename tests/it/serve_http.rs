@@ -940,6 +940,27 @@ fn tf_status_metadata_and_a_failed_load_cpu() {
         states.contains(&("1".into(), "AVAILABLE".into())),
         "{states:?}"
     );
+    // A `config.toml` whose label points at a version that is not served: the note
+    // is in every version's message, and version 1, served, keeps its code OK.
+    std::fs::write(
+        server.dir.path().join("mean").join("config.toml"),
+        "labels = { stable = 7 }\n",
+    )
+    .unwrap();
+    let noted = (0..400)
+        .find_map(|_| {
+            let reply = get(&server.url("/v1/models/mean/versions/1")).json();
+            let message = reply["model_version_status"][0]["status"]["error_message"].clone();
+            if message.as_str().is_some_and(|m| m.contains("stable")) {
+                return Some(reply);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+            None
+        })
+        .expect("the refused label is reported within 10 s");
+    let v1 = &noted["model_version_status"][0];
+    assert_eq!(v1["state"], "AVAILABLE");
+    assert_eq!(v1["status"]["error_code"], "OK", "{v1}");
     let reply = post_json(
         &server.url("/v1/models/mean:predict"),
         &json!({"instances": [vec![0.5; 12]]}),

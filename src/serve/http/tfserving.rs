@@ -117,26 +117,38 @@ fn model_info(state: &AppState, rest: &str) -> Result<Value, ServeError> {
     if target.metadata {
         return metadata(state, &target);
     }
-    let statuses = match &target.version {
-        VersionSelector::Default => state.repository.status(&target.model, None)?,
-        VersionSelector::Number(v) => state.repository.status(&target.model, Some(*v))?,
+    let (statuses, notes) = match &target.version {
+        VersionSelector::Default => state.repository.own_status(&target.model, None)?,
+        VersionSelector::Number(v) => state.repository.own_status(&target.model, Some(*v))?,
         label @ VersionSelector::Label(_) => {
             let served = state.repository.resolve(&target.model, label)?;
             state
                 .repository
-                .status(&target.model, Some(served.version))?
+                .own_status(&target.model, Some(served.version))?
         }
     };
     Ok(json!({
-        "model_version_status": statuses.iter().rev().map(version_status).collect::<Vec<_>>()
+        "model_version_status": statuses
+            .iter()
+            .rev()
+            .map(|s| version_status(s, &notes))
+            .collect::<Vec<_>>()
     }))
 }
 
-/// One version's status as TensorFlow Serving writes it.
-fn version_status(status: &VersionStatus) -> Value {
+/// One version's status as TensorFlow Serving writes it: `UNKNOWN` with the error of
+/// a version whose load failed, else `OK`; the model's own problems (a refused
+/// `config.toml` or label) are in every version's message, without changing its code.
+fn version_status(status: &VersionStatus, notes: &[String]) -> Value {
+    let all = || -> String {
+        let own = status.error.iter().cloned();
+        own.chain(notes.iter().cloned())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
     let (code, message) = match &status.error {
-        None => ("OK", String::new()),
-        Some(e) => ("UNKNOWN", e.clone()),
+        None => ("OK", all()),
+        Some(_) => ("UNKNOWN", all()),
     };
     json!({
         "version": status.version.to_string(),
