@@ -127,6 +127,18 @@ fn kserve_json_infer_equals_session_run_cpu() {
     let reply = post_json(&server.url("/v2/models/mean/infer"), &body).json();
     assert_eq!(reply["outputs"].as_array().unwrap().len(), 1, "{reply}");
     assert_eq!(reply["outputs"][0]["name"], "members");
+    // An empty list is as if none were named: the aggregate only.
+    body["outputs"] = json!([]);
+    let reply = post_json(&server.url("/v2/models/mean/infer"), &body);
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let reply = reply.json();
+    assert_eq!(reply["outputs"].as_array().unwrap().len(), 1, "{reply}");
+    assert_close("outputs: []", &floats(&reply["outputs"][0]["data"]), &want);
 }
 
 #[test]

@@ -400,7 +400,13 @@ fn decode(
     let binary_default = flag(parameters.get("binary_data_output"), "binary_data_output")?;
 
     let outputs = match body.get("outputs") {
+        // Absent, null or empty: the default output (the specification's "if not
+        // specified", where this server returns `output`, see the metadata).
         None | Some(Value::Null) => vec![Requested {
+            kind: OutputKind::Output,
+            binary: binary_default,
+        }],
+        Some(Value::Array(asked)) if asked.is_empty() => vec![Requested {
             kind: OutputKind::Output,
             binary: binary_default,
         }],
