@@ -300,6 +300,15 @@ pub enum Error {
         /// Names of the members whose output had not arrived.
         missing: Vec<String>,
     },
+    /// The server could not listen on its address (in use, not this machine's, not
+    /// permitted).
+    #[error("cannot listen on {addr}: {message}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// What the operating system reported.
+        message: String,
+    },
     /// A file could not be read or written.
     #[error("{path}: {message}")]
     Io {

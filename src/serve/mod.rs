@@ -185,12 +185,9 @@ impl Server {
             .map_err(|e| Error::invalid("server", &e.to_string(), "a tokio runtime"))?;
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(config.addr))
-            .map_err(|e| {
-                Error::invalid(
-                    "address",
-                    &format!("{}: {e}", config.addr),
-                    "an address to listen on",
-                )
+            .map_err(|e| Error::Listen {
+                addr: config.addr.to_string(),
+                message: e.to_string(),
             })?;
         let addr = listener
             .local_addr()

@@ -159,3 +159,55 @@ fn a_missing_repository_is_an_error() {
     let err = crate::common::stderr(&out);
     assert!(err.contains("/nonexistent/models"), "{err}");
 }
+
+/// `--host` takes a host name (`localhost`: its first address); a port already taken
+/// is an error that says the server cannot listen there and why, not that the address
+/// is invalid.
+#[test]
+fn host_names_and_a_port_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let run = |host: &str, port: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wgpu-ensemble"))
+            .args([
+                "serve",
+                "--host",
+                host,
+                "--port",
+                port,
+                "--model-repository",
+            ])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the wgpu-ensemble binary runs");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening on http://") || line.contains("error") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60));
+        let _ = child.kill();
+        let _ = child.wait();
+        line.expect("the server said where it listens, or why not, within 60 s")
+    };
+    let line = run("127.0.0.1", &port);
+    assert!(
+        line.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{line}"
+    );
+    let line = run("localhost", "0");
+    assert!(line.contains("listening on http://"), "{line}");
+    let line = run("no-such-host.invalid", "0");
+    assert!(
+        line.contains("--host") && line.contains("no-such-host.invalid"),
+        "{line}"
+    );
+    drop(taken);
+}

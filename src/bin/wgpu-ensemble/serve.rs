@@ -15,7 +15,7 @@ pub struct ServeArgs {
     /// The model repository: <model>/<version>/ensemble.toml, weight files beside it.
     #[arg(long)]
     model_repository: PathBuf,
-    /// The address to listen on.
+    /// The address to listen on: an IP address, or a host name (its first address, e.g. localhost).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     /// The port (0 picks a free one; the address is printed once the server is ready).
@@ -53,12 +53,23 @@ pub struct ServeArgs {
 }
 
 pub fn serve(args: &ServeArgs) -> CliResult {
-    let host: IpAddr = args.host.parse().map_err(|e| {
-        flag_error(
-            "--host",
-            format!("'{}' is not an IP address: {e}", args.host),
-        )
-    })?;
+    let host: IpAddr = match args.host.parse() {
+        Ok(ip) => ip,
+        Err(_) => {
+            use std::net::ToSocketAddrs;
+            let resolved = (args.host.as_str(), args.port)
+                .to_socket_addrs()
+                .map_err(|e| {
+                    flag_error(
+                        "--host",
+                        format!("'{}' is neither an IP address nor a host name this machine resolves: {e}", args.host),
+                    )
+                })?;
+            resolved.map(|a| a.ip()).next().ok_or_else(|| {
+                flag_error("--host", format!("'{}' resolves to no address", args.host))
+            })?
+        }
+    };
     if args.max_batch_size == 0 {
         return Err(flag_error("--max-batch-size", "must be at least 1"));
     }
