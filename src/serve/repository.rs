@@ -182,6 +182,9 @@ struct ModelEntry {
     config: Option<ModelConfig>,
     /// Why the current `config.toml` was refused.
     config_error: Option<String>,
+    /// The refusal last logged: a file refused again for the same reason, poll after
+    /// poll, is logged once.
+    config_logged: Option<String>,
     /// The labels that point at served versions.
     labels: BTreeMap<String, u64>,
     /// The labels refused, with why.
@@ -340,9 +343,14 @@ impl Repository {
                 Ok(config) => {
                     entry.config = Some(config);
                     entry.config_error = None;
+                    entry.config_logged = None;
                 }
                 Err(e) => {
-                    tracing::warn!(model = name, "config.toml refused: {e}");
+                    let why = e.to_string();
+                    if entry.config_logged.as_deref() != Some(why.as_str()) {
+                        tracing::warn!(model = name, "config.toml refused: {why}");
+                        entry.config_logged = Some(why);
+                    }
                     entry.config_error = Some(if entry.config.is_some() {
                         format!("{e}; the configuration before it stays in force")
                     } else {

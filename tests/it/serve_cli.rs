@@ -211,3 +211,53 @@ fn host_names_and_a_port_in_use() {
     );
     drop(taken);
 }
+
+/// A `config.toml` refused poll after poll for the same reason is logged once (it was
+/// logged on every poll); once it changes, the new reason is logged.
+#[test]
+fn a_refused_config_is_logged_once_per_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(model.join("config.toml"), "bogus = 1\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wgpu-ensemble"))
+        .args(["serve", "--port", "0", "--poll-interval-ms", "20"])
+        .arg("--model-repository")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the wgpu-ensemble binary runs");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let collect = |lines: &mut Vec<String>, for_: Duration| {
+        let until = Instant::now() + for_;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(_) => break,
+            }
+        }
+    };
+    // About 50 polls.
+    collect(&mut lines, Duration::from_secs(1));
+    std::fs::write(model.join("config.toml"), "other = 2\n").unwrap();
+    collect(&mut lines, Duration::from_secs(1));
+    let _ = child.kill();
+    let _ = child.wait();
+    let refused: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("config.toml refused"))
+        .collect();
+    assert_eq!(refused.len(), 2, "{lines:#?}");
+    assert!(
+        refused[0].contains("bogus") && refused[1].contains("other"),
+        "{refused:#?}"
+    );
+}
