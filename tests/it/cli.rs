@@ -169,7 +169,14 @@ fn bad_inputs_exit_non_zero_and_write_nothing() {
             &vote,
             golden("bad_width.npy"),
             &[],
-            "13 features",
+            "bad_width.npy: 13 features",
+        ),
+        (
+            "a deadline of 0",
+            &vote,
+            golden("x.npy"),
+            &["--timeout-ms", "0"],
+            "--timeout-ms",
         ),
         (
             "missing input",
@@ -867,4 +874,27 @@ fn output_to_a_closed_pipe_ends_quietly() {
     );
     assert!(status.success(), "{status:?}: {err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// `--precision f16` with members on the CPU runs them in f32 and says so on stderr
+/// (it said nothing); the predictions are written.
+#[test]
+fn a_precision_that_cpu_members_do_not_use_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("y.npy");
+    let members = dir.path().join("m.npy");
+    let out = predict(
+        &golden("vote.toml"),
+        &golden("x.npy"),
+        &output,
+        &members,
+        &["--device", "cpu", "--precision", "f16"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("those on the CPU run in f32"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(output.is_file());
 }

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use wgpu_ensemble::io::{check_outputs, read_matrix, stage_tensors, Manifest};
 use wgpu_ensemble::{
-    Fault, FaultPlan, MemberStatus, Placement, Precision, QuorumPolicy, RunOptions, Session,
-    SessionOptions, Tensor,
+    ExecutionDevice, Fault, FaultPlan, MemberStatus, Placement, Precision, QuorumPolicy,
+    RunOptions, Session, SessionOptions, Tensor,
 };
 
 #[derive(clap::Args)]
@@ -30,7 +30,7 @@ pub(crate) struct PredictArgs {
     /// Also write each class's variance across the members that answered: .npy float32 [batch, outputs].
     #[arg(long, value_name = "PATH")]
     variance_output: Option<PathBuf>,
-    /// Fail when the members have not all answered within this many milliseconds.
+    /// Fail when the members have not all answered within this many milliseconds (at least 1; leave it out for no deadline).
     #[arg(long)]
     timeout_ms: Option<u64>,
     /// Run every member here instead of its manifest device: auto, cpu, adapter:N, adapter:N/queue:K.
@@ -80,11 +80,38 @@ pub(crate) fn predict(args: &PredictArgs) -> crate::CliResult {
     outputs.extend(args.uncertainty_output.as_deref());
     outputs.extend(args.variance_output.as_deref());
     check_outputs(&outputs, &inputs)?;
+    if args.timeout_ms == Some(0) {
+        return Err(crate::flag_error(
+            "--timeout-ms",
+            "must be at least 1 (leave it out for no deadline)",
+        ));
+    }
     let x = read_matrix(&args.input)?;
+    let precision = args.precision.parse::<Precision>()?;
     let session_options = SessionOptions::default()
-        .precision(args.precision.parse::<Precision>()?)
+        .precision(precision)
         .faults(fault_plan(&args.fault)?);
     let session = Session::with_options(manifest.graph(device.as_ref())?, session_options)?;
+    let (_, width) = x.dims2("input")?;
+    if width != session.input_width() {
+        return Err(crate::flag_error(
+            "--input",
+            format!(
+                "{}: {width} features per row; the manifest's members take {}",
+                args.input.display(),
+                session.input_width()
+            ),
+        ));
+    }
+    if precision != Precision::F32 {
+        let on_cpu = session.devices().any(|d| matches!(d, ExecutionDevice::Cpu));
+        if on_cpu {
+            eprintln!(
+                "wgpu-ensemble: --precision {} applies to the members on GPUs; those on the CPU run in f32",
+                args.precision
+            );
+        }
+    }
     let mut options = RunOptions::default()
         .member_outputs(args.members_output.is_some())
         .uncertainty(args.uncertainty_output.is_some() || args.variance_output.is_some());
