@@ -380,11 +380,50 @@ fn digits_study_reaches_95_percent_cpu() {
     digits_study_reaches_95_percent(Devices::List(vec![Placement::Cpu]), "cpu");
 }
 
-/// `auto`: every usable adapter plus the CPU, trials side by side (an adapter that
-/// cannot train is dropped and its trial runs elsewhere).
+/// Every usable adapter (software ones too) plus the CPU, trials side by side (an
+/// adapter that cannot train is dropped and its trial runs elsewhere).
 #[test]
 fn digits_study_reaches_95_percent_every_device() {
-    digits_study_reaches_95_percent(Devices::Auto, "auto");
+    let mut every: Vec<Placement> = wgpu_ensemble::probe_adapters()
+        .into_iter()
+        .filter(|p| p.usable.is_ok())
+        .map(|p| Placement::Adapter(p.info.index))
+        .collect();
+    every.push(Placement::Cpu);
+    digits_study_reaches_95_percent(Devices::List(every), "every device");
+}
+
+/// `auto` is every usable hardware adapter, then the CPU: no software adapter
+/// (llvmpipe, or any of type `Cpu`), which trains many times slower than the CPU
+/// engine on the same cores.
+#[test]
+fn auto_devices_are_the_hardware_adapters_and_the_cpu() {
+    let placements = Devices::Auto.placements();
+    assert!(
+        matches!(placements.last(), Some(Placement::Cpu)),
+        "{placements:?}"
+    );
+    let probes = wgpu_ensemble::probe_adapters();
+    for p in &placements[..placements.len() - 1] {
+        let Placement::Adapter(i) = p else {
+            panic!("auto gave {p:?}");
+        };
+        let info = &probes.iter().find(|q| q.info.index == *i).unwrap().info;
+        assert!(
+            info.device_type != wgpu_ensemble::wgpu::DeviceType::Cpu
+                && !info.name.contains("llvmpipe"),
+            "auto trains on {info}"
+        );
+    }
+    let hardware = probes
+        .iter()
+        .filter(|p| {
+            p.usable.is_ok()
+                && p.info.device_type != wgpu_ensemble::wgpu::DeviceType::Cpu
+                && !p.info.name.contains("llvmpipe")
+        })
+        .count();
+    assert_eq!(placements.len(), hardware + 1, "{placements:?}");
 }
 
 #[test]

@@ -29,7 +29,9 @@ pub const ENSEMBLE: &str = "ensemble.toml";
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub enum Devices {
-    /// Every usable adapter plus the CPU.
+    /// Every usable hardware adapter plus the CPU (a software adapter — llvmpipe,
+    /// any of type `Cpu` — runs on the same cores as the CPU engine, many times
+    /// slower: list it to use it).
     #[default]
     Auto,
     /// These placements, one slot each (a placement listed twice runs two trials at
@@ -60,14 +62,18 @@ impl std::str::FromStr for Devices {
 }
 
 impl Devices {
-    /// The placements, one per slot: for [`Devices::Auto`] every adapter a device can
-    /// be created on, then the CPU.
+    /// The placements, one per slot: for [`Devices::Auto`] every hardware adapter a
+    /// device can be created on, then the CPU.
     pub fn placements(&self) -> Vec<Placement> {
         match self {
             Devices::List(list) => list.clone(),
             Devices::Auto => crate::gpu::probe_adapters()
                 .into_iter()
-                .filter(|p| p.usable.is_ok())
+                .filter(|p| {
+                    p.usable.is_ok()
+                        && p.info.device_type != wgpu::DeviceType::Cpu
+                        && !crate::placement::is_llvmpipe(&p.info.name, &p.info.driver)
+                })
                 .map(|p| Placement::Adapter(p.info.index))
                 .chain(std::iter::once(Placement::Cpu))
                 .collect(),
