@@ -860,16 +860,40 @@ fn find<'a>(
             v.join(", ")
         }
     };
-    match selector {
-        VersionSelector::Default => {
-            entry.served.values().next_back().ok_or_else(|| {
-                ServeError::NotFound(format!("model '{quoted}' has no version served"))
+    // Why a version is not served, when it is known: its failed load, the model's
+    // own problems (so that a KServe client sees them too, not only TF Serving's
+    // status).
+    let why = |v: Option<u64>| -> String {
+        let mut reasons: Vec<String> = entry
+            .status
+            .values()
+            .filter(|s| v.is_none_or(|v| s.version == v))
+            .filter_map(|s| {
+                s.error
+                    .as_ref()
+                    .map(|e| format!("version {}: {}", s.version, excerpt(e)))
             })
+            .collect();
+        reasons.extend(entry.notes().iter().map(|n| excerpt(n)));
+        reasons.truncate(4);
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", reasons.join("; "))
         }
+    };
+    match selector {
+        VersionSelector::Default => entry.served.values().next_back().ok_or_else(|| {
+            ServeError::NotFound(format!(
+                "model '{quoted}' has no version served{}",
+                why(None)
+            ))
+        }),
         VersionSelector::Number(v) => entry.served.get(v).ok_or_else(|| {
             ServeError::NotFound(format!(
-                "model '{quoted}' has no version {v} served (served: {})",
-                served_list()
+                "model '{quoted}' has no version {v} served (served: {}){}",
+                served_list(),
+                why(Some(*v))
             ))
         }),
         VersionSelector::Label(label) => {

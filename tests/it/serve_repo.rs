@@ -1055,7 +1055,14 @@ fn the_server_is_ready_when_every_model_serves_a_version() {
     assert_eq!(ready.json()["ready"], false);
     assert!(ready.error().contains("'broken'"), "{}", ready.error());
     assert_eq!(get(&format!("{base}/v2/models/good/ready")).status, 200);
-    assert_eq!(get(&format!("{base}/v2/models/broken/ready")).status, 404);
+    // KServe's endpoints say why the model has no version served: version 1's load.
+    let not_ready = get(&format!("{base}/v2/models/broken/ready"));
+    assert_eq!(not_ready.status, 404);
+    assert!(
+        not_ready.error().contains("version 1:") && not_ready.error().contains("ensemble.toml"),
+        "{}",
+        not_ready.error()
+    );
     add_version(dir.path(), "broken", 2, "mean.toml", "cpu");
     let started = std::time::Instant::now();
     let ready = loop {
