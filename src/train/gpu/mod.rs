@@ -586,7 +586,21 @@ impl GpuEngine {
         let widest = batches.iter().map(|b| b.1).max().unwrap_or(0);
         self.check_rows(widest)?;
         self.ensure_rows(widest.max(1))?;
-        self.ensure_slots(batches.len().max(1));
+        // Each batch has a slot of `step_align` bytes, reached by a dynamic offset (a
+        // u32): beyond it, offsets would wrap and batches share a step.
+        let slots = batches.len().max(1);
+        let max_buffer = self.ctx.device.limits().max_buffer_size;
+        if let Err((bytes, limit)) = slots_fit(slots, self.step_align, max_buffer) {
+            return Err(Error::BufferTooLarge {
+                what: format!(
+                    "the steps of {slots} batches in one pass (a larger batch_size makes fewer)"
+                ),
+                device: self.ctx.label.to_string(),
+                bytes,
+                limit,
+            });
+        }
+        self.ensure_slots(slots);
         let outputs = self.layers.last().map_or(1, |l| l.outputs);
         let streamed = match rows_kind {
             Rows::Ordered => self.train.host.is_some(),
@@ -1185,3 +1199,43 @@ impl Engine for GpuEngine {
 
 #[cfg(test)]
 mod tests;
+
+/// The bytes of the steps buffer for `slots` batches (a power of two of slots, each
+/// `step_align` bytes), or `Err((bytes, limit))` when they exceed the device's largest
+/// buffer or what a u32 dynamic offset reaches (batches would then share a step).
+fn slots_fit(
+    slots: usize,
+    step_align: u64,
+    max_buffer: u64,
+) -> std::result::Result<u64, (u64, u64)> {
+    let bytes = (slots.next_power_of_two() as u64).saturating_mul(step_align);
+    let limit = max_buffer.min(u64::from(u32::MAX));
+    if bytes > limit {
+        Err((bytes, limit))
+    } else {
+        Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod slot_tests {
+    /// 2^24 slots of 256 bytes (4 GiB) pass what a u32 offset reaches even on a
+    /// device of unlimited buffers; 2^20 fit a 256 MiB buffer, one more does not.
+    #[test]
+    fn steps_beyond_a_u32_offset_or_the_buffer_are_refused() {
+        assert_eq!(
+            super::slots_fit(1 << 24, 256, 1 << 40),
+            Err((1 << 32, u64::from(u32::MAX)))
+        );
+        assert_eq!(
+            super::slots_fit((1 << 24) - 1, 256, 1 << 40),
+            Err((1 << 32, u64::from(u32::MAX)))
+        );
+        assert_eq!(super::slots_fit(1 << 23, 256, 1 << 40), Ok(1 << 31));
+        assert_eq!(super::slots_fit(1 << 20, 256, 1 << 28), Ok(1 << 28));
+        assert_eq!(
+            super::slots_fit((1 << 20) + 1, 256, 1 << 28),
+            Err((1 << 29, 1 << 28))
+        );
+    }
+}
