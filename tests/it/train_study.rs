@@ -246,6 +246,17 @@ fn study_data_errors_name_the_key() {
     // Float targets for classification.
     let e = Study::parse(&study("x.npy", "x.npy"), dir.path());
     assert_eq!(key_of(e), "data.y");
+    // A single class parses, and cannot train: the training set says so as a study
+    // error naming the file and `data.y` (it was a bare TrainData error).
+    write_labels(&dir.path().join("y_one.npy"), &[0; 360]);
+    let one = Study::parse(&study("x.npy", "y_one.npy"), dir.path()).unwrap();
+    match one.train_set() {
+        Err(Error::Study { key, message, .. }) => {
+            assert_eq!(key, "data.y", "{message}");
+            assert!(message.contains("class"), "{message}");
+        }
+        other => panic!("a single class: {:?}", other.map(|_| ())),
+    }
 }
 
 #[test]

@@ -335,16 +335,32 @@ fn run_job(
 
 impl Study {
     /// The training set every trial shares: the study's data, split (seeded by the
-    /// study's seed) and standardised as the study says.
+    /// study's seed) and standardised as the study says. Data that cannot train (a
+    /// single class, no feature, rows that do not match, a value that is not finite,
+    /// a validation fraction that leaves no training row) is an [`Error::Study`]
+    /// naming the study file and the `data.` key.
     pub fn train_set(&self) -> Result<TrainSet> {
-        let data = Data::new(self.x.clone(), self.y.clone())?;
-        TrainSet::new(
-            self.task,
-            data,
-            self.validation_fraction,
-            self.standardize,
-            self.seed,
-        )
+        let set = Data::new(self.x.clone(), self.y.clone()).and_then(|data| {
+            TrainSet::new(
+                self.task,
+                data,
+                self.validation_fraction,
+                self.standardize,
+                self.seed,
+            )
+        });
+        set.map_err(|e| {
+            let key = match &e {
+                Error::TrainData { key, .. } | Error::NonFiniteData { key, .. } => *key,
+                Error::DataRows { .. } => "y",
+                _ => return e,
+            };
+            Error::Study {
+                path: self.path.clone(),
+                key: format!("data.{key}"),
+                message: e.to_string(),
+            }
+        })
     }
 
     /// Refuses outputs that would replace an input or are not regular files.
