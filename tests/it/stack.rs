@@ -637,6 +637,8 @@ fn train_blender_with_a_training_optimizer() {
         (&["--hidden", "8"][..], "--hidden"),
         (&["--optimizer", "rmsprop"][..], "--optimizer"),
         (&["--optimizer", "adam", "--c", "0"][..], "--c"),
+        // A decay 1 / (C × rows) beyond f32 (it was an error naming weight_decay).
+        (&["--optimizer", "adam", "--c", "1e-300"][..], "--c"),
     ] {
         let bad = dir.path().join("bad.safetensors");
         let run = train(&bad, extra);

@@ -126,7 +126,17 @@ fn train(
     hyper.epochs = args.epochs;
     hyper.patience = None;
     // scikit-learn's summed log-loss + ‖W‖²/2C, per row: λ = 1 / (C × rows).
-    hyper.weight_decay = (1.0 / (args.c * rows as f64)) as f32;
+    let decay = 1.0 / (args.c * rows as f64);
+    if !(decay as f32).is_finite() {
+        return Err(flag_error(
+            "--c",
+            format!(
+                "{} is too small: the weight decay 1 / (C × {rows} rows) = {decay:e} is beyond f32's range",
+                args.c
+            ),
+        ));
+    }
+    hyper.weight_decay = decay as f32;
     hyper.seed = args.seed;
     let trained = train_member(&hyper, &set, placement, &mut |_| ControlFlow::Continue(()))?;
     eprintln!(
