@@ -207,7 +207,10 @@ impl Split {
                 {
                     return Err(bad(
                         "boundaries",
-                        format!("{first} is out of range; expected a layer in 1..{layers}"),
+                        format!(
+                            "{first} is out of range; expected a layer from 1 to {}",
+                            layers.saturating_sub(1)
+                        ),
                     ));
                 }
             }
