@@ -132,6 +132,31 @@ fn one_trial_mode_prints_its_record() {
     assert!(out.join(format!("{name}.safetensors")).is_file());
 }
 
+/// `--devices` naming an adapter that does not exist is refused before any trial,
+/// naming the flag (a trial found it on its first job, naming a 'trained member').
+#[test]
+fn devices_naming_a_missing_adapter_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let study = write_study(dir.path(), "trials = 2", "epochs = 1");
+    let out = dir.path().join("out");
+    let run = cli(&[
+        "train",
+        "--study",
+        study.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--devices",
+        "cpu,adapter:99",
+    ]);
+    assert!(!run.status.success());
+    let err = stderr(&run);
+    assert!(
+        err.contains("--devices") && err.contains("adapter 99"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing written");
+}
+
 #[test]
 fn a_bad_study_exits_non_zero_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();

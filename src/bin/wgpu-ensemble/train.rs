@@ -238,6 +238,31 @@ impl Display {
 
 pub(crate) fn train(args: &TrainArgs) -> crate::CliResult {
     let devices: Devices = args.devices.parse()?;
+    // An adapter that does not exist is refused before any trial starts (a trial
+    // would find it only on its device's first job).
+    if let Devices::List(list) = &devices {
+        let found = wgpu_ensemble::adapters();
+        for p in list {
+            let index = match p {
+                Placement::Adapter(i) | Placement::Queue { adapter: i, .. } => *i,
+                _ => continue,
+            };
+            if index >= found.len() {
+                let names: Vec<String> = found.iter().map(ToString::to_string).collect();
+                return Err(crate::flag_error(
+                    "--devices",
+                    format!(
+                        "adapter {index} does not exist; adapters found: {}",
+                        if names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            names.join("; ")
+                        }
+                    ),
+                ));
+            }
+        }
+    }
     let study = Study::from_toml(&args.study)?;
     let classification = matches!(study.task(), wgpu_ensemble::train::Task::Classification);
     let progress = |display: &mut Display, event: &StudyEvent| {
