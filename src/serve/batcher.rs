@@ -589,7 +589,10 @@ impl Shared {
         self.metrics
             .replica_requests(&self.model, self.version, &replica.name, 0);
         match result {
-            Ok(out) => self.answer(batch, &rows, out),
+            Ok(out) => {
+                self.metrics.inferred(&self.model, self.version, total);
+                self.answer(batch, &rows, out)
+            }
             Err(e) => {
                 for p in batch {
                     let _ = p.reply.send(Err(e.clone()));

@@ -217,6 +217,13 @@ impl Metrics {
         self.recorder
             .register_histogram(&key(BATCH_ROWS, &labels), &META)
             .record(rows as f64);
+    }
+
+    /// Counts a batch run that succeeded, of `rows` rows (Triton counts inferences
+    /// performed: a run that failed or missed its deadline is not one).
+    pub fn inferred(&self, model: &str, version: u64, rows: usize) {
+        let version = version.to_string();
+        let labels = [("model", model), ("version", version.as_str())];
         self.recorder
             .register_counter(&key(INFERENCE_ROWS, &labels), &META)
             .increment(rows as u64);

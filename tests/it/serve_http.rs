@@ -1442,3 +1442,37 @@ fn queue_time_excludes_a_slow_upload_cpu() {
         "queue duration {queued} s for a slow upload:\n{text}"
     );
 }
+
+/// Triton's `inference_count` and `inference_exec_count` count inferences performed:
+/// a request whose run fails adds nothing to them (it added its rows and a run),
+/// one that succeeds adds its rows and one run.
+#[test]
+fn failed_runs_are_not_counted_as_inferences_cpu() {
+    use wgpu_ensemble::{Fault, FaultPlan, SessionOptions};
+    // Run 0 is the warm-up; run 1 fails, run 2 on succeeds.
+    let plan = FaultPlan::new().on_run("fc-f64", 1, Fault::Fail);
+    let server = TestServer::start_with(&[("mean", 1, "mean.toml")], "cpu", |c| {
+        c.session(SessionOptions::default().faults(plan.clone()))
+    });
+    let counts = || {
+        let text = String::from_utf8(get(&server.url("/metrics")).body).unwrap();
+        let labels = [r#"model="mean""#];
+        (
+            metric(&text, "wgpu_ensemble_inference_count", &labels),
+            metric(&text, "wgpu_ensemble_inference_exec_count", &labels),
+        )
+    };
+    let before = counts();
+    let body = infer_body(&x(), false);
+    let failed = post_json(&server.url("/v2/models/mean/infer"), &body);
+    assert_eq!(
+        failed.status,
+        500,
+        "{}",
+        String::from_utf8_lossy(&failed.body)
+    );
+    assert_eq!(counts(), before, "a failed run was counted");
+    let ok = post_json(&server.url("/v2/models/mean/infer"), &body);
+    assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+    assert_eq!(counts(), (before.0 + 33.0, before.1 + 1.0));
+}
