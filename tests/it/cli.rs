@@ -898,3 +898,39 @@ fn a_precision_that_cpu_members_do_not_use_is_reported() {
     );
     assert!(output.is_file());
 }
+
+/// `--uncertainty-output` with a member that does not end in a softmax says so on
+/// stderr, naming it (its entropies mean nothing), and still writes the outputs; with
+/// softmax members only, nothing is said.
+#[test]
+fn uncertainty_of_outputs_that_are_not_probabilities_is_flagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (y, u) = (dir.path().join("y.npy"), dir.path().join("u.npy"));
+    let run = |manifest: &Path, input: &Path| {
+        cli(&[
+            "predict",
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            y.to_str().unwrap(),
+            "--uncertainty-output",
+            u.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ])
+    };
+    let out = run(&golden("mean.toml"), &golden("x.npy"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("do not end in a softmax: bf16-gelu"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(u.is_file());
+    let digits = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/digits");
+    let out = run(&digits.join("digits.toml"), &digits.join("x_test.npy"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("softmax"), "{}", stderr(&out));
+}

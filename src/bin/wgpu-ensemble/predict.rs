@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use wgpu_ensemble::io::{check_outputs, read_matrix, stage_tensors, Manifest};
 use wgpu_ensemble::{
-    ExecutionDevice, Fault, FaultPlan, MemberStatus, Placement, Precision, QuorumPolicy,
-    RunOptions, Session, SessionOptions, Tensor,
+    Activation, ExecutionDevice, Fault, FaultPlan, MemberStatus, Placement, Precision,
+    QuorumPolicy, RunOptions, Session, SessionOptions, Tensor,
 };
 
 #[derive(clap::Args)]
@@ -91,7 +91,26 @@ pub(crate) fn predict(args: &PredictArgs) -> crate::CliResult {
     let session_options = SessionOptions::default()
         .precision(precision)
         .faults(fault_plan(&args.fault)?);
-    let session = Session::with_options(manifest.graph(device.as_ref())?, session_options)?;
+    let graph = manifest.graph(device.as_ref())?;
+    if args.uncertainty_output.is_some() {
+        // The entropies read each output as a distribution over the classes; another
+        // output (a regression's) gives numbers without that meaning.
+        let not_softmax: Vec<&str> = graph
+            .members()
+            .iter()
+            .filter(|m| {
+                m.model().layers().last().map(|l| l.activation()) != Some(Activation::Softmax)
+            })
+            .map(|m| m.name())
+            .collect();
+        if !not_softmax.is_empty() {
+            eprintln!(
+                "wgpu-ensemble: --uncertainty-output reads outputs as class probabilities, and these members do not end in a softmax: {} (their entropies are not meaningful; --variance-output is)",
+                not_softmax.join(", ")
+            );
+        }
+    }
+    let session = Session::with_options(graph, session_options)?;
     let (_, width) = x.dims2("input")?;
     if width != session.input_width() {
         return Err(crate::flag_error(
