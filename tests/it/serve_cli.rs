@@ -27,10 +27,13 @@ fn slow_repository(root: &Path) {
     std::fs::write(version.join("ensemble.toml"), manifest).unwrap();
 }
 
-/// Starts the server on port 0 and reads its address from stderr.
-fn start(root: &Path) -> (Child, String) {
+/// `wgpu-ensemble serve ARGS --model-repository ROOT`, with every line it writes on
+/// stderr sent to the receiver as it comes.
+fn spawn_serve(args: &[&str], root: &Path) -> (Child, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wgpu-ensemble"))
-        .args(["serve", "--port", "0", "--model-repository"])
+        .arg("serve")
+        .args(args)
+        .arg("--model-repository")
         .arg(root)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -40,14 +43,38 @@ fn start(root: &Path) -> (Child, String) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("listening on http://") {
-                let _ = tx.send(addr.to_string());
-            }
+            let _ = tx.send(line);
         }
     });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(addr) => (child, addr),
-        Err(_) => {
+    (child, rx)
+}
+
+/// The first line of `lines` that `wanted` picks, waiting up to 60 s.
+fn first_line(
+    lines: &std::sync::mpsc::Receiver<String>,
+    wanted: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let until = Instant::now() + Duration::from_secs(60);
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) if wanted(&line) => return Some(line),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// Starts the server on port 0 and reads its address from stderr.
+fn start(root: &Path) -> (Child, String) {
+    let (mut child, lines) = spawn_serve(&["--port", "0"], root);
+    let line = first_line(&lines, |l| l.contains("listening on http://"));
+    match line.and_then(|l| {
+        l.split_once("listening on http://")
+            .map(|(_, a)| a.to_string())
+    }) {
+        Some(addr) => (child, addr),
+        None => {
             let _ = child.kill();
             panic!("the server did not say where it listens within 60 s");
         }
@@ -169,30 +196,10 @@ fn host_names_and_a_port_in_use() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let run = |host: &str, port: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wgpu-ensemble"))
-            .args([
-                "serve",
-                "--host",
-                host,
-                "--port",
-                port,
-                "--model-repository",
-            ])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the wgpu-ensemble binary runs");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening on http://") || line.contains("error") {
-                    let _ = tx.send(line);
-                }
-            }
+        let (mut child, lines) = spawn_serve(&["--host", host, "--port", port], dir.path());
+        let line = first_line(&lines, |l| {
+            l.contains("listening on http://") || l.contains("error")
         });
-        let line = rx.recv_timeout(Duration::from_secs(60));
         let _ = child.kill();
         let _ = child.wait();
         line.expect("the server said where it listens, or why not, within 60 s")
@@ -220,21 +227,7 @@ fn a_refused_config_is_logged_once_per_reason() {
     let model = dir.path().join("m");
     std::fs::create_dir_all(&model).unwrap();
     std::fs::write(model.join("config.toml"), "bogus = 1\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wgpu-ensemble"))
-        .args(["serve", "--port", "0", "--poll-interval-ms", "20"])
-        .arg("--model-repository")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the wgpu-ensemble binary runs");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut child, rx) = spawn_serve(&["--port", "0", "--poll-interval-ms", "20"], dir.path());
     let mut lines = Vec::new();
     let collect = |lines: &mut Vec<String>, for_: Duration| {
         let until = Instant::now() + for_;
