@@ -207,9 +207,14 @@ impl StagedOutputs {
         };
         // On the disk before the rename makes it the target: else a crash of the
         // system could leave the target's name on a file cut short.
-        file.write_all(bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| io_error(path, e))
+        file.write_all(bytes).map_err(|e| io_error(path, e))?;
+        match file.sync_all() {
+            Ok(()) => Ok(()),
+            // A file system that cannot sync (some FUSE and network mounts) keeps what
+            // it can; a real failure of the disk is an error.
+            Err(e) if sync_unsupported(&e) => Ok(()),
+            Err(e) => Err(io_error(path, e)),
+        }
     }
 
     /// Renames every staged file into place. Each target is checked again first (a
@@ -301,6 +306,14 @@ pub fn stop_writes() -> WritesStopped {
     WritesStopped {
         _registry: registry,
     }
+}
+
+/// Whether a failed sync means the file system does not sync (EINVAL, ENOTSUP,
+/// ENOSYS), rather than that the data did not reach the disk.
+fn sync_unsupported(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::Unsupported
+        || e.kind() == std::io::ErrorKind::InvalidInput
+        || matches!(e.raw_os_error(), Some(22 | 38 | 95))
 }
 
 /// A hidden name beside `path` for a file that is being written, of its own in this

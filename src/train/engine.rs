@@ -105,16 +105,10 @@ pub(crate) fn engine(
         Placement::Cpu => Ok(Box::new(CpuEngine::new(init, activations, hyper, set)?)),
         Placement::Auto => {
             let mut pool = DevicePool::new(Precision::F32);
-            let hardware = pool.usable().into_iter().find(|&i| {
-                pool.infos.get(i).is_some_and(|info| {
-                    matches!(
-                        info.device_type,
-                        wgpu::DeviceType::DiscreteGpu
-                            | wgpu::DeviceType::IntegratedGpu
-                            | wgpu::DeviceType::VirtualGpu
-                    )
-                })
-            });
+            let hardware = pool
+                .usable()
+                .into_iter()
+                .find(|&i| pool.infos.get(i).is_some_and(is_hardware));
             match hardware {
                 Some(index) => gpu(pool.open("trained member", index, 0)?),
                 None => Ok(Box::new(CpuEngine::new(init, activations, hyper, set)?)),
@@ -128,4 +122,16 @@ pub(crate) fn engine(
         }
         Placement::Device(ext) => gpu(GpuContext::external(ext)),
     }
+}
+
+/// Whether an adapter is a GPU worth training on (discrete, integrated or virtual, not
+/// llvmpipe): a software adapter runs on the same cores as the CPU engine, many times
+/// slower. Both `auto`s of training use it.
+pub(crate) fn is_hardware(info: &crate::placement::AdapterInfo) -> bool {
+    matches!(
+        info.device_type,
+        wgpu::DeviceType::DiscreteGpu
+            | wgpu::DeviceType::IntegratedGpu
+            | wgpu::DeviceType::VirtualGpu
+    ) && !crate::placement::is_llvmpipe(&info.name, &info.driver)
 }

@@ -271,7 +271,10 @@ fn predict_exits_at_its_deadline_with_a_stuck_member() {
 fn predict_exits_cleanly_while_late_members_compile() {
     use std::os::unix::process::ExitStatusExt;
     let test = "predict's exit with members compiling";
-    if common::usable_adapters(test).is_empty() {
+    let adapters = common::usable_adapters(test);
+    if !adapters.iter().any(|a| a.name.contains("llvmpipe")) {
+        // A hardware driver keeps its own shader cache: nothing to provoke there.
+        eprintln!("{test}: skipped, no llvmpipe adapter (the case needs Mesa's shader compiler)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -280,7 +283,7 @@ fn predict_exits_cleanly_while_late_members_compile() {
     let manifest = root.join("examples/data/digits/digits.toml");
     let input = root.join("examples/data/digits/x_test.npy");
     let mut outcomes = Vec::new();
-    for i in 0..20u64 {
+    for i in 0..16u64 {
         let timeout = (3 + (i * 3) % 60).to_string();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_wgpu-ensemble"))
             .args(["predict", "--manifest"])
@@ -304,6 +307,6 @@ fn predict_exits_cleanly_while_late_members_compile() {
     // The test means something only if some deadlines passed.
     assert!(
         outcomes.contains(&Some(1)),
-        "no deadline passed in 20 runs: {outcomes:?}"
+        "no deadline passed in 16 runs: {outcomes:?}"
     );
 }

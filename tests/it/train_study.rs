@@ -404,11 +404,18 @@ fn digits_study_reaches_95_percent_every_device() {
     digits_study_reaches_95_percent(Devices::List(every), "every device");
 }
 
-/// `auto` is every usable hardware adapter, then the CPU: no software adapter
-/// (llvmpipe, or any of type `Cpu`), which trains many times slower than the CPU
-/// engine on the same cores.
+/// `auto` is every usable GPU (discrete, integrated or virtual, not llvmpipe), then
+/// the CPU: no software adapter, which trains many times slower than the CPU engine
+/// on the same cores.
 #[test]
 fn auto_devices_are_the_hardware_adapters_and_the_cpu() {
+    use wgpu_ensemble::wgpu::DeviceType;
+    let is_gpu = |info: &wgpu_ensemble::AdapterInfo| {
+        matches!(
+            info.device_type,
+            DeviceType::DiscreteGpu | DeviceType::IntegratedGpu | DeviceType::VirtualGpu
+        ) && !info.name.contains("llvmpipe")
+    };
     let placements = Devices::Auto.placements();
     assert!(
         matches!(placements.last(), Some(Placement::Cpu)),
@@ -420,19 +427,11 @@ fn auto_devices_are_the_hardware_adapters_and_the_cpu() {
             panic!("auto gave {p:?}");
         };
         let info = &probes.iter().find(|q| q.info.index == *i).unwrap().info;
-        assert!(
-            info.device_type != wgpu_ensemble::wgpu::DeviceType::Cpu
-                && !info.name.contains("llvmpipe"),
-            "auto trains on {info}"
-        );
+        assert!(is_gpu(info), "auto trains on {info}");
     }
     let hardware = probes
         .iter()
-        .filter(|p| {
-            p.usable.is_ok()
-                && p.info.device_type != wgpu_ensemble::wgpu::DeviceType::Cpu
-                && !p.info.name.contains("llvmpipe")
-        })
+        .filter(|p| p.usable.is_ok() && is_gpu(&p.info))
         .count();
     assert_eq!(placements.len(), hardware + 1, "{placements:?}");
 }

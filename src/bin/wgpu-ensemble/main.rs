@@ -63,6 +63,9 @@ fn main() {
 /// output was written, synced and put in place before this point.
 fn finish(code: ExitCode) -> ! {
     use std::io::Write;
+    // A late member's thread may be writing a file (the autotune cache): its partial
+    // file is removed and no rename starts, as on a signal.
+    let _stopped = wgpu_ensemble::io::stop_writes();
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     let code = if code == ExitCode::SUCCESS { 0 } else { 1 };

@@ -15,7 +15,7 @@ pub struct ServeArgs {
     /// The model repository: <model>/<version>/ensemble.toml, weight files beside it.
     #[arg(long)]
     model_repository: PathBuf,
-    /// The address to listen on: an IP address, or a host name (its first address, e.g. localhost).
+    /// The address to listen on: an IP address, or a host name (its first IPv4 address if it has one, e.g. localhost: 127.0.0.1).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     /// The port (0 picks a free one; the address is printed once the server is ready).
@@ -65,7 +65,11 @@ pub fn serve(args: &ServeArgs) -> CliResult {
                         format!("'{}' is neither an IP address nor a host name this machine resolves: {e}", args.host),
                     )
                 })?;
-            resolved.map(|a| a.ip()).next().ok_or_else(|| {
+            // IPv4 first: `localhost` often resolves to ::1 before 127.0.0.1, and a
+            // container without IPv6 cannot bind ::1.
+            let mut ips: Vec<IpAddr> = resolved.map(|a| a.ip()).collect();
+            ips.sort_by_key(|ip| !ip.is_ipv4());
+            ips.first().copied().ok_or_else(|| {
                 flag_error("--host", format!("'{}' resolves to no address", args.host))
             })?
         }

@@ -240,9 +240,17 @@ pub(crate) fn train(args: &TrainArgs) -> crate::CliResult {
     let devices: Devices = args.devices.parse()?;
     // An adapter that does not exist is refused before any trial starts (a trial
     // would find it only on its device's first job).
-    if let Devices::List(list) = &devices {
-        let found = wgpu_ensemble::adapters();
-        for p in list {
+    let names_adapters = |list: &[Placement]| {
+        list.iter()
+            .any(|p| matches!(p, Placement::Adapter(_) | Placement::Queue { .. }))
+    };
+    if let Devices::List(list) = devices.clone() {
+        let found = if names_adapters(&list) {
+            wgpu_ensemble::adapters()
+        } else {
+            Vec::new()
+        };
+        for p in &list {
             let index = match p {
                 Placement::Adapter(i) | Placement::Queue { adapter: i, .. } => *i,
                 _ => continue,

@@ -29,8 +29,8 @@ pub const ENSEMBLE: &str = "ensemble.toml";
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub enum Devices {
-    /// Every usable hardware adapter plus the CPU (a software adapter — llvmpipe,
-    /// any of type `Cpu` — runs on the same cores as the CPU engine, many times
+    /// Every usable GPU (discrete, integrated or virtual, not llvmpipe) plus the CPU
+    /// (a software adapter runs on the same cores as the CPU engine, many times
     /// slower: list it to use it).
     #[default]
     Auto,
@@ -69,11 +69,7 @@ impl Devices {
             Devices::List(list) => list.clone(),
             Devices::Auto => crate::gpu::probe_adapters()
                 .into_iter()
-                .filter(|p| {
-                    p.usable.is_ok()
-                        && p.info.device_type != wgpu::DeviceType::Cpu
-                        && !crate::placement::is_llvmpipe(&p.info.name, &p.info.driver)
-                })
+                .filter(|p| p.usable.is_ok() && crate::train::engine::is_hardware(&p.info))
                 .map(|p| Placement::Adapter(p.info.index))
                 .chain(std::iter::once(Placement::Cpu))
                 .collect(),
