@@ -233,25 +233,35 @@ fn version(v: i64) -> Result<u64, String> {
 }
 
 /// A label: 1 to 64 ASCII letters, digits, `-`, `_` or `.`, not only digits (it would
-/// read as a version), not only dots (clients remove `.` and `..` from a path), and
-/// not `metadata` (`/v1/models/m/labels/metadata` is the metadata path), so that
-/// `/v1/models/m/labels/{label}` reaches it as written.
+/// read as a version), so that it fits a URL's path as written. (A label that a path
+/// cannot reach although it fits is refused on its own, with the file's other
+/// settings kept: [`unreachable_label`].)
 fn check_label(label: &str) -> Result<(), String> {
     let fits = !label.is_empty()
         && label.chars().count() <= MAX_LABEL_CHARS
         && label
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !label.chars().all(|c| c.is_ascii_digit())
-        && !label.chars().all(|c| c == '.')
-        && label != "metadata";
+        && !label.chars().all(|c| c.is_ascii_digit());
     if fits {
         Ok(())
     } else {
         Err(format!(
-            "label \"{}\": expected 1 to {MAX_LABEL_CHARS} ASCII letters, digits, '-', '_' or '.', not only digits, not only dots, not \"metadata\"",
+            "label \"{}\": expected 1 to {MAX_LABEL_CHARS} ASCII letters, digits, '-', '_' or '.', not only digits",
             excerpt(label)
         ))
+    }
+}
+
+/// Why `/v1/models/m/labels/{label}` cannot reach `label`, if it cannot: only dots
+/// (clients remove `.` and `..` from a path), or `metadata` (the metadata path).
+pub(crate) fn unreachable_label(label: &str) -> Option<&'static str> {
+    if label.chars().all(|c| c == '.') {
+        Some("clients remove '.' and '..' from a URL's path")
+    } else if label == "metadata" {
+        Some("/v1/models/{model}/labels/metadata is the model's metadata")
+    } else {
+        None
     }
 }
 
@@ -297,9 +307,6 @@ mod tests {
             ("labels = { stable = 0 }", "stable"),
             ("labels = { \"a b\" = 1 }", "a b"),
             ("labels = { 12 = 1 }", "12"),
-            ("labels = { \".\" = 1 }", "\".\""),
-            ("labels = { \"..\" = 1 }", "\"..\""),
-            ("labels = { metadata = 1 }", "metadata"),
             ("max_batch_size = 0", "max_batch_size"),
             ("max_queue_delay_us = -1", "max_queue_delay_us"),
             ("replicas = \"everywhere\"", "replicas"),

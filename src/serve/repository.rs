@@ -935,7 +935,16 @@ fn refresh_labels(model: &str, entry: &mut ModelEntry) {
         return;
     };
     for (label, v) in &config.labels {
-        if entry.served.contains_key(v) {
+        if let Some(why) = super::config::unreachable_label(label) {
+            entry.refused.insert(
+                label.clone(),
+                format!(
+                    "label '{}' of model '{}' is refused: no path reaches it ({why})",
+                    excerpt(label),
+                    excerpt(model)
+                ),
+            );
+        } else if entry.served.contains_key(v) {
             entry.labels.insert(label.clone(), *v);
         } else {
             let state = match entry.status.get(v) {

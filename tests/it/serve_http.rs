@@ -973,6 +973,32 @@ fn tf_status_metadata_and_a_failed_load_cpu() {
     let v1 = &noted["model_version_status"][0];
     assert_eq!(v1["state"], "AVAILABLE");
     assert_eq!(v1["status"]["error_code"], "OK", "{v1}");
+    // A label no path reaches ('metadata') is refused on its own: the file's other
+    // label serves.
+    std::fs::write(
+        server.dir.path().join("mean").join("config.toml"),
+        "labels = { stable = 1, metadata = 1 }\n",
+    )
+    .unwrap();
+    let stable = (0..400)
+        .find_map(|_| {
+            let reply = get(&server.url("/v1/models/mean/labels/stable"));
+            if reply.status == 200 {
+                return Some(reply.json());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+            None
+        })
+        .expect("label 'stable' served within 10 s");
+    assert_eq!(stable["model_version_status"][0]["version"], "1");
+    let message = stable["model_version_status"][0]["status"]["error_message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("'metadata'") && message.contains("no path reaches it"),
+        "{message}"
+    );
     let reply = post_json(
         &server.url("/v1/models/mean:predict"),
         &json!({"instances": [vec![0.5; 12]]}),
