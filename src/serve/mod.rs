@@ -64,6 +64,15 @@ pub struct ServeConfig {
     /// slowly (or holds a connection open without a request) is disconnected, so that
     /// such connections cannot pile up. Default 30 s.
     pub header_read_timeout: Option<Duration>,
+    /// Whether `GET /v2/health/ready` also waits for every model (Triton's strict
+    /// readiness, and the KServe v2 specification's "ready if all the models are
+    /// ready"): once the versions found at start are loaded, the server is not ready
+    /// while a model of the repository serves no version because every version of it
+    /// failed to load, or its `config.toml` never parsed. A model folder with no
+    /// version in it, one whose versions are being loaded or unloaded, and a removed
+    /// model do not count. Without it, the server is ready once the versions found at
+    /// start are loaded. Default true.
+    pub strict_readiness: bool,
 }
 
 impl ServeConfig {
@@ -78,7 +87,14 @@ impl ServeConfig {
             max_body_bytes: 8 << 20,
             shutdown_timeout: Duration::from_secs(20),
             header_read_timeout: Some(Duration::from_secs(30)),
+            strict_readiness: true,
         }
+    }
+
+    /// Sets [`ServeConfig::strict_readiness`].
+    pub fn strict_readiness(mut self, strict: bool) -> Self {
+        self.strict_readiness = strict;
+        self
     }
 
     /// Sets [`ServeConfig::header_read_timeout`].
@@ -162,7 +178,9 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Binds, loads the repository (every model's versions, warmed) and serves on
     /// threads of its own. `GET /v2/health/live` answers from the start, `ready` once
-    /// the versions found at start are loaded; returns then.
+    /// the versions found at start are loaded (and, with
+    /// [`ServeConfig::strict_readiness`], while no model is broken); returns once they
+    /// are loaded.
     pub fn start(config: ServeConfig) -> Result<Self> {
         let server = Self::start_loading(config)?;
         while !server.wait_ready(Duration::from_secs(1)) {}
@@ -198,6 +216,7 @@ impl Server {
             repository: Arc::clone(&repository),
             metrics: metrics.clone(),
             ready: AtomicBool::new(false),
+            strict_readiness: config.strict_readiness,
             bodies: tokio::sync::Semaphore::new(http::body_budget_kib(config.max_body_bytes)),
         });
         let app = http::router(Arc::clone(&state), config.max_body_bytes);

@@ -754,12 +754,26 @@ impl Repository {
         read(&self.models).keys().cloned().collect()
     }
 
-    /// The models known that serve no version (every version failed to load, or is
-    /// still loading, or was removed): while there is one, the server is not ready.
-    pub fn unserved(&self) -> Vec<String> {
+    /// The models that serve no version because every version of theirs failed to
+    /// load, or because their `config.toml` never parsed (so none was tried); a model
+    /// folder with no version, one with a version loading or unloading, and a model
+    /// whose versions have all left do not count. Strict readiness waits for none
+    /// ([`ServeConfig::strict_readiness`](super::ServeConfig::strict_readiness)).
+    pub fn broken(&self) -> Vec<String> {
         read(&self.models)
             .iter()
-            .filter(|(_, entry)| entry.served.is_empty())
+            .filter(|(_, entry)| {
+                let busy = entry
+                    .status
+                    .values()
+                    .any(|s| matches!(s.state, VersionState::Loading | VersionState::Unloading));
+                let failed = entry
+                    .status
+                    .values()
+                    .any(|s| s.state == VersionState::End && s.error.is_some());
+                let never_parsed = entry.config.is_none() && entry.config_error.is_some();
+                entry.served.is_empty() && !busy && (failed || never_parsed)
+            })
             .map(|(name, _)| name.clone())
             .collect()
     }

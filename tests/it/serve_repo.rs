@@ -1025,25 +1025,31 @@ fn a_shutdown_while_the_first_versions_load_does_not_wait_for_them() {
 }
 
 /// Server readiness is every model's (KServe v2: "the server is ready ... if all the
-/// models are ready"): a model whose only version fails to load keeps
-/// `GET /v2/health/ready` at 400, naming it, while the other model serves; once it
-/// has a version that loads, 200. The bodies are `{"live": true}` and
-/// `{"ready": bool}`, which the KServe Python client reads.
+/// models are ready"; Triton's strict readiness): a model whose only version fails to
+/// load keeps `GET /v2/health/ready` at 400, naming it, while the other model serves;
+/// a model folder with no version yet does not count; once the broken model has a
+/// version that loads, 200. Without strict readiness the server is ready once the
+/// first load is done. The bodies are `{"live": true}` and `{"ready": bool}`.
 #[test]
 fn the_server_is_ready_when_every_model_serves_a_version() {
     use crate::common::serve::{add_version, get};
     use wgpu_ensemble::serve::{ServeConfig, Server};
     let dir = tempfile::tempdir().unwrap();
     add_version(dir.path(), "good", 1, "mean.toml", "cpu");
+    std::fs::create_dir_all(dir.path().join("empty")).unwrap();
     let broken = dir.path().join("broken").join("1");
     std::fs::create_dir_all(&broken).unwrap();
     std::fs::write(broken.join("ensemble.toml"), "not a manifest [").unwrap();
-    let server = Server::start(
+    let config = || {
         ServeConfig::new(dir.path())
             .addr(([127, 0, 0, 1], 0).into())
-            .poll_interval(Duration::from_millis(50)),
-    )
-    .unwrap();
+            .poll_interval(Duration::from_millis(50))
+    };
+    let lenient = Server::start(config().strict_readiness(false)).unwrap();
+    let ready = get(&format!("http://{}/v2/health/ready", lenient.addr()));
+    assert_eq!(ready.status, 200, "not strict: {:?}", ready.json());
+    lenient.shutdown();
+    let server = Server::start(config()).unwrap();
     let base = format!("http://{}", server.addr());
     let live = get(&format!("{base}/v2/health/live"));
     assert_eq!(
@@ -1054,6 +1060,7 @@ fn the_server_is_ready_when_every_model_serves_a_version() {
     assert_eq!(ready.status, 400, "a model with no version served");
     assert_eq!(ready.json()["ready"], false);
     assert!(ready.error().contains("'broken'"), "{}", ready.error());
+    assert!(!ready.error().contains("'empty'"), "{}", ready.error());
     assert_eq!(get(&format!("{base}/v2/models/good/ready")).status, 200);
     // KServe's endpoints say why the model has no version served: version 1's load.
     let not_ready = get(&format!("{base}/v2/models/broken/ready"));

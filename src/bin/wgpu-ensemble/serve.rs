@@ -50,6 +50,9 @@ pub struct ServeArgs {
     /// Seconds a connection may take to send a request's headers (an idle keep-alive connection is closed after them too); 0 waits for ever.
     #[arg(long, default_value_t = 30)]
     header_timeout_s: u64,
+    /// Whether /v2/health/ready also waits for every model: not ready while a model serves no version because all of its versions failed to load (or its config.toml never parsed). false: ready once the versions found at start are loaded.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    strict_readiness: bool,
 }
 
 pub fn serve(args: &ServeArgs) -> CliResult {
@@ -106,6 +109,7 @@ pub fn serve(args: &ServeArgs) -> CliResult {
         .precision(precision)
         .max_body_bytes(args.max_body_bytes)
         .shutdown_timeout(Duration::from_secs(args.shutdown_timeout_s))
+        .strict_readiness(args.strict_readiness)
         .header_read_timeout(
             (args.header_timeout_s > 0).then(|| Duration::from_secs(args.header_timeout_s)),
         );

@@ -125,15 +125,18 @@ async fn server_metadata() -> Json<Value> {
 }
 
 /// Server readiness, as the specification has it: 200 when every model is ready
-/// (the versions found at start loaded, and every model known serving a version),
-/// else 400 ("a 4xx status code indicates false"). The bodies are the Open
-/// Inference Protocol's `{"ready": bool}` (the KServe Python client reads it), with
-/// the reason when not ready.
+/// (the versions found at start loaded, and with strict readiness no model broken:
+/// [`Repository::broken`](crate::serve::Repository::broken)), else 400 ("a 4xx
+/// status code indicates false"). The bodies are the Open Inference Protocol's
+/// `{"ready": bool}` (the KServe Python client reads it from a 200), with the reason
+/// when not ready.
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let why = if !state.is_ready() {
         Some("the server is loading the models found at start".to_string())
+    } else if !state.strict_readiness {
+        None
     } else {
-        let unserved = state.repository.unserved();
+        let unserved = state.repository.broken();
         (!unserved.is_empty()).then(|| {
             let names: Vec<String> = unserved
                 .iter()
@@ -142,7 +145,7 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
                 .collect();
             let more = unserved.len().saturating_sub(names.len());
             format!(
-                "no version served of {}{}",
+                "no version of {} loads{}",
                 names.join(", "),
                 if more > 0 {
                     format!(" and {more} more")

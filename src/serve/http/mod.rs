@@ -36,6 +36,8 @@ pub(crate) struct AppState {
     pub metrics: Metrics,
     /// Set once the first poll has loaded what it could.
     pub ready: AtomicBool,
+    /// [`ServeConfig::strict_readiness`](super::ServeConfig::strict_readiness).
+    pub strict_readiness: bool,
     /// KiB of request bodies being decoded at once ([`body_budget_kib`]): a decoded
     /// JSON body takes many times its size, so their sum is bounded.
     pub bodies: tokio::sync::Semaphore,
