@@ -1362,11 +1362,11 @@ fn path_rejections_and_unknown_routes_are_json_cpu() {
     assert!(reply.error().contains("UTF-8"), "{}", reply.error());
 }
 
-/// The budget of bodies being decoded (twice `--max-body-bytes`, at least 16 MiB) is
-/// taken once a body has arrived: two connections that declare bodies of the largest
-/// size and then send nothing more hold none of it, so a small request and one of
-/// the largest size are answered at once (both waited up to 30 s and got 503 while
-/// the two were held).
+/// The budget of bodies held (twice `--max-body-bytes`, at least 16 MiB) is taken as
+/// bytes arrive: two connections that declare bodies of the largest size and then
+/// send nothing more hold almost none of it, so a small request and one of the
+/// largest size are answered at once (both waited up to 30 s and got 503 while the
+/// two were held at their declared length).
 #[test]
 fn bodies_still_arriving_hold_no_room_cpu() {
     use std::io::Write;
@@ -1417,6 +1417,78 @@ fn bodies_still_arriving_hold_no_room_cpu() {
         );
     }
     drop((first, second));
+}
+
+/// The bodies held are bounded by the budget: two connections that have sent all but
+/// 256 KiB of 8 MiB bodies hold 8 MiB of room each (a buffer grows by doubling, up to
+/// the limit), all of the 16 MiB; a request then is answered 503 at once (not after a
+/// wait), and once one of the two has gone, 200.
+#[test]
+fn bodies_beyond_the_budget_are_refused_at_once_cpu() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    const LIMIT: usize = 8 << 20;
+    let server = TestServer::start_with(&[("mean", 1, "mean.toml")], "cpu", |c| {
+        c.max_body_bytes(LIMIT)
+    });
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let hold = || {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            stream,
+            "POST /v1/models/mean:predict HTTP/1.1\r\nHost: x\r\n\
+             Content-Type: application/json\r\nContent-Length: {LIMIT}\r\n\r\n"
+        )
+        .unwrap();
+        stream.write_all(&vec![b' '; LIMIT - (256 << 10)]).unwrap();
+        stream
+    };
+    let first = hold();
+    let second = hold();
+    let small = json!({"instances": [vec![0.5; 12]]});
+    let url = server.url("/v1/models/mean:predict");
+    // The server takes the two bodies' bytes as they come: until it has, a request
+    // may still find room.
+    let started = Instant::now();
+    let refused = loop {
+        let reply = post_json(&url, &small);
+        if reply.status == 503 || started.elapsed() > Duration::from_secs(20) {
+            break reply;
+        }
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(refused.status, 503, "the budget never filled");
+    assert!(refused.error().contains("try again"), "{}", refused.error());
+    let asked = Instant::now();
+    let again = post_json(&url, &small);
+    assert_eq!(again.status, 503);
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "a refusal waited {:?}",
+        asked.elapsed()
+    );
+    drop(first);
+    let started = Instant::now();
+    let answered = loop {
+        let reply = post_json(&url, &small);
+        if reply.status == 200 || started.elapsed() > Duration::from_secs(20) {
+            break reply;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        answered.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answered.body)
+    );
+    drop(second);
 }
 
 /// The queue-duration metric is the time a request waited in its version's queue, not

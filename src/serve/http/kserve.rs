@@ -304,8 +304,7 @@ async fn answer(
     limit: BodyLimit,
     received: Instant,
 ) -> Result<(Echo, InferAnswer), ServeError> {
-    let body = read_body(headers, body, limit.0).await?;
-    let room = state.body_room(body.len()).await?;
+    let (body, room) = read_body(headers, body, limit.0, &state.bodies).await?;
     let (request, echo) = decode(headers, &body, received)?;
     // Decoded: the body's room goes to the next request.
     drop((room, body));

@@ -38,12 +38,14 @@ pub(crate) struct AppState {
     pub ready: AtomicBool,
     /// [`ServeConfig::strict_readiness`](super::ServeConfig::strict_readiness).
     pub strict_readiness: bool,
-    /// KiB of request bodies being decoded at once ([`body_budget_kib`]): a decoded
-    /// JSON body takes many times its size, so their sum is bounded.
+    /// KiB of request bodies held at once, being received or decoded
+    /// ([`body_budget_kib`]): each takes room as its bytes arrive (its buffer's
+    /// capacity) and keeps it until it is decoded, so the memory of bodies in the
+    /// server is bounded, and a client holds only room for what it has sent.
     pub bodies: tokio::sync::Semaphore,
 }
 
-/// The KiB of request bodies decoded at once: two bodies of the largest size
+/// The KiB of request bodies held at once: two bodies of the largest size
 /// taken, and at least 16 MiB (a JSON body decodes to about twenty times its size;
 /// decoding is bound by the cores anyway).
 pub(crate) fn body_budget_kib(max_body_bytes: usize) -> usize {
@@ -53,24 +55,6 @@ pub(crate) fn body_budget_kib(max_body_bytes: usize) -> usize {
 impl AppState {
     pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
-    }
-
-    /// Room for decoding a body of `bytes` bytes, which has arrived, among the bodies
-    /// being decoded; held until the request is decoded. Waits up to the body timeout,
-    /// then 503. (Taken once the body is in: a client that declares a large body and
-    /// sends it slowly, or not at all, holds none of the room meanwhile.)
-    pub(crate) async fn body_room(
-        &self,
-        bytes: usize,
-    ) -> Result<tokio::sync::SemaphorePermit<'_>, ServeError> {
-        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-        match tokio::time::timeout(BODY_TIMEOUT, self.bodies.acquire_many(kib)).await {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => Err(ServeError::Unavailable(
-                "the server is reading as many request bodies as it holds at once; try again"
-                    .to_string(),
-            )),
-        }
     }
 }
 
@@ -213,17 +197,21 @@ pub(crate) fn counted<T>(
     result
 }
 
-/// Reads a request body of at most `limit` bytes. A larger one is refused with 413
-/// (JSON, as every error); its rest is read and dropped first when it is at most four
+/// Reads a request body of at most `limit` bytes, taking room in `bodies` (KiB) for
+/// its buffer as its bytes arrive; the room comes back with the body and is held
+/// until the request is decoded. A larger body is refused with 413 (JSON, as every
+/// error), and one that finds no room left with 503 at once (the room it had given
+/// back); the rest of such a body is read and dropped first when it is at most four
 /// times the limit (64 MiB at most), so that a client that sends the whole body before
-/// reading the answer gets the 413 rather than a reset connection.
-pub(crate) async fn read_body(
+/// reading the answer gets the answer rather than a reset connection.
+pub(crate) async fn read_body<'a>(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
-) -> Result<Vec<u8>, ServeError> {
+    bodies: &'a tokio::sync::Semaphore,
+) -> Result<(Vec<u8>, Option<tokio::sync::SemaphorePermit<'a>>), ServeError> {
     // A client that stops sending mid-body holds no task (and no shutdown) for long.
-    match tokio::time::timeout(BODY_TIMEOUT, read_body_now(headers, body, limit)).await {
+    match tokio::time::timeout(BODY_TIMEOUT, read_body_now(headers, body, limit, bodies)).await {
         Ok(result) => result,
         Err(_) => Err(ServeError::RequestTimeout(format!(
             "the request body was not received within {} s",
@@ -235,11 +223,12 @@ pub(crate) async fn read_body(
 /// How long a request's body may take to arrive.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-async fn read_body_now(
+async fn read_body_now<'a>(
     headers: &HeaderMap,
     mut body: Body,
     limit: usize,
-) -> Result<Vec<u8>, ServeError> {
+    bodies: &'a tokio::sync::Semaphore,
+) -> Result<(Vec<u8>, Option<tokio::sync::SemaphorePermit<'a>>), ServeError> {
     if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
         let encoding = String::from_utf8_lossy(encoding.as_bytes());
         if !encoding.trim().eq_ignore_ascii_case("identity") {
@@ -267,6 +256,7 @@ async fn read_body_now(
         return Err(too_large(Some(declared)));
     }
     let mut out: Vec<u8> = Vec::new();
+    let mut room: Option<tokio::sync::SemaphorePermit<'a>> = None;
     while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = frame.map_err(|e| {
             ServeError::BadRequest(format!("the request body could not be read: {e}"))
@@ -274,14 +264,64 @@ async fn read_body_now(
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };
-        if out.len() + data.len() > limit {
-            let got = out.len() + data.len();
+        let got = out.len() + data.len();
+        if got > limit {
             drain(&mut body, drain_cap.saturating_sub(got)).await;
             return Err(too_large(None));
         }
+        if got > out.capacity() {
+            // The buffer grows by doubling, never past the limit; its room is taken
+            // before it grows.
+            let capacity = got.max(out.capacity() * 2).min(limit);
+            if !take_room(bodies, &mut room, capacity) {
+                drop(room.take());
+                drain(&mut body, drain_cap.saturating_sub(got)).await;
+                return Err(ServeError::Unavailable(
+                    "the server holds as many request bodies as it takes at once; try again"
+                        .to_string(),
+                ));
+            }
+            out.try_reserve_exact(capacity - out.len()).map_err(|_| {
+                ServeError::Internal(format!("could not allocate {capacity} bytes for a body"))
+            })?;
+        }
         out.extend_from_slice(&data);
     }
-    Ok(out)
+    if room.is_none() && !take_room(bodies, &mut room, 1) {
+        return Err(ServeError::Unavailable(
+            "the server holds as many request bodies as it takes at once; try again".to_string(),
+        ));
+    }
+    Ok((out, room))
+}
+
+/// Grows `room` to cover `bytes` (in KiB, at least 1) without waiting: false when the
+/// budget has not that much left (`room` is then as it was).
+fn take_room<'a>(
+    bodies: &'a tokio::sync::Semaphore,
+    room: &mut Option<tokio::sync::SemaphorePermit<'a>>,
+    bytes: usize,
+) -> bool {
+    let want = bytes.div_ceil(1024).max(1);
+    let held = room
+        .as_ref()
+        .map_or(0, tokio::sync::SemaphorePermit::num_permits);
+    if want <= held {
+        return true;
+    }
+    let Ok(more) = u32::try_from(want - held) else {
+        return false;
+    };
+    match bodies.try_acquire_many(more) {
+        Ok(permit) => {
+            match room {
+                Some(r) => r.merge(permit),
+                None => *room = Some(permit),
+            }
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// Reads and drops up to `cap` more bytes of `body`.

@@ -242,8 +242,7 @@ async fn predict(
     limit: BodyLimit,
     received: Instant,
 ) -> Result<(u64, Value), ServeError> {
-    let body = read_body(headers, body, limit.0).await?;
-    let room = state.body_room(body.len()).await?;
+    let (body, room) = read_body(headers, body, limit.0, &state.bodies).await?;
     let (input, format) = decode(&body)?;
     // Decoded: the body's room goes to the next request.
     drop((room, body));
