@@ -166,8 +166,9 @@ impl ExternalDevice {
     /// uncaptured-error and device-lost handlers on the device, replacing any that
     /// were set. Every session and trainer on it (through any clone) then shares
     /// what they catch: a validation or out-of-memory error is returned by the next
-    /// run or step on the device that looks, whichever made it, and a lost device is
-    /// lost to all of them.
+    /// run or step on the device that looks, whichever made it (a session being built
+    /// only by those caught while it is built), and a lost device is lost to all of
+    /// them.
     ///
     /// Wrap each device once and clone the `ExternalDevice` for every member placed on
     /// it: members on clones share one executor (one submission per run). Two

@@ -107,6 +107,41 @@ impl GpuContext {
         }
     }
 
+    /// How many errors the store holds now: [`GpuContext::take_error_since`] with it
+    /// leaves those to whoever made them (on a device handed in, another session, a
+    /// trainer, or the caller's own work).
+    pub(crate) fn error_mark(&self) -> usize {
+        self.errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// As [`GpuContext::take_error`], for the errors caught after `mark` only (and a
+    /// lost device, which is everyone's).
+    pub(crate) fn take_error_since(&self, mark: usize) -> Option<Error> {
+        if let Some(message) = self
+            .lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Some(Error::DeviceLost {
+                device: self.label.to_string(),
+                message,
+            });
+        }
+        let mut errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
+        if errors.len() <= mark {
+            return None;
+        }
+        let mine: Vec<String> = errors.drain(mark..).collect();
+        Some(Error::Gpu {
+            device: self.label.to_string(),
+            message: mine.join("; "),
+        })
+    }
+
     /// The first problem the handlers caught since the last call, if any.
     pub(crate) fn take_error(&self) -> Option<Error> {
         if let Some(message) = self

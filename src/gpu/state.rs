@@ -163,6 +163,9 @@ impl DeviceState {
         options: &SessionOptions,
         tuner: &Tuner,
     ) -> Result<Self> {
+        // Errors already in the store are not this build's (a device handed in is
+        // shared): only those caught while it runs fail it.
+        let mark = ctx.error_mark();
         let precision = options.precision;
         let coop = check_precision(&ctx, precision)?;
         let timer = device_timer(&ctx, options.device_timing)?;
@@ -253,7 +256,7 @@ impl DeviceState {
         if chunk_rows == 0 {
             return Err(one_row());
         }
-        if let Some(e) = ctx.take_error() {
+        if let Some(e) = ctx.take_error_since(mark) {
             return Err(e);
         }
         Ok(Self {
