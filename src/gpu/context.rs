@@ -144,26 +144,6 @@ impl GpuContext {
 
     /// The first problem the handlers caught since the last call, if any.
     pub(crate) fn take_error(&self) -> Option<Error> {
-        if let Some(message) = self
-            .lost
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-        {
-            return Some(Error::DeviceLost {
-                device: self.label.to_string(),
-                message,
-            });
-        }
-        let mut errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
-        if errors.is_empty() {
-            return None;
-        }
-        let message = errors.join("; ");
-        errors.clear();
-        Some(Error::Gpu {
-            device: self.label.to_string(),
-            message,
-        })
+        self.take_error_since(0)
     }
 }
