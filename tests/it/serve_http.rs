@@ -8,7 +8,8 @@ use wgpu_ensemble::io::{read_matrix, Manifest};
 use wgpu_ensemble::{Placement, RunOptions, Session, Tensor};
 
 use crate::common::serve::{
-    binary_request, binary_response, floats, get, metric, post_bytes, post_json, TestServer,
+    assert_ok, binary_request, binary_response, floats, get, metric, post_bytes, post_json,
+    TestServer,
 };
 use crate::common::{assert_close, golden, read_f64};
 
@@ -64,12 +65,7 @@ fn still_answers(server: &TestServer, want: &[f64]) {
         &server.url("/v2/models/mean/infer"),
         &infer_body(&x(), false),
     );
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    assert_ok(&reply);
     assert_close(
         "after bad requests",
         &floats(&output(&reply.json(), "output")["data"]),
@@ -86,12 +82,7 @@ fn kserve_json_infer_equals_session_run_cpu() {
     for nested in [false, true] {
         for path in ["/v2/models/mean/infer", "/v2/models/mean/versions/1/infer"] {
             let reply = post_json(&server.url(path), &infer_body(&x, nested));
-            assert_eq!(
-                reply.status,
-                200,
-                "{}",
-                String::from_utf8_lossy(&reply.body)
-            );
+            assert_ok(&reply);
             let body = reply.json();
             assert_eq!(body["model_name"], "mean");
             assert_eq!(body["model_version"], "1");
@@ -130,12 +121,7 @@ fn kserve_json_infer_equals_session_run_cpu() {
     // An empty list is as if none were named: the aggregate only.
     body["outputs"] = json!([]);
     let reply = post_json(&server.url("/v2/models/mean/infer"), &body);
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    assert_ok(&reply);
     let reply = reply.json();
     assert_eq!(reply["outputs"].as_array().unwrap().len(), 1, "{reply}");
     assert_close("outputs: []", &floats(&reply["outputs"][0]["data"]), &want);
@@ -155,12 +141,7 @@ fn kserve_fp64_input_json_and_binary_cpu() {
     let body =
         json!({"inputs": [{"name": "input", "shape": shape, "datatype": "FP64", "data": values}]});
     let reply = post_json(&server.url("/v2/models/mean/infer"), &body);
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    assert_ok(&reply);
     assert_close(
         "FP64 JSON",
         &floats(&output(&reply.json(), "output")["data"]),
@@ -171,12 +152,7 @@ fn kserve_fp64_input_json_and_binary_cpu() {
     let header = json!({"inputs": [{"name": "input", "shape": shape, "datatype": "FP64",
         "parameters": {"binary_data_size": raw.len()}}]});
     let reply = binary_request(&server, "mean", &header, &raw);
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    assert_ok(&reply);
     assert_close(
         "FP64 binary",
         &floats(&output(&reply.json(), "output")["data"]),
@@ -610,12 +586,7 @@ fn a_body_over_the_limit_is_413_with_a_json_error_cpu() {
         &server.url("/v1/models/mean:predict"),
         &json!({"instances": [vec![0.5; 12]]}),
     );
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    assert_ok(&reply);
 }
 
 #[test]
@@ -637,12 +608,7 @@ fn deadline_and_quorum_parameters_behave_as_run_options_cpu() {
     let mut body = infer_body(&x, false);
     body["parameters"] = json!({"timeout": 60_000_000, "quorum": 3});
     let reply = post_json(&server.url("/v2/models/mean/infer"), &body);
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    assert_ok(&reply);
     let answer = reply.json();
     // Every member answered in time: a whole answer, no missing members.
     assert!(answer.get("parameters").is_none(), "{answer}");
@@ -1003,12 +969,7 @@ fn tf_status_metadata_and_a_failed_load_cpu() {
         &server.url("/v1/models/mean:predict"),
         &json!({"instances": [vec![0.5; 12]]}),
     );
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    assert_ok(&reply);
 }
 
 #[test]
@@ -1074,12 +1035,7 @@ fn partial_answers_and_late_members_name_them_cpu() {
     let mut body = infer_body(&x, false);
     body["parameters"] = json!({"quorum": 4});
     let reply = post_json(&server.url("/v2/models/mean/infer"), &body);
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    assert_ok(&reply);
     let answer = reply.json();
     assert_close(
         "quorum 4 of 5",
@@ -1409,12 +1365,7 @@ fn bodies_still_arriving_hold_no_room_cpu() {
         let reply = rx
             .recv_timeout(Duration::from_secs(10))
             .expect("answered while two bodies are held half-sent");
-        assert_eq!(
-            reply.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        assert_ok(&reply);
     }
     drop((first, second));
 }
@@ -1455,12 +1406,7 @@ fn bodies_beyond_the_budget_are_refused_at_once_cpu() {
         if reply.status == 503 || started.elapsed() > Duration::from_secs(20) {
             break reply;
         }
-        assert_eq!(
-            reply.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        assert_ok(&reply);
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(refused.status, 503, "the budget never filled");
@@ -1482,12 +1428,7 @@ fn bodies_beyond_the_budget_are_refused_at_once_cpu() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert_eq!(
-        answered.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&answered.body)
-    );
+    assert_ok(&answered);
     drop(second);
 }
 
@@ -1571,6 +1512,6 @@ fn failed_runs_are_not_counted_as_inferences_cpu() {
     );
     assert_eq!(counts(), before, "a failed run was counted");
     let ok = post_json(&server.url("/v2/models/mean/infer"), &body);
-    assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+    assert_ok(&ok);
     assert_eq!(counts(), (before.0 + 33.0, before.1 + 1.0));
 }

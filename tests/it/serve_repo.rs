@@ -599,7 +599,7 @@ fn a_removed_version_is_unloaded() {
 /// counted as an unknown model's, and a folder of the same name served again is served.
 #[test]
 fn a_removed_model_is_forgotten_over_http() {
-    use crate::common::serve::{get, post_json, TestServer};
+    use crate::common::serve::{assert_ok, get, post_json, TestServer};
     let server = TestServer::start(
         &[("mean", 1, "mean.toml"), ("other", 1, "mean.toml")],
         "cpu",
@@ -662,12 +662,7 @@ fn a_removed_model_is_forgotten_over_http() {
         std::thread::sleep(Duration::from_millis(20));
         reply = post_json(&server.url("/v1/models/mean:predict"), &body);
     }
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    assert_ok(&reply);
 }
 
 /// Sends `x` to `selector` from a thread of its own until `stop` (at most 20 000

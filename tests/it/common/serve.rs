@@ -105,6 +105,17 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
+/// Asserts that `reply` is a 200, showing its body when it is not.
+#[track_caller]
+pub fn assert_ok(reply: &Reply) {
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+}
+
 /// A response's status, headers and body.
 pub struct Reply {
     pub status: u16,
