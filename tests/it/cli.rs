@@ -905,21 +905,19 @@ fn a_precision_that_cpu_members_do_not_use_is_reported() {
 #[test]
 fn uncertainty_of_outputs_that_are_not_probabilities_is_flagged() {
     let dir = tempfile::tempdir().unwrap();
-    let (y, u) = (dir.path().join("y.npy"), dir.path().join("u.npy"));
+    let (y, m, u) = (
+        dir.path().join("y.npy"),
+        dir.path().join("m.npy"),
+        dir.path().join("u.npy"),
+    );
     let run = |manifest: &Path, input: &Path| {
-        cli(&[
-            "predict",
-            "--manifest",
-            manifest.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            y.to_str().unwrap(),
+        let extra = [
             "--uncertainty-output",
             u.to_str().unwrap(),
             "--device",
             "cpu",
-        ])
+        ];
+        predict(manifest, input, &y, &m, &extra)
     };
     let out = run(&golden("mean.toml"), &golden("x.npy"));
     assert!(out.status.success(), "{}", stderr(&out));

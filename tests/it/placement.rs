@@ -188,17 +188,7 @@ fn sharing_an_external_device_keeps_the_error_reports(target: common::Target) {
         return;
     };
     for second in ["a session", "a trainer"] {
-        let backends = wgpu::Backends::from(info.backend);
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-            backends,
-            ..wgpu::InstanceDescriptor::new_without_display_handle()
-        });
-        let adapter = pollster::block_on(instance.enumerate_adapters(backends))
-            .into_iter()
-            .find(|a| a.get_info().name == info.name)
-            .expect("the adapter the crate listed");
-        let (device, queue) =
-            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+        let (device, queue) = common::raw_device(&info.name, info.backend);
         let ext = wgpu_ensemble::ExternalDevice::new(device.clone(), queue, "shared");
         let model = Model::random(&[6, 5, 3], &[Relu, Softmax], 4).unwrap();
         let graph = Graph::builder(6)

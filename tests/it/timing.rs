@@ -236,17 +236,7 @@ fn a_device_without_timestamps_refuses_device_timing() {
     else {
         return;
     };
-    let backends = wgpu::Backends::from(adapter.backend);
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends,
-        ..wgpu::InstanceDescriptor::new_without_display_handle()
-    });
-    let found = pollster::block_on(instance.enumerate_adapters(backends))
-        .into_iter()
-        .find(|a| a.get_info().name == adapter.name)
-        .expect("the adapter the crate listed");
-    let (device, queue) =
-        pollster::block_on(found.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+    let (device, queue) = common::raw_device(&adapter.name, adapter.backend);
     assert!(!device.features().contains(wgpu::Features::TIMESTAMP_QUERY));
     let external = ExternalDevice::new(device, queue, "plain device");
     let model = Model::random(&[6, 3], &[Softmax], 1).unwrap();

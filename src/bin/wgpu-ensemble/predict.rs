@@ -111,17 +111,6 @@ pub(crate) fn predict(args: &PredictArgs) -> crate::CliResult {
         }
     }
     let session = Session::with_options(graph, session_options)?;
-    let (_, width) = x.dims2("input")?;
-    if width != session.input_width() {
-        return Err(crate::flag_error(
-            "--input",
-            format!(
-                "{}: {width} features per row; the manifest's members take {}",
-                args.input.display(),
-                session.input_width()
-            ),
-        ));
-    }
     if precision != Precision::F32 {
         let on_cpu = session.devices().any(|d| matches!(d, ExecutionDevice::Cpu));
         if on_cpu {
@@ -140,7 +129,17 @@ pub(crate) fn predict(args: &PredictArgs) -> crate::CliResult {
     if let Some(k) = args.quorum {
         options = options.quorum(QuorumPolicy::Quorum(k));
     }
-    let run = session.run(&x, &options)?;
+    // The session checks the input's width; the error names the file.
+    let run = session.run(&x, &options).map_err(|e| match e {
+        wgpu_ensemble::Error::FeatureWidth { expected, got } => crate::flag_error(
+            "--input",
+            format!(
+                "{}: {got} features per row; the manifest's members take {expected}",
+                args.input.display()
+            ),
+        ),
+        e => e.into(),
+    })?;
     for m in run.missing() {
         let why = match &m.status {
             MemberStatus::Late => "late".to_string(),

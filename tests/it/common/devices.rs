@@ -271,9 +271,9 @@ pub mod quirks {
     }
 }
 
-/// A device the test creates itself, in a wgpu instance of its own, on the adapter with
-/// this name and backend; `label` names it in reports.
-pub fn external_device(name: &str, backend: Backend, label: &str) -> ExternalDevice {
+/// A device and queue the test creates itself (no features), in a wgpu instance of its
+/// own, on the adapter with this name and backend.
+pub fn raw_device(name: &str, backend: Backend) -> (wgpu::Device, wgpu::Queue) {
     let backends = wgpu::Backends::from(backend);
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
         backends,
@@ -283,7 +283,11 @@ pub fn external_device(name: &str, backend: Backend, label: &str) -> ExternalDev
         .into_iter()
         .find(|a| a.get_info().name == name)
         .expect("the adapter the crate listed");
-    let (device, queue) =
-        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+    pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap()
+}
+
+/// [`raw_device`] wrapped as an `ExternalDevice`; `label` names it in reports.
+pub fn external_device(name: &str, backend: Backend, label: &str) -> ExternalDevice {
+    let (device, queue) = raw_device(name, backend);
     ExternalDevice::new(device, queue, label)
 }
